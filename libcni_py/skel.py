@@ -1,0 +1,255 @@
+"""The plugin side of CNI: environment and stdin in, result or error JSON out.
+
+Mirrors Go's pkg/skel: the same required variables per verb, the same name checks,
+the same version gates (CHECK >= 0.4.0, GC/STATUS >= 1.1.0). Any failure ends as a
+CNI error object on stdout and exit status 1; an unexpected exception becomes code
+999 with the traceback on stderr only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import errors as E
+from . import version as V
+from .errors import CNIError
+
+VERBS = ("ADD", "CHECK", "DEL", "GC", "STATUS", "VERSION")
+# (variable, verbs that require it), as Go's skel.getCmdArgsFromEnv.
+_REQUIRED = (
+    ("CNI_COMMAND", VERBS),
+    ("CNI_CONTAINERID", ("ADD", "CHECK", "DEL")),
+    ("CNI_NETNS", ("ADD", "CHECK")),
+    ("CNI_IFNAME", ("ADD", "CHECK", "DEL")),
+    ("CNI_ARGS", ()),
+    ("CNI_PATH", ("ADD", "CHECK", "DEL", "GC", "STATUS")),
+)
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+
+@dataclass
+class CmdArgs:
+    """What a cmd_* function gets: the environment, the raw stdin and its parsed config."""
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+    path: str = ""
+    stdin: bytes = b""
+    conf: dict = field(default_factory=dict)
+
+    @property
+    def cni_version(self) -> str:
+        return V.config_version(self.conf)
+
+    @property
+    def network(self) -> str:
+        return self.conf.get("name", "")
+
+    @property
+    def args_dict(self) -> dict[str, str]:
+        return parse_cni_args(self.args)
+
+    @property
+    def prev_result(self):
+        """prevResult decoded in the config's version, or None."""
+        raw = self.conf.get("prevResult")
+        if raw is None:
+            return None
+        from .types import decode
+        return decode(raw, ver=self.cni_version)
+
+    @property
+    def valid_attachments(self) -> list[dict]:
+        return list(self.conf.get("cni.dev/valid-attachments") or [])
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """'K8S_POD_NAMESPACE=a;IgnoreUnknown=1' -> dict. A pair without '=' is an error."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        key, sep, val = pair.partition("=")
+        if not sep or not key:
+            raise CNIError(E.INVALID_ENV, f"CNI_ARGS: invalid pair {pair!r}")
+        out[key] = val
+    return out
+
+
+def validate_container_id(cid: str) -> None:
+    if not cid:
+        raise CNIError(E.UNKNOWN_CONTAINER, "missing containerID")
+    if not _NAME_RE.match(cid):
+        raise CNIError(E.INVALID_ENV, "invalid characters in containerID", cid)
+
+
+def validate_network_name(name: str) -> None:
+    if not name:
+        raise CNIError(E.INVALID_CONFIG, "missing network name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CNIError(E.INVALID_CONFIG, "invalid characters found in network name", str(name))
+
+
+def validate_ifname(name: str) -> None:
+    if not name:
+        raise CNIError(E.INVALID_ENV, "interface name is empty")
+    if len(name) > 15:
+        raise CNIError(E.INVALID_ENV, "interface name is too long", "interface name should be less than 16 characters")
+    if name in (".", ".."):
+        raise CNIError(E.INVALID_ENV, "interface name is . or ..")
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise CNIError(E.INVALID_ENV, "interface name contains / or : or whitespace characters")
+
+
+Handler = Callable[[CmdArgs], object]
+
+
+@dataclass
+class Plugin:
+    add: Handler
+    check: Handler
+    delete: Handler
+    gc: Handler | None = None
+    status: Handler | None = None
+    supported: tuple = V.ALL
+    about: str = ""
+    validate: Callable[[dict, str], None] | None = None   # (conf, command) -> raise CNIError
+    needs_netns: bool = True     # ADD/CHECK: CNI_NETNS must name an existing path
+
+
+def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
+    """One plugin invocation. Returns the exit status; never raises."""
+    conf_version = V.CURRENT
+    try:
+        cmd = environ.get("CNI_COMMAND", "")
+        if not cmd and plugin.about:
+            stderr.write(plugin.about + "\n")
+            stderr.write("CNI protocol versions supported: " + ", ".join(plugin.supported) + "\n")
+            return 0
+        args = _args_from_env(environ, cmd)
+        data = stdin.read() if stdin is not None else b""
+        if cmd == "VERSION":
+            requested = None
+            if data.strip():
+                try:
+                    requested = json.loads(data).get("cniVersion")
+                except (ValueError, AttributeError):
+                    raise CNIError(E.DECODING_FAILURE, "error decoding VERSION input: invalid JSON") from None
+            _write(stdout, V.version_answer(requested, plugin.supported))
+            return 0
+        args.stdin = data
+        args.conf = _decode_conf(data)
+        conf_version = V.config_version(args.conf)
+        _check_version(cmd, conf_version, plugin.supported)
+        validate_network_name(args.conf.get("name", ""))
+        if cmd in ("ADD", "CHECK", "DEL"):
+            validate_container_id(args.container_id)
+            validate_ifname(args.ifname)
+            parse_cni_args(args.args)
+        if cmd in ("ADD", "CHECK") and plugin.needs_netns and not os.path.exists(args.netns):
+            raise CNIError(E.INVALID_ENV, f"CNI_NETNS {args.netns!r} does not exist")
+        _setup_logging(args.conf, stderr)
+        if plugin.validate is not None:
+            plugin.validate(args.conf, cmd)
+        handler = {"ADD": plugin.add, "CHECK": plugin.check, "DEL": plugin.delete,
+                   "GC": plugin.gc, "STATUS": plugin.status}[cmd]
+        if handler is None:      # a plugin without GC/STATUS has nothing to do
+            return 0
+        result = handler(args)
+        if cmd == "ADD":
+            if result is None:
+                raise CNIError(E.INTERNAL, "plugin returned no result for ADD")
+            _write(stdout, result if isinstance(result, dict) else result.encode(conf_version))
+        return 0
+    except CNIError as e:
+        _log_error(e, stderr)
+        _write(stdout, e.to_dict(conf_version if _known(conf_version) else V.CURRENT))
+        return 1
+    except Exception as e:  # noqa: BLE001 - the contract: never a traceback on stdout
+        import traceback
+        traceback.print_exc(file=stderr)
+        _write(stdout, CNIError(E.INTERNAL, f"internal error: {type(e).__name__}: {e}").to_dict(
+            conf_version if _known(conf_version) else V.CURRENT))
+        return 1
+
+
+def plugin_main(plugin: Plugin) -> None:
+    """Entry point for a plugin executable."""
+    code = run(plugin, os.environ, sys.stdin.buffer if sys.stdin else None, sys.stdout, sys.stderr)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _args_from_env(environ, cmd: str) -> CmdArgs:
+    missing = [name for name, verbs in _REQUIRED if (not cmd or cmd in verbs) and not environ.get(name)]
+    if cmd and cmd not in VERBS:
+        raise CNIError(E.INVALID_ENV, f"unknown CNI_COMMAND: {cmd}")
+    if missing:
+        raise CNIError(E.INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+    return CmdArgs(command=cmd, container_id=environ.get("CNI_CONTAINERID", ""),
+                   netns=environ.get("CNI_NETNS", ""), ifname=environ.get("CNI_IFNAME", ""),
+                   args=environ.get("CNI_ARGS", ""), path=environ.get("CNI_PATH", ""))
+
+
+def _decode_conf(data: bytes) -> dict:
+    try:
+        conf = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(E.DECODING_FAILURE, "error unmarshaling network config", str(e)) from None
+    if not isinstance(conf, dict):
+        raise CNIError(E.DECODING_FAILURE, "network config must be a JSON object")
+    return conf
+
+
+def _check_version(cmd: str, conf_version: str, supported) -> None:
+    V.parse(conf_version)
+    floor = MIN_VERSION.get(cmd)
+    if floor and V.lt(conf_version, floor):
+        raise CNIError(E.INCOMPATIBLE_VERSION, f"config version does not allow {cmd}",
+                       f"{cmd} needs cniVersion >= {floor}, config is {conf_version}")
+    V.require_supported(conf_version, supported)
+
+
+def _known(v: str) -> bool:
+    return v in V.ALL
+
+
+def _write(stdout, obj: dict) -> None:
+    stdout.write(json.dumps(obj, indent=4) + "\n")
+
+
+def _setup_logging(conf: dict, stderr) -> None:
+    import logging
+    root = logging.getLogger("pycni")
+    if root.handlers:
+        return
+    level = str(conf.get("logLevel", "warning")).upper()
+    root.setLevel(getattr(logging, level, logging.WARNING))
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    h = logging.StreamHandler(stderr)
+    h.setFormatter(fmt)
+    root.addHandler(h)
+    path = conf.get("logFile")
+    if isinstance(path, str) and path.startswith("/") and "\n" not in path:
+        try:
+            fh = logging.FileHandler(path)
+            fh.setFormatter(fmt)
+            root.addHandler(fh)
+        except OSError as e:
+            root.warning("cannot open logFile %s: %s", path, e)
+
+
+def _log_error(e: CNIError, stderr) -> None:
+    try:
+        stderr.write(f"pycni: error {e.code}: {e}\n")
+    except Exception:  # noqa: BLE001
+        pass

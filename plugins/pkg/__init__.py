@@ -1,0 +1,1 @@
+"""Helpers shared by the plugins. Nothing here knows CNI results."""

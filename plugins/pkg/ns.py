@@ -1,0 +1,60 @@
+"""Enter a network namespace by path, in-process, and always come back."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):          # Python >= 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        import ctypes
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def current() -> str:
+    return "/proc/thread-self/ns/net"
+
+
+@contextmanager
+def enter(path: str):
+    """Run the body of the `with` in the netns at `path` (this thread only)."""
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    orig = os.open(current(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(orig)
+    finally:
+        os.close(target)
+        os.close(orig)
+
+
+def iproute(path: str | None = None):
+    """A pyroute2 IPRoute socket bound to the netns at `path` (None: the current one).
+
+    The socket stays in that namespace after we return, so one process can hold
+    sockets in the host, the pod and the enforcer namespace at once.
+    """
+    from pyroute2 import IPRoute
+    if path is None:
+        return IPRoute()
+    with enter(path):
+        return IPRoute()
+
+
+def same_ns(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
