@@ -1,0 +1,64 @@
+"""iptables userspace, driven only through iptables-save / iptables-restore.
+
+Every change is one `iptables-restore --noflush` transaction. Text that goes into
+restore input is checked here: a comment or a chain name that could end a line,
+open a quote or smuggle an option is refused, never quoted around.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+
+from libcni_py.errors import CNIError
+
+_CHAIN_RE = re.compile(r"^[A-Za-z0-9_\-]{1,28}$")
+_COMMENT_RE = re.compile(r"^[A-Za-z0-9 _.:/,=@+\-]{1,255}$")
+TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+
+class IptablesError(RuntimeError):
+    pass
+
+
+def check_chain(name: str) -> str:
+    if not isinstance(name, str) or not _CHAIN_RE.match(name):
+        raise CNIError(7, f"invalid iptables chain name {name!r}")
+    return name
+
+
+def check_comment(text: str) -> str:
+    """Comments carry network names and container IDs; nothing that can break a line."""
+    if not isinstance(text, str) or not _COMMENT_RE.match(text):
+        raise CNIError(7, f"text not allowed in an iptables comment: {text!r}",
+                       "1-255 chars of letters, digits, space and _.:/,=@+-")
+    return text
+
+
+def comment_arg(text: str) -> str:
+    """`-m comment --comment "<text>"` for restore input, after check_comment."""
+    return f'-m comment --comment "{check_comment(text)}"'
+
+
+def save(table: str, binary: str = "iptables") -> str:
+    if table not in TABLES:
+        raise ValueError(table)
+    p = subprocess.run([f"{binary}-save", "-t", table], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise IptablesError(f"{binary}-save -t {table}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool = True) -> None:
+    """Apply `lines` (chain declarations and -A/-I/-D rules) to `table` atomically."""
+    if table not in TABLES:
+        raise ValueError(table)
+    for line in lines:
+        if "\n" in line or "\r" in line or "\0" in line:
+            raise CNIError(7, "refusing iptables-restore input with a line break", repr(line))
+    text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+    argv = [f"{binary}-restore", "--noflush"]
+    if wait:
+        argv.append("--wait")
+    p = subprocess.run(argv, input=text, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise IptablesError(f"{binary}-restore failed: {p.stderr.strip()}\ninput:\n{text}")
