@@ -100,7 +100,9 @@ class CNIConfig:
             except CNIError as e:
                 errors.append(f"failed to delete stale attachment {rt.container_id} {rt.ifname}: {e}")
         if V.gte(lst.cni_version, "1.1.0"):
-            extra = {"cni.dev/valid-attachments": list(valid_attachments)}
+            # libcni >= 1.2.3 sets both keys: the spec's and the one 1.2.0 used.
+            extra = {"cni.dev/valid-attachments": list(valid_attachments),
+                     "cni.dev/attachments": list(valid_attachments)}
             for net in lst.plugins:
                 try:
                     self._run_bare("GC", lst, net, extra)

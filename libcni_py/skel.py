@@ -67,7 +67,8 @@ class CmdArgs:
 
     @property
     def valid_attachments(self) -> list[dict]:
-        return list(self.conf.get("cni.dev/valid-attachments") or [])
+        conf = self.conf
+        return list(conf.get("cni.dev/valid-attachments") or conf.get("cni.dev/attachments") or [])
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
