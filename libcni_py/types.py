@@ -1,8 +1,9 @@
 """CNI result types and conversion between result versions.
 
 One internal model (the 1.1.0 shape) decoded from and encoded to every supported
-version, the way the Go library converts through types100. Fields a target version
-does not define are dropped on encode; 0.3.x/0.4.0 IPs get their "version" back.
+version, the way the Go library converts through types100/types040: 1.0.0 and 1.1.0
+share one shape; 0.3.x/0.4.0 drop the interfaces' mtu/socketPath/pciID and get the IPs'
+"version" back; routes keep every field at every version (Go shares types.Route).
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ class Interface:
         d: dict = {"name": self.name}
         if self.mac:
             d["mac"] = self.mac
-        if self.mtu and ver == "1.1.0":
+        if self.mtu and ver not in _V04:
             d["mtu"] = self.mtu
         if self.sandbox:
             d["sandbox"] = self.sandbox
-        if ver == "1.1.0":
+        if ver not in _V04:        # Go's types100 serves 1.0.0 and 1.1.0 alike
             if self.socket_path:
                 d["socketPath"] = self.socket_path
             if self.pci_id:
@@ -90,17 +91,17 @@ class Route:
     scope: int | None = None
 
     def encode(self, ver: str) -> dict:
+        """Go's types.Route is shared by every result version, so it keeps all fields."""
         d: dict = {"dst": self.dst}
         if self.gw:
             d["gw"] = self.gw
-        if ver == "1.1.0":
-            for key in ("mtu", "advmss", "priority"):
-                if getattr(self, key):
-                    d[key] = getattr(self, key)
-            if self.table is not None:
-                d["table"] = self.table
-            if self.scope is not None:
-                d["scope"] = self.scope
+        for key in ("mtu", "advmss", "priority"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.table is not None:
+            d["table"] = self.table
+        if self.scope is not None:
+            d["scope"] = self.scope
         return d
 
     @classmethod
