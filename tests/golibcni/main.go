@@ -4,9 +4,10 @@
 //
 //	golibcni add|check|del|cached  -conflist F -netns P -cid ID -cache DIR -path P1:P2 [-ifname eth0] [-capargs JSON] [-args K=V;K=V]
 //	golibcni load -dir DIR -name NET
+//	golibcni convert -to VERSION  < result.json
 //
 // Success: exit 0 and one JSON value on stdout (the result for add/cached, the
-// parsed list for load, {} for check/del). Failure: exit 1 and
+// parsed list for load, the converted result for convert, {} for check/del). Failure: exit 1 and
 // {"error": msg, "code": n} on stdout (code 0 when the error is not a CNI error).
 package main
 
@@ -16,16 +17,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/types/create"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(fmt.Errorf("usage: golibcni add|check|del|cached|load [flags]"))
+		fail(fmt.Errorf("usage: golibcni add|check|del|cached|load|convert [flags]"))
 	}
 	verb := os.Args[1]
 	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
@@ -37,10 +40,26 @@ func main() {
 	ifname := fs.String("ifname", "eth0", "interface name")
 	cache := fs.String("cache", "", "cache dir")
 	path := fs.String("path", "", "CNI_PATH")
+	to := fs.String("to", "", "target result version (convert)")
 	capArgs := fs.String("capargs", "", "capability args as a JSON object")
 	cniArgs := fs.String("args", "", "CNI_ARGS as K=V;K=V")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail(err)
+	}
+	if verb == "convert" {
+		data, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			fail(err)
+		}
+		res, err := create.CreateFromBytes(data)
+		if err != nil {
+			fail(err)
+		}
+		if res, err = res.GetAsVersion(*to); err != nil {
+			fail(err)
+		}
+		printJSON(res)
+		return
 	}
 	if verb == "load" {
 		list, err := libcni.LoadConfList(*dir, *name)
