@@ -1,0 +1,225 @@
+"""Endpoints (pods), the MAC table and the per-frame verdict of the reference dp.
+
+A frame on the service port belongs to a pod when its destination MAC is one of the
+pod's MACs (traffic towards the pod: ingress) or else its source MAC is (egress). The
+steering rules rewrite the pod MAC to a per-pod UCMAC 4e:65:75:56:xx:xx before the frame
+reaches us, so a frame carrying an unregistered UCMAC is learned as an anonymous pod
+unless the dp runs strict. Allowed frames go back out of the same port byte for byte,
+denied ones are dropped; in tap mode nothing is sent, frames are only counted.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+from plugins.dp import packet
+from plugins.dp.policy import Policy, verdict
+
+UCMAC_PREFIX = bytes.fromhex("4e657556")
+H = packet.VNET_HDR_LEN
+log = logging.getLogger("pycni-dp")
+
+
+def _ifindex(iface: str) -> int | None:
+    try:
+        return socket.if_nametoindex(iface)
+    except OSError:
+        return None
+
+
+def mac_bytes(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"{text!r} is not a MAC address")
+    return bytes.fromhex("".join(parts))
+
+
+def mac_text(raw: bytes) -> str:
+    return raw.hex(":")
+
+
+class Endpoint:
+    __slots__ = ("mac", "ucmac", "bcmac", "iface", "name", "vex", "vin", "tap", "learned",
+                 "rules", "allowed", "denied", "allowed_bytes", "denied_bytes")
+
+    def __init__(self, mac: bytes, ucmac: bytes | None = None, bcmac: bytes | None = None,
+                 iface: str = "", name: str = "", tap: bool = False, learned: bool = False):
+        self.mac, self.ucmac, self.bcmac = mac, ucmac, bcmac
+        self.iface, self.name, self.vex, self.vin = iface, name, "", ""
+        self.tap, self.learned = tap, learned
+        self.rules = ()
+        self.allowed = self.denied = self.allowed_bytes = self.denied_bytes = 0
+
+    def ids(self) -> set[str]:
+        ids = {mac_text(self.mac)}
+        if self.ucmac:
+            ids.add(mac_text(self.ucmac))
+        if self.name:
+            ids.add(self.name.lower())
+        return ids
+
+    def take_counters(self, other: "Endpoint") -> None:
+        self.allowed += other.allowed
+        self.denied += other.denied
+        self.allowed_bytes += other.allowed_bytes
+        self.denied_bytes += other.denied_bytes
+
+    def stats(self) -> dict:
+        return {"name": self.name, "mac": mac_text(self.mac),
+                "ucmac": mac_text(self.ucmac) if self.ucmac else "",
+                "bcmac": mac_text(self.bcmac) if self.bcmac else "",
+                "iface": self.iface, "vex": self.vex, "vin": self.vin,
+                "tap": self.tap, "learned": self.learned,
+                "allowed": self.allowed, "denied": self.denied,
+                "allowed_bytes": self.allowed_bytes, "denied_bytes": self.denied_bytes}
+
+
+class Datapath:
+    def __init__(self, policy: Policy, tap: bool = False, learn: bool = True):
+        self.policy = policy
+        self.tap = tap              # global tap: never send anything back
+        self.learn = learn
+        self.endpoints: dict[bytes, Endpoint] = {}     # by pod MAC (learned: by UCMAC)
+        self.table: dict[bytes, Endpoint] = {}         # every MAC of every endpoint
+        self.wanted: dict[str, tuple[bool, bool]] = {}  # service ports: iface -> (tap, jumbo)
+        self.ports: dict[int, packet.Port] = {}        # open ones, by fd
+        self.totals = dict(frames=0, sent=0, unknown=0, truncated=0, errors=0)
+
+    # -- endpoints
+    def add_endpoint(self, ep: Endpoint, oldmac: bytes | None = None) -> Endpoint:
+        """Add or replace the endpoint with ep.mac (or oldmac); counters carry over."""
+        for key in {oldmac or ep.mac, ep.mac, ep.ucmac}:
+            old = self.endpoints.get(key) if key else None
+            if old is not None:
+                self._unlink(old)
+                ep.take_counters(old)
+        self.endpoints[ep.mac] = ep
+        for m in (ep.mac, ep.ucmac, ep.bcmac):
+            if m:
+                self.table[m] = ep
+        ep.rules = self.policy.rules_for(ep.ids())
+        return ep
+
+    def del_endpoint(self, mac: bytes) -> Endpoint | None:
+        ep = self.endpoints.get(mac) or self.table.get(mac)
+        if ep is not None:
+            self._unlink(ep)
+        return ep
+
+    def _unlink(self, ep: Endpoint) -> None:
+        self.endpoints.pop(ep.mac, None)
+        for m in (ep.mac, ep.ucmac, ep.bcmac):
+            if m and self.table.get(m) is ep:
+                del self.table[m]
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        for ep in self.endpoints.values():
+            ep.rules = policy.rules_for(ep.ids())
+
+    # -- service ports
+    def want_port(self, iface: str, tap: bool = False, jumboframe: bool = False) -> None:
+        self.wanted[iface] = (tap, jumboframe)
+        for port in self.ports.values():
+            if port.iface == iface:
+                port.tap, port.jumboframe = tap, jumboframe
+        self.sync_ports()
+
+    def unwant_port(self, iface: str) -> bool:
+        known = self.wanted.pop(iface, None) is not None
+        self.sync_ports()
+        return known
+
+    def sync_ports(self) -> bool:
+        """Open wanted ports whose interface exists, close the others (also when an
+        interface was deleted or re-created under the same name). True if changed."""
+        changed = False
+        for fd, port in list(self.ports.items()):
+            if port.iface not in self.wanted or _ifindex(port.iface) != port.ifindex:
+                log.info("closing port %s", port.iface)
+                port.close()
+                del self.ports[fd]
+                changed = True
+        open_names = {p.iface for p in self.ports.values()}
+        for iface, (tap, jumbo) in self.wanted.items():
+            if iface in open_names or _ifindex(iface) is None:
+                continue
+            try:
+                port = packet.Port(iface, tap, jumbo)
+            except OSError as e:        # gone again in between, or down: next event retries
+                log.warning("cannot open port %s: %s", iface, e)
+                continue
+            log.info("listening on %s (ifindex %d)%s", iface, port.ifindex,
+                     " tap" if tap else "")
+            self.ports[port.fileno()] = port
+            changed = True
+        return changed
+
+    def close(self) -> None:
+        for port in self.ports.values():
+            port.close()
+        self.ports.clear()
+
+    # -- frames
+    def handle(self, port: packet.Port, buf, view, n: int) -> None:
+        """One frame (with its vnet header) of n bytes in buf, received on port."""
+        totals = self.totals
+        totals["frames"] += 1
+        if n > len(buf):
+            totals["truncated"] += 1
+            return
+        if n < H + 14:
+            totals["unknown"] += 1
+            return
+        dst = bytes(view[H:H + 6])
+        ep = self.table.get(dst)
+        ingress = True
+        if ep is None:
+            src = bytes(view[H + 6:H + 12])
+            ep = self.table.get(src)
+            ingress = False
+            if ep is None:
+                ep = self._learn(dst, src, port)
+                if ep is None:
+                    totals["unknown"] += 1
+                    return
+                ingress = ep.ucmac == dst
+        if ep.rules:
+            allow = verdict(ep.rules, self.policy.default_allow, ingress,
+                            *packet.parse(buf, H, n))
+        else:
+            allow = self.policy.default_allow
+        if not allow:
+            ep.denied += 1
+            ep.denied_bytes += n - H
+            return
+        ep.allowed += 1
+        ep.allowed_bytes += n - H
+        if ep.tap or port.tap or self.tap:
+            return
+        try:
+            port.sock.send(view[:n])
+            totals["sent"] += 1
+        except OSError:             # full queue, device going away: the frame is lost
+            totals["errors"] += 1
+
+    def _learn(self, dst: bytes, src: bytes, port: packet.Port) -> Endpoint | None:
+        if not self.learn:
+            return None
+        for mac in (dst, src):
+            if mac[:4] == UCMAC_PREFIX:
+                log.info("learned pod with UCMAC %s on %s", mac_text(mac), port.iface)
+                return self.add_endpoint(Endpoint(mac, ucmac=mac, iface=port.iface,
+                                                  learned=True))
+        return None
+
+    # -- reporting
+    def stats(self, macs: list[bytes] | None = None) -> dict:
+        if macs is None:
+            eps = self.endpoints.values()
+        else:
+            eps = [e for e in (self.endpoints.get(m) or self.table.get(m) for m in macs) if e]
+        return {"pods": {mac_text(ep.mac): ep.stats() for ep in eps},
+                "ports": [p.info() for p in self.ports.values()],
+                "totals": dict(self.totals), "tap": self.tap,
+                "policy": self.policy.summary()}
