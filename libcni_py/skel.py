@@ -28,7 +28,8 @@ _REQUIRED = (
     ("CNI_ARGS", ()),
     ("CNI_PATH", ("ADD", "CHECK", "DEL", "GC", "STATUS")),
 )
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# fullmatch: Python's "$" also matches before a trailing newline, Go's does not.
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 
@@ -89,21 +90,21 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise CNIError(E.UNKNOWN_CONTAINER, "missing containerID")
-    if not _NAME_RE.match(cid):
+    if not _NAME_RE.fullmatch(cid):
         raise CNIError(E.INVALID_ENV, "invalid characters in containerID", cid)
 
 
 def validate_network_name(name: str) -> None:
     if not name:
         raise CNIError(E.INVALID_CONFIG, "missing network name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise CNIError(E.INVALID_CONFIG, "invalid characters found in network name", str(name))
 
 
 def validate_ifname(name: str) -> None:
     if not name:
         raise CNIError(E.INVALID_ENV, "interface name is empty")
-    if len(name) > 15:
+    if len(name.encode()) > 15:          # IFNAMSIZ counts bytes, as Go's len() does
         raise CNIError(E.INVALID_ENV, "interface name is too long", "interface name should be less than 16 characters")
     if name in (".", ".."):
         raise CNIError(E.INVALID_ENV, "interface name is . or ..")
