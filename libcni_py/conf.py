@@ -172,12 +172,13 @@ def _list_version(obj: dict) -> str:
     if not isinstance(ver, str):
         raise CNIError(INVALID_CONFIG, f"error parsing configuration list: invalid cniVersion type {type(ver).__name__}")
     versions = obj.get("cniVersions")
-    if versions is not None:          # 1.1.0: the highest version both sides know wins
+    if versions is not None:          # 1.1.0: the highest of cniVersions + cniVersion we implement
         if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
             raise CNIError(INVALID_CONFIG, "error parsing configuration list: cniVersions must be a list of strings")
-        known = [v for v in versions if v in V.ALL]
-        if known:
-            ver = max(known, key=V.parse)
+        candidates = versions + ([ver] if ver else [])
+        usable = [v for v in candidates if V.parse(v) <= V.parse(V.CURRENT)]
+        if usable:
+            ver = max(usable, key=V.parse)
     return ver
 
 
