@@ -1,0 +1,78 @@
+"""Executable name -> module whose main() runs it: one table for the whole suite.
+
+The PyInstaller bundle has a single executable; every plugin name installed in the CNI
+bin dir points at it, and `dispatch` picks the plugin by the name it was exec'd as
+(like busybox). `./build.sh bin` links only the names whose module exists.
+Kept free of imports beyond os/sys so dispatching costs nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ENTRYPOINTS = {
+    "vxlan": "plugins.main.vxlan.cmd",
+    "vxlan-agent": "plugins.main.vxlan.agent",
+    "dp-steering": "plugins.meta.dp_steering.cmd",
+    "pycni-dp": "plugins.dp.main",
+    "edgemesh": "plugins.meta.edgemesh.cmd",
+    "pycni-passthrough": "plugins.meta.passthrough.cmd",
+    "pycnitool": "libcni_py.__main__",
+}
+
+
+def available() -> list[str]:
+    """The names whose module can be found now (build time: what the bundle carries)."""
+    from importlib.util import find_spec
+    names = []
+    for name, module in ENTRYPOINTS.items():
+        try:
+            if find_spec(module) is not None:
+                names.append(name)
+        except ImportError:      # a parent package is missing
+            pass
+    return names
+
+
+def main() -> None:
+    """The bundle's entry: dispatch on the name exec'd as; under any other name,
+    `--list` prints the names this build carries."""
+    name = os.path.basename(sys.argv[0])
+    if name in ENTRYPOINTS:
+        dispatch(name)
+    elif sys.argv[1:] == ["--list"]:
+        print("\n".join(available()))
+    else:
+        sys.stderr.write(f"pycni: run me as one of: {' '.join(available())} (or with --list)\n")
+        sys.exit(2)
+
+
+def dispatch(name: str) -> None:
+    """Run the main() of plugin `name`. A module this build lacks, or one that fails to
+    load, still answers in CNI terms: error JSON on stdout, traceback on stderr."""
+    module = ENTRYPOINTS[name]
+    from importlib import import_module
+    try:
+        entry = import_module(module).main
+    except Exception as e:  # noqa: BLE001
+        _load_failed(name, module, e)
+    entry()
+
+
+def _load_failed(name: str, module: str, e: Exception) -> None:
+    import json
+    from libcni_py import errors as E
+    from libcni_py.version import CURRENT
+    missing = isinstance(e, ModuleNotFoundError) and (module + ".").startswith(f"{e.name}.")
+    if missing:
+        err = E.CNIError(E.PLUGIN_NOT_AVAILABLE, f"{name} is not part of this build", f"module {module}")
+    else:
+        import traceback
+        traceback.print_exc()
+        err = E.CNIError(E.INTERNAL, f"{name} failed to load: {type(e).__name__}: {e}", f"module {module}")
+    sys.stdout.write(json.dumps(err.to_dict(CURRENT), indent=4) + "\n")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
