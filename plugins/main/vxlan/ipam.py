@@ -1,0 +1,151 @@
+"""The pod's address: the delegated IPAM plugin, and a record of each allocation.
+
+`ipam` omitted means `{"type": "host-local"}`; a host-local section without
+`ranges`/`subnet` gets this node's subnet, gateway and a route to the cluster
+network filled in (what flannel's CNI does), and `dataDir` defaults to
+<stateDir>/ipam. Before delegating ADD we write a record (container ID, ifname,
+netns, the exact IPAM config) under <stateDir>/attachments/, so DEL and GC can
+release an allocation even when the node's lease is gone, and GC can find the
+attachments the runtime no longer knows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from libcni_py import version as V
+from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION
+
+log = logging.getLogger("pycni.vxlan.ipam")
+RECORDS = "attachments"
+
+
+def ipam_config(conf: dict, state_dir: str, subnet: str, gateway: str, network: str) -> dict:
+    """The IPAM section to delegate with."""
+    ipam = dict(conf.get("ipam") or {"type": "host-local"})
+    if ipam.get("type") == "host-local" and "ranges" not in ipam and "subnet" not in ipam:
+        ipam["ranges"] = [[{"subnet": subnet, "gateway": gateway} if gateway else {"subnet": subnet}]]
+        ipam.setdefault("routes", [{"dst": network}])
+        ipam.setdefault("dataDir", os.path.join(state_dir, "ipam"))
+    return ipam
+
+
+def find_plugin(ipam_type: str, cni_path: str) -> str:
+    """Fail before anything is created when the IPAM plugin is not on CNI_PATH."""
+    from libcni_py.invoke import find_in_path
+    if not isinstance(ipam_type, str):
+        raise CNIError(7, "invalid config field 'ipam.type'", repr(ipam_type))
+    return find_in_path(ipam_type, [p for p in cni_path.split(os.pathsep) if p])
+
+
+# ---- the record of one attachment ----
+
+def record_path(state_dir: str, host_veth: str) -> str:
+    return os.path.join(state_dir, RECORDS, host_veth + ".json")
+
+
+def write_record(state_dir: str, host_veth: str, record: dict) -> None:
+    path = record_path(state_dir, host_veth)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def read_record(state_dir: str, host_veth: str) -> dict | None:
+    try:
+        with open(record_path(state_dir, host_veth)) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def remove_record(state_dir: str, host_veth: str) -> None:
+    try:
+        os.remove(record_path(state_dir, host_veth))
+    except FileNotFoundError:
+        pass
+
+
+def records(state_dir: str) -> list[dict]:
+    d = os.path.join(state_dir, RECORDS)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        rec = read_record(state_dir, n[:-5])
+        if rec and isinstance(rec.get("containerID"), str) and isinstance(rec.get("ifname"), str):
+            out.append(rec)
+    return out
+
+
+# ---- delegation ----
+
+def add(conf: dict, ipam: dict):
+    """Delegate ADD; the Result in the config's version."""
+    res = _delegate("ADD", conf, ipam)
+    return res.convert(V.config_version(conf)) if res.cni_version != V.config_version(conf) else res
+
+
+def check(conf: dict, ipam: dict) -> None:
+    _delegate("CHECK", conf, ipam)
+
+
+def delete(conf: dict, ipam: dict, container_id: str = "", ifname: str = "") -> None:
+    """Delegate DEL; for another attachment than this invocation's when IDs are given (GC)."""
+    _delegate("DEL", conf, ipam, container_id=container_id, ifname=ifname)
+
+
+def gc(conf: dict, ipam: dict, valid: list[dict]) -> None:
+    """Delegate GC when the IPAM plugin speaks 1.1.0 (host-local 1.1.1 does not)."""
+    from libcni_py.invoke import version_info
+    path = find_plugin(ipam.get("type"), os.environ.get("CNI_PATH", ""))
+    if "1.1.0" not in version_info(path):
+        return
+    _delegate("GC", conf, ipam, extra={"cni.dev/valid-attachments": valid})
+
+
+def _netconf(conf: dict, ipam: dict, version: str, extra: dict | None = None) -> bytes:
+    out = {k: v for k, v in conf.items() if k not in ("prevResult", "cni.dev/valid-attachments",
+                                                      "cni.dev/attachments")}
+    out["cniVersion"] = version
+    out["ipam"] = ipam
+    out.update(extra or {})
+    return json.dumps(out).encode()
+
+
+def _delegate(command: str, conf: dict, ipam: dict, container_id: str = "", ifname: str = "",
+              extra: dict | None = None):
+    """Run the IPAM plugin; when it refuses our cniVersion, again at the newest one it knows."""
+    from libcni_py import invoke
+    path = find_plugin(ipam.get("type"), os.environ.get("CNI_PATH", ""))
+    env = dict(os.environ)
+    env["CNI_COMMAND"] = command
+    if container_id:
+        env["CNI_CONTAINERID"], env["CNI_IFNAME"] = container_id, ifname
+    version = V.config_version(conf)
+    for attempt in (0, 1):
+        stdin = _netconf(conf, ipam, version, extra)
+        try:
+            if command == "ADD":
+                return invoke.exec_with_result(path, stdin, env)
+            invoke.exec_plugin(path, stdin, env)
+            return None
+        except CNIError as e:
+            if e.code != INCOMPATIBLE_VERSION or attempt:
+                raise
+            version = _common_version(path, version)
+            log.debug("IPAM %s refuses cniVersion %s; using %s", ipam.get("type"), conf.get("cniVersion"), version)
+
+
+def _common_version(path: str, ours: str) -> str:
+    from libcni_py.invoke import version_info
+    theirs = [v for v in version_info(path) if v in V.ALL and not V.lt(ours, v)]
+    if not theirs:
+        raise CNIError(INCOMPATIBLE_VERSION, f"IPAM plugin {os.path.basename(path)} supports no version <= {ours}")
+    return max(theirs, key=V.parse)

@@ -1,0 +1,95 @@
+"""ipMasq: masquerade what a pod sends outside the cluster network.
+
+The shape of Go's ip.SetupIPMasq: a chain per attachment in the nat table that
+ACCEPTs traffic to the cluster network and MASQUERADEs the rest (multicast aside),
+and a POSTROUTING jump per pod address. Every rule carries the comment
+`pycni-vxlan net=<network> id=<container> if=<ifname>`, so DEL and GC find them in
+iptables-save output without state and never touch a rule we did not write.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from plugins.pkg import iptables
+from plugins.pkg.names import check_ifname, check_path_component, short_hash
+
+TABLE = "nat"
+_TAG_RE = re.compile(r"pycni-vxlan net=(\S+) id=(\S+) if=([^\"\s]+)")
+_SRC_RE = re.compile(r"^-A POSTROUTING -s (\S+) ")
+
+
+def chain_name(network: str, container_id: str, ifname: str) -> str:
+    return "PYCNI-VX-" + short_hash(network, container_id, ifname, n=16).upper()
+
+
+def comment(network: str, container_id: str, ifname: str) -> str:
+    check_path_component(network, "network name")
+    check_path_component(container_id, "container ID")
+    check_ifname(ifname)
+    return iptables.check_comment(f"pycni-vxlan net={network} id={container_id} if={ifname}")
+
+
+def setup(network: str, container_id: str, ifname: str, pod_ips: list[str], cluster: str) -> None:
+    """Install (or complete) the attachment's rules in one iptables-restore transaction."""
+    tag = iptables.comment_arg(comment(network, container_id, ifname))
+    chain = chain_name(network, container_id, ifname)
+    cluster = str(ipaddress.ip_network(cluster, strict=False))
+    present = _jumps(iptables.save(TABLE), network, container_id, ifname)
+    lines = [f":{chain} - [0:0]",                     # declares, or flushes ours
+             f"-A {chain} -d {cluster} {tag} -j ACCEPT",
+             f"-A {chain} ! -d 224.0.0.0/4 {tag} -j MASQUERADE"]
+    for ip in pod_ips:
+        src = f"{ipaddress.ip_address(ip)}/32"
+        if src not in present:
+            lines.append(f"-A POSTROUTING -s {src} {tag} -j {chain}")
+    iptables.restore(TABLE, lines)
+
+
+def teardown(network: str, container_id: str, ifname: str, saved: str | None = None) -> bool:
+    """Remove the attachment's rules and chain. False when there was nothing to remove."""
+    lines = _teardown_lines(saved if saved is not None else iptables.save(TABLE),
+                            network, container_id, ifname)
+    if lines:
+        iptables.restore(TABLE, lines)
+    return bool(lines)
+
+
+def gc(network: str, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Remove the rules of every attachment of `network` not in `keep`; returns those removed."""
+    saved = iptables.save(TABLE)
+    stale = sorted({(cid, ifn) for net, cid, ifn in _TAG_RE.findall(saved)
+                    if net == network and (cid, ifn) not in keep})
+    lines: list[str] = []
+    for cid, ifn in stale:
+        lines += _teardown_lines(saved, network, cid, ifn)
+    if lines:
+        iptables.restore(TABLE, lines)
+    return stale
+
+
+def present(network: str, container_id: str, ifname: str) -> list[str]:
+    """Source addresses whose jump to the attachment's chain is installed (for CHECK)."""
+    return sorted(_jumps(iptables.save(TABLE), network, container_id, ifname))
+
+
+def _jumps(saved: str, network: str, container_id: str, ifname: str) -> set[str]:
+    """Sources of our POSTROUTING jumps, parsed back and validated as addresses."""
+    chain = chain_name(network, container_id, ifname)
+    text = comment(network, container_id, ifname)
+    out = set()
+    for line in saved.splitlines():
+        m = _SRC_RE.match(line)
+        if m and text in line and line.rstrip().endswith(f"-j {chain}"):
+            out.add(str(ipaddress.ip_network(m.group(1), strict=False)))
+    return out
+
+
+def _teardown_lines(saved: str, network: str, container_id: str, ifname: str) -> list[str]:
+    tag = iptables.comment_arg(comment(network, container_id, ifname))
+    chain = chain_name(network, container_id, ifname)
+    lines = [f"-D POSTROUTING -s {src} {tag} -j {chain}"
+             for src in sorted(_jumps(saved, network, container_id, ifname))]
+    if re.search(rf"^:{chain} ", saved, re.M):
+        lines += [f"-F {chain}", f"-X {chain}"]
+    return lines

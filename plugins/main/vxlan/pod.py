@@ -1,0 +1,181 @@
+"""The pod's plumbing: bridge with the subnet gateway, a veth pair, address and routes.
+
+Host side: the bridge (`cni0` default) holds the gateway with the subnet's prefix,
+IPv4 forwarding is on, and the host end of the pair (named by names.host_veth) is a
+port of it, up, hairpin as configured. Pod side: CNI_IFNAME, MTU of the vxlan
+device, the IPAM addresses and routes, and a default route via the gateway.
+One netlink socket per namespace for the whole command.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass, field
+
+from libcni_py.errors import CNIError
+from libcni_py.types import Interface, IPConfig, Route
+from plugins.pkg import link
+
+BRIDGE_CONFLICT = 113    # the bridge name is taken by another link, or holds another gateway
+VETH_EXISTS = 114        # the host veth name is in use: an earlier attachment was not deleted
+BAD_IPAM_RESULT = 115    # IPAM gave no IPv4 address in this node's subnet
+POD_DRIFT = 116          # CHECK: pod interface, address, route or host port missing or wrong
+DEFAULT = "0.0.0.0/0"
+
+
+@dataclass
+class PodNet:
+    """What every pod on this node shares."""
+    bridge: str
+    subnet: str              # this node's subnet, "10.244.1.0/24"
+    gateway: str             # its first address, on the bridge
+    network: str             # the cluster network
+    mtu: int
+    hairpin: bool = False
+    default_route: bool = True
+
+    @property
+    def gateway_cidr(self) -> str:
+        return f"{self.gateway}/{ipaddress.ip_network(self.subnet).prefixlen}"
+
+
+@dataclass
+class Attachment:
+    netns: str
+    ifname: str
+    host_veth: str
+    ips: list[IPConfig]
+    routes: list[Route] = field(default_factory=list)
+
+
+def pod_routes(net: PodNet, ipam_routes: list[Route]) -> list[Route]:
+    """IPAM's routes (gateway filled in) plus the default route via the gateway."""
+    out = [Route(dst=str(ipaddress.ip_network(r.dst, strict=False)), gw=r.gw or net.gateway)
+           for r in ipam_routes]
+    if net.default_route and not any(r.dst == DEFAULT for r in out):
+        out.append(Route(dst=DEFAULT, gw=net.gateway))
+    return out
+
+
+def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
+    """The IPv4 addresses of the IPAM result, which must lie in this node's subnet."""
+    subnet = ipaddress.ip_network(net.subnet)
+    out = []
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip.address)
+        if iface.version != 4 or iface.ip not in subnet:
+            raise CNIError(BAD_IPAM_RESULT, f"IPAM returned {ip.address}, outside this node's subnet {net.subnet}",
+                           "an explicit ipam section must allocate from the node's subnet")
+        out.append(IPConfig(address=ip.address, gateway=ip.gateway or net.gateway, interface=2))
+    if not out:
+        raise CNIError(BAD_IPAM_RESULT, "IPAM returned no IPv4 address")
+    return out
+
+
+def ensure_bridge(ipr, net: PodNet) -> link.LinkInfo:
+    """The bridge, up, holding the gateway; IPv4 forwarding on in this namespace."""
+    try:
+        br = link.ensure_bridge(ipr, net.bridge, mtu=net.mtu)
+    except ValueError as e:
+        raise CNIError(BRIDGE_CONFLICT, str(e)) from None
+    gw = ipaddress.ip_interface(net.gateway_cidr)
+    cluster = ipaddress.ip_network(net.network)
+    for msg in ipr.get_addr(index=br.index, family=2):
+        have = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+        if have != gw and have.ip in cluster:
+            raise CNIError(BRIDGE_CONFLICT, f"{net.bridge} already has an IP address {have} different from {gw}",
+                           "the node's subnet changed; delete the bridge once its pods are gone")
+    _add_ignoring_exists(ipr.addr, "add", index=br.index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
+    _enable_forwarding()
+    return br
+
+
+def attach(ipr_host, net: PodNet, br: link.LinkInfo, att: Attachment) -> tuple[Interface, Interface]:
+    """Create and configure the pair; returns (host interface, pod interface)."""
+    host_mac, pod_mac = link.random_mac(), link.random_mac()
+    try:
+        idx = link.create_veth(ipr_host, att.host_veth, att.ifname, att.netns, mtu=net.mtu,
+                               mac=host_mac, peer_mac=pod_mac, master=br.index, up=True)
+    except FileExistsError:
+        raise CNIError(VETH_EXISTS, f"host interface {att.host_veth} or pod interface {att.ifname} already exists",
+                       "DEL the earlier attachment of this container ID and ifname first") from None
+    if net.hairpin:
+        link.set_hairpin(ipr_host, idx, True)
+    with link.open_iproute(att.netns) as ipr_pod:
+        pidx = link.index_of(ipr_pod, att.ifname)
+        link.set_link(ipr_pod, pidx, up=True)
+        for ip in att.ips:
+            a = ipaddress.ip_interface(ip.address)
+            ipr_pod.addr("add", index=pidx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        for r in att.routes:
+            ipr_pod.route("add", dst=r.dst, gateway=r.gw or None, oif=pidx)
+    return (Interface(name=att.host_veth, mac=host_mac),
+            Interface(name=att.ifname, mac=pod_mac, sandbox=att.netns))
+
+
+def detach(ipr_host, host_veth: str) -> bool:
+    """Delete the pair by its host end (works when the pod netns is gone)."""
+    return link.delete_if_exists(ipr_host, host_veth)
+
+
+def check(ipr_host, net: PodNet, att: Attachment) -> None:
+    """Raise POD_DRIFT naming the first missing or wrong piece."""
+    br = link.info(ipr_host, net.bridge)
+    if br is None or br.kind != "bridge":
+        _drift(f"bridge {net.bridge} missing")
+    gws = {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in ipr_host.get_addr(index=br.index, family=2)}
+    if net.gateway_cidr not in gws:
+        _drift(f"gateway {net.gateway_cidr} missing on bridge {net.bridge}")
+    host = link.info(ipr_host, att.host_veth)
+    if host is None:
+        _drift(f"host veth {att.host_veth} missing")
+    if host.master != br.index or not host.up:
+        _drift(f"host veth {att.host_veth} is not an up port of {net.bridge}")
+    if net.hairpin and not host.hairpin:
+        _drift(f"hairpin off on {att.host_veth}")
+    try:
+        ipr_pod = link.open_iproute(att.netns)
+    except OSError as e:
+        _drift(f"pod netns {att.netns} unusable: {e.strerror}")
+    with ipr_pod:
+        pod = link.info(ipr_pod, att.ifname)
+        if pod is None:
+            _drift(f"pod interface {att.ifname} missing in {att.netns}")
+        if not pod.up or pod.mtu != net.mtu:
+            _drift(f"pod interface {att.ifname} is {'up' if pod.up else 'down'} with MTU {pod.mtu}, "
+                   f"want up with MTU {net.mtu}")
+        have = {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in ipr_pod.get_addr(index=pod.index)}
+        for ip in att.ips:
+            if ip.address not in have:
+                _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {sorted(have) or 'none'})")
+        routes = {_route_key(m) for m in ipr_pod.get_routes(family=2, table=254, oif=pod.index)}
+        for r in att.routes:
+            if (r.dst, r.gw or None) not in routes:
+                _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
+
+
+def _route_key(msg) -> tuple[str, str | None]:
+    dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+    return f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")
+
+
+def _drift(what: str):
+    raise CNIError(POD_DRIFT, f"CHECK: {what}")
+
+
+def _add_ignoring_exists(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except link.netlink_error() as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
+def _enable_forwarding() -> None:
+    """net.ipv4.ip_forward of the namespace this process runs in (Go's EnableIP4Forward)."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return
+    with open(path, "w") as f:
+        f.write("1")

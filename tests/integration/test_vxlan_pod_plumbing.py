@@ -1,0 +1,107 @@
+"""pod.py, masq.py and plugins/pkg/link.py against a bridge in a test namespace (no overlay)."""
+import json
+
+import pytest
+
+from libcni_py.errors import CNIError
+from libcni_py.types import IPConfig, Route
+from plugins.main.vxlan import masq, pod
+from plugins.pkg import link, ns, probe
+
+pytestmark = pytest.mark.root
+
+NET = pod.PodNet(bridge="cni0", subnet="10.244.1.0/24", gateway="10.244.1.1", network="10.244.0.0/16",
+                 mtu=1450, hairpin=True)
+
+
+def _attach(host, podns, ifname="eth0", veth="vethtest0001", ip="10.244.1.5/24"):
+    att = pod.Attachment(podns.path, ifname, veth, pod.pod_ips(NET, [IPConfig(ip)]),
+                         pod.pod_routes(NET, [Route(dst="10.244.0.0/16")]))
+    with ns.enter(host.path), link.open_iproute() as ipr:
+        br = pod.ensure_bridge(ipr, NET)
+        return br, pod.attach(ipr, NET, br, att), att
+
+
+def test_attach_configures_both_sides_and_detach_removes_the_pair(netns):
+    host, p = netns("host"), netns("pod")
+    br, (host_if, pod_if), att = _attach(host, p)
+    links = {l["ifname"]: l for l in json.loads(host.run("ip", "-d", "-j", "link", "show").stdout)}
+    assert links["cni0"]["address"] == br.mac and links["cni0"]["linkinfo"]["info_kind"] == "bridge"
+    v = links["vethtest0001"]
+    assert v["master"] == "cni0" and v["mtu"] == 1450 and v["address"] == host_if.mac
+    assert v["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert "10.244.1.1/24" in host.run("ip", "-4", "-o", "addr", "show", "cni0").stdout
+    assert host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    e = json.loads(p.run("ip", "-j", "link", "show", "eth0").stdout)[0]
+    assert e["mtu"] == 1450 and e["address"] == pod_if.mac and "UP" in e["flags"]
+    routes = p.run("ip", "-4", "route").stdout
+    assert "default via 10.244.1.1 dev eth0" in routes and "10.244.0.0/16 via 10.244.1.1 dev eth0" in routes
+    assert probe.ping(p.path, "10.244.1.1") == [0]
+    with ns.enter(host.path), link.open_iproute() as ipr:
+        pod.check(ipr, NET, att)
+        assert pod.detach(ipr, "vethtest0001") is True
+        assert pod.detach(ipr, "vethtest0001") is False
+    assert "eth0" not in p.run("ip", "link").stdout
+
+
+def test_two_pods_on_one_bridge_ping_and_talk_tcp(netns):
+    host, a, b = netns("host"), netns("pa"), netns("pb")
+    _attach(host, a, veth="vethtesta", ip="10.244.1.10/24")
+    _attach(host, b, veth="vethtestb", ip="10.244.1.11/24")
+    assert probe.ping(a.path, "10.244.1.11") == [0]
+    with probe.TCPEcho(b.path) as srv:
+        assert probe.tcp_exchange(a.path, "10.244.1.11", srv.port, b"abc") == b"cba"
+
+
+def test_check_names_the_missing_route_and_the_wrong_address(netns):
+    host, p = netns("host"), netns("pod")
+    _, _, att = _attach(host, p)
+    p.run("ip", "route", "del", "10.244.0.0/16")
+    with ns.enter(host.path), link.open_iproute() as ipr:
+        with pytest.raises(CNIError) as e:
+            pod.check(ipr, NET, att)
+    assert e.value.code == pod.POD_DRIFT and "route 10.244.0.0/16 via 10.244.1.1 missing" in e.value.msg
+    p.run("ip", "addr", "del", "10.244.1.5/24", "dev", "eth0")
+    p.run("ip", "addr", "add", "10.244.1.6/24", "dev", "eth0")
+    with ns.enter(host.path), link.open_iproute() as ipr:
+        with pytest.raises(CNIError) as e:
+            pod.check(ipr, NET, att)
+    assert "address 10.244.1.5/24 missing" in e.value.msg and "10.244.1.6/24" in e.value.msg
+
+
+def test_bridge_holding_another_gateway_is_refused(netns):
+    host, p = netns("host"), netns("pod")
+    host.run("ip", "link", "add", "cni0", "type", "bridge")
+    host.run("ip", "addr", "add", "10.244.7.1/24", "dev", "cni0")
+    with pytest.raises(CNIError) as e:
+        _attach(host, p)
+    assert e.value.code == pod.BRIDGE_CONFLICT and "10.244.7.1/24" in e.value.msg
+    assert "veth" not in host.run("ip", "link").stdout
+
+
+def test_existing_host_veth_is_a_clear_error(netns):
+    host, p = netns("host"), netns("pod")
+    _attach(host, p)
+    with pytest.raises(CNIError) as e:
+        _attach(host, netns("pod2"))
+    assert e.value.code == pod.VETH_EXISTS and "vethtest0001" in e.value.msg
+
+
+def test_masq_rules_carry_the_tag_and_go_away(netns):
+    host = netns("host")
+    with ns.enter(host.path):
+        masq.setup("net1", "c1", "eth0", ["10.244.1.5"], "10.244.0.0/16")
+        masq.setup("net1", "c1", "eth0", ["10.244.1.5"], "10.244.0.0/16")   # idempotent
+        masq.setup("net1", "c2", "eth0", ["10.244.1.6"], "10.244.0.0/16")
+        assert masq.present("net1", "c1", "eth0") == ["10.244.1.5/32"]
+    saved = host.run("iptables-save", "-t", "nat").stdout
+    chain = masq.chain_name("net1", "c1", "eth0")
+    assert saved.count(f"-j {chain}") == 1
+    assert f"-A {chain} -d 10.244.0.0/16" in saved and "MASQUERADE" in saved
+    assert "pycni-vxlan net=net1 id=c1 if=eth0" in saved
+    with ns.enter(host.path):
+        assert masq.teardown("net1", "c1", "eth0") is True
+        assert masq.teardown("net1", "c1", "eth0") is False
+        assert masq.present("net1", "c2", "eth0") == ["10.244.1.6/32"]
+        assert masq.gc("net1", keep=set()) == [("c2", "eth0")]
+    assert "pycni-vxlan" not in host.run("iptables-save", "-t", "nat").stdout
