@@ -1,0 +1,124 @@
+"""A node's lease: its subnet carved from `network`, its public IP and its VTEP MAC.
+
+Node identity is `nodeName` (default: the hostname). The lease is keyed by it in the
+registry, so the same node gets the same subnet and MAC back after a restart. A copy
+of subnet and MAC is kept in `<stateDir>/lease.json`; when the registry lost the
+lease (TTL expired, registry recreated) the node asks for that subnet again if it is
+still free. The MAC needs no state: it is derived from (network name, node name),
+locally administered and unicast, so it is stable even when everything else is lost.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import time
+
+from libcni_py.errors import CNIError
+from . import NETWORK_MISMATCH, SUBNETS_EXHAUSTED
+from .registry.base import Lease, NetworkRecord, Registry, Snapshot
+
+
+def vtep_mac(network_name: str, node: str) -> str:
+    raw = bytearray(hashlib.sha256(f"{network_name}\0{node}".encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFC) | 0x02        # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def carve(network: ipaddress.IPv4Network, subnet_len: int, taken, prefer=None) -> ipaddress.IPv4Network:
+    """`prefer` when free, else the lowest free subnet after the first (flannel's SubnetMin)."""
+    taken = list(taken)
+
+    def free(candidate):
+        return not any(candidate.overlaps(t) for t in taken)
+    if prefer is not None and prefer.subnet_of(network) and prefer.prefixlen == subnet_len and free(prefer):
+        return prefer
+    candidates = network.subnets(new_prefix=subnet_len)
+    next(candidates)
+    for candidate in candidates:
+        if free(candidate):
+            return candidate
+    raise CNIError(SUBNETS_EXHAUSTED, f"no free /{subnet_len} left in {network}",
+                   f"{len(taken)} leases hold it; use a larger network or a longer subnetLen")
+
+
+def check_record(record: NetworkRecord | None, want: NetworkRecord) -> None:
+    if record is None or record == want:
+        return
+    overlap = " (overlapping it)" if record.network.overlaps(want.network) else ""
+    raise CNIError(NETWORK_MISMATCH,
+                   f"config network {want.network}/subnetLen {want.subnet_len}/vni {want.vni} "
+                   f"differs from the registry's{overlap}",
+                   f"registry holds network {record.network}, subnetLen {record.subnet_len}, "
+                   f"vni {record.vni}; use the same values on every node or another registry")
+
+
+def current(snap: Snapshot, cfg, public_ip, ttl: int) -> Lease | None:
+    """This node's lease when it needs no write (right network, IP, not near expiry)."""
+    check_record(snap.network, _record(cfg))
+    mine = snap.leases.get(cfg.node_name)
+    if mine is None or snap.network is None or mine.public_ip != public_ip or mine.vni != cfg.vni:
+        return None
+    if mine.expires is not None and mine.expires - time.time() < ttl / 2:
+        return None
+    return mine
+
+
+def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease, Snapshot]:
+    """Join or renew: return this node's lease and the registry state holding it."""
+    snap = reg.snapshot()
+    mine = current(snap, cfg, public_ip, reg.ttl)
+    if mine is None:
+        saved = _load_local(cfg.state_dir)
+
+        def mutate(draft: Snapshot) -> None:
+            check_record(draft.network, _record(cfg))
+            draft.network = _record(cfg)
+            old = draft.leases.get(cfg.node_name)
+            taken = [lease.subnet for node, lease in draft.leases.items() if node != cfg.node_name]
+            prefer = old.subnet if old is not None else saved.get("subnet")
+            subnet = carve(cfg.network, cfg.subnet_len, taken, prefer)
+            mac = old.vtep_mac if old is not None else (saved.get("vtepMAC")
+                                                         or vtep_mac(cfg.name, cfg.node_name))
+            draft.leases[cfg.node_name] = reg.stamp(Lease(cfg.node_name, subnet, public_ip, mac, cfg.vni))
+        snap = reg.update(mutate)
+        mine = snap.leases[cfg.node_name]
+    if saved_differs(cfg.state_dir, mine):
+        _save_local(cfg.state_dir, mine)
+    return mine, snap
+
+
+def release(reg: Registry, cfg) -> None:
+    """Leave: remove this node's lease (peers drop its entries on their next reconcile)."""
+    reg.update(lambda draft: draft.leases.pop(cfg.node_name, None))
+
+
+def _record(cfg) -> NetworkRecord:
+    return NetworkRecord(cfg.network, cfg.subnet_len, cfg.vni)
+
+
+def _local_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "lease.json")
+
+
+def _load_local(state_dir: str) -> dict:
+    try:
+        with open(_local_path(state_dir)) as f:
+            raw = json.load(f)
+        return {"subnet": ipaddress.IPv4Network(raw["subnet"]), "vtepMAC": raw["vtepMAC"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def saved_differs(state_dir: str, lease: Lease) -> bool:
+    saved = _load_local(state_dir)
+    return saved.get("subnet") != lease.subnet or saved.get("vtepMAC") != lease.vtep_mac
+
+
+def _save_local(state_dir: str, lease: Lease) -> None:
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    tmp = _local_path(state_dir) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"node": lease.node, "subnet": str(lease.subnet), "vtepMAC": lease.vtep_mac}, f)
+    os.replace(tmp, _local_path(state_dir))

@@ -1,0 +1,165 @@
+"""The overlay API the pod half (cmd.py, pod.py) and the agent call.
+
+    cfg = node_config(conf)       # parse and check the node keys; touches nothing
+    info = ensure_node(cfg)       # lease, device, one reconcile; current netns = the host
+    check_node(cfg)               # CNIError(109/110/111) naming the first drift
+    registry_status(cfg)          # CNIError(50) when the registry cannot be read
+    leave_node(cfg)               # drop this node's lease (and, optionally, its device)
+
+Everything runs in the network namespace current at the call, under a flock of
+`<stateDir>/node.lock`, with one raw rtnetlink socket (no pyroute2 import).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from libcni_py.errors import CNIError, INVALID_CONFIG, PLUGIN_NOT_AVAILABLE
+from plugins.pkg.lock import locked
+from plugins.pkg.names import check_ifname, check_path_component
+from . import BAD_SUBNET_LEN, DEVICE_DRIFT, LEASE_LOST, PEER_DRIFT
+from .registry import check_type, open_registry
+
+log = logging.getLogger("pycni.vxlan")
+DEFAULT_STATE_ROOT = "/var/lib/cni/pycni/vxlan"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str                                 # the CNI network name
+    network: ipaddress.IPv4Network
+    subnet_len: int = 24
+    vni: int = 1
+    port: int = 8472
+    registry_type: str = "file"
+    registry_path: str = ""
+    registry_ttl: int = 0
+    public_ip: ipaddress.IPv4Address | None = None
+    iface: str | None = None
+    direct_routing: bool = False
+    state_dir: str = ""
+    node_name: str = ""
+    device_name: str = ""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address            # first address of the subnet (the pod bridge's)
+    device: str
+    mtu: int
+    vtep_mac: str
+    public_ip: ipaddress.IPv4Address
+    network: ipaddress.IPv4Network
+    node_name: str = ""
+    changes: int = 0                          # peer entries added/removed by this call
+
+
+def node_config(conf: dict) -> NodeConfig:
+    """The node keys of a vxlan plugin config, parsed and checked (schema validation is the caller's)."""
+    name = check_path_component(conf.get("name", ""), "network name")
+    try:
+        network = ipaddress.IPv4Network(conf.get("network", ""))
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'network': {e}",
+                       "an IPv4 CIDR with no host bits, e.g. 10.244.0.0/16") from None
+    subnet_len = int(conf.get("subnetLen", 24))
+    if not network.prefixlen < subnet_len <= 30:
+        raise CNIError(BAD_SUBNET_LEN, f"subnetLen {subnet_len} out of range for network {network}",
+                       f"need {network.prefixlen} < subnetLen <= 30")
+    registry = conf.get("registry") or {"type": "file"}
+    check_type(registry.get("type"))
+    vni = int(conf.get("vni", 1))
+    state_dir = conf.get("stateDir") or os.path.join(DEFAULT_STATE_ROOT, name)
+    node_name = check_path_component(conf.get("nodeName") or socket.gethostname(), "nodeName")
+    public_ip = conf.get("publicIP")
+    try:
+        public_ip = ipaddress.IPv4Address(public_ip) if public_ip else None
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIP': {e}") from None
+    iface = conf.get("iface")
+    return NodeConfig(
+        name=name, network=network, subnet_len=subnet_len, vni=vni, port=int(conf.get("port", 8472)),
+        registry_type=registry["type"],
+        registry_path=registry.get("path") or os.path.join(state_dir, "registry.json"),
+        registry_ttl=int(registry.get("ttl", 0)), public_ip=public_ip,
+        iface=check_ifname(iface, "iface") if iface else None,
+        direct_routing=bool(conf.get("directRouting", False)), state_dir=state_dir, node_name=node_name,
+        device_name=check_ifname(conf.get("deviceName") or f"vxlan.{vni}", "deviceName"))
+
+
+def _registry(cfg: NodeConfig):
+    return open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
+
+
+def ensure_node(cfg: NodeConfig) -> NodeInfo:
+    """Join or renew the lease, ensure the device, reconcile peer entries once."""
+    from plugins.pkg.rtnl import Rtnl
+    from . import device, lease, peers
+    reg = _registry(cfg)
+    reg.snapshot()            # an unreadable registry fails here, before anything is created
+    with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
+        underlay = device.find_underlay(rt, cfg)
+        mine, snap = lease.acquire(reg, cfg, underlay.public_ip)
+        want = device.want(cfg, mine, underlay)
+        link = device.ensure(rt, want)
+        wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
+        stats = peers.reconcile(rt, link.index, cfg.network, wanted)
+        if stats.changes:
+            log.info("node %s: %d peer entries added, %d removed (registry revision %d)",
+                     cfg.node_name, stats.added, stats.deleted, snap.revision)
+    return NodeInfo(mine.subnet, mine.subnet.network_address + 1, link.name, link.mtu, mine.vtep_mac,
+                    mine.public_ip, cfg.network, cfg.node_name, stats.changes)
+
+
+def check_node(cfg: NodeConfig) -> None:
+    """Raise CNIError naming the first missing or wrong device attribute or peer entry."""
+    from plugins.pkg.rtnl import Rtnl
+    from . import device, peers
+    snap = _read(cfg)
+    mine = snap.leases.get(cfg.node_name)
+    if mine is None:
+        raise CNIError(LEASE_LOST, f"node {cfg.node_name} holds no lease in the registry",
+                       f"registry {cfg.registry_path}; ADD or the agent takes one")
+    with Rtnl() as rt:
+        underlay = device.find_underlay(rt, cfg)
+        want = device.want(cfg, mine, underlay)
+        problems = device.drift(rt, want)
+        if problems:
+            raise CNIError(DEVICE_DRIFT, problems[0], "; ".join(problems))
+        index = rt.link(cfg.device_name).index
+        wanted = peers.desired(snap.leases.values(), cfg.node_name, index, underlay, cfg.direct_routing)
+        problems = peers.drift(wanted, peers.actual(rt, index, cfg.network, wanted), cfg.device_name)
+    if problems:
+        raise CNIError(PEER_DRIFT, problems[0], "; ".join(problems))
+
+
+def registry_status(cfg: NodeConfig) -> None:
+    try:
+        _read(cfg)
+    except CNIError as e:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"vxlan registry unavailable: {e.msg}", e.details) from None
+
+
+def leave_node(cfg: NodeConfig, remove_device: bool = False) -> None:
+    """Give the lease back; with remove_device also delete the vxlan device (and so its entries)."""
+    from plugins.pkg import rtnl as nl
+    from . import lease
+    with locked(os.path.join(cfg.state_dir, "node.lock")):
+        lease.release(_registry(cfg), cfg)
+        if remove_device:
+            with nl.Rtnl() as rt:
+                link = rt.link(cfg.device_name)
+                if link is not None and link.kind == "vxlan":
+                    rt.batch([nl.link_del_msg(link.index)])
+
+
+def _read(cfg: NodeConfig):
+    reg = _registry(cfg)
+    try:
+        return reg.snapshot()
+    finally:
+        reg.close()

@@ -1,0 +1,194 @@
+"""Per remote lease exactly three entries, kept by diffing desired against actual.
+
+For a remote lease (subnet S, network address N, VTEP MAC M, public IP P):
+  1. ARP   N -> M, permanent, on our device, tagged with protocol RTPROT;
+  2. FDB   M -> dst P, permanent, self, on our device;
+  3. route S via N onlink dev <device>, protocol RTPROT, main table.
+With directRouting and P on one of the underlay's own subnets: only `S via P dev
+<underlay>` (protocol RTPROT).
+
+What is ours (everything else is never touched):
+  - routes: protocol RTPROT and a destination inside the cluster `network`;
+  - ARP entries: on our device, permanent, protocol RTPROT, inside `network`;
+  - FDB entries: on our device, permanent, with a dst, whose MAC is one of our ARP
+    entries' MACs or a current lease's MAC. Creation goes ARP, FDB, route and removal
+    goes route, FDB, ARP, so an FDB entry of ours always has its ARP anchor, even
+    after a crash between two steps.
+A reconcile sends at most six batches (stale routes, stale FDB, ARP, FDB, routes,
+stale ARP), one netlink message per changed entry; unchanged entries get none.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from libcni_py.errors import CNIError
+from plugins.pkg import rtnl as nl
+from . import PEER_PROGRAMMING
+
+RTPROT = 118          # route/neighbour protocol number marking pycni vxlan entries
+log = logging.getLogger("pycni.vxlan")
+_GONE = (errno.ENOENT, errno.ESRCH)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    gateway: ipaddress.IPv4Address
+    oif: int
+    onlink: bool
+
+
+@dataclass(frozen=True)
+class Peer:
+    node: str
+    subnet: ipaddress.IPv4Network
+    route: RouteSpec
+    mac: str | None = None                      # None: direct route only
+    public_ip: ipaddress.IPv4Address | None = None
+
+    @property
+    def anchor(self) -> ipaddress.IPv4Address:
+        return self.subnet.network_address
+
+
+def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: bool) -> list[Peer]:
+    out = []
+    for lease in sorted(leases, key=lambda lease: lease.subnet):
+        if lease.node == own_node:
+            continue
+        if direct_routing and underlay.on_link(lease.public_ip):
+            out.append(Peer(lease.node, lease.subnet, RouteSpec(lease.public_ip, underlay.index, False)))
+        else:
+            out.append(Peer(lease.node, lease.subnet, RouteSpec(lease.subnet.network_address, dev_index, True),
+                            lease.vtep_mac, lease.public_ip))
+    return out
+
+
+@dataclass
+class Actual:
+    arp: dict = field(default_factory=dict)           # ip -> mac (ours)
+    fdb: dict = field(default_factory=dict)           # mac -> set of dst (ours)
+    routes: dict = field(default_factory=dict)        # dst -> RouteSpec (ours)
+    foreign_arp: set = field(default_factory=set)     # permanent, not ours, on our device
+    foreign_routes: set = field(default_factory=set)  # metric-0 main routes, not ours
+
+
+def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: list[Peer]) -> Actual:
+    a = Actual()
+    for n in rt.neighs(socket.AF_INET, dev_index):
+        if not (n.state & nl.NUD_PERMANENT) or n.dst is None:
+            continue
+        if n.protocol == RTPROT and n.dst in network:
+            a.arp[n.dst] = n.lladdr
+        else:
+            a.foreign_arp.add(n.dst)
+    anchors = set(a.arp.values()) | {p.mac for p in peers if p.mac}
+    for n in rt.neighs(socket.AF_BRIDGE, dev_index):
+        if n.state & nl.NUD_PERMANENT and n.dst is not None and n.lladdr in anchors:
+            a.fdb.setdefault(n.lladdr, set()).add(n.dst)
+    for r in rt.routes():
+        if r.protocol == RTPROT and r.dst.subnet_of(network):
+            a.routes[r.dst] = RouteSpec(r.gateway, r.oif, bool(r.flags & nl.RTNH_F_ONLINK))
+        elif r.priority == 0:
+            a.foreign_routes.add(r.dst)
+    return a
+
+
+@dataclass
+class Stats:
+    added: int = 0
+    deleted: int = 0
+    failed: list = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return self.added + self.deleted
+
+
+def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Actual | None = None) -> Stats:
+    """Make the kernel match `peers`; raise CNIError(108) naming what the kernel refused."""
+    have = have if have is not None else actual(rt, dev_index, network, peers)
+    by_subnet = {p.subnet: p for p in peers}
+    by_mac = {p.mac: p for p in peers if p.mac}
+    by_anchor = {p.anchor: p for p in peers if p.mac}
+    stats, broken = Stats(), set()
+
+    def run(ops, adding: bool) -> None:
+        ops = [op for op in ops if op[0] not in broken]
+        if not ops:
+            return
+        for (node, what, _), err in zip(ops, rt.batch([op[2] for op in ops])):
+            if err == 0 or (not adding and err in _GONE):
+                stats.added += adding
+                stats.deleted += not adding
+            else:
+                broken.add(node)
+                stats.failed.append(f"{what}: {os.strerror(err)}")
+    stale_routes = [(None, f"delete route {dst}", nl.route_msg("del", dst, s.gateway, s.oif, RTPROT, s.onlink))
+                    for dst, s in have.routes.items() if dst not in by_subnet]
+    run(stale_routes, False)
+    stale_fdb = [(None, f"delete fdb {mac} dst {ip}", nl.fdb_msg(False, dev_index, mac, ip))
+                 for mac, ips in have.fdb.items() if mac not in by_mac for ip in sorted(ips)]
+    run(stale_fdb, False)
+    arp_ops = [(p.node, f"arp {p.anchor} -> {p.mac}", nl.neigh_msg(True, dev_index, p.anchor, p.mac, RTPROT))
+               for p in peers if p.mac and have.arp.get(p.anchor) != p.mac and p.anchor not in have.foreign_arp]
+    broken.update(p.node for p in peers if p.mac and p.anchor in have.foreign_arp)
+    run(arp_ops, True)
+    fdb_ops, fdb_extra = [], []
+    for p in peers:
+        dsts = have.fdb.get(p.mac, set()) if p.mac else set()
+        if p.mac and dsts != {p.public_ip}:
+            if p.public_ip not in dsts:
+                fdb_ops.append((p.node, f"fdb {p.mac} -> {p.public_ip}", nl.fdb_msg(True, dev_index, p.mac, p.public_ip)))
+            fdb_extra += [(p.node, f"delete fdb {p.mac} dst {ip}", nl.fdb_msg(False, dev_index, p.mac, ip))
+                          for ip in sorted(dsts - {p.public_ip})]
+    run(fdb_ops, True)
+    run(fdb_extra, False)
+    route_ops = []
+    for p in peers:
+        cur = have.routes.get(p.subnet)
+        if cur == p.route:
+            continue
+        if cur is None and p.subnet in have.foreign_routes:
+            broken.add(p.node)
+            stats.failed.append(f"route {p.subnet}: a route we did not create is in the way")
+            continue
+        route_ops.append((p.node, f"route {p.subnet} via {p.route.gateway}",
+                          nl.route_msg("replace" if cur else "add", p.subnet, p.route.gateway, p.route.oif,
+                                       RTPROT, p.route.onlink)))
+    run(route_ops, True)
+    stale_arp = [(None, f"delete arp {ip}", nl.neigh_msg(False, dev_index, ip, mac))
+                 for ip, mac in have.arp.items() if ip not in by_anchor]
+    run(stale_arp, False)
+    if stats.failed:
+        raise CNIError(PEER_PROGRAMMING, f"{len(stats.failed)} peer entries could not be programmed",
+                       "; ".join(stats.failed[:5]))
+    return stats
+
+
+def drift(peers: list[Peer], have: Actual, device: str) -> list[str]:
+    """What CHECK reports: every missing, wrong or stale entry, naming the peer."""
+    out = []
+    for p in peers:
+        tag = f"peer {p.node} ({p.subnet})"
+        if p.mac:
+            mac = have.arp.get(p.anchor)
+            if mac != p.mac:
+                out.append(f"{tag}: ARP {p.anchor} -> {p.mac} on {device} " + ("missing" if mac is None else f"is {mac}"))
+            dsts = have.fdb.get(p.mac, set())
+            if dsts != {p.public_ip}:
+                out.append(f"{tag}: FDB {p.mac} dst {p.public_ip} on {device} "
+                           + ("missing" if not dsts else f"is {', '.join(map(str, sorted(dsts)))}"))
+        r = have.routes.get(p.subnet)
+        if r != p.route:
+            want = f"via {p.route.gateway}" + (" onlink" if p.route.onlink else "")
+            out.append(f"{tag}: route {p.subnet} {want} " + ("missing" if r is None else f"is via {r.gateway}"))
+    subnets = {p.subnet for p in peers}
+    out += [f"stale route {dst} (no lease)" for dst in have.routes if dst not in subnets]
+    anchors = {p.anchor for p in peers if p.mac}
+    out += [f"stale ARP {ip} on {device} (no lease)" for ip in have.arp if ip not in anchors]
+    return out

@@ -1,0 +1,124 @@
+"""The registry interface: where nodes publish their leases and watch each other's.
+
+A backend offers three things, shaped so that etcd (transactions, watch, TTL leases)
+drops in beside the file backend:
+
+- `snapshot()`: the whole state at one revision (network record + leases by node);
+- `update(mutate)`: an atomic read-modify-write. `mutate(draft)` edits a Draft copy
+  (it may raise to abort: nothing is written). The file backend holds a flock across
+  it; an etcd backend runs it in a compare-on-revision transaction and retries.
+  A lease written with the registry's `ttl` gets `expires`; expired leases are
+  invisible to readers (etcd would drop them itself);
+- `watch(revision, timeout)`: block until the state is newer than `revision`, return
+  the new snapshot, or None on timeout.
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from libcni_py.errors import CNIError
+from .. import REGISTRY_CORRUPT
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """What the first node wrote; every later node must agree with it."""
+    network: ipaddress.IPv4Network
+    subnet_len: int
+    vni: int
+
+    def to_json(self) -> dict:
+        return {"network": str(self.network), "subnetLen": self.subnet_len, "vni": self.vni}
+
+
+@dataclass(frozen=True)
+class Lease:
+    node: str
+    subnet: ipaddress.IPv4Network
+    public_ip: ipaddress.IPv4Address
+    vtep_mac: str
+    vni: int
+    expires: float | None = None     # unix time; None: no TTL
+
+    def same_binding(self, other: "Lease | None") -> bool:
+        """Equal in everything peers program (TTL aside)."""
+        return other is not None and replace(other, expires=self.expires) == self
+
+    def to_json(self) -> dict:
+        out = {"subnet": str(self.subnet), "publicIP": str(self.public_ip),
+               "vtepMAC": self.vtep_mac, "vni": self.vni}
+        if self.expires is not None:
+            out["expires"] = round(self.expires, 3)
+        return out
+
+
+@dataclass
+class Snapshot:
+    revision: int = 0
+    network: NetworkRecord | None = None
+    leases: dict[str, Lease] = field(default_factory=dict)
+
+
+Draft = Snapshot     # what update() hands to mutate(): a private, editable copy
+
+
+class Registry(ABC):
+    def __init__(self, ttl: int = 0):
+        self.ttl = ttl
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot: ...
+
+    @abstractmethod
+    def update(self, mutate: Callable[[Draft], None]) -> Snapshot: ...
+
+    @abstractmethod
+    def watch(self, revision: int, timeout: float) -> Snapshot | None: ...
+
+    def close(self) -> None:
+        pass
+
+    def stamp(self, lease: Lease) -> Lease:
+        """The lease as it is stored: with an expiry when this registry has a TTL."""
+        return replace(lease, expires=time.time() + self.ttl if self.ttl else None)
+
+
+def decode(doc: object, now: float | None = None) -> Snapshot:
+    """A stored document -> Snapshot without expired leases; CNIError(101) if malformed."""
+    now = time.time() if now is None else now
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("document is not a JSON object")
+        net = doc.get("network")
+        record = None
+        if net is not None:
+            record = NetworkRecord(ipaddress.IPv4Network(net["network"]), int(net["subnetLen"]),
+                                   int(net["vni"]))
+        leases = {}
+        for node, raw in (doc.get("leases") or {}).items():
+            lease = Lease(str(node), ipaddress.IPv4Network(raw["subnet"]),
+                          ipaddress.IPv4Address(raw["publicIP"]), _mac(raw["vtepMAC"]),
+                          int(raw["vni"]), raw.get("expires"))
+            if lease.expires is None or lease.expires > now:
+                leases[lease.node] = lease
+        return Snapshot(int(doc.get("revision", 0)), record, leases)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CNIError(REGISTRY_CORRUPT, "registry document is malformed",
+                       f"{type(e).__name__}: {e}") from None
+
+
+def encode(snap: Snapshot) -> dict:
+    return {"revision": snap.revision,
+            "network": snap.network.to_json() if snap.network else None,
+            "leases": {node: lease.to_json() for node, lease in sorted(snap.leases.items())}}
+
+
+def _mac(text: str) -> str:
+    parts = text.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and int(p, 16) >= 0 for p in parts):
+        raise ValueError(f"bad MAC {text!r}")
+    return ":".join(parts)

@@ -1,0 +1,358 @@
+"""A small raw rtnetlink socket: fast dumps and batched writes, no pyroute2.
+
+Enough for programs that read links, addresses, neighbours, FDB entries and routes
+and write many neighbour/FDB/route messages at once: messages are packed with
+`struct`, sent many per sendmsg(), and every one is acknowledged (NLM_F_ACK), so a
+batch reports an errno per message. Nothing here knows CNI or a plugin.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+# message types, flags (linux/netlink.h, linux/rtnetlink.h)
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+F_REQUEST, F_MULTI, F_ACK, F_DUMP = 0x1, 0x2, 0x4, 0x300
+F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
+NETLINK_CAP_ACK = 10
+# neighbours
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+NDA_DST, NDA_LLADDR, NDA_IFINDEX, NDA_PROTOCOL = 1, 2, 8, 12
+# routes
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RT_TABLE_MAIN, RTN_UNICAST, RT_SCOPE_UNIVERSE = 254, 1, 0
+RTNH_F_ONLINK = 4
+# links and addresses
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN = {1: "id", 3: "link", 4: "local", 7: "learning", 15: "port"}
+IFF_UP = 0x1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+
+_NLH = struct.Struct("=IHHII")
+_NDM = struct.Struct("=BxxxiHBB")
+_RTM = struct.Struct("=BBBBBBBBI")
+_IFI = struct.Struct("=BxHiII")
+_IFA = struct.Struct("=BBBBi")
+_RTA = struct.Struct("=HH")
+
+
+class NetlinkError(OSError):
+    pass
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    n = _RTA.size + len(data)
+    return _RTA.pack(n, kind) + data + b"\0" * (-n % 4)
+
+
+def _attrs(buf, off: int, end: int) -> dict:
+    out = {}
+    while off + 4 <= end:
+        n, kind = _RTA.unpack_from(buf, off)
+        if n < 4:
+            break
+        out[kind & 0x3FFF] = bytes(buf[off + 4:off + n])
+        off += (n + 3) & ~3
+    return out
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ip4(raw: bytes | None):
+    return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str
+    mtu: int
+    mac: str
+    up: bool
+    vxlan: dict          # id, link, local, learning, port (only for kind vxlan)
+
+
+@dataclass(frozen=True)
+class Addr:
+    index: int
+    address: ipaddress.IPv4Interface
+
+
+@dataclass(frozen=True)
+class Neigh:
+    index: int
+    family: int          # AF_INET (ARP) or AF_BRIDGE (FDB)
+    dst: ipaddress.IPv4Address | None
+    lladdr: str | None
+    state: int
+    flags: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None
+    oif: int
+    protocol: int
+    priority: int
+    flags: int
+    table: int
+
+
+class Rtnl:
+    """One NETLINK_ROUTE socket in the netns current at construction."""
+
+    CHUNK = 256          # messages per sendmsg()
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:
+            self.sock.setsockopt(270, NETLINK_CAP_ACK, 1)   # SOL_NETLINK: short ACKs
+        except OSError:
+            pass
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------
+    def _msg(self, kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
+        self.seq += 1
+        return self.seq, _NLH.pack(_NLH.size + len(body), kind, flags, self.seq, 0) + body
+
+    def _recv(self):
+        data = self.sock.recv(1 << 18)
+        off = 0
+        while off + _NLH.size <= len(data):
+            n, kind, flags, seq, _ = _NLH.unpack_from(data, off)
+            if n < _NLH.size:
+                break
+            yield kind, seq, memoryview(data)[off + _NLH.size:off + n]
+            off += (n + 3) & ~3
+
+    def dump(self, kind: int, body: bytes):
+        """Yield each message body of a dump."""
+        seq, msg = self._msg(kind, F_REQUEST | F_DUMP, body)
+        self.sock.send(msg)
+        while True:
+            for rkind, rseq, payload in self._recv():
+                if rseq != seq:
+                    continue
+                if rkind == NLMSG_DONE:
+                    return
+                if rkind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", payload)[0]
+                    if err:
+                        raise NetlinkError(err, os.strerror(err))
+                    return
+                yield rkind, payload
+
+    def batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
+        """Send (type, flags, body) messages with ACK; return an errno per message (0 = ok)."""
+        results: list[int] = []
+        for start in range(0, len(msgs), self.CHUNK):
+            chunk = msgs[start:start + self.CHUNK]
+            packed = [self._msg(kind, flags | F_REQUEST | F_ACK, body) for kind, flags, body in chunk]
+            first = packed[0][0]
+            self.sock.sendall(b"".join(m for _, m in packed))
+            errs = [None] * len(packed)
+            pending = len(packed)
+            while pending:
+                for rkind, rseq, payload in self._recv():
+                    i = rseq - first
+                    if rkind == NLMSG_ERROR and 0 <= i < len(errs) and errs[i] is None:
+                        errs[i] = -struct.unpack_from("=i", payload)[0]
+                        pending -= 1
+            results.extend(errs)
+        return results
+
+    # -- reads ----------------------------------------------------------------
+    def links(self) -> list[Link]:
+        out = []
+        for _, p in self.dump(RTM_GETLINK, _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            out.append(_parse_link(p))
+        return out
+
+    def link(self, name: str) -> Link | None:
+        seq, msg = self._msg(RTM_GETLINK, F_REQUEST,
+                             _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0"))
+        self.sock.send(msg)
+        while True:
+            for kind, rseq, p in self._recv():
+                if rseq != seq:
+                    continue
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", p)[0]
+                    if err == _errno.ENODEV:
+                        return None
+                    raise NetlinkError(err, os.strerror(err))
+                return _parse_link(p)
+
+    def addrs(self, index: int | None = None) -> list[Addr]:
+        out = []
+        for _, p in self.dump(RTM_GETADDR, _IFA.pack(socket.AF_INET, 0, 0, 0, 0)):
+            _, plen, _, _, idx = _IFA.unpack_from(p)
+            if index is not None and idx != index:
+                continue
+            a = _attrs(p, _IFA.size, len(p))
+            ip = _ip4(a.get(IFA_LOCAL) or a.get(IFA_ADDRESS))
+            if ip is not None:
+                out.append(Addr(idx, ipaddress.IPv4Interface(f"{ip}/{plen}")))
+        return out
+
+    def neighs(self, family: int, index: int) -> list[Neigh]:
+        out = []
+        req = _NDM.pack(family, 0, 0, 0, 0) + _attr(NDA_IFINDEX, struct.pack("=I", index))
+        for _, p in self.dump(RTM_GETNEIGH, req):
+            fam, idx, state, flags, _ = _NDM.unpack_from(p)
+            if idx != index or fam != family:
+                continue
+            a = _attrs(p, _NDM.size, len(p))
+            ll = a.get(NDA_LLADDR)
+            proto = a.get(NDA_PROTOCOL)
+            out.append(Neigh(idx, fam, _ip4(a.get(NDA_DST)), mac_str(ll) if ll else None, state, flags,
+                             proto[0] if proto else 0))
+        return out
+
+    def routes(self, table: int = RT_TABLE_MAIN) -> list[Route]:
+        out = []
+        for _, p in self.dump(RTM_GETROUTE, _RTM.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+            _, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
+            a = _attrs(p, _RTM.size, len(p))
+            tbl = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else tbl
+            if tbl != table or rtype != RTN_UNICAST:
+                continue
+            dst = _ip4(a.get(RTA_DST)) or ipaddress.IPv4Address(0)
+            out.append(Route(ipaddress.IPv4Network(f"{dst}/{dlen}"), _ip4(a.get(RTA_GATEWAY)),
+                             _u32(a.get(RTA_OIF)), proto, _u32(a.get(RTA_PRIORITY)), flags, tbl))
+        return out
+
+
+def _u32(raw: bytes | None) -> int:
+    return struct.unpack("=I", raw)[0] if raw else 0
+
+
+def _parse_link(p) -> Link:
+    _, _, idx, flags, _ = _IFI.unpack_from(p)
+    a = _attrs(p, _IFI.size, len(p))
+    kind, vx = "", {}
+    if IFLA_LINKINFO in a:
+        info = _attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
+        kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+        if kind == "vxlan" and IFLA_INFO_DATA in info:
+            data = _attrs(info[IFLA_INFO_DATA], 0, len(info[IFLA_INFO_DATA]))
+            for key, name in IFLA_VXLAN.items():
+                raw = data.get(key)
+                if raw is None:
+                    continue
+                if name == "local":
+                    vx[name] = _ip4(raw)
+                elif name == "port":
+                    vx[name] = struct.unpack("!H", raw)[0]
+                elif name == "learning":
+                    vx[name] = raw[0]
+                else:
+                    vx[name] = struct.unpack("=I", raw)[0]
+    mac = a.get(IFLA_ADDRESS)
+    return Link(idx, a.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(), kind, _u32(a.get(IFLA_MTU)),
+                mac_str(mac) if mac else "", bool(flags & IFF_UP), vx)
+
+
+# -- message bodies for batch() ---------------------------------------------------
+def neigh_msg(add: bool, index: int, ip, mac: str, protocol: int = 0) -> tuple[int, int, bytes]:
+    """A permanent ARP entry ip -> mac on device `index` (add = create or replace)."""
+    body = _NDM.pack(socket.AF_INET, index, NUD_PERMANENT, 0, RTN_UNICAST)
+    body += _attr(NDA_DST, ipaddress.IPv4Address(ip).packed)
+    if add:
+        body += _attr(NDA_LLADDR, mac_bytes(mac))
+        if protocol:
+            body += _attr(NDA_PROTOCOL, bytes([protocol]))
+        return RTM_NEWNEIGH, F_CREATE | F_REPLACE, body
+    return RTM_DELNEIGH, 0, body
+
+
+def fdb_msg(add: bool, index: int, mac: str, dst) -> tuple[int, int, bytes]:
+    """A permanent FDB entry mac -> dst on a vxlan device (`bridge fdb replace ... self`)."""
+    body = _NDM.pack(socket.AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
+    body += _attr(NDA_LLADDR, mac_bytes(mac)) + _attr(NDA_DST, ipaddress.IPv4Address(dst).packed)
+    if add:
+        return RTM_NEWNEIGH, F_CREATE | F_REPLACE, body
+    return RTM_DELNEIGH, 0, body
+
+
+def route_msg(op: str, dst: ipaddress.IPv4Network, gateway, oif: int, protocol: int,
+              onlink: bool = False) -> tuple[int, int, bytes]:
+    """op: 'add' (fails if present), 'replace' or 'del'; a main-table unicast route."""
+    body = _RTM.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
+                     RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
+    body += _attr(RTA_DST, dst.network_address.packed)
+    if gateway is not None:
+        body += _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
+    body += _attr(RTA_OIF, struct.pack("=I", oif))
+    if op == "del":
+        return RTM_DELROUTE, 0, body
+    return RTM_NEWROUTE, F_CREATE | (F_REPLACE if op == "replace" else F_EXCL), body
+
+
+def addr_msg(add: bool, index: int, iface: ipaddress.IPv4Interface) -> tuple[int, int, bytes]:
+    body = _IFA.pack(socket.AF_INET, iface.network.prefixlen, 0, 0, index)
+    body += _attr(IFA_LOCAL, iface.ip.packed) + _attr(IFA_ADDRESS, iface.ip.packed)
+    if add:
+        return RTM_NEWADDR, F_CREATE | F_EXCL, body
+    return RTM_DELADDR, 0, body
+
+
+
+def vxlan_link_msg(name: str, vni: int, port: int, underlay: int, local, mac: str,
+                   mtu: int) -> tuple[int, int, bytes]:
+    """Create a vxlan device with learning off (`ip link add NAME type vxlan ... nolearning`)."""
+    data = (_attr(1, struct.pack("=I", vni)) + _attr(3, struct.pack("=I", underlay))
+            + _attr(4, ipaddress.IPv4Address(local).packed) + _attr(7, b"\0")
+            + _attr(15, struct.pack("!H", port)))
+    info = _attr(IFLA_INFO_KIND, b"vxlan") + _attr(IFLA_INFO_DATA, data)
+    body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_MTU, struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, mac_bytes(mac))
+            + _attr(IFLA_LINKINFO, info))
+    return RTM_NEWLINK, F_CREATE | F_EXCL, body
+
+
+def link_set_msg(index: int, up: bool | None = None, mtu: int | None = None,
+                 mac: str | None = None) -> tuple[int, int, bytes]:
+    flags, change = (IFF_UP if up else 0, IFF_UP) if up is not None else (0, 0)
+    body = _IFI.pack(socket.AF_UNSPEC, 0, index, flags, change)
+    if mtu is not None:
+        body += _attr(IFLA_MTU, struct.pack("=I", mtu))
+    if mac is not None:
+        body += _attr(IFLA_ADDRESS, mac_bytes(mac))
+    return RTM_NEWLINK, 0, body
+
+
+def link_del_msg(index: int) -> tuple[int, int, bytes]:
+    return RTM_DELLINK, 0, _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)

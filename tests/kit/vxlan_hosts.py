@@ -1,0 +1,184 @@
+"""Test hosts for the vxlan overlay: netns hosts on an underlay switch.
+
+    cluster = Cluster(netns, tmp_path, segments=[0, 0, 1])   # 3 hosts, 2 L2 segments
+    cluster.hosts[0].ensure()             # overlay.ensure_node in that host's netns
+    cluster.hosts[0].conf                 # its plugin config (a dict; add pod keys freely)
+
+The switch is its own netns holding one bridge per L2 segment (`seg0`, `seg1`, ...)
+with the segment's router address (198.18.<seg>.254/24) and forwarding on, so hosts
+on different segments reach each other routed. Host i (0-based) is `eth0`
+198.18.<seg>.<i+1>/24 with a default route via its segment's router. All hosts share
+one file registry in tmp; each has its own stateDir and nodeName `host<i>`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+from plugins.pkg import ns as nsmod
+
+NETWORK = "10.244.0.0/16"
+
+
+class Host:
+    def __init__(self, cluster: "Cluster", index: int, segment: int):
+        self.index, self.segment = index, segment
+        self.node = f"host{index}"
+        self.ns = cluster.netns_factory(f"vh{index}-")
+        self.name, self.path = self.ns.name, self.ns.path
+        self.ip = ipaddress.IPv4Interface(f"198.18.{segment}.{index + 1}/24")
+        self.router = f"198.18.{segment}.254"
+        self.conf = {
+            "cniVersion": "1.0.0", "name": cluster.network_name, "type": "vxlan",
+            "network": NETWORK, "registry": {"type": "file", "path": cluster.registry_path},
+            "stateDir": os.path.join(cluster.tmp, "state", self.node), "nodeName": self.node,
+        }
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60):
+        return self.ns.run(*argv, check=check, timeout=timeout)
+
+    def cfg(self, **overrides):
+        from plugins.main.vxlan.overlay import node_config
+        return node_config({**self.conf, **overrides})
+
+    def ensure(self, **overrides):
+        from plugins.main.vxlan.overlay import ensure_node
+        with nsmod.enter(self.path):
+            return ensure_node(self.cfg(**overrides))
+
+    def check(self, **overrides) -> None:
+        from plugins.main.vxlan.overlay import check_node
+        with nsmod.enter(self.path):
+            check_node(self.cfg(**overrides))
+
+    def leave(self, remove_device: bool = True) -> None:
+        from plugins.main.vxlan.overlay import leave_node
+        with nsmod.enter(self.path):
+            leave_node(self.cfg(), remove_device=remove_device)
+
+    def dumps(self, dev: str = "vxlan.1") -> dict[str, list[str]]:
+        """`ip route`, `ip neigh` and `bridge fdb` of the host, one sorted list each."""
+        def lines(*argv):
+            return sorted(line.strip() for line in self.run(*argv).stdout.splitlines() if line.strip())
+        return {"route": lines("ip", "route", "show", "table", "main"),
+                "neigh": lines("ip", "neigh", "show", "dev", dev, "nud", "permanent"),
+                "fdb": lines("bridge", "fdb", "show", "dev", dev)}
+
+    def set_address(self, new: str) -> None:
+        """Move the underlay address (the public IP changes)."""
+        self.run("ip", "addr", "del", str(self.ip), "dev", "eth0")
+        self.ip = ipaddress.IPv4Interface(new)
+        self.run("ip", "addr", "add", str(self.ip), "dev", "eth0")
+        self.run("ip", "route", "replace", "default", "via", self.router, "dev", "eth0")
+
+
+class Cluster:
+    def __init__(self, netns_factory, tmp_path, segments=(0, 0, 0), network_name: str = "vxtest"):
+        self.netns_factory = netns_factory
+        self.tmp = str(tmp_path)
+        self.network_name = network_name
+        self.registry_path = os.path.join(self.tmp, "registry", "registry.json")
+        os.makedirs(os.path.dirname(self.registry_path), exist_ok=True)
+        self.switch = netns_factory("vsw-")
+        self.switch.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for seg in sorted(set(segments)):
+            self.switch.run("ip", "link", "add", f"seg{seg}", "type", "bridge")
+            self.switch.run("ip", "addr", "add", f"198.18.{seg}.254/24", "dev", f"seg{seg}")
+            self.switch.run("ip", "link", "set", f"seg{seg}", "up")
+        self.hosts = [self._add_host(i, seg) for i, seg in enumerate(segments)]
+
+    def _add_host(self, index: int, segment: int) -> Host:
+        h = Host(self, index, segment)
+        port = f"p{index}"
+        self.switch.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.name)
+        self.switch.run("ip", "link", "set", port, "master", f"seg{segment}", "up")
+        h.run("ip", "addr", "add", str(h.ip), "dev", "eth0")
+        h.run("ip", "link", "set", "eth0", "up")
+        h.run("ip", "route", "add", "default", "via", h.router, "dev", "eth0")
+        return h
+
+    def registry(self) -> dict:
+        with open(self.registry_path) as f:
+            return json.load(f)
+
+    def ensure_all(self, **overrides):
+        return [h.ensure(**overrides) for h in self.hosts]
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+class Pinger:
+    """ICMP echo from inside a netns (raw socket made there; no ping binary needed)."""
+
+    def __init__(self, ns_path: str, dst: str):
+        with nsmod.enter(ns_path):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.dst = str(dst)
+        self.ident = (os.getpid() ^ id(self)) & 0xFFFF
+        self.seq = 0
+
+    def once(self, timeout: float = 1.0) -> bool:
+        """One echo request; True when its reply came back within `timeout`."""
+        self.seq = (self.seq + 1) & 0xFFFF
+        body = struct.pack("!HH", self.ident, self.seq) + b"pycni-vxlan-test"
+        packet = struct.pack("!BBH", 8, 0, 0) + body
+        packet = struct.pack("!BBH", 8, 0, _checksum(packet)) + body
+        self.sock.sendto(packet, (self.dst, 0))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.sock], [], [], left)[0]:
+                break
+            data, (src, _) = self.sock.recvfrom(2048)
+            icmp = data[(data[0] & 0x0F) * 4:]
+            if src == self.dst and icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (self.ident, self.seq):
+                return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ping(ns_path: str, dst, count: int = 3, timeout: float = 1.0) -> int:
+    """Replies received out of `count` echoes."""
+    p = Pinger(ns_path, dst)
+    try:
+        return sum(p.once(timeout) for _ in range(count))
+    finally:
+        p.close()
+
+
+class ContinuousPing(threading.Thread):
+    """Pings every `interval` seconds until stop(); counts sent and lost."""
+
+    def __init__(self, ns_path: str, dst, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.pinger = Pinger(ns_path, dst)
+        self.interval = interval
+        self.sent = self.lost = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            started = time.monotonic()
+            self.sent += 1
+            self.lost += not self.pinger.once(timeout=1.0)
+            self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def stop(self) -> tuple[int, int]:
+        self._stop_event.set()
+        self.join(timeout=5)
+        self.pinger.close()
+        return self.sent, self.lost
