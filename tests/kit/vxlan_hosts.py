@@ -15,13 +15,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import select
-import socket
-import struct
 import threading
 import time
 
 from plugins.pkg import ns as nsmod
+from plugins.pkg import probe
 
 NETWORK = "10.244.0.0/16"
 
@@ -111,62 +109,14 @@ class Cluster:
         return [h.ensure(**overrides) for h in self.hosts]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-class Pinger:
-    """ICMP echo from inside a netns (raw socket made there; no ping binary needed)."""
-
-    def __init__(self, ns_path: str, dst: str):
-        with nsmod.enter(ns_path):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.dst = str(dst)
-        self.ident = (os.getpid() ^ id(self)) & 0xFFFF
-        self.seq = 0
-
-    def once(self, timeout: float = 1.0) -> bool:
-        """One echo request; True when its reply came back within `timeout`."""
-        self.seq = (self.seq + 1) & 0xFFFF
-        body = struct.pack("!HH", self.ident, self.seq) + b"pycni-vxlan-test"
-        packet = struct.pack("!BBH", 8, 0, 0) + body
-        packet = struct.pack("!BBH", 8, 0, _checksum(packet)) + body
-        self.sock.sendto(packet, (self.dst, 0))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([self.sock], [], [], left)[0]:
-                break
-            data, (src, _) = self.sock.recvfrom(2048)
-            icmp = data[(data[0] & 0x0F) * 4:]
-            if src == self.dst and icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (self.ident, self.seq):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def ping(ns_path: str, dst, count: int = 3, timeout: float = 1.0) -> int:
-    """Replies received out of `count` echoes."""
-    p = Pinger(ns_path, dst)
-    try:
-        return sum(p.once(timeout) for _ in range(count))
-    finally:
-        p.close()
-
 
 class ContinuousPing(threading.Thread):
-    """Pings every `interval` seconds until stop(); counts sent and lost."""
+    """One ICMP echo every `interval` seconds (plugins.pkg.probe) until stop(); counts lost ones."""
 
-    def __init__(self, ns_path: str, dst, interval: float = 0.1):
+    def __init__(self, ns_path: str, dst, interval: float = 0.1, timeout: float = 1.0):
         super().__init__(daemon=True)
-        self.pinger = Pinger(ns_path, dst)
-        self.interval = interval
+        self.ns_path, self.dst = ns_path, str(dst)
+        self.interval, self.timeout = interval, timeout
         self.sent = self.lost = 0
         self._stop_event = threading.Event()
 
@@ -174,11 +124,11 @@ class ContinuousPing(threading.Thread):
         while not self._stop_event.is_set():
             started = time.monotonic()
             self.sent += 1
-            self.lost += not self.pinger.once(timeout=1.0)
+            self.lost += not probe.ping(self.ns_path, self.dst, count=1, timeout=self.timeout)
             self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> tuple[int, int]:
+        """(sent, lost)"""
         self._stop_event.set()
         self.join(timeout=5)
-        self.pinger.close()
         return self.sent, self.lost
