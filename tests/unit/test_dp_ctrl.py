@@ -1,0 +1,183 @@
+"""The dp's control messages: validation, replies, never a crash; dpctl round trips."""
+import json
+import os
+import select
+import socket
+import threading
+
+import pytest
+
+from plugins.dp import ctrl
+from plugins.dp.datapath import Datapath
+from plugins.dp.policy import Policy
+from plugins.meta.dp_steering import dpctl
+
+MAC, UCMAC = "02:00:00:00:00:01", "4e:65:75:56:00:01"
+
+
+@pytest.fixture
+def control():
+    def reload():
+        raise ctrl.CtrlError("no --policy file to reload")
+    return ctrl.Control(Datapath(Policy()), reload)
+
+
+def ask(control, msg):
+    data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+    return control.handle(data)
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"{not json", "bad JSON"),
+    (b"\xff\xfe", "bad JSON"),
+    (b"[]", "exactly one message key"),
+    (b'"ctrl_keep_alive"', "exactly one message key"),
+    (b'{"ctrl_keep_alive": {}, "ctrl_stats": {}}', "exactly one message key"),
+    (b'{"ctrl_bogus": {}}', "unknown message 'ctrl_bogus'"),
+    (b'{"ctrl_add_mac": [1]}', "parameters must be an object"),
+    (b'{"ctrl_add_mac": {"mac": "zz:00:00:00:00:01"}}', "mac:"),
+    (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00"}}', "mac:"),
+    (b'{"ctrl_add_mac": {"mac": 5}}', "mac:"),
+    (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00:01", "ucmac": "ff:ff:ff:00:00:01"}}', "ucmac"),
+    (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00:01", "iface": "a/b"}}', "iface"),
+    (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00:01", "tap": "yes"}}', "tap"),
+    (b'{"ctrl_add_srvc_port": {}}', "iface"),
+    (b'{"ctrl_add_srvc_port": {"iface": "0123456789abcdef"}}', "iface"),
+    (b'{"ctrl_add_srvc_port": {"iface": "vth", "jumboframe": 1}}', "jumboframe"),
+    (b'{"ctrl_cfg_mac": {"tap": true}}', "macs"),
+    (b'{"ctrl_cfg_mac": {"macs": ["x"]}}', "macs"),
+    (b'{"ctrl_cfg_mac": {"macs": ["02:00:00:00:00:01"], "tap": "no"}}', "tap"),
+    (b'{"ctrl_keep_alive": {"seq_num": "1"}}', "seq_num"),
+    (b'{"ctrl_stats": {"macs": "02:00:00:00:00:01"}}', "macs"),
+    (b'{"ctrl_cfg_internal_net": {"subnet_addr": 3}}', "subnet_addr"),
+    (b'{"ctrl_reload_policy": {}}', "no --policy file"),
+    (b'{"ctrl_reload_policy": {"policy": {"rules": [{"action": "maybe"}]}}}', "rules[0].action"),
+])
+def test_bad_requests_get_an_error_reply(control, data, error):
+    reply = control.handle(data)
+    assert reply["ok"] is False
+    assert error in reply["error"]
+
+
+def test_article_sequence_registers_the_pod(control):
+    """The seed article's four messages, as its script sends them."""
+    assert ask(control, {"ctrl_cfg_internal_net": {"flag": 3, "subnet_addr": [
+        {"ip": "10.10.10.0", "mask": "255.255.255.0"}]}})["ok"]
+    reply = ask(control, {"ctrl_add_srvc_port": {"iface": "vth", "jumboframe": False}})
+    assert reply["ok"] and reply["open"] is False          # no such interface here
+    reply = ask(control, {"ctrl_add_mac": {
+        "iface": "vth", "mac": "1a:27:f3:87:3a:27", "ucmac": "4e:65:75:56:00:b4",
+        "bcmac": "ff:ff:ff:00:00:b4", "oldmac": "", "pmac": "", "pips": None}})
+    assert reply["ok"] and reply["pod"]["tap"] is True     # NeuVector: tap until cfg_mac
+    assert ask(control, {"ctrl_cfg_mac": {"tap": False, "macs": ["1a:27:f3:87:3a:27"]}}) == {
+        "ok": True, "msg": "ctrl_cfg_mac", "missing": []}
+    pod = ask(control, {"ctrl_stats": {}})["pods"]["1a:27:f3:87:3a:27"]
+    assert (pod["ucmac"], pod["bcmac"], pod["tap"]) == ("4e:65:75:56:00:b4",
+                                                        "ff:ff:ff:00:00:b4", False)
+    assert ask(control, {"ctrl_keep_alive": {"seq_num": 7}})["wanted"] == ["vth"]
+
+
+def test_readd_keeps_tap_and_counters_and_oldmac_replaces(control):
+    ask(control, {"ctrl_add_mac": {"mac": MAC, "ucmac": UCMAC, "tap": False}})
+    control.dp.endpoints[bytes.fromhex("020000000001")].allowed = 5
+    reply = ask(control, {"ctrl_add_mac": {"mac": MAC, "ucmac": "4e:65:75:56:00:02"}})
+    assert reply["pod"]["tap"] is False and reply["pod"]["allowed"] == 5
+    reply = ask(control, {"ctrl_add_mac": {"mac": "02:00:00:00:00:03", "oldmac": MAC}})
+    assert reply["pod"]["allowed"] == 5
+    assert list(ask(control, {"ctrl_stats": {}})["pods"]) == ["02:00:00:00:00:03"]
+
+
+def test_del_mac_is_idempotent_and_returns_counters(control):
+    ask(control, {"ctrl_add_mac": {"mac": MAC, "ucmac": UCMAC, "name": "web"}})
+    reply = ask(control, {"ctrl_del_mac": {"mac": MAC}})
+    assert reply["ok"] and reply["found"] and reply["pod"]["name"] == "web"
+    reply = ask(control, {"ctrl_del_mac": {"mac": MAC}})
+    assert reply == {"ok": True, "msg": "ctrl_del_mac", "found": False, "pod": None}
+
+
+def test_cfg_mac_reports_missing_pods(control):
+    reply = ask(control, {"ctrl_cfg_mac": {"tap": True, "macs": [MAC]}})
+    assert reply["ok"] and reply["missing"] == [MAC]
+
+
+def test_stats_for_selected_macs_by_pod_mac_or_ucmac(control):
+    ask(control, {"ctrl_add_mac": {"mac": MAC, "ucmac": UCMAC}})
+    ask(control, {"ctrl_add_mac": {"mac": "02:00:00:00:00:02"}})
+    assert list(ask(control, {"ctrl_stats": {"macs": [UCMAC]}})["pods"]) == [MAC]
+    assert len(ask(control, {"ctrl_stats": {}})["pods"]) == 2
+
+
+def test_inline_policy_applies_to_registered_pods(control):
+    ask(control, {"ctrl_add_mac": {"mac": MAC, "name": "web"}})
+    reply = ask(control, {"ctrl_reload_policy": {"policy": {
+        "rules": [{"action": "deny", "pod": "web"}, {"action": "deny", "pod": "other"}]}}})
+    assert reply["policy"] == {"default": "allow", "rules": 2, "source": "control socket"}
+    assert len(control.dp.endpoints[bytes.fromhex("020000000001")].rules) == 1
+
+
+def test_srvc_port_del(control):
+    ask(control, {"ctrl_add_srvc_port": {"iface": "vth", "tap": True}})
+    assert ask(control, {"ctrl_del_srvc_port": {"iface": "vth"}})["found"] is True
+    assert ask(control, {"ctrl_del_srvc_port": {"iface": "vth"}})["found"] is False
+
+
+# -- over a real socket, with the plugin's client
+
+
+@pytest.fixture
+def server(tmp_path, control):
+    srv = ctrl.Server(str(tmp_path / "run" / "dp.sock"), control)
+    stop_r, stop_w = socket.socketpair()
+
+    def loop():
+        while True:
+            ready, _, _ = select.select([srv.sock, stop_r], [], [])
+            if stop_r in ready:
+                return
+            srv.serve()
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv
+    stop_w.send(b"x")
+    t.join()
+    srv.close()
+    stop_r.close()
+    stop_w.close()
+
+
+def test_dpctl_round_trip(server):
+    path = server.path
+    assert os.stat(path).st_mode & 0o077 == 0            # only root talks to the dp
+    assert dpctl.ping(path)["pid"] == os.getpid()
+    assert dpctl.add_port(path, mac=MAC, ucmac=UCMAC, mode="tap", vex="vex1", vin="vin1",
+                          name="pod-a") is True
+    pod = dpctl.stats(path)["pods"][MAC]
+    assert (pod["tap"], pod["vex"], pod["vin"], pod["bcmac"]) == (
+        True, "vex1", "vin1", "ff:ff:ff:00:00:01")
+    assert dpctl.set_mode(path, MAC, "inline") is True
+    assert dpctl.stats(path, [MAC])["pods"][MAC]["tap"] is False
+    assert dpctl.set_mode(path, "02:00:00:00:00:99", "tap") is False     # unknown pod
+    assert dpctl.reload_policy(path, {"default": "deny"})["default"] == "deny"
+    with pytest.raises(dpctl.DpError, match="default"):
+        dpctl.reload_policy(path, {"default": "nope"})
+    assert dpctl.del_port(path, MAC)["name"] == "pod-a"
+    assert dpctl.del_port(path, MAC) == {}
+    assert dpctl.del_srvc_port(path, "vth") is True
+    with pytest.raises(dpctl.DpError, match="iface"):
+        dpctl.add_port(path, mac=MAC, ucmac=UCMAC, iface="bad/name")
+    with pytest.raises(ValueError):
+        dpctl.add_port(path, mac=MAC, ucmac=UCMAC, mode="off")
+
+
+def test_dpctl_sees_a_missing_or_silent_dp(tmp_path):
+    assert dpctl.ping(str(tmp_path / "nothing.sock")) is None
+    assert dpctl.add_port(str(tmp_path / "nothing.sock"), mac=MAC, ucmac=UCMAC) is False
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)     # bound, never answers
+    silent.bind(str(tmp_path / "silent.sock"))
+    try:
+        assert dpctl.ping(str(tmp_path / "silent.sock"), timeout=0.2) is None
+        assert dpctl.stats(str(tmp_path / "silent.sock"), timeout=0.2) is None
+    finally:
+        silent.close()
+    dead = tmp_path / "silent.sock"                  # socket file left by a dead dp
+    assert dead.exists() and dpctl.del_port(str(dead), MAC) is None
