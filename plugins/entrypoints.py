@@ -35,15 +35,18 @@ def available() -> list[str]:
 
 
 def main() -> None:
-    """The bundle's entry: dispatch on the name exec'd as; under any other name,
-    `--list` prints the names this build carries."""
+    """The bundle's entry: dispatch on the name exec'd as. Under any other name:
+    `--list` prints the names this build carries, `--self-check` tests the build."""
     name = os.path.basename(sys.argv[0])
     if name in ENTRYPOINTS:
         dispatch(name)
     elif sys.argv[1:] == ["--list"]:
         print("\n".join(available()))
+    elif sys.argv[1:] == ["--self-check"]:
+        from plugins.selfcheck import main as self_check
+        sys.exit(self_check())
     else:
-        sys.stderr.write(f"pycni: run me as one of: {' '.join(available())} (or with --list)\n")
+        sys.stderr.write(f"pycni: run me as one of: {' '.join(available())}; or with --list, --self-check\n")
         sys.exit(2)
 
 
