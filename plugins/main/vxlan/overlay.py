@@ -2,7 +2,7 @@
 
     cfg = node_config(conf)       # parse and check the node keys; touches nothing
     info = ensure_node(cfg)       # lease, device, one reconcile; current netns = the host
-    check_node(cfg)               # CNIError(109/110/111) naming the first drift
+    check_node(cfg)               # NodeInfo, or CNIError(109/110/111) naming the first drift
     registry_status(cfg)          # CNIError(50) when the registry cannot be read
     leave_node(cfg)               # drop this node's lease (and, optionally, its device)
 
@@ -56,6 +56,7 @@ class NodeInfo:
     network: ipaddress.IPv4Network
     node_name: str = ""
     changes: int = 0                          # peer entries added/removed by this call
+    revision: int = 0                         # registry revision the peers were reconciled to
 
 
 def node_config(conf: dict) -> NodeConfig:
@@ -111,12 +112,16 @@ def ensure_node(cfg: NodeConfig) -> NodeInfo:
         if stats.changes:
             log.info("node %s: %d peer entries added, %d removed (registry revision %d)",
                      cfg.node_name, stats.added, stats.deleted, snap.revision)
+    return _info(cfg, mine, link, stats.changes, snap.revision)
+
+
+def _info(cfg: NodeConfig, mine, link, changes: int, revision: int) -> NodeInfo:
     return NodeInfo(mine.subnet, mine.subnet.network_address + 1, link.name, link.mtu, mine.vtep_mac,
-                    mine.public_ip, cfg.network, cfg.node_name, stats.changes)
+                    mine.public_ip, cfg.network, cfg.node_name, changes, revision)
 
 
-def check_node(cfg: NodeConfig) -> None:
-    """Raise CNIError naming the first missing or wrong device attribute or peer entry."""
+def check_node(cfg: NodeConfig) -> NodeInfo:
+    """Raise CNIError naming the first missing or wrong device attribute or peer entry; else the node."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, peers
     snap = _read(cfg)
@@ -130,11 +135,12 @@ def check_node(cfg: NodeConfig) -> None:
         problems = device.drift(rt, want)
         if problems:
             raise CNIError(DEVICE_DRIFT, problems[0], "; ".join(problems))
-        index = rt.link(cfg.device_name).index
-        wanted = peers.desired(snap.leases.values(), cfg.node_name, index, underlay, cfg.direct_routing)
-        problems = peers.drift(wanted, peers.actual(rt, index, cfg.network, wanted), cfg.device_name)
+        link = rt.link(cfg.device_name)
+        wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
+        problems = peers.drift(wanted, peers.actual(rt, link.index, cfg.network, wanted), cfg.device_name)
     if problems:
         raise CNIError(PEER_DRIFT, problems[0], "; ".join(problems))
+    return _info(cfg, mine, link, 0, snap.revision)
 
 
 def registry_status(cfg: NodeConfig) -> None:
