@@ -62,3 +62,11 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
     p = subprocess.run(argv, input=text, capture_output=True, text=True)
     if p.returncode != 0:
         raise IptablesError(f"{binary}-restore failed: {p.stderr.strip()}\ninput:\n{text}")
+
+
+def save_all(binary: str = "iptables") -> str:
+    """Every table iptables knows about in this netns, in one iptables-save."""
+    p = subprocess.run([f"{binary}-save"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise IptablesError(f"{binary}-save: {p.stderr.strip()}")
+    return p.stdout

@@ -1,0 +1,136 @@
+"""iptables backend: the nat table, the article's chain names, one iptables-restore per change.
+
+  PREROUTING, OUTPUT  -m comment --comment "edgemesh root chain" -j EDGE-MESH   (top)
+  EDGE-MESH           -s <pod>/32 -m comment --comment "edgemesh net=N id=C" -j EDGE-MESH-SVC
+                      (-j RETURN for an excluded namespace; scope node: a last catch-all)
+  EDGE-MESH-SVC       -d <ip>/32 -m comment --comment "ignore <ns>/<name> service" -j RETURN
+                      -d <cidr> -p tcp -m comment --comment "tcp service proxy" -j EDGE-MESH-TCP
+  EDGE-MESH-TCP       -p tcp -j DNAT --to-destination 169.254.96.16:40001
+
+Our root jumps are deleted by their (known, safe) spec; rules in our own chains by
+position, highest first, so nothing foreign in PREROUTING/OUTPUT can be hit.
+
+Rules are compared as iptables-save prints them (token lists), so a rule we already
+have is never rewritten and its counters survive. A chain is declared (":NAME") only
+when it does not exist: with --noflush a declaration flushes an existing chain.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+
+from libcni_py.errors import CNIError
+from plugins.pkg import iptables
+
+from . import rules as R
+
+RULES_FAILED = 141
+TABLE = "nat"
+NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
+         "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
+_LOGICAL = {v: k for k, v in NAMES.items()}
+# Every token we write: the comment alphabet of plugins.pkg.iptables, nothing that ends a
+# line, opens a quote or escapes.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9 _.:/,=@+\-]{1,255}$")
+
+
+def _comment(text: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", iptables.check_comment(text))
+
+
+def render(item: R.Item) -> tuple[str, ...]:
+    svc = NAMES["services"]
+    if isinstance(item, R.RootJump):
+        return _comment(R.ROOT_COMMENT) + ("-j", NAMES["mesh"])
+    if isinstance(item, R.PodMatch):
+        return ("-s", f"{item.src}/32") + _comment(item.comment) + ("-j", svc if item.hijack else "RETURN")
+    if isinstance(item, R.NodeScope):
+        return _comment(R.NODE_COMMENT) + ("-j", svc)
+    if isinstance(item, R.Ignore):
+        return ("-d", f"{item.ip}/32") + _comment(item.comment) + ("-j", "RETURN")
+    if isinstance(item, R.ProxyJump):
+        return ("-d", item.cidr, "-p", item.proto) + _comment(item.comment) + ("-j", NAMES[f"proxy_{item.proto}"])
+    if isinstance(item, R.Dnat):
+        return ("-p", item.proto, "-j", "DNAT", "--to-destination", f"{item.addr}:{item.port}")
+    raise TypeError(item)
+
+
+class Backend:
+    name = "iptables"
+    render = staticmethod(render)
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("iptables-restore") is not None and shutil.which("iptables-save") is not None
+
+    def read(self, text: str | None = None) -> dict[str, list[R.Entry]]:
+        """Our chains that exist (with their rules) and our jumps in PREROUTING/OUTPUT."""
+        if text is None:
+            text = self._save()
+        current: dict[str, list[R.Entry]] = {"prerouting": [], "output": []}
+        for line in text.splitlines():
+            if line.startswith(":") and line[1:].split(" ", 1)[0] in _LOGICAL:
+                current.setdefault(_LOGICAL[line[1:].split(" ", 1)[0]], [])
+            elif line.startswith("-A "):
+                chain = line.split(" ", 2)[1]
+                if chain not in _LOGICAL:
+                    continue
+                try:
+                    tokens = tuple(shlex.split(line)[2:])
+                except ValueError:
+                    continue                       # not ours: we never write such quoting
+                comment = _comment_of(tokens)
+                entries = current.setdefault(_LOGICAL[chain], [])
+                if chain in ("PREROUTING", "OUTPUT"):
+                    if comment == R.ROOT_COMMENT and tokens[-2:] == ("-j", NAMES["mesh"]):
+                        entries.append(R.Entry(key=tokens, comment=comment, ref=tokens))
+                else:   # our own chain: delete by position, whatever the rule looks like
+                    entries.append(R.Entry(key=tokens, comment=comment, ref=len(entries) + 1))
+        return current
+
+    def apply(self, plan: R.Plan, current: dict[str, list[R.Entry]]) -> None:
+        lines = self.restore_lines(plan, current)
+        if not lines:
+            return
+        try:
+            iptables.restore(TABLE, lines)
+        except iptables.IptablesError as e:
+            raise CNIError(RULES_FAILED, "iptables-restore failed", str(e)[:2000]) from None
+
+    @staticmethod
+    def restore_lines(plan: R.Plan, current: dict[str, list[R.Entry]]) -> list[str]:
+        if plan.teardown:
+            lines = [_line("-D", NAMES[h], e.ref) for h in R.HOOKS for e in current.get(h, [])]
+            ours = [NAMES[c] for c in R.CHAINS if c in current]
+            return lines + [f"-F {c}" for c in ours] + [f"-X {c}" for c in ours]
+        lines = [f":{NAMES[c]} - [0:0]" for c in plan.create]
+        lines += [_line("-D", NAMES[c], e.ref) for c, e in plan.delete if c in R.HOOKS]
+        by_position = sorted(((c, e.ref) for c, e in plan.delete if c not in R.HOOKS), reverse=True)
+        lines += [f"-D {NAMES[c]} {n}" for c, n in by_position]
+        lines += [_line("-I", f"{NAMES[c]} 1", render(i)) for c, i in reversed(plan.prepend)]
+        lines += [_line("-A", NAMES[c], render(i)) for c, i in plan.append]
+        return lines
+
+    @staticmethod
+    def _save() -> str:
+        try:
+            return iptables.save(TABLE)
+        except iptables.IptablesError as e:
+            raise CNIError(RULES_FAILED, "iptables-save failed", str(e)[:2000]) from None
+
+
+def _comment_of(tokens: tuple[str, ...]) -> str:
+    for i, t in enumerate(tokens[:-1]):
+        if t == "--comment":
+            return tokens[i + 1]
+    return ""
+
+
+def _line(op: str, chain: str, tokens) -> str:
+    out = []
+    for t in tokens:
+        if not _TOKEN_RE.match(t):
+            raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
+        out.append(f'"{t}"' if " " in t else t)
+    return f"{op} {chain} " + " ".join(out)

@@ -1,0 +1,154 @@
+"""The edgemesh plugin config: defaults, checks the JSON Schema cannot make, the services file.
+
+Everything that ends up in a rule (addresses, service names, comments) is checked
+here against a strict shape; the backends check every token once more.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from libcni_py.errors import CNIError, INVALID_CONFIG
+
+SERVICES_FILE_ERROR = 144
+COMMENT_MAX = 255
+DEFAULT_STATE_DIR = "/var/lib/cni/pycni/edgemesh"
+# A Kubernetes namespace or service name (RFC 1123 label).
+_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Service:
+    ip: str
+    name: str                      # "<namespace>/<name>"
+
+    @property
+    def comment(self) -> str:
+        return f"ignore {self.name} service"
+
+
+@dataclass(frozen=True)
+class NetConf:
+    network: str
+    service_cidr: str
+    listen_address: str = "169.254.96.16"
+    listen_port: int = 40001
+    protocols: tuple[str, ...] = ("tcp",)
+    ignored_services: tuple[Service, ...] = ()
+    ignored_services_file: str = ""
+    exclude_namespaces: tuple[str, ...] = ()
+    scope: str = "pod"
+    backend: str = "auto"
+    ensure_listen_device: bool = False
+    allow_known_bad_kernel: bool = False
+    kernel_release: str = ""
+    state_dir: str = DEFAULT_STATE_DIR
+
+    @property
+    def lock_path(self) -> str:
+        return f"{self.state_dir}/edgemesh.lock"
+
+    def all_ignored(self) -> tuple[Service, ...]:
+        """Inline services plus the file's, read now (the controller may have rewritten it)."""
+        seen: dict[tuple[str, str], Service] = {}
+        for s in self.ignored_services + read_services_file(self.ignored_services_file):
+            seen.setdefault((s.ip, s.name), s)
+        return tuple(seen.values())
+
+
+def parse(conf: dict) -> NetConf:
+    """Build a NetConf from a schema-valid config dict; raise CNIError(7) naming the field."""
+    cidr = _ipv4_network(conf.get("serviceCIDR"), "serviceCIDR")
+    listen = _ipv4_address(conf.get("listenAddress", "169.254.96.16"), "listenAddress")
+    services = tuple(check_service(s, "ignoredServices", INVALID_CONFIG)
+                     for s in conf.get("ignoredServices") or [])
+    excluded = tuple(conf.get("excludeNamespaces") or [])
+    for ns in excluded:
+        if not isinstance(ns, str) or not _LABEL_RE.match(ns):
+            raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
+                           "a Kubernetes namespace name")
+    return NetConf(
+        network=conf["name"], service_cidr=cidr, listen_address=listen,
+        listen_port=int(conf.get("listenPort", 40001)),
+        protocols=tuple(sorted(set(conf.get("protocols") or ["tcp"]))),
+        ignored_services=services,
+        ignored_services_file=conf.get("ignoredServicesFile", ""),
+        exclude_namespaces=excluded,
+        scope=conf.get("scope", "pod"), backend=conf.get("backend", "auto"),
+        ensure_listen_device=bool(conf.get("ensureListenDevice", False)),
+        allow_known_bad_kernel=bool(conf.get("allowKnownBadKernel", False)),
+        kernel_release=conf.get("kernelRelease", ""),
+        state_dir=conf.get("stateDir", DEFAULT_STATE_DIR).rstrip("/") or "/")
+
+
+def check_service(entry, where: str, code: int) -> Service:
+    """One {ip, name} entry; `name` is '<namespace>/<name>', both RFC 1123 labels."""
+    if not isinstance(entry, dict) or set(entry) - {"ip", "name"}:
+        raise CNIError(code, f"invalid entry in {where}: {str(entry)[:120]!r}",
+                       'each entry is {"ip": "<IPv4>", "name": "<namespace>/<name>"}')
+    name = entry.get("name")
+    parts = name.split("/") if isinstance(name, str) else []
+    if len(parts) != 2 or not all(_LABEL_RE.match(p) for p in parts):
+        raise CNIError(code, f"invalid service name in {where}: {str(name)[:120]!r}",
+                       "expected <namespace>/<name>, each a Kubernetes name (a-z 0-9 -, at most 63)")
+    ip = entry.get("ip")
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except (ValueError, TypeError):
+        raise CNIError(code, f"invalid service ip in {where} for {name}: {str(ip)[:60]!r}",
+                       "an IPv4 address") from None
+    return Service(ip=str(addr), name=name)
+
+
+def read_services_file(path: str) -> tuple[Service, ...]:
+    """The controller's list; a missing file is an empty list, a broken one an error."""
+    if not path:
+        return ()
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as e:
+        raise CNIError(SERVICES_FILE_ERROR, f"cannot read ignoredServicesFile {path}",
+                       str(e)[:200]) from None
+    if not isinstance(data, list):
+        raise CNIError(SERVICES_FILE_ERROR, f"ignoredServicesFile {path} must hold a JSON list",
+                       'of {"ip": ..., "name": "<namespace>/<name>"}')
+    return tuple(check_service(s, f"ignoredServicesFile {path}", SERVICES_FILE_ERROR) for s in data)
+
+
+def pod_comment(network: str, container_id: str) -> str:
+    """The tag on a pod's rules: what DEL and GC look for (portmap's habit)."""
+    text = f"edgemesh net={network} id={container_id}"
+    if len(text) > COMMENT_MAX:
+        raise CNIError(INVALID_CONFIG, "network name and container ID too long for a rule comment",
+                       f"{len(text)} characters, at most {COMMENT_MAX}")
+    return text
+
+
+def parse_pod_comment(text: str) -> tuple[str, str] | None:
+    """'edgemesh net=N id=C' -> (N, C)."""
+    m = re.match(r"^edgemesh net=(\S+) id=(\S+)$", text)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _ipv4_network(value, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise CNIError(INVALID_CONFIG, f"missing config field {field!r}", "an IPv4 CIDR, e.g. 10.96.0.0/12")
+    try:
+        net = ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {value[:60]!r} is not an IPv4 CIDR",
+                       "e.g. 10.96.0.0/12") from None
+    return str(net)
+
+
+def _ipv4_address(value, field: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ValueError, TypeError):
+        raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {str(value)[:60]!r} is not an IPv4 address",
+                       "e.g. 169.254.96.16") from None

@@ -1,0 +1,77 @@
+"""nftables userspace through the `nft` binary: one `nft -f -` transaction per change.
+
+Scripts are built by the callers from checked values; `run()` refuses any line with a
+character outside a small alphabet (no backslash, no single quote, no `#`, no `$`, no
+newline inside a line), so text from a config can never become a command.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+_LINE_RE = re.compile(r'^[A-Za-z0-9 _.:/,=@+\-"{};]*$')
+_HANDLE_RE = re.compile(r"^(.*?)\s+# handle (\d+)$")
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def available() -> bool:
+    return shutil.which("nft") is not None
+
+
+def run(lines: list[str]) -> None:
+    """Apply `lines` as one atomic transaction."""
+    for line in lines:
+        if not _LINE_RE.match(line):
+            raise ValueError(f"refusing unsafe nft input line {line!r}")
+    script = "".join(line + "\n" for line in lines)
+    p = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise NftError(f"nft -f failed: {p.stderr.strip()}\ninput:\n{script}")
+
+
+def list_tables() -> list[tuple[str, str]]:
+    """[(family, name)] of every table in the current netns."""
+    p = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise NftError(f"nft list tables: {p.stderr.strip()}")
+    return [tuple(line.split()[1:3]) for line in p.stdout.splitlines() if line.startswith("table ")]
+
+
+def iptables_managed_tables() -> set[tuple[str, str]]:
+    """Tables that iptables-nft owns (nft marks them with a warning comment)."""
+    p = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise NftError(f"nft list ruleset: {p.stderr.strip()}")
+    found = re.findall(r"# Warning: table (\S+) (\S+) is managed by iptables-nft", p.stdout)
+    return {(fam, name) for fam, name in found}
+
+
+def list_table(family: str, name: str) -> dict[str, list[tuple[str, int]]] | None:
+    """{chain: [(rule text, handle)]} of one table, in order; None when it does not exist."""
+    p = subprocess.run(["nft", "-a", "list", "table", family, name], capture_output=True, text=True)
+    if p.returncode != 0:
+        if "No such file or directory" in p.stderr:
+            return None
+        raise NftError(f"nft list table {family} {name}: {p.stderr.strip()}")
+    return parse_table(p.stdout)
+
+
+def parse_table(text: str) -> dict[str, list[tuple[str, int]]]:
+    chains: dict[str, list[tuple[str, int]]] = {}
+    chain = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("chain "):
+            chain = line.split()[1]
+            chains[chain] = []
+        elif line == "}":
+            chain = None
+        elif chain is not None:
+            m = _HANDLE_RE.match(line)
+            if m:                        # a rule; chain properties (type/policy) carry no handle
+                chains[chain].append((m.group(1), int(m.group(2))))
+    return chains
