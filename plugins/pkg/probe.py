@@ -41,15 +41,16 @@ def ping(netns_path: str | None, dst: str, count: int = 1, timeout: float = 2.0,
             hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
             payload = struct.pack("!d", time.time())
             sock.sendto(struct.pack("!BBHHH", 8, 0, _checksum(hdr + payload), ident, seq) + payload, (dst, 0))
-            wait = timeout if seq == count - 1 else interval
-            _collect(sock, dst, ident, answered, time.monotonic() + wait)
+            last = seq == count - 1
+            _collect(sock, dst, ident, answered, time.monotonic() + (timeout if last else interval),
+                     done=(lambda: len(answered) == count) if last else (lambda: False))
     finally:
         sock.close()
     return sorted(answered)
 
 
-def _collect(sock, dst: str, ident: int, answered: set[int], deadline: float) -> None:
-    while True:
+def _collect(sock, dst: str, ident: int, answered: set[int], deadline: float, done) -> None:
+    while not done():
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([sock], [], [], left)[0]:
             return

@@ -21,8 +21,9 @@ log = logging.getLogger("pycni.vxlan.ipam")
 RECORDS = "attachments"
 
 
-def ipam_config(conf: dict, state_dir: str, subnet: str, gateway: str, network: str) -> dict:
-    """The IPAM section to delegate with."""
+def ipam_config(conf: dict, state_dir: str, subnet, gateway, network) -> dict:
+    """The IPAM section to delegate with (subnet/gateway/network: anything str() makes a CIDR/IP of)."""
+    subnet, gateway, network = str(subnet), str(gateway or ""), str(network)
     ipam = dict(conf.get("ipam") or {"type": "host-local"})
     if ipam.get("type") == "host-local" and "ranges" not in ipam and "subnet" not in ipam:
         ipam["ranges"] = [[{"subnet": subnet, "gateway": gateway} if gateway else {"subnet": subnet}]]
