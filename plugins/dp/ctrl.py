@@ -8,6 +8,7 @@ or {"ok": false, "msg": NAME, "error": "..."}. Bad input never stops the dp.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from plugins.dp.datapath import Datapath, Endpoint, mac_bytes
 from plugins.dp.policy import PolicyError, compile_policy
 
 MAX_MSG = 1 << 16
-_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 log = logging.getLogger("pycni-dp")
 
 
@@ -112,7 +113,7 @@ class Control:
             raise CtrlError("tap: must be true or false")
         missing = []
         for text, mac in zip(macs, raw):
-            ep = self.dp.endpoints.get(mac) or self.dp.table.get(mac)
+            ep = self.dp.find(mac)
             if ep is None:
                 missing.append(text)
             elif tap is not None:
@@ -149,10 +150,7 @@ class Server:
         self.path = path
         self.control = control
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _remove_stale(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         old = os.umask(0o077)
         try:
@@ -175,10 +173,22 @@ class Server:
             if not reply["ok"]:
                 log.warning("control: %s", reply["error"])
             if addr:
-                try:
-                    self.sock.sendto(json.dumps(reply).encode(), addr)
-                except OSError as e:     # the client went away or is not listening
-                    log.info("control: cannot reply to %s: %s", addr, e)
+                self.reply(reply, addr)
+
+    def reply(self, reply: dict, addr: str) -> None:
+        data = json.dumps(reply).encode()
+        try:
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as e:
+                if e.errno != errno.EMSGSIZE:
+                    raise
+                self.sock.sendto(json.dumps({
+                    "ok": False, "msg": reply.get("msg", ""),
+                    "error": f"reply of {len(data)} bytes too large; ask for fewer macs"}
+                ).encode(), addr)
+        except OSError as e:             # the client went away or is not listening
+            log.info("control: cannot reply to %s: %s", addr, e)
 
     def close(self) -> None:
         self.sock.close()
@@ -186,6 +196,21 @@ class Server:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _remove_stale(path: str) -> None:
+    """Unlink a socket file left by a dead dp; refuse to steal a live dp's socket."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:                      # refused: nobody reads it any more
+        os.unlink(path)
+    else:
+        raise OSError(errno.EADDRINUSE, f"another dp serves {path}")
+    finally:
+        probe.close()
 
 
 def _str(p: dict, key: str) -> str:
@@ -217,7 +242,7 @@ def _iface(p: dict, key: str, required: bool = True) -> str:
     v = _str(p, key)
     if not v and not required:
         return ""
-    if not _IFNAME.match(v) or v in (".", ".."):
+    if not IFNAME.match(v) or v in (".", ".."):
         raise CtrlError(f"{key}: {v!r} is not an interface name")
     return v
 

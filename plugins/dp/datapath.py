@@ -1,11 +1,12 @@
 """Endpoints (pods), the MAC table and the per-frame verdict of the reference dp.
 
-A frame on the service port belongs to a pod when its destination MAC is one of the
-pod's MACs (traffic towards the pod: ingress) or else its source MAC is (egress). The
-steering rules rewrite the pod MAC to a per-pod UCMAC 4e:65:75:56:xx:xx before the frame
-reaches us, so a frame carrying an unregistered UCMAC is learned as an anonymous pod
-unless the dp runs strict. Allowed frames go back out of the same port byte for byte,
-denied ones are dropped; in tap mode nothing is sent, frames are only counted.
+The steering rules rewrite a pod's MAC to its UCMAC 4e:65:75:56:xx:xx before the frame
+reaches us: the destination for traffic towards the pod (ingress), the source for
+traffic from it (egress). UCMACs decide first (destination, then source), so pod-to-pod
+traffic is counted once at each end; a frame carrying an unregistered UCMAC is learned
+as an anonymous pod unless the dp runs strict; only then are plain pod MACs looked at
+(steering without MAC rewriting). Allowed frames go back out of the same port byte for
+byte, denied ones are dropped; in tap mode nothing is sent, frames are only counted.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ class Datapath:
         self.tap = tap              # global tap: never send anything back
         self.learn = learn
         self.endpoints: dict[bytes, Endpoint] = {}     # by pod MAC (learned: by UCMAC)
-        self.table: dict[bytes, Endpoint] = {}         # every MAC of every endpoint
+        self.uc_table: dict[bytes, Endpoint] = {}      # UCMACs and BCMACs
+        self.mac_table: dict[bytes, Endpoint] = {}     # pod MACs
         self.wanted: dict[str, tuple[bool, bool]] = {}  # service ports: iface -> (tap, jumbo)
         self.ports: dict[int, packet.Port] = {}        # open ones, by fd
         self.totals = dict(frames=0, sent=0, unknown=0, truncated=0, errors=0)
@@ -94,23 +96,32 @@ class Datapath:
                 self._unlink(old)
                 ep.take_counters(old)
         self.endpoints[ep.mac] = ep
-        for m in (ep.mac, ep.ucmac, ep.bcmac):
-            if m:
-                self.table[m] = ep
+        for table, m in self._keys(ep):
+            table[m] = ep
         ep.rules = self.policy.rules_for(ep.ids())
         return ep
 
+    def find(self, mac: bytes) -> Endpoint | None:
+        """The endpoint with this pod MAC, UCMAC or BCMAC."""
+        return self.endpoints.get(mac) or self.uc_table.get(mac) or self.mac_table.get(mac)
+
     def del_endpoint(self, mac: bytes) -> Endpoint | None:
-        ep = self.endpoints.get(mac) or self.table.get(mac)
+        ep = self.find(mac)
         if ep is not None:
             self._unlink(ep)
         return ep
 
+    def _keys(self, ep: Endpoint) -> list:
+        keys = [(self.uc_table, m) for m in (ep.ucmac, ep.bcmac) if m]
+        if not ep.learned:
+            keys.append((self.mac_table, ep.mac))
+        return keys
+
     def _unlink(self, ep: Endpoint) -> None:
         self.endpoints.pop(ep.mac, None)
-        for m in (ep.mac, ep.ucmac, ep.bcmac):
-            if m and self.table.get(m) is ep:
-                del self.table[m]
+        for table, m in self._keys(ep):
+            if table.get(m) is ep:
+                del table[m]
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -172,18 +183,17 @@ class Datapath:
             totals["unknown"] += 1
             return
         dst = bytes(view[H:H + 6])
-        ep = self.table.get(dst)
+        ep = self.uc_table.get(dst)
         ingress = True
         if ep is None:
             src = bytes(view[H + 6:H + 12])
-            ep = self.table.get(src)
+            ep = self.uc_table.get(src)
             ingress = False
             if ep is None:
-                ep = self._learn(dst, src, port)
+                ep, ingress = self._classify(dst, src, port)
                 if ep is None:
                     totals["unknown"] += 1
                     return
-                ingress = ep.ucmac == dst
         if ep.rules:
             allow = verdict(ep.rules, self.policy.default_allow, ingress,
                             *packet.parse(buf, H, n))
@@ -203,22 +213,24 @@ class Datapath:
         except OSError:             # full queue, device going away: the frame is lost
             totals["errors"] += 1
 
-    def _learn(self, dst: bytes, src: bytes, port: packet.Port) -> Endpoint | None:
-        if not self.learn:
-            return None
-        for mac in (dst, src):
-            if mac[:4] == UCMAC_PREFIX:
+    def _classify(self, dst: bytes, src: bytes, port: packet.Port) -> tuple:
+        """(endpoint or None, ingress) for a frame without a registered UCMAC."""
+        for mac, ingress in ((dst, True), (src, False)):
+            if self.learn and mac[:4] == UCMAC_PREFIX:
                 log.info("learned pod with UCMAC %s on %s", mac_text(mac), port.iface)
                 return self.add_endpoint(Endpoint(mac, ucmac=mac, iface=port.iface,
-                                                  learned=True))
-        return None
+                                                  learned=True)), ingress
+        ep = self.mac_table.get(dst)
+        if ep is not None:
+            return ep, True
+        return self.mac_table.get(src), False
 
     # -- reporting
     def stats(self, macs: list[bytes] | None = None) -> dict:
         if macs is None:
             eps = self.endpoints.values()
         else:
-            eps = [e for e in (self.endpoints.get(m) or self.table.get(m) for m in macs) if e]
+            eps = [e for e in map(self.find, macs) if e]
         return {"pods": {mac_text(ep.mac): ep.stats() for ep in eps},
                 "ports": [p.info() for p in self.ports.values()],
                 "totals": dict(self.totals), "tap": self.tap,

@@ -33,9 +33,15 @@ RTMGRP_LINK = 1
 log = logging.getLogger("pycni-dp")
 
 
+def _ifname(text: str) -> str:
+    if not ctrl.IFNAME.match(text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an interface name")
+    return text
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="pycni-dp", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iface", action="append", default=[],
+    ap.add_argument("--iface", action="append", default=[], type=_ifname,
                     help="service port to read (repeatable); opened when it appears")
     ap.add_argument("--netns", help="network namespace path to run in (entered by setns)")
     ap.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket path")

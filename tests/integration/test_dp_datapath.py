@@ -265,3 +265,46 @@ def test_bad_start_exits_with_a_message(tmp_path, netns):
     dp = DP(str(tmp_path / "no-such-netns"), tmp_path)
     with pytest.raises(RuntimeError, match="No such file"):
         dp.start()
+
+
+def test_pod_to_pod_counts_once_at_each_end(wire, tmp_path):
+    """A's egress leaves A's vin with source UCMAC A and destination B's real MAC; it
+    comes back to the dp as B's ingress with destination UCMAC B (after the host side)."""
+    with start_dp(wire, tmp_path, "--iface", "vth") as dp:
+        b_mac, b_uc = "02:00:00:00:00:02", "4e:65:75:56:00:02"
+        assert dpctl.add_port(dp.socket, mac=POD, ucmac=UC, name="a")
+        assert dpctl.add_port(dp.socket, mac=b_mac, ucmac=b_uc, name="b")
+        dpctl.reload_policy(dp.socket, {"rules": [
+            {"action": "deny", "pod": "a", "direction": "egress", "proto": "tcp", "dport": 22}]})
+        leaving_a = frame(mac(b_mac), mac(UC), dport=80)
+        entering_b = frame(mac(b_uc), mac(POD), dport=80)
+        ssh_from_a = frame(mac(b_mac), mac(UC), dport=22)
+        assert wire.exchange([leaving_a, entering_b, ssh_from_a]) == [leaving_a, entering_b]
+        s = dp.stats()
+        assert (pod(s)["allowed"], pod(s)["denied"]) == (1, 1)
+        assert (pod(s, b_mac)["allowed"], pod(s, b_mac)["denied"]) == (1, 0)
+
+
+def test_stats_file_and_clean_exit(wire, tmp_path):
+    stats = tmp_path / "stats.json"
+    dp = start_dp(wire, tmp_path, "--iface", "vth", "--stats", str(stats),
+                  "--stats-interval", "0.05")
+    with dp:
+        assert dpctl.add_port(dp.socket, mac=POD, ucmac=UC, name="web")
+        f = frame(mac(UC), PEER)
+        assert wire.exchange([f, f]) == [f, f]
+
+        def written():
+            try:
+                return json.loads(stats.read_text())
+            except (OSError, ValueError):
+                return None
+        dp.wait(lambda _: (written() or {}).get("pods", {}).get(POD, {}).get("allowed") == 2,
+                "stats file shows two frames")
+        assert written()["pods"][POD]["name"] == "web"
+        stats.unlink()
+        os.kill(dp.proc.pid, signal.SIGUSR1)             # written now, changed or not
+        dp.wait(lambda _: written() is not None, "stats file rewritten on SIGUSR1")
+    assert dp.proc.returncode == 0
+    assert not os.path.exists(dp.socket)                  # socket removed on exit
+    assert json.loads(stats.read_text())["totals"]["sent"] == 3   # final write (+marker)

@@ -181,3 +181,23 @@ def test_dpctl_sees_a_missing_or_silent_dp(tmp_path):
         silent.close()
     dead = tmp_path / "silent.sock"                  # socket file left by a dead dp
     assert dead.exists() and dpctl.del_port(str(dead), MAC) is None
+
+
+def test_server_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path, control):
+    path = str(tmp_path / "dp.sock")
+    first = ctrl.Server(path, control)
+    with pytest.raises(OSError, match="another dp serves"):
+        ctrl.Server(path, control)
+    first.sock.close()                       # dies without cleaning up
+    assert os.path.exists(path)
+    second = ctrl.Server(path, control)
+    second.close()
+    assert not os.path.exists(path)
+
+
+def test_too_large_reply_becomes_an_error_reply(server, control):
+    for i in range(1500):
+        control.dp.add_endpoint(ctrl.Endpoint(i.to_bytes(6, "big"), name="p" * 40))
+    with pytest.raises(dpctl.DpError, match="too large"):
+        dpctl.stats(server.path, timeout=5)
+    assert len(dpctl.stats(server.path, ["00:00:00:00:00:07"], timeout=5)["pods"]) == 1
