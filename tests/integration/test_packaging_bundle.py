@@ -1,0 +1,212 @@
+"""The PyInstaller bundle: `./build.sh bin`, `./build.sh install DIR`, and the installed
+plugins running on a host where no Python can be found.
+
+Built once per session into a tmp dir (about 10-30 s), never into the checkout's dist/.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from plugins.entrypoints import ENTRYPOINTS
+from tests.conftest import ROOT, VENV_BIN
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+CNI_PLUGINS = {"vxlan", "dp-steering", "edgemesh", "pycni-passthrough"}   # the rest are daemons/CLI
+BUNDLE_EXE = os.path.join("..", "pycni", "pycni")
+
+# Runs under `unshare -m`: covers every Python on the host (interpreters on PATH, the build
+# interpreter's prefix, libpython, the checkout with the venv) with empty mounts private
+# to this process, checks none is left, then execs the plugin with a bare environment.
+HIDE_PYTHON = r"""
+import glob, json, os, shutil, subprocess, sys
+spec = json.loads(sys.argv[1])
+dirs = {os.path.realpath(d) for d in spec["dirs"] + glob.glob("/usr/lib/python3*")
+        + glob.glob("/usr/local/lib/python3*") if os.path.isdir(d)}
+files = {os.path.realpath(f) for d in spec["path"].split(":") for f in glob.glob(d + "/python*")}
+files |= set(glob.glob("/usr/lib/*/libpython3*")) | set(glob.glob("/usr/lib/libpython3*"))
+for d in sorted(dirs):              # parents first: what lies under a covered dir is gone
+    if os.path.isdir(d):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "nopython", d], check=True)
+for f in sorted(files):
+    if os.path.isfile(f):
+        subprocess.run(["mount", "--bind", "/dev/null", f], check=True)
+left = [p for d in spec["path"].split(":") for p in glob.glob(d + "/python*") if os.access(p, os.X_OK)]
+assert not left and not os.path.exists(os.path.join(sys.base_prefix, "lib")), left
+os.chdir("/")
+os.execve(spec["argv"][0], spec["argv"], spec["env"])
+"""
+
+
+def run(argv, env=None, timeout=600, **kw):
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """`./build.sh bin` into a tmp dir; returns the dist dir (bin/ and pycni/)."""
+    top = tmp_path_factory.mktemp("pycni-build")
+    env = dict(os.environ, PYCNI_DIST=str(top / "cni"), PYCNI_WORK=str(top / "work"))
+    start = time.monotonic()
+    p = run([os.path.join(ROOT, "build.sh"), "bin"], env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    print(f"\n./build.sh bin took {time.monotonic() - start:.1f} s")
+    return top / "cni"
+
+
+@pytest.fixture(scope="session")
+def installed(bundle, tmp_path_factory):
+    """`./build.sh install DIR` of that build; returns DIR."""
+    bindir = tmp_path_factory.mktemp("host") / "opt" / "cni" / "bin"
+    p = run([os.path.join(ROOT, "build.sh"), "install", str(bindir)], cwd=ROOT,
+            env=dict(os.environ, PYCNI_DIST=str(bundle)))
+    assert p.returncode == 0, p.stdout + p.stderr
+    return bindir
+
+
+def names_in(d):
+    return sorted(os.listdir(d))
+
+
+def exec_without_python(exe, cni_env, stdin=""):
+    """Run `exe` with only `cni_env` in its environment, cwd /, and no Python on the host."""
+    spec = {"argv": [str(exe)], "env": cni_env, "path": os.environ.get("PATH", "") + ":/usr/bin:/bin",
+            "dirs": [sys.base_prefix, sys.prefix, ROOT]}
+    return run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", HIDE_PYTHON,
+                json.dumps(spec)], input=stdin, timeout=60)
+
+
+def cni_env(cmd, netns="", **extra):
+    env = {"CNI_COMMAND": cmd, "CNI_CONTAINERID": "pkg-c1", "CNI_NETNS": netns,
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v}
+
+
+def pod_conf(netns_path, ver="1.0.0", **extra):
+    prev = {"cniVersion": ver,
+            "interfaces": [{"name": "eth0", "mac": "0a:58:0a:01:02:03", "sandbox": netns_path}],
+            "ips": [{"address": "10.1.2.3/24", "gateway": "10.1.2.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2.1"}],
+            "dns": {"nameservers": ["10.96.0.10"]}}
+    conf = {"cniVersion": ver, "name": "pkgnet", "type": "pycni-passthrough", "prevResult": prev}
+    conf.update(extra)
+    return conf
+
+
+def assert_cni_error(p, code):
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Traceback" not in p.stdout
+    err = json.loads(p.stdout)
+    assert err["code"] == code and err["msg"], err
+    return err
+
+
+def test_bin_holds_one_name_per_plugin_into_one_bundle(bundle):
+    names = names_in(bundle / "bin")
+    assert "pycni-passthrough" in names and set(names) <= set(ENTRYPOINTS), names
+    for name in names:
+        assert os.readlink(bundle / "bin" / name) == BUNDLE_EXE
+    listed = run([str(bundle / "pycni" / "pycni"), "--list"]).stdout.split()
+    assert sorted(listed) == names
+    assert names_in(bundle) == ["bin", "pycni"]
+    assert os.path.isfile(bundle / "pycni" / "_internal" / "conf" / "schema" / "passthrough.json")
+
+
+def test_install_dir_holds_only_our_names(bundle, installed):
+    assert names_in(installed) == names_in(bundle / "bin")
+    for name in names_in(installed):
+        assert os.readlink(installed / name) == BUNDLE_EXE
+    assert os.path.isfile(installed.parent / "pycni" / "pycni")
+    # Installing again over a live install replaces the bundle and keeps the names.
+    p = run([os.path.join(ROOT, "build.sh"), "install", str(installed)], cwd=ROOT,
+            env=dict(os.environ, PYCNI_DIST=str(bundle)))
+    assert p.returncode == 0, p.stderr
+    assert names_in(installed) == names_in(bundle / "bin")
+    assert names_in(installed.parent) == ["bin", "pycni"]
+
+
+def test_passthrough_binary_without_python(installed, netns):
+    ns = netns("pkg")
+    exe = installed / "pycni-passthrough"
+
+    p = exec_without_python(exe, {"CNI_COMMAND": "VERSION"}, '{"cniVersion": "1.0.0"}')
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout) == {"cniVersion": "1.0.0",
+                                    "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+    conf = pod_conf(ns.path)
+    p = exec_without_python(exe, cni_env("ADD", ns.path), json.dumps(conf))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout) == conf["prevResult"]
+    # Same bytes as the venv script prints for the same input.
+    venv = run([os.path.join(VENV_BIN, "pycni-passthrough")], env=cni_env("ADD", ns.path),
+               input=json.dumps(conf))
+    assert venv.returncode == 0 and venv.stdout == p.stdout
+
+    for cmd in ("CHECK", "DEL"):
+        p = exec_without_python(exe, cni_env(cmd, ns.path), json.dumps(conf))
+        assert p.returncode == 0 and p.stdout == "", (cmd, p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("cmd,env_over,stdin,code", [
+    ("ADD", {}, '{"cniVersion": "1.0.0", "name": ', 6),
+    ("ADD", {}, {"mtu": 1400}, 7),
+    ("ADD", {"CNI_CONTAINERID": ""}, {}, 4),
+    ("ADD", {"CNI_NETNS": "/run/netns/pycni-no-such-ns"}, {}, 4),
+    ("CHECK", {}, {"cniVersion": "0.3.1"}, 1),
+], ids=["bad JSON", "unknown field (schema in the bundle)", "missing env", "netns missing",
+        "CHECK at 0.3.1"])
+def test_binary_answers_bad_input_with_cni_errors(installed, netns, cmd, env_over, stdin, code):
+    ns = netns("pkgerr")
+    if isinstance(stdin, dict):
+        conf = pod_conf(ns.path)
+        conf.update(stdin)
+        stdin = json.dumps(conf)
+    env = cni_env(cmd, ns.path)
+    env.update(env_over)
+    p = exec_without_python(installed / "pycni-passthrough", {k: v for k, v in env.items() if v}, stdin)
+    assert_cni_error(p, code)
+
+
+def test_every_plugin_in_the_build_answers_version(installed):
+    plugins = sorted(CNI_PLUGINS & set(names_in(installed)))
+    assert "pycni-passthrough" in plugins
+    for name in plugins:
+        p = run([str(installed / name)], env={"CNI_COMMAND": "VERSION"}, input='{"cniVersion": "0.4.0"}',
+                cwd="/")
+        assert p.returncode == 0, (name, p.stdout, p.stderr)
+        answer = json.loads(p.stdout)
+        assert answer["cniVersion"] == "0.4.0" and "1.0.0" in answer["supportedVersions"], (name, answer)
+
+
+def test_bundle_self_check_imports_schemas_and_netlink(installed):
+    """Every module the build names imports, jsonschema compiles every schema, and pyroute2
+    makes and decodes bridge/veth/vxlan links (in a private netns the check unshares)."""
+    p = run([str(installed.parent / "pycni" / "pycni"), "--self-check"], env={}, cwd="/", timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ok   netlink bridge veth vxlan(id 42)" in p.stdout.splitlines()
+    assert glob.glob(str(installed.parent / "pycni" / "_internal" / "pyroute2" / "**" / "vxlan.pyc"),
+                     recursive=True)
+
+
+def test_unknown_program_name(installed, tmp_path):
+    os.symlink(installed.parent / "pycni" / "pycni", tmp_path / "not-a-plugin")
+    p = run([str(tmp_path / "not-a-plugin")], env={}, input="")
+    assert p.returncode == 2 and p.stdout == "" and "pycni-passthrough" in p.stderr
+
+
+@pytest.mark.parametrize("module,code", [("plugins.ghost.cmd", 50), ("plugins.pkg.names", 999)],
+                         ids=["module not in the build", "module without main"])
+def test_entry_that_cannot_load_is_a_cni_error(module, code):
+    """Dispatch by name as the bundle does, for a table entry that is missing or broken."""
+    prog = ("import sys; from plugins import entrypoints as e; "
+            f"e.ENTRYPOINTS['pycni-x'] = {module!r}; sys.argv[0] = '/opt/cni/bin/pycni-x'; e.main()")
+    p = run([os.path.join(VENV_BIN, "python"), "-c", prog], env={"CNI_COMMAND": "VERSION"}, input="",
+            cwd=ROOT)
+    assert_cni_error(p, code)
