@@ -16,14 +16,18 @@ import ipaddress
 import json
 import os
 import select
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 from plugins.pkg import ns as nsmod
 
 NETWORK = "10.244.0.0/16"
+VENV_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        ".venv", "bin")
 
 
 class Host:
@@ -70,12 +74,66 @@ class Host:
                 "neigh": lines("ip", "neigh", "show", "dev", dev, "nud", "permanent"),
                 "fdb": lines("bridge", "fdb", "show", "dev", dev)}
 
+    def start_agent(self, *extra: str) -> "AgentProc":
+        """`vxlan-agent` in this host's netns, from a conf file written now."""
+        return AgentProc(self, extra)
+
     def set_address(self, new: str) -> None:
         """Move the underlay address (the public IP changes)."""
         self.run("ip", "addr", "del", str(self.ip), "dev", "eth0")
         self.ip = ipaddress.IPv4Interface(new)
         self.run("ip", "addr", "add", str(self.ip), "dev", "eth0")
         self.run("ip", "route", "replace", "default", "via", self.router, "dev", "eth0")
+
+
+class AgentProc:
+    """A running vxlan-agent; its log in tmp; always killed by stop()/kill()."""
+
+    def __init__(self, host: Host, extra=()):
+        base = os.path.join(host.conf["stateDir"] + "-agent")
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        self.conf_path, self.log_path = base + ".conf", base + ".log"
+        with open(self.conf_path, "w") as f:
+            json.dump(host.conf, f)
+        self.log = open(self.log_path, "ab")
+        argv = ["ip", "netns", "exec", host.name, os.path.join(VENV_BIN, "vxlan-agent"),
+                "--conf", self.conf_path, *extra]
+        self.offset = self.log.tell()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.node = host.node
+
+    def text(self) -> str:
+        with open(self.log_path) as f:
+            f.seek(self.offset)
+            return f.read()
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while f"node {self.node} ready" not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"agent on {self.node} not ready:\n{self.text()}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 30) -> int:
+        """Exit status of an agent that ends by itself (e.g. --leave)."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
 
 
 class Cluster:
