@@ -95,9 +95,11 @@ class Daemon:
         buf = bytearray(RECV_BUF)
         view = memoryview(buf)
         poller = self.make_poller()
-        timeout = self.args.stats_interval * 1000 if self.args.stats else None
+        interval = self.args.stats_interval if self.args.stats else None
+        due = time.monotonic()
         log.info("ready: control socket %s", self.args.socket)
         while self.running:
+            timeout = None if interval is None else max(0.0, due - time.monotonic()) * 1000
             for fd, _ in poller.poll(timeout):
                 port = self.dp.ports.get(fd)
                 if port is not None:
@@ -107,13 +109,14 @@ class Daemon:
                 elif fd == self.links.fileno():
                     self.drain(self.links)
                     self.dp.sync_ports()
-                else:
+                elif fd == self.wake_r.fileno():
                     self.drain(self.wake_r)
                     self.handle_signals()
             if set(self.dp.ports) != self.polled:
                 poller = self.make_poller()
-            if self.args.stats:
+            if interval is not None and time.monotonic() >= due:
                 self.write_stats()
+                due = time.monotonic() + interval
 
     def make_poller(self):
         poller = select.poll()

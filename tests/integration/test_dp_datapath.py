@@ -189,6 +189,15 @@ def test_tap_service_port_reflects_nothing(wire, tmp_path):
         assert pod(s)["allowed"] == 3 and s["totals"]["sent"] == 0
 
 
+def test_global_tap_flag_reflects_nothing(wire, tmp_path):
+    with DP(wire.ns.path, tmp_path, "--iface", "vth", "--tap") as dp:
+        assert dpctl.add_port(dp.socket, mac=POD, ucmac=UC, mode="inline")
+        for _ in range(2):
+            wire.sock.send(frame(mac(UC), PEER))
+        s = dp.wait(lambda s: s["totals"]["frames"] == 2, "two frames read")
+        assert s["tap"] is True and pod(s)["allowed"] == 2 and s["totals"]["sent"] == 0
+
+
 def test_unregistered_ucmac_is_learned_unless_strict(wire, tmp_path):
     stranger = frame(mac("4e:65:75:56:00:07"), PEER)
     not_steered = frame(PEER, bytes.fromhex("020000000077"))
