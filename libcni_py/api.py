@@ -73,16 +73,18 @@ class CNIConfig:
             self._run("CHECK", lst, net, cached, rt)
 
     def del_network_list(self, lst: NetworkConfigList, rt: RuntimeConf) -> None:
-        cached = self.get_cached_result(lst, rt) if V.gte(lst.cni_version, "0.4.0") else None
+        cached = None
+        if V.gte(lst.cni_version, "0.4.0"):
+            try:
+                cached = self.get_cached_result(lst, rt)
+            except CNIError:          # as libcni 1.2: drop a cache we cannot read, DEL anyway
+                self._cache_remove(lst, rt)
         for net in reversed(lst.plugins):
             try:
                 self._run("DEL", lst, net, cached, rt)
             except CNIError as e:
                 raise _wrap(e, net, "delete") from None
-        try:
-            os.remove(self._cache_path(lst.name, rt))
-        except OSError:
-            pass
+        self._cache_remove(lst, rt)
 
     def gc_network_list(self, lst: NetworkConfigList, valid_attachments: list[dict]) -> None:
         if lst.disable_gc:
@@ -161,6 +163,12 @@ class CNIConfig:
         with os.fdopen(fd, "w") as f:
             json.dump(cached, f)
         os.replace(tmp, path)
+
+    def _cache_remove(self, lst: NetworkConfigList, rt: RuntimeConf) -> None:
+        try:
+            os.remove(self._cache_path(lst.name, rt))
+        except (OSError, CNIError):
+            pass
 
     def get_cached_result(self, lst: NetworkConfigList, rt: RuntimeConf) -> Result | None:
         try:
