@@ -33,7 +33,6 @@ class Control:
     def __init__(self, dp: Datapath, reload_policy):
         self.dp = dp
         self.reload_policy = reload_policy
-        self.internal_nets: dict = {}
         self.handlers = {
             "ctrl_keep_alive": self.keep_alive,
             "ctrl_add_srvc_port": self.add_srvc_port,
@@ -124,8 +123,7 @@ class Control:
         nets = p.get("subnet_addr", [])
         if not isinstance(nets, list):
             raise CtrlError("subnet_addr: must be a list")
-        self.internal_nets = p                               # kept for stats; no effect
-        return {"subnets": len(nets)}
+        return {"subnets": len(nets)}       # accepted for the article's script; no effect
 
     def stats(self, p: dict) -> dict:
         macs = p.get("macs")
