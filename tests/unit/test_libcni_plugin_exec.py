@@ -77,7 +77,7 @@ def test_bad_input_gives_its_code_and_no_traceback(over, stdin, code):
 
 def test_invalid_field_error_names_the_field_and_the_value():
     e = assert_error(exec_plugin(env_for("ADD"), conf(logLevel="verbose")), 7)
-    assert "logLevel" in e["msg"] and "verbose" in e["details"]
+    assert "'logLevel'" in e["msg"] and "'verbose'" in e["msg"] and '"verbose"' in e["details"]
 
 
 def test_error_object_is_in_the_config_version():
