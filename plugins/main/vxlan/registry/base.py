@@ -52,7 +52,7 @@ class Lease:
         out = {"subnet": str(self.subnet), "publicIP": str(self.public_ip),
                "vtepMAC": self.vtep_mac, "vni": self.vni}
         if self.expires is not None:
-            out["expires"] = round(self.expires, 3)
+            out["expires"] = self.expires
         return out
 
 
@@ -84,7 +84,7 @@ class Registry(ABC):
 
     def stamp(self, lease: Lease) -> Lease:
         """The lease as it is stored: with an expiry when this registry has a TTL."""
-        return replace(lease, expires=time.time() + self.ttl if self.ttl else None)
+        return replace(lease, expires=round(time.time() + self.ttl, 3) if self.ttl else None)
 
 
 def decode(doc: object, now: float | None = None) -> Snapshot:
