@@ -1,5 +1,7 @@
 """Build the Go libcni driver (main.go beside this file) once, cached by source hash.
 
+The hash covers main.go and the libcni sources it links, so an updated package rebuilds.
+
 GOPATH mode against Debian's golang-github-appc-cni-dev in /usr/share/gocode: the
 driver links the real Go libcni, no network and no module download.
 """
@@ -26,8 +28,11 @@ def driver_path(cache_root: str = "/tmp") -> str:
         raise GoUnavailable("go not found (apt-get install golang-go)")
     if not os.path.isdir(LIBCNI_SRC):
         raise GoUnavailable(f"{LIBCNI_SRC} missing (apt-get install golang-github-appc-cni-dev)")
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for path in (SOURCE, os.path.join(LIBCNI_SRC, "api.go"), os.path.join(LIBCNI_SRC, "conf.go")):
+        with open(path, "rb") as f:       # a new driver or a new Debian libcni: build again
+            h.update(f.read())
+    digest = h.hexdigest()[:16]
     outdir = os.path.join(cache_root, f"pycni-golibcni-{digest}")
     exe = os.path.join(outdir, "golibcni")
     os.makedirs(outdir, exist_ok=True)
