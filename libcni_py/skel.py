@@ -142,10 +142,10 @@ def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
         if cmd == "VERSION":
             requested = None
             if data.strip():
-                try:
+                try:      # like Go, an unreadable VERSION input is ignored
                     requested = json.loads(data).get("cniVersion")
                 except (ValueError, AttributeError):
-                    raise CNIError(E.DECODING_FAILURE, "error decoding VERSION input: invalid JSON") from None
+                    requested = None
             _write(stdout, V.version_answer(requested, plugin.supported))
             return 0
         args.stdin = data
@@ -212,8 +212,13 @@ def _decode_conf(data: bytes) -> dict:
     return conf
 
 
-def _check_version(cmd: str, conf_version: str, supported) -> None:
-    V.parse(conf_version)
+def _check_version(cmd: str, conf_version, supported) -> None:
+    if not isinstance(conf_version, str):     # Go's ConfigDecoder cannot decode it
+        raise CNIError(E.DECODING_FAILURE, "cniVersion must be a string", repr(conf_version))
+    try:
+        V.parse(conf_version)
+    except CNIError:                           # a string Go would compare and not find
+        V.require_supported(conf_version, supported)
     floor = MIN_VERSION.get(cmd)
     if floor and V.lt(conf_version, floor):
         raise CNIError(E.INCOMPATIBLE_VERSION, f"config version does not allow {cmd}",

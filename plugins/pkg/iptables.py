@@ -21,14 +21,14 @@ class IptablesError(RuntimeError):
 
 
 def check_chain(name: str) -> str:
-    if not isinstance(name, str) or not _CHAIN_RE.match(name):
+    if not isinstance(name, str) or not _CHAIN_RE.fullmatch(name):
         raise CNIError(7, f"invalid iptables chain name {name!r}")
     return name
 
 
 def check_comment(text: str) -> str:
     """Comments carry network names and container IDs; nothing that can break a line."""
-    if not isinstance(text, str) or not _COMMENT_RE.match(text):
+    if not isinstance(text, str) or not _COMMENT_RE.fullmatch(text):
         raise CNIError(7, f"text not allowed in an iptables comment: {text!r}",
                        "1-255 chars of letters, digits, space and _.:/,=@+-")
     return text

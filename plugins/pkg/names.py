@@ -23,7 +23,7 @@ def host_veth(container_id: str, ifname: str, prefix: str = "veth") -> str:
 
 def check_ifname(name: str, field: str = "interface name") -> str:
     """A Linux interface name: 1-15 chars of [A-Za-z0-9_.-], not '.'/'..'."""
-    if not isinstance(name, str) or not _IFNAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
         raise CNIError(INVALID_CONFIG, f"invalid {field} {name!r}",
                        "1-15 characters from A-Z a-z 0-9 _ . -")
     return name
@@ -31,7 +31,7 @@ def check_ifname(name: str, field: str = "interface name") -> str:
 
 def check_path_component(name: str, field: str = "name") -> str:
     """A single safe path component (network name, container ID) for state files."""
-    if not isinstance(name, str) or not _SAFE_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _SAFE_RE.fullmatch(name) or name in (".", ".."):
         raise CNIError(INVALID_CONFIG, f"invalid {field} {name!r}",
                        "must match ^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     return name

@@ -40,7 +40,10 @@ def validate(conf: dict, name: str) -> None:
         extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
         path = ".".join(p for p in (path, ",".join(extra)) if p)
     path = path or "(config)"
-    value = json.dumps(e.instance)[:200]
+    if e.validator == "additionalProperties":
+        value = json.dumps({k: e.instance[k] for k in extra})[:200]
+    else:
+        value = json.dumps(e.instance)[:200]
     raise CNIError(INVALID_CONFIG, f"invalid config field {path!r}: {e.message}", f"value: {value}")
 
 
