@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # message types, flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -78,8 +78,7 @@ def _ip4(raw: bytes | None):
     return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     index: int
     name: str
     kind: str
@@ -89,14 +88,12 @@ class Link:
     vxlan: dict          # id, link, local, learning, port (only for kind vxlan)
 
 
-@dataclass(frozen=True)
-class Addr:
+class Addr(NamedTuple):
     index: int
     address: ipaddress.IPv4Interface
 
 
-@dataclass(frozen=True)
-class Neigh:
+class Neigh(NamedTuple):
     index: int
     family: int          # AF_INET (ARP) or AF_BRIDGE (FDB)
     dst: ipaddress.IPv4Address | None
@@ -106,8 +103,7 @@ class Neigh:
     protocol: int
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     dst: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address | None
     oif: int
@@ -224,7 +220,7 @@ class Rtnl:
             a = _attrs(p, _IFA.size, len(p))
             ip = _ip4(a.get(IFA_LOCAL) or a.get(IFA_ADDRESS))
             if ip is not None:
-                out.append(Addr(idx, ipaddress.IPv4Interface(f"{ip}/{plen}")))
+                out.append(Addr(idx, ipaddress.IPv4Interface((ip, plen))))
         return out
 
     def neighs(self, family: int, index: int) -> list[Neigh]:
@@ -249,8 +245,8 @@ class Rtnl:
             tbl = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else tbl
             if tbl != table or rtype != RTN_UNICAST:
                 continue
-            dst = _ip4(a.get(RTA_DST)) or ipaddress.IPv4Address(0)
-            out.append(Route(ipaddress.IPv4Network(f"{dst}/{dlen}"), _ip4(a.get(RTA_GATEWAY)),
+            dst = ipaddress.IPv4Network((a.get(RTA_DST, b"\0\0\0\0"), dlen))
+            out.append(Route(dst, _ip4(a.get(RTA_GATEWAY)),
                              _u32(a.get(RTA_OIF)), proto, _u32(a.get(RTA_PRIORITY)), flags, tbl))
         return out
 

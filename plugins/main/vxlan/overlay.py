@@ -101,7 +101,6 @@ def ensure_node(cfg: NodeConfig) -> NodeInfo:
     from plugins.pkg.rtnl import Rtnl
     from . import device, lease, peers
     reg = _registry(cfg)
-    reg.snapshot()            # an unreadable registry fails here, before anything is created
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
         mine, snap = lease.acquire(reg, cfg, underlay.public_ip)
