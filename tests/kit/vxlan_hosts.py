@@ -15,15 +15,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import select
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
 
 from plugins.pkg import ns as nsmod
+from plugins.pkg import probe
 
 NETWORK = "10.244.0.0/16"
 VENV_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -171,50 +169,10 @@ class Cluster:
 
 
 
-class Pinger:
-    """ICMP echoes from a netns that return as soon as the reply is in.
-
-    (plugins.pkg.probe.ping always waits its whole timeout; a continuous ping every
-    0.1 s and many reachability checks need the early return.)"""
-
-    def __init__(self, ns_path: str, dst):
-        with nsmod.enter(ns_path):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.dst = str(dst)
-        self.ident = (os.getpid() ^ threading.get_ident() ^ id(self)) & 0xFFFF
-        self.seq = 0
-
-    def once(self, timeout: float = 1.0) -> bool:
-        self.seq = (self.seq + 1) & 0xFFFF
-        body = struct.pack("!HH", self.ident, self.seq) + b"pycni-vxlan"
-        csum = _checksum(struct.pack("!BBH", 8, 0, 0) + body)
-        self.sock.sendto(struct.pack("!BBH", 8, 0, csum) + body, (self.dst, 0))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0 and select.select([self.sock], [], [], left)[0]:
-            data, (src, _) = self.sock.recvfrom(2048)
-            icmp = data[(data[0] & 0x0F) * 4:]
-            if src == self.dst and icmp[0] == 0 and struct.unpack_from("!HH", icmp, 4) == (self.ident, self.seq):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    return ~(s + (s >> 16)) & 0xFFFF
-
 
 def reaches(ns_path: str, dst, tries: int = 3, timeout: float = 1.0) -> bool:
-    """True when one of `tries` echoes to `dst` is answered (stops at the first answer)."""
-    p = Pinger(ns_path, dst)
-    try:
-        return any(p.once(timeout) for _ in range(tries))
-    finally:
-        p.close()
+    """True when one of `tries` ICMP echoes to `dst` is answered (stops at the first answer)."""
+    return any(probe.ping(ns_path, str(dst), count=1, timeout=timeout) for _ in range(tries))
 
 
 class ContinuousPing(threading.Thread):
@@ -222,7 +180,7 @@ class ContinuousPing(threading.Thread):
 
     def __init__(self, ns_path: str, dst, interval: float = 0.1):
         super().__init__(daemon=True)
-        self.pinger = Pinger(ns_path, dst)
+        self.ns_path, self.dst = ns_path, str(dst)
         self.interval = interval
         self.sent = self.lost = 0
         self._stop_event = threading.Event()
@@ -231,12 +189,11 @@ class ContinuousPing(threading.Thread):
         while not self._stop_event.is_set():
             started = time.monotonic()
             self.sent += 1
-            self.lost += not self.pinger.once(timeout=1.0)
+            self.lost += not probe.ping(self.ns_path, self.dst, count=1, timeout=1.0)
             self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> tuple[int, int]:
         """(sent, lost)"""
         self._stop_event.set()
         self.join(timeout=5)
-        self.pinger.close()
         return self.sent, self.lost
