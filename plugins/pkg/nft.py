@@ -41,15 +41,6 @@ def list_tables() -> list[tuple[str, str]]:
     return [tuple(line.split()[1:3]) for line in p.stdout.splitlines() if line.startswith("table ")]
 
 
-def iptables_managed_tables() -> set[tuple[str, str]]:
-    """Tables that iptables-nft owns (nft marks them with a warning comment)."""
-    p = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise NftError(f"nft list ruleset: {p.stderr.strip()}")
-    found = re.findall(r"# Warning: table (\S+) (\S+) is managed by iptables-nft", p.stdout)
-    return {(fam, name) for fam, name in found}
-
-
 def list_table(family: str, name: str) -> dict[str, list[tuple[str, int]]] | None:
     """{chain: [(rule text, handle)]} of one table, in order; None when it does not exist."""
     p = subprocess.run(["nft", "-a", "list", "table", family, name], capture_output=True, text=True)

@@ -4,7 +4,9 @@
   1. where our own rules are: table `ip edgemesh` -> nftables; chain EDGE-MESH in the
      nat table -> iptables (so ADD and DEL always agree with earlier ADDs);
   2. iptables-save shows any rule or user chain (kube-proxy, docker, portmap...) -> iptables;
-  3. nft lists a table that iptables-nft does not manage (a native ruleset) -> nftables;
+  3. nft lists a table iptables-nft would not have made (another family than ip/ip6, or a
+     name that is not an iptables table name: filter nat mangle raw security) -> nftables;
+     iptables-nft leaves empty `ip nat` etc. behind and marks nothing, hence the names;
   4. an empty node: iptables when its tools are installed, else nftables.
 """
 from __future__ import annotations
@@ -34,24 +36,23 @@ def for_add(choice: str):
     return _guess()
 
 
-def holding_rules(choice: str, strict: bool = True) -> list:
-    """Backends that hold our rules (DEL, GC, CHECK, sync); explicit choice: just that one
-    (not strict: none when its tools are missing, for a DEL that must succeed)."""
-    if choice != "auto":
-        if not strict and not BACKENDS[choice].available():
-            return []
-        return [_explicit(choice)]
-    return footprints()
+def holding_rules(choice: str) -> list:
+    """Backends that hold our rules (DEL, GC, CHECK, sync): with an explicit choice, that one
+    if it does (a DEL must succeed even where its tools are missing)."""
+    if choice == "auto":
+        return footprints()
+    backend = BACKENDS[choice]()
+    return [backend] if backend.available() and _holds(backend) else []
 
 
 def footprints() -> list:
-    found = []
-    if nft.available() and ("ip", backend_nft.TABLE) in _nft_tables():
-        found.append(backend_nft.Backend())
-    ipt = backend_iptables.Backend()
-    if ipt.available() and any(c in ipt.read() for c in R.CHAINS):
-        found.append(ipt)
-    return found
+    return [b for b in (backend_nft.Backend(), backend_iptables.Backend()) if b.available() and _holds(b)]
+
+
+def _holds(backend) -> bool:
+    if backend.name == "nftables":
+        return ("ip", backend_nft.TABLE) in _nft_tables()
+    return any(c in backend.read() for c in R.CHAINS)
 
 
 def converge(backend, **plan_args) -> R.Plan:
@@ -75,10 +76,8 @@ def _guess():
     ipt, nf = backend_iptables.Backend(), backend_nft.Backend()
     if ipt.available() and _iptables_in_use():
         return ipt
-    if nf.available():
-        native = set(_nft_tables()) - _safe(nft.iptables_managed_tables)
-        if native:
-            return nf
+    if nf.available() and any(_native(fam, name) for fam, name in _nft_tables()):
+        return nf
     if ipt.available():
         return ipt
     if nf.available():
@@ -97,13 +96,14 @@ def _iptables_in_use() -> bool:
                for line in text.splitlines())
 
 
+def _native(family: str, name: str) -> bool:
+    return (family, name) != ("ip", backend_nft.TABLE) and not (
+        family in ("ip", "ip6") and name in iptables.TABLES)
+
+
 def _nft_tables() -> list[tuple[str, str]]:
-    return _safe(nft.list_tables) or []
-
-
-def _safe(fn):
     try:
-        return fn()
+        return nft.list_tables()
     except nft.NftError as e:
         log.warning("%s", e)
-        return set()
+        return []

@@ -79,7 +79,7 @@ def remove_pods(conf: config.NetConf, drop) -> None:
     """Drop the selected pods' rules; with none left, remove chains, jumps and our device."""
     with locked(conf.lock_path):
         torn = [backends.converge(b, shared=None, drop=drop, teardown_when_empty=True).teardown
-                for b in backends.holding_rules(conf.backend, strict=False)]
+                for b in backends.holding_rules(conf.backend)]
         if any(torn) and not backends.footprints():
             listen.remove_if_ours()
 

@@ -36,17 +36,24 @@ def ensure(addr: str) -> bool:
     """Make `addr` local on edgemesh0 (created when missing); True when we created it."""
     if address_is_local(addr):
         return False
-    from plugins.pkg import link
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
     try:
-        with link.open_iproute() as ipr:
-            created = link.info(ipr, DEVICE) is None
-            dev = link.ensure_bridge(ipr, DEVICE)
+        with IPRoute() as ipr:
+            created = not ipr.link_lookup(ifname=DEVICE)
             if created:
-                ipr.link("set", index=dev.index, IFLA_IFALIAS=ALIAS)
-            if not ipr.get_addr(index=dev.index, address=addr):
-                ipr.addr("add", index=dev.index, address=addr, prefixlen=32)
+                ipr.link("add", ifname=DEVICE, kind="bridge")
+            link = ipr.link("get", ifname=DEVICE)[0]
+            if created:                            # the kernel ignores an alias given at creation
+                ipr.link("set", index=link["index"], IFLA_IFALIAS=ALIAS)
+            kind = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
+            if kind != "bridge":
+                raise ValueError(f"{DEVICE} exists and is a {kind} link, not a bridge")
+            if not ipr.get_addr(index=link["index"], address=addr):
+                ipr.addr("add", index=link["index"], address=addr, prefixlen=32)
+            ipr.link("set", index=link["index"], state="up")
             return created
-    except (OSError, ValueError) as e:
+    except (NetlinkError, OSError, ValueError) as e:
         raise CNIError(LISTEN_FAILED, f"cannot put listen address {addr} on {DEVICE}", str(e)) from None
 
 
@@ -56,12 +63,12 @@ def remove_if_ours() -> bool:
         socket.if_nametoindex(DEVICE)
     except OSError:
         return False
-    from plugins.pkg import link
-    with link.open_iproute() as ipr:
-        msgs = ipr.link("get", ifname=DEVICE)
-        if not msgs or msgs[0].get_attr("IFLA_IFALIAS") != ALIAS:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        link = ipr.link("get", ifname=DEVICE)[0]
+        if link.get_attr("IFLA_IFALIAS") != ALIAS:
             return False
-        ipr.link("del", index=msgs[0]["index"])
+        ipr.link("del", index=link["index"])
         return True
 
 

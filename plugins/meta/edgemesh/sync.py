@@ -43,7 +43,7 @@ def sync(conf: config.NetConf) -> list[str]:
     shared = R.shared_items(conf, conf.all_ignored())
     out = []
     with locked(conf.lock_path):
-        for b in backends.holding_rules(conf.backend, strict=False):
+        for b in backends.holding_rules(conf.backend):
             plan = backends.converge(b, shared=shared)
             added, removed = len(plan.prepend) + len(plan.append), len(plan.delete)
             out.append(f"{b.name}: {added} added, {removed} removed"
