@@ -110,14 +110,15 @@ cmd_test() {
 cmd_demo() {
     [ "$(id -u)" = 0 ] || die "the demos need root (they build network namespaces)"
     ensure_venv
-    local module ran=0
+    local module ran=0 failed=()
     for module in "${DEMOS[@]}"; do
         [ -f "${module//.//}.py" ] || continue
         log "demo: python -m $module"
-        "$PY" -m "$module"
+        "$PY" -m "$module" || failed+=("$module")
         ran=$((ran + 1))
     done
     log "$ran demo(s) ran"
+    [ ${#failed[@]} -eq 0 ] || die "demos failed: ${failed[*]}"
 }
 
 cmd_bench() {
