@@ -1,0 +1,73 @@
+"""The enforcer netns side: the shared vbr/vth pair and whether a dp reads vth.
+
+The pair is created by the first pod that needs it and deleted with the last one;
+who uses it is recorded in the state (state.users) under the state lock. A dp is
+"there" when an AF_PACKET socket in the enforcer netns is bound to vth's ifindex
+(/proc/net/packet, read from inside that netns).
+"""
+from __future__ import annotations
+
+import time
+
+from plugins.pkg import iplink, ns, tc
+
+from . import state, triad
+
+PAIR_INDEX = 10000000     # vbr's ifindex (vth: +1), far from those pods' ports keep (NeuVector's)
+
+
+def ensure_pair(ipr, netns: str, vbr: str, vth: str, mtu: int) -> bool:
+    """vbr <-> vth up, with an ingress qdisc on vbr and an MTU of at least `mtu`.
+    True when this call created it."""
+    created = False
+    have = iplink.info(ipr, vbr)
+    if have is None:
+        iplink.create_veth(ipr, vbr, vth, mtu=mtu, index=PAIR_INDEX if iplink.index_free(ipr, PAIR_INDEX) else 0,
+                           peer_index=PAIR_INDEX + 1 if iplink.index_free(ipr, PAIR_INDEX + 1) else 0)
+        created = True
+        for name in (vth, vbr):
+            triad.quiet_up(ipr, netns, name)
+    elif have.kind != "veth" or iplink.index_of(ipr, vth) is None:
+        raise FileExistsError(f"{vbr} exists in the enforcer netns but is not our vbr/vth veth pair")
+    elif have.mtu < mtu:
+        for name in (vbr, vth):
+            iplink.set_link(ipr, iplink.index_of(ipr, name), mtu=mtu)
+    tc.ensure_ingress(ipr, iplink.index_of(ipr, vbr))
+    return created
+
+
+def acquire(ipr, pod: state.Pod, state_dir: str, mtu: int) -> bool:
+    """Count the pod as a user of its pair (creating the pair). True if it was created."""
+    keys = state.users(state_dir, pod.enforcer, pod.vbr)
+    created = ensure_pair(ipr, pod.enforcer, pod.vbr, pod.vth, mtu)
+    if pod.key not in keys:
+        state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key])
+    return created
+
+
+def release(ipr, pod: state.Pod, state_dir: str) -> bool:
+    """Forget the pod as a user; delete the pair with the last one. True if deleted."""
+    keys = [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key]
+    state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
+    if keys:
+        return False
+    return iplink.delete_if_exists(ipr, pod.vbr)
+
+
+def reader_on(netns: str, ifindex: int) -> bool:
+    """Is an AF_PACKET socket in `netns` bound to `ifindex`?"""
+    with ns.enter(netns):
+        with open("/proc/thread-self/net/packet") as f:
+            lines = f.read().splitlines()[1:]
+    return any(len(cols) > 4 and cols[4] == str(ifindex) for cols in (ln.split() for ln in lines))
+
+
+def wait_reader(netns: str, ifindex: int, wait_ms: int) -> bool:
+    """reader_on, polled for up to `wait_ms` (a dp opens a new vth when it sees it appear)."""
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        if reader_on(netns, ifindex):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)

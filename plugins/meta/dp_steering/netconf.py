@@ -1,0 +1,105 @@
+"""dp-steering's config with its defaults, its error codes, and the names it derives.
+
+Error codes 120-139 (README lists them with their fix):
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from libcni_py.errors import CNIError
+from plugins.pkg.names import check_ifname, check_path_component, short_hash
+
+NO_PREV_RESULT = 120      # chained without an interface plugin before it
+IFACE_MISSING = 121       # CNI_IFNAME not in prevResult or not in the pod netns
+ENFORCER_NETNS = 122      # enforcerNetns missing or not a network namespace
+DATAPATH_UNAVAILABLE = 123  # datapath asked for cannot run on this kernel
+PULL_FAILED = 124         # moving the pod port failed (rolled back)
+RULES_FAILED = 125        # installing filters failed (rolled back)
+NO_STATE = 126            # no record of this pod (CHECK, mode) or it is corrupt
+CHECK_MISMATCH = 127      # CHECK found a difference
+INDEX_CLASH = 128         # UCMAC/pref space exhausted or taken
+NAME_CLASH = 129          # vex<id>/vin<id> already exist
+CONFIG_CHANGED = 130      # CHECK/mode with a config that differs from the pod's record
+BAD_MODE = 131            # unknown mode for `dp-steering mode`
+
+MODES = ("inline", "tap")
+DATAPATHS = ("auto", "tc-pedit", "ebpf")
+DEFAULT_STATE_DIR = "/var/lib/cni/pycni/dp-steering"
+
+
+@dataclass
+class Config:
+    network: str
+    enforcer_netns: str
+    mode: str = "inline"
+    datapath: str = "auto"
+    dp_socket: str = ""
+    fail_open: bool = False
+    vbr: str = "vbr-dp"
+    vth: str = "vth-dp"
+    state_dir: str = DEFAULT_STATE_DIR
+    dp_wait_ms: int = 500
+
+
+def load(conf: dict) -> Config:
+    """The plugin's keys (schema-validated already) with their defaults."""
+    cfg = Config(network=conf["name"], enforcer_netns=conf.get("enforcerNetns", ""),
+                 mode=conf.get("mode", "inline"), datapath=conf.get("datapath", "auto"),
+                 dp_socket=conf.get("dpSocket", ""), fail_open=bool(conf.get("failOpen", False)),
+                 vbr=conf.get("vbrName", "vbr-dp"), vth=conf.get("vthName", "vth-dp"),
+                 state_dir=conf.get("stateDir", DEFAULT_STATE_DIR),
+                 dp_wait_ms=int(conf.get("dpWaitMs", 500)))
+    check_ifname(cfg.vbr, "vbrName")
+    check_ifname(cfg.vth, "vthName")
+    if cfg.vbr == cfg.vth:
+        raise CNIError(7, "vbrName and vthName must differ", cfg.vbr)
+    return cfg
+
+
+def check_enforcer(path: str) -> str:
+    """The enforcer netns path must exist and be a network namespace."""
+    if not path or not os.path.isabs(path):
+        raise CNIError(ENFORCER_NETNS, f"enforcerNetns {path!r} is not an absolute path")
+    try:
+        with open(path, "rb"):
+            pass
+        from plugins.pkg import ns
+        with ns.enter(path):
+            pass
+    except OSError as e:
+        raise CNIError(ENFORCER_NETNS, f"enforcerNetns {path} is not a usable network namespace",
+                       e.strerror or str(e)) from None
+    return path
+
+
+def port_names(container_id: str, ifname: str) -> tuple[str, str]:
+    """(vex<id>, vin<id>): 6 hex of a hash of (container ID, ifname)."""
+    check_path_component(container_id, "containerID")
+    check_ifname(ifname, "CNI_IFNAME")
+    pid = short_hash(container_id, ifname, n=6)
+    return "vex" + pid, "vin" + pid
+
+
+def parking_mac(container_id: str, ifname: str) -> str:
+    """The MAC the original interface wears while it is vex<id>: locally administered."""
+    h = short_hash(container_id, ifname, "vex", n=8)
+    return "02:00:" + ":".join(h[i:i + 2] for i in range(0, 8, 2))
+
+
+def ucmac(low16: int) -> str:
+    """NeuVector's per-pod unicast MAC 4e:65:75:56:xx:xx (xx:xx: the vex ifindex's low bytes)."""
+    return f"4e:65:75:56:{(low16 >> 8) & 0xFF:02x}:{low16 & 0xFF:02x}"
+
+
+def allocate16(start: int, used: set[int], what: str) -> int:
+    """`start`'s low 16 bits, or the next value up that is neither 0 nor in `used`."""
+    for k in range(0x10000):
+        value = (start + k) & 0xFFFF
+        if value and value not in used:
+            return value
+    raise CNIError(INDEX_CLASH, f"no free {what} left (all 65535 in use)")
+
+
+def bcmac(ucmac_: str) -> str:
+    return "ff:ff:ff:00:" + ucmac_[12:]

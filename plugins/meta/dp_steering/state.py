@@ -1,0 +1,133 @@
+"""dp-steering's records under stateDir, all read and written under one flock.
+
+    <stateDir>/lock                         the flock every command holds
+    <stateDir>/pods/<containerID>/<ifname>.json   one steered pod port (Pod)
+    <stateDir>/shared/<hash>.json           users of one vbr/vth pair in one enforcer netns
+
+A record is written to a temporary file and renamed, so a reader never sees half of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+
+from libcni_py.errors import CNIError
+from plugins.pkg.lock import locked
+from plugins.pkg.names import check_ifname, check_path_component, short_hash
+
+from .netconf import NO_STATE
+
+
+@dataclass
+class Pod:
+    container_id: str
+    ifname: str
+    network: str
+    netns: str
+    enforcer: str
+    vex: str
+    vin: str
+    vbr: str
+    vth: str
+    datapath: str                 # resolved: "tc-pedit" or "ebpf"
+    mode: str                     # wanted: "inline", "tap" or "off"
+    installed: str = "off"        # what the filters do now
+    mac: str = ""                 # the pod's MAC
+    ucmac: str = ""
+    vex_index: int = 0
+    vin_index: int = 0
+    vex_pref: int = 0             # the pod's vbr filter priorities
+    vin_pref: int = 0
+    fail_open: bool = False
+    dp_socket: str = ""
+    dp_wait_ms: int = 500
+    name: str = ""                # how the dp's policy names the pod
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_id}/{self.ifname}"
+
+
+@contextmanager
+def lock(state_dir: str):
+    with locked(os.path.join(state_dir, "lock")):
+        yield
+
+
+def _pod_path(state_dir: str, container_id: str, ifname: str) -> str:
+    check_path_component(container_id, "containerID")
+    check_ifname(ifname, "CNI_IFNAME")
+    return os.path.join(state_dir, "pods", container_id, ifname + ".json")
+
+
+def _write(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load_pod(state_dir: str, container_id: str, ifname: str) -> Pod | None:
+    path = _pod_path(state_dir, container_id, ifname)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        known = {f.name for f in fields(Pod)}
+        return Pod(**{k: v for k, v in data.items() if k in known})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        raise CNIError(NO_STATE, f"unreadable dp-steering record {path}", str(e)) from None
+
+
+def all_pods(state_dir: str) -> list[Pod]:
+    out = []
+    root = os.path.join(state_dir, "pods")
+    for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        for name in sorted(os.listdir(os.path.join(root, cid))):
+            if name.endswith(".json"):
+                pod = load_pod(state_dir, cid, name[:-5])
+                if pod is not None:
+                    out.append(pod)
+    return out
+
+
+def save_pod(state_dir: str, pod: Pod) -> None:
+    _write(_pod_path(state_dir, pod.container_id, pod.ifname), asdict(pod))
+
+
+def remove_pod(state_dir: str, container_id: str, ifname: str) -> None:
+    path = _pod_path(state_dir, container_id, ifname)
+    try:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
+
+
+def _shared_path(state_dir: str, enforcer: str, vbr: str) -> str:
+    return os.path.join(state_dir, "shared", short_hash(enforcer, vbr, n=16) + ".json")
+
+
+def users(state_dir: str, enforcer: str, vbr: str) -> list[str]:
+    try:
+        with open(_shared_path(state_dir, enforcer, vbr)) as f:
+            return list(json.load(f).get("users", []))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise CNIError(NO_STATE, "unreadable dp-steering shared-pair record", str(e)) from None
+
+
+def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str]) -> None:
+    path = _shared_path(state_dir, enforcer, vbr)
+    if keys:
+        _write(path, {"enforcer": enforcer, "vbr": vbr, "users": sorted(set(keys))})
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,203 @@
+"""A pod's steering life: engage (off -> inline/tap), switch (inline <-> tap),
+disengage (-> off), verify. Callers hold the state lock; each step that fails
+undoes what it did before raising, so the pod is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from libcni_py.errors import CNIError
+from plugins.pkg import iplink, tc
+
+from . import datapath_ebpf, datapath_pedit, dpctl, enforcer, netconf, rules, state, triad
+
+log = logging.getLogger("pycni.dp-steering")
+DATAPATHS = {m.NAME: m for m in (datapath_pedit, datapath_ebpf)}
+
+
+def resolve_datapath(name: str) -> str:
+    """auto: tc-pedit where the kernel has act_pedit, eBPF otherwise."""
+    if name == "auto":
+        if datapath_pedit.available():
+            return datapath_pedit.NAME
+        name = datapath_ebpf.NAME
+    if not DATAPATHS[name].available():
+        raise CNIError(netconf.DATAPATH_UNAVAILABLE, f"datapath {name} is not available on this kernel",
+                       "tc-pedit needs act_pedit (CONFIG_NET_ACT_PEDIT); ebpf needs bpf(2) and cls_bpf")
+    return name
+
+
+def port(pod: state.Pod) -> rules.Port:
+    return rules.Port(pod.vex, pod.vin, pod.vbr, pod.mac, pod.ucmac, pod.vex_pref, pod.vin_pref)
+
+
+def engage(pod: state.Pod, state_dir: str, mode: str) -> None:
+    """Pull the pod's port and steer it in `mode` (inline may become tap: failOpen)."""
+    try:
+        snap = triad.pull(pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin,
+                          netconf.parking_mac(pod.container_id, pod.ifname))
+    except FileNotFoundError as e:
+        raise CNIError(netconf.IFACE_MISSING, str(e)) from None
+    except FileExistsError as e:
+        raise CNIError(netconf.NAME_CLASH, str(e)) from None
+    except OSError as e:
+        raise CNIError(netconf.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns", str(e)) from None
+    with contextlib.ExitStack() as undo, iplink.open_iproute(pod.enforcer) as ipr:
+        undo.callback(triad.restore, pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin, snap.mac)
+        pod.mac = snap.mac
+        pod.vex_index, pod.vin_index = iplink.index_of(ipr, pod.vex), iplink.index_of(ipr, pod.vin)
+        try:
+            enforcer.acquire(ipr, pod, state_dir, snap.mtu)
+        except (OSError, iplink.netlink_error()) as e:
+            raise CNIError(netconf.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
+        undo.callback(enforcer.release, ipr, pod, state_dir)
+        _allocate(ipr, pod, state_dir)
+        undo.callback(_forget, pod)
+        _install(ipr, pod, _effective(ipr, pod, mode))
+        pod.mode = mode
+        undo.pop_all()
+
+
+def _allocate(ipr, pod: state.Pod, state_dir: str) -> None:
+    """UCMAC and vbr priorities from the vex/vin ifindexes, unless another pod has them."""
+    others = [p for p in state.all_pods(state_dir)
+              if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and p.installed != "off"]
+    macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
+    pod.ucmac = netconf.ucmac(netconf.allocate16(pod.vex_index, macs, "UCMAC"))
+    prefs = {f.pref for f in tc.filters(ipr, iplink.index_of(ipr, pod.vbr))}
+    prefs |= {p.vex_pref for p in others} | {p.vin_pref for p in others}
+    pod.vex_pref = netconf.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
+    pod.vin_pref = netconf.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
+
+
+def switch(pod: state.Pod, mode: str) -> None:
+    """inline <-> tap on a steered pod."""
+    with iplink.open_iproute(pod.enforcer) as ipr:
+        _remove_rules(ipr, pod)
+        _install(ipr, pod, _effective(ipr, pod, mode))
+    pod.mode = mode
+
+
+def disengage(pod: state.Pod, state_dir: str) -> None:
+    """Back to the pod's single original interface; the enforcer keeps nothing of it.
+    With pod.netns "" (gone) vex/vin are just deleted."""
+    if pod.installed != "off":
+        _forget(pod)
+    if not os.path.exists(pod.enforcer):        # vex, vin, filters and pair went with it
+        state.set_users(state_dir, pod.enforcer, pod.vbr,
+                        [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key])
+    elif pod.installed != "off":
+        with iplink.open_iproute(pod.enforcer) as ipr:
+            _remove_rules(ipr, pod)
+            triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin, pod.mac)
+            if enforcer.release(ipr, pod, state_dir) and pod.dp_socket:
+                dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+    pod.installed = "off"
+
+
+def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
+    """`dp-steering mode`: inline, tap or off, from whatever the pod is in now."""
+    if mode == "off":
+        disengage(pod, state_dir)
+        pod.mode = mode
+    elif pod.installed == "off":
+        if not os.path.exists(pod.netns):
+            raise CNIError(netconf.NO_STATE, f"the netns {pod.netns} of {pod.key} is gone")
+        netconf.check_enforcer(pod.enforcer)
+        engage(pod, state_dir, mode)
+    else:
+        switch(pod, mode)
+
+
+def mode_problem(pod: state.Pod) -> str | None:
+    """How the installed mode differs from the wanted one, unless failOpen explains it."""
+    if pod.installed == pod.mode:
+        return None
+    if pod.mode == "inline" and pod.installed == "tap" and pod.fail_open:
+        if not dp_present(pod):
+            return None
+        return (f"a dp is there now but the pod is still in tap mode (failOpen); "
+                f"run `dp-steering mode {pod.container_id} {pod.ifname} inline`")
+    return f"mode is {pod.installed}, expected {pod.mode}"
+
+
+def dp_present(pod: state.Pod) -> bool:
+    if pod.dp_socket and dpctl.ping(pod.dp_socket) is None:
+        return False
+    with iplink.open_iproute(pod.enforcer) as ipr:
+        index = iplink.index_of(ipr, pod.vth)
+    return index is not None and enforcer.reader_on(pod.enforcer, index)
+
+
+def _effective(ipr, pod: state.Pod, mode: str) -> str:
+    """The mode to install: inline unless the dp is not there and failOpen says tap."""
+    answered = not pod.dp_socket or dpctl.add_port(
+        pod.dp_socket, mac=pod.mac, ucmac=pod.ucmac, iface=pod.vth, mode=mode,
+        vex=pod.vex, vin=pod.vin, name=pod.name)
+    if mode == "tap":
+        return mode
+    if not answered:
+        why = f"no answer on dpSocket {pod.dp_socket}"
+    elif enforcer.wait_reader(pod.enforcer, iplink.index_of(ipr, pod.vth), pod.dp_wait_ms):
+        return mode
+    else:
+        why = f"no reader on {pod.vth}"
+    if pod.fail_open:
+        log.warning("dp not there (%s): pod %s steered in tap mode instead of inline (failOpen)", why, pod.key)
+        if pod.dp_socket:
+            dpctl.set_mode(pod.dp_socket, pod.mac, "tap")
+        return "tap"
+    log.warning("dp not there (%s): pod %s steered inline, its unicast traffic is blocked until a dp "
+                "reads %s (fail closed; set failOpen to steer in tap mode instead)", why, pod.key, pod.vth)
+    return mode
+
+
+def _install(ipr, pod: state.Pod, mode: str) -> None:
+    p = port(pod)
+    index = {name: iplink.index_of(ipr, name) for name in (p.vex, p.vin, p.vbr)}
+    want = sorted(rules.rules_for(mode, p), key=lambda r: r.dev != p.vbr)   # return path first
+    try:
+        for name in (p.vex, p.vin, p.vbr):
+            tc.ensure_ingress(ipr, index[name])
+        DATAPATHS[pod.datapath].install(ipr, pod.enforcer, want, index)
+    except (OSError, tc.TCError, iplink.netlink_error()) as e:
+        _remove_rules(ipr, pod)
+        raise CNIError(netconf.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
+    pod.installed = mode
+
+
+def _remove_rules(ipr, pod: state.Pod) -> None:
+    for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref)),
+                        (pod.vex, (rules.POD_PREF, rules.REST_PREF)),
+                        (pod.vin, (rules.POD_PREF, rules.REST_PREF))):
+        index = iplink.index_of(ipr, name)
+        for pref in prefs if index is not None else ():
+            if pref:
+                tc.delete_filter(ipr, index, pref)
+
+
+def _forget(pod: state.Pod) -> None:
+    if pod.dp_socket and pod.mac:
+        dpctl.del_port(pod.dp_socket, pod.mac)
+
+
+def verify(pod: state.Pod) -> str | None:
+    """The first difference between the pod's record and the kernel, or None."""
+    with iplink.open_iproute(pod.netns) as ipr:
+        have = iplink.info(ipr, pod.ifname)
+    if have is None:
+        return f"{pod.ifname} is missing in the pod netns"
+    if have.mac != pod.mac:
+        return f"{pod.ifname} has MAC {have.mac}, expected {pod.mac}"
+    if pod.installed == "off":
+        return None
+    with iplink.open_iproute(pod.enforcer) as ipr:
+        index = {}
+        for name, want in ((pod.vex, pod.vex_index), (pod.vin, pod.vin_index), (pod.vbr, None), (pod.vth, None)):
+            index[name] = iplink.index_of(ipr, name)
+            if index[name] is None or (want is not None and index[name] != want):
+                return f"{name} is missing in the enforcer netns (or was re-created)"
+        found = {(name, f.pref): f for name in (pod.vex, pod.vin, pod.vbr) for f in tc.filters(ipr, index[name])}
+    return DATAPATHS[pod.datapath].differences(found, rules.rules_for(pod.installed, port(pod)), index)

@@ -1,0 +1,118 @@
+"""A dp-steering test world: a host netns with the Go bridge, an enforcer netns, pods.
+
+    w = World(netns, tmp_path, mode="inline")        # extra keys go to dp-steering's config
+    pod = w.add("c1")                                  # pod netns + ADD of bridge+host-local+dp-steering
+    with w.dp(policy={...}) as dp: ...                 # the reference pycni-dp reading vth
+    w.mode(pod, "tap"); w.check(pod); w.delete(pod)
+
+Plugins run through libcni_py with the host netns as the runtime's own, so the Go
+bridge builds its bridge there; every directory is under tmp_path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+
+from libcni_py.api import CNIConfig, RuntimeConf
+from libcni_py.conf import conflist_from_dict
+from libcni_py.types import Result
+from plugins.pkg import ns as nsmod
+from tests.kit.dp import DP
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CNI_PATH = [os.path.join(ROOT, ".venv", "bin"), "/usr/lib/cni"]
+STEERING = os.path.join(ROOT, ".venv", "bin", "dp-steering")
+SUBNET, GATEWAY = "10.44.0.0/24", "10.44.0.1"
+
+
+@dataclass
+class Pod:
+    cid: str
+    ns: object
+    result: Result | None = None
+    ifname: str = "eth0"
+
+    @property
+    def ip(self) -> str:
+        return self.result.ips[0].address.split("/")[0]
+
+    @property
+    def rt(self) -> RuntimeConf:
+        return RuntimeConf(container_id=self.cid, netns=self.ns.path, ifname=self.ifname,
+                           args=[("IgnoreUnknown", "1"), ("K8S_POD_NAME", self.cid)])
+
+
+class World:
+    def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", **steer):
+        self.netns_factory, self.tmp, self.version = netns_factory, str(tmp_path), version
+        self.host, self.enf = netns_factory("host"), netns_factory("enf")
+        self.state_dir = os.path.join(self.tmp, "state")
+        self.steer = {"type": "dp-steering", "enforcerNetns": self.enf.path, "stateDir": self.state_dir,
+                      "vbrName": "vbr", "vthName": "vth", "dpWaitMs": 300, **steer}
+        self.cni = CNIConfig(path=CNI_PATH, cache_dir=os.path.join(self.tmp, "cache"))
+
+    def bridge(self) -> dict:
+        return {"type": "bridge", "bridge": "cni-dp0", "isGateway": True, "ipMasq": False,
+                "ipam": {"type": "host-local", "dataDir": os.path.join(self.tmp, "ipam"),
+                         "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]}}
+
+    def conflist(self, steer: bool = True, **overrides):
+        plugins = [self.bridge()] + ([{**self.steer, **overrides}] if steer else [])
+        return conflist_from_dict({"cniVersion": self.version, "name": "dpnet", "plugins": plugins})
+
+    def _on(self, verb: str, pod: Pod, lst):
+        with nsmod.enter(self.host.path):
+            return getattr(self.cni, f"{verb}_network_list")(lst, pod.rt)
+
+    def add(self, cid: str, steer: bool = True, **overrides) -> Pod:
+        pod = Pod(cid, self.netns_factory("pod"))
+        pod.result = self._on("add", pod, self.conflist(steer, **overrides))
+        return pod
+
+    def check(self, pod: Pod, **overrides) -> None:
+        self._on("check", pod, self.conflist(**overrides))
+
+    def delete(self, pod: Pod, **overrides) -> None:
+        self._on("del", pod, self.conflist(**overrides))
+
+    def mode(self, pod: Pod, mode: str) -> dict:
+        p = subprocess.run([STEERING, "mode", pod.cid, pod.ifname, mode, "--state-dir", self.state_dir],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def dp(self, policy: dict | None = None, *args: str) -> DP:
+        argv = ["--iface", "vth", *args]
+        if policy is not None:
+            path = os.path.join(self.tmp, "policy.json")
+            with open(path, "w") as f:
+                json.dump(policy, f)
+            argv += ["--policy", path]
+        return DP(self.enf.path, self.tmp, *argv)
+
+    def record(self, pod: Pod) -> dict:
+        with open(os.path.join(self.state_dir, "pods", pod.cid, pod.ifname + ".json")) as f:
+            return json.load(f)
+
+
+def pod_view(netns) -> str:
+    """What a pod sees of its network: links (name, MAC, MTU), addresses, routes, neighbours."""
+    out = []
+    for argv in (["ip", "-o", "link", "show"], ["ip", "-o", "addr", "show"],
+                 ["ip", "route", "show", "table", "all"], ["ip", "neigh", "show", "nud", "permanent"]):
+        text = netns.run(*argv).stdout
+        out.append("\n".join(_strip_link_ids(line) for line in text.splitlines()
+                             if "table local" not in line and "fe80::" not in line))
+    return "\n".join(out)
+
+
+def _strip_link_ids(line: str) -> str:
+    """Drop what changes with the veth swap yet is not the pod's config: ifindexes, peers, stats."""
+    import re
+    line = re.sub(r"^\d+: ", "", line)
+    line = re.sub(r"@if\d+", "", line)
+    line = re.sub(r" link-netns\S* \S+", "", line)
+    return re.sub(r"\\\s+valid_lft.*$", "", line)
