@@ -12,8 +12,11 @@ import time
 
 import pytest
 
+from libcni_py.api import CNIConfig, RuntimeConf
+from libcni_py.conf import conflist_from_dict
 from plugins.entrypoints import ENTRYPOINTS
-from tests.conftest import ROOT, VENV_BIN
+from plugins.pkg import ns as pkg_ns
+from tests.conftest import GO_CNI_DIR, ROOT, VENV_BIN
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -152,6 +155,26 @@ def test_passthrough_binary_without_python(installed, netns):
     for cmd in ("CHECK", "DEL"):
         p = exec_without_python(exe, cni_env(cmd, ns.path), json.dumps(conf))
         assert p.returncode == 0 and p.stdout == "", (cmd, p.stdout, p.stderr)
+
+
+def test_runtime_chains_go_bridge_and_the_installed_binary(installed, netns, tmp_path):
+    """libcni_py with CNI_PATH = the install dir + Go plugins: bridge/host-local, then our binary."""
+    host, pod = netns("pkghost"), netns("pkgpod")
+    nets = conflist_from_dict({"cniVersion": "1.0.0", "name": "pkgchain", "plugins": [
+        {"type": "bridge", "bridge": "cni-pkg0", "isGateway": True,
+         "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                  "ranges": [[{"subnet": "10.66.0.0/24"}]]}},
+        {"type": "pycni-passthrough"}]})
+    cni = CNIConfig(path=[str(installed), GO_CNI_DIR], cache_dir=str(tmp_path / "cache"))
+    rt = RuntimeConf(container_id="pkg-chain1", netns=pod.path, ifname="eth0")
+    with pkg_ns.enter(host.path):
+        assert cni.plugin_versions("pycni-passthrough")[-1] == "1.1.0"
+        result = cni.add_network_list(nets, rt)
+        assert [ip.address for ip in result.ips] == ["10.66.0.2/24"]
+        assert result.interfaces[-1].sandbox == pod.path
+        cni.check_network_list(nets, rt)
+        cni.del_network_list(nets, rt)
+    assert "eth0" not in pod.run("ip", "-br", "link").stdout
 
 
 @pytest.mark.parametrize("cmd,env_over,stdin,code", [
