@@ -17,7 +17,7 @@ NET = pod.PodNet(bridge="cni0", subnet="10.244.1.0/24", gateway="10.244.1.1", ne
 def _attach(host, podns, ifname="eth0", veth="vethtest0001", ip="10.244.1.5/24"):
     att = pod.Attachment(podns.path, ifname, veth, pod.pod_ips(NET, [IPConfig(ip)]),
                          pod.pod_routes(NET, [Route(dst="10.244.0.0/16")]))
-    with ns.enter(host.path), link.open_iproute() as ipr:
+    with ns.enter(host.path), link.open_rtnl() as ipr:
         br = pod.ensure_bridge(ipr, NET)
         return br, pod.attach(ipr, NET, br, att), att
 
@@ -37,7 +37,7 @@ def test_attach_configures_both_sides_and_detach_removes_the_pair(netns):
     routes = p.run("ip", "-4", "route").stdout
     assert "default via 10.244.1.1 dev eth0" in routes and "10.244.0.0/16 via 10.244.1.1 dev eth0" in routes
     assert probe.ping(p.path, "10.244.1.1") == [0]
-    with ns.enter(host.path), link.open_iproute() as ipr:
+    with ns.enter(host.path), link.open_rtnl() as ipr:
         pod.check(ipr, NET, att)
         assert pod.detach(ipr, "vethtest0001") is True
         assert pod.detach(ipr, "vethtest0001") is False
@@ -57,13 +57,13 @@ def test_check_names_the_missing_route_and_the_wrong_address(netns):
     host, p = netns("host"), netns("pod")
     _, _, att = _attach(host, p)
     p.run("ip", "route", "del", "10.244.0.0/16")
-    with ns.enter(host.path), link.open_iproute() as ipr:
+    with ns.enter(host.path), link.open_rtnl() as ipr:
         with pytest.raises(CNIError) as e:
             pod.check(ipr, NET, att)
     assert e.value.code == pod.POD_DRIFT and "route 10.244.0.0/16 via 10.244.1.1 missing" in e.value.msg
     p.run("ip", "addr", "del", "10.244.1.5/24", "dev", "eth0")
     p.run("ip", "addr", "add", "10.244.1.6/24", "dev", "eth0")
-    with ns.enter(host.path), link.open_iproute() as ipr:
+    with ns.enter(host.path), link.open_rtnl() as ipr:
         with pytest.raises(CNIError) as e:
             pod.check(ipr, NET, att)
     assert "address 10.244.1.5/24 missing" in e.value.msg and "10.244.1.6/24" in e.value.msg

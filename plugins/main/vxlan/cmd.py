@@ -16,7 +16,7 @@ from libcni_py.errors import CNIError, INVALID_CONFIG
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import Interface, Result
 from plugins.pkg.names import check_ifname, host_veth
-from plugins.pkg.schema import validator
+from plugins.pkg.schema_lite import validator
 
 from . import ipam, masq, overlay, pod
 
@@ -115,8 +115,8 @@ def cmd_status(args: CmdArgs) -> None:
 
 def pod_links():
     """The netlink socket of the host namespace for the whole command."""
-    from plugins.pkg.link import open_iproute
-    return open_iproute()
+    from plugins.pkg.link import open_rtnl
+    return open_rtnl()
 
 
 def _pod_net(conf: dict, node) -> pod.PodNet:

@@ -4,23 +4,26 @@ Host side: the bridge (`cni0` default) holds the gateway with the subnet's prefi
 IPv4 forwarding is on, and the host end of the pair (named by names.host_veth) is a
 port of it, up, hairpin as configured. Pod side: CNI_IFNAME, MTU of the vxlan
 device, the IPAM addresses and routes, and a default route via the gateway.
-One netlink socket per namespace for the whole command.
+One raw netlink socket per namespace for the whole command (plugins.pkg.link).
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from dataclasses import dataclass, field
 
 from libcni_py.errors import CNIError
 from libcni_py.types import Interface, IPConfig, Route
 from plugins.pkg import link
+from plugins.pkg import rtnl as nl
 
 BRIDGE_CONFLICT = 113    # the bridge name is taken by another link, or holds another gateway
 VETH_EXISTS = 114        # the host veth name is in use: an earlier attachment was not deleted
 BAD_IPAM_RESULT = 115    # IPAM gave no IPv4 address in this node's subnet
 POD_DRIFT = 116          # CHECK: pod interface, address, route or host port missing or wrong
 DEFAULT = "0.0.0.0/0"
+RTPROT_BOOT = 3          # what `ip route add` and Go's netlink use
 
 
 @dataclass
@@ -72,103 +75,93 @@ def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
     return out
 
 
-def ensure_bridge(ipr, net: PodNet) -> link.LinkInfo:
+def ensure_bridge(rt, net: PodNet):
     """The bridge, up, holding the gateway; IPv4 forwarding on in this namespace."""
     try:
-        br = link.ensure_bridge(ipr, net.bridge, mtu=net.mtu)
+        br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
     except ValueError as e:
         raise CNIError(BRIDGE_CONFLICT, str(e)) from None
-    gw = ipaddress.ip_interface(net.gateway_cidr)
+    gw = ipaddress.IPv4Interface(net.gateway_cidr)
     cluster = ipaddress.ip_network(net.network)
-    for msg in ipr.get_addr(index=br.index, family=2):
-        have = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-        if have != gw and have.ip in cluster:
-            raise CNIError(BRIDGE_CONFLICT, f"{net.bridge} already has an IP address {have} different from {gw}",
+    for have in rt.addrs(br.index):
+        if have.address != gw and have.address.ip in cluster:
+            raise CNIError(BRIDGE_CONFLICT, f"{net.bridge} already has an IP address {have.address} different from {gw}",
                            "the node's subnet changed; delete the bridge once its pods are gone")
-    _add_ignoring_exists(ipr.addr, "add", index=br.index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
+    err = rt.batch([nl.addr_msg(True, br.index, gw)])[0]
+    if err and err != errno.EEXIST:
+        raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
     _enable_forwarding()
     return br
 
 
-def attach(ipr_host, net: PodNet, br: link.LinkInfo, att: Attachment) -> tuple[Interface, Interface]:
+def attach(rt_host, net: PodNet, br, att: Attachment) -> tuple[Interface, Interface]:
     """Create and configure the pair; returns (host interface, pod interface)."""
     host_mac, pod_mac = link.random_mac(), link.random_mac()
     try:
-        idx = link.create_veth(ipr_host, att.host_veth, att.ifname, att.netns, mtu=net.mtu,
-                               mac=host_mac, peer_mac=pod_mac, master=br.index, up=True)
+        idx = link.create_veth(rt_host, att.host_veth, att.ifname, att.netns, mtu=net.mtu, mac=host_mac,
+                               peer_mac=pod_mac, master=br.index, up=True)
     except FileExistsError:
         raise CNIError(VETH_EXISTS, f"host interface {att.host_veth} or pod interface {att.ifname} already exists",
                        "DEL the earlier attachment of this container ID and ifname first") from None
     if net.hairpin:
-        link.set_hairpin(ipr_host, idx, True)
-    with link.open_iproute(att.netns) as ipr_pod:
-        pidx = link.index_of(ipr_pod, att.ifname)
-        link.set_link(ipr_pod, pidx, up=True)
-        for ip in att.ips:
-            a = ipaddress.ip_interface(ip.address)
-            ipr_pod.addr("add", index=pidx, address=str(a.ip), prefixlen=a.network.prefixlen)
-        for r in att.routes:
-            ipr_pod.route("add", dst=r.dst, gateway=r.gw or None, oif=pidx)
+        link.set_hairpin(rt_host, idx, True)
+    with link.open_rtnl(att.netns) as rt_pod:
+        pidx = rt_pod.link(att.ifname).index
+        msgs = [nl.link_set_msg(pidx, up=True)]
+        msgs += [nl.addr_msg(True, pidx, ipaddress.IPv4Interface(ip.address)) for ip in att.ips]
+        msgs += [nl.route_msg("add", ipaddress.IPv4Network(r.dst), r.gw or None, pidx, RTPROT_BOOT)
+                 for r in att.routes]
+        for msg, err in zip(msgs, rt_pod.batch(msgs)):
+            if err:
+                what = {nl.RTM_NEWADDR: "address", nl.RTM_NEWROUTE: "route"}.get(msg[0], "link up")
+                raise nl.NetlinkError(err, f"pod {att.ifname}: add {what}: {os.strerror(err)}")
     return (Interface(name=att.host_veth, mac=host_mac),
             Interface(name=att.ifname, mac=pod_mac, sandbox=att.netns))
 
 
-def detach(ipr_host, host_veth: str) -> bool:
+def detach(rt_host, host_veth: str) -> bool:
     """Delete the pair by its host end (works when the pod netns is gone)."""
-    return link.delete_if_exists(ipr_host, host_veth)
+    return link.delete_if_exists(rt_host, host_veth)
 
 
-def check(ipr_host, net: PodNet, att: Attachment) -> None:
+def check(rt_host, net: PodNet, att: Attachment) -> None:
     """Raise POD_DRIFT naming the first missing or wrong piece."""
-    br = link.info(ipr_host, net.bridge)
+    br = rt_host.link(net.bridge)
     if br is None or br.kind != "bridge":
         _drift(f"bridge {net.bridge} missing")
-    gws = {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in ipr_host.get_addr(index=br.index, family=2)}
-    if net.gateway_cidr not in gws:
+    if ipaddress.IPv4Interface(net.gateway_cidr) not in {a.address for a in rt_host.addrs(br.index)}:
         _drift(f"gateway {net.gateway_cidr} missing on bridge {net.bridge}")
-    host = link.info(ipr_host, att.host_veth)
+    host = rt_host.link(att.host_veth)
     if host is None:
         _drift(f"host veth {att.host_veth} missing")
-    if host.master != br.index or not host.up:
+    port = link.port(rt_host, host.index)
+    if port is None or port.master != br.index or not host.up:
         _drift(f"host veth {att.host_veth} is not an up port of {net.bridge}")
-    if net.hairpin and not host.hairpin:
+    if net.hairpin and not port.hairpin:
         _drift(f"hairpin off on {att.host_veth}")
     try:
-        ipr_pod = link.open_iproute(att.netns)
+        rt_pod = link.open_rtnl(att.netns)
     except OSError as e:
         _drift(f"pod netns {att.netns} unusable: {e.strerror}")
-    with ipr_pod:
-        pod = link.info(ipr_pod, att.ifname)
+    with rt_pod:
+        pod = rt_pod.link(att.ifname)
         if pod is None:
             _drift(f"pod interface {att.ifname} missing in {att.netns}")
         if not pod.up or pod.mtu != net.mtu:
             _drift(f"pod interface {att.ifname} is {'up' if pod.up else 'down'} with MTU {pod.mtu}, "
                    f"want up with MTU {net.mtu}")
-        have = {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in ipr_pod.get_addr(index=pod.index)}
+        have = sorted(str(a.address) for a in rt_pod.addrs(pod.index))
         for ip in att.ips:
-            if ip.address not in have:
-                _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {sorted(have) or 'none'})")
-        routes = {_route_key(m) for m in ipr_pod.get_routes(family=2, table=254, oif=pod.index)}
+            if str(ipaddress.IPv4Interface(ip.address)) not in have:
+                _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {have or 'none'})")
+        routes = {(str(r.dst), str(r.gateway) if r.gateway else None) for r in rt_pod.routes() if r.oif == pod.index}
         for r in att.routes:
-            if (r.dst, r.gw or None) not in routes:
+            if (str(ipaddress.IPv4Network(r.dst)), r.gw or None) not in routes:
                 _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
-
-
-def _route_key(msg) -> tuple[str, str | None]:
-    dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-    return f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")
 
 
 def _drift(what: str):
     raise CNIError(POD_DRIFT, f"CHECK: {what}")
-
-
-def _add_ignoring_exists(fn, *args, **kwargs) -> None:
-    try:
-        fn(*args, **kwargs)
-    except link.netlink_error() as e:
-        if e.code != errno.EEXIST:
-            raise
 
 
 def _enable_forwarding() -> None:

@@ -1,0 +1,307 @@
+"""vxlan pod ADD/DEL wall time vs the Go bridge + host-local chain, where the time goes,
+and pod-to-pod iperf3 throughput vs the same datapath built by hand with `ip`.
+
+    sudo .venv/bin/python bench/vxlan_pod.py [--runs 20] [--iperf-seconds 3]
+
+Root, namespaces only (tests/kit hosts on an underlay bridge; all removed at the end).
+Prints the figures and writes them to bench/vxlan_pod.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from plugins.pkg import ns  # noqa: E402
+from tests.kit.netns import NetNS  # noqa: E402
+from tests.kit.vxlan_hosts import Cluster  # noqa: E402
+
+VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
+OURS = os.path.join(ROOT, ".venv", "bin", "vxlan")
+GO_BRIDGE = "/usr/lib/cni/bridge"
+CNI_PATH = f"{os.path.join(ROOT, '.venv', 'bin')}:/usr/lib/cni"
+OUT = os.path.join(ROOT, "bench", "vxlan_pod.md")
+WARMUP = 3
+
+# One ADD then DEL in-process, with the phases of cmd_add/cmd_del timed (bench only).
+PHASES = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+from libcni_py import skel
+from plugins.main.vxlan import cmd, ipam, masq, overlay, pod
+from plugins.pkg import link
+t_import = time.perf_counter() - t0
+spent = {}
+def timed(mod, name, key):
+    fn = getattr(mod, name)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[key] = spent.get(key, 0) + time.perf_counter() - t
+    setattr(mod, name, wrapper)
+for mod, name, key in [(overlay, "ensure_node", "ensure_node (lease, device, peers)"),
+                       (overlay, "node_config", "node_config"),
+                       (ipam, "add", "IPAM ADD (host-local exec)"), (ipam, "delete", "IPAM DEL (host-local exec)"),
+                       (ipam, "write_record", "attachment record"), (ipam, "remove_record", "attachment record"),
+                       (pod, "ensure_bridge", "bridge + gateway (netlink)"), (pod, "attach", "veth + pod side (netlink)"),
+                       (pod, "detach", "veth delete (netlink)"), (cmd, "pod_links", "netlink socket"),
+                       (masq, "setup", "ipMasq rules"), (masq, "teardown", "ipMasq rules")]:
+    timed(mod, name, key)
+import plugins.pkg.schema_lite as sl
+timed(sl, "validate", "config validation")
+conf = sys.stdin.buffer.read()
+out = {"imports": t_import}
+for verb in ("ADD", "DEL"):
+    spent.clear()
+    env = dict(os.environ, CNI_COMMAND=verb)
+    t = time.perf_counter()
+    class Out:
+        def write(self, s): pass
+    import io
+    rc = skel.run(cmd.PLUGIN, env, io.BytesIO(conf), Out(), sys.stderr)
+    assert rc == 0, verb
+    out[verb] = {"total": time.perf_counter() - t, **spent}
+print(json.dumps(out))
+"""
+
+
+def run_plugin(host, binary, verb, cid, pod, conf) -> float:
+    env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+               CNI_PATH=CNI_PATH)
+    data = json.dumps(conf).encode()
+    with ns.enter(host.path):
+        start = time.perf_counter()
+        p = subprocess.run([binary], input=data, env=env, capture_output=True)
+        took = time.perf_counter() - start
+    if p.returncode != 0:
+        raise SystemExit(f"{binary} {verb}: {p.stdout.decode()}{p.stderr.decode()}")
+    return took * 1000
+
+
+def go_conf(tmp: str, mtu: int, masq: bool) -> dict:
+    return {"cniVersion": "1.0.0", "name": "gobench", "type": "bridge", "bridge": "cni9", "isGateway": True,
+            "isDefaultGateway": True, "hairpinMode": False, "ipMasq": masq, "mtu": mtu,
+            "ipam": {"type": "host-local", "dataDir": os.path.join(tmp, "go-ipam"),
+                     "ranges": [[{"subnet": "10.250.1.0/24"}]], "routes": [{"dst": "10.250.0.0/16"}]}}
+
+
+def add_del_times(cluster, factory, tmp, runs: int, masq: bool) -> dict[str, list[float]]:
+    host = cluster.hosts[0]
+    ours = {**host.conf, "cniVersion": "1.0.0", "ipMasq": masq}
+    mtu = host.ensure().mtu
+    go = go_conf(tmp, mtu, masq)
+    samples: dict[str, list[float]] = defaultdict(list)
+    for rnd in range(WARMUP + runs):
+        a, b = factory("bp"), factory("bp")
+        got = {"ours ADD": run_plugin(host, OURS, "ADD", f"o{rnd}", a, ours),
+               "Go ADD": run_plugin(host, GO_BRIDGE, "ADD", f"g{rnd}", b, go),
+               "ours DEL": run_plugin(host, OURS, "DEL", f"o{rnd}", a, ours),
+               "Go DEL": run_plugin(host, GO_BRIDGE, "DEL", f"g{rnd}", b, go)}
+        a.close()
+        b.close()
+        if rnd >= WARMUP:
+            for k, v in got.items():
+                samples[k].append(v)
+    return samples
+
+
+def floors(runs: int) -> dict[str, float]:
+    cases = {"python -I -S -c pass (interpreter)": [VENV_PY, "-I", "-S", "-c", "pass"],
+             "python -c pass (+ site, .pth)": [VENV_PY, "-c", "pass"],
+             "python -c 'import plugins.main.vxlan.cmd'": [VENV_PY, "-c", "import plugins.main.vxlan.cmd"],
+             "host-local VERSION (a Go exec)": ["/usr/lib/cni/host-local"]}
+    out: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        for what, argv in cases.items():
+            start = time.perf_counter()
+            subprocess.run(argv, input=b'{"cniVersion":"1.0.0"}', env=dict(os.environ, CNI_COMMAND="VERSION"),
+                           capture_output=True, cwd=ROOT)
+            out[what].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def phases(cluster, factory, runs: int) -> dict:
+    host = cluster.hosts[0]
+    conf = json.dumps({**host.conf, "cniVersion": "1.0.0"}).encode()
+    per: dict[str, dict[str, list[float]]] = {"ADD": defaultdict(list), "DEL": defaultdict(list)}
+    imports = []
+    for i in range(runs):
+        pod = factory("bph")
+        env = dict(os.environ, CNI_CONTAINERID=f"ph{i}", CNI_NETNS=pod.path, CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
+        with ns.enter(host.path):
+            p = subprocess.run([VENV_PY, "-c", PHASES], input=conf, env=env, capture_output=True, cwd=ROOT)
+        pod.close()
+        if p.returncode != 0:
+            raise SystemExit(p.stderr.decode())
+        data = json.loads(p.stdout)
+        imports.append(data["imports"] * 1000)
+        for verb in ("ADD", "DEL"):
+            for k, v in data[verb].items():
+                per[verb][k].append(v * 1000)
+    return {"imports": statistics.median(imports),
+            **{verb: {k: statistics.median(v) for k, v in d.items()} for verb, d in per.items()}}
+
+
+# ---- throughput ----
+
+def iperf(client_ns, server_ns, server_ip: str, seconds: int) -> float:
+    """Gbit/s received, one TCP stream."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server_ns.name, "iperf3", "-s", "-1", "-B", server_ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if subprocess.run(["ip", "netns", "exec", server_ns.name, "ss", "-ltn", "sport = :5201"],
+                              capture_output=True, text=True).stdout.count("LISTEN"):
+                break
+            time.sleep(0.05)
+        p = subprocess.run(["ip", "netns", "exec", client_ns.name, "iperf3", "-c", server_ip, "-t", str(seconds),
+                            "-J"], capture_output=True, text=True, timeout=seconds + 30)
+        return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def our_pods(cluster, factory):
+    pods = []
+    for h in cluster.hosts[:2]:
+        pod = factory("bip")
+        env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID=f"ip{h.index}", CNI_NETNS=pod.path,
+                   CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
+        with ns.enter(h.path):
+            p = subprocess.run([OURS], input=json.dumps({**h.conf, "cniVersion": "1.0.0"}).encode(), env=env,
+                               capture_output=True, check=True)
+        pods.append((pod, json.loads(p.stdout)["ips"][0]["address"].split("/")[0]))
+    for h in cluster.hosts[:2]:
+        h.ensure()               # the reconcile an agent would do once both have joined
+    return pods
+
+
+def hand_pods(cluster, factory, mtu: int):
+    """The same datapath by hand: bridge hbr0, vxlan `hvx` (VNI 99, port 4789), per-peer ARP/FDB/route."""
+    h0, h1 = cluster.hosts[:2]
+    macs = {0: "0e:00:00:00:99:01", 1: "0e:00:00:00:99:02"}
+    pods = []
+    for i, (h, peer) in enumerate(((h0, h1), (h1, h0))):
+        j = 1 - i
+        h.run("ip", "link", "add", "hvx", "type", "vxlan", "id", "99", "dstport", "4789", "local", str(h.ip.ip),
+              "dev", "eth0", "nolearning")
+        h.run("ip", "link", "set", "hvx", "address", macs[i], "mtu", str(mtu), "up")
+        h.run("ip", "addr", "add", f"10.99.{i}.0/32", "dev", "hvx")
+        h.run("ip", "link", "add", "hbr0", "mtu", str(mtu), "type", "bridge")
+        h.run("ip", "addr", "add", f"10.99.{i}.1/24", "dev", "hbr0")
+        h.run("ip", "link", "set", "hbr0", "up")
+        h.run("ip", "neigh", "add", f"10.99.{j}.0", "lladdr", macs[j], "dev", "hvx", "nud", "permanent")
+        h.run("bridge", "fdb", "append", macs[j], "dev", "hvx", "dst", str(peer.ip.ip))
+        h.run("ip", "route", "add", f"10.99.{j}.0/24", "via", f"10.99.{j}.0", "dev", "hvx", "onlink")
+        pod = factory("bhp")
+        h.run("ip", "link", "add", "hveth", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0", "netns", pod.name)
+        h.run("ip", "link", "set", "hveth", "master", "hbr0", "up")
+        pod.run("ip", "link", "set", "eth0", "mtu", str(mtu), "up")
+        pod.run("ip", "addr", "add", f"10.99.{i}.2/24", "dev", "eth0")
+        pod.run("ip", "route", "add", "default", "via", f"10.99.{i}.1")
+        pods.append((pod, f"10.99.{i}.2"))
+    return pods
+
+
+def throughput(cluster, factory, seconds: int, rounds: int = 3) -> dict[str, list[float]]:
+    mtu = cluster.hosts[0].ensure().mtu
+    ours, hand = our_pods(cluster, factory), hand_pods(cluster, factory, mtu)
+    out: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        out["pycni vxlan pods"].append(iperf(ours[0][0], ours[1][0], ours[1][1], seconds))
+        out["hand-made (ip) vxlan pods"].append(iperf(hand[0][0], hand[1][0], hand[1][1], seconds))
+    return out
+
+
+def report(times, times_masq, floor, ph, tput, runs, seconds, load) -> str:
+    def med(d, k):
+        return statistics.median(d[k])
+    lines = ["# vxlan pod bench", "",
+             "Reproduce: `sudo .venv/bin/python bench/vxlan_pod.py` (root, namespaces only).", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M')}; {platform.machine()}, {os.cpu_count()} cpus, kernel "
+             f"{platform.release()}; load average before/after {load[0]:.2f} / {load[1]:.2f} (the machine is "
+             f"shared: figures are medians of interleaved rounds, so load hits both sides alike).", "",
+             f"## Pod ADD / DEL wall time (exec from the runtime's side, median of {runs}, {WARMUP} warm-up rounds)",
+             "",
+             "Ours: `.venv/bin/vxlan` (ADD also reconciles the node: lease, device, peers), IPAM generated "
+             "host-local. Go: `bridge` + `host-local`, same bridge keys (isGateway, isDefaultGateway, hairpin "
+             "off, mtu of our device), same host netns, fresh pod netns each round.", "",
+             "| config | ours ADD ms | Go ADD ms | ADD ratio | ours DEL ms | Go DEL ms | DEL ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for what, t in (("ipMasq off", times), ("ipMasq on", times_masq)):
+        lines.append(f"| {what} | {med(t, 'ours ADD'):.1f} | {med(t, 'Go ADD'):.1f} | "
+                     f"{med(t, 'ours ADD') / med(t, 'Go ADD'):.1f}x | {med(t, 'ours DEL'):.1f} | "
+                     f"{med(t, 'Go DEL'):.1f} | {med(t, 'ours DEL') / med(t, 'Go DEL'):.1f}x |")
+    lines += ["", "## Where the time goes", "", "| floor (separate execs, same run) | median ms |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in floor.items()]
+    lines += ["", f"In-process phases of one ADD and one DEL (median of {runs}; imports of the plugin modules "
+              f"{ph['imports']:.1f} ms before them):", "", "| phase | ADD ms | DEL ms |", "|---|---:|---:|"]
+    keys = list(dict.fromkeys([*ph["ADD"], *ph["DEL"]]))
+    keys.remove("total")
+    for k in [*keys, "total"]:
+        a, d = ph["ADD"].get(k), ph["DEL"].get(k)
+        lines.append(f"| {k} | {'' if a is None else f'{a:.1f}'} | {'' if d is None else f'{d:.1f}'} |")
+    lines += ["", f"## Pod-to-pod throughput across two test hosts (iperf3, one TCP stream, {seconds} s, "
+              f"interleaved, {len(next(iter(tput.values())))} rounds)", "",
+              "| datapath | median Gbit/s | rounds |", "|---|---:|---|"]
+    for k, v in tput.items():
+        lines.append(f"| {k} | {statistics.median(v):.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
+    ours, hand = statistics.median(tput["pycni vxlan pods"]), statistics.median(tput["hand-made (ip) vxlan pods"])
+    lines += ["", f"Ratio ours / hand-made: {ours / hand:.2f}", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--iperf-seconds", type=int, default=3)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    subprocess.run([VENV_PY, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    made: list[NetNS] = []
+
+    def factory(tag: str = "ns") -> NetNS:
+        n = NetNS(tag)
+        made.append(n)
+        return n
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cluster = Cluster(factory, tmp, segments=[0, 0], network_name="vxbench")
+            times = add_del_times(cluster, factory, tmp, args.runs, masq=False)
+            times_masq = add_del_times(cluster, factory, tmp, args.runs, masq=True)
+            floor = floors(args.runs)
+            ph = phases(cluster, factory, args.runs)
+            tput = throughput(cluster, factory, args.iperf_seconds)
+        finally:
+            for n in reversed(made):
+                n.close()
+    text = report(times, times_masq, floor, ph, tput, args.runs, args.iperf_seconds,
+                  (load_before, os.getloadavg()[0]))
+    with open(OUT, "w") as f:
+        f.write(text + NOTES)
+    print(text)
+    return 0
+
+
+NOTES = """
+## Notes
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
