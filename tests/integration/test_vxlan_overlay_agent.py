@@ -97,3 +97,36 @@ def test_python_dash_m_runs_the_agent(tmp_path):
                    ' "registry": {"type": "zookeeper"}}')
     p = subprocess.run([VENV_BIN + "/vxlan-agent", "--conf", str(bad)], capture_output=True, text=True)
     assert p.returncode == 1 and "unknown registry type 'zookeeper'" in p.stderr
+
+
+def test_follow_change_leaves_what_a_full_reconcile_would(netns, tmp_path):
+    from plugins.main.vxlan.overlay import ensure_applied, ensure_node, follow_change
+    from plugins.main.vxlan.registry import open_registry
+    from plugins.pkg import ns
+    c = Cluster(netns, tmp_path)
+    c.ensure_all()
+    c.ensure_all()
+    h0 = c.hosts[0]
+    reg = open_registry("file", c.registry_path)
+
+    def follow(applied):
+        with ns.enter(h0.path):
+            applied = follow_change(h0.cfg(), applied, reg.snapshot())
+            assert ensure_node(h0.cfg()).changes == 0      # a full diff finds nothing left to do
+        h0.check()
+        return applied
+
+    with ns.enter(h0.path):
+        applied = ensure_applied(h0.cfg())
+    c.hosts[2].set_address("198.18.0.33/24")
+    c.hosts[2].ensure()
+    applied = follow(applied)
+    assert applied.info.changes == 1                        # the FDB entry, nothing else
+    c.hosts[1].leave()
+    applied = follow(applied)
+    assert applied.info.changes == 3
+    stale = applied
+    c.hosts[1].ensure()
+    h0.ensure()                                             # e.g. an ADD programmed the rejoin already
+    follow(stale)                                           # route EEXIST -> falls back to a full reconcile
+    assert reaches(h0.path, c.hosts[1].ensure().subnet.network_address)

@@ -192,3 +192,9 @@ def test_device_with_wrong_attributes_is_recreated_and_check_names_drift(netns, 
     assert e.value.code == codes.PEER_DRIFT and "peer host1" in e.value.msg and "ARP" in e.value.msg
     assert h.ensure().changes == 1
     h.check()
+    h.run("bridge", "fdb", "replace", infos[1].vtep_mac, "dev", "vxlan.1", "dst", "198.18.0.77", "self", "permanent")
+    with pytest.raises(CNIError) as e:
+        h.check()
+    assert e.value.code == codes.PEER_DRIFT and "FDB" in e.value.msg and "198.18.0.77" in e.value.msg
+    assert h.ensure().changes == 1
+    assert peer_lines(h.dumps(), infos[1])["fdb"] == [f"{infos[1].vtep_mac} dst {infos[1].public_ip} self permanent"]

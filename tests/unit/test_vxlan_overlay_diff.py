@@ -33,7 +33,7 @@ def test_direct_routing_only_for_peers_on_the_underlay_subnet():
 def test_drift_names_each_missing_wrong_or_stale_entry():
     peers = desired(leases(), "me", 7, UNDERLAY, direct_routing=False)
     have = Actual(arp={A("10.244.2.0"): "02:00:00:00:00:02", A("10.244.9.0"): "02:00:00:00:00:09"},
-                  fdb={"02:00:00:00:00:02": {A("198.18.0.2")}, "02:00:00:00:00:03": {A("198.18.0.99")}},
+                  fdb={"02:00:00:00:00:02": A("198.18.0.2"), "02:00:00:00:00:03": A("198.18.0.99")},
                   routes={N("10.244.2.0/24"): RouteSpec(A("10.244.2.0"), 7, True),
                           N("10.244.3.0/24"): RouteSpec(A("10.244.3.0"), 7, True),
                           N("10.244.8.0/24"): RouteSpec(A("10.244.8.0"), 7, True)})
@@ -43,6 +43,6 @@ def test_drift_names_each_missing_wrong_or_stale_entry():
         "stale route 10.244.8.0/24 (no lease)",
         "stale ARP 10.244.9.0 on vxlan.1 (no lease)",
     ]
-    good = Actual(arp={p.anchor: p.mac for p in peers}, fdb={p.mac: {p.public_ip} for p in peers},
+    good = Actual(arp={p.anchor: p.mac for p in peers}, fdb={p.mac: p.public_ip for p in peers},
                   routes={p.subnet: p.route for p in peers})
     assert drift(peers, good, "vxlan.1") == []

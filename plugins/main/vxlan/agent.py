@@ -5,8 +5,10 @@
 Runs in the network namespace it is started in (the host's). It ensures the node
 once at start (a correct datapath is adopted as it is: the reconcile is a diff, so
 existing entries are not touched), then waits on the registry (inotify for the
-file backend) and reconciles as soon as the revision moves; every `--resync`
-seconds (and every ttl/3 when leases have a TTL) it reconciles anyway and renews.
+file backend) and, as soon as the revision moves, applies only the leases that
+changed (overlay.follow_change: no kernel dumps, a full reconcile when anything is
+not as assumed). Every `--resync` seconds (and every ttl/3 when leases have a TTL)
+it does a full diff against the kernel anyway and renews the lease.
 SIGTERM/SIGINT end it with the datapath left in place, so pods keep talking while
 it restarts. `--leave` gives the lease back and deletes the device instead.
 """
@@ -45,39 +47,46 @@ class Agent:
         self.resync = min(resync, cfg.registry_ttl / 3) if cfg.registry_ttl else resync
         self.registry = open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
         self.stopping = False
+        self.applied = None           # overlay.Applied of the last reconcile
 
     def stop(self, *_):
         self.stopping = True
 
-    def reconcile(self) -> int | None:
-        """ensure_node; the registry revision it reconciled to, or None after an error."""
-        from .overlay import ensure_node
+    def reconcile(self, snap=None) -> bool:
+        """A full ensure_node, or with `snap` only the change since the last one; False after an error."""
+        from .overlay import ensure_applied, follow_change
         try:
-            info = ensure_node(self.cfg)
+            if snap is None or self.applied is None:
+                self.applied = ensure_applied(self.cfg)
+            else:
+                self.applied = follow_change(self.cfg, self.applied, snap)
         except CNIError as e:
             log.error("reconcile failed: %s (code %d)", e, e.code)
-            return None
-        if info.changes:
-            log.info("reconciled to revision %d: %d entries changed", info.revision, info.changes)
-        return info.revision
+            self.applied = None
+            return False
+        if self.applied.info.changes:
+            log.info("reconciled to revision %d: %d entries changed",
+                     self.applied.info.revision, self.applied.info.changes)
+        return True
 
     def run(self) -> int:
-        revision, changed, next_full, ready = None, True, 0.0, False
+        snap, next_full, ready = None, 0.0, False
         while not self.stopping:
-            if changed or revision is None or time.monotonic() >= next_full:
-                revision = self.reconcile()
-                next_full = time.monotonic() + self.resync
-                if revision is None:          # retry after a pause, never in a tight loop
-                    time.sleep(1.0)
+            full = self.applied is None or time.monotonic() >= next_full
+            if full or snap is not None:
+                if not self.reconcile(None if full else snap):
+                    time.sleep(1.0)           # retry after a pause, never in a tight loop
                     continue
+                if full:
+                    next_full = time.monotonic() + self.resync
                 if not ready:
                     log.info("node %s ready", self.cfg.node_name)
                     ready = True
             try:
-                changed = self.registry.watch(revision, timeout=0.5) is not None
+                snap = self.registry.watch(self.applied.info.revision, timeout=0.5)
             except CNIError as e:
                 log.error("registry: %s", e)
-                revision = None
+                snap, self.applied = None, None
         log.info("stopping; datapath left in place")
         self.registry.close()
         return 0

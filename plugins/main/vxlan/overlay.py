@@ -5,6 +5,7 @@
     check_node(cfg)               # NodeInfo, or CNIError(109/110/111) naming the first drift
     registry_status(cfg)          # CNIError(50) when the registry cannot be read
     leave_node(cfg)               # drop this node's lease (and, optionally, its device)
+    ensure_applied(cfg) / follow_change(cfg, applied, snapshot)   # the agent's full and delta steps
 
 Everything runs in the network namespace current at the call, under a flock of
 `<stateDir>/node.lock`, with one raw rtnetlink socket (no pyroute2 import).
@@ -15,7 +16,7 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from libcni_py.errors import CNIError, INVALID_CONFIG, PLUGIN_NOT_AVAILABLE
 from plugins.pkg.lock import locked
@@ -98,20 +99,64 @@ def _registry(cfg: NodeConfig):
 
 def ensure_node(cfg: NodeConfig) -> NodeInfo:
     """Join or renew the lease, ensure the device, reconcile peer entries once."""
+    return ensure_applied(cfg).info
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a node last programmed: lets the agent apply a registry change as a delta."""
+    info: NodeInfo
+    lease: object                 # registry.Lease
+    underlay: object              # device.Underlay
+    dev_index: int
+    peers: tuple                  # peers.Peer, as programmed
+
+
+def ensure_applied(cfg: NodeConfig) -> Applied:
+    """ensure_node, also returning what was programmed (for follow_change)."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, lease, peers
     reg = _registry(cfg)
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
         mine, snap = lease.acquire(reg, cfg, underlay.public_ip)
-        want = device.want(cfg, mine, underlay)
-        link = device.ensure(rt, want)
+        link = device.ensure(rt, device.want(cfg, mine, underlay))
         wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
         stats = peers.reconcile(rt, link.index, cfg.network, wanted)
-        if stats.changes:
-            log.info("node %s: %d peer entries added, %d removed (registry revision %d)",
-                     cfg.node_name, stats.added, stats.deleted, snap.revision)
-    return _info(cfg, mine, link, stats.changes, snap.revision)
+    _log_changes(cfg, stats, snap.revision)
+    return Applied(_info(cfg, mine, link, stats.changes, snap.revision), mine, underlay, link.index, tuple(wanted))
+
+
+def follow_change(cfg: NodeConfig, applied: Applied, snap) -> Applied:
+    """Apply a newer registry snapshot: only the peers that changed, from what `applied` says is
+    programmed (no kernel dumps). Anything unexpected (own lease changed, the kernel refusing an
+    entry because it is not as assumed) falls back to a full ensure_node."""
+    from plugins.pkg.rtnl import Rtnl
+    from . import peers
+    mine = snap.leases.get(cfg.node_name)
+    if mine is None or not mine.same_binding(applied.lease):
+        return ensure_applied(cfg)
+    old = {p.node: p for p in applied.peers}
+    new = peers.desired(snap.leases.values(), cfg.node_name, applied.dev_index, applied.underlay,
+                        cfg.direct_routing)
+    changed = [p for p in new if old.get(p.node) != p]
+    touched = {p.node for p in changed} | (set(old) - {p.node for p in new})
+    try:
+        with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
+            stats = peers.reconcile(rt, applied.dev_index, cfg.network, changed,
+                                    peers.assumed([old[n] for n in touched if n in old]))
+    except CNIError as e:
+        log.warning("delta apply failed (%s); doing a full reconcile", e)
+        return ensure_applied(cfg)
+    _log_changes(cfg, stats, snap.revision)
+    info = replace(applied.info, changes=stats.changes, revision=snap.revision)
+    return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new))
+
+
+def _log_changes(cfg: NodeConfig, stats, revision: int) -> None:
+    if stats.changes:
+        log.info("node %s: %d peer entries added, %d removed (registry revision %d)",
+                 cfg.node_name, stats.added, stats.deleted, revision)
 
 
 def _info(cfg: NodeConfig, mine, link, changes: int, revision: int) -> NodeInfo:

@@ -71,7 +71,7 @@ def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: boo
 @dataclass
 class Actual:
     arp: dict = field(default_factory=dict)           # ip -> mac (ours)
-    fdb: dict = field(default_factory=dict)           # mac -> set of dst (ours)
+    fdb: dict = field(default_factory=dict)           # mac -> dst (ours; one remote per unicast MAC)
     routes: dict = field(default_factory=dict)        # dst -> RouteSpec (ours)
     foreign_arp: set = field(default_factory=set)     # permanent, not ours, on our device
     foreign_routes: set = field(default_factory=set)  # metric-0 main routes, not ours
@@ -89,12 +89,23 @@ def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: l
     anchors = set(a.arp.values()) | {p.mac for p in peers if p.mac}
     for n in rt.neighs(socket.AF_BRIDGE, dev_index):
         if n.state & nl.NUD_PERMANENT and n.dst is not None and n.lladdr in anchors:
-            a.fdb.setdefault(n.lladdr, set()).add(n.dst)
+            a.fdb[n.lladdr] = n.dst
     for r in rt.routes():
         if r.protocol == RTPROT and r.dst.subnet_of(network):
             a.routes[r.dst] = RouteSpec(r.gateway, r.oif, bool(r.flags & nl.RTNH_F_ONLINK))
         elif r.priority == 0:
             a.foreign_routes.add(r.dst)
+    return a
+
+
+def assumed(programmed: list[Peer]) -> Actual:
+    """The entries `programmed` peers left in the kernel, as actual() would read them."""
+    a = Actual()
+    for p in programmed:
+        if p.mac:
+            a.arp[p.anchor] = p.mac
+            a.fdb[p.mac] = p.public_ip
+        a.routes[p.subnet] = p.route
     return a
 
 
@@ -132,22 +143,15 @@ def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Act
                     for dst, s in have.routes.items() if dst not in by_subnet]
     run(stale_routes, False)
     stale_fdb = [(None, f"delete fdb {mac} dst {ip}", nl.fdb_msg(False, dev_index, mac, ip))
-                 for mac, ips in have.fdb.items() if mac not in by_mac for ip in sorted(ips)]
+                 for mac, ip in have.fdb.items() if mac not in by_mac]
     run(stale_fdb, False)
     arp_ops = [(p.node, f"arp {p.anchor} -> {p.mac}", nl.neigh_msg(True, dev_index, p.anchor, p.mac, RTPROT))
                for p in peers if p.mac and have.arp.get(p.anchor) != p.mac and p.anchor not in have.foreign_arp]
     broken.update(p.node for p in peers if p.mac and p.anchor in have.foreign_arp)
     run(arp_ops, True)
-    fdb_ops, fdb_extra = [], []
-    for p in peers:
-        dsts = have.fdb.get(p.mac, set()) if p.mac else set()
-        if p.mac and dsts != {p.public_ip}:
-            if p.public_ip not in dsts:
-                fdb_ops.append((p.node, f"fdb {p.mac} -> {p.public_ip}", nl.fdb_msg(True, dev_index, p.mac, p.public_ip)))
-            fdb_extra += [(p.node, f"delete fdb {p.mac} dst {ip}", nl.fdb_msg(False, dev_index, p.mac, ip))
-                          for ip in sorted(dsts - {p.public_ip})]
+    fdb_ops = [(p.node, f"fdb {p.mac} -> {p.public_ip}", nl.fdb_msg(True, dev_index, p.mac, p.public_ip))
+               for p in peers if p.mac and have.fdb.get(p.mac) != p.public_ip]   # replace: remote rewritten
     run(fdb_ops, True)
-    run(fdb_extra, False)
     route_ops = []
     for p in peers:
         cur = have.routes.get(p.subnet)
@@ -179,10 +183,10 @@ def drift(peers: list[Peer], have: Actual, device: str) -> list[str]:
             mac = have.arp.get(p.anchor)
             if mac != p.mac:
                 out.append(f"{tag}: ARP {p.anchor} -> {p.mac} on {device} " + ("missing" if mac is None else f"is {mac}"))
-            dsts = have.fdb.get(p.mac, set())
-            if dsts != {p.public_ip}:
+            dst = have.fdb.get(p.mac)
+            if dst != p.public_ip:
                 out.append(f"{tag}: FDB {p.mac} dst {p.public_ip} on {device} "
-                           + ("missing" if not dsts else f"is {', '.join(map(str, sorted(dsts)))}"))
+                           + ("missing" if dst is None else f"is {dst}"))
         r = have.routes.get(p.subnet)
         if r != p.route:
             want = f"via {p.route.gateway}" + (" onlink" if p.route.onlink else "")
