@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 
-_LINE_RE = re.compile(r'^[A-Za-z0-9 _.:/,=@+\-"{};]*$')
+_LINE_RE = re.compile(r'[A-Za-z0-9 _.:/,=@+\-"{};]*')
 _HANDLE_RE = re.compile(r"^(.*?)\s+# handle (\d+)$")
 
 
@@ -25,7 +25,7 @@ def available() -> bool:
 def run(lines: list[str]) -> None:
     """Apply `lines` as one atomic transaction."""
     for line in lines:
-        if not _LINE_RE.match(line):
+        if not _LINE_RE.fullmatch(line):
             raise ValueError(f"refusing unsafe nft input line {line!r}")
     script = "".join(line + "\n" for line in lines)
     p = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)

@@ -32,7 +32,7 @@ NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
 _LOGICAL = {v: k for k, v in NAMES.items()}
 # Every token we write: the comment alphabet of plugins.pkg.iptables, nothing that ends a
 # line, opens a quote or escapes.
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9 _.:/,=@+\-]{1,255}$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9 _.:/,=@+\-]{1,255}")
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -130,7 +130,7 @@ def _comment_of(tokens: tuple[str, ...]) -> str:
 def _line(op: str, chain: str, tokens) -> str:
     out = []
     for t in tokens:
-        if not _TOKEN_RE.match(t):
+        if not _TOKEN_RE.fullmatch(t):
             raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
         out.append(f'"{t}"' if " " in t else t)
     return f"{op} {chain} " + " ".join(out)

@@ -16,7 +16,8 @@ SERVICES_FILE_ERROR = 144
 COMMENT_MAX = 255
 DEFAULT_STATE_DIR = "/var/lib/cni/pycni/edgemesh"
 # A Kubernetes namespace or service name (RFC 1123 label).
-_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_RELEASE_RE = re.compile(r"[0-9]+\.[0-9]+[A-Za-z0-9._+~-]{0,120}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def parse(conf: dict) -> NetConf:
                      for s in conf.get("ignoredServices") or [])
     excluded = tuple(conf.get("excludeNamespaces") or [])
     for ns in excluded:
-        if not isinstance(ns, str) or not _LABEL_RE.match(ns):
+        if not isinstance(ns, str) or not _LABEL_RE.fullmatch(ns):
             raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
                            "a Kubernetes namespace name")
     return NetConf(
@@ -79,7 +80,7 @@ def parse(conf: dict) -> NetConf:
         scope=conf.get("scope", "pod"), backend=conf.get("backend", "auto"),
         ensure_listen_device=bool(conf.get("ensureListenDevice", False)),
         allow_known_bad_kernel=bool(conf.get("allowKnownBadKernel", False)),
-        kernel_release=conf.get("kernelRelease", ""),
+        kernel_release=_release(conf.get("kernelRelease", "")),
         state_dir=conf.get("stateDir", DEFAULT_STATE_DIR).rstrip("/") or "/")
 
 
@@ -90,11 +91,13 @@ def check_service(entry, where: str, code: int) -> Service:
                        'each entry is {"ip": "<IPv4>", "name": "<namespace>/<name>"}')
     name = entry.get("name")
     parts = name.split("/") if isinstance(name, str) else []
-    if len(parts) != 2 or not all(_LABEL_RE.match(p) for p in parts):
+    if len(parts) != 2 or not all(_LABEL_RE.fullmatch(p) for p in parts):
         raise CNIError(code, f"invalid service name in {where}: {str(name)[:120]!r}",
                        "expected <namespace>/<name>, each a Kubernetes name (a-z 0-9 -, at most 63)")
     ip = entry.get("ip")
     try:
+        if not isinstance(ip, str):
+            raise TypeError(ip)
         addr = ipaddress.IPv4Address(ip)
     except (ValueError, TypeError):
         raise CNIError(code, f"invalid service ip in {where} for {name}: {str(ip)[:60]!r}",
@@ -131,14 +134,23 @@ def pod_comment(network: str, container_id: str) -> str:
 
 def parse_pod_comment(text: str) -> tuple[str, str] | None:
     """'edgemesh net=N id=C' -> (N, C)."""
-    m = re.match(r"^edgemesh net=(\S+) id=(\S+)$", text)
+    m = re.fullmatch(r"edgemesh net=(\S+) id=(\S+)", text)
     return (m.group(1), m.group(2)) if m else None
+
+
+def _release(value: str) -> str:
+    if value and not _RELEASE_RE.fullmatch(value):
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'kernelRelease': {value[:60]!r}",
+                       "a kernel release such as 4.19.12-1.el7.x86_64")
+    return value
 
 
 def _ipv4_network(value, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise CNIError(INVALID_CONFIG, f"missing config field {field!r}", "an IPv4 CIDR, e.g. 10.96.0.0/12")
     try:
+        if not value.isprintable() or value != value.strip():
+            raise ValueError(value)
         net = ipaddress.IPv4Network(value, strict=False)
     except ValueError:
         raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {value[:60]!r} is not an IPv4 CIDR",
@@ -148,6 +160,8 @@ def _ipv4_network(value, field: str) -> str:
 
 def _ipv4_address(value, field: str) -> str:
     try:
+        if not isinstance(value, str):
+            raise TypeError(value)
         return str(ipaddress.IPv4Address(value))
     except (ValueError, TypeError):
         raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {str(value)[:60]!r} is not an IPv4 address",
