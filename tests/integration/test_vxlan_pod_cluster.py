@@ -139,3 +139,27 @@ def test_check_names_a_removed_pod_route_and_missing_masq_rule(cluster, netns, t
     with pytest.raises(CNIError) as e:
         pods.check(a)
     assert e.value.code == 116 and f"ipMasq rule for {a.ip}/32" in e.value.msg
+
+
+@pytest.mark.parametrize("example", ["vxlan.conflist", "vxlan-host-local.conflist"])
+def test_example_conflists_attach_check_and_detach_a_pod(cluster, netns, tmp_path, example):
+    """conf/<example> with only the host-specific paths moved into the test's tmp."""
+    from libcni_py.conf import conflist_from_dict
+    from tests.kit.vxlan_pods import ROOT
+    with open(os.path.join(ROOT, "conf", example)) as f:
+        doc = json.load(f)
+    host = cluster.hosts[0]
+    vx = doc["plugins"][0]
+    vx.update(registry={**vx["registry"], "path": cluster.registry_path}, stateDir=host.conf["stateDir"],
+              nodeName=host.node)
+    if "dataDir" in vx.get("ipam", {}):
+        vx["ipam"]["dataDir"] = str(tmp_path / "networks")
+    pods = Pods(cluster, netns, tmp_path)
+    pods.conflist = lambda h, **_: conflist_from_dict(doc)
+    pod = pods.add(host, "example")
+    assert pod.ip.startswith("10.244.")
+    pods.check(pod)
+    if "dataDir" in vx.get("ipam", {}):
+        assert os.listdir(tmp_path / "networks" / doc["name"]).count(pod.ip) == 1
+    pods.delete(pod)
+    assert pod.veth not in host.run("ip", "-o", "link").stdout
