@@ -94,3 +94,14 @@ def test_plugin_version_and_bad_config_without_root():
     out = json.loads(p.stdout)
     assert p.returncode == 1 and out["code"] == 7 and "serviceCIDR" in out["msg"]
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("name", ["edgemesh.conflist", "edgemesh-node.conflist"])
+def test_example_conflists_are_valid(name):
+    with open(os.path.join(ROOT, "conf", name)) as f:
+        lst = json.load(f)
+    [entry] = [p for p in lst["plugins"] if p["type"] == "edgemesh"]
+    conf = dict(entry, name=lst["name"], cniVersion=lst["cniVersion"])
+    validate(conf, "edgemesh")
+    config.parse(conf)
+    assert lst["plugins"][0]["type"] == "bridge" and lst["plugins"][0]["ipam"]["type"] == "host-local"
