@@ -66,6 +66,11 @@ def _attrs(buf, off: int, end: int) -> dict:
     return out
 
 
+def _packed(ip) -> bytes:
+    """4 bytes of an IPv4Address or address text (IPv4Address(IPv4Address) would re-parse text)."""
+    return ip.packed if isinstance(ip, ipaddress.IPv4Address) else ipaddress.IPv4Address(ip).packed
+
+
 def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
@@ -171,21 +176,27 @@ class Rtnl:
                 yield rkind, payload
 
     def batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
-        """Send (type, flags, body) messages with ACK; return an errno per message (0 = ok)."""
+        """Send (type, flags, body) messages; return an errno per message (0 = ok).
+
+        Only the last message of each sendmsg() asks for an ACK: the kernel answers a
+        failing message with an error anyway, in order, so once the last ACK is in,
+        every error before it is too (one recv per chunk instead of one per message)."""
         results: list[int] = []
         for start in range(0, len(msgs), self.CHUNK):
             chunk = msgs[start:start + self.CHUNK]
-            packed = [self._msg(kind, flags | F_REQUEST | F_ACK, body) for kind, flags, body in chunk]
+            last = len(chunk) - 1
+            packed = [self._msg(kind, flags | F_REQUEST | (F_ACK if i == last else 0), body)
+                      for i, (kind, flags, body) in enumerate(chunk)]
             first = packed[0][0]
             self.sock.sendall(b"".join(m for _, m in packed))
-            errs = [None] * len(packed)
-            pending = len(packed)
-            while pending:
+            errs = [0] * len(packed)
+            done = False
+            while not done:
                 for rkind, rseq, payload in self._recv():
                     i = rseq - first
-                    if rkind == NLMSG_ERROR and 0 <= i < len(errs) and errs[i] is None:
+                    if rkind == NLMSG_ERROR and 0 <= i <= last:
                         errs[i] = -struct.unpack_from("=i", payload)[0]
-                        pending -= 1
+                        done = done or i == last
             results.extend(errs)
         return results
 
@@ -285,7 +296,7 @@ def _parse_link(p) -> Link:
 def neigh_msg(add: bool, index: int, ip, mac: str, protocol: int = 0) -> tuple[int, int, bytes]:
     """A permanent ARP entry ip -> mac on device `index` (add = create or replace)."""
     body = _NDM.pack(socket.AF_INET, index, NUD_PERMANENT, 0, RTN_UNICAST)
-    body += _attr(NDA_DST, ipaddress.IPv4Address(ip).packed)
+    body += _attr(NDA_DST, _packed(ip))
     if add:
         body += _attr(NDA_LLADDR, mac_bytes(mac))
         if protocol:
@@ -297,7 +308,7 @@ def neigh_msg(add: bool, index: int, ip, mac: str, protocol: int = 0) -> tuple[i
 def fdb_msg(add: bool, index: int, mac: str, dst) -> tuple[int, int, bytes]:
     """A permanent FDB entry mac -> dst on a vxlan device (`bridge fdb replace ... self`)."""
     body = _NDM.pack(socket.AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, mac_bytes(mac)) + _attr(NDA_DST, ipaddress.IPv4Address(dst).packed)
+    body += _attr(NDA_LLADDR, mac_bytes(mac)) + _attr(NDA_DST, _packed(dst))
     if add:
         return RTM_NEWNEIGH, F_CREATE | F_REPLACE, body
     return RTM_DELNEIGH, 0, body
@@ -310,7 +321,7 @@ def route_msg(op: str, dst: ipaddress.IPv4Network, gateway, oif: int, protocol: 
                      RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
     body += _attr(RTA_DST, dst.network_address.packed)
     if gateway is not None:
-        body += _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
+        body += _attr(RTA_GATEWAY, _packed(gateway))
     body += _attr(RTA_OIF, struct.pack("=I", oif))
     if op == "del":
         return RTM_DELROUTE, 0, body
@@ -330,7 +341,7 @@ def vxlan_link_msg(name: str, vni: int, port: int, underlay: int, local, mac: st
                    mtu: int) -> tuple[int, int, bytes]:
     """Create a vxlan device with learning off (`ip link add NAME type vxlan ... nolearning`)."""
     data = (_attr(1, struct.pack("=I", vni)) + _attr(3, struct.pack("=I", underlay))
-            + _attr(4, ipaddress.IPv4Address(local).packed) + _attr(7, b"\0")
+            + _attr(4, _packed(local)) + _attr(7, b"\0")
             + _attr(15, struct.pack("!H", port)))
     info = _attr(IFLA_INFO_KIND, b"vxlan") + _attr(IFLA_INFO_DATA, data)
     body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")

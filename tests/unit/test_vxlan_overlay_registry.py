@@ -128,3 +128,13 @@ def test_watch_wakes_on_a_write_and_times_out_without_one(tmp_path):
     assert snap is not None and set(snap.leases) == {"a", "b"}
     assert reg.watch(rev, timeout=0) is not None        # already newer: returns at once
     reg.close()
+
+
+def test_a_reader_reuses_unchanged_leases_and_parses_changed_ones(tmp_path):
+    reg = open_registry("file", str(tmp_path / "reg.json"))
+    put(reg, lease("a", 1), lease("b", 2))
+    first = reg.snapshot()
+    put(reg, lease("b", 2, "198.18.0.9"))
+    second = reg.snapshot()
+    assert second.leases["a"] is first.leases["a"]
+    assert str(second.leases["b"].public_ip) == "198.18.0.9"

@@ -57,7 +57,7 @@ class Peer:
 
 def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: bool) -> list[Peer]:
     out = []
-    for lease in sorted(leases, key=lambda lease: lease.subnet):
+    for lease in sorted(leases, key=lambda lease: int(lease.subnet.network_address)):
         if lease.node == own_node:
             continue
         if direct_routing and underlay.on_link(lease.public_ip):

@@ -89,9 +89,13 @@ class Registry(ABC):
         return replace(lease, expires=round(time.time() + self.ttl, 3) if self.ttl else None)
 
 
-def decode(doc: object, now: float | None = None) -> Snapshot:
-    """A stored document -> Snapshot without expired leases; CNIError(101) if malformed."""
+def decode(doc: object, now: float | None = None, cache: dict | None = None) -> Snapshot:
+    """A stored document -> Snapshot without expired leases; CNIError(101) if malformed.
+
+    `cache` (raw fields -> Lease, from the previous decode by the same reader) spares
+    re-parsing leases that did not change; it is updated in place to this document's."""
     now = time.time() if now is None else now
+    previous = dict(cache) if cache is not None else {}
     try:
         if not isinstance(doc, dict):
             raise ValueError("document is not a JSON object")
@@ -100,12 +104,19 @@ def decode(doc: object, now: float | None = None) -> Snapshot:
         if net is not None:
             record = NetworkRecord(ipaddress.IPv4Network(net["network"]), int(net["subnetLen"]),
                                    int(net["vni"]))
-        leases = {}
+        leases, seen = {}, {}
         for node, raw in (doc.get("leases") or {}).items():
-            lease = Lease(str(node), _net(raw["subnet"]), _ip(raw["publicIP"]),
-                          _mac(raw["vtepMAC"]), int(raw["vni"]), raw.get("expires"))
+            key = (node, raw["subnet"], raw["publicIP"], raw["vtepMAC"], raw["vni"], raw.get("expires"))
+            lease = previous.get(key)
+            if lease is None:
+                lease = Lease(str(node), _net(raw["subnet"]), _ip(raw["publicIP"]),
+                              _mac(raw["vtepMAC"]), int(raw["vni"]), raw.get("expires"))
+            seen[key] = lease
             if lease.expires is None or lease.expires > now:
                 leases[lease.node] = lease
+        if cache is not None:
+            cache.clear()
+            cache.update(seen)
         return Snapshot(int(doc.get("revision", 0)), record, leases)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CNIError(REGISTRY_CORRUPT, "registry document is malformed",
@@ -141,4 +152,4 @@ def _ip(text: str) -> ipaddress.IPv4Address:
 
 def _net(text: str) -> ipaddress.IPv4Network:
     addr, _, plen = text.partition("/")
-    return ipaddress.IPv4Network((_ip(addr), int(plen)))
+    return ipaddress.IPv4Network((int(_ip(addr)), int(plen)))

@@ -30,6 +30,7 @@ class FileRegistry(Registry):
         super().__init__(ttl)
         self.path = path
         self._inotify: int | None = None
+        self._leases: dict = {}          # decode cache: unchanged leases are not parsed again
 
     # -- reads ----------------------------------------------------------------
     def _read_doc(self):
@@ -48,7 +49,7 @@ class FileRegistry(Registry):
 
     def snapshot(self) -> Snapshot:
         doc = self._read_doc()
-        return Snapshot() if doc is None else decode(doc)
+        return Snapshot() if doc is None else decode(doc, cache=self._leases)
 
     # -- writes ---------------------------------------------------------------
     def update(self, mutate) -> Snapshot:
