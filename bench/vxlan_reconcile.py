@@ -128,11 +128,45 @@ def main() -> int:
                 res["ip_empty"].append(timed(lambda: run_ip(neigh, fdb, route)))
                 res["ip_one"].append(timed(lambda: run_ip("", one[1], "")))
                 sh("ip", "link", "del", dev)
+            publish(reg, full)
+            res["agent_react"] = agent_reaction(conf, tmp.name, reg, full, changed, args.runs)
         report(args.leases, {k: statistics.median(v) * 1000 for k, v in res.items()})
     finally:
         sh("ip", "netns", "del", name)
         tmp.cleanup()
     return 0
+
+
+def agent_reaction(conf: dict, tmp: str, reg, full, changed, runs: int) -> list[float]:
+    """Seconds from a registry write to the changed FDB entry in the kernel, with vxlan-agent running."""
+    import socket
+    from plugins.pkg.rtnl import Rtnl
+    path = os.path.join(tmp, "agent.conf")
+    with open(path, "w") as f:
+        json.dump({**conf, "cniVersion": "1.0.0", "type": "vxlan"}, f)
+    agent = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "vxlan-agent"), "--conf", path,
+                              "--log-level", "warning"])
+    moved = changed[len(changed) // 2]
+    out = []
+    try:
+        with Rtnl() as rt:
+            def fdb_dst():
+                link = rt.link("vxlan.1")
+                return link and {n.lladdr: n.dst for n in rt.neighs(socket.AF_BRIDGE, link.index)}.get(moved.vtep_mac)
+            deadline = time.monotonic() + 30
+            while fdb_dst() is None and time.monotonic() < deadline:     # agent up and programmed
+                time.sleep(0.05)
+            for i in range(runs):
+                want = (changed if i % 2 == 0 else full)[len(full) // 2].public_ip
+                start = time.perf_counter()
+                publish(reg, changed if i % 2 == 0 else full)
+                while fdb_dst() != want and time.perf_counter() - start < 10:
+                    time.sleep(0.002)
+                out.append(time.perf_counter() - start)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    return out
 
 
 def report(n: int, ms: dict[str, float]) -> None:
@@ -146,7 +180,7 @@ def report(n: int, ms: dict[str, float]) -> None:
         print(f"| {label} | {ms[ours]:.1f} | {ms[theirs]:.1f} | {ms[ours] / ms[theirs]:.2f}x |")
     print(f"\nother medians (ms): no-op ensure_node at {n}: {ms['ours_noop']:.1f}; remove {n} leases: "
           f"{ms['ours_remove']:.1f}; one change in a fresh process (interpreter + imports + full diff): "
-          f"{ms['ours_exec_one']:.1f}")
+          f"{ms['ours_exec_one']:.1f}; vxlan-agent, registry write to kernel entry: {ms['agent_react']:.1f}")
 
 
 if __name__ == "__main__":
