@@ -158,8 +158,9 @@ def test_foreign_entries_are_never_touched(netns, tmp_path):
     after = h.dumps()
     for table in ("neigh", "fdb", "route"):
         assert set(before[table]) - set(after[table]) == set(peer_lines(before, infos[2])[table])
-    # a route we did not create, standing where a lease's route belongs, is reported, not replaced
+    # a route and an ARP entry we did not create, standing where a lease's belong: reported, not replaced
     h.run("ip", "route", "add", "10.244.9.0/24", "dev", "eth0", "proto", "static")
+    h.run("ip", "neigh", "add", "10.244.9.0", "lladdr", "02:00:00:00:00:97", "dev", "vxlan.1", "nud", "permanent")
     c.hosts[2].ensure()        # rejoins; takes a subnet, maybe not .9: force the clash below
     reg = c.registry()
     reg["leases"]["host2"]["subnet"] = "10.244.9.0/24"
@@ -168,8 +169,10 @@ def test_foreign_entries_are_never_touched(netns, tmp_path):
         json.dump(reg, f)
     with pytest.raises(CNIError) as e:
         h.ensure()
-    assert e.value.code == codes.PEER_PROGRAMMING and "10.244.9.0/24" in str(e.value)
+    assert e.value.code == codes.PEER_PROGRAMMING and "arp 10.244.9.0: a permanent entry" in str(e.value)
+    assert "10.244.9.0/24: a route we did not create" in str(e.value)
     assert "10.244.9.0/24 dev eth0 proto static scope link" in h.dumps()["route"]
+    assert "10.244.9.0 lladdr 02:00:00:00:00:97 PERMANENT" in h.dumps()["neigh"]
 
 
 def test_device_with_wrong_attributes_is_recreated_and_check_names_drift(netns, tmp_path):

@@ -134,8 +134,10 @@ def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Act
             return
         for (node, what, _), err in zip(ops, rt.batch([op[2] for op in ops])):
             if err == 0 or (not adding and err in _GONE):
-                stats.added += adding
-                stats.deleted += not adding
+                if adding:
+                    stats.added += 1
+                else:
+                    stats.deleted += 1
             else:
                 broken.add(node)
                 stats.failed.append(f"{what}: {os.strerror(err)}")
@@ -145,9 +147,12 @@ def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Act
     stale_fdb = [(None, f"delete fdb {mac} dst {ip}", nl.fdb_msg(False, dev_index, mac, ip))
                  for mac, ip in have.fdb.items() if mac not in by_mac]
     run(stale_fdb, False)
+    for p in peers:
+        if p.mac and p.anchor in have.foreign_arp:
+            broken.add(p.node)
+            stats.failed.append(f"arp {p.anchor}: a permanent entry we did not create is in the way")
     arp_ops = [(p.node, f"arp {p.anchor} -> {p.mac}", nl.neigh_msg(True, dev_index, p.anchor, p.mac, RTPROT))
-               for p in peers if p.mac and have.arp.get(p.anchor) != p.mac and p.anchor not in have.foreign_arp]
-    broken.update(p.node for p in peers if p.mac and p.anchor in have.foreign_arp)
+               for p in peers if p.mac and have.arp.get(p.anchor) != p.mac and p.node not in broken]
     run(arp_ops, True)
     fdb_ops = [(p.node, f"fdb {p.mac} -> {p.public_ip}", nl.fdb_msg(True, dev_index, p.mac, p.public_ip))
                for p in peers if p.mac and have.fdb.get(p.mac) != p.public_ip]   # replace: remote rewritten
