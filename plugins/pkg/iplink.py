@@ -156,9 +156,19 @@ def set_link(ipr, index: int, *, name: str | None = None, mac: str | None = None
         ipr.link("set", **req)
 
 
-def move_to_netns(ipr, index: int, netns_path: str) -> None:
+def move_to_netns(ipr, index: int, netns_path: str, new_index: int = 0) -> None:
+    """Move link `index` into the netns at `netns_path`. It keeps its ifindex there when free,
+    or takes `new_index` where the kernel can be asked for one (Linux >= 6.5; older kernels
+    ignore the wish, and a taken `new_index` falls back to the kernel's choice)."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if new_index:
+            try:
+                ipr.link("set", index=index, net_ns_fd=fd, new_ifindex=new_index)
+                return
+            except netlink_error() as e:
+                if e.code not in (errno.EBUSY, errno.EEXIST, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
         ipr.link("set", index=index, net_ns_fd=fd)
     finally:
         os.close(fd)

@@ -45,13 +45,13 @@ class Pod:
 
 
 class World:
-    def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", **steer):
+    def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", stderr=None, **steer):
         self.netns_factory, self.tmp, self.version = netns_factory, str(tmp_path), version
         self.host, self.enf = netns_factory("host"), netns_factory("enf")
         self.state_dir = os.path.join(self.tmp, "state")
         self.steer = {"type": "dp-steering", "enforcerNetns": self.enf.path, "stateDir": self.state_dir,
                       "vbrName": "vbr", "vthName": "vth", "dpWaitMs": 300, **steer}
-        self.cni = CNIConfig(path=CNI_PATH, cache_dir=os.path.join(self.tmp, "cache"))
+        self.cni = CNIConfig(path=CNI_PATH, cache_dir=os.path.join(self.tmp, "cache"), stderr=stderr)
 
     def bridge(self) -> dict:
         return {"type": "bridge", "bridge": "cni-dp0", "isGateway": True, "ipMasq": False,
@@ -83,6 +83,18 @@ class World:
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
+
+    def plugin(self, command: str, pod: Pod, prev: dict | None, ifname: str | None = None,
+               **overrides) -> tuple[int, dict, str]:
+        """Exec dp-steering alone (as a runtime would, chained): (status, stdout JSON, stderr)."""
+        conf = {"cniVersion": self.version, "name": "dpnet", **self.steer, **overrides}
+        if prev is not None:
+            conf["prevResult"] = prev
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.ns.path,
+               "CNI_IFNAME": ifname or pod.ifname, "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
+        p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
+                           timeout=60)
+        return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
 
     def dp(self, policy: dict | None = None, *args: str) -> DP:
         argv = ["--iface", "vth", *args]

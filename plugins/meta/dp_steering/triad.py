@@ -22,6 +22,7 @@ from plugins.pkg.names import check_ifname
 log = logging.getLogger("pycni.dp-steering")
 RT_TABLE_LOCAL, RTPROT_KERNEL, RTNH_F_ONLINK = 255, 2, 4
 NUD_PERMANENT = 0x80
+VEX_INDEX_BASE = 1000000      # vex ifindexes start here, away from host-side ones vin takes
 IFA_F_NODAD = 0x02
 _ROUTE_ATTRS = (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("priority", "RTA_PRIORITY"),
                 ("prefsrc", "RTA_PREFSRC"), ("metrics", "RTA_METRICS"))
@@ -126,7 +127,7 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             iplink.set_link(pod, index, name=vex, mac=parking_mac)
             for spec in snap.addrs:
                 pod.addr("del", index=index, address=spec["address"], prefixlen=spec["prefixlen"])
-            iplink.move_to_netns(pod, index, enf_ns)
+            iplink.move_to_netns(pod, index, enf_ns, new_index=_free_index(enf, VEX_INDEX_BASE))
             vex_index = iplink.index_of(enf, vex)
             new = iplink.create_veth(
                 pod, ifname, vin, mtu=snap.mtu, mac=snap.mac, peer_netns=enf_ns,
@@ -141,6 +142,11 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             _restore(pod, enf, pod_ns, ifname, vex, vin, snap.mac, snap)
             raise
     return snap
+
+
+def _free_index(ipr, base: int) -> int:
+    taken = {m["index"] for m in ipr.get_links()}
+    return next(i for i in range(base, base + len(taken) + 1) if i not in taken)
 
 
 def quiet_up(ipr, netns: str, name: str) -> None:

@@ -1,0 +1,110 @@
+"""dp-steering's config (schema, defaults), derived names and MACs, and its records."""
+import pytest
+
+from libcni_py.errors import CNIError
+from plugins.meta.dp_steering import netconf, state
+from plugins.pkg.schema import validate
+
+BASE = {"cniVersion": "1.0.0", "name": "net", "type": "dp-steering", "enforcerNetns": "/run/netns/enf"}
+
+
+def test_defaults():
+    cfg = netconf.load(BASE)
+    assert (cfg.mode, cfg.datapath, cfg.fail_open, cfg.vbr, cfg.vth, cfg.dp_socket) == \
+        ("inline", "auto", False, "vbr-dp", "vth-dp", "")
+    assert cfg.state_dir == "/var/lib/cni/pycni/dp-steering"
+
+
+@pytest.mark.parametrize("key,value", [("mode", "off"), ("datapath", "xdp"), ("failOpen", "yes"),
+                                       ("vbrName", "a-very-long-name-x"), ("vthName", "v th"),
+                                       ("enforcerNetns", "relative/path"), ("dpSocket", "x.sock"),
+                                       ("dpWaitMs", -1), ("surprise", 1)])
+def test_schema_names_the_bad_field(key, value):
+    with pytest.raises(CNIError) as e:
+        validate({**BASE, key: value}, "dp-steering")
+    assert e.value.code == 7 and key in e.value.msg
+
+
+def test_schema_needs_the_enforcer():
+    conf = dict(BASE)
+    del conf["enforcerNetns"]
+    with pytest.raises(CNIError) as e:
+        validate(conf, "dp-steering")
+    assert "enforcerNetns" in str(e.value)
+
+
+def test_vbr_and_vth_must_differ():
+    with pytest.raises(CNIError):
+        netconf.load({**BASE, "vbrName": "x", "vthName": "x"})
+
+
+def test_enforcer_netns_must_exist(tmp_path):
+    with pytest.raises(CNIError) as e:
+        netconf.check_enforcer(str(tmp_path / "missing"))
+    assert e.value.code == netconf.ENFORCER_NETNS
+
+
+def test_port_names_are_short_stable_and_distinct():
+    vex, vin = netconf.port_names("c1", "eth0")
+    assert vex.startswith("vex") and vin.startswith("vin") and vex[3:] == vin[3:] and len(vex) == 9
+    assert netconf.port_names("c1", "eth0") == (vex, vin)
+    assert netconf.port_names("c1", "eth1") != (vex, vin)
+    with pytest.raises(CNIError):
+        netconf.port_names("../x", "eth0")
+
+
+def test_parking_mac_is_locally_administered_unicast():
+    mac = netconf.parking_mac("c1", "eth0")
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01 and len(mac) == 17
+
+
+def test_ucmac_and_bcmac_are_neuvectors():
+    assert netconf.ucmac(0xB4) == "4e:65:75:56:00:b4"
+    assert netconf.ucmac(0x1_0203) == "4e:65:75:56:02:03"
+    assert netconf.bcmac("4e:65:75:56:00:b4") == "ff:ff:ff:00:00:b4"
+
+
+def test_allocate16_prefers_the_index_then_the_next_free():
+    assert netconf.allocate16(180, set(), "x") == 180
+    assert netconf.allocate16(180, {180, 181}, "x") == 182
+    assert netconf.allocate16(0x10000, set(), "x") == 1          # 0 is never handed out
+    with pytest.raises(CNIError) as e:
+        netconf.allocate16(1, set(range(1, 0x10000)), "x")
+    assert e.value.code == netconf.INDEX_CLASH
+
+
+def pod(cid="c1", ifname="eth0", **kw):
+    return state.Pod(container_id=cid, ifname=ifname, network="n", netns="/run/netns/p", enforcer="/e",
+                     vex="vexa", vin="vina", vbr="vbr", vth="vth", datapath="ebpf", mode="inline", **kw)
+
+
+def test_pod_records_round_trip_and_vanish(tmp_path):
+    d = str(tmp_path)
+    assert state.load_pod(d, "c1", "eth0") is None
+    p = pod(installed="tap", ucmac="4e:65:75:56:00:02")
+    state.save_pod(d, p)
+    assert state.load_pod(d, "c1", "eth0") == p
+    state.save_pod(d, pod(cid="c2"))
+    assert [q.key for q in state.all_pods(d)] == ["c1/eth0", "c2/eth0"]
+    state.remove_pod(d, "c1", "eth0")
+    state.remove_pod(d, "c1", "eth0")
+    assert [q.key for q in state.all_pods(d)] == ["c2/eth0"]
+
+
+def test_corrupt_record_is_a_clear_error(tmp_path):
+    d = str(tmp_path)
+    state.save_pod(d, pod())
+    (tmp_path / "pods" / "c1" / "eth0.json").write_text("{not json")
+    with pytest.raises(CNIError) as e:
+        state.load_pod(d, "c1", "eth0")
+    assert e.value.code == netconf.NO_STATE
+
+
+def test_shared_pair_users_are_a_set_and_the_file_goes_with_the_last(tmp_path):
+    d = str(tmp_path)
+    state.set_users(d, "/e", "vbr", ["a/eth0", "b/eth0", "a/eth0"])
+    assert state.users(d, "/e", "vbr") == ["a/eth0", "b/eth0"]
+    assert state.users(d, "/other", "vbr") == []
+    state.set_users(d, "/e", "vbr", [])
+    assert state.users(d, "/e", "vbr") == [] and not list((tmp_path / "shared").iterdir())
