@@ -7,7 +7,7 @@ batch reports an errno per message. Nothing here knows CNI or a plugin.
 """
 from __future__ import annotations
 
-import errno as _errno
+import errno
 import ipaddress
 import os
 import socket
@@ -20,7 +20,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-F_REQUEST, F_MULTI, F_ACK, F_DUMP = 0x1, 0x2, 0x4, 0x300
+F_REQUEST, F_ACK, F_DUMP_INTR, F_DUMP = 0x1, 0x4, 0x10, 0x300
 F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
 NETLINK_CAP_ACK = 10
 # neighbours
@@ -155,25 +155,31 @@ class Rtnl:
             n, kind, flags, seq, _ = _NLH.unpack_from(data, off)
             if n < _NLH.size:
                 break
-            yield kind, seq, memoryview(data)[off + _NLH.size:off + n]
+            yield kind, flags, seq, memoryview(data)[off + _NLH.size:off + n]
             off += (n + 3) & ~3
 
-    def dump(self, kind: int, body: bytes):
-        """Yield each message body of a dump."""
-        seq, msg = self._msg(kind, F_REQUEST | F_DUMP, body)
-        self.sock.send(msg)
-        while True:
-            for rkind, rseq, payload in self._recv():
-                if rseq != seq:
-                    continue
-                if rkind == NLMSG_DONE:
-                    return
-                if rkind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", payload)[0]
-                    if err:
-                        raise NetlinkError(err, os.strerror(err))
-                    return
-                yield rkind, payload
+    def dump(self, kind: int, body: bytes, attempts: int = 3) -> list:
+        """The message bodies of a dump; redone when the kernel flags it inconsistent
+        (NLM_F_DUMP_INTR: the table changed while it was being dumped)."""
+        for _ in range(attempts):
+            seq, msg = self._msg(kind, F_REQUEST | F_DUMP, body)
+            self.sock.send(msg)
+            out, interrupted, done = [], False, False
+            while not done:
+                for rkind, rflags, rseq, payload in self._recv():
+                    if rseq != seq or done:
+                        continue
+                    if rkind in (NLMSG_DONE, NLMSG_ERROR):
+                        err = -struct.unpack_from("=i", payload)[0] if rkind == NLMSG_ERROR else 0
+                        if err:
+                            raise NetlinkError(err, os.strerror(err))
+                        done = True
+                    else:
+                        interrupted |= bool(rflags & F_DUMP_INTR)
+                        out.append((rkind, payload))
+            if not interrupted:
+                return out
+        raise NetlinkError(errno.EAGAIN, "netlink dump kept changing under us")
 
     def batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
         """Send (type, flags, body) messages; return an errno per message (0 = ok).
@@ -192,7 +198,7 @@ class Rtnl:
             errs = [0] * len(packed)
             done = False
             while not done:
-                for rkind, rseq, payload in self._recv():
+                for rkind, _, rseq, payload in self._recv():
                     i = rseq - first
                     if rkind == NLMSG_ERROR and 0 <= i <= last:
                         errs[i] = -struct.unpack_from("=i", payload)[0]
@@ -212,12 +218,12 @@ class Rtnl:
                              _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0"))
         self.sock.send(msg)
         while True:
-            for kind, rseq, p in self._recv():
+            for kind, _, rseq, p in self._recv():
                 if rseq != seq:
                     continue
                 if kind == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", p)[0]
-                    if err == _errno.ENODEV:
+                    if err == errno.ENODEV:
                         return None
                     raise NetlinkError(err, os.strerror(err))
                 return _parse_link(p)
