@@ -54,7 +54,7 @@ def test_every_pod_reaches_every_other_pod_across_hosts(cluster, netns, tmp_path
 
 def test_32_concurrent_adds_and_dels_on_one_host(cluster, netns, tmp_path):
     host = cluster.hosts[0]
-    pods = Pods(cluster, netns, tmp_path)
+    pods = Pods(cluster, netns, tmp_path, ipMasq=True)
     made = pods.add_many(host, [f"p{i:02d}" for i in range(32)])
     assert not [p for p in made if isinstance(p, BaseException)], made
     assert len({p.ip for p in made}) == 32
@@ -62,11 +62,15 @@ def test_32_concurrent_adds_and_dels_on_one_host(cluster, netns, tmp_path):
     assert sum(1 for link in links if link.get("linkinfo", {}).get("info_kind") == "vxlan") == 1
     assert sum(1 for link in links if link.get("master") == "cni0") == 32
     assert len(pods.allocations(host)) == 32
+    jumps = [line for line in host.run("iptables-save", "-t", "nat").stdout.splitlines()
+             if line.startswith("-A POSTROUTING") and "pycni-vxlan" in line]
+    assert sorted(j.split()[3] for j in jumps) == sorted(f"{p.ip}/32" for p in made)
     errors = [e for e in pods.delete_many(made) if e is not None]
     assert not errors, errors
     assert host.run("ip", "-o", "link", "show", "master", "cni0").stdout == ""
     assert [p.veth for p in made if p.veth in host.run("ip", "-o", "link").stdout] == []
     assert pods.allocations(host) == []
+    assert "pycni-vxlan" not in host.run("iptables-save", "-t", "nat").stdout
     assert os.listdir(os.path.join(host.conf["stateDir"], "attachments")) == []
 
 
