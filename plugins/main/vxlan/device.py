@@ -14,6 +14,7 @@ are corrected in place.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from libcni_py.errors import CNIError
@@ -133,5 +134,4 @@ def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
 def _apply(rt: nl.Rtnl, msgs, what: str) -> None:
     errs = [e for e in rt.batch(msgs) if e]
     if errs:
-        import os
         raise CNIError(DEVICE_FAILED, f"vxlan device: {what} failed", os.strerror(errs[0]))

@@ -84,7 +84,7 @@ def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease
             draft.leases[cfg.node_name] = reg.stamp(Lease(cfg.node_name, subnet, public_ip, mac, cfg.vni))
         snap = reg.update(mutate)
         mine = snap.leases[cfg.node_name]
-    if saved_differs(cfg.state_dir, mine):
+    if _saved_differs(cfg.state_dir, mine):
         _save_local(cfg.state_dir, mine)
     return mine, snap
 
@@ -111,7 +111,7 @@ def _load_local(state_dir: str) -> dict:
         return {}
 
 
-def saved_differs(state_dir: str, lease: Lease) -> bool:
+def _saved_differs(state_dir: str, lease: Lease) -> bool:
     saved = _load_local(state_dir)
     return saved.get("subnet") != lease.subnet or saved.get("vtepMAC") != lease.vtep_mac
 
