@@ -96,6 +96,9 @@ def test_mismatch_and_exhaustion(tmp_path):
             join(tmp_path, "n2", IP2, **{key: value})
         assert e.value.code == codes.NETWORK_MISMATCH
     assert "overlapping" in str(pytest.raises(CNIError, join, tmp_path, "n2", IP2, network="10.0.0.0/8").value)
+    L.release(open_registry("file", str(tmp_path / "registry.json")), node_config(conf(tmp_path)))
+    moved = join(tmp_path, "n2", IP2, network="10.0.0.0/8")      # nobody left on the old network
+    assert moved.subnet == ipaddress.IPv4Network("10.0.1.0/24")
     small = tmp_path / "small"
     small.mkdir()
     join(small, "a", network="10.9.0.0/23")          # two /24s; the first is never handed out

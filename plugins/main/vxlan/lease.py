@@ -43,8 +43,10 @@ def carve(network: ipaddress.IPv4Network, subnet_len: int, taken, prefer=None) -
                    f"{len(taken)} leases hold it; use a larger network or a longer subnetLen")
 
 
-def check_record(record: NetworkRecord | None, want: NetworkRecord) -> None:
-    if record is None or record == want:
+def check_record(snap: Snapshot, want: NetworkRecord, node: str) -> None:
+    """The registry's network record must match ours while any other node holds a lease."""
+    record = snap.network
+    if record is None or record == want or not any(n != node for n in snap.leases):
         return
     overlap = " (overlapping it)" if record.network.overlaps(want.network) else ""
     raise CNIError(NETWORK_MISMATCH,
@@ -55,10 +57,9 @@ def check_record(record: NetworkRecord | None, want: NetworkRecord) -> None:
 
 
 def current(snap: Snapshot, cfg, public_ip, ttl: int) -> Lease | None:
-    """This node's lease when it needs no write (right network, IP, not near expiry)."""
-    check_record(snap.network, _record(cfg))
+    """This node's lease when it needs no write (same network record, IP, not near expiry)."""
     mine = snap.leases.get(cfg.node_name)
-    if mine is None or snap.network is None or mine.public_ip != public_ip or mine.vni != cfg.vni:
+    if mine is None or snap.network != _record(cfg) or mine.public_ip != public_ip:
         return None
     if mine.expires is not None and mine.expires - time.time() < ttl / 2:
         return None
@@ -73,7 +74,7 @@ def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease
         saved = _load_local(cfg.state_dir)
 
         def mutate(draft: Snapshot) -> None:
-            check_record(draft.network, _record(cfg))
+            check_record(draft, _record(cfg), cfg.node_name)
             draft.network = _record(cfg)
             old = draft.leases.get(cfg.node_name)
             taken = [lease.subnet for node, lease in draft.leases.items() if node != cfg.node_name]
