@@ -75,10 +75,14 @@ def test_unreadable_or_corrupt_registry(netns, tmp_path):
     assert e.value.code == 50 and "not JSON" in e.value.msg
 
 
-def test_no_underlay(netns, tmp_path):
+def test_no_underlay_and_how_the_underlay_is_found(netns, tmp_path):
     c = Cluster(netns, tmp_path, segments=[0])
     h = c.hosts[0]
     h.run("ip", "route", "del", "default")
     assert "no default route" in fails(h, codes.NO_UNDERLAY).msg
     assert "not found" in fails(h, codes.NO_UNDERLAY, iface="eth7").msg
     assert h.ensure(iface="eth0").device == "vxlan.1"
+    assert str(h.ensure(publicIP=str(h.ip.ip)).public_ip) == str(h.ip.ip)       # iface found by publicIP
+    natted = h.ensure(iface="eth0", publicIP="198.19.9.9")                     # announced, not local
+    assert str(natted.public_ip) == "198.19.9.9" == c.registry()["leases"]["host0"]["publicIP"]
+    assert f"local {h.ip.ip}" in h.run("ip", "-d", "link", "show", "vxlan.1").stdout
