@@ -6,7 +6,6 @@ carries an alias naming us, so the last DEL removes only what we made.
 """
 from __future__ import annotations
 
-import errno
 import socket
 
 from libcni_py.errors import CNIError
@@ -17,19 +16,21 @@ LISTEN_FAILED = 143
 
 
 def address_is_local(addr: str) -> bool:
-    """Cheap test without netlink: can a socket bind to `addr` in this netns?"""
-    if _sysctl("net/ipv4/ip_nonlocal_bind") != "0":
-        return False                              # binding proves nothing then
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """Is `addr` a local address in this netns? Read from the FIB (no netlink, no pyroute2):
+    a leaf "|-- <addr>" followed by "/32 host LOCAL"."""
     try:
-        s.bind((addr, 0))
-        return True
-    except OSError as e:
-        if e.errno == errno.EADDRNOTAVAIL:
-            return False
-        raise
-    finally:
-        s.close()
+        with open("/proc/thread-self/net/fib_trie") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for i, line in enumerate(lines):
+        if line.strip() == f"|-- {addr}":
+            for follow in lines[i + 1:]:
+                if not follow.strip().startswith("/"):
+                    break
+                if follow.strip() == "/32 host LOCAL":
+                    return True
+    return False
 
 
 def ensure(addr: str) -> bool:
@@ -70,11 +71,3 @@ def remove_if_ours() -> bool:
             return False
         ipr.link("del", index=link["index"])
         return True
-
-
-def _sysctl(name: str) -> str:
-    try:
-        with open(f"/proc/sys/{name}") as f:
-            return f.read().strip()
-    except OSError:
-        return "0"
