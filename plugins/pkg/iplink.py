@@ -94,9 +94,9 @@ def info(ipr, name: str) -> LinkInfo | None:
 
 
 def create_veth(ipr, name: str, peer_name: str, *, mtu: int = 0, mac: str = "", index: int = 0,
-                peer_netns: str | None = None, peer_index: int = 0) -> int:
-    """A veth pair: `name` here (with `mac`, and ifindex `index` when not 0), `peer_name` here
-    or in `peer_netns` (ifindex `peer_index` when not 0); `mtu` on both. Returns `name`'s index.
+                txqlen: int | None = None, peer_netns: str | None = None, peer_index: int = 0) -> int:
+    """A veth pair: `name` here (with `mac`, `txqlen`, and ifindex `index` when not 0), `peer_name`
+    here or in `peer_netns` (ifindex `peer_index` when not 0); `mtu` on both. Returns `name`'s index.
     Raises FileExistsError when a name or an ifindex is taken."""
     from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
     from pyroute2.netlink.rtnl import RTM_NEWLINK
@@ -108,6 +108,8 @@ def create_veth(ipr, name: str, peer_name: str, *, mtu: int = 0, mac: str = "", 
         peer_attrs.append(("IFLA_MTU", mtu))
     if mac:
         attrs.append(("IFLA_ADDRESS", mac))
+    if txqlen is not None:
+        attrs.append(("IFLA_TXQLEN", txqlen))
     fd = os.open(peer_netns, os.O_RDONLY | os.O_CLOEXEC) if peer_netns else -1
     if fd >= 0:
         peer_attrs.append(("IFLA_NET_NS_FD", fd))
@@ -141,7 +143,7 @@ def index_free(ipr, index: int) -> bool:
 
 
 def set_link(ipr, index: int, *, name: str | None = None, mac: str | None = None,
-             mtu: int | None = None, up: bool | None = None) -> None:
+             mtu: int | None = None, txqlen: int | None = None, up: bool | None = None) -> None:
     """Change the given attributes of link `index` in one request."""
     req: dict = {"index": index}
     if name is not None:
@@ -150,6 +152,8 @@ def set_link(ipr, index: int, *, name: str | None = None, mac: str | None = None
         req["address"] = mac
     if mtu is not None:
         req["mtu"] = mtu
+    if txqlen is not None:
+        req["txqlen"] = txqlen
     if up is not None:
         req["state"] = "up" if up else "down"
     if len(req) > 1:

@@ -130,11 +130,9 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             iplink.move_to_netns(pod, index, enf_ns, new_index=_free_index(enf, VEX_INDEX_BASE))
             vex_index = iplink.index_of(enf, vex)
             new = iplink.create_veth(
-                pod, ifname, vin, mtu=snap.mtu, mac=snap.mac, peer_netns=enf_ns,
+                pod, ifname, vin, mtu=snap.mtu, mac=snap.mac, txqlen=snap.txqlen, peer_netns=enf_ns,
                 index=vex_index if iplink.index_free(pod, vex_index) else 0,
                 peer_index=host_peer if host_peer and iplink.index_free(enf, host_peer) else 0)
-            if snap.txqlen:
-                pod.link("set", index=new, txqlen=snap.txqlen)
             apply(pod, new, snap)
             for name in (vex, vin):
                 quiet_up(enf, enf_ns, name)
@@ -188,7 +186,8 @@ def _restore(pod, enf, pod_ns, ifname, vex, vin, mac: str, snap: Snapshot | None
     if (cur := iplink.index_of(pod, ifname)) is not None:
         pod.link("del", index=cur)               # ours, if vin was already gone
     iplink.set_link(pod, vex_idx, up=False)
-    iplink.set_link(pod, vex_idx, name=ifname, mac=mac)
+    iplink.set_link(pod, vex_idx, name=ifname, mac=mac, mtu=snap.mtu if snap else None,
+                    txqlen=snap.txqlen if snap else None)
     if snap is not None:
         apply(pod, vex_idx, snap)
     else:
