@@ -29,7 +29,7 @@ def fails(h, code, **overrides) -> CNIError:
     return e.value
 
 
-def test_network_overlapping_the_registry_s(netns, tmp_path):
+def test_network_overlapping_the_registry_network(netns, tmp_path):
     c = Cluster(netns, tmp_path, segments=[0, 0])
     c.hosts[0].ensure()
     h = c.hosts[1]
