@@ -254,6 +254,14 @@ def report(times, times_masq, floor, ph, tput, runs, seconds, load) -> str:
     for k in [*keys, "total"]:
         a, d = ph["ADD"].get(k), ph["DEL"].get(k)
         lines.append(f"| {k} | {'' if a is None else f'{a:.1f}'} | {'' if d is None else f'{d:.1f}'} |")
+    start = floor["python -c pass (+ site, .pth)"]
+    for verb in ("ADD", "DEL"):
+        wall = med(times, f"ours {verb}")
+        work = ph[verb]["total"]
+        lines.append(f"\n{verb} (ipMasq off) = {wall:.0f} ms: interpreter + site ~{start:.0f}, imports "
+                     f"~{ph['imports']:.0f}, the command's work {work:.0f} (host-local exec and kernel included), "
+                     f"the rest ({wall - start - ph['imports'] - work:.0f}) exec/exit overhead and load; the "
+                     f"whole Go {verb}: {med(times, f'Go {verb}'):.0f} ms.")
     lines += ["", f"## Pod-to-pod throughput across two test hosts (iperf3, one TCP stream, {seconds} s, "
               f"interleaved, {len(next(iter(tput.values())))} rounds)", "",
               "| datapath | median Gbit/s | rounds |", "|---|---:|---|"]
@@ -300,7 +308,39 @@ def main() -> int:
 
 
 NOTES = """
-## Notes
+## What the time goes to, and what was done
+
+- **The plugin's own work is about as fast as Go's whole exec** (the phases table): the node
+  reconcile and the host-local exec are most of an ADD, netlink a few ms; most of a DEL is the
+  kernel's veth deletion (netdev unregister waits for an RCU grace period), which the Go DEL pays
+  too. The gap is the Python exec itself: interpreter start with site, imports, and interpreter
+  teardown (now skipped). All figures scale with the load of the shared machine; on a quiet one
+  (load ~4) ADD was 77 ms vs Go 10 ms, DEL 85 vs 24, in-process work 13 and 21 ms, imports 35 ms.
+- **Imports** (`python -X importtime`): stdlib modules pulled in by shared code dominate:
+  logging (~10 ms; skel sets up logging on ADD/CHECK/DEL), dataclasses -> inspect/ast/dis
+  (~6 ms; skel, types, overlay, pod), hashlib -> OpenSSL's _hashlib (~4 ms; names.short_hash),
+  subprocess (~3 ms; needed to exec IPAM), json, re, ipaddress, socket. The overlay's modules add
+  ~10 ms (registry, lease, device, peers dataclasses), our pod modules ~5 ms.
+- **Removed from every exec:** pyroute2 (~130 ms for `import pyroute2`, ~50 ms for
+  `pyroute2.iproute.linux` alone): plugins/pkg/link.py speaks rtnetlink itself over the overlay's
+  raw socket (plugins/pkg/rtnl.py): the veth pair is created in one message with its peer already
+  in the pod netns, its MAC, MTU and master set and the host end up; the pod side is one batched
+  sendmsg (link up, addresses, routes). jsonschema (~70 ms): plugins/pkg/schema_lite.py checks the
+  keywords our schema uses and falls back to jsonschema for any other (a unit test compares its
+  verdicts and fields with jsonschema's). Interpreter teardown (~7 ms): `main()` flushes and
+  `os._exit`s. `masq` work happens only with ipMasq; nothing else is imported that a verb does not use.
+- **Bytecode:** this environment sets PYTHONDONTWRITEBYTECODE=1, so nothing under `plugins/` and
+  `libcni_py/` had a `__pycache__`: every exec compiled ~20 modules (~20 ms). The bench compiles
+  them first (`python -m compileall`), as an install should.
+- **ipMasq** costs an `iptables-save` and an `iptables-restore` at ADD and at DEL (iptables-nft
+  execs, ~10-15 ms each); the Go bridge pays similar iptables execs (its ADD/DEL roughly double too).
+- **The 1.5x goal is not reached**: with a CPython exec per call the floor (interpreter + the
+  stdlib the shared skel needs) is already ~4-5x a whole Go ADD here. What would move it further:
+  skel without logging/dataclasses on the hot path, `_sha256` instead of hashlib, and running the
+  plugin from a pre-started interpreter (a tiny exec shim talking to a resident agent).
+- **Throughput:** the pods' datapath is the kernel's (veth, bridge, vxlan with static ARP/FDB and
+  an onlink route); the ratio to the same topology built by hand with `ip` is ~1.0 within the noise
+  of a shared 2-core machine.
 """
 
 if __name__ == "__main__":

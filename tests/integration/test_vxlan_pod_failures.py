@@ -61,6 +61,21 @@ def test_add_failing_after_ipam_releases_the_address(cluster, netns, tmp_path):
     assert "id=clash" not in host.run("iptables-save", "-t", "nat").stdout
 
 
+def test_add_failing_after_the_veth_exists_removes_it(cluster, netns, tmp_path):
+    """IPAM hands out a route via an unreachable gateway: the pod side fails after the pair exists."""
+    host = cluster.hosts[0]
+    subnet = str(host.ensure().subnet)
+    pods = Pods(cluster, netns, tmp_path, ipMasq=True,
+                ipam={"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "10.1.0.0/16", "gw": "192.0.2.1"}]})
+    with pytest.raises(CNIError) as e:
+        pods.add(host, "badroute")
+    assert "route" in str(e.value)
+    assert _pod_leftovers(host) == {"ports": "", "masq": [], "records": []}
+    assert os.listdir(tmp_path / "ipam" / cluster.network_name) in ([], ["lock"], ["last_reserved_ip.0", "lock"],
+                                                                    ["lock", "last_reserved_ip.0"])
+
+
 def test_unknown_ipam_type_fails_before_anything_is_created(cluster, netns, tmp_path):
     host = cluster.hosts[0]
     pods = Pods(cluster, netns, tmp_path, ipam={"type": "no-such-ipam"})
@@ -102,6 +117,8 @@ def test_bad_container_ifname_is_refused(cluster, netns, tmp_path):
         pods._on(host, "add", Pod(host, "c1", netns("pod"), ifname="eth0$"))
     assert "CNI_IFNAME" in str(e.value)
     assert not os.path.exists(host.conf["stateDir"])
+    masq = Pods(cluster, netns, tmp_path, ipMasq=True)
+    masq._on(host, "del", Pod(host, "c1", netns("pod"), ifname="eth0$"))      # DEL of it still succeeds
 
 
 def test_gc_releases_attachments_the_runtime_no_longer_lists(cluster, netns, tmp_path):

@@ -31,7 +31,7 @@ def cmd_add(args: CmdArgs) -> Result:
     net = _pod_net(conf, node)
     veth = host_veth(cid, ifname)
     ipam_conf = ipam.ipam_config(conf, cfg.state_dir, node.subnet, node.gateway, node.network)
-    with contextlib.ExitStack() as undo, pod_links() as ipr:
+    with pod_links() as ipr, contextlib.ExitStack() as undo:      # undo runs while ipr is open
         ipam.write_record(cfg.state_dir, veth, {"containerID": cid, "ifname": ifname,
                                                 "netns": args.netns, "ipam": ipam_conf})
         undo.callback(_quietly, ipam.remove_record, cfg.state_dir, veth)
@@ -78,6 +78,11 @@ def cmd_check(args: CmdArgs) -> None:
 def cmd_del(args: CmdArgs) -> None:
     conf, cid, ifname = args.conf, args.container_id, args.ifname
     cfg = overlay.node_config(conf)
+    try:
+        check_ifname(ifname, "CNI_IFNAME")
+    except CNIError:
+        log.info("DEL %s/%r: an ADD refuses this ifname, so nothing of it exists", cid, ifname)
+        return
     veth = host_veth(cid, ifname)
     if conf.get("ipMasq"):
         masq.teardown(args.network, cid, ifname)

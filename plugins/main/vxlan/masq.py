@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from libcni_py.errors import CNIError
 from plugins.pkg import iptables
 from plugins.pkg.names import check_ifname, check_path_component, short_hash
 
@@ -59,13 +60,22 @@ def gc(network: str, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
     """Remove the rules of every attachment of `network` not in `keep`; returns those removed."""
     saved = iptables.save(TABLE)
     stale = sorted({(cid, ifn) for net, cid, ifn in _TAG_RE.findall(saved)
-                    if net == network and (cid, ifn) not in keep})
+                    if net == network and (cid, ifn) not in keep and _ours(network, cid, ifn)})
     lines: list[str] = []
     for cid, ifn in stale:
         lines += _teardown_lines(saved, network, cid, ifn)
     if lines:
         iptables.restore(TABLE, lines)
     return stale
+
+
+def _ours(network: str, container_id: str, ifname: str) -> bool:
+    """A tag we could have written (anything else in a comment is left alone)."""
+    try:
+        comment(network, container_id, ifname)
+    except CNIError:
+        return False
+    return True
 
 
 def present(network: str, container_id: str, ifname: str) -> list[str]:
