@@ -37,6 +37,8 @@ def available() -> list[str]:
 def main() -> None:
     """The bundle's entry: dispatch on the name exec'd as. Under any other name:
     `--list` prints the names this build carries, `--self-check` tests the build."""
+    if getattr(sys, "frozen", False):
+        _host_env_for_children()
     name = os.path.basename(sys.argv[0])
     if name in ENTRYPOINTS:
         dispatch(name)
@@ -46,8 +48,23 @@ def main() -> None:
         from plugins.selfcheck import main as self_check
         sys.exit(self_check())
     else:
-        sys.stderr.write(f"pycni: run me as one of: {' '.join(available())}; or with --list, --self-check\n")
+        sys.stderr.write(f"pycni: run me as one of: {' '.join(ENTRYPOINTS)}; or with --list, --self-check\n")
         sys.exit(2)
+
+
+def _host_env_for_children() -> None:
+    """PyInstaller's bootloader put the bundle's lib dir first on LD_LIBRARY_PATH (the old value
+    saved as LD_LIBRARY_PATH_ORIG) and left _PYI_* markers for itself. This process has loaded
+    its libraries already (the loader reads LD_LIBRARY_PATH once, at start); what a plugin runs
+    (iptables, nft, ip, IPAM plugins, our own binaries) must start with the host's environment."""
+    env = os.environ
+    orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is None:
+        env.pop("LD_LIBRARY_PATH", None)
+    else:
+        env["LD_LIBRARY_PATH"] = orig
+    for key in [k for k in env if k.startswith("_PYI_")]:
+        del env[key]
 
 
 def dispatch(name: str) -> None:

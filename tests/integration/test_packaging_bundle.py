@@ -177,6 +177,38 @@ def test_runtime_chains_go_bridge_and_the_installed_binary(installed, netns, tmp
     assert "eth0" not in pod.run("ip", "-br", "link").stdout
 
 
+ENV_RECORDER = """#!/bin/sh
+env > "$(dirname "$0")/../env-$CNI_COMMAND"
+if [ "$CNI_COMMAND" = VERSION ]; then echo '{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}'; exit 0; fi
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0"}'
+exit 0
+"""
+
+
+@pytest.mark.parametrize("ld_path", [None, "/opt/site-libs"], ids=["unset", "set"])
+def test_what_a_binary_runs_gets_the_host_environment(installed, netns, tmp_path, ld_path):
+    """The bootloader's LD_LIBRARY_PATH (the bundle's libs) and _PYI_* markers stay inside the
+    binary: frozen pycnitool runs the frozen pass-through, then a plugin that records its env."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "conf").mkdir()
+    recorder = tmp_path / "bin" / "env-recorder"
+    recorder.write_text(ENV_RECORDER)
+    recorder.chmod(0o755)
+    os.symlink(installed / "pycni-passthrough", tmp_path / "bin" / "pycni-passthrough")
+    (tmp_path / "conf" / "envnet.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "envnet",
+        "plugins": [{"type": "pycni-passthrough"}, {"type": "env-recorder"}]}))
+    env = {"PATH": "/usr/bin:/bin", "NETCONFPATH": str(tmp_path / "conf"), "CNI_PATH": str(tmp_path / "bin"),
+           "CNI_IFNAME": "eth0"}
+    if ld_path:
+        env["LD_LIBRARY_PATH"] = ld_path
+    p = run([str(installed / "pycnitool"), "add", "envnet", netns("pkgenv").path], env=env, cwd="/")
+    assert p.returncode == 0, p.stdout + p.stderr
+    child = dict(line.split("=", 1) for line in (tmp_path / "env-ADD").read_text().splitlines() if "=" in line)
+    assert child.get("LD_LIBRARY_PATH") == ld_path
+    assert not [k for k in child if k.startswith("_PYI_") or k == "LD_LIBRARY_PATH_ORIG"], child
+
+
 @pytest.mark.parametrize("cmd,env_over,stdin,code", [
     ("ADD", {}, '{"cniVersion": "1.0.0", "name": ', 6),
     ("ADD", {}, {"mtu": 1400}, 7),
