@@ -5,8 +5,6 @@ bin dir points at it, and `dispatch` picks the plugin by the name it was exec'd 
 (like busybox). `./build.sh bin` links only the names whose module exists.
 Kept free of imports beyond os/sys so dispatching costs nothing.
 """
-from __future__ import annotations
-
 import os
 import sys
 
