@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.integration.test_edgemesh_kit import (chains, prev_result, run_plugin, sync)
+from tests.integration.test_edgemesh_kit import chains, prev_result, ruleset, run_plugin, sync
 
 pytestmark = pytest.mark.root
 BAD_KERNEL = "4.15.6-1.el7.elrepo.x86_64"
@@ -28,7 +28,7 @@ class Host:
         nat = "".join(l + "\n" for l in self.ns.run("iptables-save", "-t", "nat").stdout.splitlines()
                       if not l.startswith("#"))
         dev = self.ns.run("ip", "link", "show", "edgemesh0", check=False).returncode == 0
-        return nat, self.ns.run("nft", "list", "ruleset").stdout, dev
+        return nat, ruleset(self.ns), dev
 
 
 @pytest.fixture
