@@ -6,6 +6,7 @@ Built once per session into a tmp dir (about 10-30 s), never into the checkout's
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -265,3 +266,22 @@ def test_entry_that_cannot_load_is_a_cni_error(module, code):
     p = run([os.path.join(VENV_BIN, "python"), "-c", prog], env={"CNI_COMMAND": "VERSION"}, input="",
             cwd=ROOT)
     assert_cni_error(p, code)
+
+
+# What the runtime hooks pycni.spec drops would be needed for (see the spec).
+NEEDS_DROPPED_HOOK = re.compile(r"\bpkgutil\b|\bgetsource(file|lines)?\b|set_start_method|get_context\(|"
+                                r"freeze_support|[\"']forkserver[\"']|[\"']spawn[\"']")
+
+
+def test_bundled_code_needs_no_dropped_runtime_hook():
+    """pycni.spec drops pyi_rth_pkgutil, pyi_rth_inspect and pyi_rth_multiprocessing for
+    start-up time; code in the bundle must not list modules, read its own source, or start
+    multiprocessing children by spawn/forkserver."""
+    offenders = []
+    for top in ("plugins", "libcni_py"):
+        for path in glob.glob(os.path.join(ROOT, top, "**", "*.py"), recursive=True):
+            with open(path) as f:
+                for n, line in enumerate(f, 1):
+                    if NEEDS_DROPPED_HOOK.search(line.split("#")[0]):
+                        offenders.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
