@@ -24,7 +24,6 @@ EDGEMESH = os.path.join(ROOT, ".venv", "bin", "edgemesh")
 SERVICE_CIDR = "10.96.0.0/12"
 SVC = "10.96.0.5"          # a service edgemesh hijacks
 IGNORED = "10.96.0.20"     # a service on the ignore list
-LISTEN = ("169.254.96.16", 40001)
 
 
 def edgemesh_conf(tmp, **keys) -> dict:
@@ -123,10 +122,10 @@ def ask(ns, proto: str, ip: str, port: int = 80) -> str:
 
 
 def run_plugin(command: str, conf: dict, *, netns: str, cid="c1", ifname="eth0", args="",
-               inside: str | None = None, env_extra=None) -> tuple[int, dict | None, str]:
+               inside: str | None = None) -> tuple[int, dict | None, str]:
     """Exec the edgemesh plugin directly (as a runtime does) in netns `inside`; (rc, json, stderr)."""
     env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=netns,
-               CNI_IFNAME=ifname, CNI_ARGS=args, CNI_PATH=":".join(CNI_PATH), **(env_extra or {}))
+               CNI_IFNAME=ifname, CNI_ARGS=args, CNI_PATH=":".join(CNI_PATH))
     argv = [EDGEMESH] if inside is None else ["ip", "netns", "exec", inside, EDGEMESH]
     p = subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
     out = json.loads(p.stdout) if p.stdout.strip() else None
