@@ -167,3 +167,25 @@ def test_example_conflists_attach_check_and_detach_a_pod(cluster, netns, tmp_pat
         assert os.listdir(tmp_path / "networks" / doc["name"]).count(pod.ip) == 1
     pods.delete(pod)
     assert pod.veth not in host.run("ip", "-o", "link").stdout
+
+
+def test_add_and_del_import_neither_pyroute2_nor_jsonschema(cluster, netns):
+    """The exec cost guard: the plugin path speaks netlink itself and checks its schema itself."""
+    import subprocess
+    import sys
+    from tests.kit.vxlan_pods import CNI_PATH, ROOT
+    host, pod = cluster.hosts[0], netns("pod")
+    code = ("import io, os, sys; from libcni_py import skel; from plugins.main.vxlan import cmd\n"
+            "conf = sys.stdin.buffer.read()\n"
+            "for verb in ('ADD', 'DEL'):\n"
+            "    out = io.StringIO()\n"
+            "    assert skel.run(cmd.PLUGIN, {**os.environ, 'CNI_COMMAND': verb}, io.BytesIO(conf), out, sys.stderr)"
+            " == 0, out.getvalue()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'jsonschema')))\n")
+    env = dict(os.environ, CNI_CONTAINERID="imports", CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+               CNI_PATH=":".join(CNI_PATH))
+    with ns.enter(host.path):
+        p = subprocess.run([sys.executable, "-c", code], input=json.dumps(host.conf), env=env,
+                           capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
