@@ -108,3 +108,35 @@ def test_masq_rules_carry_the_tag_and_go_away(netns):
         assert masq.gc("net1", keep=set()) == [("c2", "eth0")]
     left = [line for line in host.run("iptables-save", "-t", "nat").stdout.splitlines() if "pycni-vxlan" in line]
     assert left == ['-A POSTROUTING -s 10.9.9.9/32 -m comment --comment "pycni-vxlan net=net1 id=x%y if=eth0" -j ACCEPT']
+
+
+def test_link_helpers_rename_set_move_and_delete(netns):
+    """plugins/pkg/link.py on its own: the generic pieces another plugin reuses."""
+    a, b, c = netns("la"), netns("lb"), netns("lc")
+    with ns.enter(a.path), link.open_rtnl() as rt:
+        idx = link.create_veth(rt, "va0", "vb0", b.path, mtu=1400)
+        with pytest.raises(FileExistsError):
+            link.create_veth(rt, "va0", "other", b.path)
+        link.set_link(rt, idx, name="va1", mtu=1300, mac="02:00:00:00:00:11", up=True)
+        got = rt.link("va1")
+        assert (got.index, got.mtu, got.mac, got.up) == (idx, 1300, "02:00:00:00:00:11", True)
+        br = link.ensure_bridge(rt, "br9", mtu=1300)
+        assert link.ensure_bridge(rt, "br9").index == br.index and br.up
+        link.set_link(rt, idx, master=br.index)
+        link.set_hairpin(rt, idx, True)
+        assert link.port(rt, idx) == link.Port(br.index, True)
+        link.set_hairpin(rt, idx, False)
+        assert link.port(rt, idx) == link.Port(br.index, False)
+        assert link.port(rt, br.index).hairpin is None
+        with pytest.raises(ValueError):
+            link.ensure_bridge(rt, "va1")
+    with ns.enter(b.path), link.open_rtnl() as rt:
+        peer = rt.link("vb0")
+        assert peer.mtu == 1400 and not peer.up
+        link.move_to_netns(rt, peer.index, c.path, new_name="moved0")
+        assert rt.link("vb0") is None
+    assert "moved0" in c.run("ip", "-o", "link").stdout
+    with ns.enter(a.path), link.open_rtnl() as rt:
+        assert link.delete_if_exists(rt, "va1") is True
+        assert link.delete_if_exists(rt, "va1") is False
+    assert "moved0" not in c.run("ip", "-o", "link").stdout
