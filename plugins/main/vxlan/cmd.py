@@ -56,8 +56,7 @@ def cmd_check(args: CmdArgs) -> None:
     if prev is None:
         raise CNIError(INVALID_CONFIG, "CHECK: required prevResult missing")
     cfg = overlay.node_config(conf)
-    overlay.check_node(cfg)
-    node = _checked_node(cfg)
+    node = overlay.check_node(cfg)
     net = _pod_net(conf, node)
     veth = host_veth(cid, ifname)
     rec = ipam.read_record(cfg.state_dir, veth)
@@ -129,21 +128,6 @@ def _pod_net(conf: dict, node) -> pod.PodNet:
                       gateway=str(node.gateway), network=str(node.network), mtu=int(node.mtu),
                       hairpin=bool(conf.get("hairpinMode", False)),
                       default_route=bool(conf.get("isDefaultGateway", True)))
-
-
-def _checked_node(cfg) -> overlay.NodeInfo:
-    """This node's lease and device as they are, read only (after check_node found them right)."""
-    from plugins.pkg.rtnl import Rtnl
-    from .registry import open_registry
-    reg = open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
-    try:
-        mine = reg.snapshot().leases[cfg.node_name]
-    finally:
-        reg.close()
-    with Rtnl() as rt:
-        dev = rt.link(cfg.device_name)
-    return overlay.NodeInfo(mine.subnet, mine.subnet.network_address + 1, dev.name, dev.mtu, mine.vtep_mac,
-                            mine.public_ip, cfg.network, cfg.node_name)
 
 
 def _ipam_type(conf: dict) -> str:
