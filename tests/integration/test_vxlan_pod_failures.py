@@ -5,8 +5,9 @@ import shutil
 import pytest
 
 from libcni_py.errors import CNIError
+from plugins.pkg import ns
 from tests.kit.vxlan_hosts import Cluster
-from tests.kit.vxlan_pods import Pods
+from tests.kit.vxlan_pods import Pod, Pods
 
 pytestmark = pytest.mark.root
 
@@ -50,7 +51,6 @@ def test_add_failing_after_ipam_releases_the_address(cluster, netns, tmp_path):
     pod = pods.add(host, "ok")
     busy = netns("busy")
     busy.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
-    from tests.kit.vxlan_pods import Pod
     clash = Pod(host, "clash", busy)
     with pytest.raises(CNIError) as e:
         pods._on(host, "add", clash)
@@ -112,7 +112,6 @@ def test_bad_input_is_a_clear_error_and_nothing_is_created(cluster, netns, tmp_p
 def test_bad_container_ifname_is_refused(cluster, netns, tmp_path):
     host = cluster.hosts[0]
     pods = Pods(cluster, netns, tmp_path)
-    from tests.kit.vxlan_pods import Pod
     with pytest.raises(CNIError) as e:
         pods._on(host, "add", Pod(host, "c1", netns("pod"), ifname="eth0$"))
     assert "CNI_IFNAME" in str(e.value)
@@ -128,12 +127,11 @@ def test_gc_releases_attachments_the_runtime_no_longer_lists(cluster, netns, tmp
     # A runtime that lost its cache: only the plugin's own records know about `stale`.
     shutil.rmtree(os.path.join(str(tmp_path), "cache"))
     lst = pods.conflist(host)
-    from plugins.pkg import ns
     with ns.enter(host.path):
         pods.cni(host).gc_network_list(lst, valid_attachments=[{"containerID": "keep", "ifname": "eth0"}])
     pods.assert_gone(stale)
     assert pods.allocations(host) == [keep.ip]
-    assert f"id=keep " in host.run("iptables-save", "-t", "nat").stdout
+    assert "id=keep " in host.run("iptables-save", "-t", "nat").stdout
     assert keep.veth in host.run("ip", "-o", "link", "show", "master", "cni0").stdout
 
 
@@ -141,7 +139,6 @@ def test_status_is_50_when_the_registry_cannot_be_read(cluster, netns, tmp_path)
     host = cluster.hosts[0]
     pods = Pods(cluster, netns, tmp_path, version="1.1.0")
     pods.add(host, "c1")
-    from plugins.pkg import ns
     with ns.enter(host.path):
         pods.cni(host).get_status_network_list(pods.conflist(host))
         os.remove(cluster.registry_path)
