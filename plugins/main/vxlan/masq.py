@@ -36,21 +36,20 @@ def setup(network: str, container_id: str, ifname: str, pod_ips: list[str], clus
     tag = iptables.comment_arg(comment(network, container_id, ifname))
     chain = chain_name(network, container_id, ifname)
     cluster = str(ipaddress.ip_network(cluster, strict=False))
-    present = _jumps(iptables.save(TABLE), network, container_id, ifname)
+    installed = _jumps(iptables.save(TABLE), network, container_id, ifname)
     lines = [f":{chain} - [0:0]",                     # declares, or flushes ours
              f"-A {chain} -d {cluster} {tag} -j ACCEPT",
              f"-A {chain} ! -d 224.0.0.0/4 {tag} -j MASQUERADE"]
     for ip in pod_ips:
         src = f"{ipaddress.ip_address(ip)}/32"
-        if src not in present:
+        if src not in installed:
             lines.append(f"-A POSTROUTING -s {src} {tag} -j {chain}")
     iptables.restore(TABLE, lines)
 
 
-def teardown(network: str, container_id: str, ifname: str, saved: str | None = None) -> bool:
+def teardown(network: str, container_id: str, ifname: str) -> bool:
     """Remove the attachment's rules and chain. False when there was nothing to remove."""
-    lines = _teardown_lines(saved if saved is not None else iptables.save(TABLE),
-                            network, container_id, ifname)
+    lines = _teardown_lines(iptables.save(TABLE), network, container_id, ifname)
     if lines:
         iptables.restore(TABLE, lines)
     return bool(lines)
