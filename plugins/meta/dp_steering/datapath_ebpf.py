@@ -87,12 +87,14 @@ def install(ipr, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
             os.close(fd)
 
 
-def differences(found: dict[tuple[str, int], tc.Filter], rules: list[Rule], index: dict[str, int]) -> str | None:
+def differences(found: dict[tuple[str, int], list[tc.Filter]], rules: list[Rule],
+                index: dict[str, int]) -> str | None:
     """The first way the filters on the devices differ from `rules`, or None."""
     for r in rules:
-        f = found.get((r.dev, r.pref))
+        have = found.get((r.dev, r.pref), [])
+        f = have[0] if len(have) == 1 else None
         if f is None or f.kind != "bpf" or f.protocol != tc.PROTOCOLS[r.protocol]:
-            return f"{r.dev} pref {r.pref}: expected a bpf filter for protocol {r.protocol}"
+            return f"{r.dev} pref {r.pref}: expected one bpf filter for protocol {r.protocol}"
         want = filter_name(r, program(r, index))
         have = f.options.get_attr("TCA_BPF_NAME") if f.options else None
         if have != want:

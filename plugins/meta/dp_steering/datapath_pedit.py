@@ -7,6 +7,8 @@ action kinds and the mirred targets with what the rules ask for.
 """
 from __future__ import annotations
 
+import struct
+
 from plugins.pkg import tc
 
 from .rules import Rule
@@ -73,28 +75,64 @@ def install(ipr, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
     tc.run_batch([filter_argv(r) for r in rules], netns)
 
 
-# -- reading back
+# -- reading back (pyroute2 0.7 misreads u32 keys and leaves pedit undecoded: raw bytes here)
 
-def _keys(r: Rule) -> dict[int, tuple[int, int]]:
-    """The u32 selector the kernel keeps for a rule: {word offset: (mask, value)},
-    sub-word matches merged into their 32-bit word as tc does."""
+def _words(pairs) -> dict[int, tuple[int, int]]:
+    """{word offset: (mask, value)} for (offset, size, value, mask) byte-range matches,
+    merged into aligned 32-bit words as tc's u32 does."""
     keys: dict[int, tuple[int, int]] = {}
-
-    def put(off: int, size: int, value: int, mask: int) -> None:
+    for off, size, value, mask in pairs:
         word = off & ~3
         shift = 8 * (4 - size - (off - word))
         m, v = keys.get(word, (0, 0))
         keys[word] = (m | (mask << shift), v | (value << shift))
-
-    if r.field is None:
-        put(0, 1, 0, 0)
-    else:
-        if r.unicast:
-            put(_DST, 1, 0, 1)
-        for size, raw, off in _mac_words(r.field, r.mac):
-            n = 2 if size == "u16" else 4
-            put(off, n, int.from_bytes(raw, "big"), (1 << (8 * n)) - 1)
     return keys
+
+
+def _keys(r: Rule) -> dict[int, tuple[int, int]]:
+    """The u32 selector the kernel keeps for a rule."""
+    if r.field is None:
+        return {0: (0, 0)}
+    pairs = [(_DST, 1, 0, 1)] if r.unicast else []
+    for size, raw, off in _mac_words(r.field, r.mac):
+        n = len(raw)
+        pairs.append((off, n, int.from_bytes(raw, "big"), (1 << (8 * n)) - 1))
+    return _words(pairs)
+
+
+def _munges(r: Rule) -> list[tuple[int, int, int]]:
+    """pedit keys (offset, mask kept, value) for the rewrite, one per munge."""
+    out = []
+    for size, raw, off in _mac_words(r.field, r.rewrite):
+        (word, (mask, value)), = _words([(off, len(raw), int.from_bytes(raw, "big"), (1 << (8 * len(raw))) - 1)]).items()
+        out.append((word, ~mask & 0xFFFFFFFF, value))
+    return out
+
+
+def _sel_keys(sel) -> dict[int, tuple[int, int]]:
+    """struct tc_u32_sel (16 bytes) + tc_u32_key {be32 mask, be32 val, int off, int offmask}[]."""
+    raw = bytes(sel.data[sel.offset + 4:sel.offset + sel.length])
+    keys = {}
+    for i in range(raw[2]):
+        mask, val = struct.unpack_from("!II", raw, 16 + 16 * i)
+        off, = struct.unpack_from("=i", raw, 24 + 16 * i)
+        keys[off] = (mask, val)
+    return keys
+
+
+def _pedit_keys(options_hex: str) -> list[tuple[int, int, int]]:
+    """TCA_PEDIT_PARMS(_EX): tc_gen (20 bytes), nkeys, flags, pad, then
+    tc_pedit_key {be32 mask, be32 val, int off, at, offmask, shift}[]."""
+    raw = bytes.fromhex(options_hex.replace(":", ""))
+    pos = 0
+    while pos + 4 <= len(raw):
+        length, kind = struct.unpack_from("=HH", raw, pos)
+        if kind & 0x3FFF in (2, 4) and length >= 28:          # TCA_PEDIT_PARMS, TCA_PEDIT_PARMS_EX
+            sel = raw[pos + 4:pos + length]
+            return [(struct.unpack_from("=i", sel, 32 + 24 * i)[0],) + struct.unpack_from("!II", sel, 24 + 24 * i)
+                    for i in range(sel[20])]
+        pos += (length + 3) & ~3
+    return []
 
 
 def _actions(r: Rule, index: dict[str, int]) -> list[tuple]:
@@ -102,28 +140,36 @@ def _actions(r: Rule, index: dict[str, int]) -> list[tuple]:
     if r.copy_to:
         acts.append(("mirred", index.get(r.copy_to)))
     if r.rewrite:
-        acts.append(("pedit", None))
+        acts.append(("pedit", _munges(r)))
     acts.append(("mirred", index.get(r.to)) if r.to else ("gact", None))
     return acts
 
 
-def differences(found: dict[tuple[str, int], tc.Filter], rules: list[Rule], index: dict[str, int]) -> str | None:
+def _installed_actions(f: tc.Filter) -> list[tuple]:
+    acts = []
+    for _, act in (f.options.get_attr("TCA_U32_ACT") or {"attrs": []})["attrs"]:
+        kind, opts = act.get_attr("TCA_ACT_KIND"), act.get_attr("TCA_ACT_OPTIONS")
+        detail = None
+        if kind == "mirred":
+            detail = opts.get_attr("TCA_MIRRED_PARMS")["ifindex"]
+        elif kind == "pedit" and isinstance(opts, str):
+            detail = _pedit_keys(opts)
+        acts.append((kind, detail))
+    return acts
+
+
+def differences(found: dict[tuple[str, int], list[tc.Filter]], rules: list[Rule],
+                index: dict[str, int]) -> str | None:
     """The first way the filters on the devices differ from `rules`, or None."""
     for r in rules:
-        f = found.get((r.dev, r.pref))
-        if f is None or f.kind != "u32" or f.protocol != tc.PROTOCOLS[r.protocol]:
-            return f"{r.dev} pref {r.pref}: expected a u32 filter for protocol {r.protocol}"
-        sel = f.options.get_attr("TCA_U32_SEL") if f.options else None
-        have = {k["key_off"]: (k["key_mask"], k["key_val"]) for k in (sel["keys"] if sel else [])}
+        nodes = [f for f in found.get((r.dev, r.pref), [])
+                 if f.kind == "u32" and f.options is not None and f.options.get_attr("TCA_U32_SEL") is not None]
+        if len(nodes) != 1 or nodes[0].protocol != tc.PROTOCOLS[r.protocol]:
+            return f"{r.dev} pref {r.pref}: expected one u32 filter for protocol {r.protocol}"
+        have = _sel_keys(nodes[0].options.get_attr("TCA_U32_SEL"))
         if have != _keys(r):
             return f"{r.dev} pref {r.pref}: u32 keys {have} differ from {_keys(r)}"
-        acts = []
-        for _, act in (f.options.get_attr("TCA_U32_ACT") or {"attrs": []})["attrs"]:
-            kind = act.get_attr("TCA_ACT_KIND")
-            target = None
-            if kind == "mirred":
-                target = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")["ifindex"]
-            acts.append((kind, target))
-        if acts != _actions(r, index):
-            return f"{r.dev} pref {r.pref}: actions {acts} differ from {_actions(r, index)}"
+        acts, want = _installed_actions(nodes[0]), _actions(r, index)
+        if acts != want:
+            return f"{r.dev} pref {r.pref}: actions {acts} differ from {want}"
     return None

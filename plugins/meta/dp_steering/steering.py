@@ -199,5 +199,8 @@ def verify(pod: state.Pod) -> str | None:
             index[name] = iplink.index_of(ipr, name)
             if index[name] is None or (want is not None and index[name] != want):
                 return f"{name} is missing in the enforcer netns (or was re-created)"
-        found = {(name, f.pref): f for name in (pod.vex, pod.vin, pod.vbr) for f in tc.filters(ipr, index[name])}
+        found: dict = {}
+        for name in (pod.vex, pod.vin, pod.vbr):
+            for f in tc.filters(ipr, index[name]):
+                found.setdefault((name, f.pref), []).append(f)
     return DATAPATHS[pod.datapath].differences(found, rules.rules_for(pod.installed, port(pod)), index)
