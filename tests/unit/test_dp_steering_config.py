@@ -3,7 +3,7 @@ import pytest
 
 from libcni_py.errors import CNIError
 from plugins.meta.dp_steering import netconf, state
-from plugins.pkg.schema import validate
+from plugins.pkg import schema, schema_lite
 
 BASE = {"cniVersion": "1.0.0", "name": "net", "type": "dp-steering", "enforcerNetns": "/run/netns/enf"}
 
@@ -19,18 +19,23 @@ def test_defaults():
                                        ("vbrName", "a-very-long-name-x"), ("vthName", "v th"),
                                        ("enforcerNetns", "relative/path"), ("dpSocket", "x.sock"),
                                        ("dpWaitMs", -1), ("surprise", 1)])
-def test_schema_names_the_bad_field(key, value):
+@pytest.mark.parametrize("validate", [schema.validate, schema_lite.validate])
+def test_schema_names_the_bad_field(key, value, validate):
     with pytest.raises(CNIError) as e:
         validate({**BASE, key: value}, "dp-steering")
     assert e.value.code == 7 and key in e.value.msg
 
 
-def test_schema_needs_the_enforcer():
+def test_schema_needs_the_enforcer_and_the_lite_checker_covers_it():
     conf = dict(BASE)
     del conf["enforcerNetns"]
-    with pytest.raises(CNIError) as e:
-        validate(conf, "dp-steering")
-    assert "enforcerNetns" in str(e.value)
+    for validate in (schema.validate, schema_lite.validate):
+        with pytest.raises(CNIError) as e:
+            validate(conf, "dp-steering")
+        assert "enforcerNetns" in str(e.value)
+    with open(schema.schema_dir() + "/dp-steering.json") as f:
+        import json
+        assert schema_lite.supported(json.load(f))      # so plugin execs never import jsonschema
 
 
 def test_vbr_and_vth_must_differ():

@@ -83,3 +83,11 @@ def test_batch_words_cannot_split_a_line():
         tc.run_batch([["filter", "add", "dev", "vex\nqdisc"]], binary="/bin/false")
     with pytest.raises(tc.TCError):
         tc.run_batch([["filter", "add", "dev", "a b"]], binary="/bin/false")
+
+
+def test_pedit_keys_are_the_articles_munges():
+    by = {(r.dev, r.pref): r for r in R.rules_for("inline", ARTICLE_PORT)}
+    # (word offset, bits kept, value): `munge offset -14 u16 set 0x4e65 munge offset -12 u32 set 0x755600b4`
+    assert P._munges(by["vex", 10001]) == [(-16, 0xFFFF0000, 0x00004E65), (-12, 0, 0x755600B4)]
+    # `munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set 0x00b4`
+    assert P._munges(by["vin", 10001]) == [(-8, 0, 0x4E657556), (-4, 0x0000FFFF, 0x00B40000)]

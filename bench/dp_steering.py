@@ -1,0 +1,157 @@
+"""dp-steering figures, written into bench/dp_steering.md between its markers.
+
+    sudo .venv/bin/python bench/dp_steering.py [--seconds 3] [--rounds 10]
+
+1. iperf3 TCP throughput host -> pod and pod -> host, in one run: a pod on the Go bridge
+   alone, a pod steered in tap mode and one steered inline, both with the reference dp
+   (pycni-dp) reading vth. Ratios against the plain bridge pod.
+2. Plugin wall time: dp-steering ADD and DEL exec'd as a runtime does (prevResult on
+   stdin), interleaved with the Go bridge's own ADD and DEL of the same pods.
+Everything happens in scratch namespaces that are removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.kit.dp_steering import World  # noqa: E402
+from tests.kit.netns import NetNS  # noqa: E402
+
+MD = os.path.join(ROOT, "bench", "dp_steering.md")
+
+
+def iperf(w: World, pod, seconds: float, reverse: bool) -> float:
+    """Gbit/s of one iperf3 TCP run from the host netns to the pod (or back with -R)."""
+    server = subprocess.Popen(["ip", "netns", "exec", pod.ns.name, "iperf3", "-s", "-1", "-p", "5201"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        argv = ["ip", "netns", "exec", w.host.name, "iperf3", "-c", pod.ip, "-p", "5201", "-t", str(seconds),
+                "-J"] + (["-R"] if reverse else [])
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        server.kill()
+        server.wait()
+
+
+def throughput(w: World, dp, seconds: float) -> list[tuple[str, float, float, float]]:
+    """(pod, Gbit/s in, Gbit/s out, GB the dp counted for that pod) per pod kind."""
+    plain = w.add("plain", steer=False)
+    tap = w.add("tap", mode="tap")
+    inline = w.add("inline")
+    rows = []
+    for name, pod in (("Go bridge alone", plain), ("dp-steering tap", tap), ("dp-steering inline", inline)):
+        before = seen(w, dp, pod)
+        gin, gout = iperf(w, pod, seconds, False), iperf(w, pod, seconds, True)
+        rows.append((name, gin, gout, (seen(w, dp, pod) - before) / 1e9))
+    for pod, steer in ((inline, True), (tap, True), (plain, False)):
+        w._on("del", pod, w.conflist(steer, mode="tap" if pod is tap else "inline"))
+    return rows
+
+
+def seen(w: World, dp, pod) -> int:
+    """Bytes the dp counted for the pod (0 for a pod it does not steer)."""
+    try:
+        mac = w.record(pod)["mac"]
+    except OSError:
+        return 0
+    return dp.stats()["pods"].get(mac, {}).get("allowed_bytes", 0)
+
+
+def timed(argv, conf: dict, env: dict) -> tuple[float, dict]:
+    """(wall ms, stdout JSON) of one plugin exec."""
+    t = time.perf_counter()
+    p = subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True)
+    ms = (time.perf_counter() - t) * 1000
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {p.stdout} {p.stderr}")
+    return ms, json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+def plugin_times(w: World, rounds: int) -> dict[str, list[float]]:
+    """Exec the Go bridge, then dp-steering chained after it, ADD and DEL, per pod."""
+    from plugins.pkg import ns
+    times: dict[str, list[float]] = {k: [] for k in ("bridge ADD", "bridge DEL", "steer ADD", "steer DEL")}
+    bridge = {"cniVersion": w.version, "name": "dpnet", **w.bridge()}
+    steering = [os.path.join(ROOT, ".venv", "bin", "dp-steering")]
+    for i in range(rounds + 2):
+        pod_ns = w.netns_factory("t")
+        env = {"CNI_CONTAINERID": f"t{i}", "CNI_NETNS": pod_ns.path, "CNI_IFNAME": "eth0",
+               "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+        with ns.enter(w.host.path):             # the bridge's host side goes to the host netns
+            b_add, result = timed(["/usr/lib/cni/bridge"], bridge, {**env, "CNI_COMMAND": "ADD"})
+            steer = {"cniVersion": w.version, "name": "dpnet", **w.steer, "prevResult": result}
+            s_add, _ = timed(steering, steer, {**env, "CNI_COMMAND": "ADD"})
+            s_del, _ = timed(steering, steer, {**env, "CNI_COMMAND": "DEL"})
+            b_del, _ = timed(["/usr/lib/cni/bridge"], {**bridge, "prevResult": result}, {**env, "CNI_COMMAND": "DEL"})
+        pod_ns.close()
+        if i >= 2:                              # two warm-up rounds
+            for key, ms in zip(times, (b_add, b_del, s_add, s_del)):
+                times[key].append(ms)
+    return times
+
+
+def write(section: str, text: str) -> None:
+    with open(MD) as f:
+        md = f.read()
+    md = re.sub(rf"<!-- {section}:begin -->.*<!-- {section}:end -->",
+                f"<!-- {section}:begin -->\n{text}\n<!-- {section}:end -->", md, flags=re.S)
+    with open(MD, "w") as f:
+        f.write(md)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--rounds", type=int, default=10)
+    opts = ap.parse_args()
+    made: list[NetNS] = []
+
+    def netns(tag="ns"):
+        made.append(NetNS(tag))
+        return made[-1]
+
+    tmp = tempfile.mkdtemp(prefix="bench-dpst-")
+    env_line = f"{os.cpu_count()} CPUs, kernel {platform.release()}, Go bridge from containernetworking-plugins 1.1.1"
+    try:
+        w = World(netns, tmp, dpSocket=os.path.join(tmp, "dp.sock"))
+        with w.dp() as dp:
+            rows = throughput(w, dp, opts.seconds)
+            base_in, base_out = rows[0][1], rows[0][2]
+            table = ["| pod | host -> pod Gbit/s | pod -> host Gbit/s | vs bridge (in) | vs bridge (out) "
+                     "| through the dp, GB |", "|---|---:|---:|---:|---:|---:|"]
+            table += [f"| {n} | {a:.2f} | {b:.2f} | {a / base_in:.3f}x | {b / base_out:.3f}x | {gb:.2f} |"
+                      for n, a, b, gb in rows]
+            table.append(f"\niperf3 TCP, {opts.seconds:g} s per run, one run each, same machine and moment; "
+                         f"datapath auto (eBPF here); {env_line}.")
+            write("iperf", "\n".join(table))
+            print("\n".join(table))
+            times = plugin_times(w, opts.rounds)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        table = ["| plugin | ADD median ms | DEL median ms | ADD / bridge | DEL / bridge |", "|---|---:|---:|---:|---:|",
+                 f"| Go bridge (+host-local) | {med['bridge ADD']:.1f} | {med['bridge DEL']:.1f} | 1.0x | 1.0x |",
+                 f"| dp-steering (inline) | {med['steer ADD']:.1f} | {med['steer DEL']:.1f} | "
+                 f"{med['steer ADD'] / med['bridge ADD']:.1f}x | {med['steer DEL'] / med['bridge DEL']:.1f}x |",
+                 f"\n{opts.rounds} interleaved rounds after 2 warm-up rounds, a dp running; {env_line}."]
+        write("addel", "\n".join(table))
+        print("\n".join(table))
+    finally:
+        for n in reversed(made):
+            n.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
