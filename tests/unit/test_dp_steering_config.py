@@ -113,3 +113,14 @@ def test_shared_pair_users_are_a_set_and_the_file_goes_with_the_last(tmp_path):
     assert state.users(d, "/other", "vbr") == []
     state.set_users(d, "/e", "vbr", [])
     assert state.users(d, "/e", "vbr") == [] and not list((tmp_path / "shared").iterdir())
+
+
+@pytest.mark.parametrize("name", ["dp-steering.conflist", "dp-steering-tap.conflist"])
+def test_example_conflists_are_valid(name):
+    import json
+    import os
+    with open(os.path.join(schema.schema_dir(), "..", name)) as f:
+        lst = json.load(f)
+    conf = {"cniVersion": lst["cniVersion"], "name": lst["name"], **lst["plugins"][-1]}
+    schema.validate(conf, "dp-steering")
+    assert netconf.load(conf).enforcer_netns == "/run/netns/enforcer"
