@@ -188,17 +188,24 @@ NOTES = """
   loading the meta-schemas, format checkers), the validation itself (~1 ms) and logging (~5 ms; skel
   sets it up for ADD/CHECK/DEL). jsonschema is the largest single cost of every ADD/CHECK/DEL of
   every plugin that validates its config, in the venv and in the binary alike.
-- **The PyInstaller binary** (onedir: nothing is unpacked at start) pays the bootloader, loading
-  `libpython3.11.so` from the bundle, and the runtime hooks PyInstaller installs (ctypes for its
-  own use; `pyi_rth_pkgutil` imports pkgutil, typing, re: ~10 ms, most of which the plugin would
-  import anyway). Two more default runtime hooks cost ~20-25 ms at every start and serve nothing
-  here, so `pycni.spec` drops them: `pyi_rth_inspect` (imports inspect and zipfile and reads
-  base_library.zip so `inspect.getsource` works on frozen code) and `pyi_rth_multiprocessing`
+- **The PyInstaller binary** (onedir: nothing is unpacked at start) pays the bootloader, which
+  execs itself once more after putting the bundle's lib dir on LD_LIBRARY_PATH (~2-3 ms), loading
+  `libpython3.11.so` from the bundle, PyInstaller's bootstrap modules (ctypes for its own use, ~3 ms)
+  and its default runtime hooks. Three of those cost ~30 ms at every start and serve nothing here,
+  so `pycni.spec` drops them: `pyi_rth_inspect` (imports inspect and zipfile and reads
+  base_library.zip so `inspect.getsource` works on frozen code), `pyi_rth_multiprocessing`
   (imports multiprocessing, subprocess, socket, pickle for spawn/forkserver children; our plugins
-  use fork or threads). `noarchive=True` keeps the .pyc files as files, loaded by CPython's own path
-  finder instead of unpacked from the PYZ archive by PyInstaller's Python-level importer: a few ms
-  per start. Measured once while tuning, same interleaved run: binary VERSION 70 ms with the default
-  spec, 50 ms without the two hooks, 43 ms with noarchive as well, venv script 44 ms.
+  use fork or threads) and `pyi_rth_pkgutil` (imports pkgutil and typing so `pkgutil.iter_modules`
+  sees bundled modules; nothing we run lists modules). A test fails if bundled code starts to need
+  one of them. `noarchive=True` keeps the .pyc files as files instead of a PYZ archive unpacked by
+  PyInstaller's Python-level importer: a few ms per start. Measured while tuning, same interleaved
+  runs: binary VERSION 70 ms with the default spec, 50 ms without the inspect and multiprocessing
+  hooks, 43 ms with noarchive as well (venv script 44 ms then); dropping the pkgutil hook took
+  another ~10 ms off the bundle's bare start. Inside the binary, VERSION then spends ~20 ms importing
+  skel (json, re, dataclasses -> inspect) and ~5 ms on types (-X importtime of a frozen build).
+- A frozen plugin restores LD_LIBRARY_PATH and drops PyInstaller's `_PYI_*` variables before it
+  runs anything (plugins/entrypoints.py), so iptables, nft, ip, IPAM plugins and our own binaries
+  start with the host's environment, not the bundle's libraries.
 
 Left as is: types.py and skel.py without dataclasses would save ~10 ms of each venv exec and a few
 ms of each binary exec, but the real plugins import dataclasses themselves. jsonschema's import
