@@ -66,3 +66,22 @@ def test_mode_command_errors(netns, tmp_path):
     assert p.returncode == 1 and "error 126" in p.stderr and "no dp-steering record" in p.stderr
     p = subprocess.run([STEERING, "mode", "c1", "eth0", "sideways"], capture_output=True, text=True)
     assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_gc_unsteers_what_the_runtime_no_longer_lists(netns, tmp_path):
+    w = World(netns, tmp_path)
+    keep, drop = w.add("c1"), w.add("c2")
+    gone = w.add("c3")
+    gone.ns.close()
+    status, out, err = w.plugin("GC", keep, None, **{"cniVersion": "1.1.0", "cni.dev/valid-attachments": [
+        {"containerID": "c1", "ifname": "eth0"}]})
+    assert status == 0, (out, err)
+    assert w.record(keep)["installed"] == "inline"
+    for pod in (drop, gone):
+        with pytest.raises(FileNotFoundError):
+            w.record(pod)
+    assert f"link-netns {w.host.name}" in drop.ns.run("ip", "-o", "link", "show", "eth0").stdout   # its own veth
+    assert [n for n in enforcer_links(w) if n.startswith(("vex", "vin"))] == [w.record(keep)["vin"],
+                                                                          w.record(keep)["vex"]]
+    status, out, _ = w.plugin("CHECK", keep, keep.result.encode(), mode="tap")     # config changed, not by hand
+    assert status == 1 and out["code"] == 127 and "the config says tap" in out["msg"], out

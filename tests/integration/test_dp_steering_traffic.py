@@ -4,7 +4,6 @@ Host netns (the bridge and its gateway address) + enforcer netns (vbr/vth and th
 reference pycni-dp) + pod netns. Each test runs once per datapath the kernel has;
 the tc-pedit runs happen in the stock-kernel VM (test_dp_steering_pedit.py).
 """
-import os
 import socket
 
 import pytest

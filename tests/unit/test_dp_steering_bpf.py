@@ -41,7 +41,7 @@ def test_labels_resolve_forward_and_refuse_unknown_or_twice():
     a = B.Asm().jne_imm(B.R0, 0, "out").mov_imm(B.R0, 1).label("out").exit()
     assert insns(a.assemble())[0] == (0x55, 0x00, 1, 0)
     with pytest.raises(ValueError):
-        B.Asm().ja("nowhere").assemble()
+        B.Asm().jne_imm(B.R0, 0, "nowhere").assemble()
     with pytest.raises(ValueError):
         B.Asm().label("x").label("x")
 

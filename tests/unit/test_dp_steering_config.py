@@ -64,10 +64,9 @@ def test_parking_mac_is_locally_administered_unicast():
     assert first & 0x02 and not first & 0x01 and len(mac) == 17
 
 
-def test_ucmac_and_bcmac_are_neuvectors():
+def test_ucmac_is_neuvectors():
     assert netconf.ucmac(0xB4) == "4e:65:75:56:00:b4"
     assert netconf.ucmac(0x1_0203) == "4e:65:75:56:02:03"
-    assert netconf.bcmac("4e:65:75:56:00:b4") == "ff:ff:ff:00:00:b4"
 
 
 def test_allocate16_prefers_the_index_then_the_next_free():

@@ -18,16 +18,14 @@ _MEM, _IMM_DW = 0x60, 0x18
 _K, _X = 0x00, 0x08
 _SIZE = {1: 0x10, 2: 0x08, 4: 0x00, 8: 0x18}
 _MOV, _ADD = 0xB0, 0x00
-_JA, _JEQ, _JSET, _JNE, _CALL, _EXIT = 0x00, 0x10, 0x40, 0x50, 0x80, 0x90
+_JSET, _JNE, _CALL, _EXIT = 0x40, 0x50, 0x80, 0x90
 _INSN = struct.Struct("<BBhi")
 
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 
 # helpers (enum bpf_func_id) and tc verdicts (linux/pkt_cls.h)
 SKB_STORE_BYTES, CLONE_REDIRECT, REDIRECT, SKB_LOAD_BYTES = 9, 13, 23, 26
-TC_ACT_UNSPEC, TC_ACT_OK, TC_ACT_SHOT = -1, 0, 2
-# struct __sk_buff offsets
-SKB_PROTOCOL = 16
+TC_ACT_UNSPEC, TC_ACT_SHOT = -1, 2
 
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -80,9 +78,6 @@ class Asm:
     def st_imm(self, size: int, dst: int, off: int, imm: int):
         return self._emit(_ST | _MEM | _SIZE[size], dst, 0, off, _s32(imm))
 
-    def jeq_imm(self, dst: int, imm: int, label: str):
-        return self._emit(_JMP | _JEQ | _K, dst, 0, label, _s32(imm))
-
     def jne_imm(self, dst: int, imm: int, label: str):
         return self._emit(_JMP | _JNE | _K, dst, 0, label, _s32(imm))
 
@@ -91,9 +86,6 @@ class Asm:
 
     def jne(self, dst: int, src: int, label: str):
         return self._emit(_JMP | _JNE | _X, dst, src, label)
-
-    def ja(self, label: str):
-        return self._emit(_JMP | _JA, 0, 0, label)
 
     def call(self, helper: int):
         return self._emit(_JMP | _CALL, 0, 0, 0, helper)

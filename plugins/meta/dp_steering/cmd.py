@@ -5,6 +5,7 @@ ADD    prevResult has CNI_IFNAME -> the enforcer netns is there -> pick the data
 CHECK  the record, devices, MACs, filters and mode; the first difference is the error
 DEL    filters, the pod's original interface back, vex/vin gone, the shared pair with the
        last pod; idempotent, also when the pod or the enforcer netns is gone
+GC     DEL for every recorded pod of this network not in cni.dev/valid-attachments
 mode   `dp-steering mode <containerID> <ifname> inline|tap|off [--state-dir DIR]`
        switches a running pod in place (off: its original single interface again)
 """
@@ -40,7 +41,7 @@ def cmd_check(args: CmdArgs):
     with state.lock(cfg.state_dir):
         pod = _recorded(cfg.state_dir, args.container_id, args.ifname)
         _same_config(pod, cfg)
-        problem = steering.verify(pod) or steering.mode_problem(pod)
+        problem = steering.verify(pod) or steering.mode_problem(pod, cfg.mode)
     if problem:
         raise CNIError(netconf.CHECK_MISMATCH, f"dp-steering CHECK {pod.key}: {problem}")
 
@@ -54,6 +55,18 @@ def cmd_del(args: CmdArgs):
         pod.netns = args.netns if args.netns and os.path.exists(args.netns) else ""
         steering.disengage(pod, cfg.state_dir)
         state.remove_pod(cfg.state_dir, args.container_id, args.ifname)
+
+
+def cmd_gc(args: CmdArgs):
+    """Undo the steering of every pod of this network the runtime no longer lists."""
+    cfg = netconf.load(args.conf)
+    valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
+    with state.lock(cfg.state_dir):
+        for pod in state.all_pods(cfg.state_dir):
+            if pod.network == cfg.network and (pod.container_id, pod.ifname) not in valid:
+                pod.netns = pod.netns if os.path.exists(pod.netns) else ""
+                steering.disengage(pod, cfg.state_dir)
+                state.remove_pod(cfg.state_dir, pod.container_id, pod.ifname)
 
 
 def _prev_result(args: CmdArgs):
@@ -115,7 +128,7 @@ def cmd_mode(argv: list[str]) -> int:
     return 0
 
 
-PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del,
+PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc,
                 about="dp-steering: steers a pod's traffic through a userspace datapath (NeuVector style)",
                 validate=validator("dp-steering"))
 

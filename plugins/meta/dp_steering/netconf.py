@@ -1,7 +1,5 @@
-"""dp-steering's config with its defaults, its error codes, and the names it derives.
-
-Error codes 120-139 (README lists them with their fix):
-"""
+"""dp-steering's config with its defaults, its error codes (120-139; the README lists
+each with its fix), and the names and MACs it derives."""
 from __future__ import annotations
 
 import os
@@ -99,7 +97,3 @@ def allocate16(start: int, used: set[int], what: str) -> int:
         if value and value not in used:
             return value
     raise CNIError(INDEX_CLASH, f"no free {what} left (all 65535 in use)")
-
-
-def bcmac(ucmac_: str) -> str:
-    return "ff:ff:ff:00:" + ucmac_[12:]

@@ -59,11 +59,3 @@ def rules_for(mode: str, p: Port) -> list[Rule]:
             Rule(p.vbr, p.vin_pref, "all", "src", p.ucmac),
         ]
     raise ValueError(f"no rules for mode {mode!r}")
-
-
-def qdisc_devs(p: Port) -> list[str]:
-    return [p.vex, p.vin, p.vbr]
-
-
-def vbr_prefs(p: Port) -> list[int]:
-    return [p.vex_pref, p.vin_pref]

@@ -33,6 +33,7 @@ class Pod:
     vth: str
     datapath: str                 # resolved: "tc-pedit" or "ebpf"
     mode: str                     # wanted: "inline", "tap" or "off"
+    mode_by_hand: bool = False    # `dp-steering mode` chose it (else the config's)
     installed: str = "off"        # what the filters do now
     mac: str = ""                 # the pod's MAC
     ucmac: str = ""

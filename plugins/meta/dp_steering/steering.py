@@ -99,6 +99,7 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
 
 def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
     """`dp-steering mode`: inline, tap or off, from whatever the pod is in now."""
+    pod.mode_by_hand = True
     if mode == "off":
         disengage(pod, state_dir)
         pod.mode = mode
@@ -111,16 +112,18 @@ def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
         switch(pod, mode)
 
 
-def mode_problem(pod: state.Pod) -> str | None:
-    """How the installed mode differs from the wanted one, unless failOpen explains it."""
-    if pod.installed == pod.mode:
+def mode_problem(pod: state.Pod, config_mode: str) -> str | None:
+    """How the installed mode differs from the wanted one (the config's, or the one
+    `dp-steering mode` set), unless failOpen explains it."""
+    wanted = pod.mode if pod.mode_by_hand else config_mode
+    if pod.installed == wanted:
         return None
-    if pod.mode == "inline" and pod.installed == "tap" and pod.fail_open:
+    if wanted == "inline" and pod.installed == "tap" and pod.fail_open:
         if not dp_present(pod):
             return None
         return (f"a dp is there now but the pod is still in tap mode (failOpen); "
                 f"run `dp-steering mode {pod.container_id} {pod.ifname} inline`")
-    return f"mode is {pod.installed}, expected {pod.mode}"
+    return f"mode is {pod.installed}, the config says {wanted}"
 
 
 def dp_present(pod: state.Pod) -> bool:
