@@ -20,7 +20,8 @@ NAMES = {"ebpf": "ebpf", "pedit": "tc-pedit"}
 @pytest.fixture(params=["ebpf", "pedit"])
 def datapath(request):
     if not AVAILABLE[request.param]():
-        pytest.skip(f"this kernel has no {NAMES[request.param]} datapath (tc-pedit runs in the stock-kernel VM)")
+        pytest.skip(f"this kernel cannot run the {NAMES[request.param]} datapath "
+                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM on request)")
     return NAMES[request.param]
 
 

@@ -19,10 +19,11 @@ from libcni_py.errors import CNIError
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from plugins.pkg.schema_lite import validator
 
-from . import netconf, state, steering
+from . import netconf
 
 
 def cmd_add(args: CmdArgs):
+    from . import state, steering
     cfg = netconf.load(args.conf)
     prev = _prev_result(args)
     netconf.check_enforcer(cfg.enforcer_netns)
@@ -36,6 +37,7 @@ def cmd_add(args: CmdArgs):
 
 
 def cmd_check(args: CmdArgs):
+    from . import state, steering
     cfg = netconf.load(args.conf)
     _prev_result(args)
     with state.lock(cfg.state_dir):
@@ -47,6 +49,7 @@ def cmd_check(args: CmdArgs):
 
 
 def cmd_del(args: CmdArgs):
+    from . import state, steering
     cfg = netconf.load(args.conf)
     with state.lock(cfg.state_dir):
         pod = state.load_pod(cfg.state_dir, args.container_id, args.ifname)
@@ -59,6 +62,7 @@ def cmd_del(args: CmdArgs):
 
 def cmd_gc(args: CmdArgs):
     """Undo the steering of every pod of this network the runtime no longer lists."""
+    from . import state, steering
     cfg = netconf.load(args.conf)
     valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
     with state.lock(cfg.state_dir):
@@ -79,23 +83,25 @@ def _prev_result(args: CmdArgs):
     return prev
 
 
-def _new_pod(args: CmdArgs, cfg: netconf.Config, datapath: str) -> state.Pod:
+def _new_pod(args: CmdArgs, cfg: netconf.Config, datapath: str):
+    from .state import Pod
     vex, vin = netconf.port_names(args.container_id, args.ifname)
-    return state.Pod(container_id=args.container_id, ifname=args.ifname, network=cfg.network,
+    return Pod(container_id=args.container_id, ifname=args.ifname, network=cfg.network,
                      netns=args.netns, enforcer=cfg.enforcer_netns, vex=vex, vin=vin, vbr=cfg.vbr,
                      vth=cfg.vth, datapath=datapath, mode=cfg.mode, fail_open=cfg.fail_open,
                      dp_socket=cfg.dp_socket, dp_wait_ms=cfg.dp_wait_ms,
                      name=args.args_dict.get("K8S_POD_NAME") or args.container_id)
 
 
-def _recorded(state_dir: str, container_id: str, ifname: str) -> state.Pod:
+def _recorded(state_dir: str, container_id: str, ifname: str):
+    from . import state
     pod = state.load_pod(state_dir, container_id, ifname)
     if pod is None:
         raise CNIError(netconf.NO_STATE, f"no dp-steering record of {container_id}/{ifname} in {state_dir}")
     return pod
 
 
-def _same_config(pod: state.Pod, cfg: netconf.Config) -> None:
+def _same_config(pod, cfg: netconf.Config) -> None:
     for key, have, want in (("enforcerNetns", pod.enforcer, cfg.enforcer_netns), ("vbrName", pod.vbr, cfg.vbr),
                             ("vthName", pod.vth, cfg.vth), ("failOpen", pod.fail_open, cfg.fail_open),
                             ("datapath", pod.datapath, pod.datapath if cfg.datapath == "auto" else cfg.datapath)):
@@ -108,6 +114,7 @@ def cmd_mode(argv: list[str]) -> int:
     """`dp-steering mode <containerID> <ifname> inline|tap|off [--state-dir DIR]`"""
     import argparse
     import logging
+    from . import state, steering
     ap = argparse.ArgumentParser(prog="dp-steering mode", description="switch a steered pod's mode in place")
     ap.add_argument("container_id")
     ap.add_argument("ifname")
