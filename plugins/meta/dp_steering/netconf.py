@@ -12,17 +12,14 @@ NO_PREV_RESULT = 120      # chained without an interface plugin before it
 IFACE_MISSING = 121       # CNI_IFNAME not in prevResult or not in the pod netns
 ENFORCER_NETNS = 122      # enforcerNetns missing or not a network namespace
 DATAPATH_UNAVAILABLE = 123  # datapath asked for cannot run on this kernel
-PULL_FAILED = 124         # moving the pod port failed (rolled back)
+PULL_FAILED = 124         # moving the pod port in (rolled back) or back out failed
 RULES_FAILED = 125        # installing filters failed (rolled back)
 NO_STATE = 126            # no record of this pod (CHECK, mode) or it is corrupt
 CHECK_MISMATCH = 127      # CHECK found a difference
 INDEX_CLASH = 128         # UCMAC/pref space exhausted or taken
 NAME_CLASH = 129          # vex<id>/vin<id> already exist
-CONFIG_CHANGED = 130      # CHECK/mode with a config that differs from the pod's record
-BAD_MODE = 131            # unknown mode for `dp-steering mode`
+CONFIG_CHANGED = 130      # CHECK with a config that differs from the pod's record
 
-MODES = ("inline", "tap")
-DATAPATHS = ("auto", "tc-pedit", "ebpf")
 DEFAULT_STATE_DIR = "/var/lib/cni/pycni/dp-steering"
 
 

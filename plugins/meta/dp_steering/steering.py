@@ -42,8 +42,9 @@ def engage(pod: state.Pod, state_dir: str, mode: str) -> None:
         raise CNIError(netconf.IFACE_MISSING, str(e)) from None
     except FileExistsError as e:
         raise CNIError(netconf.NAME_CLASH, str(e)) from None
-    except OSError as e:
-        raise CNIError(netconf.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns", str(e)) from None
+    except (OSError, iplink.netlink_error()) as e:
+        raise CNIError(netconf.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
+                       "(the pod was put back as it was)", str(e)) from None
     with contextlib.ExitStack() as undo, iplink.open_iproute(pod.enforcer) as ipr:
         undo.callback(triad.restore, pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin, snap.mac)
         pod.mac = snap.mac
@@ -89,11 +90,14 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
         state.set_users(state_dir, pod.enforcer, pod.vbr,
                         [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key])
     elif pod.installed != "off":
-        with iplink.open_iproute(pod.enforcer) as ipr:
-            _remove_rules(ipr, pod)
-            triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin, pod.mac)
-            if enforcer.release(ipr, pod, state_dir) and pod.dp_socket:
-                dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+        try:
+            with iplink.open_iproute(pod.enforcer) as ipr:
+                _remove_rules(ipr, pod)
+                triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin, pod.mac)
+                if enforcer.release(ipr, pod, state_dir) and pod.dp_socket:
+                    dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+        except (OSError, iplink.netlink_error()) as e:
+            raise CNIError(netconf.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
     pod.installed = "off"
 
 
