@@ -185,10 +185,20 @@ def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
 
 
 def plugin_main(plugin: Plugin) -> None:
-    """Entry point for a plugin executable."""
+    """Entry point for a plugin executable. Once the answer and the logs are flushed it leaves
+    with os._exit: tearing the interpreter down module by module serves nothing here."""
     code = run(plugin, os.environ, sys.stdin.buffer if sys.stdin else None, sys.stdout, sys.stderr)
-    sys.stdout.flush()
-    sys.exit(code)
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()      # flush and close a logFile
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):              # the runtime did not get the answer
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
 
 
 def _args_from_env(environ, cmd: str) -> CmdArgs:

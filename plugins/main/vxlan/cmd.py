@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
-from libcni_py.skel import CmdArgs, Plugin
+from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import Interface, Result
 from plugins.pkg.names import check_ifname, host_veth
 from plugins.pkg.schema_lite import validator
@@ -159,17 +159,7 @@ PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc, status=
 
 
 def main():
-    """plugin_main, but leaving with os._exit once the answer is flushed: interpreter teardown
-    of every imported module costs ~7 ms per exec and serves nothing here."""
-    import os
-    import sys
-    from libcni_py.skel import run
-    code = run(PLUGIN, os.environ, sys.stdin.buffer if sys.stdin else None, sys.stdout, sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if "logging" in sys.modules:
-        sys.modules["logging"].shutdown()      # flush a logFile
-    os._exit(code)
+    plugin_main(PLUGIN)
 
 
 if __name__ == "__main__":
