@@ -3,7 +3,7 @@
 Where the running kernel has it, the end-to-end test runs here. Where it does not (this
 project's CI machine), test_tc_pedit_in_stock_kernel_vm boots Debian's stock kernel under
 qemu over this filesystem (tests/kit/stock_kernel_vm) and runs the end-to-end test and
-the bytes-on-vth test there. Under software emulation on 2 shared cores that takes ~7
+the bytes-on-vth test there. Under software emulation on 2 shared cores that takes 4-7
 minutes (most of it Python importing over 9p), so it runs only when asked for with
 PYCNI_STOCK_KERNEL_VM=1, and is skipped with the reason otherwise.
 """
@@ -59,7 +59,7 @@ def test_tc_pedit_in_stock_kernel_vm():
     if datapath_pedit.available():
         pytest.skip("this kernel has act_pedit: the tc-pedit tests run in-process")
     if os.environ.get("PYCNI_STOCK_KERNEL_VM") != "1":
-        pytest.skip("no act_pedit here, and the stock-kernel VM run takes ~7 min under emulation: "
+        pytest.skip("no act_pedit here, and the stock-kernel VM run takes 4-7 min under emulation: "
                     "set PYCNI_STOCK_KERNEL_VM=1 to run the tc-pedit tests in it")
     kernels = [k for k in os.listdir("/boot") if k.startswith("vmlinuz-6.1.0-")] if os.path.isdir("/boot") else []
     vng = os.path.join(os.environ.get("SKVM_DIR", "/var/tmp/stock-kernel-vm"), "venv", "bin", "vng")
