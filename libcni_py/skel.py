@@ -244,7 +244,29 @@ def _write(stdout, obj: dict) -> None:
     stdout.write(json.dumps(obj, indent=4) + "\n")
 
 
+_deferred_log_stderr = None     # set-up owed to a run that logs nothing so far
+
+
 def _setup_logging(conf: dict, stderr) -> None:
+    """The "pycni" logger: to stderr, and to logFile when configured, at logLevel (warning).
+    With neither key and logging not imported yet, the set-up waits for the first record
+    (setup_deferred_logging): importing logging costs ~5-10 ms of an exec that may never log."""
+    global _deferred_log_stderr
+    if "logging" in sys.modules or "logFile" in conf or "logLevel" in conf:
+        _configure_logging(conf, stderr)
+    else:
+        _deferred_log_stderr = stderr
+
+
+def setup_deferred_logging() -> None:
+    """What plugins/pkg/log.py calls before it emits a record: the set-up a run deferred."""
+    global _deferred_log_stderr
+    stderr, _deferred_log_stderr = _deferred_log_stderr, None
+    if stderr is not None:
+        _configure_logging({}, stderr)
+
+
+def _configure_logging(conf: dict, stderr) -> None:
     import logging
     root = logging.getLogger("pycni")
     if root.handlers:
