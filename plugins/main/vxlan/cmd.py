@@ -16,7 +16,7 @@ from libcni_py.errors import CNIError, INVALID_CONFIG
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import Interface, Result
 from plugins.pkg.names import check_ifname, host_veth
-from plugins.pkg.schema_lite import validator
+from plugins.pkg.schema import validator
 
 from . import ipam, masq, overlay, pod
 
