@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from plugins.meta.dp_steering import datapath_pedit
 from plugins.pkg import probe
 from tests.kit.dp_steering import World
 
@@ -19,6 +20,8 @@ def test_twenty_pods_share_the_enforcer_and_leave_nothing_behind(netns, tmp_path
         pods = list(pool.map(lambda i: w.add(f"p{i:02d}"), range(PODS)))
         records = [w.record(p) for p in pods]
         assert {r["installed"] for r in records} == {"inline"}
+        auto = "tc-pedit" if datapath_pedit.available() else "ebpf"      # datapath auto
+        assert {r["datapath"] for r in records} == {auto}
         assert len({r["ucmac"] for r in records}) == PODS
         assert len({r["vex"] for r in records} | {r["vin"] for r in records}) == 2 * PODS
         vbr_filters = w.enf.run("tc", "filter", "show", "dev", "vbr", "ingress").stdout
