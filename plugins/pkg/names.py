@@ -1,7 +1,6 @@
 """Names that reach paths, netlink and iptables: generate them and check them."""
 from __future__ import annotations
 
-import hashlib
 import re
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
@@ -13,7 +12,17 @@ _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
 
 def short_hash(*parts: str, n: int = 8) -> str:
     """n hex chars of sha256 over the parts (NUL-separated), stable across runs."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
+    return sha256("\0".join(parts).encode()).hexdigest()[:n]
+
+
+def sha256(data: bytes):
+    """hashlib.sha256(data), from CPython's own sha256 module when there is one: loading it
+    takes ~1 ms of an exec, where hashlib loads OpenSSL's _hashlib (~3-4 ms)."""
+    try:
+        from _sha256 import sha256 as new      # CPython up to 3.11 (3.12 renamed it _sha2)
+    except ImportError:
+        from hashlib import sha256 as new
+    return new(data)
 
 
 def host_veth(container_id: str, ifname: str, prefix: str = "veth") -> str:
