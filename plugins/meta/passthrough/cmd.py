@@ -1,10 +1,10 @@
 """ADD returns prevResult (or an empty result); CHECK and DEL succeed; GC/STATUS no-op."""
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
-from libcni_py.types import Result
 from plugins.pkg.schema import validator
 
 
 def cmd_add(args: CmdArgs):
+    from libcni_py.types import Result      # ADD only (ipaddress): VERSION, CHECK, DEL go without
     prev = args.prev_result
     return prev if prev is not None else Result(cni_version=args.cni_version)
 
