@@ -1,6 +1,7 @@
 """Start-up cost of a plugin exec: pycni-passthrough VERSION and ADD as the PyInstaller
-binary and as the venv console script, against the Go bridge plugin's VERSION, all in one
-run, interleaved, median of 30. Also the floors the time stands on and an import profile.
+binary and as the venv console script (also with our modules lacking bytecode), against the
+Go bridge plugin's VERSION, all in one run, interleaved, median of 30. Also the floors the
+time stands on and an import profile.
 
     ./build.sh bench                                   # builds dist/cni first
     .venv/bin/python bench/foundation_startup.py       # uses an existing ./build.sh bin
@@ -14,9 +15,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 
@@ -39,6 +42,11 @@ ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bench1", "CNI_NETNS": "/pro
            "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
 VERSION_ENV = {"CNI_COMMAND": "VERSION"}
 
+# A copy of our sources without __pycache__, run with PYTHONDONTWRITEBYTECODE=1 (as this
+# environment sets it): what every exec pays when the install was not byte-compiled.
+NOPYC = os.path.join(tempfile.gettempdir(), f"pycni-bench-nopyc-{os.getpid()}")
+NOPYC_ENV = {"PYTHONPATH": NOPYC, "PYTHONDONTWRITEBYTECODE": "1"}
+
 # (key, what, argv, env, stdin, expected exit status)
 CASES = [
     ("go-version", "Go bridge VERSION", [GO_BRIDGE], VERSION_ENV, VERSION_IN, 0),
@@ -46,6 +54,8 @@ CASES = [
     ("bin-add", "binary ADD", [BIN], ADD_ENV, ADD_IN, 0),
     ("venv-version", "venv script VERSION", [VENV_SCRIPT], VERSION_ENV, VERSION_IN, 0),
     ("venv-add", "venv script ADD", [VENV_SCRIPT], ADD_ENV, ADD_IN, 0),
+    ("nopyc-add", "venv script ADD, our modules without bytecode", [VENV_SCRIPT], {**ADD_ENV, **NOPYC_ENV},
+     ADD_IN, 0),
     # floors
     ("py-bare", "venv python -I -S -c pass (interpreter only)", [VENV_PY, "-I", "-S", "-c", "pass"], {}, b"", 0),
     ("py-site", "venv python -c pass (+ site, .pth files)", [VENV_PY, "-c", "pass"], {}, b"", 0),
@@ -131,16 +141,17 @@ def report(samples, profiles, env_info, load) -> str:
         "| pycni-passthrough | median ms | min ms | x Go bridge VERSION |",
         "|---|---:|---:|---:|",
     ]
-    for key, what, *_ in CASES[:5]:
+    for key, what, *_ in CASES[:6]:
         lines.append(f"| {what} | {med[key]:.1f} | {min(samples[key]):.1f} | {med[key] / go:.1f} |")
     lines += ["", "What the time stands on (same run):", "",
               "| floor | median ms |", "|---|---:|"]
-    for key, what, *_ in CASES[5:]:
+    for key, what, *_ in CASES[6:]:
         lines.append(f"| {what} | {med[key]:.1f} |")
     lines += ["", f"Derived: site + .pth = {med['py-site'] - med['py-bare']:.1f} ms; our modules for VERSION "
-              f"(venv) = {med['venv-version'] - med['py-site']:.1f} ms; ADD over VERSION (jsonschema, "
-              f"validation, result) = {med['venv-add'] - med['venv-version']:.1f} ms (venv), "
-              f"{med['bin-add'] - med['bin-version']:.1f} ms (binary); bundle start before any plugin "
+              f"(venv) = {med['venv-version'] - med['py-site']:.1f} ms; ADD over VERSION (validation, "
+              f"prevResult decode, result) = {med['venv-add'] - med['venv-version']:.1f} ms (venv), "
+              f"{med['bin-add'] - med['bin-version']:.1f} ms (binary); compiling our modules at every exec "
+              f"(no bytecode) = {med['nopyc-add'] - med['venv-add']:.1f} ms; bundle start before any plugin "
               f"code = {med['bin-bare']:.1f} ms.", ""]
     for verb, rows in profiles.items():
         lines += [f"Import profile of the venv script, {verb} (`python -X importtime`, top-level imports, "
@@ -156,7 +167,13 @@ def main() -> int:
         if not os.access(path, os.X_OK):
             raise SystemExit(f"missing {path}: run ./build.sh bin (and ./build.sh test for the Go plugins)")
     load_before = os.getloadavg()[0]
-    samples = measure()
+    for top in ("libcni_py", "plugins", "conf"):
+        shutil.copytree(os.path.join(ROOT, top), os.path.join(NOPYC, top),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        samples = measure()
+    finally:
+        shutil.rmtree(NOPYC)
     profiles = {"VERSION": import_profile(VERSION_ENV, VERSION_IN), "ADD": import_profile(ADD_ENV, ADD_IN)}
     load_after = os.getloadavg()[0]
     text = report(samples, profiles, versions(), (f"{load_before:.2f}", f"{load_after:.2f}"))
@@ -174,20 +191,39 @@ NOTES = """
   (`-I -S -c pass`), about 3x a whole Go plugin exec. Nothing in pycni can lower it.
 - **site**: the default editable install (setuptools' import-hook finder in a `.pth`) cost ~10 ms at
   every start (it imports pathlib, importlib.util and more). `build.sh` installs with
-  `editable_mode=compat`, a plain path `.pth`: site now costs ~3 ms. `-I` changes nothing measurable
+  `editable_mode=compat`, a plain path `.pth`: site now costs ~2-3 ms. `-I` changes nothing measurable
   (it only drops environment variables, user site and cwd); `-S` would drop the venv's site-packages
   (pyroute2, jsonschema), so the venv scripts cannot use it; the bundle runs without site anyway.
-  `PYTHONDONTWRITEBYTECODE` does not matter: after the first run every module loads from
-  `__pycache__`, and the bundle is precompiled.
-- **Our modules for VERSION** (~25 ms in the venv): `libcni_py.skel` pulls json and re (needed) and
-  dataclasses (which imports inspect, ast, dis, tokenize: ~8 ms, the biggest part); it no longer
-  imports typing (~2 ms, for one `Callable` alias, now from collections.abc). `libcni_py.types`
-  creates 5 dataclasses at import (~2 ms: dataclass creation runs `exec` per class). The console
-  script pip writes imports re itself. VERSION imports neither pyroute2 nor jsonschema.
-- **ADD** adds jsonschema (~50-60 ms of imports: referencing, rpds, attrs, jsonschema_specifications
-  loading the meta-schemas, format checkers), the validation itself (~1 ms) and logging (~5 ms; skel
-  sets it up for ADD/CHECK/DEL). jsonschema is the largest single cost of every ADD/CHECK/DEL of
-  every plugin that validates its config, in the venv and in the binary alike.
+- **Bytecode**: with `PYTHONDONTWRITEBYTECODE=1` (this environment sets it) or a read-only tree, a
+  module without a `__pycache__` entry is compiled again at every exec: 8 ms for this plugin, 14-18 ms
+  for vxlan and edgemesh (row "without bytecode" above). `build.sh` now byte-compiles `libcni_py` and
+  `plugins` after installing (`python -m compileall`), and again whatever changed before test, bench
+  and demo; the bundle is compiled by PyInstaller.
+- **What every exec imports now** (`-X importtime` above): json (which pulls re, enum, functools:
+  ~6-7 ms, needed to read the config), skel (<1 ms), the result types (~1.5 ms with ipaddress, ADD
+  only) and the schema module (<1 ms). Gone from the exec path:
+  - **jsonschema** (~55 ms of imports: referencing, rpds, attrs, jsonschema_specifications loading the
+    meta-schemas, format checkers). `plugins/pkg/schema.py` is the one validation path of every
+    plugin: a quick checker implementing the keywords our schemas use (type, enum, const, pattern,
+    ranges, lengths, required, properties, additionalProperties, items, minItems, uniqueItems, local
+    `$ref`) accepts a valid config; any problem, or any other keyword, goes to jsonschema, which
+    decides and words the error (tests/unit/test_pkg_schema.py holds the two to the same verdict on
+    every schema, its example configs and mutations of each rule). Passthrough and edgemesh ADD drop
+    ~55 ms; vxlan and dp-steering already used the quick checker.
+  - **dataclasses** (imports inspect, ast, dis, tokenize: ~8 ms, plus an `exec` per class ~0.4 ms):
+    skel's CmdArgs/Plugin and the five result types are plain classes (`types._Record` gives them
+    field-wise == and repr). Passthrough -11 ms; vxlan/edgemesh -1 to -3 ms, as their own modules
+    still import dataclasses.
+  - **logging** (~3-6 ms with traceback, string, threading, weakref): skel sets the "pycni" handlers
+    up at once only for a config with logFile/logLevel or when logging is already imported; otherwise
+    on the first record, through `plugins/pkg/log.py` loggers, which import logging only to emit.
+  - **hashlib** (OpenSSL's `_hashlib`, ~3.5 ms): `names.short_hash` loads CPython's `_sha256` (~1 ms)
+    and only when a hash is made. vxlan VERSION -2 ms.
+  - **interpreter teardown** (~5 ms; ~10 ms once jsonschema was loaded): `skel.plugin_main` flushes
+    the answer, stderr and a logFile, then leaves with `os._exit` (edgemesh VERSION -8 ms).
+- Measured while doing it (same interleaved run, load ~5, venv, CPU-bound so wall ~ CPU), passthrough
+  VERSION / ADD, ms: start 36 / 100; os._exit 32 / 88; logging deferred 32 / 86; one schema path
+  32 / 32; no dataclasses 21 / 21; passthrough imports the result types in ADD only 19 / 21.
 - **The PyInstaller binary** (onedir: nothing is unpacked at start) pays the bootloader, which
   execs itself once more after putting the bundle's lib dir on LD_LIBRARY_PATH (~2-3 ms), loading
   `libpython3.11.so` from the bundle, PyInstaller's bootstrap modules (ctypes for its own use, ~3 ms)
@@ -198,20 +234,15 @@ NOTES = """
   use fork or threads) and `pyi_rth_pkgutil` (imports pkgutil and typing so `pkgutil.iter_modules`
   sees bundled modules; nothing we run lists modules). A test fails if bundled code starts to need
   one of them. `noarchive=True` keeps the .pyc files as files instead of a PYZ archive unpacked by
-  PyInstaller's Python-level importer: a few ms per start. Measured while tuning, same interleaved
-  runs: binary VERSION 70 ms with the default spec, 50 ms without the inspect and multiprocessing
-  hooks, 43 ms with noarchive as well (venv script 44 ms then); dropping the pkgutil hook took
-  another ~10 ms off the bundle's bare start. Inside the binary, VERSION then spends ~20 ms importing
-  skel (json, re, dataclasses -> inspect) and ~5 ms on types (-X importtime of a frozen build).
+  PyInstaller's Python-level importer: a few ms per start.
 - A frozen plugin restores LD_LIBRARY_PATH and drops PyInstaller's `_PYI_*` variables before it
   runs anything (plugins/entrypoints.py), so iptables, nft, ip, IPAM plugins and our own binaries
   start with the host's environment, not the bundle's libraries.
 
-Left as is: types.py and skel.py without dataclasses would save ~10 ms of each venv exec and a few
-ms of each binary exec, but the real plugins import dataclasses themselves. jsonschema's import
-cost only goes by validating without it: `plugins/pkg/schema_lite.py` checks the keywords our
-schemas use and hands anything else to jsonschema; the pass-through plugin measured here still
-validates with `plugins/pkg/schema.py` (jsonschema).
+Left for the plugins' own modules (figures from -X importtime of vxlan ADD): dataclasses in
+vxlan, edgemesh and dp-steering modules (~6-8 ms), `import logging` at their top instead of
+`plugins.pkg.log` (~3-6 ms), `hashlib` in vxlan's lease.py (`names.sha256` does it, ~2.5 ms),
+`typing` in vxlan's registry/base.py, edgemesh's rules.py and plugins/pkg/rtnl.py (~2 ms).
 """
 
 if __name__ == "__main__":
