@@ -59,7 +59,7 @@ for mod, name, key in [(overlay, "ensure_node", "ensure_node (lease, device, pee
                        (pod, "detach", "veth delete (netlink)"), (cmd, "pod_links", "netlink socket"),
                        (masq, "setup", "ipMasq rules"), (masq, "teardown", "ipMasq rules")]:
     timed(mod, name, key)
-import plugins.pkg.schema_lite as sl
+import plugins.pkg.schema as sl
 timed(sl, "validate", "config validation")
 conf = sys.stdin.buffer.read()
 out = {"imports": t_import}
@@ -316,28 +316,30 @@ NOTES = """
   too. The gap is the Python exec itself: interpreter start with site, imports, and interpreter
   teardown (now skipped). All figures scale with the load of the shared machine; on a quiet one
   (load ~4) ADD was 77 ms vs Go 10 ms, DEL 85 vs 24, in-process work 13 and 21 ms, imports 35 ms.
-- **Imports** (`python -X importtime`): stdlib modules pulled in by shared code dominate:
-  logging (~10 ms; skel sets up logging on ADD/CHECK/DEL), dataclasses -> inspect/ast/dis
-  (~6 ms; skel, types, overlay, pod), hashlib -> OpenSSL's _hashlib (~4 ms; names.short_hash),
-  subprocess (~3 ms; needed to exec IPAM), json, re, ipaddress, socket. The overlay's modules add
-  ~10 ms (registry, lease, device, peers dataclasses), our pod modules ~5 ms.
+- **Imports** (`python -X importtime`): stdlib modules pulled in by the plugin's modules dominate:
+  dataclasses -> inspect/ast/dis (~7 ms; overlay, pod, peers, device, registry: skel and types no
+  longer use it), logging (~4-6 ms; imported at the top of cmd, ipam, overlay, peers:
+  `plugins.pkg.log` loggers would import it only to emit), hashlib -> OpenSSL's _hashlib (~3 ms;
+  lease.py: `names.sha256` loads CPython's `_sha256`, ~1 ms), typing (~2 ms; registry/base.py,
+  plugins/pkg/rtnl.py), subprocess (~3 ms; needed to exec IPAM), json, re, ipaddress, socket.
 - **Removed from every exec:** pyroute2 (~130 ms for `import pyroute2`, ~50 ms for
   `pyroute2.iproute.linux` alone): plugins/pkg/link.py speaks rtnetlink itself over the overlay's
   raw socket (plugins/pkg/rtnl.py): the veth pair is created in one message with its peer already
   in the pod netns, its MAC, MTU and master set and the host end up; the pod side is one batched
-  sendmsg (link up, addresses, routes). jsonschema (~70 ms): plugins/pkg/schema_lite.py checks the
-  keywords our schema uses and falls back to jsonschema for any other (a unit test compares its
-  verdicts and fields with jsonschema's). Interpreter teardown (~7 ms): `main()` flushes and
-  `os._exit`s. `masq` work happens only with ipMasq; nothing else is imported that a verb does not use.
+  sendmsg (link up, addresses, routes). jsonschema (~60 ms): plugins/pkg/schema.py accepts a valid
+  config with its quick checker and leaves every rejection to jsonschema (tests/unit/test_pkg_schema.py
+  holds the two to the same verdict). Interpreter teardown (~7 ms): skel's `plugin_main` flushes
+  and `os._exit`s. `masq` work happens only with ipMasq; nothing else is imported that a verb does not use.
 - **Bytecode:** this environment sets PYTHONDONTWRITEBYTECODE=1, so nothing under `plugins/` and
-  `libcni_py/` had a `__pycache__`: every exec compiled ~20 modules (~20 ms). The bench compiles
-  them first (`python -m compileall`), as an install should.
+  `libcni_py/` had a `__pycache__`: every exec compiled ~20 modules (~15-20 ms). `build.sh` now
+  byte-compiles them after installing; the bench compiles them first too.
 - **ipMasq** costs an `iptables-save` and an `iptables-restore` at ADD and at DEL (iptables-nft
   execs, ~10-15 ms each); the Go bridge pays similar iptables execs (its ADD/DEL roughly double too).
 - **The 1.5x goal is not reached**: with a CPython exec per call the floor (interpreter + the
-  stdlib the shared skel needs) is already ~4-5x a whole Go ADD here. What would move it further:
-  skel without logging/dataclasses on the hot path, `_sha256` instead of hashlib, and running the
-  plugin from a pre-started interpreter (a tiny exec shim talking to a resident agent).
+  stdlib the shared skel needs: pycni-passthrough's whole ADD exec, ~20 ms in bench/foundation.md)
+  is already about 1.5x a whole Go ADD here. What would move it further:
+  the vxlan modules without dataclasses, logging, hashlib and typing at import (above, ~12-15 ms),
+  and running the plugin from a pre-started interpreter (a tiny exec shim talking to a resident agent).
 - **Throughput:** the pods' datapath is the kernel's (veth, bridge, vxlan with static ARP/FDB and
   an onlink route); the ratio to the same topology built by hand with `ip` is ~1.0 within the noise
   of a shared 2-core machine.
