@@ -39,3 +39,20 @@ def test_schema_is_valid_json_schema(path):
     with open(path) as f:
         schema = json.load(f)
     jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_our_entries_accept_what_a_runtime_injects(path):
+    """GC carries both attachment keys (libcni >= 1.2.3), CHECK/DEL a prevResult, ADD
+    runtimeConfig; a schema that refused one of them would break that verb."""
+    lst = conflist_from_file(path)
+    injected = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
+                "cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}],
+                "prevResult": {"cniVersion": lst.cni_version, "interfaces": [{"name": "eth0"}]},
+                "runtimeConfig": {}, "args": {}}
+    for net in lst.plugins:
+        schema = OURS.get(net.type)
+        if schema is None:
+            continue
+        conf = dict(json.loads(net.raw), name=lst.name, cniVersion=lst.cni_version, **injected)
+        validate(conf, schema)
