@@ -1,29 +1,39 @@
-"""Generic link helpers: veth pairs across namespaces, bridges and their ports, attributes.
+"""Generic link helpers: veth pairs across namespaces (with chosen ifindexes), bridges and
+their ports, attributes, moves between namespaces, and a link's routes carried over to
+another link.
 
 Built on the raw rtnetlink socket of plugins.pkg.rtnl (no pyroute2 import: a plugin
 exec pays ~1 ms here instead of ~50-130 ms). Every function takes an open `Rtnl`
 (`open_rtnl(netns_path)`), so a caller keeps one socket per namespace for a whole
 command. Names are checked with plugins.pkg.names before they reach the kernel.
+Addresses and neighbours: `Rtnl.addrs`/`neighs` and `rtnl.addr_msg`/`neigh_msg`.
 Nothing here knows CNI.
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from plugins.pkg import rtnl as nl
 from plugins.pkg.names import check_ifname
 
 RTM_SETLINK = 19
-IFLA_MASTER, IFLA_PROTINFO, IFLA_NET_NS_FD = 10, 12, 28
+IFLA_MASTER, IFLA_PROTINFO, IFLA_NET_NS_FD, IFLA_NEW_IFINDEX = 10, 12, 28, 49
 IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 4, 5
 IFLA_BRPORT_MODE = 4          # hairpin
 VETH_INFO_PEER = 1
 NLA_F_NESTED = 0x8000
+RTA_SRC, RTA_PREFSRC, RTA_METRICS, RTA_VIA, RTA_PREF = 2, 7, 8, 18, 20
+RT_TABLE_COMPAT = 252         # rtm_table of a route in a table above 255 (RTA_TABLE has it)
+# what a route is apart from its link
+_ROUTE_KEEP = (nl.RTA_DST, RTA_SRC, nl.RTA_GATEWAY, nl.RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_VIA, RTA_PREF)
 _IFI = struct.Struct("=BxHiII")
+_RTM = struct.Struct("=BBBBBBBBI")
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,6 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def _nla(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return struct.pack("=HH", n, kind) + data + b"\0" * (-n % 4)
-
-
 def _u32(v: int) -> bytes:
     return struct.pack("=I", v)
 
@@ -63,27 +68,19 @@ def _ifi(index: int = 0, up: bool | None = None, family: int = socket.AF_UNSPEC)
     return _IFI.pack(family, 0, index, flags, change)
 
 
-def _link_attrs(name: str | None = None, mtu: int = 0, mac: str = "", master: int | None = None) -> bytes:
+def _link_attrs(name: str | None = None, mtu: int = 0, mac: str = "", master: int | None = None,
+                txqlen: int | None = None) -> bytes:
     out = b""
     if name is not None:
-        out += _nla(nl.IFLA_IFNAME, check_ifname(name).encode() + b"\0")
+        out += nl.nla(nl.IFLA_IFNAME, check_ifname(name).encode() + b"\0")
     if mtu:
-        out += _nla(nl.IFLA_MTU, _u32(mtu))
+        out += nl.nla(nl.IFLA_MTU, _u32(mtu))
     if mac:
-        out += _nla(nl.IFLA_ADDRESS, nl.mac_bytes(mac))
+        out += nl.nla(nl.IFLA_ADDRESS, nl.mac_bytes(mac))
     if master is not None:
-        out += _nla(IFLA_MASTER, _u32(master))
-    return out
-
-
-def _attrs(buf, off: int = 0, end: int | None = None) -> dict[int, bytes]:
-    out, end = {}, len(buf) if end is None else end
-    while off + 4 <= end:
-        n, kind = struct.unpack_from("=HH", buf, off)
-        if n < 4:
-            break
-        out[kind & 0x3FFF] = bytes(buf[off + 4:off + n])
-        off += (n + 3) & ~3
+        out += nl.nla(IFLA_MASTER, _u32(master))
+    if txqlen is not None:
+        out += nl.nla(nl.IFLA_TXQLEN, _u32(txqlen))
     return out
 
 
@@ -93,28 +90,47 @@ def _apply(rt: nl.Rtnl, msgs: list, what: str) -> None:
             raise nl.NetlinkError(err, f"{what}: {os.strerror(err)}")
 
 
+def find(rt: nl.Rtnl, name: str) -> nl.Link | None:
+    """The link called `name` here, or None."""
+    return rt.link(check_ifname(name))
+
+
+def index_of(rt: nl.Rtnl, name: str) -> int | None:
+    found = find(rt, name)
+    return found.index if found is not None else None
+
+
+def free_index(rt: nl.Rtnl, base: int) -> int:
+    """The lowest ifindex from `base` up that no link here has."""
+    taken = {link.index for link in rt.links()}
+    return next(i for i in range(base, base + len(taken) + 1) if i not in taken)
+
+
 def create_veth(rt: nl.Rtnl, name: str, peer_name: str, peer_netns: str | None = None, *,
                 mtu: int = 0, mac: str = "", peer_mac: str = "", master: int = 0,
-                up: bool = False) -> int:
+                up: bool = False, txqlen: int | None = None, index: int = 0, peer_index: int = 0) -> int:
     """Create the pair in one request: `name` here, `peer_name` in `peer_netns` (a path).
 
-    `master` (an ifindex) and `up` apply to `name`; the peer starts down (the kernel
-    cannot open a veth end before the pair is linked: ENOTCONN).
-    Returns the index of `name`. FileExistsError when either name is taken.
+    `mtu` applies to both ends; `master` (an ifindex), `up` and `txqlen` to `name`; the
+    peer starts down (the kernel cannot open a veth end before the pair is linked:
+    ENOTCONN). `index`/`peer_index` (not 0) ask for those ifindexes.
+    Returns the index of `name`. FileExistsError when a name or an asked ifindex is taken.
     """
     fd = os.open(peer_netns, os.O_RDONLY | os.O_CLOEXEC) if peer_netns is not None else -1
     try:
-        peer = _ifi() + _link_attrs(peer_name, mtu, peer_mac)
+        peer = _ifi(peer_index) + _link_attrs(peer_name, mtu, peer_mac)
         if fd >= 0:
-            peer += _nla(IFLA_NET_NS_FD, _u32(fd))
-        info = _nla(nl.IFLA_INFO_KIND, b"veth") + _nla(nl.IFLA_INFO_DATA, _nla(VETH_INFO_PEER, peer))
-        body = _ifi(up=up or None) + _link_attrs(name, mtu, mac, master or None) + _nla(nl.IFLA_LINKINFO, info)
+            peer += nl.nla(IFLA_NET_NS_FD, _u32(fd))
+        info = nl.nla(nl.IFLA_INFO_KIND, b"veth") + nl.nla(nl.IFLA_INFO_DATA, nl.nla(VETH_INFO_PEER, peer))
+        body = (_ifi(index, up=up or None) + _link_attrs(name, mtu, mac, master or None, txqlen)
+                + nl.nla(nl.IFLA_LINKINFO, info))
         err = rt.batch([(nl.RTM_NEWLINK, nl.F_CREATE | nl.F_EXCL, body)])[0]
     finally:
         if fd >= 0:
             os.close(fd)
-    if err == errno.EEXIST:
-        raise FileExistsError(err, f"link {name} (or {peer_name} in the peer namespace) exists")
+    if err in (errno.EEXIST, errno.EBUSY):
+        raise FileExistsError(err, f"link {name} (or {peer_name} in the peer namespace, or an ifindex asked for) "
+                              "exists")
     if err:
         raise nl.NetlinkError(err, f"create veth {name}/{peer_name}: {os.strerror(err)}")
     created = rt.link(name)
@@ -130,7 +146,7 @@ def ensure_bridge(rt: nl.Rtnl, name: str, *, mtu: int = 0, mac: str = "") -> nl.
     """
     cur = rt.link(check_ifname(name))
     if cur is None:
-        info = _nla(nl.IFLA_LINKINFO, _nla(nl.IFLA_INFO_KIND, b"bridge"))
+        info = nl.nla(nl.IFLA_LINKINFO, nl.nla(nl.IFLA_INFO_KIND, b"bridge"))
         body = _ifi(up=True) + _link_attrs(name, mtu, mac or random_mac()) + info
         err = rt.batch([(nl.RTM_NEWLINK, nl.F_CREATE | nl.F_EXCL, body)])[0]
         if err and err != errno.EEXIST:
@@ -144,15 +160,17 @@ def ensure_bridge(rt: nl.Rtnl, name: str, *, mtu: int = 0, mac: str = "") -> nl.
 
 
 def set_link(rt: nl.Rtnl, index: int, *, mtu: int | None = None, mac: str | None = None,
-             up: bool | None = None, master: int | None = None, name: str | None = None) -> None:
-    """Change the given attributes of link `index` in one request (rename, MAC, MTU, master, state)."""
-    body = _ifi(index, up) + _link_attrs(name, mtu or 0, mac or "", master)
+             up: bool | None = None, master: int | None = None, name: str | None = None,
+             txqlen: int | None = None) -> None:
+    """Change the given attributes of link `index` in one request (rename, MAC, MTU, master,
+    queue length, state)."""
+    body = _ifi(index, up) + _link_attrs(name, mtu or 0, mac or "", master, txqlen)
     _apply(rt, [(nl.RTM_NEWLINK, 0, body)], f"set link {index}")
 
 
 def set_hairpin(rt: nl.Rtnl, index: int, on: bool = True) -> None:
     """Hairpin (reflective relay) on a bridge port, as `bridge link set ... hairpin on`."""
-    protinfo = _nla(IFLA_PROTINFO | NLA_F_NESTED, _nla(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
+    protinfo = nl.nla(IFLA_PROTINFO | NLA_F_NESTED, nl.nla(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
     _apply(rt, [(RTM_SETLINK, 0, _ifi(index, family=socket.AF_BRIDGE) + protinfo)], f"hairpin on link {index}")
 
 
@@ -161,21 +179,32 @@ def port(rt: nl.Rtnl, index: int) -> Port | None:
     for _, p in rt.dump(nl.RTM_GETLINK, _ifi()):
         if _IFI.unpack_from(p)[2] != index:
             continue
-        attrs = _attrs(p, _IFI.size)
+        attrs = nl.nla_parse(p, _IFI.size)
         master = struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
         hairpin = None
-        info = _attrs(attrs.get(nl.IFLA_LINKINFO, b""))
+        info = nl.nla_parse(attrs.get(nl.IFLA_LINKINFO, b""))
         if info.get(IFLA_INFO_SLAVE_KIND, b"").rstrip(b"\0") == b"bridge" and IFLA_INFO_SLAVE_DATA in info:
-            hairpin = bool(_attrs(info[IFLA_INFO_SLAVE_DATA]).get(IFLA_BRPORT_MODE, b"\0")[0])
+            hairpin = bool(nl.nla_parse(info[IFLA_INFO_SLAVE_DATA]).get(IFLA_BRPORT_MODE, b"\0")[0])
         return Port(master, hairpin)
     return None
 
 
-def move_to_netns(rt: nl.Rtnl, index: int, netns_path: str, new_name: str | None = None) -> None:
-    """Move link `index` into the namespace at `netns_path` (optionally renaming it)."""
+def move_to_netns(rt: nl.Rtnl, index: int, netns_path: str, new_name: str | None = None,
+                  new_index: int = 0) -> None:
+    """Move link `index` into the namespace at `netns_path` (optionally renaming it).
+
+    It keeps its ifindex there when free, or takes `new_index` (not 0) where the kernel
+    can be asked for one (IFLA_NEW_IFINDEX, Linux >= 6.5; older kernels ignore the wish,
+    and a taken `new_index` falls back to the kernel's choice)."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        body = _ifi(index) + _link_attrs(new_name) + _nla(IFLA_NET_NS_FD, _u32(fd))
+        body = _ifi(index) + _link_attrs(new_name) + nl.nla(IFLA_NET_NS_FD, _u32(fd))
+        if new_index:
+            err = rt.batch([(nl.RTM_NEWLINK, 0, body + nl.nla(IFLA_NEW_IFINDEX, _u32(new_index)))])[0]
+            if not err:
+                return
+            if err not in (errno.EBUSY, errno.EEXIST, errno.EINVAL, errno.EOPNOTSUPP):
+                raise nl.NetlinkError(err, f"move link {index} to {netns_path}: {os.strerror(err)}")
         _apply(rt, [(nl.RTM_NEWLINK, 0, body)], f"move link {index} to {netns_path}")
     finally:
         os.close(fd)
@@ -192,3 +221,49 @@ def delete_if_exists(rt: nl.Rtnl, name: str) -> bool:
     if err:
         raise nl.NetlinkError(err, f"delete {name}: {os.strerror(err)}")
     return True
+
+
+class LinkRoute(NamedTuple):
+    """A route through a link, in any table, as the kernel dumps it: the rtmsg fields and
+    the attributes that say what the route is apart from its link (_ROUTE_KEEP)."""
+    family: int
+    dst_len: int
+    src_len: int
+    tos: int
+    table: int
+    protocol: int
+    scope: int
+    type: int
+    flags: int
+    attrs: dict
+
+    @property
+    def gateway(self) -> bool:
+        return nl.RTA_GATEWAY in self.attrs or RTA_VIA in self.attrs
+
+    def __str__(self) -> str:
+        dst = self.attrs.get(nl.RTA_DST)
+        return f"{ipaddress.ip_address(dst) if dst else 'default'}/{self.dst_len} table {self.table}"
+
+
+def routes_through(rt: nl.Rtnl, index: int) -> list[LinkRoute]:
+    """The IPv4 and IPv6 routes whose output link is `index`, in every table."""
+    out = []
+    for _, p in rt.dump(nl.RTM_GETROUTE, _RTM.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)):
+        family, dst_len, src_len, tos, table, proto, scope, rtype, flags = _RTM.unpack_from(p)
+        a = nl.nla_parse(p, _RTM.size)
+        if family not in (socket.AF_INET, socket.AF_INET6) or a.get(nl.RTA_OIF) != _u32(index):
+            continue
+        table = struct.unpack("=I", a[nl.RTA_TABLE])[0] if nl.RTA_TABLE in a else table
+        out.append(LinkRoute(family, dst_len, src_len, tos, table, proto, scope, rtype, flags,
+                             {k: v for k, v in a.items() if k in _ROUTE_KEEP}))
+    return out
+
+
+def route_msg(r: LinkRoute, oif: int) -> tuple[int, int, bytes]:
+    """Add route `r` through link `oif` instead (fails if present); for Rtnl.batch."""
+    body = _RTM.pack(r.family, r.dst_len, r.src_len, r.tos, r.table if r.table < 256 else RT_TABLE_COMPAT,
+                     r.protocol, r.scope, r.type, r.flags & nl.RTNH_F_ONLINK)
+    body += b"".join(nl.nla(k, v) for k, v in r.attrs.items())
+    body += nl.nla(nl.RTA_TABLE, _u32(r.table)) + nl.nla(nl.RTA_OIF, _u32(oif))
+    return nl.RTM_NEWROUTE, nl.F_CREATE | nl.F_EXCL, body

@@ -1,9 +1,11 @@
 """A small raw rtnetlink socket: fast dumps and batched writes, no pyroute2.
 
 Enough for programs that read links, addresses, neighbours, FDB entries and routes
-and write many neighbour/FDB/route messages at once: messages are packed with
-`struct`, sent many per sendmsg(), and every one is acknowledged (NLM_F_ACK), so a
-batch reports an errno per message. Nothing here knows CNI or a plugin.
+and write many link/address/neighbour/FDB/route messages at once: messages are packed
+with `struct`, sent many per sendmsg(), and a batch reports an errno per message.
+IPv4 and IPv6 where a family applies. `nla`/`nla_parse` build and read the attributes
+of other rtnetlink messages (links in plugins.pkg.link, tc in plugins.pkg.tc).
+Nothing here knows CNI or a plugin.
 """
 from __future__ import annotations
 
@@ -32,11 +34,11 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN, RTN_UNICAST, RT_SCOPE_UNIVERSE = 254, 1, 0
 RTNH_F_ONLINK = 4
 # links and addresses
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_TXQLEN, IFLA_LINKINFO = 1, 3, 4, 5, 13, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN = {1: "id", 3: "link", 4: "local", 7: "learning", 15: "port"}
 IFF_UP = 0x1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 
 _NLH = struct.Struct("=IHHII")
 _NDM = struct.Struct("=BxxxiHBB")
@@ -50,12 +52,15 @@ class NetlinkError(OSError):
     pass
 
 
-def _attr(kind: int, data: bytes) -> bytes:
+def nla(kind: int, data: bytes) -> bytes:
+    """One netlink attribute, padded."""
     n = _RTA.size + len(data)
     return _RTA.pack(n, kind) + data + b"\0" * (-n % 4)
 
 
-def _attrs(buf, off: int, end: int) -> dict:
+def nla_parse(buf, off: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """{type: payload} of the attributes in buf[off:end], in wire order (NLA_F_* flags dropped)."""
+    end = len(buf) if end is None else end
     out = {}
     while off + 4 <= end:
         n, kind = _RTA.unpack_from(buf, off)
@@ -67,8 +72,14 @@ def _attrs(buf, off: int, end: int) -> dict:
 
 
 def _packed(ip) -> bytes:
-    """4 bytes of an IPv4Address or address text (IPv4Address(IPv4Address) would re-parse text)."""
-    return ip.packed if isinstance(ip, ipaddress.IPv4Address) else ipaddress.IPv4Address(ip).packed
+    """4 or 16 bytes of an address object or text (ip_address(IPv4Address) would re-parse text)."""
+    if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ip.packed
+    return ipaddress.ip_address(ip).packed
+
+
+def _family(ip) -> int:
+    return socket.AF_INET6 if len(_packed(ip)) == 16 else socket.AF_INET
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -83,6 +94,11 @@ def _ip4(raw: bytes | None):
     return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
 
 
+def _ip(raw: bytes | None):
+    """An IPv4Address or IPv6Address from 4 or 16 bytes; None otherwise."""
+    return ipaddress.ip_address(raw) if raw is not None and len(raw) in (4, 16) else None
+
+
 class Link(NamedTuple):
     index: int
     name: str
@@ -91,17 +107,21 @@ class Link(NamedTuple):
     mac: str
     up: bool
     vxlan: dict          # id, link, local, learning, port (only for kind vxlan)
+    txqlen: int = 0
+    peer: int = 0        # IFLA_LINK: a veth's peer ifindex (in the peer's netns), 0 if none
 
 
 class Addr(NamedTuple):
     index: int
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    flags: int = 0       # IFA_F_* (IFA_FLAGS when the kernel sends it)
+    broadcast: ipaddress.IPv4Address | None = None
 
 
 class Neigh(NamedTuple):
     index: int
-    family: int          # AF_INET (ARP) or AF_BRIDGE (FDB)
-    dst: ipaddress.IPv4Address | None
+    family: int          # AF_INET (ARP), AF_INET6 (NDP) or AF_BRIDGE (FDB)
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     lladdr: str | None
     state: int
     flags: int
@@ -213,9 +233,12 @@ class Rtnl:
             out.append(_parse_link(p))
         return out
 
-    def link(self, name: str) -> Link | None:
-        seq, msg = self._msg(RTM_GETLINK, F_REQUEST,
-                             _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0"))
+    def link(self, name: str | None = None, index: int = 0) -> Link | None:
+        """The link called `name` (or with ifindex `index`); None when there is none."""
+        body = _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+        if name is not None:
+            body += nla(IFLA_IFNAME, name.encode() + b"\0")
+        seq, msg = self._msg(RTM_GETLINK, F_REQUEST, body)
         self.sock.send(msg)
         while True:
             for kind, _, rseq, p in self._recv():
@@ -228,29 +251,32 @@ class Rtnl:
                     raise NetlinkError(err, os.strerror(err))
                 return _parse_link(p)
 
-    def addrs(self, index: int | None = None) -> list[Addr]:
+    def addrs(self, index: int | None = None, family: int = socket.AF_INET) -> list[Addr]:
+        """Addresses (of link `index`) in `family` (AF_UNSPEC: IPv4 and IPv6)."""
         out = []
-        for _, p in self.dump(RTM_GETADDR, _IFA.pack(socket.AF_INET, 0, 0, 0, 0)):
-            _, plen, _, _, idx = _IFA.unpack_from(p)
-            if index is not None and idx != index:
+        for _, p in self.dump(RTM_GETADDR, _IFA.pack(family, 0, 0, 0, 0)):
+            fam, plen, flags, _, idx = _IFA.unpack_from(p)
+            if (index is not None and idx != index) or fam not in (socket.AF_INET, socket.AF_INET6):
                 continue
-            a = _attrs(p, _IFA.size, len(p))
-            ip = _ip4(a.get(IFA_LOCAL) or a.get(IFA_ADDRESS))
+            a = nla_parse(p, _IFA.size, len(p))
+            ip = _ip(a.get(IFA_LOCAL) or a.get(IFA_ADDRESS))
             if ip is not None:
-                out.append(Addr(idx, ipaddress.IPv4Interface((ip, plen))))
+                out.append(Addr(idx, ipaddress.ip_interface((ip, plen)),
+                                _u32(a[IFA_FLAGS]) if IFA_FLAGS in a else flags, _ip4(a.get(IFA_BROADCAST))))
         return out
 
     def neighs(self, family: int, index: int) -> list[Neigh]:
+        """Neighbours of link `index` in `family` (AF_UNSPEC: ARP and NDP)."""
         out = []
-        req = _NDM.pack(family, 0, 0, 0, 0) + _attr(NDA_IFINDEX, struct.pack("=I", index))
+        req = _NDM.pack(family, 0, 0, 0, 0) + nla(NDA_IFINDEX, struct.pack("=I", index))
         for _, p in self.dump(RTM_GETNEIGH, req):
             fam, idx, state, flags, _ = _NDM.unpack_from(p)
-            if idx != index or fam != family:
+            if idx != index or (family and fam != family):
                 continue
-            a = _attrs(p, _NDM.size, len(p))
+            a = nla_parse(p, _NDM.size, len(p))
             ll = a.get(NDA_LLADDR)
             proto = a.get(NDA_PROTOCOL)
-            out.append(Neigh(idx, fam, _ip4(a.get(NDA_DST)), mac_str(ll) if ll else None, state, flags,
+            out.append(Neigh(idx, fam, _ip(a.get(NDA_DST)), mac_str(ll) if ll else None, state, flags,
                              proto[0] if proto else 0))
         return out
 
@@ -258,7 +284,7 @@ class Rtnl:
         out = []
         for _, p in self.dump(RTM_GETROUTE, _RTM.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
             _, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
-            a = _attrs(p, _RTM.size, len(p))
+            a = nla_parse(p, _RTM.size, len(p))
             tbl = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else tbl
             if tbl != table or rtype != RTN_UNICAST:
                 continue
@@ -274,13 +300,13 @@ def _u32(raw: bytes | None) -> int:
 
 def _parse_link(p) -> Link:
     _, _, idx, flags, _ = _IFI.unpack_from(p)
-    a = _attrs(p, _IFI.size, len(p))
+    a = nla_parse(p, _IFI.size, len(p))
     kind, vx = "", {}
     if IFLA_LINKINFO in a:
-        info = _attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
+        info = nla_parse(a[IFLA_LINKINFO])
         kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
         if kind == "vxlan" and IFLA_INFO_DATA in info:
-            data = _attrs(info[IFLA_INFO_DATA], 0, len(info[IFLA_INFO_DATA]))
+            data = nla_parse(info[IFLA_INFO_DATA])
             for key, name in IFLA_VXLAN.items():
                 raw = data.get(key)
                 if raw is None:
@@ -295,18 +321,19 @@ def _parse_link(p) -> Link:
                     vx[name] = struct.unpack("=I", raw)[0]
     mac = a.get(IFLA_ADDRESS)
     return Link(idx, a.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(), kind, _u32(a.get(IFLA_MTU)),
-                mac_str(mac) if mac else "", bool(flags & IFF_UP), vx)
+                mac_str(mac) if mac else "", bool(flags & IFF_UP), vx, _u32(a.get(IFLA_TXQLEN)),
+                _u32(a.get(IFLA_LINK)))
 
 
 # -- message bodies for batch() ---------------------------------------------------
 def neigh_msg(add: bool, index: int, ip, mac: str, protocol: int = 0) -> tuple[int, int, bytes]:
-    """A permanent ARP entry ip -> mac on device `index` (add = create or replace)."""
-    body = _NDM.pack(socket.AF_INET, index, NUD_PERMANENT, 0, RTN_UNICAST)
-    body += _attr(NDA_DST, _packed(ip))
+    """A permanent ARP (NDP for IPv6) entry ip -> mac on device `index` (add = create or replace)."""
+    body = _NDM.pack(_family(ip), index, NUD_PERMANENT, 0, RTN_UNICAST)
+    body += nla(NDA_DST, _packed(ip))
     if add:
-        body += _attr(NDA_LLADDR, mac_bytes(mac))
+        body += nla(NDA_LLADDR, mac_bytes(mac))
         if protocol:
-            body += _attr(NDA_PROTOCOL, bytes([protocol]))
+            body += nla(NDA_PROTOCOL, bytes([protocol]))
         return RTM_NEWNEIGH, F_CREATE | F_REPLACE, body
     return RTM_DELNEIGH, 0, body
 
@@ -314,7 +341,7 @@ def neigh_msg(add: bool, index: int, ip, mac: str, protocol: int = 0) -> tuple[i
 def fdb_msg(add: bool, index: int, mac: str, dst) -> tuple[int, int, bytes]:
     """A permanent FDB entry mac -> dst on a vxlan device (`bridge fdb replace ... self`)."""
     body = _NDM.pack(socket.AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, mac_bytes(mac)) + _attr(NDA_DST, _packed(dst))
+    body += nla(NDA_LLADDR, mac_bytes(mac)) + nla(NDA_DST, _packed(dst))
     if add:
         return RTM_NEWNEIGH, F_CREATE | F_REPLACE, body
     return RTM_DELNEIGH, 0, body
@@ -325,34 +352,38 @@ def route_msg(op: str, dst: ipaddress.IPv4Network, gateway, oif: int, protocol: 
     """op: 'add' (fails if present), 'replace' or 'del'; a main-table unicast route."""
     body = _RTM.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
                      RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
-    body += _attr(RTA_DST, dst.network_address.packed)
+    body += nla(RTA_DST, dst.network_address.packed)
     if gateway is not None:
-        body += _attr(RTA_GATEWAY, _packed(gateway))
-    body += _attr(RTA_OIF, struct.pack("=I", oif))
+        body += nla(RTA_GATEWAY, _packed(gateway))
+    body += nla(RTA_OIF, struct.pack("=I", oif))
     if op == "del":
         return RTM_DELROUTE, 0, body
     return RTM_NEWROUTE, F_CREATE | (F_REPLACE if op == "replace" else F_EXCL), body
 
 
-def addr_msg(add: bool, index: int, iface: ipaddress.IPv4Interface) -> tuple[int, int, bytes]:
-    body = _IFA.pack(socket.AF_INET, iface.network.prefixlen, 0, 0, index)
-    body += _attr(IFA_LOCAL, iface.ip.packed) + _attr(IFA_ADDRESS, iface.ip.packed)
+def addr_msg(add: bool, index: int, iface, broadcast=None, flags: int = 0) -> tuple[int, int, bytes]:
+    """An IPv4Interface or IPv6Interface on link `index` (add fails if present); IFA_F_* `flags`."""
+    body = _IFA.pack(_family(iface.ip), iface.network.prefixlen, flags & 0xFF, 0, index)
+    body += nla(IFA_LOCAL, iface.ip.packed) + nla(IFA_ADDRESS, iface.ip.packed)
+    if broadcast is not None:
+        body += nla(IFA_BROADCAST, _packed(broadcast))
+    if flags:
+        body += nla(IFA_FLAGS, struct.pack("=I", flags))
     if add:
         return RTM_NEWADDR, F_CREATE | F_EXCL, body
     return RTM_DELADDR, 0, body
 
 
-
 def vxlan_link_msg(name: str, vni: int, port: int, underlay: int, local, mac: str,
                    mtu: int) -> tuple[int, int, bytes]:
     """Create a vxlan device with learning off (`ip link add NAME type vxlan ... nolearning`)."""
-    data = (_attr(1, struct.pack("=I", vni)) + _attr(3, struct.pack("=I", underlay))
-            + _attr(4, _packed(local)) + _attr(7, b"\0")
-            + _attr(15, struct.pack("!H", port)))
-    info = _attr(IFLA_INFO_KIND, b"vxlan") + _attr(IFLA_INFO_DATA, data)
-    body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
-            + _attr(IFLA_MTU, struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, mac_bytes(mac))
-            + _attr(IFLA_LINKINFO, info))
+    data = (nla(1, struct.pack("=I", vni)) + nla(3, struct.pack("=I", underlay))
+            + nla(4, _packed(local)) + nla(7, b"\0")
+            + nla(15, struct.pack("!H", port)))
+    info = nla(IFLA_INFO_KIND, b"vxlan") + nla(IFLA_INFO_DATA, data)
+    body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nla(IFLA_IFNAME, name.encode() + b"\0")
+            + nla(IFLA_MTU, struct.pack("=I", mtu)) + nla(IFLA_ADDRESS, mac_bytes(mac))
+            + nla(IFLA_LINKINFO, info))
     return RTM_NEWLINK, F_CREATE | F_EXCL, body
 
 
@@ -361,9 +392,9 @@ def link_set_msg(index: int, up: bool | None = None, mtu: int | None = None,
     flags, change = (IFF_UP if up else 0, IFF_UP) if up is not None else (0, 0)
     body = _IFI.pack(socket.AF_UNSPEC, 0, index, flags, change)
     if mtu is not None:
-        body += _attr(IFLA_MTU, struct.pack("=I", mtu))
+        body += nla(IFLA_MTU, struct.pack("=I", mtu))
     if mac is not None:
-        body += _attr(IFLA_ADDRESS, mac_bytes(mac))
+        body += nla(IFLA_ADDRESS, mac_bytes(mac))
     return RTM_NEWLINK, 0, body
 
 
