@@ -1,21 +1,32 @@
-"""Traffic-control helpers: ingress qdiscs, filters by priority, `tc -batch` in a netns.
+"""Traffic-control helpers: ingress qdiscs, filters by priority, cls_bpf filters, `tc -batch`.
 
-Netlink through an open pyroute2 IPRoute (plugins.pkg.link.open_iproute) for what
-pyroute2 does well (qdiscs, deleting and listing filters); the `tc` binary, fed on
-stdin with `-batch -`, for filters whose actions pyroute2 cannot encode (pedit).
-Nothing here knows CNI.
+Netlink over the raw rtnetlink socket of plugins.pkg.rtnl (no pyroute2) for the ingress
+qdisc, listing and deleting filters and attaching a loaded eBPF program; the `tc`
+binary, fed on stdin with `-batch -`, for filters with actions (u32 + pedit + mirred).
+Every netlink function takes an open `Rtnl` (plugins.pkg.link.open_rtnl). Nothing here
+knows CNI.
 """
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 
-INGRESS = 0xFFFF0000
+from plugins.pkg import rtnl as nl
+
+RTM_NEWQDISC, RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 36, 44, 45, 46
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_CLASSID, TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 3, 6, 7, 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
+INGRESS = 0xFFFF0000           # the ingress qdisc's handle, the parent of its filters
+TC_H_INGRESS = 0xFFFFFFF1      # where the ingress qdisc hangs
 ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
 PROTOCOLS = {"all": ETH_P_ALL, "ip": ETH_P_IP}
 _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
+_TCM = struct.Struct("=BxxxiIII")        # family, ifindex, handle, parent, info
 
 
 class TCError(RuntimeError):
@@ -27,59 +38,67 @@ class Filter:
     pref: int
     protocol: int                  # host order: 0x0003 all, 0x0800 ip
     kind: str
-    options: object                # the pyroute2 TCA_OPTIONS nla, or None
+    options: dict                  # {TCA_<KIND>_* type: payload} of TCA_OPTIONS (rtnl.nla_parse)
 
 
-def _nlerr():
-    from plugins.pkg.iplink import netlink_error
-    return netlink_error()
+def _tcm(index: int, handle: int, parent: int, info: int = 0) -> bytes:
+    return _TCM.pack(socket.AF_UNSPEC, index, handle, parent, info)
 
 
-def ensure_ingress(ipr, index: int) -> None:
-    try:
-        ipr.tc("add", "ingress", index, "ffff:")
-    except _nlerr() as e:
-        if e.code != errno.EEXIST:
-            raise
+def _one(rt: nl.Rtnl, msg: tuple[int, int, bytes]) -> int:
+    return rt.batch([msg])[0]
 
 
-def delete_ingress(ipr, index: int) -> bool:
-    """Remove the ingress qdisc (and every filter under it); False when none was there."""
-    try:
-        ipr.tc("del", "ingress", index, "ffff:")
-    except _nlerr() as e:
-        if e.code in _GONE:
-            return False
-        raise
+def ensure_ingress(rt: nl.Rtnl, index: int) -> None:
+    """An ingress qdisc on link `index` (`tc qdisc add dev ... ingress`), kept if there."""
+    body = _tcm(index, INGRESS, TC_H_INGRESS) + nl.nla(TCA_KIND, b"ingress\0")
+    err = _one(rt, (RTM_NEWQDISC, nl.F_CREATE | nl.F_EXCL, body))
+    if err and err != errno.EEXIST:
+        raise nl.NetlinkError(err, f"ingress qdisc on link {index}: {os.strerror(err)}")
+
+
+def delete_filter(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> bool:
+    """Remove the filters at priority `pref` (any protocol); False when there were none."""
+    err = _one(rt, (RTM_DELTFILTER, 0, _tcm(index, 0, parent, (pref & 0xFFFF) << 16)))
+    if err in _GONE:
+        return False
+    if err:
+        raise nl.NetlinkError(err, f"delete filter pref {pref} on link {index}: {os.strerror(err)}")
     return True
 
 
-def delete_filter(ipr, index: int, pref: int, parent: int = INGRESS) -> bool:
-    """Remove every filter at priority `pref` (any protocol); False when there was none."""
-    try:
-        ipr.tc("del-filter", index=index, parent=parent, info=(pref & 0xFFFF) << 16)
-    except _nlerr() as e:
-        if e.code in _GONE:
-            return False
-        raise
-    return True
-
-
-def filters(ipr, index: int, parent: int = INGRESS) -> list[Filter]:
+def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS) -> list[Filter]:
     """The filter entries on a device (one per installed filter, chain heads skipped)."""
     try:
-        msgs = ipr.get_filters(index=index, parent=parent)
-    except _nlerr() as e:
-        if e.code in _GONE:
+        msgs = rt.dump(RTM_GETTFILTER, _tcm(index, 0, parent))
+    except nl.NetlinkError as e:
+        if e.errno in _GONE:
             return []
         raise
     out = []
-    for m in msgs:
-        if not m["handle"]:
+    for _, p in msgs:
+        _, ifindex, handle, _, info = _TCM.unpack_from(p)
+        if not handle or ifindex != index:
             continue
-        out.append(Filter(pref=m["info"] >> 16, protocol=socket.ntohs(m["info"] & 0xFFFF),
-                          kind=m.get_attr("TCA_KIND") or "", options=m.get_attr("TCA_OPTIONS")))
+        a = nl.nla_parse(p, _TCM.size)
+        out.append(Filter(pref=info >> 16, protocol=socket.ntohs(info & 0xFFFF),
+                          kind=a.get(TCA_KIND, b"").rstrip(b"\0").decode(),
+                          options=nl.nla_parse(a[TCA_OPTIONS]) if TCA_OPTIONS in a else {}))
     return out
+
+
+def add_bpf_filter(rt: nl.Rtnl, index: int, pref: int, protocol: int, prog_fd: int, name: str,
+                   parent: int = INGRESS, classid: int = 1) -> None:
+    """Attach a loaded SCHED_CLS program as a direct-action cls_bpf filter
+    (`tc filter add dev ... pref P protocol X bpf da fd FD name NAME classid 1`)."""
+    options = (nl.nla(TCA_BPF_FD, struct.pack("=I", prog_fd)) + nl.nla(TCA_BPF_NAME, name.encode() + b"\0")
+               + nl.nla(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
+               + nl.nla(TCA_BPF_CLASSID, struct.pack("=I", classid)))
+    body = (_tcm(index, 1, parent, (pref & 0xFFFF) << 16 | socket.htons(protocol))
+            + nl.nla(TCA_KIND, b"bpf\0") + nl.nla(TCA_OPTIONS, options))
+    err = _one(rt, (RTM_NEWTFILTER, nl.F_CREATE | nl.F_EXCL, body))
+    if err:
+        raise nl.NetlinkError(err, f"bpf filter pref {pref} on link {index}: {os.strerror(err)}")
 
 
 def run_batch(lines: list[list[str]], netns: str | None = None, binary: str = "tc") -> None:

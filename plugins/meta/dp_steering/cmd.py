@@ -17,7 +17,7 @@ import sys
 
 from libcni_py.errors import CNIError
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
-from plugins.pkg.schema_lite import validator
+from plugins.pkg.schema import validator
 
 from . import netconf
 

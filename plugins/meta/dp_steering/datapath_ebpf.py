@@ -75,14 +75,12 @@ def filter_name(r: Rule, code: bytes) -> str:
     return f"pycni-dp {r.dev} {r.pref} {hashlib.sha256(code).hexdigest()[:16]}"
 
 
-def install(ipr, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
+def install(rt, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
     for r in rules:
         code = program(r, index)
         fd = B.load_sched_cls(code, f"dpst_{r.pref}")
         try:
-            ipr.tc("add-filter", "bpf", index[r.dev], ":1", fd=fd, name=filter_name(r, code),
-                   parent=tc.INGRESS, prio=r.pref, protocol=tc.PROTOCOLS[r.protocol],
-                   classid=1, direct_action=True)
+            tc.add_bpf_filter(rt, index[r.dev], r.pref, tc.PROTOCOLS[r.protocol], fd, filter_name(r, code))
         finally:
             os.close(fd)
 
@@ -96,7 +94,7 @@ def differences(found: dict[tuple[str, int], list[tc.Filter]], rules: list[Rule]
         if f is None or f.kind != "bpf" or f.protocol != tc.PROTOCOLS[r.protocol]:
             return f"{r.dev} pref {r.pref}: expected one bpf filter for protocol {r.protocol}"
         want = filter_name(r, program(r, index))
-        have = f.options.get_attr("TCA_BPF_NAME") if f.options else None
+        have = f.options.get(tc.TCA_BPF_NAME, b"").rstrip(b"\0").decode(errors="replace")
         if have != want:
             return f"{r.dev} pref {r.pref}: program {have!r} is not {want!r}"
     return None

@@ -3,19 +3,25 @@
 `filter_argv(rule)` is the article's `tc filter add ...` command for a rule (without
 the leading `tc`); `install` runs them with `tc -batch -` in the enforcer netns;
 `differences` reads the filters back over netlink and compares the u32 keys, the
-action kinds and the mirred targets with what the rules ask for.
+action kinds, the pedit keys and the mirred targets with what the rules ask for.
 """
 from __future__ import annotations
 
 import struct
 
 from plugins.pkg import tc
+from plugins.pkg.rtnl import nla_parse
 
 from .rules import Rule
 
 NAME = "tc-pedit"
 # byte offsets from the network header (u32 at ingress sees the MAC header at -14)
 _DST, _SRC = -14, -8
+# netlink attributes read back (linux/pkt_cls.h, tc_act/tc_mirred.h, tc_act/tc_pedit.h)
+TCA_U32_SEL, TCA_U32_ACT = 5, 7
+TCA_ACT_KIND, TCA_ACT_OPTIONS = 1, 2
+TCA_MIRRED_PARMS = 2
+TCA_PEDIT_PARMS, TCA_PEDIT_PARMS_EX = 2, 4
 
 
 def available() -> bool:
@@ -71,11 +77,11 @@ def filter_argv(r: Rule) -> list[str]:
     return a
 
 
-def install(ipr, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
+def install(rt, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
     tc.run_batch([filter_argv(r) for r in rules], netns)
 
 
-# -- reading back (pyroute2 0.7 misreads u32 keys and leaves pedit undecoded: raw bytes here)
+# -- reading back the filters' raw attributes
 
 def _words(pairs) -> dict[int, tuple[int, int]]:
     """{word offset: (mask, value)} for (offset, size, value, mask) byte-range matches,
@@ -109,9 +115,8 @@ def _munges(r: Rule) -> list[tuple[int, int, int]]:
     return out
 
 
-def _sel_keys(sel) -> dict[int, tuple[int, int]]:
+def _sel_keys(raw: bytes) -> dict[int, tuple[int, int]]:
     """struct tc_u32_sel (16 bytes) + tc_u32_key {be32 mask, be32 val, int off, int offmask}[]."""
-    raw = bytes(sel.data[sel.offset + 4:sel.offset + sel.length])
     keys = {}
     for i in range(raw[2]):
         mask, val = struct.unpack_from("!II", raw, 16 + 16 * i)
@@ -120,19 +125,14 @@ def _sel_keys(sel) -> dict[int, tuple[int, int]]:
     return keys
 
 
-def _pedit_keys(options_hex: str) -> list[tuple[int, int, int]]:
+def _pedit_keys(options: dict[int, bytes]) -> list[tuple[int, int, int]]:
     """TCA_PEDIT_PARMS(_EX): tc_gen (20 bytes), nkeys, flags, pad, then
     tc_pedit_key {be32 mask, be32 val, int off, at, offmask, shift}[]."""
-    raw = bytes.fromhex(options_hex.replace(":", ""))
-    pos = 0
-    while pos + 4 <= len(raw):
-        length, kind = struct.unpack_from("=HH", raw, pos)
-        if kind & 0x3FFF in (2, 4) and length >= 28:          # TCA_PEDIT_PARMS, TCA_PEDIT_PARMS_EX
-            sel = raw[pos + 4:pos + length]
-            return [(struct.unpack_from("=i", sel, 32 + 24 * i)[0],) + struct.unpack_from("!II", sel, 24 + 24 * i)
-                    for i in range(sel[20])]
-        pos += (length + 3) & ~3
-    return []
+    sel = options.get(TCA_PEDIT_PARMS_EX) or options.get(TCA_PEDIT_PARMS) or b""
+    if len(sel) < 24:
+        return []
+    return [(struct.unpack_from("=i", sel, 32 + 24 * i)[0],) + struct.unpack_from("!II", sel, 24 + 24 * i)
+            for i in range(sel[20])]
 
 
 def _actions(r: Rule, index: dict[str, int]) -> list[tuple]:
@@ -146,13 +146,16 @@ def _actions(r: Rule, index: dict[str, int]) -> list[tuple]:
 
 
 def _installed_actions(f: tc.Filter) -> list[tuple]:
+    """(kind, detail) per action, in order: mirred's target ifindex (struct tc_mirred:
+    tc_gen, eaction, ifindex), pedit's keys."""
     acts = []
-    for _, act in (f.options.get_attr("TCA_U32_ACT") or {"attrs": []})["attrs"]:
-        kind, opts = act.get_attr("TCA_ACT_KIND"), act.get_attr("TCA_ACT_OPTIONS")
+    for act in nla_parse(f.options.get(TCA_U32_ACT, b"")).values():
+        a = nla_parse(act)
+        kind, opts = a.get(TCA_ACT_KIND, b"").rstrip(b"\0").decode(), nla_parse(a.get(TCA_ACT_OPTIONS, b""))
         detail = None
-        if kind == "mirred":
-            detail = opts.get_attr("TCA_MIRRED_PARMS")["ifindex"]
-        elif kind == "pedit" and isinstance(opts, str):
+        if kind == "mirred" and len(opts.get(TCA_MIRRED_PARMS, b"")) >= 28:
+            detail = struct.unpack_from("=I", opts[TCA_MIRRED_PARMS], 24)[0]
+        elif kind == "pedit":
             detail = _pedit_keys(opts)
         acts.append((kind, detail))
     return acts
@@ -162,11 +165,10 @@ def differences(found: dict[tuple[str, int], list[tc.Filter]], rules: list[Rule]
                 index: dict[str, int]) -> str | None:
     """The first way the filters on the devices differ from `rules`, or None."""
     for r in rules:
-        nodes = [f for f in found.get((r.dev, r.pref), [])
-                 if f.kind == "u32" and f.options is not None and f.options.get_attr("TCA_U32_SEL") is not None]
+        nodes = [f for f in found.get((r.dev, r.pref), []) if f.kind == "u32" and TCA_U32_SEL in f.options]
         if len(nodes) != 1 or nodes[0].protocol != tc.PROTOCOLS[r.protocol]:
             return f"{r.dev} pref {r.pref}: expected one u32 filter for protocol {r.protocol}"
-        have = _sel_keys(nodes[0].options.get_attr("TCA_U32_SEL"))
+        have = _sel_keys(nodes[0].options[TCA_U32_SEL])
         if have != _keys(r):
             return f"{r.dev} pref {r.pref}: u32 keys {have} differ from {_keys(r)}"
         acts, want = _installed_actions(nodes[0]), _actions(r, index)

@@ -9,49 +9,52 @@ from __future__ import annotations
 
 import time
 
-from plugins.pkg import iplink, ns, tc
+from plugins.pkg import link, ns, tc
 
 from . import state, triad
 
 PAIR_INDEX = 10000000     # vbr's ifindex (vth: +1), far from those pods' ports keep (NeuVector's)
 
 
-def ensure_pair(ipr, netns: str, vbr: str, vth: str, mtu: int) -> bool:
+def ensure_pair(rt, netns: str, vbr: str, vth: str, mtu: int) -> bool:
     """vbr <-> vth up, with an ingress qdisc on vbr and an MTU of at least `mtu`.
     True when this call created it."""
     created = False
-    have = iplink.info(ipr, vbr)
+    have = link.find(rt, vbr)
     if have is None:
-        iplink.create_veth(ipr, vbr, vth, mtu=mtu, index=PAIR_INDEX if iplink.index_free(ipr, PAIR_INDEX) else 0,
-                           peer_index=PAIR_INDEX + 1 if iplink.index_free(ipr, PAIR_INDEX + 1) else 0)
+        free = [rt.link(index=i) is None for i in (PAIR_INDEX, PAIR_INDEX + 1)]
+        index = link.create_veth(rt, vbr, vth, mtu=mtu, index=PAIR_INDEX if free[0] else 0,
+                                 peer_index=PAIR_INDEX + 1 if free[1] else 0)
         created = True
         for name in (vth, vbr):
-            triad.quiet_up(ipr, netns, name)
-    elif have.kind != "veth" or iplink.index_of(ipr, vth) is None:
+            triad.quiet_up(rt, netns, name)
+    elif have.kind != "veth" or link.index_of(rt, vth) is None:
         raise FileExistsError(f"{vbr} exists in the enforcer netns but is not our vbr/vth veth pair")
-    elif have.mtu < mtu:
-        for name in (vbr, vth):
-            iplink.set_link(ipr, iplink.index_of(ipr, name), mtu=mtu)
-    tc.ensure_ingress(ipr, iplink.index_of(ipr, vbr))
+    else:
+        index = have.index
+        if have.mtu < mtu:
+            for name in (vbr, vth):
+                link.set_link(rt, link.index_of(rt, name), mtu=mtu)
+    tc.ensure_ingress(rt, index)
     return created
 
 
-def acquire(ipr, pod: state.Pod, state_dir: str, mtu: int) -> bool:
+def acquire(rt, pod: state.Pod, state_dir: str, mtu: int) -> bool:
     """Count the pod as a user of its pair (creating the pair). True if it was created."""
     keys = state.users(state_dir, pod.enforcer, pod.vbr)
-    created = ensure_pair(ipr, pod.enforcer, pod.vbr, pod.vth, mtu)
+    created = ensure_pair(rt, pod.enforcer, pod.vbr, pod.vth, mtu)
     if pod.key not in keys:
         state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key])
     return created
 
 
-def release(ipr, pod: state.Pod, state_dir: str) -> bool:
+def release(rt, pod: state.Pod, state_dir: str) -> bool:
     """Forget the pod as a user; delete the pair with the last one. True if deleted."""
     keys = [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key]
     state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
     if keys:
         return False
-    return iplink.delete_if_exists(ipr, pod.vbr)
+    return link.delete_if_exists(rt, pod.vbr)
 
 
 def reader_on(netns: str, ifindex: int) -> bool:

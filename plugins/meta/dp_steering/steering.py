@@ -5,15 +5,15 @@ undoes what it did before raising, so the pod is left as it was.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 
 from libcni_py.errors import CNIError
-from plugins.pkg import iplink, tc
+from plugins.pkg import link, tc
+from plugins.pkg.log import get_logger
 
 from . import datapath_ebpf, datapath_pedit, dpctl, enforcer, netconf, rules, state, triad
 
-log = logging.getLogger("pycni.dp-steering")
+log = get_logger("pycni.dp-steering")
 DATAPATHS = {m.NAME: m for m in (datapath_pedit, datapath_ebpf)}
 
 
@@ -42,32 +42,32 @@ def engage(pod: state.Pod, state_dir: str, mode: str) -> None:
         raise CNIError(netconf.IFACE_MISSING, str(e)) from None
     except FileExistsError as e:
         raise CNIError(netconf.NAME_CLASH, str(e)) from None
-    except (OSError, iplink.netlink_error()) as e:
+    except OSError as e:
         raise CNIError(netconf.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
                        "(the pod was put back as it was)", str(e)) from None
-    with contextlib.ExitStack() as undo, iplink.open_iproute(pod.enforcer) as ipr:
+    with contextlib.ExitStack() as undo, link.open_rtnl(pod.enforcer) as rt:
         undo.callback(triad.restore, pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin, snap.mac)
         pod.mac = snap.mac
-        pod.vex_index, pod.vin_index = iplink.index_of(ipr, pod.vex), iplink.index_of(ipr, pod.vin)
+        pod.vex_index, pod.vin_index = link.index_of(rt, pod.vex), link.index_of(rt, pod.vin)
         try:
-            enforcer.acquire(ipr, pod, state_dir, snap.mtu)
-        except (OSError, iplink.netlink_error()) as e:
+            enforcer.acquire(rt, pod, state_dir, snap.mtu)
+        except OSError as e:
             raise CNIError(netconf.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
-        undo.callback(enforcer.release, ipr, pod, state_dir)
-        _allocate(ipr, pod, state_dir)
+        undo.callback(enforcer.release, rt, pod, state_dir)
+        _allocate(rt, pod, state_dir)
         undo.callback(_forget, pod)
-        _install(ipr, pod, _effective(ipr, pod, mode))
+        _install(rt, pod, _effective(rt, pod, mode))
         pod.mode = mode
         undo.pop_all()
 
 
-def _allocate(ipr, pod: state.Pod, state_dir: str) -> None:
+def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
     """UCMAC and vbr priorities from the vex/vin ifindexes, unless another pod has them."""
     others = [p for p in state.all_pods(state_dir)
               if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and p.installed != "off"]
     macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
     pod.ucmac = netconf.ucmac(netconf.allocate16(pod.vex_index, macs, "UCMAC"))
-    prefs = {f.pref for f in tc.filters(ipr, iplink.index_of(ipr, pod.vbr))}
+    prefs = {f.pref for f in tc.filters(rt, link.index_of(rt, pod.vbr))}
     prefs |= {p.vex_pref for p in others} | {p.vin_pref for p in others}
     pod.vex_pref = netconf.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
     pod.vin_pref = netconf.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
@@ -75,9 +75,9 @@ def _allocate(ipr, pod: state.Pod, state_dir: str) -> None:
 
 def switch(pod: state.Pod, mode: str) -> None:
     """inline <-> tap on a steered pod."""
-    with iplink.open_iproute(pod.enforcer) as ipr:
-        _remove_rules(ipr, pod)
-        _install(ipr, pod, _effective(ipr, pod, mode))
+    with link.open_rtnl(pod.enforcer) as rt:
+        _remove_rules(rt, pod)
+        _install(rt, pod, _effective(rt, pod, mode))
     pod.mode = mode
 
 
@@ -91,12 +91,12 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
                         [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key])
     elif pod.installed != "off":
         try:
-            with iplink.open_iproute(pod.enforcer) as ipr:
-                _remove_rules(ipr, pod)
+            with link.open_rtnl(pod.enforcer) as rt:
+                _remove_rules(rt, pod)
                 triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin, pod.mac)
-                if enforcer.release(ipr, pod, state_dir) and pod.dp_socket:
+                if enforcer.release(rt, pod, state_dir) and pod.dp_socket:
                     dpctl.del_srvc_port(pod.dp_socket, pod.vth)
-        except (OSError, iplink.netlink_error()) as e:
+        except OSError as e:
             raise CNIError(netconf.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
     pod.installed = "off"
 
@@ -133,12 +133,12 @@ def mode_problem(pod: state.Pod, config_mode: str) -> str | None:
 def dp_present(pod: state.Pod) -> bool:
     if pod.dp_socket and dpctl.ping(pod.dp_socket) is None:
         return False
-    with iplink.open_iproute(pod.enforcer) as ipr:
-        index = iplink.index_of(ipr, pod.vth)
+    with link.open_rtnl(pod.enforcer) as rt:
+        index = link.index_of(rt, pod.vth)
     return index is not None and enforcer.reader_on(pod.enforcer, index)
 
 
-def _effective(ipr, pod: state.Pod, mode: str) -> str:
+def _effective(rt, pod: state.Pod, mode: str) -> str:
     """The mode to install: inline unless the dp is not there and failOpen says tap."""
     answered = not pod.dp_socket or dpctl.add_port(
         pod.dp_socket, mac=pod.mac, ucmac=pod.ucmac, iface=pod.vth, mode=mode,
@@ -147,7 +147,7 @@ def _effective(ipr, pod: state.Pod, mode: str) -> str:
         return mode
     if not answered:
         why = f"no answer on dpSocket {pod.dp_socket}"
-    elif enforcer.wait_reader(pod.enforcer, iplink.index_of(ipr, pod.vth), pod.dp_wait_ms):
+    elif enforcer.wait_reader(pod.enforcer, link.index_of(rt, pod.vth), pod.dp_wait_ms):
         return mode
     else:
         why = f"no reader on {pod.vth}"
@@ -161,28 +161,28 @@ def _effective(ipr, pod: state.Pod, mode: str) -> str:
     return mode
 
 
-def _install(ipr, pod: state.Pod, mode: str) -> None:
+def _install(rt, pod: state.Pod, mode: str) -> None:
     p = port(pod)
-    index = {name: iplink.index_of(ipr, name) for name in (p.vex, p.vin, p.vbr)}
+    index = {name: link.index_of(rt, name) for name in (p.vex, p.vin, p.vbr)}
     want = sorted(rules.rules_for(mode, p), key=lambda r: r.dev != p.vbr)   # return path first
     try:
         for name in (p.vex, p.vin, p.vbr):
-            tc.ensure_ingress(ipr, index[name])
-        DATAPATHS[pod.datapath].install(ipr, pod.enforcer, want, index)
-    except (OSError, tc.TCError, iplink.netlink_error()) as e:
-        _remove_rules(ipr, pod)
+            tc.ensure_ingress(rt, index[name])
+        DATAPATHS[pod.datapath].install(rt, pod.enforcer, want, index)
+    except (OSError, tc.TCError) as e:
+        _remove_rules(rt, pod)
         raise CNIError(netconf.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
     pod.installed = mode
 
 
-def _remove_rules(ipr, pod: state.Pod) -> None:
+def _remove_rules(rt, pod: state.Pod) -> None:
     for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref)),
                         (pod.vex, (rules.POD_PREF, rules.REST_PREF)),
                         (pod.vin, (rules.POD_PREF, rules.REST_PREF))):
-        index = iplink.index_of(ipr, name)
+        index = link.index_of(rt, name)
         for pref in prefs if index is not None else ():
             if pref:
-                tc.delete_filter(ipr, index, pref)
+                tc.delete_filter(rt, index, pref)
 
 
 def _forget(pod: state.Pod) -> None:
@@ -192,22 +192,22 @@ def _forget(pod: state.Pod) -> None:
 
 def verify(pod: state.Pod) -> str | None:
     """The first difference between the pod's record and the kernel, or None."""
-    with iplink.open_iproute(pod.netns) as ipr:
-        have = iplink.info(ipr, pod.ifname)
+    with link.open_rtnl(pod.netns) as rt:
+        have = link.find(rt, pod.ifname)
     if have is None:
         return f"{pod.ifname} is missing in the pod netns"
     if have.mac != pod.mac:
         return f"{pod.ifname} has MAC {have.mac}, expected {pod.mac}"
     if pod.installed == "off":
         return None
-    with iplink.open_iproute(pod.enforcer) as ipr:
+    with link.open_rtnl(pod.enforcer) as rt:
         index = {}
         for name, want in ((pod.vex, pod.vex_index), (pod.vin, pod.vin_index), (pod.vbr, None), (pod.vth, None)):
-            index[name] = iplink.index_of(ipr, name)
+            index[name] = link.index_of(rt, name)
             if index[name] is None or (want is not None and index[name] != want):
                 return f"{name} is missing in the enforcer netns (or was re-created)"
         found: dict = {}
         for name in (pod.vex, pod.vin, pod.vbr):
-            for f in tc.filters(ipr, index[name]):
+            for f in tc.filters(rt, index[name]):
                 found.setdefault((name, f.pref), []).append(f)
     return DATAPATHS[pod.datapath].differences(found, rules.rules_for(pod.installed, port(pod)), index)
