@@ -12,7 +12,6 @@ import errno
 import os
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from plugins.pkg import rtnl as nl
@@ -113,6 +112,7 @@ def run_batch(lines: list[list[str]], netns: str | None = None, binary: str = "t
             if not word or any(c.isspace() or c in "\"'\\#" for c in word):
                 raise TCError(f"refusing tc word {word!r}")
         text.append(" ".join(argv))
+    import subprocess
     from contextlib import nullcontext
     from plugins.pkg import ns
     with ns.enter(netns) if netns else nullcontext():
