@@ -144,7 +144,7 @@ def ensure_bridge(rt: nl.Rtnl, name: str, *, mtu: int = 0, mac: str = "") -> nl.
 
     Safe against a concurrent creator. ValueError when `name` is another kind of link.
     """
-    cur = rt.link(check_ifname(name))
+    cur = find(rt, name)
     if cur is None:
         info = nl.nla(nl.IFLA_LINKINFO, nl.nla(nl.IFLA_INFO_KIND, b"bridge"))
         body = _ifi(up=True) + _link_attrs(name, mtu, mac or random_mac()) + info
@@ -212,7 +212,7 @@ def move_to_netns(rt: nl.Rtnl, index: int, netns_path: str, new_name: str | None
 
 def delete_if_exists(rt: nl.Rtnl, name: str) -> bool:
     """Delete link `name`; False when it was not there. Deleting a veth end removes the pair."""
-    cur = rt.link(check_ifname(name))
+    cur = find(rt, name)
     if cur is None:
         return False
     err = rt.batch([nl.link_del_msg(cur.index)])[0]
@@ -260,7 +260,7 @@ def routes_through(rt: nl.Rtnl, index: int) -> list[LinkRoute]:
     return out
 
 
-def route_msg(r: LinkRoute, oif: int) -> tuple[int, int, bytes]:
+def route_through_msg(r: LinkRoute, oif: int) -> tuple[int, int, bytes]:
     """Add route `r` through link `oif` instead (fails if present); for Rtnl.batch."""
     body = _RTM.pack(r.family, r.dst_len, r.src_len, r.tos, r.table if r.table < 256 else RT_TABLE_COMPAT,
                      r.protocol, r.scope, r.type, r.flags & nl.RTNH_F_ONLINK)

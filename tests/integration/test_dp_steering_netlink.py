@@ -87,10 +87,10 @@ def test_addresses_routes_and_neighbours_carry_over_to_another_link(netns):
         assert rt.batch([nl.addr_msg(True, new, x.address, x.broadcast, x.flags | (2 if x.address.version == 6 else 0))
                          for x in addrs]) == [0, 0]
         direct_first = sorted(routes, key=lambda r: r.gateway)
-        assert rt.batch([link.route_msg(r, new) for r in direct_first]) == [0] * 4
+        assert rt.batch([link.route_through_msg(r, new) for r in direct_first]) == [0] * 4
         assert rt.batch([nl.neigh_msg(True, new, n.dst, n.lladdr) for n in neighs]) == [0, 0]
         assert shown("new0") == before and len(before) == 8
-        assert rt.batch([link.route_msg(routes[0], new)]) == [17]    # EEXIST: add does not replace
+        assert rt.batch([link.route_through_msg(routes[0], new)]) == [17]    # EEXIST: add does not replace
 
 
 def test_tc_ingress_bpf_filters_listed_and_deleted(netns):

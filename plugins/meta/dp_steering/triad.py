@@ -60,7 +60,7 @@ def apply(rt: nl.Rtnl, index: int, snap: Snapshot) -> None:
     link.set_link(rt, index, up=True)
     pending = sorted(snap.routes, key=lambda r: r.gateway)     # direct routes first
     for attempt in range(3):             # a gateway may need a route added later in the list
-        errs = rt.batch([link.route_msg(r, index) for r in pending])
+        errs = rt.batch([link.route_through_msg(r, index) for r in pending])
         failed = [(r, err) for r, err in zip(pending, errs) if err and err != errno.EEXIST]
         pending = [r for r, _ in failed]
         if not pending:
