@@ -11,19 +11,29 @@ from libcni_py.errors import CNIError
 from plugins.pkg import link, tc
 from plugins.pkg.log import get_logger
 
-from . import datapath_ebpf, datapath_pedit, dpctl, enforcer, netconf, rules, state, triad
+from . import dpctl, enforcer, netconf, rules, state, triad
 
 log = get_logger("pycni.dp-steering")
-DATAPATHS = {m.NAME: m for m in (datapath_pedit, datapath_ebpf)}
+
+
+def datapath(name: str):
+    """The module of datapath `name`, imported on first use (DEL needs neither)."""
+    if name == "tc-pedit":
+        from . import datapath_pedit as module
+    elif name == "ebpf":
+        from . import datapath_ebpf as module
+    else:
+        raise ValueError(f"no datapath {name!r}")
+    return module
 
 
 def resolve_datapath(name: str) -> str:
     """auto: tc-pedit where the kernel has act_pedit, eBPF otherwise."""
     if name == "auto":
-        if datapath_pedit.available():
-            return datapath_pedit.NAME
-        name = datapath_ebpf.NAME
-    if not DATAPATHS[name].available():
+        if datapath("tc-pedit").available():
+            return "tc-pedit"
+        name = "ebpf"
+    if not datapath(name).available():
         raise CNIError(netconf.DATAPATH_UNAVAILABLE, f"datapath {name} is not available on this kernel",
                        "tc-pedit needs act_pedit (CONFIG_NET_ACT_PEDIT); ebpf needs bpf(2) and cls_bpf")
     return name
@@ -168,7 +178,7 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
     try:
         for name in (p.vex, p.vin, p.vbr):
             tc.ensure_ingress(rt, index[name])
-        DATAPATHS[pod.datapath].install(rt, pod.enforcer, want, index)
+        datapath(pod.datapath).install(rt, pod.enforcer, want, index)
     except (OSError, tc.TCError) as e:
         _remove_rules(rt, pod)
         raise CNIError(netconf.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
@@ -210,4 +220,4 @@ def verify(pod: state.Pod) -> str | None:
         for name in (pod.vex, pod.vin, pod.vbr):
             for f in tc.filters(rt, index[name]):
                 found.setdefault((name, f.pref), []).append(f)
-    return DATAPATHS[pod.datapath].differences(found, rules.rules_for(pod.installed, port(pod)), index)
+    return datapath(pod.datapath).differences(found, rules.rules_for(pod.installed, port(pod)), index)
