@@ -1,12 +1,14 @@
 """dp-steering figures, written into bench/dp_steering.md between its markers.
 
-    sudo .venv/bin/python bench/dp_steering.py [--seconds 3] [--rounds 10]
+    sudo .venv/bin/python bench/dp_steering.py [--seconds 3] [--rounds 10] [--no-iperf] [--before DIR]
 
 1. iperf3 TCP throughput host -> pod and pod -> host, in one run: a pod on the Go bridge
    alone, a pod steered in tap mode and one steered inline, both with the reference dp
    (pycni-dp) reading vth. Ratios against the plain bridge pod.
 2. Plugin wall time: dp-steering ADD and DEL exec'd as a runtime does (prevResult on
-   stdin), interleaved with the Go bridge's own ADD and DEL of the same pods.
+   stdin), interleaved with the Go bridge's own ADD and DEL of the same pods. With
+   `--before DIR` (a checkout of an older commit: `git archive REV | tar -x -C DIR`), that
+   code's dp-steering runs too, interleaved (PYTHONPATH=DIR, same venv), as a row of its own.
 Everything happens in scratch namespaces that are removed at the end.
 """
 from __future__ import annotations
@@ -80,26 +82,30 @@ def timed(argv, conf: dict, env: dict) -> tuple[float, dict]:
     return ms, json.loads(p.stdout) if p.stdout.strip() else {}
 
 
-def plugin_times(w: World, rounds: int) -> dict[str, list[float]]:
-    """Exec the Go bridge, then dp-steering chained after it, ADD and DEL, per pod."""
+def plugin_times(w: World, rounds: int, variants: dict[str, dict]) -> dict[str, list[float]]:
+    """Exec the Go bridge, then dp-steering chained after it, ADD and DEL, per pod; one pod
+    per variant (label -> extra environment) and round, interleaved."""
     from plugins.pkg import ns
-    times: dict[str, list[float]] = {k: [] for k in ("bridge ADD", "bridge DEL", "steer ADD", "steer DEL")}
+    times: dict[str, list[float]] = {"bridge ADD": [], "bridge DEL": []}
     bridge = {"cniVersion": w.version, "name": "dpnet", **w.bridge()}
     steering = [os.path.join(ROOT, ".venv", "bin", "dp-steering")]
     for i in range(rounds + 2):
-        pod_ns = w.netns_factory("t")
-        env = {"CNI_CONTAINERID": f"t{i}", "CNI_NETNS": pod_ns.path, "CNI_IFNAME": "eth0",
-               "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
-        with ns.enter(w.host.path):             # the bridge's host side goes to the host netns
-            b_add, result = timed(["/usr/lib/cni/bridge"], bridge, {**env, "CNI_COMMAND": "ADD"})
-            steer = {"cniVersion": w.version, "name": "dpnet", **w.steer, "prevResult": result}
-            s_add, _ = timed(steering, steer, {**env, "CNI_COMMAND": "ADD"})
-            s_del, _ = timed(steering, steer, {**env, "CNI_COMMAND": "DEL"})
-            b_del, _ = timed(["/usr/lib/cni/bridge"], {**bridge, "prevResult": result}, {**env, "CNI_COMMAND": "DEL"})
-        pod_ns.close()
-        if i >= 2:                              # two warm-up rounds
-            for key, ms in zip(times, (b_add, b_del, s_add, s_del)):
-                times[key].append(ms)
+        for label, extra in variants.items():
+            pod_ns = w.netns_factory("t")
+            env = {"CNI_CONTAINERID": f"t{i}", "CNI_NETNS": pod_ns.path, "CNI_IFNAME": "eth0",
+                   "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"], **extra}
+            with ns.enter(w.host.path):             # the bridge's host side goes to the host netns
+                b_add, result = timed(["/usr/lib/cni/bridge"], bridge, {**env, "CNI_COMMAND": "ADD"})
+                steer = {"cniVersion": w.version, "name": "dpnet", **w.steer, "prevResult": result}
+                s_add, _ = timed(steering, steer, {**env, "CNI_COMMAND": "ADD"})
+                s_del, _ = timed(steering, steer, {**env, "CNI_COMMAND": "DEL"})
+                b_del, _ = timed(["/usr/lib/cni/bridge"], {**bridge, "prevResult": result},
+                                 {**env, "CNI_COMMAND": "DEL"})
+            pod_ns.close()
+            if i >= 2:                              # two warm-up rounds
+                for key, ms in ((f"{label} ADD", s_add), (f"{label} DEL", s_del),
+                                ("bridge ADD", b_add), ("bridge DEL", b_del)):
+                    times.setdefault(key, []).append(ms)
     return times
 
 
@@ -116,7 +122,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--no-iperf", action="store_true", help="only the ADD/DEL figures")
+    ap.add_argument("--before", metavar="DIR", help="also time the dp-steering of the checkout in DIR")
     opts = ap.parse_args()
+    variants = {"dp-steering (inline)": {}}
+    if opts.before:
+        variants[f"dp-steering (inline), {os.path.basename(opts.before.rstrip('/'))}"] = {"PYTHONPATH": opts.before}
     made: list[NetNS] = []
 
     def netns(tag="ns"):
@@ -128,23 +139,25 @@ def main() -> int:
     try:
         w = World(netns, tmp, dpSocket=os.path.join(tmp, "dp.sock"))
         with w.dp() as dp:
-            rows = throughput(w, dp, opts.seconds)
-            base_in, base_out = rows[0][1], rows[0][2]
-            table = ["| pod | host -> pod Gbit/s | pod -> host Gbit/s | vs bridge (in) | vs bridge (out) "
-                     "| through the dp, GB |", "|---|---:|---:|---:|---:|---:|"]
-            table += [f"| {n} | {a:.2f} | {b:.2f} | {a / base_in:.3f}x | {b / base_out:.3f}x | {gb:.2f} |"
-                      for n, a, b, gb in rows]
-            table.append(f"\niperf3 TCP, {opts.seconds:g} s per run, one run each, same machine and moment; "
-                         f"datapath auto (eBPF here); {env_line}.")
-            write("iperf", "\n".join(table))
-            print("\n".join(table))
-            times = plugin_times(w, opts.rounds)
+            if not opts.no_iperf:
+                rows = throughput(w, dp, opts.seconds)
+                base_in, base_out = rows[0][1], rows[0][2]
+                table = ["| pod | host -> pod Gbit/s | pod -> host Gbit/s | vs bridge (in) | vs bridge (out) "
+                         "| through the dp, GB |", "|---|---:|---:|---:|---:|---:|"]
+                table += [f"| {n} | {a:.2f} | {b:.2f} | {a / base_in:.3f}x | {b / base_out:.3f}x | {gb:.2f} |"
+                          for n, a, b, gb in rows]
+                table.append(f"\niperf3 TCP, {opts.seconds:g} s per run, one run each, same machine and moment; "
+                             f"datapath auto (eBPF here); {env_line}.")
+                write("iperf", "\n".join(table))
+                print("\n".join(table))
+            times = plugin_times(w, opts.rounds, variants)
         med = {k: statistics.median(v) for k, v in times.items()}
+        add, dele = med["bridge ADD"], med["bridge DEL"]
         table = ["| plugin | ADD median ms | DEL median ms | ADD / bridge | DEL / bridge |", "|---|---:|---:|---:|---:|",
-                 f"| Go bridge (+host-local) | {med['bridge ADD']:.1f} | {med['bridge DEL']:.1f} | 1.0x | 1.0x |",
-                 f"| dp-steering (inline) | {med['steer ADD']:.1f} | {med['steer DEL']:.1f} | "
-                 f"{med['steer ADD'] / med['bridge ADD']:.1f}x | {med['steer DEL'] / med['bridge DEL']:.1f}x |",
-                 f"\n{opts.rounds} interleaved rounds after 2 warm-up rounds, a dp running; {env_line}."]
+                 f"| Go bridge (+host-local) | {add:.1f} | {dele:.1f} | 1.0x | 1.0x |"]
+        table += [f"| {v} | {med[v + ' ADD']:.1f} | {med[v + ' DEL']:.1f} | {med[v + ' ADD'] / add:.1f}x "
+                  f"| {med[v + ' DEL'] / dele:.1f}x |" for v in variants]
+        table.append(f"\n{opts.rounds} interleaved rounds after 2 warm-up rounds, a dp running; {env_line}.")
         write("addel", "\n".join(table))
         print("\n".join(table))
     finally:
