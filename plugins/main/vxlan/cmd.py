@@ -10,17 +10,17 @@ A failed ADD undoes what it did, in reverse.
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import Interface, Result
+from plugins.pkg.log import get_logger
 from plugins.pkg.names import check_ifname, host_veth
 from plugins.pkg.schema import validator
 
 from . import ipam, masq, overlay, pod
 
-log = logging.getLogger("pycni.vxlan")
+log = get_logger("pycni.vxlan")
 
 
 def cmd_add(args: CmdArgs) -> Result:

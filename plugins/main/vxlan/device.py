@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
 
 from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
@@ -24,14 +23,16 @@ from . import DEVICE_FAILED, NO_UNDERLAY
 ENCAP_OVERHEAD = 50
 
 
-@dataclass(frozen=True)
 class Underlay:
-    index: int
-    name: str
-    mtu: int
-    local: ipaddress.IPv4Address                 # source address of the VXLAN packets
-    public_ip: ipaddress.IPv4Address             # what peers send to
-    networks: tuple[ipaddress.IPv4Network, ...]  # on-link subnets (directRouting)
+    """Where VXLAN packets leave: the link, its MTU, source address, on-link subnets (directRouting)."""
+    __slots__ = ("index", "name", "mtu", "local", "public_ip", "networks")
+
+    def __init__(self, index: int, name: str, mtu: int, local: ipaddress.IPv4Address,
+                 public_ip: ipaddress.IPv4Address, networks: tuple[ipaddress.IPv4Network, ...]):
+        self.index, self.name, self.mtu = index, name, mtu
+        self.local = local              # source address of the VXLAN packets
+        self.public_ip = public_ip      # what peers send to
+        self.networks = networks
 
     def on_link(self, ip: ipaddress.IPv4Address) -> bool:
         return any(ip in net for net in self.networks)
@@ -63,14 +64,14 @@ def _default_route_oif(rt: nl.Rtnl) -> int | None:
     return min(defaults, key=lambda r: r.priority).oif if defaults else None
 
 
-@dataclass(frozen=True)
 class Want:
-    name: str
-    vni: int
-    port: int
-    underlay: Underlay
-    mac: str
-    address: ipaddress.IPv4Interface
+    """The device as it should be."""
+    __slots__ = ("name", "vni", "port", "underlay", "mac", "address")
+
+    def __init__(self, name: str, vni: int, port: int, underlay: Underlay, mac: str,
+                 address: ipaddress.IPv4Interface):
+        self.name, self.vni, self.port = name, vni, port
+        self.underlay, self.mac, self.address = underlay, mac, address
 
     @property
     def mtu(self) -> int:

@@ -11,13 +11,13 @@ attachments the runtime no longer knows.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 from libcni_py import version as V
 from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION
+from plugins.pkg.log import get_logger
 
-log = logging.getLogger("pycni.vxlan.ipam")
+log = get_logger("pycni.vxlan.ipam")
 RECORDS = "attachments"
 
 

@@ -9,19 +9,19 @@ locally administered and unicast, so it is stable even when everything else is l
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
 import time
 
 from libcni_py.errors import CNIError
+from plugins.pkg.names import sha256
 from . import NETWORK_MISMATCH, SUBNETS_EXHAUSTED
 from .registry.base import Lease, NetworkRecord, Registry, Snapshot
 
 
 def vtep_mac(network_name: str, node: str) -> str:
-    raw = bytearray(hashlib.sha256(f"{network_name}\0{node}".encode()).digest()[:6])
+    raw = bytearray(sha256(f"{network_name}\0{node}".encode()).digest()[:6])
     raw[0] = (raw[0] & 0xFC) | 0x02        # locally administered, unicast
     return ":".join(f"{b:02x}" for b in raw)
 

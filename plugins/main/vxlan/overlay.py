@@ -13,84 +13,71 @@ Everything runs in the network namespace current at the call, under a flock of
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import socket
-from dataclasses import dataclass, replace
 
 from libcni_py.errors import CNIError, INVALID_CONFIG, PLUGIN_NOT_AVAILABLE
 from plugins.pkg.lock import locked
+from plugins.pkg.log import get_logger
 from plugins.pkg.names import check_ifname, check_path_component
 from . import BAD_SUBNET_LEN, DEVICE_DRIFT, LEASE_LOST, PEER_DRIFT
 from .registry import check_type, open_registry
 
-log = logging.getLogger("pycni.vxlan")
+log = get_logger("pycni.vxlan")
 DEFAULT_STATE_ROOT = "/var/lib/cni/pycni/vxlan"
 
 
-@dataclass(frozen=True)
 class NodeConfig:
-    name: str                                 # the CNI network name
-    network: ipaddress.IPv4Network
-    subnet_len: int = 24
-    vni: int = 1
-    port: int = 8472
-    registry_type: str = "file"
-    registry_path: str = ""
-    registry_ttl: int = 0
-    public_ip: ipaddress.IPv4Address | None = None
-    iface: str | None = None
-    direct_routing: bool = False
-    state_dir: str = ""
-    node_name: str = ""
-    device_name: str = ""
+    """The node keys of a vxlan plugin config, parsed and checked (schema validation is the caller's)."""
+
+    def __init__(self, conf: dict):
+        self.name = check_path_component(conf.get("name", ""), "network name")     # the CNI network name
+        try:
+            self.network = ipaddress.IPv4Network(conf.get("network", ""))
+        except ValueError as e:
+            raise CNIError(INVALID_CONFIG, f"invalid config field 'network': {e}",
+                           "an IPv4 CIDR with no host bits, e.g. 10.244.0.0/16") from None
+        self.subnet_len = int(conf.get("subnetLen", 24))
+        if not self.network.prefixlen < self.subnet_len <= 30:
+            raise CNIError(BAD_SUBNET_LEN, f"subnetLen {self.subnet_len} out of range for network {self.network}",
+                           f"need {self.network.prefixlen} < subnetLen <= 30")
+        registry = conf.get("registry") or {"type": "file"}
+        check_type(registry.get("type"))
+        self.vni = int(conf.get("vni", 1))
+        self.port = int(conf.get("port", 8472))
+        self.state_dir = conf.get("stateDir") or os.path.join(DEFAULT_STATE_ROOT, self.name)
+        self.registry_type = registry["type"]
+        self.registry_path = registry.get("path") or os.path.join(self.state_dir, "registry.json")
+        self.registry_ttl = int(registry.get("ttl", 0))
+        self.node_name = check_path_component(conf.get("nodeName") or socket.gethostname(), "nodeName")
+        public_ip = conf.get("publicIP")
+        try:
+            self.public_ip = ipaddress.IPv4Address(public_ip) if public_ip else None
+        except ValueError as e:
+            raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIP': {e}") from None
+        iface = conf.get("iface")
+        self.iface = check_ifname(iface, "iface") if iface else None
+        self.direct_routing = bool(conf.get("directRouting", False))
+        self.device_name = check_ifname(conf.get("deviceName") or f"vxlan.{self.vni}", "deviceName")
 
 
-@dataclass(frozen=True)
 class NodeInfo:
-    subnet: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address            # first address of the subnet (the pod bridge's)
-    device: str
-    mtu: int
-    vtep_mac: str
-    public_ip: ipaddress.IPv4Address
-    network: ipaddress.IPv4Network
-    node_name: str = ""
-    changes: int = 0                          # peer entries added/removed by this call
-    revision: int = 0                         # registry revision the peers were reconciled to
+    """The node as a reconcile left it."""
+    __slots__ = ("subnet", "gateway", "device", "mtu", "vtep_mac", "public_ip", "network", "node_name",
+                 "changes", "revision")
+
+    def __init__(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address, device: str, mtu: int,
+                 vtep_mac: str, public_ip: ipaddress.IPv4Address, network: ipaddress.IPv4Network,
+                 node_name: str = "", changes: int = 0, revision: int = 0):
+        self.subnet, self.gateway = subnet, gateway      # gateway: first address of the subnet (the bridge's)
+        self.device, self.mtu, self.vtep_mac, self.public_ip = device, mtu, vtep_mac, public_ip
+        self.network, self.node_name = network, node_name
+        self.changes = changes                           # peer entries added/removed by this call
+        self.revision = revision                         # registry revision the peers were reconciled to
 
 
 def node_config(conf: dict) -> NodeConfig:
-    """The node keys of a vxlan plugin config, parsed and checked (schema validation is the caller's)."""
-    name = check_path_component(conf.get("name", ""), "network name")
-    try:
-        network = ipaddress.IPv4Network(conf.get("network", ""))
-    except ValueError as e:
-        raise CNIError(INVALID_CONFIG, f"invalid config field 'network': {e}",
-                       "an IPv4 CIDR with no host bits, e.g. 10.244.0.0/16") from None
-    subnet_len = int(conf.get("subnetLen", 24))
-    if not network.prefixlen < subnet_len <= 30:
-        raise CNIError(BAD_SUBNET_LEN, f"subnetLen {subnet_len} out of range for network {network}",
-                       f"need {network.prefixlen} < subnetLen <= 30")
-    registry = conf.get("registry") or {"type": "file"}
-    check_type(registry.get("type"))
-    vni = int(conf.get("vni", 1))
-    state_dir = conf.get("stateDir") or os.path.join(DEFAULT_STATE_ROOT, name)
-    node_name = check_path_component(conf.get("nodeName") or socket.gethostname(), "nodeName")
-    public_ip = conf.get("publicIP")
-    try:
-        public_ip = ipaddress.IPv4Address(public_ip) if public_ip else None
-    except ValueError as e:
-        raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIP': {e}") from None
-    iface = conf.get("iface")
-    return NodeConfig(
-        name=name, network=network, subnet_len=subnet_len, vni=vni, port=int(conf.get("port", 8472)),
-        registry_type=registry["type"],
-        registry_path=registry.get("path") or os.path.join(state_dir, "registry.json"),
-        registry_ttl=int(registry.get("ttl", 0)), public_ip=public_ip,
-        iface=check_ifname(iface, "iface") if iface else None,
-        direct_routing=bool(conf.get("directRouting", False)), state_dir=state_dir, node_name=node_name,
-        device_name=check_ifname(conf.get("deviceName") or f"vxlan.{vni}", "deviceName"))
+    return NodeConfig(conf)
 
 
 def _registry(cfg: NodeConfig):
@@ -102,14 +89,16 @@ def ensure_node(cfg: NodeConfig) -> NodeInfo:
     return ensure_applied(cfg).info
 
 
-@dataclass(frozen=True)
 class Applied:
     """What a node last programmed: lets the agent apply a registry change as a delta."""
-    info: NodeInfo
-    lease: object                 # registry.Lease
-    underlay: object              # device.Underlay
-    dev_index: int
-    peers: tuple                  # peers.Peer, as programmed
+    __slots__ = ("info", "lease", "underlay", "dev_index", "peers")
+
+    def __init__(self, info: NodeInfo, lease, underlay, dev_index: int, peers: tuple):
+        self.info = info
+        self.lease = lease                # registry.Lease
+        self.underlay = underlay          # device.Underlay
+        self.dev_index = dev_index
+        self.peers = peers                # peers.Peer, as programmed
 
 
 def ensure_applied(cfg: NodeConfig) -> Applied:
@@ -149,7 +138,9 @@ def follow_change(cfg: NodeConfig, applied: Applied, snap) -> Applied:
         log.warning("delta apply failed (%s); doing a full reconcile", e)
         return ensure_applied(cfg)
     _log_changes(cfg, stats, snap.revision)
-    info = replace(applied.info, changes=stats.changes, revision=snap.revision)
+    old_info = applied.info
+    info = NodeInfo(old_info.subnet, old_info.gateway, old_info.device, old_info.mtu, old_info.vtep_mac,
+                    old_info.public_ip, old_info.network, old_info.node_name, stats.changes, snap.revision)
     return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new))
 
 

@@ -21,34 +21,40 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import logging
 import os
 import socket
-from dataclasses import dataclass, field
 
 from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
 from . import PEER_PROGRAMMING
 
 RTPROT = 118          # route/neighbour protocol number marking pycni vxlan entries
-log = logging.getLogger("pycni.vxlan")
 _GONE = (errno.ENOENT, errno.ESRCH)
 
 
-@dataclass(frozen=True)
 class RouteSpec:
-    gateway: ipaddress.IPv4Address
-    oif: int
-    onlink: bool
+    """How a peer subnet is routed: via `gateway` out of `oif`, onlink or not."""
+    __slots__ = ("gateway", "oif", "onlink")
+
+    def __init__(self, gateway: ipaddress.IPv4Address, oif: int, onlink: bool):
+        self.gateway, self.oif, self.onlink = gateway, oif, onlink
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RouteSpec) and \
+            (self.gateway, self.oif, self.onlink) == (other.gateway, other.oif, other.onlink)
 
 
-@dataclass(frozen=True)
 class Peer:
-    node: str
-    subnet: ipaddress.IPv4Network
-    route: RouteSpec
-    mac: str | None = None                      # None: direct route only
-    public_ip: ipaddress.IPv4Address | None = None
+    """The entries for one remote lease; mac None: a direct route only."""
+    __slots__ = ("node", "subnet", "route", "mac", "public_ip")
+
+    def __init__(self, node: str, subnet: ipaddress.IPv4Network, route: RouteSpec,
+                 mac: str | None = None, public_ip: ipaddress.IPv4Address | None = None):
+        self.node, self.subnet, self.route, self.mac, self.public_ip = node, subnet, route, mac, public_ip
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Peer) and (self.node, self.subnet, self.route, self.mac, self.public_ip) == \
+            (other.node, other.subnet, other.route, other.mac, other.public_ip)
 
     @property
     def anchor(self) -> ipaddress.IPv4Address:
@@ -68,13 +74,15 @@ def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: boo
     return out
 
 
-@dataclass
 class Actual:
-    arp: dict = field(default_factory=dict)           # ip -> mac (ours)
-    fdb: dict = field(default_factory=dict)           # mac -> dst (ours; one remote per unicast MAC)
-    routes: dict = field(default_factory=dict)        # dst -> RouteSpec (ours)
-    foreign_arp: set = field(default_factory=set)     # permanent, not ours, on our device
-    foreign_routes: set = field(default_factory=set)  # metric-0 main routes, not ours
+    """The peer entries a device has (or is assumed to have)."""
+
+    def __init__(self, arp: dict | None = None, fdb: dict | None = None, routes: dict | None = None):
+        self.arp = {} if arp is None else arp              # ip -> mac (ours)
+        self.fdb = {} if fdb is None else fdb              # mac -> dst (ours; one remote per unicast MAC)
+        self.routes = {} if routes is None else routes     # dst -> RouteSpec (ours)
+        self.foreign_arp = set()                           # permanent, not ours, on our device
+        self.foreign_routes = set()                        # metric-0 main routes, not ours
 
 
 def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: list[Peer]) -> Actual:
@@ -109,11 +117,11 @@ def assumed(programmed: list[Peer]) -> Actual:
     return a
 
 
-@dataclass
 class Stats:
-    added: int = 0
-    deleted: int = 0
-    failed: list = field(default_factory=list)
+    """What a reconcile did: entries added and deleted, and what the kernel refused."""
+
+    def __init__(self):
+        self.added, self.deleted, self.failed = 0, 0, []
 
     @property
     def changes(self) -> int:

@@ -4,19 +4,17 @@ Host side: the bridge (`cni0` default) holds the gateway with the subnet's prefi
 IPv4 forwarding is on, and the host end of the pair (named by names.host_veth) is a
 port of it, up, hairpin as configured. Pod side: CNI_IFNAME, MTU of the vxlan
 device, the IPAM addresses and routes, and a default route via the gateway.
-One raw netlink socket per namespace for the whole command (plugins.pkg.link).
+One raw netlink socket per namespace for the whole command (plugins.pkg.link, imported
+by the functions that use it: VERSION and STATUS never need it).
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
 import os
-from dataclasses import dataclass, field
 
 from libcni_py.errors import CNIError
 from libcni_py.types import Interface, IPConfig, Route
-from plugins.pkg import link
-from plugins.pkg import rtnl as nl
 
 BRIDGE_CONFLICT = 113    # the bridge name is taken by another link, or holds another gateway
 VETH_EXISTS = 114        # the host veth name is in use: an earlier attachment was not deleted
@@ -26,29 +24,31 @@ DEFAULT = "0.0.0.0/0"
 RTPROT_BOOT = 3          # what `ip route add` and Go's netlink use
 
 
-@dataclass
 class PodNet:
     """What every pod on this node shares."""
-    bridge: str
-    subnet: str              # this node's subnet, "10.244.1.0/24"
-    gateway: str             # its first address, on the bridge
-    network: str             # the cluster network
-    mtu: int
-    hairpin: bool = False
-    default_route: bool = True
+
+    def __init__(self, bridge: str, subnet: str, gateway: str, network: str, mtu: int,
+                 hairpin: bool = False, default_route: bool = True):
+        self.bridge = bridge
+        self.subnet = subnet             # this node's subnet, "10.244.1.0/24"
+        self.gateway = gateway           # its first address, on the bridge
+        self.network = network           # the cluster network
+        self.mtu, self.hairpin, self.default_route = mtu, hairpin, default_route
 
     @property
     def gateway_cidr(self) -> str:
         return f"{self.gateway}/{ipaddress.ip_network(self.subnet).prefixlen}"
 
 
-@dataclass
 class Attachment:
-    netns: str
-    ifname: str
-    host_veth: str
-    ips: list[IPConfig]
-    routes: list[Route] = field(default_factory=list)
+    """One pod interface: its netns and name, the host end of its pair, its addresses and routes."""
+    __slots__ = ("netns", "ifname", "host_veth", "ips", "routes")
+
+    def __init__(self, netns: str, ifname: str, host_veth: str, ips: list[IPConfig],
+                 routes: list[Route] | None = None):
+        self.netns, self.ifname, self.host_veth = netns, ifname, host_veth
+        self.ips = ips
+        self.routes = [] if routes is None else routes
 
 
 def pod_routes(net: PodNet, ipam_routes: list[Route]) -> list[Route]:
@@ -77,6 +77,7 @@ def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
 
 def ensure_bridge(rt, net: PodNet):
     """The bridge, up, holding the gateway; IPv4 forwarding on in this namespace."""
+    from plugins.pkg import link, rtnl as nl
     try:
         br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
     except ValueError as e:
@@ -96,6 +97,7 @@ def ensure_bridge(rt, net: PodNet):
 
 def attach(rt_host, net: PodNet, br, att: Attachment) -> tuple[Interface, Interface]:
     """Create and configure the pair; returns (host interface, pod interface)."""
+    from plugins.pkg import link, rtnl as nl
     host_mac, pod_mac = link.random_mac(), link.random_mac()
     try:
         idx = link.create_veth(rt_host, att.host_veth, att.ifname, att.netns, mtu=net.mtu, mac=host_mac,
@@ -121,11 +123,13 @@ def attach(rt_host, net: PodNet, br, att: Attachment) -> tuple[Interface, Interf
 
 def detach(rt_host, host_veth: str) -> bool:
     """Delete the pair by its host end (works when the pod netns is gone)."""
+    from plugins.pkg import link
     return link.delete_if_exists(rt_host, host_veth)
 
 
 def check(rt_host, net: PodNet, att: Attachment) -> None:
     """Raise POD_DRIFT naming the first missing or wrong piece."""
+    from plugins.pkg import link
     br = rt_host.link(net.bridge)
     if br is None or br.kind != "bridge":
         _drift(f"bridge {net.bridge} missing")

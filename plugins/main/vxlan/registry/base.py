@@ -19,36 +19,46 @@ import re
 import socket
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from collections.abc import Callable
 
 from libcni_py.errors import CNIError
 from .. import REGISTRY_CORRUPT
 
 
-@dataclass(frozen=True)
 class NetworkRecord:
     """What the first node wrote; every later node must agree with it."""
-    network: ipaddress.IPv4Network
-    subnet_len: int
-    vni: int
+    __slots__ = ("network", "subnet_len", "vni")
+
+    def __init__(self, network: ipaddress.IPv4Network, subnet_len: int, vni: int):
+        self.network, self.subnet_len, self.vni = network, subnet_len, vni
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, NetworkRecord) and \
+            (self.network, self.subnet_len, self.vni) == (other.network, other.subnet_len, other.vni)
 
     def to_json(self) -> dict:
         return {"network": str(self.network), "subnetLen": self.subnet_len, "vni": self.vni}
 
 
-@dataclass(frozen=True)
 class Lease:
-    node: str
-    subnet: ipaddress.IPv4Network
-    public_ip: ipaddress.IPv4Address
-    vtep_mac: str
-    vni: int
-    expires: float | None = None     # unix time; None: no TTL
+    """A node's subnet, where peers reach it and its VTEP MAC; `expires`: unix time, None: no TTL."""
+    __slots__ = ("node", "subnet", "public_ip", "vtep_mac", "vni", "expires")
 
-    def same_binding(self, other: "Lease | None") -> bool:
+    def __init__(self, node: str, subnet: ipaddress.IPv4Network, public_ip: ipaddress.IPv4Address,
+                 vtep_mac: str, vni: int, expires: float | None = None):
+        self.node, self.subnet, self.public_ip = node, subnet, public_ip
+        self.vtep_mac, self.vni, self.expires = vtep_mac, vni, expires
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Lease) and self.same_binding(other) and self.expires == other.expires
+
+    def same_binding(self, other: Lease | None) -> bool:
         """Equal in everything peers program (TTL aside)."""
-        return other is not None and replace(other, expires=self.expires) == self
+        return other is not None and (self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni) == \
+            (other.node, other.subnet, other.public_ip, other.vtep_mac, other.vni)
+
+    def with_expiry(self, expires: float | None) -> Lease:
+        return Lease(self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni, expires)
 
     def to_json(self) -> dict:
         out = {"subnet": str(self.subnet), "publicIP": str(self.public_ip),
@@ -58,11 +68,14 @@ class Lease:
         return out
 
 
-@dataclass
 class Snapshot:
-    revision: int = 0
-    network: NetworkRecord | None = None
-    leases: dict[str, Lease] = field(default_factory=dict)
+    """The registry at one revision: the network record and the unexpired leases by node."""
+    __slots__ = ("revision", "network", "leases")
+
+    def __init__(self, revision: int = 0, network: NetworkRecord | None = None,
+                 leases: dict[str, Lease] | None = None):
+        self.revision, self.network = revision, network
+        self.leases = {} if leases is None else leases
 
 
 Draft = Snapshot     # what update() hands to mutate(): a private, editable copy
@@ -86,7 +99,7 @@ class Registry(ABC):
 
     def stamp(self, lease: Lease) -> Lease:
         """The lease as it is stored: with an expiry when this registry has a TTL."""
-        return replace(lease, expires=round(time.time() + self.ttl, 3) if self.ttl else None)
+        return lease.with_expiry(round(time.time() + self.ttl, 3) if self.ttl else None)
 
 
 def decode(doc: object, now: float | None = None, cache: dict | None = None) -> Snapshot:

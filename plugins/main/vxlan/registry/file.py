@@ -9,7 +9,6 @@ identity every 0.25 s where inotify is not available).
 from __future__ import annotations
 
 import copy
-import ctypes
 import errno
 import json
 import os
@@ -99,6 +98,7 @@ class FileRegistry(Registry):
     def _watch_fd(self) -> int | None:
         if self._inotify is not None:
             return self._inotify
+        import ctypes             # the agent's watch only: ~1.5 ms no ADD needs
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
