@@ -11,16 +11,15 @@
 """
 from __future__ import annotations
 
-import logging
-
 from libcni_py.errors import CNIError
 from plugins.pkg import iptables, nft
+from plugins.pkg.log import get_logger
 
 from . import backend_iptables, backend_nft
 from . import rules as R
 
 NO_BACKEND = 142
-log = logging.getLogger("pycni.edgemesh")
+log = get_logger("pycni.edgemesh")
 BACKENDS = {"iptables": backend_iptables.Backend, "nftables": backend_nft.Backend}
 
 

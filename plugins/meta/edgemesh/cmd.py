@@ -7,12 +7,12 @@ re-reads the ignored services (see sync.py).
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from libcni_py.errors import CNIError
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from plugins.pkg.lock import locked
+from plugins.pkg.log import get_logger
 from plugins.pkg.schema import validator
 
 from . import backends, config, kernel, listen
@@ -20,7 +20,7 @@ from . import rules as R
 
 NO_POD_ADDRESS = 146
 RULES_DIFFER = 145
-log = logging.getLogger("pycni.edgemesh")
+log = get_logger("pycni.edgemesh")
 
 
 def cmd_add(args: CmdArgs):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
 
@@ -20,32 +19,41 @@ _LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _RELEASE_RE = re.compile(r"[0-9]+\.[0-9]+[A-Za-z0-9._+~-]{0,120}")
 
 
-@dataclass(frozen=True)
 class Service:
-    ip: str
-    name: str                      # "<namespace>/<name>"
+    """An ignored service: its IPv4 and "<namespace>/<name>"."""
+    __slots__ = ("ip", "name")
+
+    def __init__(self, ip: str, name: str):
+        self.ip, self.name = ip, name
 
     @property
     def comment(self) -> str:
         return f"ignore {self.name} service"
 
 
-@dataclass(frozen=True)
 class NetConf:
-    network: str
-    service_cidr: str
-    listen_address: str = "169.254.96.16"
-    listen_port: int = 40001
-    protocols: tuple[str, ...] = ("tcp",)
-    ignored_services: tuple[Service, ...] = ()
-    ignored_services_file: str = ""
-    exclude_namespaces: tuple[str, ...] = ()
-    scope: str = "pod"
-    backend: str = "auto"
-    ensure_listen_device: bool = False
-    allow_known_bad_kernel: bool = False
-    kernel_release: str = ""
-    state_dir: str = DEFAULT_STATE_DIR
+    """A schema-valid config dict with defaults filled in and checked; CNIError(7) names a bad field."""
+
+    def __init__(self, conf: dict):
+        self.service_cidr = _ipv4_network(conf.get("serviceCIDR"), "serviceCIDR")
+        self.listen_address = _ipv4_address(conf.get("listenAddress", "169.254.96.16"), "listenAddress")
+        self.ignored_services = tuple(check_service(s, "ignoredServices", INVALID_CONFIG)
+                                      for s in conf.get("ignoredServices") or [])
+        self.exclude_namespaces = tuple(conf.get("excludeNamespaces") or [])
+        for ns in self.exclude_namespaces:
+            if not isinstance(ns, str) or not _LABEL_RE.fullmatch(ns):
+                raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
+                               "a Kubernetes namespace name")
+        self.network = conf["name"]
+        self.listen_port = int(conf.get("listenPort", 40001))
+        self.protocols = tuple(sorted(set(conf.get("protocols") or ["tcp"])))
+        self.ignored_services_file = conf.get("ignoredServicesFile", "")
+        self.scope = conf.get("scope", "pod")
+        self.backend = conf.get("backend", "auto")
+        self.ensure_listen_device = bool(conf.get("ensureListenDevice", False))
+        self.allow_known_bad_kernel = bool(conf.get("allowKnownBadKernel", False))
+        self.kernel_release = _release(conf.get("kernelRelease", ""))
+        self.state_dir = conf.get("stateDir", DEFAULT_STATE_DIR).rstrip("/") or "/"
 
     @property
     def lock_path(self) -> str:
@@ -60,28 +68,7 @@ class NetConf:
 
 
 def parse(conf: dict) -> NetConf:
-    """Build a NetConf from a schema-valid config dict; raise CNIError(7) naming the field."""
-    cidr = _ipv4_network(conf.get("serviceCIDR"), "serviceCIDR")
-    listen = _ipv4_address(conf.get("listenAddress", "169.254.96.16"), "listenAddress")
-    services = tuple(check_service(s, "ignoredServices", INVALID_CONFIG)
-                     for s in conf.get("ignoredServices") or [])
-    excluded = tuple(conf.get("excludeNamespaces") or [])
-    for ns in excluded:
-        if not isinstance(ns, str) or not _LABEL_RE.fullmatch(ns):
-            raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
-                           "a Kubernetes namespace name")
-    return NetConf(
-        network=conf["name"], service_cidr=cidr, listen_address=listen,
-        listen_port=int(conf.get("listenPort", 40001)),
-        protocols=tuple(sorted(set(conf.get("protocols") or ["tcp"]))),
-        ignored_services=services,
-        ignored_services_file=conf.get("ignoredServicesFile", ""),
-        exclude_namespaces=excluded,
-        scope=conf.get("scope", "pod"), backend=conf.get("backend", "auto"),
-        ensure_listen_device=bool(conf.get("ensureListenDevice", False)),
-        allow_known_bad_kernel=bool(conf.get("allowKnownBadKernel", False)),
-        kernel_release=_release(conf.get("kernelRelease", "")),
-        state_dir=conf.get("stateDir", DEFAULT_STATE_DIR).rstrip("/") or "/")
+    return NetConf(conf)
 
 
 def check_service(entry, where: str, code: int) -> Service:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from libcni_py.errors import CNIError
 
 KNOWN_BAD_KERNEL = 140
 
 
-@dataclass(frozen=True)
 class Hazard:
-    first: tuple[int, int, int]     # inclusive
-    last: tuple[int, int, int]      # inclusive
-    series: str
-    source: str
+    """Releases first..last (inclusive) of a series, and where the report comes from."""
+    __slots__ = ("first", "last", "series", "source")
+
+    def __init__(self, first: tuple[int, int, int], last: tuple[int, int, int], series: str, source: str):
+        self.first, self.last, self.series, self.source = first, last, series, source
 
 
 HAZARDS = (

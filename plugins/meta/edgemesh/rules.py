@@ -17,8 +17,7 @@ own and do not want; nothing else is touched, so counters of kept rules survive.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from .config import NetConf, parse_pod_comment
 
@@ -28,63 +27,74 @@ CHAINS = ("mesh", "services", "proxy_tcp", "proxy_udp")
 HOOKS = ("prerouting", "output")
 
 
-@dataclass(frozen=True)
 class RootJump:
-    pass
+    """A nat hook's jump to the mesh chain."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class PodMatch:
-    src: str
-    comment: str
-    hijack: bool          # False: an excluded namespace, the rule returns
+    """One pod IPv4 into services; hijack False: an excluded namespace, the rule returns."""
+    __slots__ = ("src", "comment", "hijack")
+
+    def __init__(self, src: str, comment: str, hijack: bool):
+        self.src, self.comment, self.hijack = src, comment, hijack
 
 
-@dataclass(frozen=True)
 class NodeScope:
-    pass
+    """Scope node: the mesh chain's last rule sends everything else to services."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class Ignore:
-    ip: str
-    comment: str
+    """An ignored service: return before the proxy jumps."""
+    __slots__ = ("ip", "comment")
+
+    def __init__(self, ip: str, comment: str):
+        self.ip, self.comment = ip, comment
 
 
-@dataclass(frozen=True)
 class ProxyJump:
-    proto: str
-    cidr: str
+    """The service CIDR of one protocol to its proxy chain."""
+    __slots__ = ("proto", "cidr")
+
+    def __init__(self, proto: str, cidr: str):
+        self.proto, self.cidr = proto, cidr
 
     @property
     def comment(self) -> str:
         return f"{self.proto} service proxy"
 
 
-@dataclass(frozen=True)
 class Dnat:
-    proto: str
-    addr: str
-    port: int
+    """A proxy chain's DNAT to the listen address and port."""
+    __slots__ = ("proto", "addr", "port")
+
+    def __init__(self, proto: str, addr: str, port: int):
+        self.proto, self.addr, self.port = proto, addr, port
 
 
 Item = RootJump | PodMatch | NodeScope | Ignore | ProxyJump | Dnat
 
 
-@dataclass(frozen=True)
 class Entry:
-    key: Hashable          # canonical form, comparable with Backend.render()
-    comment: str = ""      # the rule's comment, "" if none
-    ref: object = None     # what the backend needs to delete it (iptables spec, nft handle)
+    """A rule a backend read."""
+    __slots__ = ("key", "comment", "ref")
+
+    def __init__(self, key: Hashable, comment: str = "", ref: object = None):
+        self.key = key              # canonical form, comparable with Backend.render()
+        self.comment = comment      # the rule's comment, "" if none
+        self.ref = ref              # what the backend needs to delete it (iptables spec, nft handle)
 
 
-@dataclass
 class Plan:
-    create: list[str] = field(default_factory=list)                 # chains to create
-    delete: list[tuple[str, Entry]] = field(default_factory=list)
-    prepend: list[tuple[str, Item]] = field(default_factory=list)   # in final order
-    append: list[tuple[str, Item]] = field(default_factory=list)
-    teardown: bool = False                                          # remove everything we own
+    """The change plan() computed."""
+
+    def __init__(self):
+        self.create: list[str] = []                      # chains to create
+        self.delete: list[tuple[str, Entry]] = []
+        self.prepend: list[tuple[str, Item]] = []        # in final order
+        self.append: list[tuple[str, Item]] = []
+        self.teardown = False                            # remove everything we own
 
     def empty(self) -> bool:
         return not (self.create or self.delete or self.prepend or self.append or self.teardown)
@@ -137,7 +147,8 @@ def plan(current: dict[str, list[Entry]], render: Callable[[Item], Hashable], *,
             p.delete.append(("mesh", e))              # not ours to keep in our own chain
     p.prepend += [("mesh", m) for k, m in want_pods.items() if k not in seen]
     if shared is not None:
-        _converge_node_scope(p, mesh, NodeScope() in shared.get("mesh", []), render)
+        wanted = any(isinstance(i, NodeScope) for i in shared.get("mesh", []))
+        _converge_node_scope(p, mesh, wanted, render)
     return p
 
 
