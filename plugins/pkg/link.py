@@ -16,7 +16,6 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from plugins.pkg import rtnl as nl
@@ -36,8 +35,7 @@ _IFI = struct.Struct("=BxHiII")
 _RTM = struct.Struct("=BBBBBBBBI")
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(NamedTuple):
     """A link's place on a bridge: master ifindex (0: none), hairpin (None: not a bridge port)."""
     master: int
     hairpin: bool | None

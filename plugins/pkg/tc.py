@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from plugins.pkg import rtnl as nl
 
@@ -32,8 +32,7 @@ class TCError(RuntimeError):
     pass
 
 
-@dataclass
-class Filter:
+class Filter(NamedTuple):
     pref: int
     protocol: int                  # host order: 0x0003 all, 0x0800 ip
     kind: str
