@@ -10,10 +10,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEAVY = ("dataclasses", "logging", "hashlib", "pyroute2", "jsonschema")
-# plugins.pkg.link (the pod's veth and bridge) is left out while its Port is a dataclass.
 VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main.vxlan.device",
              "plugins.main.vxlan.peers", "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq",
-             "libcni_py.invoke", "plugins.pkg.lock", "plugins.pkg.ns")
+             "libcni_py.invoke", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
 
 
 @pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",)],
