@@ -1,7 +1,7 @@
 """ADD and DEL wall time of the edgemesh plugin against the Go portmap plugin (one port
 mapping), same run, interleaved, medians. Root: runs in a scratch netns it removes.
 
-    sudo .venv/bin/python bench/edgemesh_addel.py [runs]
+    sudo .venv/bin/python bench/edgemesh_addel.py [runs] [--before DIR]
 
 Both plugins are exec'd the way a runtime does (env + config on stdin, a prevResult),
 from inside the netns. Scenarios:
@@ -9,10 +9,13 @@ from inside the netns. Scenarios:
                (removes them all); portmap's first ADD likewise creates its chains
   steady       one other pod stays attached: ADD/DEL touch one pod rule only
   +device      first/last with ensureListenDevice (creates/removes edgemesh0: pyroute2)
+With `--before DIR` (an older tree: `git archive REV | tar -x -C DIR`), that code's edgemesh
+runs first/last and steady too, interleaved (PYTHONPATH=DIR, same venv, its bytecode compiled).
 Writes the table into bench/edgemesh.md (section "addel").
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -35,9 +38,9 @@ def prev(ip: str, netns: str) -> dict:
             "ips": [{"address": f"{ip}/24", "gateway": "10.22.0.1", "interface": 0}]}
 
 
-def run(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
+def run(plugin: str, command: str, conf: dict, cid: str, netns: str, extra_env: dict | None = None) -> float:
     env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=netns, CNI_IFNAME="eth0",
-               CNI_PATH="/usr/lib/cni", CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default")
+               CNI_PATH="/usr/lib/cni", CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default", **(extra_env or {}))
     data = json.dumps(conf).encode()
     t0 = time.perf_counter()
     p = subprocess.run([plugin], input=data, env=env, capture_output=True)
@@ -48,7 +51,16 @@ def run(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
 
 
 def main() -> int:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="?", type=int, default=30)
+    ap.add_argument("--before", metavar="DIR", help="also time the edgemesh of the tree in DIR, interleaved")
+    args = ap.parse_args()
+    runs, before = args.runs, args.before and os.path.abspath(args.before)
+    variants = {"edgemesh": {}}
+    if before:
+        variants[f"edgemesh {os.path.basename(before.rstrip('/'))}"] = {"PYTHONPATH": before}
+    for tree in filter(None, (ROOT, before)):      # without bytecode every exec compiles our modules
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=tree, check=True)
     name = f"embench{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     path, tmp = f"/run/netns/{name}", tempfile.mkdtemp(prefix="edgemesh-bench-")
@@ -61,19 +73,21 @@ def main() -> int:
           "prevResult": prev("10.22.0.5", path)}
     times: dict[str, list[float]] = {}
 
-    def cycle(key, plugin, conf, cid="c1"):
-        a = run(plugin, "ADD", conf, cid, path)
-        d = run(plugin, "DEL", conf, cid, path)
+    def cycle(key, plugin, conf, cid="c1", extra_env=None):
+        a = run(plugin, "ADD", conf, cid, path, extra_env)
+        d = run(plugin, "DEL", conf, cid, path, extra_env)
         times.setdefault(f"{key} ADD", []).append(a)
         times.setdefault(f"{key} DEL", []).append(d)
 
     try:
         with enter(path):
             for i in range(runs + 3):
-                cycle("edgemesh first/last", EDGEMESH, em)
+                for label, extra in variants.items():
+                    cycle(f"{label} first/last", EDGEMESH, em, extra_env=extra)
                 cycle("edgemesh first/last +device", EDGEMESH, em_dev)
                 run(EDGEMESH, "ADD", em_other, "other", path)
-                cycle("edgemesh steady", EDGEMESH, em)
+                for label, extra in variants.items():
+                    cycle(f"{label} steady", EDGEMESH, em, extra_env=extra)
                 run(EDGEMESH, "DEL", em_other, "other", path)
                 cycle("portmap", PORTMAP, pm)
                 if i < 3:                                  # warm-up rounds are dropped
@@ -83,7 +97,8 @@ def main() -> int:
     pm_add, pm_del = (statistics.median(times[f"portmap {v}"]) for v in ("ADD", "DEL"))
     rows = ["| plugin, scenario | ADD median ms | DEL median ms | ADD / portmap | DEL / portmap |",
             "|---|---:|---:|---:|---:|"]
-    for key in ("portmap", "edgemesh first/last", "edgemesh steady", "edgemesh first/last +device"):
+    keys = [f"{label} {scenario}" for label in variants for scenario in ("first/last", "steady")]
+    for key in ("portmap", *keys, "edgemesh first/last +device"):
         a, d = statistics.median(times[f"{key} ADD"]), statistics.median(times[f"{key} DEL"])
         rows.append(f"| {key} | {a:.1f} | {d:.1f} | {a / pm_add:.1f}x | {d / pm_del:.1f}x |")
     text = "\n".join(rows) + f"\n\n{runs} interleaved rounds after 3 warm-up rounds; {os.cpu_count()} CPUs, " \

@@ -1,9 +1,12 @@
 """vxlan pod ADD/DEL wall time vs the Go bridge + host-local chain, where the time goes,
 and pod-to-pod iperf3 throughput vs the same datapath built by hand with `ip`.
 
-    sudo .venv/bin/python bench/vxlan_pod.py [--runs 20] [--iperf-seconds 3]
+    sudo .venv/bin/python bench/vxlan_pod.py [--runs 20] [--iperf-seconds 3] [--before DIR]
 
 Root, namespaces only (tests/kit hosts on an underlay bridge; all removed at the end).
+With `--before DIR` (an older tree: `git archive REV | tar -x -C DIR`), that code's vxlan is
+timed too, interleaved in the same rounds (PYTHONPATH=DIR, same venv, its bytecode compiled),
+as rows of its own.
 Prints the figures and writes them to bench/vxlan_pod.md.
 """
 from __future__ import annotations
@@ -77,9 +80,9 @@ print(json.dumps(out))
 """
 
 
-def run_plugin(host, binary, verb, cid, pod, conf) -> float:
+def run_plugin(host, binary, verb, cid, pod, conf, extra_env: dict | None = None) -> float:
     env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
-               CNI_PATH=CNI_PATH)
+               CNI_PATH=CNI_PATH, **(extra_env or {}))
     data = json.dumps(conf).encode()
     with ns.enter(host.path):
         start = time.perf_counter()
@@ -97,20 +100,22 @@ def go_conf(tmp: str, mtu: int, masq: bool) -> dict:
                      "ranges": [[{"subnet": "10.250.1.0/24"}]], "routes": [{"dst": "10.250.0.0/16"}]}}
 
 
-def add_del_times(cluster, factory, tmp, runs: int, masq: bool) -> dict[str, list[float]]:
+def add_del_times(cluster, factory, tmp, runs: int, masq: bool, before: str | None) -> dict[str, list[float]]:
     host = cluster.hosts[0]
     ours = {**host.conf, "cniVersion": "1.0.0", "ipMasq": masq}
     mtu = host.ensure().mtu
     go = go_conf(tmp, mtu, masq)
     samples: dict[str, list[float]] = defaultdict(list)
     for rnd in range(WARMUP + runs):
-        a, b = factory("bp"), factory("bp")
-        got = {"ours ADD": run_plugin(host, OURS, "ADD", f"o{rnd}", a, ours),
-               "Go ADD": run_plugin(host, GO_BRIDGE, "ADD", f"g{rnd}", b, go),
-               "ours DEL": run_plugin(host, OURS, "DEL", f"o{rnd}", a, ours),
-               "Go DEL": run_plugin(host, GO_BRIDGE, "DEL", f"g{rnd}", b, go)}
-        a.close()
-        b.close()
+        a, b, c = factory("bp"), factory("bp"), factory("bp") if before else None
+        got = {}
+        for verb in ("ADD", "DEL"):
+            got[f"ours {verb}"] = run_plugin(host, OURS, verb, f"o{rnd}", a, ours)
+            if before:
+                got[f"before {verb}"] = run_plugin(host, OURS, verb, f"b{rnd}", c, ours, {"PYTHONPATH": before})
+            got[f"Go {verb}"] = run_plugin(host, GO_BRIDGE, verb, f"g{rnd}", b, go)
+        for n in filter(None, (a, b, c)):
+            n.close()
         if rnd >= WARMUP:
             for k, v in got.items():
                 samples[k].append(v)
@@ -226,11 +231,12 @@ def throughput(cluster, factory, seconds: int, rounds: int = 3) -> dict[str, lis
     return out
 
 
-def report(times, times_masq, floor, ph, tput, runs, seconds, load) -> str:
+def report(times, times_masq, floor, ph, tput, runs, seconds, load, before) -> str:
     def med(d, k):
         return statistics.median(d[k])
     lines = ["# vxlan pod bench", "",
-             "Reproduce: `sudo .venv/bin/python bench/vxlan_pod.py` (root, namespaces only).", "",
+             "Reproduce: `sudo .venv/bin/python bench/vxlan_pod.py [--before DIR]` (root, namespaces only; "
+             "`--before` adds rows for the vxlan of an older tree, interleaved).", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M')}; {platform.machine()}, {os.cpu_count()} cpus, kernel "
              f"{platform.release()}; load average before/after {load[0]:.2f} / {load[1]:.2f} (the machine is "
              f"shared: figures are medians of interleaved rounds, so load hits both sides alike).", "",
@@ -241,10 +247,12 @@ def report(times, times_masq, floor, ph, tput, runs, seconds, load) -> str:
              "off, mtu of our device), same host netns, fresh pod netns each round.", "",
              "| config | ours ADD ms | Go ADD ms | ADD ratio | ours DEL ms | Go DEL ms | DEL ratio |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [("ours", "")] + ([("before", f", {os.path.basename(before.rstrip('/'))}")] if before else [])
     for what, t in (("ipMasq off", times), ("ipMasq on", times_masq)):
-        lines.append(f"| {what} | {med(t, 'ours ADD'):.1f} | {med(t, 'Go ADD'):.1f} | "
-                     f"{med(t, 'ours ADD') / med(t, 'Go ADD'):.1f}x | {med(t, 'ours DEL'):.1f} | "
-                     f"{med(t, 'Go DEL'):.1f} | {med(t, 'ours DEL') / med(t, 'Go DEL'):.1f}x |")
+        for who, suffix in rows:
+            lines.append(f"| {what}{suffix} | {med(t, f'{who} ADD'):.1f} | {med(t, 'Go ADD'):.1f} | "
+                         f"{med(t, f'{who} ADD') / med(t, 'Go ADD'):.1f}x | {med(t, f'{who} DEL'):.1f} | "
+                         f"{med(t, 'Go DEL'):.1f} | {med(t, f'{who} DEL') / med(t, 'Go DEL'):.1f}x |")
     lines += ["", "## Where the time goes", "", "| floor (separate execs, same run) | median ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in floor.items()]
     lines += ["", f"In-process phases of one ADD and one DEL (median of {runs}; imports of the plugin modules "
@@ -276,11 +284,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--iperf-seconds", type=int, default=3)
+    ap.add_argument("--before", metavar="DIR", help="also time the vxlan of the tree in DIR, interleaved")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
-    subprocess.run([VENV_PY, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    before = os.path.abspath(args.before) if args.before else None
+    for tree in filter(None, (ROOT, before)):
+        subprocess.run([VENV_PY, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=tree, check=True,
+                       stdout=subprocess.DEVNULL)
     made: list[NetNS] = []
 
     def factory(tag: str = "ns") -> NetNS:
@@ -291,8 +302,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cluster = Cluster(factory, tmp, segments=[0, 0], network_name="vxbench")
-            times = add_del_times(cluster, factory, tmp, args.runs, masq=False)
-            times_masq = add_del_times(cluster, factory, tmp, args.runs, masq=True)
+            times = add_del_times(cluster, factory, tmp, args.runs, masq=False, before=before)
+            times_masq = add_del_times(cluster, factory, tmp, args.runs, masq=True, before=before)
             floor = floors(args.runs)
             ph = phases(cluster, factory, args.runs)
             tput = throughput(cluster, factory, args.iperf_seconds)
@@ -300,7 +311,7 @@ def main() -> int:
             for n in reversed(made):
                 n.close()
     text = report(times, times_masq, floor, ph, tput, args.runs, args.iperf_seconds,
-                  (load_before, os.getloadavg()[0]))
+                  (load_before, os.getloadavg()[0]), before)
     with open(OUT, "w") as f:
         f.write(text + NOTES)
     print(text)
@@ -316,12 +327,18 @@ NOTES = """
   too. The gap is the Python exec itself: interpreter start with site, imports, and interpreter
   teardown (now skipped). All figures scale with the load of the shared machine; on a quiet one
   (load ~4) ADD was 77 ms vs Go 10 ms, DEL 85 vs 24, in-process work 13 and 21 ms, imports 35 ms.
-- **Imports** (`python -X importtime`): stdlib modules pulled in by the plugin's modules dominate:
-  dataclasses -> inspect/ast/dis (~7 ms; overlay, pod, peers, device, registry: skel and types no
-  longer use it), logging (~4-6 ms; imported at the top of cmd, ipam, overlay, peers:
-  `plugins.pkg.log` loggers would import it only to emit), hashlib -> OpenSSL's _hashlib (~3 ms;
-  lease.py: `names.sha256` loads CPython's `_sha256`, ~1 ms), typing (~2 ms; registry/base.py,
-  plugins/pkg/rtnl.py), subprocess (~3 ms; needed to exec IPAM), json, re, ipaddress, socket.
+- **Imports** (`python -X importtime`): the vxlan modules no longer pull in dataclasses
+  (inspect/ast/dis, ~6-8 ms: plain classes), logging (~4-6 ms: `plugins.pkg.log` loggers import it
+  only to emit), hashlib (~3 ms: lease.py uses `names.sha256`), typing (registry/base.py) or ctypes
+  (registry/file.py: for the agent's inotify watch; an ADD still loads it for setns in
+  plugins/pkg/ns.py, Python 3.11 has no os.setns); pod.py imports plugins.pkg.link and rtnl where
+  it uses them, so VERSION and STATUS load neither. tests/unit/test_vxlan_edgemesh_imports.py keeps
+  it so. The `before-diet` rows are this tree with the vxlan files as they were before (commit
+  e6b8ada; plugins/pkg the same on both sides), interleaved in the same rounds. `-X importtime`
+  of the modules an ADD loads, same moment: 49 -> 27 ms (DEL's 44 -> 28, VERSION's 40 -> 20),
+  about the wall-time gap in the table (more under a heavier load). Left on the ADD
+  path: typing (~2-4 ms, `NamedTuple` in plugins/pkg/rtnl.py and link.py), subprocess (~3 ms;
+  needed to exec IPAM), json, re, ipaddress, socket.
 - **Removed from every exec:** pyroute2 (~130 ms for `import pyroute2`, ~50 ms for
   `pyroute2.iproute.linux` alone): plugins/pkg/link.py speaks rtnetlink itself over the overlay's
   raw socket (plugins/pkg/rtnl.py): the veth pair is created in one message with its peer already
@@ -338,8 +355,8 @@ NOTES = """
 - **The 1.5x goal is not reached**: with a CPython exec per call the floor (interpreter + the
   stdlib the shared skel needs: pycni-passthrough's whole ADD exec, ~20 ms in bench/foundation.md)
   is already about 1.5x a whole Go ADD here. What would move it further:
-  the vxlan modules without dataclasses, logging, hashlib and typing at import (above, ~12-15 ms),
-  and running the plugin from a pre-started interpreter (a tiny exec shim talking to a resident agent).
+  plugins/pkg/rtnl.py and link.py without typing (above), and running the plugin from a
+  pre-started interpreter (a tiny exec shim talking to a resident agent).
 - **Throughput:** the pods' datapath is the kernel's (veth, bridge, vxlan with static ARP/FDB and
   an onlink route); the ratio to the same topology built by hand with `ip` is ~1.0 within the noise
   of a shared 2-core machine.
