@@ -16,7 +16,7 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 from plugins.pkg import rtnl as nl
 from plugins.pkg.names import check_ifname
@@ -35,10 +35,8 @@ _IFI = struct.Struct("=BxHiII")
 _RTM = struct.Struct("=BBBBBBBBI")
 
 
-class Port(NamedTuple):
-    """A link's place on a bridge: master ifindex (0: none), hairpin (None: not a bridge port)."""
-    master: int
-    hairpin: bool | None
+# A link's place on a bridge: master ifindex (0: none), hairpin (None: not a bridge port).
+Port = namedtuple("Port", "master hairpin")
 
 
 def open_rtnl(netns_path: str | None = None) -> nl.Rtnl:
@@ -221,19 +219,10 @@ def delete_if_exists(rt: nl.Rtnl, name: str) -> bool:
     return True
 
 
-class LinkRoute(NamedTuple):
+class LinkRoute(namedtuple("LinkRoute", "family dst_len src_len tos table protocol scope type flags attrs")):
     """A route through a link, in any table, as the kernel dumps it: the rtmsg fields and
     the attributes that say what the route is apart from its link (_ROUTE_KEEP)."""
-    family: int
-    dst_len: int
-    src_len: int
-    tos: int
-    table: int
-    protocol: int
-    scope: int
-    type: int
-    flags: int
-    attrs: dict
+    __slots__ = ()
 
     @property
     def gateway(self) -> bool:

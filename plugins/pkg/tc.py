@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 from plugins.pkg import rtnl as nl
 
@@ -32,11 +32,9 @@ class TCError(RuntimeError):
     pass
 
 
-class Filter(NamedTuple):
-    pref: int
-    protocol: int                  # host order: 0x0003 all, 0x0800 ip
-    kind: str
-    options: dict                  # {TCA_<KIND>_* type: payload} of TCA_OPTIONS (rtnl.nla_parse)
+# protocol in host order (0x0003 all, 0x0800 ip); options: {TCA_<KIND>_* type: payload} of
+# TCA_OPTIONS (rtnl.nla_parse).
+Filter = namedtuple("Filter", "pref protocol kind options")
 
 
 def _tcm(index: int, handle: int, parent: int, info: int = 0) -> bytes:
