@@ -1,6 +1,6 @@
 """The start-up diet of the vxlan and edgemesh plugins holds (bench/vxlan_pod.md, bench/edgemesh.md):
 what every exec imports, and the modules a vxlan ADD loads on the way, pull in none of these.
-dataclasses brings inspect/ast/dis (~6-8 ms), logging ~4-6 ms, hashlib OpenSSL (~3 ms), pyroute2
+dataclasses brings inspect/ast/dis (~6-8 ms), logging ~4-6 ms, hashlib OpenSSL (~3 ms), typing ~4 ms, pyroute2
 ~130 ms, jsonschema ~60 ms; each exec is a fresh interpreter, so a fresh one is asked."""
 import os
 import subprocess
@@ -9,14 +9,15 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HEAVY = ("dataclasses", "logging", "hashlib", "pyroute2", "jsonschema")
+HEAVY = ("dataclasses", "logging", "hashlib", "typing", "pyroute2", "jsonschema")
 VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main.vxlan.device",
              "plugins.main.vxlan.peers", "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq",
              "libcni_py.invoke", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
 
 
-@pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",)],
-                         ids=["vxlan", "vxlan-add-path", "edgemesh"])
+@pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",),
+                                     ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd")],
+                         ids=["vxlan", "vxlan-add-path", "edgemesh", "skel"])
 def test_plugin_imports_nothing_heavy(modules):
     code = (f"import sys\nimport {', '.join(modules)}\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
