@@ -82,7 +82,7 @@ def test_tap_program_clones_before_rewriting_and_vbr_drops():
 
 def test_filter_name_pins_the_program():
     rules = R.rules_for("inline", PORT)
-    other = R.rules_for("inline", R.Port(**{**PORT.__dict__, "ucmac": "4e:65:75:56:00:b5"}))
+    other = R.rules_for("inline", PORT._replace(ucmac="4e:65:75:56:00:b5"))
     names = [E.filter_name(r, E.program(r, INDEX)) for r in rules]
     assert len(set(names)) == len(names)
     assert names[0].startswith("pycni-dp vexa 10001 ")

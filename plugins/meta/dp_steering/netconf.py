@@ -3,7 +3,6 @@ each with its fix), and the names and MACs it derives."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from libcni_py.errors import CNIError
 from plugins.pkg.names import check_ifname, check_path_component, short_hash
@@ -23,33 +22,26 @@ CONFIG_CHANGED = 130      # CHECK with a config that differs from the pod's reco
 DEFAULT_STATE_DIR = "/var/lib/cni/pycni/dp-steering"
 
 
-@dataclass
 class Config:
-    network: str
-    enforcer_netns: str
-    mode: str = "inline"
-    datapath: str = "auto"
-    dp_socket: str = ""
-    fail_open: bool = False
-    vbr: str = "vbr-dp"
-    vth: str = "vth-dp"
-    state_dir: str = DEFAULT_STATE_DIR
-    dp_wait_ms: int = 500
+    """The plugin's keys (schema-validated already) with their defaults."""
+
+    def __init__(self, conf: dict):
+        self.network = conf["name"]
+        self.enforcer_netns = conf.get("enforcerNetns", "")
+        self.mode = conf.get("mode", "inline")
+        self.datapath = conf.get("datapath", "auto")
+        self.dp_socket = conf.get("dpSocket", "")
+        self.fail_open = bool(conf.get("failOpen", False))
+        self.vbr = check_ifname(conf.get("vbrName", "vbr-dp"), "vbrName")
+        self.vth = check_ifname(conf.get("vthName", "vth-dp"), "vthName")
+        if self.vbr == self.vth:
+            raise CNIError(7, "vbrName and vthName must differ", self.vbr)
+        self.state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
+        self.dp_wait_ms = int(conf.get("dpWaitMs", 500))
 
 
 def load(conf: dict) -> Config:
-    """The plugin's keys (schema-validated already) with their defaults."""
-    cfg = Config(network=conf["name"], enforcer_netns=conf.get("enforcerNetns", ""),
-                 mode=conf.get("mode", "inline"), datapath=conf.get("datapath", "auto"),
-                 dp_socket=conf.get("dpSocket", ""), fail_open=bool(conf.get("failOpen", False)),
-                 vbr=conf.get("vbrName", "vbr-dp"), vth=conf.get("vthName", "vth-dp"),
-                 state_dir=conf.get("stateDir", DEFAULT_STATE_DIR),
-                 dp_wait_ms=int(conf.get("dpWaitMs", 500)))
-    check_ifname(cfg.vbr, "vbrName")
-    check_ifname(cfg.vth, "vthName")
-    if cfg.vbr == cfg.vth:
-        raise CNIError(7, "vbrName and vthName must differ", cfg.vbr)
-    return cfg
+    return Config(conf)
 
 
 def check_enforcer(path: str) -> str:

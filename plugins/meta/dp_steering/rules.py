@@ -8,35 +8,18 @@ result to `to` (None: drop). Inline is NeuVector's FwdPortPair, tap its TapPortP
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 POD_PREF = 10001          # the matching rule on vex/vin
 REST_PREF = 10002         # everything else on vex/vin
 
+# One ingress filter, as above: protocol "ip" or "all", field "dst", "src" or None.
+Rule = namedtuple("Rule", "dev pref protocol field mac unicast copy_to rewrite to",
+                  defaults=("", False, None, None, None))
 
-@dataclass(frozen=True)
-class Rule:
-    dev: str
-    pref: int
-    protocol: str                 # "ip" | "all"
-    field: str | None             # "dst" | "src" | None (match every frame)
-    mac: str = ""
-    unicast: bool = False
-    copy_to: str | None = None
-    rewrite: str | None = None
-    to: str | None = None         # None: drop
-
-
-@dataclass(frozen=True)
-class Port:
-    """One pod's steering: its devices in the enforcer netns, its MACs, its vbr prefs."""
-    vex: str
-    vin: str
-    vbr: str
-    mac: str
-    ucmac: str
-    vex_pref: int                 # the pod's vbr rule for frames towards it (vex ifindex)
-    vin_pref: int                 # the pod's vbr rule for frames from it (vin ifindex)
+# One pod's steering: its devices in the enforcer netns, its MACs, and its vbr rules'
+# priorities: vex_pref for frames towards it (the vex ifindex), vin_pref for frames from it.
+Port = namedtuple("Port", "vex vin vbr mac ucmac vex_pref vin_pref")
 
 
 def rules_for(mode: str, p: Port) -> list[Rule]:

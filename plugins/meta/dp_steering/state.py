@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 
 from libcni_py.errors import CNIError
 from plugins.pkg.lock import locked
@@ -20,35 +19,40 @@ from plugins.pkg.names import check_ifname, check_path_component, short_hash
 from .netconf import NO_STATE
 
 
-@dataclass
 class Pod:
-    container_id: str
-    ifname: str
-    network: str
-    netns: str
-    enforcer: str
-    vex: str
-    vin: str
-    vbr: str
-    vth: str
-    datapath: str                 # resolved: "tc-pedit" or "ebpf"
-    mode: str                     # wanted: "inline", "tap" or "off"
-    mode_by_hand: bool = False    # `dp-steering mode` chose it (else the config's)
-    installed: str = "off"        # what the filters do now
-    mac: str = ""                 # the pod's MAC
-    ucmac: str = ""
-    vex_index: int = 0
-    vin_index: int = 0
-    vex_pref: int = 0             # the pod's vbr filter priorities
-    vin_pref: int = 0
-    fail_open: bool = False
-    dp_socket: str = ""
-    dp_wait_ms: int = 500
-    name: str = ""                # how the dp's policy names the pod
+    """One steered pod port; its record is its slots' values."""
+    __slots__ = ("container_id", "ifname", "network", "netns", "enforcer", "vex", "vin", "vbr", "vth",
+                 "datapath", "mode", "mode_by_hand", "installed", "mac", "ucmac", "vex_index", "vin_index",
+                 "vex_pref", "vin_pref", "fail_open", "dp_socket", "dp_wait_ms", "name")
+
+    def __init__(self, container_id: str, ifname: str, network: str, netns: str, enforcer: str,
+                 vex: str, vin: str, vbr: str, vth: str, datapath: str, mode: str,
+                 mode_by_hand: bool = False, installed: str = "off", mac: str = "", ucmac: str = "",
+                 vex_index: int = 0, vin_index: int = 0, vex_pref: int = 0, vin_pref: int = 0,
+                 fail_open: bool = False, dp_socket: str = "", dp_wait_ms: int = 500, name: str = ""):
+        self.container_id, self.ifname, self.network = container_id, ifname, network
+        self.netns, self.enforcer = netns, enforcer
+        self.vex, self.vin, self.vbr, self.vth = vex, vin, vbr, vth
+        self.datapath = datapath          # resolved: "tc-pedit" or "ebpf"
+        self.mode = mode                  # wanted: "inline", "tap" or "off"
+        self.mode_by_hand = mode_by_hand  # `dp-steering mode` chose it (else the config's)
+        self.installed = installed        # what the filters do now
+        self.mac = mac                    # the pod's MAC
+        self.ucmac = ucmac
+        self.vex_index, self.vin_index = vex_index, vin_index
+        self.vex_pref, self.vin_pref = vex_pref, vin_pref      # the pod's vbr filter priorities
+        self.fail_open, self.dp_socket, self.dp_wait_ms = fail_open, dp_socket, dp_wait_ms
+        self.name = name                  # how the dp's policy names the pod
 
     @property
     def key(self) -> str:
         return f"{self.container_id}/{self.ifname}"
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Pod) and self.record() == other.record()
 
 
 @contextmanager
@@ -76,8 +80,7 @@ def load_pod(state_dir: str, container_id: str, ifname: str) -> Pod | None:
     try:
         with open(path) as f:
             data = json.load(f)
-        known = {f.name for f in fields(Pod)}
-        return Pod(**{k: v for k, v in data.items() if k in known})
+        return Pod(**{k: v for k, v in data.items() if k in Pod.__slots__})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as e:
@@ -97,7 +100,7 @@ def all_pods(state_dir: str) -> list[Pod]:
 
 
 def save_pod(state_dir: str, pod: Pod) -> None:
-    _write(_pod_path(state_dir, pod.container_id, pod.ifname), asdict(pod))
+    _write(_pod_path(state_dir, pod.container_id, pod.ifname), pod.record())
 
 
 def remove_pod(state_dir: str, container_id: str, ifname: str) -> None:

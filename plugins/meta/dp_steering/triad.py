@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from plugins.pkg import link
 from plugins.pkg import rtnl as nl
@@ -26,30 +26,24 @@ VEX_INDEX_BASE = 1000000      # vex ifindexes start here, away from host-side on
 IFA_F_NODAD = 0x02
 
 
-@dataclass
-class Snapshot:
-    """What the pod's interface carries that must survive the swap."""
-    mac: str
-    mtu: int
-    txqlen: int
-    peer: int                                                    # the veth peer's ifindex (host side)
-    addrs: list[nl.Addr] = field(default_factory=list)           # IPv6 link-local left out
-    routes: list[link.LinkRoute] = field(default_factory=list)   # local table, kernel routes left out
-    neighs: list[nl.Neigh] = field(default_factory=list)         # permanent ARP/NDP entries
+# What the pod's interface carries that must survive the swap: its MAC, MTU, txqlen, the
+# veth peer's ifindex (host side), its addresses (IPv6 link-local left out: made again from
+# the MAC), routes (local table and kernel routes left out) and permanent ARP/NDP entries.
+Snapshot = namedtuple("Snapshot", "mac mtu txqlen peer addrs routes neighs")
 
 
 def snapshot(rt: nl.Rtnl, index: int) -> Snapshot:
     have = rt.link(index=index)
     if have is None:
         raise FileNotFoundError(errno.ENODEV, f"link {index} is gone")
-    snap = Snapshot(mac=have.mac, mtu=have.mtu, txqlen=have.txqlen, peer=have.peer)
-    snap.addrs = [a for a in rt.addrs(index, socket.AF_UNSPEC)
-                  if not (a.address.version == 6 and a.address.is_link_local)]   # made again from the MAC
-    snap.routes = [r for r in link.routes_through(rt, index)
-                   if r.table != RT_TABLE_LOCAL and r.protocol != RTPROT_KERNEL]
-    snap.neighs = [n for n in rt.neighs(socket.AF_UNSPEC, index)
-                   if n.state & nl.NUD_PERMANENT and n.lladdr and n.dst is not None]
-    return snap
+    return Snapshot(
+        mac=have.mac, mtu=have.mtu, txqlen=have.txqlen, peer=have.peer,
+        addrs=[a for a in rt.addrs(index, socket.AF_UNSPEC)
+               if not (a.address.version == 6 and a.address.is_link_local)],
+        routes=[r for r in link.routes_through(rt, index)
+                if r.table != RT_TABLE_LOCAL and r.protocol != RTPROT_KERNEL],
+        neighs=[n for n in rt.neighs(socket.AF_UNSPEC, index)
+                if n.state & nl.NUD_PERMANENT and n.lladdr and n.dst is not None])
 
 
 def apply(rt: nl.Rtnl, index: int, snap: Snapshot) -> None:
