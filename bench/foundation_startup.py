@@ -3,11 +3,12 @@ binary and as the venv console script (also with our modules lacking bytecode), 
 Go bridge plugin's VERSION, all in one run, interleaved, median of 30. Also the floors the
 time stands on and an import profile.
 
-    ./build.sh bench                                   # builds dist/cni first
-    .venv/bin/python bench/foundation_startup.py       # uses an existing ./build.sh bin
+    ./build.sh bench                                        # builds dist/cni first
+    .venv/bin/python bench/foundation_startup.py [--runs 30] # uses an existing ./build.sh bin
 
-Prints the figures and writes them to bench/foundation.md. Needs no root (ADD of the
-pass-through plugin touches no netns; CNI_NETNS is this process's own).
+The bundle is $PYCNI_DIST (default dist/cni, where ./build.sh bin puts it). Prints the
+figures and writes them to bench/foundation.md (or $PYCNI_BENCH_OUT/). Needs no root (ADD of
+the pass-through plugin touches no netns; CNI_NETNS is this process's own).
 """
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS, WARMUP, PROFILE_RUNS = 30, 3, 15
-BIN = os.path.join(ROOT, "dist", "cni", "bin", "pycni-passthrough")
-BUNDLE = os.path.join(ROOT, "dist", "cni", "pycni", "pycni")
+sys.path.insert(0, ROOT)
+from bench import benchout  # noqa: E402
+
+WARMUP, PROFILE_RUNS = 3, 15
+DIST = os.environ.get("PYCNI_DIST") or os.path.join(ROOT, "dist", "cni")
+BIN = os.path.join(DIST, "bin", "pycni-passthrough")
+BUNDLE = os.path.join(DIST, "pycni", "pycni")
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 VENV_SCRIPT = os.path.join(ROOT, ".venv", "bin", "pycni-passthrough")
 GO_BRIDGE = "/usr/lib/cni/bridge"
-OUT = os.path.join(ROOT, "bench", "foundation.md")
 
 VERSION_IN = b'{"cniVersion": "1.0.0"}'
 ADD_IN = json.dumps({
@@ -73,10 +77,10 @@ def timed(argv, env, stdin, rc) -> float:
     return took * 1000
 
 
-def measure() -> dict[str, list[float]]:
+def measure(runs: int) -> dict[str, list[float]]:
     """Interleaved rounds, so load from elsewhere on the machine hits every case alike."""
     samples: dict[str, list[float]] = defaultdict(list)
-    for rnd in range(WARMUP + RUNS):
+    for rnd in range(WARMUP + runs):
         for key, _, argv, env, stdin, rc in CASES:
             ms = timed(argv, env, stdin, rc)
             if rnd >= WARMUP:
@@ -120,10 +124,11 @@ def versions() -> dict[str, str]:
 def bundle_size(top: str) -> str:
     files = [os.path.join(d, f) for d, _, names in os.walk(top) for f in names]
     size = sum(os.lstat(f).st_size for f in files)
-    return f"dist/cni/pycni: {len(files)} files, {size / 2**20:.0f} MiB (onedir, one for every plugin)"
+    where = os.path.relpath(top, ROOT) if top.startswith(ROOT + os.sep) else top
+    return f"{where}: {len(files)} files, {size / 2**20:.0f} MiB (onedir, one for every plugin)"
 
 
-def report(samples, profiles, env_info, load) -> str:
+def report(samples, runs, profiles, env_info, load) -> str:
     med = {k: statistics.median(v) for k, v in samples.items()}
     go = med["go-version"]
     lines = [
@@ -133,7 +138,7 @@ def report(samples, profiles, env_info, load) -> str:
         f"`./build.sh bin && .venv/bin/python bench/foundation_startup.py`.",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, one run, cases interleaved, {WARMUP} warm-up rounds, "
-        f"then median of {RUNS} (wall time of fork+exec+wait from Python, so ~1 ms of the Go figure is "
+        f"then median of {runs} (wall time of fork+exec+wait from Python, so ~1 ms of the Go figure is "
         f"the harness). Load average before/after: {load[0]} / {load[1]}.",
         "",
         *(f"- {k}: {v}" for k, v in env_info.items()),
@@ -163,6 +168,7 @@ def report(samples, profiles, env_info, load) -> str:
 
 
 def main() -> int:
+    runs = benchout.options(__doc__, runs=30).parse_args().runs
     for path in (BIN, VENV_SCRIPT, GO_BRIDGE):
         if not os.access(path, os.X_OK):
             raise SystemExit(f"missing {path}: run ./build.sh bin (and ./build.sh test for the Go plugins)")
@@ -171,16 +177,15 @@ def main() -> int:
         shutil.copytree(os.path.join(ROOT, top), os.path.join(NOPYC, top),
                         ignore=shutil.ignore_patterns("__pycache__"))
     try:
-        samples = measure()
+        samples = measure(runs)
     finally:
         shutil.rmtree(NOPYC)
     profiles = {"VERSION": import_profile(VERSION_ENV, VERSION_IN), "ADD": import_profile(ADD_ENV, ADD_IN)}
     load_after = os.getloadavg()[0]
-    text = report(samples, profiles, versions(), (f"{load_before:.2f}", f"{load_after:.2f}"))
-    with open(OUT, "w") as f:
-        f.write(text + NOTES)
+    text = report(samples, runs, profiles, versions(), (f"{load_before:.2f}", f"{load_after:.2f}"))
+    out = benchout.write("foundation", text + NOTES)
     print(text)
-    print(f"written to {os.path.relpath(OUT, ROOT)}")
+    print(f"written to {out}")
     return 0
 
 
