@@ -9,11 +9,11 @@ filter's name carries a hash of the program, so CHECK can tell it is the one we 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
 from plugins.pkg import tc
+from plugins.pkg.names import sha256
 
 from . import bpfasm as B
 from .rules import Rule
@@ -72,7 +72,7 @@ def _load_mac(a: B.Asm, offset: int, to: int) -> None:
 
 
 def filter_name(r: Rule, code: bytes) -> str:
-    return f"pycni-dp {r.dev} {r.pref} {hashlib.sha256(code).hexdigest()[:16]}"
+    return f"pycni-dp {r.dev} {r.pref} {sha256(code).hexdigest()[:16]}"
 
 
 def install(rt, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
