@@ -1,17 +1,52 @@
 #!/bin/bash
-# One-time, idempotent: installs Debian's stock kernel (modules such as act_pedit and dummy that this
-# machine's own kernel lacks), qemu and virtme-ng, so run.sh can boot that kernel over this filesystem.
-# The running kernel is not changed. Root, Debian 12. ~45 s on a fresh machine.
+# Idempotent, quiet when there is nothing to do: installs Debian's stock kernel (modules such as
+# act_pedit and dummy that this machine's own kernel lacks), qemu, busybox (virtme-ng builds its
+# initramfs with it) and virtme-ng in a venv of its own, so run.sh can boot that kernel over this
+# filesystem. The running kernel is not changed. Root, Debian 12. ~1-2 min on a fresh machine.
+# Nothing here touches the network configuration or leaves a process running: apt may not start
+# services while it installs (udev's postinst would start udevd, which replays device events).
 set -euo pipefail
 D=${SKVM_DIR:-/var/tmp/stock-kernel-vm}
+LOG=$D/setup.log
+
+kernel() { ls /boot/vmlinuz-6.1.0-*-amd64 2>/dev/null | sort -V | tail -1; }
+kernel_ready() { local k; k=$(kernel); [ -n "$k" ] && [ -d "/lib/modules/${k#/boot/vmlinuz-}/kernel" ]; }
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+
+missing=()
+kernel_ready || missing+=(linux-image-amd64)
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+installed busybox-static || missing+=(busybox-static)
+[ -x "$D/venv/bin/vng" ] || /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[ ${#missing[@]} -gt 0 ] || [ ! -x "$D/venv/bin/vng" ] || exit 0
+
+[ "$(id -u)" = 0 ] || { echo "setup.sh: needs root to install: ${missing[*]} virtme-ng" >&2; exit 1; }
 mkdir -p "$D"
-if ! ls /boot/vmlinuz-6.1.0-*-amd64 >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null \
-   || ! command -v busybox >/dev/null; then
-  apt-get update -qq
-  # pin udev to the installed systemd, or apt upgrades systemd and friends along with it
+fail() { echo "setup.sh: $1 failed (log: $LOG):" >&2; tail -20 "$LOG" >&2; exit 1; }
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "stock-kernel VM: apt-get install ${missing[*]}" >&2
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >"$LOG" 2>&1 || fail "apt-get update"
+  # the kernel pulls in udev: pin it to the installed systemd where the archive still has that
+  # version, or apt upgrades systemd and friends along with it
+  pin=()
   SDV=$(dpkg-query -W -f='${Version}' systemd 2>/dev/null || true)
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    linux-image-amd64 qemu-system-x86 busybox-static ${SDV:+udev=$SDV} >/dev/null
+  if [ -n "$SDV" ] && ! installed udev && apt-cache show "udev=$SDV" >/dev/null 2>&1; then
+    pin=("udev=$SDV")
+  fi
+  apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}" "${pin[@]}" >>"$LOG" 2>&1 \
+    || fail "apt-get install"
 fi
-[ -x "$D/venv/bin/vng" ] || { /usr/bin/python3 -m venv "$D/venv"; "$D/venv/bin/pip" install -q 'virtme-ng==1.42'; }
-echo "ready: $(ls /boot/vmlinuz-6.1.0-*-amd64 | sort -V | tail -1)"
+if [ ! -x "$D/venv/bin/vng" ]; then
+  echo "stock-kernel VM: virtme-ng into $D/venv" >&2
+  { rm -rf "$D/venv" && /usr/bin/python3 -m venv "$D/venv" \
+    && "$D/venv/bin/pip" install -q --disable-pip-version-check 'virtme-ng==1.42'; } >>"$LOG" 2>&1 \
+    || fail "virtme-ng install"
+fi
+kernel_ready || { echo "setup.sh: no stock kernel with modules under /boot and /lib/modules" >&2; exit 1; }
+echo "stock-kernel VM ready: $(kernel)" >&2
