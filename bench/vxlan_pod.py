@@ -1,17 +1,16 @@
 """vxlan pod ADD/DEL wall time vs the Go bridge + host-local chain, where the time goes,
 and pod-to-pod iperf3 throughput vs the same datapath built by hand with `ip`.
 
-    sudo .venv/bin/python bench/vxlan_pod.py [--runs 20] [--iperf-seconds 3] [--before DIR]
+    sudo .venv/bin/python bench/vxlan_pod.py [--runs 20] [--iperf-seconds 3] [--iperf-rounds 3] [--before DIR]
 
 Root, namespaces only (tests/kit hosts on an underlay bridge; all removed at the end).
 With `--before DIR` (an older tree: `git archive REV | tar -x -C DIR`), that code's vxlan is
 timed too, interleaved in the same rounds (PYTHONPATH=DIR, same venv, its bytecode compiled),
 as rows of its own.
-Prints the figures and writes them to bench/vxlan_pod.md.
+Prints the figures and writes them to bench/vxlan_pod.md (or $PYCNI_BENCH_OUT/).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import benchout  # noqa: E402
 from plugins.pkg import ns  # noqa: E402
 from tests.kit.netns import NetNS  # noqa: E402
 from tests.kit.vxlan_hosts import Cluster  # noqa: E402
@@ -33,7 +33,6 @@ VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 OURS = os.path.join(ROOT, ".venv", "bin", "vxlan")
 GO_BRIDGE = "/usr/lib/cni/bridge"
 CNI_PATH = f"{os.path.join(ROOT, '.venv', 'bin')}:/usr/lib/cni"
-OUT = os.path.join(ROOT, "bench", "vxlan_pod.md")
 WARMUP = 3
 
 # One ADD then DEL in-process, with the phases of cmd_add/cmd_del timed (bench only).
@@ -221,7 +220,7 @@ def hand_pods(cluster, factory, mtu: int):
     return pods
 
 
-def throughput(cluster, factory, seconds: int, rounds: int = 3) -> dict[str, list[float]]:
+def throughput(cluster, factory, seconds: int, rounds: int) -> dict[str, list[float]]:
     mtu = cluster.hosts[0].ensure().mtu
     ours, hand = our_pods(cluster, factory), hand_pods(cluster, factory, mtu)
     out: dict[str, list[float]] = defaultdict(list)
@@ -281,9 +280,9 @@ def report(times, times_masq, floor, ph, tput, runs, seconds, load, before) -> s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
+    ap = benchout.options(__doc__, runs=20)
     ap.add_argument("--iperf-seconds", type=int, default=3)
+    ap.add_argument("--iperf-rounds", type=int, default=3)
     ap.add_argument("--before", metavar="DIR", help="also time the vxlan of the tree in DIR, interleaved")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -306,15 +305,14 @@ def main() -> int:
             times_masq = add_del_times(cluster, factory, tmp, args.runs, masq=True, before=before)
             floor = floors(args.runs)
             ph = phases(cluster, factory, args.runs)
-            tput = throughput(cluster, factory, args.iperf_seconds)
+            tput = throughput(cluster, factory, args.iperf_seconds, args.iperf_rounds)
         finally:
             for n in reversed(made):
                 n.close()
     text = report(times, times_masq, floor, ph, tput, args.runs, args.iperf_seconds,
                   (load_before, os.getloadavg()[0]), before)
-    with open(OUT, "w") as f:
-        f.write(text + NOTES)
     print(text)
+    print(f"written to {benchout.write('vxlan_pod', text + NOTES)}")
     return 0
 
 
