@@ -109,9 +109,21 @@ system_packages() {
     apt-get install -y -q --no-install-recommends $missing
 }
 
+# The tc-pedit tests boot Debian's stock kernel under qemu (tests/kit/stock_kernel_vm: this
+# kernel may lack act_pedit). Set that up on Debian (quiet when done already) and ask for them,
+# unless the caller set PYCNI_STOCK_KERNEL_VM=0.
+stock_kernel_vm() {
+    [ "${PYCNI_STOCK_KERNEL_VM:-}" != 0 ] || return 0
+    if [ -f /etc/debian_version ] && [ "$(id -u)" = 0 ]; then
+        "$ROOT/tests/kit/stock_kernel_vm/setup.sh"
+    fi
+    export PYCNI_STOCK_KERNEL_VM=1
+}
+
 cmd_test() {
     system_packages
     ensure_venv
+    stock_kernel_vm
     log "pytest $*"
     exec "$PY" -m pytest -q "$@" </dev/null
 }
