@@ -183,6 +183,22 @@ def test_dpctl_sees_a_missing_or_silent_dp(tmp_path):
     assert dead.exists() and dpctl.del_port(str(dead), MAC) is None
 
 
+def test_dpctl_leaves_no_reply_socket_behind(server, tmp_path, monkeypatch):
+    """Each call's private reply directory goes with it: answered, silent or no dp at all."""
+    replies = tmp_path / "tmpdir"
+    replies.mkdir()
+    monkeypatch.setenv("TMPDIR", str(replies))
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    silent.bind(str(tmp_path / "silent.sock"))
+    try:
+        assert dpctl.ping(server.path) is not None
+        assert dpctl.ping(str(tmp_path / "silent.sock"), timeout=0.1) is None
+        assert dpctl.ping(str(tmp_path / "nothing.sock")) is None
+    finally:
+        silent.close()
+    assert list(replies.iterdir()) == []
+
+
 def test_server_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path, control):
     path = str(tmp_path / "dp.sock")
     first = ctrl.Server(path, control)

@@ -28,8 +28,12 @@ class _Client:
         self.dir = _private_dir()
         self.path = os.path.join(self.dir, "c")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.connect(sock_path)
+        try:
+            self.sock.bind(self.path)
+            self.sock.connect(sock_path)
+        except OSError:              # no dp there: nothing of ours stays behind either
+            self.close()
+            raise
 
     def call(self, name: str, params: dict) -> dict:
         self.sock.send(json.dumps({name: params}).encode())
