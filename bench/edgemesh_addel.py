@@ -1,7 +1,7 @@
 """ADD and DEL wall time of the edgemesh plugin against the Go portmap plugin (one port
 mapping), same run, interleaved, medians. Root: runs in a scratch netns it removes.
 
-    sudo .venv/bin/python bench/edgemesh_addel.py [runs] [--before DIR]
+    sudo .venv/bin/python bench/edgemesh_addel.py [--runs 30] [--before DIR]
 
 Both plugins are exec'd the way a runtime does (env + config on stdin, a prevResult),
 from inside the netns. Scenarios:
@@ -11,11 +11,10 @@ from inside the netns. Scenarios:
   +device      first/last with ensureListenDevice (creates/removes edgemesh0: pyroute2)
 With `--before DIR` (an older tree: `git archive REV | tar -x -C DIR`), that code's edgemesh
 runs first/last and steady too, interleaved (PYTHONPATH=DIR, same venv, its bytecode compiled).
-Writes the table into bench/edgemesh.md (section "addel").
+Writes the table into bench/edgemesh.md (or $PYCNI_BENCH_OUT/), section "addel".
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.edgemesh_md import write_section  # noqa: E402
+from bench import benchout  # noqa: E402
 from plugins.pkg.ns import enter  # noqa: E402
 
 EDGEMESH = os.path.join(ROOT, ".venv", "bin", "edgemesh")
@@ -51,8 +50,7 @@ def run(plugin: str, command: str, conf: dict, cid: str, netns: str, extra_env: 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="?", type=int, default=30)
+    ap = benchout.options(__doc__, runs=30)
     ap.add_argument("--before", metavar="DIR", help="also time the edgemesh of the tree in DIR, interleaved")
     args = ap.parse_args()
     runs, before = args.runs, args.before and os.path.abspath(args.before)
@@ -72,6 +70,7 @@ def main() -> int:
           "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
           "prevResult": prev("10.22.0.5", path)}
     times: dict[str, list[float]] = {}
+    load_before = os.getloadavg()[0]
 
     def cycle(key, plugin, conf, cid="c1", extra_env=None):
         a = run(plugin, "ADD", conf, cid, path, extra_env)
@@ -101,10 +100,11 @@ def main() -> int:
     for key in ("portmap", *keys, "edgemesh first/last +device"):
         a, d = statistics.median(times[f"{key} ADD"]), statistics.median(times[f"{key} DEL"])
         rows.append(f"| {key} | {a:.1f} | {d:.1f} | {a / pm_add:.1f}x | {d / pm_del:.1f}x |")
-    text = "\n".join(rows) + f"\n\n{runs} interleaved rounds after 3 warm-up rounds; {os.cpu_count()} CPUs, " \
-                             f"kernel {os.uname().release}, Go portmap from containernetworking-plugins 1.1.1.\n"
+    text = "\n".join(rows) + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {runs} interleaved rounds after 3 " \
+        f"warm-up rounds; load average before/after {load_before:.2f} / {os.getloadavg()[0]:.2f}; " \
+        f"{os.cpu_count()} CPUs, kernel {os.uname().release}, Go portmap from containernetworking-plugins 1.1.1.\n"
     print(text)
-    write_section("addel", text)
+    print(f"written to {benchout.write_section('edgemesh', 'addel', text)}")
     return 0
 
 

@@ -2,12 +2,12 @@
 `iptables` call per rule (what edgemesh's old proxier did through EnsureRule), same run.
 Root: runs in a scratch netns it removes.
 
-    sudo .venv/bin/python bench/edgemesh_ignored.py [services] [rounds]
+    sudo .venv/bin/python bench/edgemesh_ignored.py [--services 1000] [--runs 5]
 
 Rows: the plugin's first ADD with 1000 inline ignoredServices (end to end: exec, config,
 one restore of 1000+ rules); the bare restore of the same 1000 RETURN rules; 1000
 `iptables -t nat -A` calls. Each round starts from an empty nat table. Writes the table
-into bench/edgemesh.md (section "ignored").
+into bench/edgemesh.md (or $PYCNI_BENCH_OUT/), section "ignored".
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.edgemesh_md import write_section  # noqa: E402
+from bench import benchout  # noqa: E402
 from plugins.meta.edgemesh import backend_iptables as ipt  # noqa: E402
 from plugins.meta.edgemesh import rules as R  # noqa: E402
 from plugins.pkg import iptables  # noqa: E402
@@ -50,8 +50,11 @@ def timed(fn) -> float:
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    ap = benchout.options(__doc__, runs=5)
+    ap.add_argument("--services", type=int, default=1000, help="ignored services (default 1000)")
+    args = ap.parse_args()
+    n, rounds = args.services, args.runs
+    load_before = os.getloadavg()[0]
     name = f"embench{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     path, tmp = f"/run/netns/{name}", tempfile.mkdtemp(prefix="edgemesh-bench-")
@@ -87,10 +90,11 @@ def main() -> int:
     for key, vals in times.items():
         m = statistics.median(vals)
         rows.append(f"| {key} | {m:.0f} | {m / base:.1f}x |")
-    text = "\n".join(rows) + f"\n\n{rounds} rounds, each from an empty nat table; {os.cpu_count()} CPUs, " \
-                             f"kernel {os.uname().release}, {_version()}.\n"
+    text = "\n".join(rows) + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {rounds} rounds, each from an empty " \
+        f"nat table; load average before/after {load_before:.2f} / {os.getloadavg()[0]:.2f}; {os.cpu_count()} " \
+        f"CPUs, kernel {os.uname().release}, {_version()}.\n"
     print(text)
-    write_section("ignored", text)
+    print(f"written to {benchout.write_section('edgemesh', 'ignored', text)}")
     return 0
 
 
