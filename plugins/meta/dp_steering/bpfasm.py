@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 
 # instruction classes and fields (linux/bpf_common.h, linux/bpf.h)
@@ -125,9 +124,10 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.syscall.restype = ctypes.c_long
-    nr = _NR_BPF.get(platform.machine())
+    machine = os.uname().machine        # platform.machine(), without its ~1.5 ms import
+    nr = _NR_BPF.get(machine)
     if nr is None:
-        raise BPFError(38, f"bpf(2) syscall number unknown on {platform.machine()}")
+        raise BPFError(38, f"bpf(2) syscall number unknown on {machine}")
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), attr, ctypes.c_uint(len(attr)))
     if ret < 0:
         err = ctypes.get_errno()
