@@ -1,12 +1,13 @@
-"""dp-steering figures, written into bench/dp_steering.md between its markers.
+"""dp-steering figures, written into bench/dp_steering.md (or $PYCNI_BENCH_OUT/) between its markers.
 
-    sudo .venv/bin/python bench/dp_steering.py [--seconds 3] [--rounds 10] [--no-iperf] [--before DIR]
+    sudo .venv/bin/python bench/dp_steering.py [--seconds 3] [--runs 10] [--no-iperf] [--before DIR]
 
 1. iperf3 TCP throughput host -> pod and pod -> host, in one run: a pod on the Go bridge
    alone, a pod steered in tap mode and one steered inline, both with the reference dp
    (pycni-dp) reading vth. Ratios against the plain bridge pod.
 2. Plugin wall time: dp-steering ADD and DEL exec'd as a runtime does (prevResult on
-   stdin), interleaved with the Go bridge's own ADD and DEL of the same pods. With
+   stdin), interleaved with the Go bridge's own ADD and DEL of the same pods, --runs
+   rounds (--rounds is its older name). With
    `--before DIR` (a checkout of an older commit: `git archive REV | tar -x -C DIR`), that
    code's dp-steering runs too, interleaved (PYTHONPATH=DIR, same venv), as a row of its own.
 Everything happens in scratch namespaces that are removed at the end.
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -27,10 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import benchout  # noqa: E402
 from tests.kit.dp_steering import World  # noqa: E402
 from tests.kit.netns import NetNS  # noqa: E402
-
-MD = os.path.join(ROOT, "bench", "dp_steering.md")
 
 
 def iperf(w: World, pod, seconds: float, reverse: bool) -> float:
@@ -109,19 +108,10 @@ def plugin_times(w: World, rounds: int, variants: dict[str, dict]) -> dict[str, 
     return times
 
 
-def write(section: str, text: str) -> None:
-    with open(MD) as f:
-        md = f.read()
-    md = re.sub(rf"<!-- {section}:begin -->.*<!-- {section}:end -->",
-                f"<!-- {section}:begin -->\n{text}\n<!-- {section}:end -->", md, flags=re.S)
-    with open(MD, "w") as f:
-        f.write(md)
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = benchout.options(__doc__, runs=10)
+    ap.add_argument("--rounds", dest="runs", type=int, default=argparse.SUPPRESS, metavar="N", help="the same as --runs")
     ap.add_argument("--seconds", type=float, default=3)
-    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-iperf", action="store_true", help="only the ADD/DEL figures")
     ap.add_argument("--before", metavar="DIR", help="also time the dp-steering of the checkout in DIR")
     opts = ap.parse_args()
@@ -135,6 +125,7 @@ def main() -> int:
         return made[-1]
 
     tmp = tempfile.mkdtemp(prefix="bench-dpst-")
+    load_before = os.getloadavg()[0]
     env_line = f"{os.cpu_count()} CPUs, kernel {platform.release()}, Go bridge from containernetworking-plugins 1.1.1"
     try:
         w = World(netns, tmp, dpSocket=os.path.join(tmp, "dp.sock"))
@@ -146,20 +137,26 @@ def main() -> int:
                          "| through the dp, GB |", "|---|---:|---:|---:|---:|---:|"]
                 table += [f"| {n} | {a:.2f} | {b:.2f} | {a / base_in:.3f}x | {b / base_out:.3f}x | {gb:.2f} |"
                           for n, a, b, gb in rows]
-                table.append(f"\niperf3 TCP, {opts.seconds:g} s per run, one run each, same machine and moment; "
-                             f"datapath auto (eBPF here); {env_line}.")
-                write("iperf", "\n".join(table))
-                print("\n".join(table))
-            times = plugin_times(w, opts.rounds, variants)
+                table.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: iperf3 TCP, {opts.seconds:g} s per run, "
+                             f"one run each, same machine and moment; datapath auto (eBPF here); load average "
+                             f"before/after {load_before:.2f} / {os.getloadavg()[0]:.2f}; {env_line}.")
+                text = "\n".join(table)
+                print(text)
+                print(f"written to {benchout.write_section('dp_steering', 'iperf', text)}")
+            load_addel = os.getloadavg()[0]
+            times = plugin_times(w, opts.runs, variants)
         med = {k: statistics.median(v) for k, v in times.items()}
         add, dele = med["bridge ADD"], med["bridge DEL"]
         table = ["| plugin | ADD median ms | DEL median ms | ADD / bridge | DEL / bridge |", "|---|---:|---:|---:|---:|",
                  f"| Go bridge (+host-local) | {add:.1f} | {dele:.1f} | 1.0x | 1.0x |"]
         table += [f"| {v} | {med[v + ' ADD']:.1f} | {med[v + ' DEL']:.1f} | {med[v + ' ADD'] / add:.1f}x "
                   f"| {med[v + ' DEL'] / dele:.1f}x |" for v in variants]
-        table.append(f"\n{opts.rounds} interleaved rounds after 2 warm-up rounds, a dp running; {env_line}.")
-        write("addel", "\n".join(table))
-        print("\n".join(table))
+        table.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {opts.runs} interleaved rounds after 2 warm-up "
+                     f"rounds, a dp running; load average before/after {load_addel:.2f} / "
+                     f"{os.getloadavg()[0]:.2f}; {env_line}.")
+        text = "\n".join(table)
+        print(text)
+        print(f"written to {benchout.write_section('dp_steering', 'addel', text)}")
     finally:
         for n in reversed(made):
             n.close()
