@@ -1,5 +1,6 @@
-"""The start-up diet of the vxlan and edgemesh plugins holds (bench/vxlan_pod.md, bench/edgemesh.md):
-what every exec imports, and the modules a vxlan ADD loads on the way, pull in none of these.
+"""The start-up diet of the vxlan, edgemesh and dp-steering plugins holds (bench/vxlan_pod.md,
+bench/edgemesh.md, bench/dp_steering.md): what every exec imports, and the modules a vxlan or a
+dp-steering ADD loads on the way, pull in none of these.
 dataclasses brings inspect/ast/dis (~6-8 ms), logging ~4-6 ms, hashlib OpenSSL (~3 ms), typing ~4 ms, pyroute2
 ~130 ms, jsonschema ~60 ms; each exec is a fresh interpreter, so a fresh one is asked."""
 import os
@@ -13,11 +14,16 @@ HEAVY = ("dataclasses", "logging", "hashlib", "typing", "pyroute2", "jsonschema"
 VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main.vxlan.device",
              "plugins.main.vxlan.peers", "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq",
              "libcni_py.invoke", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
+DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.state",
+                   "plugins.meta.dp_steering.steering", "plugins.meta.dp_steering.datapath_ebpf",
+                   "plugins.meta.dp_steering.datapath_pedit", "plugins.meta.dp_steering.dpctl",
+                   "plugins.pkg.tc", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
 
 
 @pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",),
+                                     ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
                                      ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd")],
-                         ids=["vxlan", "vxlan-add-path", "edgemesh", "skel"])
+                         ids=["vxlan", "vxlan-add-path", "edgemesh", "dp-steering", "dp-steering-add-path", "skel"])
 def test_plugin_imports_nothing_heavy(modules):
     code = (f"import sys\nimport {', '.join(modules)}\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
