@@ -64,7 +64,8 @@ def test_tc_pedit_in_stock_kernel_vm():
         pytest.skip("PYCNI_STOCK_KERNEL_VM=0: the tc-pedit tests in the stock-kernel VM are not run")
     reason = guest.not_ready()
     if reason:
-        message = f"the stock-kernel VM is not set up ({reason}): tests/kit/stock_kernel_vm/setup.sh installs it"
+        message = (f"the stock-kernel VM is not set up ({reason}): tests/kit/stock_kernel_vm/setup.sh "
+                   "installs it (PYCNI_STOCK_KERNEL_VM=0 skips this test)")
         if wanted == "1":
             pytest.fail(message)
         pytest.skip(message)
