@@ -1,7 +1,8 @@
 """The PyInstaller bundle: `./build.sh bin`, `./build.sh install DIR`, and the installed
 plugins running on a host where no Python can be found.
 
-Built once per session into a tmp dir (about 10-30 s), never into the checkout's dist/.
+Built once per session into a tmp dir (about 10-30 s), never into the checkout's dist/: the
+`bundle` fixture of tests/kit/bundle.py, shared with the bench smoke test.
 """
 import glob
 import json
@@ -9,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,6 +20,7 @@ from plugins.pkg import ns as pkg_ns
 from tests.conftest import GO_CNI_DIR, ROOT, VENV_BIN
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytest_plugins = ["tests.kit.bundle"]        # the `bundle` fixture, one build per session
 
 CNI_PLUGINS = {"vxlan", "dp-steering", "edgemesh", "pycni-passthrough"}   # the rest are daemons/CLI
 BUNDLE_EXE = os.path.join("..", "pycni", "pycni")
@@ -49,18 +50,6 @@ os.execve(spec["argv"][0], spec["argv"], spec["env"])
 
 def run(argv, env=None, timeout=600, **kw):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    """`./build.sh bin` into a tmp dir; returns the dist dir (bin/ and pycni/)."""
-    top = tmp_path_factory.mktemp("pycni-build")
-    env = dict(os.environ, PYCNI_DIST=str(top / "cni"), PYCNI_WORK=str(top / "work"))
-    start = time.monotonic()
-    p = run([os.path.join(ROOT, "build.sh"), "bin"], env=env, cwd=ROOT)
-    assert p.returncode == 0, p.stdout + p.stderr
-    print(f"\n./build.sh bin took {time.monotonic() - start:.1f} s")
-    return top / "cni"
 
 
 @pytest.fixture(scope="session")

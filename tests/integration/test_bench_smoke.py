@@ -1,0 +1,177 @@
+"""Every bench script runs in CI: once, in quick mode (a few rounds, 100 leases or services,
+1 s of iperf3), writing into a tmp dir through PYCNI_BENCH_OUT, never over the committed
+figures in bench/*.md. Each must exit 0 and fill its ratio tables: every figure present,
+positive and finite, every ratio the quotient of the figures beside it (to their printed
+precision). No speed is asserted: the figures of a quick run on a loaded machine say nothing.
+"""
+import glob
+import math
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytest_plugins = ["tests.kit.bundle"]        # foundation_startup times the bundle's binary
+
+BENCH = os.path.join(ROOT, "bench")
+NUMBER = re.compile(r"(\d+(?:\.(\d+))?)x?")
+
+
+def number(cell: str) -> tuple[float, float]:
+    """(value, half a unit of its last printed digit) of a figure; it must be a positive number."""
+    m = NUMBER.fullmatch(cell.strip())
+    assert m, f"not a figure: {cell!r}"
+    value = float(m.group(1))
+    assert math.isfinite(value) and value > 0, cell
+    return value, 0.5 * 10 ** -len(m.group(2) or "")
+
+
+def assert_quotient(ratio: str, num: str, den: str) -> None:
+    """`ratio` is num / den, given that each of the three was rounded when printed."""
+    (r, hr), (a, ha), (b, hb) = number(ratio), number(num), number(den)
+    low, high = (a - ha) / (b + hb), (a + ha) / max(b - hb, 1e-9)
+    assert r + hr >= low and r - hr <= high, f"{ratio} is not {num} / {den}"
+
+
+def tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """Markdown tables by their first header cell; each row maps header -> cell."""
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    lines, out = text.splitlines(), {}
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and lines[i + 1].startswith("|---"):
+            head, rows = cells(line), []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(head, cells(row))))
+            out[head[0]] = rows
+    return out
+
+
+def by_first(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {next(iter(r.values())): r for r in rows}
+
+
+def without(text: str, sections: tuple[str, ...]) -> str:
+    for s in sections:
+        text = re.sub(rf"<!-- {s}:begin -->.*?<!-- {s}:end -->", "", text, flags=re.S)
+    return text
+
+
+# ---- what each script's figures must hold; each returns the start of its main table's header ----
+
+def check_foundation(md: str, bundle) -> str:
+    rows = by_first(tables(md)["pycni-passthrough"])
+    assert {"Go bridge VERSION", "binary VERSION", "binary ADD", "venv script VERSION",
+            "venv script ADD"} <= set(rows), rows
+    for row in rows.values():
+        assert_quotient(row["x Go bridge VERSION"], row["median ms"], rows["Go bridge VERSION"]["median ms"])
+    assert f"- bundle: {bundle / 'pycni'}:" in md          # the binary timed is PYCNI_DIST's
+    assert "median of 3 " in md
+    return "| pycni-passthrough |"
+
+
+def check_vxlan_pod(md: str, bundle) -> str:
+    rows = by_first(tables(md)["config"])
+    assert set(rows) == {"ipMasq off", "ipMasq on"}, rows
+    for row in rows.values():
+        for verb in ("ADD", "DEL"):
+            assert_quotient(row[f"{verb} ratio"], row[f"ours {verb} ms"], row[f"Go {verb} ms"])
+    phases = by_first(tables(md)["phase"])
+    number(phases["total"]["ADD ms"])
+    number(phases["total"]["DEL ms"])
+    tput = by_first(tables(md)["datapath"])
+    ratio = re.search(r"^Ratio ours / hand-made: (\S+)$", md, re.M)
+    assert ratio, md
+    assert_quotient(ratio.group(1), tput["pycni vxlan pods"]["median Gbit/s"],
+                    tput["hand-made (ip) vxlan pods"]["median Gbit/s"])
+    return "| config |"
+
+
+def check_vxlan_reconcile(md: str, bundle) -> str:
+    rows = tables(md)["case"]
+    assert [r["case"].split(":")[0] for r in rows] == [
+        "program 100 leases (300 entries) from empty", "apply one change (a new public IP) at 100",
+        "apply one change at 100"], rows
+    for row in rows:
+        assert_quotient(row["ratio"], row["pycni (ms)"], row["ip/bridge -batch (ms)"])
+    agent = re.search(r"registry write to the new FDB entry in the kernel: (\S+)\*\*", md)
+    assert agent, md
+    number(agent.group(1))
+    return "| case |"
+
+
+def check_edgemesh_addel(md: str, bundle) -> str:
+    rows = by_first(tables(md)["plugin, scenario"])
+    assert set(rows) == {"portmap", "edgemesh first/last", "edgemesh steady", "edgemesh first/last +device"}
+    for row in rows.values():
+        for verb in ("ADD", "DEL"):
+            assert_quotient(row[f"{verb} / portmap"], row[f"{verb} median ms"], rows["portmap"][f"{verb} median ms"])
+    return "| plugin, scenario |"
+
+
+def check_edgemesh_ignored(md: str, bundle) -> str:
+    rows = by_first(tables(md)["100 ignored services"])
+    assert set(rows) == {"plugin ADD", "one restore", "one call per rule"}, rows
+    for row in rows.values():
+        assert_quotient(row["/ one restore"], row["median ms"], rows["one restore"]["median ms"])
+    return "| 100 ignored services |"
+
+
+def check_dp_steering(md: str, bundle) -> str:
+    pods = by_first(tables(md)["pod"])
+    assert set(pods) == {"Go bridge alone", "dp-steering tap", "dp-steering inline"}, pods
+    for row in pods.values():
+        for way, col in (("in", "host -> pod Gbit/s"), ("out", "pod -> host Gbit/s")):
+            assert_quotient(row[f"vs bridge ({way})"], row[col], pods["Go bridge alone"][col])
+    for steered in ("dp-steering tap", "dp-steering inline"):
+        number(pods[steered]["through the dp, GB"])          # the traffic did cross the dp
+    rows = by_first(tables(md)["plugin"])
+    assert set(rows) == {"Go bridge (+host-local)", "dp-steering (inline)"}, rows
+    for row in rows.values():
+        for verb in ("ADD", "DEL"):
+            assert_quotient(row[f"{verb} / bridge"], row[f"{verb} median ms"],
+                            rows["Go bridge (+host-local)"][f"{verb} median ms"])
+    return "| pod |"
+
+
+# script: (quick options, figures file, sections it writes (None: the whole file), check)
+QUICK = {
+    "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
+    "vxlan_pod.py": (["--runs", "3", "--iperf-seconds", "1", "--iperf-rounds", "1"], "vxlan_pod", None,
+                     check_vxlan_pod),
+    "vxlan_reconcile.py": (["--runs", "3", "--leases", "100"], "vxlan_reconcile", ("reconcile",),
+                           check_vxlan_reconcile),
+    "edgemesh_addel.py": (["--runs", "3"], "edgemesh", ("addel",), check_edgemesh_addel),
+    "edgemesh_ignored.py": (["--runs", "3", "--services", "100"], "edgemesh", ("ignored",),
+                            check_edgemesh_ignored),
+    "dp_steering.py": (["--runs", "3", "--seconds", "1"], "dp_steering", ("iperf", "addel"), check_dp_steering),
+}
+
+
+def test_every_bench_script_is_smoked():
+    scripts = {os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "*.py"))} - {"benchout.py"}
+    assert scripts == set(QUICK)
+
+
+@pytest.mark.parametrize("script", list(QUICK))
+def test_bench_runs_quick_and_fills_its_ratios(script, bundle, tmp_path):
+    args, name, sections, check = QUICK[script]
+    out = tmp_path / "figures"
+    env = dict(os.environ, PYCNI_BENCH_OUT=str(out), PYCNI_DIST=str(bundle))
+    p = subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(BENCH, script), *args], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert os.listdir(out) == [f"{name}.md"]
+    md = (out / f"{name}.md").read_text()
+    head = check(md, bundle)
+    committed = open(os.path.join(BENCH, f"{name}.md")).read()
+    table = md[md.index(head):].split("\n\n")[0]
+    assert table not in committed                             # this run's figures went to the tmp dir only
+    if sections:                                              # the rest is the committed file's prose
+        assert without(md, sections) == without(committed, sections)
