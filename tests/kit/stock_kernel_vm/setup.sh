@@ -1,8 +1,10 @@
 #!/bin/bash
 # Idempotent, quiet when there is nothing to do: installs Debian's stock kernel (modules such as
-# act_pedit and dummy that this machine's own kernel lacks), qemu, busybox (virtme-ng builds its
-# initramfs with it) and virtme-ng in a venv of its own, so run.sh can boot that kernel over this
-# filesystem. The running kernel is not changed. Root, Debian 12. ~1-2 min on a fresh machine.
+# act_pedit and dummy that this machine's own kernel lacks), qemu, and into $SKVM_DIR a static
+# busybox (virtme-ng builds its initramfs with it; unpacked from busybox-static's .deb, since that
+# package conflicts with the busybox most Debian systems have) and virtme-ng in a venv of its own,
+# so run.sh can boot that kernel over this filesystem. The running kernel is not changed.
+# Root, Debian 12; a few minutes on a fresh machine.
 # Nothing here touches the network configuration or leaves a process running: apt may not start
 # services while it installs (udev's postinst would start udevd, which replays device events).
 set -euo pipefail
@@ -16,22 +18,25 @@ installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^instal
 missing=()
 kernel_ready || missing+=(linux-image-amd64)
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-installed busybox-static || missing+=(busybox-static)
 [ -x "$D/venv/bin/vng" ] || /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
-[ ${#missing[@]} -gt 0 ] || [ ! -x "$D/venv/bin/vng" ] || exit 0
+[ ${#missing[@]} -gt 0 ] || [ ! -x "$D/busybox" ] || [ ! -x "$D/venv/bin/vng" ] || exit 0
 
-[ "$(id -u)" = 0 ] || { echo "setup.sh: needs root to install: ${missing[*]} virtme-ng" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "setup.sh: needs root to set up the stock-kernel VM in $D" >&2; exit 1; }
 mkdir -p "$D"
+: >"$LOG"
 fail() { echo "setup.sh: $1 failed (log: $LOG):" >&2; tail -20 "$LOG" >&2; exit 1; }
+policy=/usr/sbin/policy-rc.d ours=() deb=
+trap 'rm -rf "${ours[@]}" $deb' EXIT
+export DEBIAN_FRONTEND=noninteractive
+apt=(apt-get -q -o DPkg::Lock::Timeout=300)
+if [ ${#missing[@]} -gt 0 ] || { [ ! -x "$D/busybox" ] && ! apt-cache show busybox-static >/dev/null 2>&1; }; then
+  "${apt[@]}" update >>"$LOG" 2>&1 || fail "apt-get update"
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "stock-kernel VM: apt-get install ${missing[*]}" >&2
-  policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
-    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && ours=("$policy")
   fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >"$LOG" 2>&1 || fail "apt-get update"
   # the kernel pulls in udev: pin it to the installed systemd where the archive still has that
   # version, or apt upgrades systemd and friends along with it
   pin=()
@@ -39,8 +44,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -n "$SDV" ] && ! installed udev && apt-cache show "udev=$SDV" >/dev/null 2>&1; then
     pin=("udev=$SDV")
   fi
-  apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}" "${pin[@]}" >>"$LOG" 2>&1 \
+  "${apt[@]}" install -y --no-install-recommends --no-remove "${missing[@]}" "${pin[@]}" >>"$LOG" 2>&1 \
     || fail "apt-get install"
+fi
+if [ ! -x "$D/busybox" ]; then
+  echo "stock-kernel VM: busybox-static into $D/busybox" >&2
+  deb=$(mktemp -d)
+  { (cd "$deb" && "${apt[@]}" -o APT::Sandbox::User=root download busybox-static) && dpkg-deb -x "$deb"/busybox-static_*.deb "$deb/root" \
+    && install -m 755 "$deb/root/bin/busybox" "$D/busybox"; } >>"$LOG" 2>&1 || fail "busybox-static download"
 fi
 if [ ! -x "$D/venv/bin/vng" ]; then
   echo "stock-kernel VM: virtme-ng into $D/venv" >&2
