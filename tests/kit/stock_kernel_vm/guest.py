@@ -8,7 +8,7 @@ and read there is an expensive round trip; the bare 9p root caches none. So, bef
 booting, byte-compile the project (this environment sets PYTHONDONTWRITEBYTECODE, so its
 .pyc files may be missing and the guest would compile them), and have the guest see the
 project and the interpreter's prefix through overlays, whose lookups its kernel caches.
-That took the dp-steering tc-pedit run from 4-7 min to about 1 min (README.md here).
+That took the dp-steering tc-pedit run from 4-7 min to ~45 s (README.md here).
 """
 from __future__ import annotations
 
