@@ -51,6 +51,8 @@ class Node:
     procs: list = field(default_factory=list)
 
     def __post_init__(self):
+        for i, br in enumerate(("cni0", "cni1")):        # the bridges conflist() names
+            self.ns.fixed_mac_bridge(br, f"02:00:00:00:0e:{i:02x}")
         self.cni = CNIConfig(path=CNI_PATH, cache_dir=os.path.join(self.tmp, f"cache-{self.ns.name}"))
 
     def rt(self, pod_ns, cid: str, namespace="default") -> RuntimeConf:

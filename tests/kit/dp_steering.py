@@ -48,6 +48,7 @@ class World:
     def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", stderr=None, **steer):
         self.netns_factory, self.tmp, self.version = netns_factory, str(tmp_path), version
         self.host, self.enf = netns_factory("host"), netns_factory("enf")
+        self.host.fixed_mac_bridge("cni-dp0", "02:00:00:00:0d:01")
         self.state_dir = os.path.join(self.tmp, "state")
         self.steer = {"type": "dp-steering", "enforcerNetns": self.enf.path, "stateDir": self.state_dir,
                       "vbrName": "vbr", "vthName": "vth", "dpWaitMs": 300, **steer}

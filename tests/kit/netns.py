@@ -35,6 +35,14 @@ class NetNS:
     def run(self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 60):
         return sh(*argv, ns=self.name, check=check, input=input, timeout=timeout)
 
+    def fixed_mac_bridge(self, name: str, mac: str) -> None:
+        """A bridge whose MAC is set, not inherited. A bridge the Go `bridge` plugin creates takes
+        the lowest MAC of its ports, so adding a pod can change it after an earlier pod's result
+        recorded it, and that pod's CHECK then fails ("Bridge interface ... Mac doesn't match").
+        The plugin adopts an existing bridge; one with a set MAC keeps it."""
+        self.run("ip", "link", "add", name, "type", "bridge")
+        self.run("ip", "link", "set", name, "address", mac, "up")
+
     def close(self) -> None:
         # Kill anything left running inside, then delete the namespace.
         pids = sh("ip", "netns", "pids", self.name, check=False).stdout.split()
