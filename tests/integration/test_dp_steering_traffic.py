@@ -21,7 +21,7 @@ NAMES = {"ebpf": "ebpf", "pedit": "tc-pedit"}
 def datapath(request):
     if not AVAILABLE[request.param]():
         pytest.skip(f"this kernel cannot run the {NAMES[request.param]} datapath "
-                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM on request)")
+                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM)")
     return NAMES[request.param]
 
 
