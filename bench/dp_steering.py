@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,6 +161,7 @@ def main() -> int:
     finally:
         for n in reversed(made):
             n.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

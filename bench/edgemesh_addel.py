@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def main() -> int:
                     times.clear()
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
     pm_add, pm_del = (statistics.median(times[f"portmap {v}"]) for v in ("ADD", "DEL"))
     rows = ["| plugin, scenario | ADD median ms | DEL median ms | ADD / portmap | DEL / portmap |",
             "|---|---:|---:|---:|---:|"]

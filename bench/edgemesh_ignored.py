@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def main() -> int:
                 clean()
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(times["one restore"])
     rows = [f"| {n} ignored services | median ms | / one restore |", "|---|---:|---:|"]
     for key, vals in times.items():
