@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -60,3 +61,43 @@ def tmp_state(tmp_path):
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# ---- the machine stays as it was -------------------------------------------------------
+# Tests change only namespaces they make and directories under tmp. At the end of the session
+# the root netns (links, addresses, routes, rules, iptables, nftables) and the default state
+# and cache places of CNI and pycni must be exactly as at the start; otherwise the run fails.
+HOST_PLACES = ("/var/lib/cni/results", "/var/lib/cni/networks", "/var/lib/cni/pycni", "/run/pycni")
+
+
+def _root_netns_state() -> dict:
+    def out(*argv):
+        p = subprocess.run(argv, capture_output=True, text=True)
+        return p.stdout if p.returncode == 0 else f"<{argv[0]} failed>"
+    iptables = "".join(line + "\n" for line in out("iptables-save").splitlines() if not line.startswith("#"))
+    files = sorted(os.path.join(d, f) for place in HOST_PLACES if os.path.isdir(place)
+                   for d, _, names in os.walk(place) for f in names)
+    return {"links": out("ip", "-o", "link", "show"), "addresses": out("ip", "-o", "addr", "show"),
+            "routes": out("ip", "route", "show", "table", "all"), "rules": out("ip", "rule", "show"),
+            "iptables": iptables, "nftables": out("nft", "list", "ruleset"), "files": "\n".join(files)}
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() == 0:
+        session.config._pycni_host_before = _root_netns_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_pycni_host_before", None)
+    if before is None:
+        return
+    after = _root_netns_state()
+    changed = [k for k in before if before[k] != after[k]]
+    if changed:
+        import difflib
+        rep = session.config.pluginmanager.get_plugin("terminalreporter")
+        for k in changed:
+            diff = "\n".join(difflib.unified_diff(before[k].splitlines(), after[k].splitlines(), lineterm="", n=0))
+            if rep:
+                rep.write_line(f"the machine's {k} changed during the tests:\n{diff}", red=True)
+        session.exitstatus = 1

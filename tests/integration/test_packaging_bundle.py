@@ -189,7 +189,7 @@ def test_what_a_binary_runs_gets_the_host_environment(installed, netns, tmp_path
         "cniVersion": "1.0.0", "name": "envnet",
         "plugins": [{"type": "pycni-passthrough"}, {"type": "env-recorder"}]}))
     env = {"PATH": "/usr/bin:/bin", "NETCONFPATH": str(tmp_path / "conf"), "CNI_PATH": str(tmp_path / "bin"),
-           "CNI_IFNAME": "eth0"}
+           "CNI_IFNAME": "eth0", "CNI_CACHE_DIR": str(tmp_path / "cache")}
     if ld_path:
         env["LD_LIBRARY_PATH"] = ld_path
     p = run([str(installed / "pycnitool"), "add", "envnet", netns("pkgenv").path], env=env, cwd="/")
