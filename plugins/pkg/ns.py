@@ -41,20 +41,3 @@ def enter(path: str):
         os.close(target)
         os.close(orig)
 
-
-def iproute(path: str | None = None):
-    """A pyroute2 IPRoute socket bound to the netns at `path` (None: the current one).
-
-    The socket stays in that namespace after we return, so one process can hold
-    sockets in the host, the pod and the enforcer namespace at once.
-    """
-    from pyroute2 import IPRoute
-    if path is None:
-        return IPRoute()
-    with enter(path):
-        return IPRoute()
-
-
-def same_ns(a: str, b: str) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
