@@ -12,14 +12,14 @@ import errno
 import json
 import logging
 import os
-import re
 import socket
 
+from libcni_py.errors import CNIError
 from plugins.dp.datapath import Datapath, Endpoint, mac_bytes
 from plugins.dp.policy import PolicyError, compile_policy
+from plugins.pkg.names import check_ifname
 
 MAX_MSG = 1 << 16
-IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 log = logging.getLogger("pycni-dp")
 
 
@@ -240,9 +240,18 @@ def _iface(p: dict, key: str, required: bool = True) -> str:
     v = _str(p, key)
     if not v and not required:
         return ""
-    if not IFNAME.match(v) or v in (".", ".."):
+    if not is_ifname(v):
         raise CtrlError(f"{key}: {v!r} is not an interface name")
     return v
+
+
+def is_ifname(text: str) -> bool:
+    """A Linux interface name as plugins.pkg.names checks it (the whole text: no trailing newline)."""
+    try:
+        check_ifname(text)
+    except CNIError:
+        return False
+    return True
 
 
 def _mac(p: dict, key: str, required: bool = True) -> bytes | None:

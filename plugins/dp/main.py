@@ -34,7 +34,7 @@ log = logging.getLogger("pycni-dp")
 
 
 def _ifname(text: str) -> str:
-    if not ctrl.IFNAME.match(text) or text in (".", ".."):
+    if not ctrl.is_ifname(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an interface name")
     return text
 

@@ -43,6 +43,7 @@ def ask(control, msg):
     (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00:01", "tap": "yes"}}', "tap"),
     (b'{"ctrl_add_srvc_port": {}}', "iface"),
     (b'{"ctrl_add_srvc_port": {"iface": "0123456789abcdef"}}', "iface"),
+    (b'{"ctrl_add_srvc_port": {"iface": "vth\\n"}}', "iface"),
     (b'{"ctrl_add_srvc_port": {"iface": "vth", "jumboframe": 1}}', "jumboframe"),
     (b'{"ctrl_cfg_mac": {"tap": true}}', "macs"),
     (b'{"ctrl_cfg_mac": {"macs": ["x"]}}', "macs"),
