@@ -98,6 +98,8 @@ def test_ttl_leases_expire_for_readers(tmp_path):
     ('{"leases": {"a": {"subnet": "10.244.1.0/24"}}}', codes.REGISTRY_CORRUPT),
     ('{"leases": {"a": {"subnet": "x", "publicIP": "1.2.3.4", "vtepMAC": "02:00:00:00:00:01", "vni": 1}}}',
      codes.REGISTRY_CORRUPT),
+    ('{"leases": {"a": {"subnet": "10.244.1.0/24", "publicIP": "1.2.3.4", "vtepMAC": "02:00:00:00:00:01\\n",'
+     ' "vni": 1}}}', codes.REGISTRY_CORRUPT),
 ])
 def test_malformed_documents(tmp_path, text, code):
     (tmp_path / "reg.json").write_text(text)

@@ -147,7 +147,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 def _mac(text: str) -> str:
     text = text.lower()
-    if not _MAC_RE.match(text):
+    if not _MAC_RE.fullmatch(text):
         raise ValueError(f"bad MAC {text!r}")
     return text
 
