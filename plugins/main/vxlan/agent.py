@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from libcni_py.errors import CNIError
+from libcni_py.errors import CNIError, INVALID_CONFIG
 
 log = logging.getLogger("pycni.vxlan.agent")
 
@@ -37,7 +37,7 @@ def load_conf(path: str) -> dict:
     for plugin in conflist.plugins:
         if plugin.type == "vxlan":
             return {**plugin.network, "name": conflist.name, "cniVersion": conflist.cni_version}
-    raise CNIError(7, f"{path}: no plugin of type 'vxlan' in the list")
+    raise CNIError(INVALID_CONFIG, f"{path}: no plugin of type 'vxlan' in the list")
 
 
 class Agent:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
-from libcni_py.errors import CNIError, INVALID_CONFIG
+from libcni_py.errors import CNIError, INVALID_CONFIG, IO_FAILURE
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import Interface, Result
 from plugins.pkg.log import get_logger
@@ -101,14 +101,15 @@ def cmd_gc(args: CmdArgs) -> None:
                 continue
             log.info("GC: releasing stale attachment %s/%s", cid, ifname)
             try:
-                pod.detach(ipr, host_veth(cid, ifname))
-                _release(conf, cfg, host_veth(cid, ifname), cid, ifname)
+                veth = host_veth(cid, ifname)
+                pod.detach(ipr, veth)
+                _release(conf, cfg, veth, cid, ifname)
             except (CNIError, OSError) as e:
                 errors.append(f"{cid}/{ifname}: {e}")
     masq.gc(args.network, valid)
     ipam.gc(conf, _fallback_ipam(conf, cfg), args.valid_attachments)
     if errors:
-        raise CNIError(5, "GC: some stale attachments could not be released", "; ".join(errors))
+        raise CNIError(IO_FAILURE, "GC: some stale attachments could not be released", "; ".join(errors))
 
 
 def cmd_status(args: CmdArgs) -> None:

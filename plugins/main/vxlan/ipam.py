@@ -14,7 +14,7 @@ import json
 import os
 
 from libcni_py import version as V
-from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION
+from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION, INVALID_CONFIG
 from plugins.pkg.log import get_logger
 
 log = get_logger("pycni.vxlan.ipam")
@@ -36,7 +36,7 @@ def find_plugin(ipam_type: str, cni_path: str) -> str:
     """Fail before anything is created when the IPAM plugin is not on CNI_PATH."""
     from libcni_py.invoke import find_in_path
     if not isinstance(ipam_type, str):
-        raise CNIError(7, "invalid config field 'ipam.type'", repr(ipam_type))
+        raise CNIError(INVALID_CONFIG, "invalid config field 'ipam.type'", repr(ipam_type))
     return find_in_path(ipam_type, [p for p in cni_path.split(os.pathsep) if p])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from libcni_py.errors import CNIError
+from libcni_py.errors import CNIError, INVALID_CONFIG
 from plugins.pkg.names import check_ifname, check_path_component, short_hash
 
 NO_PREV_RESULT = 120      # chained without an interface plugin before it
@@ -35,7 +35,7 @@ class Config:
         self.vbr = check_ifname(conf.get("vbrName", "vbr-dp"), "vbrName")
         self.vth = check_ifname(conf.get("vthName", "vth-dp"), "vthName")
         if self.vbr == self.vth:
-            raise CNIError(7, "vbrName and vthName must differ", self.vbr)
+            raise CNIError(INVALID_CONFIG, "vbrName and vthName must differ", self.vbr)
         self.state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
         self.dp_wait_ms = int(conf.get("dpWaitMs", 500))
 
