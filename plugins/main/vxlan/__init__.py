@@ -1,7 +1,8 @@
 """vxlan: a flannel-style overlay (one route, one ARP and one FDB entry per remote node).
 
 The overlay half lives in overlay.py (the API the pod half calls), lease.py,
-registry/, device.py, peers.py and agent.py. Error codes 100-119 are ours:
+registry/, device.py, peers.py and agent.py. Error codes 100-119 are ours: the
+overlay's below, the pod half's (113-116) in pod.py.
 """
 
 REGISTRY_UNREADABLE = 100     # the registry cannot be read or written (I/O, permissions, a directory)
