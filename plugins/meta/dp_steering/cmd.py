@@ -87,10 +87,10 @@ def _new_pod(args: CmdArgs, cfg: netconf.Config, datapath: str):
     from .state import Pod
     vex, vin = netconf.port_names(args.container_id, args.ifname)
     return Pod(container_id=args.container_id, ifname=args.ifname, network=cfg.network,
-                     netns=args.netns, enforcer=cfg.enforcer_netns, vex=vex, vin=vin, vbr=cfg.vbr,
-                     vth=cfg.vth, datapath=datapath, mode=cfg.mode, fail_open=cfg.fail_open,
-                     dp_socket=cfg.dp_socket, dp_wait_ms=cfg.dp_wait_ms,
-                     name=args.args_dict.get("K8S_POD_NAME") or args.container_id)
+               netns=args.netns, enforcer=cfg.enforcer_netns, vex=vex, vin=vin, vbr=cfg.vbr,
+               vth=cfg.vth, datapath=datapath, mode=cfg.mode, fail_open=cfg.fail_open,
+               dp_socket=cfg.dp_socket, dp_wait_ms=cfg.dp_wait_ms,
+               name=args.args_dict.get("K8S_POD_NAME") or args.container_id)
 
 
 def _recorded(state_dir: str, container_id: str, ifname: str):
