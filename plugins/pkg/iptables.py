@@ -1,18 +1,19 @@
 """iptables userspace, driven only through iptables-save / iptables-restore.
 
 Every change is one `iptables-restore --noflush` transaction. Text that goes into
-restore input is checked here: a comment or a chain name that could end a line,
-open a quote or smuggle an option is refused, never quoted around.
+restore input is checked here: a comment that could end a line, open a quote or
+smuggle an option is refused, never quoted around (SAFE_TEXT is that alphabet, for
+callers checking their other tokens too).
 """
 from __future__ import annotations
 
 import re
 import subprocess
 
-from libcni_py.errors import CNIError
+from libcni_py.errors import CNIError, INVALID_CONFIG
 
-_CHAIN_RE = re.compile(r"^[A-Za-z0-9_\-]{1,28}$")
-_COMMENT_RE = re.compile(r"^[A-Za-z0-9 _.:/,=@+\-]{1,255}$")
+# Letters, digits, space and _.:/,=@+- : nothing that ends a line, opens a quote or escapes.
+SAFE_TEXT = re.compile(r"[A-Za-z0-9 _.:/,=@+\-]{1,255}")
 TABLES = ("filter", "nat", "mangle", "raw", "security")
 
 
@@ -20,16 +21,10 @@ class IptablesError(RuntimeError):
     pass
 
 
-def check_chain(name: str) -> str:
-    if not isinstance(name, str) or not _CHAIN_RE.fullmatch(name):
-        raise CNIError(7, f"invalid iptables chain name {name!r}")
-    return name
-
-
 def check_comment(text: str) -> str:
     """Comments carry network names and container IDs; nothing that can break a line."""
-    if not isinstance(text, str) or not _COMMENT_RE.fullmatch(text):
-        raise CNIError(7, f"text not allowed in an iptables comment: {text!r}",
+    if not isinstance(text, str) or not SAFE_TEXT.fullmatch(text):
+        raise CNIError(INVALID_CONFIG, f"text not allowed in an iptables comment: {text!r}",
                        "1-255 chars of letters, digits, space and _.:/,=@+-")
     return text
 
@@ -54,7 +49,7 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
         raise ValueError(table)
     for line in lines:
         if "\n" in line or "\r" in line or "\0" in line:
-            raise CNIError(7, "refusing iptables-restore input with a line break", repr(line))
+            raise CNIError(INVALID_CONFIG, "refusing iptables-restore input with a line break", repr(line))
     text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
     argv = [f"{binary}-restore", "--noflush"]
     if wait:

@@ -16,7 +16,6 @@ when it does not exist: with --noflush a declaration flushes an existing chain.
 """
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 
@@ -30,9 +29,6 @@ TABLE = "nat"
 NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
          "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
 _LOGICAL = {v: k for k, v in NAMES.items()}
-# Every token we write: the comment alphabet of plugins.pkg.iptables, nothing that ends a
-# line, opens a quote or escapes.
-_TOKEN_RE = re.compile(r"[A-Za-z0-9 _.:/,=@+\-]{1,255}")
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -130,7 +126,7 @@ def _comment_of(tokens: tuple[str, ...]) -> str:
 def _line(op: str, chain: str, tokens) -> str:
     out = []
     for t in tokens:
-        if not _TOKEN_RE.fullmatch(t):
+        if not iptables.SAFE_TEXT.fullmatch(t):     # every token we write
             raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
         out.append(f'"{t}"' if " " in t else t)
     return f"{op} {chain} " + " ".join(out)
