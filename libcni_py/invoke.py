@@ -4,6 +4,7 @@ Used by the runtime side (api.py) and by plugins delegating to IPAM.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -41,10 +42,10 @@ def exec_plugin(plugin_path: str, stdin: bytes, env: dict, stderr=None) -> bytes
     for attempt in range(5):
         try:
             p = subprocess.run([plugin_path], input=stdin, env=env, stdout=subprocess.PIPE,
-                               stderr=stderr, timeout=None)
+                               stderr=stderr)
             break
         except OSError as e:
-            if e.errno == 26 and attempt < 4:     # ETXTBSY: being written, retry as Go does
+            if e.errno == errno.ETXTBSY and attempt < 4:     # being written: retry, as Go does
                 time.sleep(1)
                 continue
             raise CNIError(INTERNAL, f"failed to exec plugin {plugin_path}: {e.strerror}") from None
@@ -93,33 +94,33 @@ def version_info(plugin_path: str, env_base: dict | None = None) -> list[str]:
 
 # --- delegation from inside a plugin (Go's DelegateAdd/Check/Del, plus GC/STATUS) ---
 
-def _delegate(command: str, plugin: str, netconf: bytes):
+def _located(command: str, plugin: str) -> tuple[str, dict]:
+    """The plugin's path on CNI_PATH and this process's environment with CNI_COMMAND set."""
     path = find_in_path(plugin, [p for p in os.environ.get("CNI_PATH", "").split(os.pathsep) if p])
-    env = dict(os.environ)
-    env["CNI_COMMAND"] = command
-    return path, env
+    return path, dict(os.environ, CNI_COMMAND=command)
+
+
+def _delegate(command: str, plugin: str, netconf: bytes) -> None:
+    path, env = _located(command, plugin)
+    exec_plugin(path, netconf, env)
 
 
 def delegate_add(plugin: str, netconf: bytes):
-    path, env = _delegate("ADD", plugin, netconf)
+    path, env = _located("ADD", plugin)
     return exec_with_result(path, netconf, env)
 
 
 def delegate_check(plugin: str, netconf: bytes) -> None:
-    path, env = _delegate("CHECK", plugin, netconf)
-    exec_plugin(path, netconf, env)
+    _delegate("CHECK", plugin, netconf)
 
 
 def delegate_del(plugin: str, netconf: bytes) -> None:
-    path, env = _delegate("DEL", plugin, netconf)
-    exec_plugin(path, netconf, env)
+    _delegate("DEL", plugin, netconf)
 
 
 def delegate_gc(plugin: str, netconf: bytes) -> None:
-    path, env = _delegate("GC", plugin, netconf)
-    exec_plugin(path, netconf, env)
+    _delegate("GC", plugin, netconf)
 
 
 def delegate_status(plugin: str, netconf: bytes) -> None:
-    path, env = _delegate("STATUS", plugin, netconf)
-    exec_plugin(path, netconf, env)
+    _delegate("STATUS", plugin, netconf)
