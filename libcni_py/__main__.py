@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             cni.get_status_network_list(lst)
     except CNIError as e:
         sys.stderr.write(f"{e}\n")
-        sys.stdout.write(json.dumps(e.to_dict(), indent=4) + "\n") if verb == "status" else None
+        if verb == "status":                   # STATUS answers with the error object on stdout too
+            sys.stdout.write(json.dumps(e.to_dict(), indent=4) + "\n")
         return 1
     except (ValueError, OSError) as e:
         sys.stderr.write(f"{e}\n")
