@@ -24,7 +24,6 @@ from plugins.pkg import iptables
 
 from . import rules as R
 
-RULES_FAILED = 141
 TABLE = "nat"
 NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
          "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
@@ -92,7 +91,7 @@ class Backend:
         try:
             iptables.restore(TABLE, lines)
         except iptables.IptablesError as e:
-            raise CNIError(RULES_FAILED, "iptables-restore failed", str(e)[:2000]) from None
+            raise CNIError(R.RULES_FAILED, "iptables-restore failed", str(e)[:2000]) from None
 
     @staticmethod
     def restore_lines(plan: R.Plan, current: dict[str, list[R.Entry]]) -> list[str]:
@@ -113,7 +112,7 @@ class Backend:
         try:
             return iptables.save(TABLE)
         except iptables.IptablesError as e:
-            raise CNIError(RULES_FAILED, "iptables-save failed", str(e)[:2000]) from None
+            raise CNIError(R.RULES_FAILED, "iptables-save failed", str(e)[:2000]) from None
 
 
 def _comment_of(tokens: tuple[str, ...]) -> str:
@@ -127,6 +126,6 @@ def _line(op: str, chain: str, tokens) -> str:
     out = []
     for t in tokens:
         if not iptables.SAFE_TEXT.fullmatch(t):     # every token we write
-            raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
+            raise CNIError(R.RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
         out.append(f'"{t}"' if " " in t else t)
     return f"{op} {chain} " + " ".join(out)

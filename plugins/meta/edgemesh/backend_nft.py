@@ -18,7 +18,6 @@ from plugins.pkg import iptables, nft
 
 from . import rules as R
 
-RULES_FAILED = 141
 FAMILY, TABLE = "ip", "edgemesh"
 HOOK_SPEC = {"prerouting": "type nat hook prerouting priority dstnat - 1; policy accept;",
              "output": "type nat hook output priority -101; policy accept;"}
@@ -66,7 +65,7 @@ class Backend:
         try:
             table = nft.list_table(FAMILY, TABLE)
         except nft.NftError as e:
-            raise CNIError(RULES_FAILED, "nft list failed", str(e)[:2000]) from None
+            raise CNIError(R.RULES_FAILED, "nft list failed", str(e)[:2000]) from None
         current: dict[str, list[R.Entry]] = {"prerouting": [], "output": []}
         for chain, rules in (table or {}).items():
             current[chain] = [R.Entry(key=text, comment=_comment_of(text), ref=handle)
@@ -80,7 +79,7 @@ class Backend:
         try:
             nft.run(lines)
         except (nft.NftError, ValueError) as e:
-            raise CNIError(RULES_FAILED, "nft transaction failed", str(e)[:2000]) from None
+            raise CNIError(R.RULES_FAILED, "nft transaction failed", str(e)[:2000]) from None
 
     @staticmethod
     def script(plan: R.Plan) -> list[str]:

@@ -24,10 +24,7 @@ log = get_logger("pycni.edgemesh")
 
 
 def cmd_add(args: CmdArgs):
-    conf = config.parse(args.conf)
-    refuse_known_bad_kernel(conf)
-    pods = pod_rules(args, conf)
-    shared = R.shared_items(conf, conf.all_ignored())
+    conf, shared, pods = desired(args)
     with locked(conf.lock_path):
         created = listen.ensure(conf.listen_address) if conf.ensure_listen_device else False
         try:
@@ -40,10 +37,7 @@ def cmd_add(args: CmdArgs):
 
 
 def cmd_check(args: CmdArgs):
-    conf = config.parse(args.conf)
-    refuse_known_bad_kernel(conf)
-    pods = pod_rules(args, conf)
-    shared = R.shared_items(conf, conf.all_ignored())
+    conf, shared, pods = desired(args)
     with locked(conf.lock_path):
         holders = backends.holding_rules(conf.backend)
         if not holders:
@@ -73,6 +67,14 @@ def cmd_gc(args: CmdArgs):
         net, cid = config.parse_pod_comment(comment) or ("", "")
         return net == conf.network and cid not in valid
     remove_pods(conf, stale)
+
+
+def desired(args: CmdArgs) -> tuple[config.NetConf, dict[str, list[R.Item]], list[R.PodMatch]]:
+    """What ADD installs and CHECK expects: the config, the node-wide rules, this pod's rules."""
+    conf = config.parse(args.conf)
+    refuse_known_bad_kernel(conf)
+    pods = pod_rules(args, conf)
+    return conf, R.shared_items(conf, conf.all_ignored()), pods
 
 
 def remove_pods(conf: config.NetConf, drop) -> None:
