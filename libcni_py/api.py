@@ -145,6 +145,9 @@ class CNIConfig:
         if not net_name or not rt.container_id or not rt.ifname:
             raise CNIError(INTERNAL, f"cache file path requires network name ({net_name!r}), container ID "
                                      f"({rt.container_id!r}), and interface name ({rt.ifname!r})")
+        validate_network_name(net_name)          # all three name a file: no '/' or '..' gets through
+        validate_container_id(rt.container_id)
+        validate_ifname(rt.ifname)
         return os.path.join(self._cache_dir(rt), "results", f"{net_name}-{rt.container_id}-{rt.ifname}")
 
     def _cache_add(self, result: Result, lst: NetworkConfigList, rt: RuntimeConf) -> None:

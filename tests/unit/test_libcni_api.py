@@ -111,3 +111,14 @@ def test_add_error_names_the_plugin(cni):
     with pytest.raises(CNIError) as ei:
         cni.add_network_list(lst, rt())
     assert ei.value.code == 7 and 'type="pycni-passthrough"' in ei.value.msg and "logLevel" in ei.value.msg
+
+
+def test_del_with_a_container_id_naming_another_path_touches_no_file_there(cni, tmp_path):
+    """The cache path is built from names: one with '/' or '..' is refused, not followed."""
+    (tmp_path / "cache" / "results" / "pnet-x").mkdir(parents=True)
+    victim = tmp_path / "cache" / "results" / "victim-eth0"
+    victim.write_text("{}")
+    with pytest.raises(CNIError) as e:
+        cni.del_network_list(plist(), rt(cid="x/../victim"))
+    assert e.value.code == 4                 # the plugin refuses the container ID too
+    assert victim.read_text() == "{}"
