@@ -221,11 +221,8 @@ def _decode_conf(data: bytes) -> dict:
 def _check_version(cmd: str, conf_version, supported) -> None:
     if not isinstance(conf_version, str):     # Go's ConfigDecoder cannot decode it
         raise CNIError(E.DECODING_FAILURE, "cniVersion must be a string", repr(conf_version))
-    try:
-        V.parse(conf_version)
-    except CNIError:                           # a string Go would compare and not find
-        V.require_supported(conf_version, supported)
     floor = MIN_VERSION.get(cmd)
+    # Go compares CHECK/GC/STATUS versions first (junk: code 6), ADD/DEL only look it up (code 1).
     if floor and V.lt(conf_version, floor):
         raise CNIError(E.INCOMPATIBLE_VERSION, f"config version does not allow {cmd}",
                        f"{cmd} needs cniVersion >= {floor}, config is {conf_version}")

@@ -27,7 +27,7 @@ def lt(a: str, b: str) -> bool:
 
 
 def require_supported(v: str, supported=ALL) -> None:
-    parse(v)
+    """Code 1 unless `v` is one of `supported` (like Go's reconciler: a lookup, no parsing)."""
     if v not in supported:
         raise CNIError(INCOMPATIBLE_VERSION, "incompatible CNI versions",
                        f'config is "{v}", plugin supports {list(supported)}')

@@ -236,6 +236,12 @@ def test_unknown_cni_version_is_code_1(ver):
     assert e["cniVersion"] == "1.1.0"      # an error in a version the runtime can read
 
 
+@pytest.mark.parametrize("cmd,code", [("ADD", 1), ("DEL", 1), ("CHECK", 6), ("GC", 6), ("STATUS", 6)])
+def test_a_cni_version_that_is_no_version_is_code_1_or_6_as_in_go(cmd, code):
+    """Go's skel looks ADD/DEL's version up (not found: 1) and compares the others' (unparsable: 6)."""
+    assert error_of(env_for(cmd), conf("1.0"))["code"] == code
+
+
 def test_absent_cni_version_means_0_1_0_which_we_do_not_support():
     c = conf()
     del c["cniVersion"]
