@@ -194,8 +194,9 @@ class CNIConfig:
                 data = json.load(f)
         except (OSError, ValueError):
             return None
-        if data.get("kind") != CACHE_KIND:
-            raise CNIError(INTERNAL, f"read cached network {lst.name!r} config has wrong kind: {data.get('kind')}")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind != CACHE_KIND:
+            raise CNIError(INTERNAL, f"read cached network {lst.name!r} config has wrong kind: {kind}")
         new = RuntimeConf(**{**rt.__dict__})
         if data.get("cniArgs") is not None:
             new.args = [tuple(a) for a in data["cniArgs"]]

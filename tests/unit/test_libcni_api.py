@@ -122,3 +122,12 @@ def test_del_with_a_container_id_naming_another_path_touches_no_file_there(cni, 
         cni.del_network_list(plist(), rt(cid="x/../victim"))
     assert e.value.code == 4                 # the plugin refuses the container ID too
     assert victim.read_text() == "{}"
+
+
+@pytest.mark.parametrize("content", [json.dumps(PREV), "[]"])
+def test_cached_config_of_a_cache_that_is_not_cniCacheV1_is_an_error(cni, tmp_path, content):
+    path = cache_path(tmp_path, "pnet", "c1")
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(CNIError, match="wrong kind"):
+        cni.get_cached_config(plist(), rt())
