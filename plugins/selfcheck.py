@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-CLONE_NEWNET = 0x40000000
+from plugins.pkg.ns import CLONE_NEWNET
 
 
 def check_imports() -> str:
