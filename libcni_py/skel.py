@@ -65,8 +65,16 @@ class CmdArgs:
 
     @property
     def valid_attachments(self) -> list[dict]:
+        """GC's list of {containerID, ifname}. A malformed entry is an error, never skipped:
+        skipping it would let GC release an attachment the runtime still uses."""
         conf = self.conf
-        return list(conf.get("cni.dev/valid-attachments") or conf.get("cni.dev/attachments") or [])
+        raw = conf.get("cni.dev/valid-attachments") or conf.get("cni.dev/attachments") or []
+        if not isinstance(raw, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)
+                for a in raw):
+            raise CNIError(E.INVALID_CONFIG, "cni.dev/valid-attachments must be a list of "
+                                             "{containerID, ifname} objects", json.dumps(raw)[:200])
+        return list(raw)
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:

@@ -360,3 +360,18 @@ def test_cni_error_dict_round_trip():
     assert CNIError.from_dict(err.to_dict("1.0.0")).to_dict("1.0.0") == \
         {"cniVersion": "1.0.0", "code": 7, "msg": "bad", "details": "field x"}
     assert CNIError(4, "m").to_dict() == {"code": 4, "msg": "m"}
+
+
+@pytest.mark.parametrize("raw", [["c1"], [{"containerID": "c1"}], [{"containerID": 1, "ifname": "eth0"}], "c1"],
+                         ids=["string entry", "no ifname", "non-string id", "not a list"])
+def test_malformed_valid_attachments_are_code_7_not_skipped(raw):
+    args = skel.CmdArgs("GC", conf={"cniVersion": "1.1.0", "name": "n", "cni.dev/valid-attachments": raw})
+    with pytest.raises(CNIError) as e:
+        args.valid_attachments
+    assert e.value.code == 7
+
+
+def test_valid_attachments_from_either_key():
+    good = [{"containerID": "c1", "ifname": "eth0"}]
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        assert skel.CmdArgs("GC", conf={key: good}).valid_attachments == good

@@ -92,7 +92,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     conf, cfg = args.conf, overlay.node_config(args.conf)
-    valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments if isinstance(a, dict)}
+    valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
     errors = []
     with pod_links() as ipr:
         for rec in ipam.records(cfg.state_dir):
