@@ -29,12 +29,10 @@ _validators: dict[str, object] = {}
 
 
 def schema_dir() -> str:
-    """conf/schema in a checkout, or the copy a PyInstaller bundle carries."""
-    import sys
-    base = getattr(sys, "_MEIPASS", None)
-    if base:
-        return os.path.join(base, "conf", "schema")
-    return os.path.join(os.path.dirname(__file__), "..", "..", "conf", "schema")
+    """plugins/schema: package data, so a checkout, a wheel install and the PyInstaller
+    bundle (which carries it at the same place under _MEIPASS) all find it beside the code.
+    conf/schema is a link to it for readers of conf/."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema")
 
 
 def load(name: str) -> dict:

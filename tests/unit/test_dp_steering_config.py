@@ -116,7 +116,7 @@ def test_shared_pair_users_are_a_set_and_the_file_goes_with_the_last(tmp_path):
 def test_example_conflists_are_valid(name):
     import json
     import os
-    with open(os.path.join(schema.schema_dir(), "..", name)) as f:
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "conf", name)) as f:
         lst = json.load(f)
     conf = {"cniVersion": lst["cniVersion"], "name": lst["name"], **lst["plugins"][-1]}
     schema.validate(conf, "dp-steering")
