@@ -19,7 +19,8 @@ WORK=${PYCNI_WORK:-$ROOT/build/pyinstaller}
 
 # Debian packages the test suite runs against (real plugins, real netfilter, real Go libcni).
 TEST_DEBS=(containernetworking-plugins iproute2 iptables nftables golang-go
-           golang-github-appc-cni-dev iperf3 etcd-server)
+           golang-github-appc-cni-dev iperf3 etcd-server
+           containerd runc podman busybox-static)
 DEMOS=(plugins.meta.passthrough.demo plugins.main.vxlan.demo plugins.meta.dp_steering.demo
        plugins.meta.edgemesh.demo)
 
