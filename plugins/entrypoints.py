@@ -66,15 +66,17 @@ def _host_env_for_children() -> None:
 
 
 def dispatch(name: str) -> None:
-    """Run the main() of plugin `name`. A module this build lacks, or one that fails to
-    load, still answers in CNI terms: error JSON on stdout, traceback on stderr."""
+    """Run the main() of plugin `name` and exit with what it returns, as the console script
+    pip writes does (`sys.exit(main())`): None is 0, an int is the status. A module this build
+    lacks, or one that fails to load, still answers in CNI terms: error JSON on stdout,
+    traceback on stderr, exit 1."""
     module = ENTRYPOINTS[name]
     from importlib import import_module
     try:
         entry = import_module(module).main
     except Exception as e:  # noqa: BLE001
         _load_failed(name, module, e)
-    entry()
+    sys.exit(entry())
 
 
 def _load_failed(name: str, module: str, e: Exception) -> None:
