@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from . import records
 from . import version as V
 from .conf import NetworkConfig, NetworkConfigList, inject
 from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL
@@ -161,11 +162,7 @@ class CNIConfig:
         cached["result"] = result.encode()
         path = self._cache_path(lst.name, rt)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(cached, f)
-        os.replace(tmp, path)
+        records.write(path, None, text=json.dumps(cached))
 
     def _cache_remove(self, lst: NetworkConfigList, rt: RuntimeConf) -> None:
         try:
@@ -175,9 +172,8 @@ class CNIConfig:
 
     def get_cached_result(self, lst: NetworkConfigList, rt: RuntimeConf) -> Result | None:
         try:
-            with open(self._cache_path(lst.name, rt), "rb") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+            data = records.read(self._cache_path(lst.name, rt))
+        except (OSError, ValueError):      # ValueError: records.RecordError, any content
             return None
         raw = data.get("result") if isinstance(data, dict) and data.get("kind") == CACHE_KIND else data
         if not isinstance(raw, dict):          # legacy caches held the bare result
@@ -190,8 +186,7 @@ class CNIConfig:
 
     def get_cached_config(self, lst: NetworkConfigList, rt: RuntimeConf) -> tuple[bytes, RuntimeConf] | None:
         try:
-            with open(self._cache_path(lst.name, rt), "rb") as f:
-                data = json.load(f)
+            data = records.read(self._cache_path(lst.name, rt))
         except (OSError, ValueError):
             return None
         kind = data.get("kind") if isinstance(data, dict) else None
@@ -213,9 +208,10 @@ class CNIConfig:
         for n in names:
             if container_id and container_id not in n:
                 continue
+            if records.is_temp(n):
+                continue
             try:
-                with open(os.path.join(d, n), "rb") as f:
-                    data = json.load(f)
+                data = records.read(os.path.join(d, n))
             except (OSError, ValueError):
                 continue
             if not isinstance(data, dict) or data.get("kind") != CACHE_KIND:

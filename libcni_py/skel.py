@@ -16,6 +16,7 @@ from collections.abc import Callable
 from . import errors as E
 from . import version as V
 from .errors import CNIError
+from .records import loads
 
 VERBS = ("ADD", "CHECK", "DEL", "GC", "STATUS", "VERSION")
 # (variable, verbs that require it), as Go's skel.getCmdArgsFromEnv.
@@ -41,6 +42,7 @@ class CmdArgs:
         self.command, self.container_id, self.netns, self.ifname = command, container_id, netns, ifname
         self.args, self.path, self.stdin = args, path, stdin
         self.conf = {} if conf is None else conf
+        self.netns_gone = ""      # DEL: the CNI_NETNS given, when it was no network namespace
 
     @property
     def cni_version(self) -> str:
@@ -109,6 +111,10 @@ def validate_network_name(name: str) -> None:
 def validate_ifname(name: str) -> None:
     if not name:
         raise CNIError(E.INVALID_ENV, "interface name is empty")
+    try:
+        name.encode()
+    except UnicodeEncodeError:           # os.environ keeps undecodable bytes as surrogates
+        raise CNIError(E.INVALID_ENV, "interface name is not UTF-8", repr(name)) from None
     if len(name.encode()) > 15:          # IFNAMSIZ counts bytes, as Go's len() does
         raise CNIError(E.INVALID_ENV, "interface name is too long", "interface name should be less than 16 characters")
     if name in (".", ".."):
@@ -125,16 +131,20 @@ class Plugin:
 
     def __init__(self, add: Handler, check: Handler, delete: Handler, gc: Handler | None = None,
                  status: Handler | None = None, supported: tuple = V.ALL, about: str = "",
-                 validate: Callable[[dict, str], None] | None = None, needs_netns: bool = True):
+                 validate: Callable[[dict, str], None] | None = None, needs_netns: bool = True,
+                 translate: Callable[[BaseException], CNIError | None] | None = None):
         self.add, self.check, self.delete, self.gc, self.status = add, check, delete, gc, status
         self.supported, self.about = supported, about
         self.validate = validate          # (conf, command) -> raise CNIError
-        self.needs_netns = needs_netns    # ADD/CHECK: CNI_NETNS must name an existing path
+        self.needs_netns = needs_netns    # ADD/CHECK: CNI_NETNS must be a network namespace
+        self.translate = translate        # a failure of shared code -> the plugin's code (its errors.py)
 
 
 def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
     """One plugin invocation. Returns the exit status; never raises."""
     conf_version = V.CURRENT
+    args = None
+    started = _clock()
     try:
         cmd = environ.get("CNI_COMMAND", "")
         if not cmd and plugin.about:
@@ -147,13 +157,14 @@ def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
             requested = None
             if data.strip():
                 try:      # like Go, an unreadable VERSION input is ignored
-                    requested = json.loads(data).get("cniVersion")
+                    requested = loads(data).get("cniVersion")
                 except (ValueError, AttributeError):
                     requested = None
             _write(stdout, V.version_answer(requested, plugin.supported))
             return 0
         args.stdin = data
         args.conf = _decode_conf(data)
+        _setup_logging(args.conf, stderr, cmd)
         conf_version = V.config_version(args.conf)
         _check_version(cmd, conf_version, plugin.supported)
         validate_network_name(args.conf.get("name", ""))
@@ -161,31 +172,59 @@ def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
             validate_container_id(args.container_id)
             validate_ifname(args.ifname)
             parse_cni_args(args.args)
-        if cmd in ("ADD", "CHECK") and plugin.needs_netns and not os.path.exists(args.netns):
-            raise CNIError(E.INVALID_ENV, f"CNI_NETNS {args.netns!r} does not exist")
-        _setup_logging(args.conf, stderr)
+        _check_netns(plugin, args)
         if plugin.validate is not None:
             plugin.validate(args.conf, cmd)
         handler = {"ADD": plugin.add, "CHECK": plugin.check, "DEL": plugin.delete,
                    "GC": plugin.gc, "STATUS": plugin.status}[cmd]
-        if handler is None:      # a plugin without GC/STATUS has nothing to do
-            return 0
-        result = handler(args)
+        result = None if handler is None else handler(args)   # no GC/STATUS: nothing to do
         if cmd == "ADD":
             if result is None:
                 raise CNIError(E.INTERNAL, "plugin returned no result for ADD")
-            _write(stdout, result if isinstance(result, dict) else result.encode(conf_version))
+            out = result if isinstance(result, dict) else result.encode(conf_version)
+            _write(stdout, out)
+            _log_outcome(args, started, None, out)
+        else:
+            _log_outcome(args, started, None, None)
         return 0
-    except CNIError as e:
-        _log_error(e, stderr)
-        _write(stdout, e.to_dict(conf_version if _known(conf_version) else V.CURRENT))
-        return 1
     except Exception as e:  # noqa: BLE001 - the contract: never a traceback on stdout
-        import traceback
-        traceback.print_exc(file=stderr)
-        _write(stdout, CNIError(E.INTERNAL, f"internal error: {type(e).__name__}: {e}").to_dict(
-            conf_version if _known(conf_version) else V.CURRENT))
+        err = e if isinstance(e, CNIError) else _translate(plugin, e, stderr)
+        _log_failure(err, args, started, stderr)
+        _write(stdout, err.to_dict(conf_version if _known(conf_version) else V.CURRENT))
         return 1
+
+
+def _translate(plugin: Plugin, e: Exception, stderr) -> CNIError:
+    """A failure the plugin's errors.py knows (a kernel refusal, the xtables lock, the dp) becomes
+    its code; anything else is our bug: 999, with the traceback on stderr only."""
+    if isinstance(e, RecursionError):
+        return CNIError(E.DECODING_FAILURE, "input nested too deeply", str(e))
+    err = None
+    if plugin.translate is not None:
+        try:
+            err = plugin.translate(e)
+        except Exception:  # noqa: BLE001 - a broken table must not hide the original failure
+            err = None
+    if err is not None:
+        return err
+    import traceback
+    traceback.print_exception(e, file=stderr)
+    return CNIError(E.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+
+def _check_netns(plugin: Plugin, args: CmdArgs) -> None:
+    """ADD/CHECK: CNI_NETNS must be a network namespace (code 4; a FIFO never blocks). DEL: a path
+    that is not one (what an unmounted netns leaves behind) is a namespace that is gone."""
+    if not plugin.needs_netns or args.command not in ("ADD", "CHECK", "DEL") or not args.netns:
+        return
+    from .netns import NetnsError, check_netns
+    try:
+        check_netns(args.netns)
+    except NetnsError as e:
+        if args.command != "DEL":
+            raise CNIError(E.INVALID_ENV, f"CNI_NETNS {args.netns!r} is not a network namespace",
+                           e.strerror or str(e)) from None
+        args.netns_gone, args.netns = args.netns, ""
 
 
 def plugin_main(plugin: Plugin) -> None:
@@ -218,8 +257,8 @@ def _args_from_env(environ, cmd: str) -> CmdArgs:
 
 def _decode_conf(data: bytes) -> dict:
     try:
-        conf = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        conf = loads(data)
+    except ValueError as e:
         raise CNIError(E.DECODING_FAILURE, "error unmarshaling network config", str(e)) from None
     if not isinstance(conf, dict):
         raise CNIError(E.DECODING_FAILURE, "network config must be a JSON object")
@@ -246,17 +285,55 @@ def _write(stdout, obj: dict) -> None:
 
 
 _deferred_log_stderr = None     # set-up owed to a run that logs nothing so far
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+PATH_MAX = 4096
 
 
-def _setup_logging(conf: dict, stderr) -> None:
+def _clock() -> float:
+    import time
+    return time.monotonic()
+
+
+def _setup_logging(conf: dict, stderr, command: str = "") -> None:
     """The "pycni" logger: to stderr, and to logFile when configured, at logLevel (warning).
     With neither key and logging not imported yet, the set-up waits for the first record
-    (setup_deferred_logging): importing logging costs ~5-10 ms of an exec that may never log."""
+    (setup_deferred_logging): importing logging costs ~5-10 ms of an exec that may never log.
+    A logFile that is not an absolute path to a regular file (or where one can be made) is
+    code 7 on ADD; the other verbs warn on stderr and go on (cleanup does not need a log)."""
     global _deferred_log_stderr
     if "logging" in sys.modules or "logFile" in conf or "logLevel" in conf:
-        _configure_logging(conf, stderr)
+        stream = None
+        if "logFile" in conf:
+            try:
+                stream = open_log_file(conf["logFile"])
+            except CNIError as e:
+                if command == "ADD":
+                    raise
+                stderr.write(f"pycni: warning: {e}; logging to stderr only\n")
+        _configure_logging(conf, stderr, stream)
     else:
         _deferred_log_stderr = stderr
+
+
+def open_log_file(path):
+    """A text stream appending to `path`, opened without following a symlink and without
+    blocking (a FIFO there is refused, never waited on). CNIError(7) for anything else."""
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path or "\n" in path:
+        raise CNIError(E.INVALID_CONFIG, "logFile must be an absolute path", repr(path)[:200])
+    if len(path.encode(errors="surrogateescape")) >= PATH_MAX or any(
+            len(part.encode(errors="surrogateescape")) > 255 for part in path.split("/")):
+        raise CNIError(E.INVALID_CONFIG, "logFile path is too long", f"{len(path)} characters")
+    import stat
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise CNIError(E.INVALID_CONFIG, f"cannot open logFile {path!r}", e.strerror or str(e)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CNIError(E.INVALID_CONFIG, f"logFile {path!r} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
 
 
 def setup_deferred_logging() -> None:
@@ -264,32 +341,63 @@ def setup_deferred_logging() -> None:
     global _deferred_log_stderr
     stderr, _deferred_log_stderr = _deferred_log_stderr, None
     if stderr is not None:
-        _configure_logging({}, stderr)
+        _configure_logging({}, stderr, None)
 
 
-def _configure_logging(conf: dict, stderr) -> None:
+def _configure_logging(conf: dict, stderr, stream) -> None:
     import logging
     root = logging.getLogger("pycni")
     if root.handlers:
         return
-    level = str(conf.get("logLevel", "warning")).upper()
-    root.setLevel(getattr(logging, level, logging.WARNING))
+    level = conf.get("logLevel", "warning")
+    root.setLevel(LOG_LEVELS.get(level if isinstance(level, str) else "", logging.WARNING))
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     h = logging.StreamHandler(stderr)
     h.setFormatter(fmt)
     root.addHandler(h)
-    path = conf.get("logFile")
-    if isinstance(path, str) and path.startswith("/") and "\n" not in path:
-        try:
-            fh = logging.FileHandler(path)
-            fh.setFormatter(fmt)
-            root.addHandler(fh)
-        except OSError as e:
-            root.warning("cannot open logFile %s: %s", path, e)
+    if stream is not None:
+        fh = logging.StreamHandler(stream)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
 
 
-def _log_error(e: CNIError, stderr) -> None:
+def _what(args: CmdArgs | None) -> str:
+    if args is None:
+        return "?"
+    parts = [args.command or "?", f"network={args.network or '?'}"]
+    if args.container_id:
+        parts.append(f"containerID={args.container_id}")
+    if args.ifname:
+        parts.append(f"ifname={args.ifname}")
+    return " ".join(parts)
+
+
+def _log_outcome(args: CmdArgs, started: float, err: CNIError | None, result) -> None:
+    """One line per command at info; what went in and out at debug. Costs nothing when the
+    "pycni" logger was never set up (no logFile/logLevel): logging is not even imported."""
+    if "logging" not in sys.modules:
+        return
+    import logging
+    log = logging.getLogger("pycni.skel")
+    ms = (_clock() - started) * 1000
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: config %s", _what(args), args.stdin[:4096].decode(errors="replace"))
+        if result is not None:
+            log.debug("%s: result %s", _what(args), json.dumps(result))
+    if err is None:
+        log.info("%s: ok (%.1f ms)", _what(args), ms)
+    else:
+        log.error("%s: failed, code %d: %s (%.1f ms)", _what(args), err.code, err, ms)
+
+
+def _log_failure(e: CNIError, args: CmdArgs | None, started: float, stderr) -> None:
+    """Every failure is logged at error whatever logLevel says: through the logger (stderr and
+    logFile) when it is set up, else one line on stderr."""
     try:
-        stderr.write(f"pycni: error {e.code}: {e}\n")
-    except Exception:  # noqa: BLE001
+        root = sys.modules["logging"].getLogger("pycni") if "logging" in sys.modules else None
+        if args is not None and root is not None and root.handlers:
+            _log_outcome(args, started, e, None)
+        else:
+            stderr.write(f"pycni: error {e.code}: {e} [{_what(args)}]\n")
+    except Exception:  # noqa: BLE001 - logging must never change the answer
         pass

@@ -17,8 +17,22 @@ SAFE_TEXT = re.compile(r"[A-Za-z0-9 _.:/,=@+\-]{1,255}")
 TABLES = ("filter", "nat", "mangle", "raw", "security")
 
 
+WAIT_SECONDS = "10"      # how long restore waits for the xtables lock before XtablesLockError
+
+
 class IptablesError(RuntimeError):
     pass
+
+
+class XtablesLockError(IptablesError):
+    """Another program (kube-proxy, a firewall) held the xtables lock for WAIT_SECONDS."""
+
+
+def _failed(what: str, stderr: str) -> IptablesError:
+    text = stderr.strip()
+    if "xtables lock" in text:
+        return XtablesLockError(f"{what}: {text}")
+    return IptablesError(f"{what}: {text}")
 
 
 def check_comment(text: str) -> str:
@@ -53,10 +67,10 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
     text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
     argv = [f"{binary}-restore", "--noflush"]
     if wait:
-        argv.append("--wait")
+        argv.append(f"--wait={WAIT_SECONDS}")
     p = subprocess.run(argv, input=text, capture_output=True, text=True)
     if p.returncode != 0:
-        raise IptablesError(f"{binary}-restore failed: {p.stderr.strip()}\ninput:\n{text}")
+        raise _failed(f"{binary}-restore failed", p.stderr + "\ninput:\n" + text)
 
 
 def save_all(binary: str = "iptables") -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from libcni_py.netns import NetnsError, check_netns, is_current, open_netns  # noqa: F401 - re-exported
+
 CLONE_NEWNET = 0x40000000
 _libc = None
 
@@ -19,7 +21,7 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         import ctypes
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise NetnsError(err, f"setns: {os.strerror(err)}")
 
 
 def current() -> str:
@@ -29,7 +31,7 @@ def current() -> str:
 @contextmanager
 def enter(path: str):
     """Run the body of the `with` in the netns at `path` (this thread only)."""
-    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    target = open_netns(path)
     orig = os.open(current(), os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)

@@ -35,29 +35,113 @@ def schema_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema")
 
 
+# Keys the CNI spec defines for every plugin's config, the ones runtimes inject, and our own
+# logging keys: every plugin accepts them (a plugin's schema may define one more narrowly).
+# Keys starting with "cni.dev/" are the spec's reserved namespace and always accepted.
+STANDARD_KEYS: dict = {
+    "cniVersion": {"type": "string"},
+    "name": {"type": "string"},
+    "type": {"type": "string"},
+    "args": {"type": "object"},
+    "runtimeConfig": {"type": "object"},
+    "capabilities": {"type": "object"},
+    "prevResult": {"type": "object"},
+    "ipMasq": {"type": "boolean"},
+    "ipam": {"type": "object"},
+    "dns": {"type": "object", "properties": {
+        "nameservers": {"type": "array", "items": {"type": "string"}},
+        "domain": {"type": "string"},
+        "search": {"type": "array", "items": {"type": "string"}},
+        "options": {"type": "array", "items": {"type": "string"}}}},
+    "logLevel": {"enum": ["debug", "info", "warning", "error"]},
+    "logFile": {"type": "string", "pattern": "^/"},
+}
+RESERVED_PREFIX = "cni.dev/"
+ALWAYS_NEEDED = ("cniVersion", "name", "type")
+
+
 def load(name: str) -> dict:
-    """conf/schema/<name>.json, read once per process."""
+    """plugins/schema/<name>.json with the standard keys added, read once per process."""
     schema = _schemas.get(name)
     if schema is None:
         with open(os.path.join(schema_dir(), name + ".json")) as f:
-            schema = _schemas[name] = json.load(f)
+            schema = json.load(f)
+        props = schema.setdefault("properties", {})
+        for key, sub in STANDARD_KEYS.items():
+            props.setdefault(key, sub)
+        _schemas[name] = schema
     return schema
 
 
-def validate(conf: dict, name: str) -> None:
-    """Raise CNIError(7) naming the first bad field and its value (jsonschema's first error)."""
+def validate(conf: dict, name: str, command: str = "ADD", cleanup: tuple = ()) -> None:
+    """ADD: raise CNIError(7) naming the first bad field and its value (jsonschema's first error),
+    an unknown key with the nearest known one, a missing required field by its name.
+    Every other verb (DEL, CHECK, GC, STATUS) must not fail on what cleanup does not need: unknown
+    keys are dropped from `conf` (in place, at every depth the schema closes), and so is a known
+    key whose value the schema refuses, unless it is in `cleanup` (the keys this plugin's
+    cleanup reads): those are still checked, and required when the schema requires them."""
     schema = load(name)
-    if accepts(conf, schema, schema):
+    checked = _without_reserved(conf)
+    if command != "ADD":
+        _lenient(conf, checked, schema, name, cleanup)
         return
-    _raise_first_error(conf, name)
+    if accepts(checked, schema, schema):
+        return
+    _raise_first_error(checked, name)
     log.debug("schema %s: jsonschema accepts a config the quick checker did not", name)
 
 
-def validator(name: str):
-    """A skel `validate` hook for schema `name` (conf/schema/<name>.json)."""
+def validator(name: str, cleanup: tuple = ()):
+    """A skel `validate` hook for schema `name` (plugins/schema/<name>.json); `cleanup` names the
+    config keys the plugin's DEL/CHECK/GC/STATUS need (see validate)."""
     def hook(conf: dict, command: str) -> None:
-        validate(conf, name)
+        validate(conf, name, command, cleanup)
     return hook
+
+
+def _without_reserved(conf: dict) -> dict:
+    if not any(isinstance(k, str) and k.startswith(RESERVED_PREFIX) for k in conf):
+        return conf
+    return {k: v for k, v in conf.items() if not k.startswith(RESERVED_PREFIX)}
+
+
+def _lenient(conf: dict, checked: dict, schema: dict, name: str, cleanup: tuple) -> None:
+    props = schema.get("properties", {})
+    needed = set(ALWAYS_NEEDED) | set(cleanup)
+    for key in list(checked):
+        if key not in props:
+            log.debug("schema %s: ignoring unknown key %r outside ADD", name, key)
+            conf.pop(key, None)
+            continue
+        _prune(conf[key], props[key], schema)
+        if accepts(conf[key], props[key], schema):
+            continue
+        if key in needed:
+            _raise_first_error({key: conf[key]}, name, only=key)
+        log.warning("schema %s: ignoring key %r outside ADD: its value is invalid", name, key)
+        conf.pop(key, None)
+    for key in schema.get("required", ()):
+        if key in needed and key not in conf:
+            raise CNIError(INVALID_CONFIG, f"missing required field {key!r}")
+
+
+def _prune(value, schema, root: dict) -> None:
+    """Drop keys a closed object schema does not know, at every depth (outside ADD only)."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        schema = _resolve(root, schema["$ref"]) or {}
+    if not isinstance(schema, dict):
+        return
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties", True) is False:
+            for key in [k for k in value if k not in props]:
+                del value[key]
+        for key, sub in props.items():
+            if key in value:
+                _prune(value[key], sub, root)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _prune(item, schema["items"], root)
 
 
 # ---- the quick checker ----
@@ -160,17 +244,35 @@ def _validator(name: str):
     return v
 
 
-def _raise_first_error(conf: dict, name: str) -> None:
-    """Raise jsonschema's first error (by path) as CNIError(7); return when there is none."""
-    errors = sorted(_validator(name).iter_errors(conf), key=lambda e: list(e.absolute_path))
+def _raise_first_error(conf: dict, name: str, only: str = "") -> None:
+    """Raise jsonschema's first error (by path) as CNIError(7); return when there is none.
+    `only`: report errors under that top-level key alone (the others were dealt with)."""
+    errors = [e for e in _validator(name).iter_errors(conf)
+              if not only or (list(e.absolute_path)[:1] == [only])]
+    errors.sort(key=lambda e: (e.validator == "required", list(e.absolute_path)))
     if not errors:
         return
     e = errors[0]
     path = ".".join(str(p) for p in e.absolute_path)
     if e.validator == "additionalProperties":
-        extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
-        path = ".".join(p for p in (path, ",".join(extra)) if p)
-        value = json.dumps({k: e.instance[k] for k in extra})[:200]
-    else:
-        value = json.dumps(e.instance)[:200]
+        known = list(e.schema.get("properties", {}))
+        extra = sorted(set(e.instance) - set(known))
+        where = ".".join(p for p in (path, extra[0]) if p)
+        hint = _nearest(extra[0], known)
+        more = f" (and {len(extra) - 1} more unknown)" if len(extra) > 1 else ""
+        raise CNIError(INVALID_CONFIG, f"unknown config key {where!r}{hint}{more}",
+                       f"value: {json.dumps({k: e.instance[k] for k in extra})[:200]}")
+    if e.validator == "required":
+        missing = [k for k in e.validator_value if isinstance(e.instance, dict) and k not in e.instance]
+        where = ".".join(p for p in (path, missing[0] if missing else "") if p)
+        raise CNIError(INVALID_CONFIG, f"missing required field {where!r}", e.message)
+    value = json.dumps(e.instance)[:200]
     raise CNIError(INVALID_CONFIG, f"invalid config field {path or '(config)'!r}: {e.message}", f"value: {value}")
+
+
+def _nearest(key: str, known: list) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in known if k.lower() == key.lower()]
+    return f" (did you mean {close[0]!r}?)" if close else ""
