@@ -106,7 +106,7 @@ def cases():
 def jsonschema_errors(conf: dict, name: str) -> list:
     s = schema.load(name)
     v = jsonschema.validators.validator_for(s)(s)
-    return sorted(v.iter_errors(conf), key=lambda e: list(e.absolute_path))
+    return sorted(v.iter_errors(conf), key=lambda e: (e.validator == "required", list(e.absolute_path)))
 
 
 def test_every_schema_has_an_example_config():
@@ -123,10 +123,20 @@ def test_quick_checker_agrees_with_jsonschema(name, conf, where):
         return
     with pytest.raises(CNIError) as e:
         schema.validate(conf, name)
-    assert e.value.code == 7 and e.value.msg.endswith(": " + full[0].message)    # jsonschema's words
+    assert e.value.code == 7
     field = ".".join(map(str, where)) if where else "(config)"
-    assert e.value.msg.startswith(f"invalid config field '{field}"), (where, e.value.msg)
-    assert e.value.details.startswith("value: ")
+    first = full[0]
+    if first.validator == "required":          # named as the missing field, jsonschema's words after
+        missing = [k for k in first.validator_value if k not in first.instance][0]
+        assert e.value.msg == f"missing required field {'.'.join([*map(str, where), missing])!r}"
+        assert e.value.details == first.message
+    elif first.validator == "additionalProperties":      # the unknown key, and the nearest known one
+        assert e.value.msg.startswith("unknown config key '"), e.value.msg
+        assert e.value.details.startswith("value: ")
+    else:
+        assert e.value.msg.endswith(": " + first.message)    # jsonschema's words
+        assert e.value.msg.startswith(f"invalid config field '{field}"), (where, e.value.msg)
+        assert e.value.details.startswith("value: ")
 
 
 # Hand-picked vxlan cases, from the vxlan helper's first comparison of the two checkers.
@@ -153,7 +163,8 @@ def test_vxlan_same_verdict_and_field_as_jsonschema(extra):
     if full:
         with pytest.raises(CNIError) as e:
             schema.validate(conf, "vxlan")
-        assert e.value.code == 7 and any(e.value.msg.startswith(f"invalid config field '{k}") for k in extra)
+        assert e.value.code == 7 and any(e.value.msg.startswith((f"invalid config field '{k}", "unknown config key",
+                                                                  "missing required field")) for k in extra), e.value.msg
 
 
 def test_every_schema_is_checked_without_jsonschema():
