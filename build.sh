@@ -106,8 +106,35 @@ system_packages() {
     log "apt-get install $(echo $missing)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # Servers among them (etcd-server, containerd) would be started and enabled by their
+    # maintainer scripts: a policy-rc.d answering 101 keeps them from starting, and the units
+    # they enabled are disabled again. The tests start their own etcd and containerd in
+    # test namespaces; nothing stays running or enabled on the machine.
+    local policy=/usr/sbin/policy-rc.d placed=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# placed by pycni build.sh during apt-get install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        placed=1
+    fi
     # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $missing
+    apt-get install -y -q --no-install-recommends $missing || { [ $placed = 0 ] || rm -f "$policy"; return 1; }
+    [ $placed = 0 ] || rm -f "$policy"
+    # shellcheck disable=SC2086
+    disable_services $missing
+}
+
+# Stop and disable the systemd units that packages installed by this run enabled.
+disable_services() {
+    local pkg unit
+    for pkg in "$@"; do
+        for unit in $(dpkg-query -L "$pkg" 2>/dev/null | grep -E '^(/usr)?/lib/systemd/system/[^/@]+\.(service|socket|timer)$'); do
+            unit=$(basename "$unit")
+            if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+                log "disabling $unit (installed by $pkg; the tests run their own)"
+                systemctl disable --now --quiet "$unit" 2>/dev/null || systemctl disable --quiet "$unit" || true
+            fi
+        done
+    done
 }
 
 # The tc-pedit tests boot Debian's stock kernel under qemu (tests/kit/stock_kernel_vm: this
@@ -129,13 +156,36 @@ cmd_test() {
     exec "$PY" -m pytest -q "$@" </dev/null
 }
 
+# The Go reference plugins the demos run beside ours (bridge, host-local, portmap, tuning), and
+# the tools they call. Installed on Debian when missing; elsewhere one line says what to install.
+DEMO_DEBS=(containernetworking-plugins iproute2 iptables nftables)
+GO_CNI_DIR=${PYCNI_GO_CNI_DIR:-/usr/lib/cni}
+
+demo_packages() {
+    local plugin missing=()
+    for plugin in bridge host-local portmap tuning; do
+        [ -x "$GO_CNI_DIR/$plugin" ] || missing+=("$plugin")
+    done
+    command -v ip >/dev/null && command -v iptables >/dev/null && command -v nft >/dev/null || missing+=(tools)
+    [ ${#missing[@]} -gt 0 ] || return 0
+    if [ -f /etc/debian_version ] && [ "${PYCNI_NO_APT:-}" != 1 ] && [ "$GO_CNI_DIR" = /usr/lib/cni ]; then
+        log "the demos need the Go reference plugins: apt-get install ${DEMO_DEBS[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -q && apt-get install -y -q --no-install-recommends "${DEMO_DEBS[@]}"; } >&2 \
+            || die "could not install ${DEMO_DEBS[*]}: install them (Debian/Ubuntu: apt-get install ${DEMO_DEBS[*]})"
+        return 0
+    fi
+    die "the demos need the Go reference CNI plugins (${missing[*]}) in $GO_CNI_DIR and ip, iptables, nft: install containernetworking-plugins iproute2 iptables nftables (Debian/Ubuntu package names)"
+}
+
 cmd_demo() {
     [ "$(id -u)" = 0 ] || die "the demos need root (they build network namespaces)"
+    demo_packages
     ensure_venv
     local module ran=0 failed=()
     for module in "${DEMOS[@]}"; do
         [ -f "${module//.//}.py" ] || continue
-        log "demo: python -m $module"
+        log "demo: .venv/bin/python -m $module"
         "$PY" -m "$module" || failed+=("$module")
         ran=$((ran + 1))
     done

@@ -67,7 +67,7 @@ def have(tool: str) -> bool:
 # Tests change only namespaces they make and directories under tmp. At the end of the session
 # the root netns (links, addresses, routes, rules, iptables, nftables) and the default state
 # and cache places of CNI and pycni must be exactly as at the start; otherwise the run fails.
-HOST_PLACES = ("/var/lib/cni/results", "/var/lib/cni/networks", "/var/lib/cni/pycni", "/run/pycni")
+HOST_PLACES = ("/var/lib/cni", "/run/cni", "/run/pycni", "/etc/cni", "/opt/cni")
 
 
 def _root_netns_state() -> dict:
@@ -75,8 +75,9 @@ def _root_netns_state() -> dict:
         p = subprocess.run(argv, capture_output=True, text=True)
         return p.stdout if p.returncode == 0 else f"<{argv[0]} failed>"
     iptables = "".join(line + "\n" for line in out("iptables-save").splitlines() if not line.startswith("#"))
-    files = sorted(os.path.join(d, f) for place in HOST_PLACES if os.path.isdir(place)
-                   for d, _, names in os.walk(place) for f in names)
+    files = sorted([place for place in HOST_PLACES if os.path.lexists(place)]
+                   + [os.path.join(d, f) for place in HOST_PLACES if os.path.isdir(place)
+                      for d, dirs, names in os.walk(place) for f in [*dirs, *names]])
     return {"links": out("ip", "-o", "link", "show"), "addresses": out("ip", "-o", "addr", "show"),
             "routes": out("ip", "route", "show", "table", "all"), "rules": out("ip", "rule", "show"),
             "iptables": iptables, "nftables": out("nft", "list", "ruleset"), "files": "\n".join(files)}

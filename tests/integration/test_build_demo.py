@@ -23,7 +23,7 @@ def test_build_sh_demo_runs_every_demo_and_cleans_up():
     assert p.returncode == 0, out
     for module in ("plugins.meta.passthrough.demo", "plugins.main.vxlan.demo",
                    "plugins.meta.dp_steering.demo", "plugins.meta.edgemesh.demo"):
-        assert f"==> demo: python -m {module}" in out
+        assert f"==> demo: .venv/bin/python -m {module}" in out
     assert "==> 4 demo(s) ran" in out
     # what each demo shows
     assert "ICMP echo pod -> gateway 10.88.0.1: 3 of 3 answered" in out          # foundation
@@ -33,3 +33,12 @@ def test_build_sh_demo_runs_every_demo_and_cleans_up():
     assert "answer 'orig=10.96.0.5:80'" in out and "answer 'real=10.96.0.10:80'" in out   # edgemesh
     assert "[FAIL]" not in out and "FAILED" not in out
     assert netns_names() - before == set()
+
+
+def test_build_sh_demo_without_the_go_plugins_says_what_to_install_in_one_line():
+    p = subprocess.run(["./build.sh", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, env={**os.environ, "PYCNI_GO_CNI_DIR": "/nonexistent"})
+    assert p.returncode == 1 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install containernetworking-plugins" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr

@@ -22,7 +22,7 @@ def setup(netns, tmp_path):
     (confdir / "10-cli.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": "pycni-cli", "plugins": [
         {"type": "bridge", "bridge": "cni-cli0", "isGateway": True,
          "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": "10.80.0.0/24"}]]}},
-        {"type": "tuning", "capabilities": {"mac": True}},
+        {"type": "tuning", "dataDir": str(tmp_path / "tuning"), "capabilities": {"mac": True}},
     ]}))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NETCONFPATH": str(confdir),
            "CNI_PATH": f"{VENV_BIN}:{GO_CNI_DIR}", "CNI_CACHE_DIR": str(tmp_path / "cache"),

@@ -171,7 +171,7 @@ def chain_list(world, ver):
     return conflist_from_dict({"cniVersion": ver, "name": "pycni-b", "plugins": [
         world.bridge(),
         {"type": "portmap", "capabilities": {"portMappings": True}},
-        {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
+        {"type": "tuning", "dataDir": str(world.tmp / "tuning"), "sysctl": {"net.core.somaxconn": "512"}},
     ]})
 
 

@@ -20,7 +20,8 @@ def cluster(netns, tmp_path):
 def test_every_pod_reaches_every_other_pod_across_hosts(cluster, netns, tmp_path):
     """vxlan + Go portmap + Go tuning in one conflist; ping and TCP between all pairs."""
     pods = Pods(cluster, netns, tmp_path, chain=[{"type": "portmap", "capabilities": {"portMappings": True}},
-                                                 {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.rp_filter": "0"}}])
+                                                 {"type": "tuning", "dataDir": str(tmp_path / "tuning"),
+                                                  "sysctl": {"net.ipv4.conf.eth0.rp_filter": "0"}}])
     attached = [pods.add(h, f"c{h.index}") for h in cluster.hosts]
     cluster.ensure_all()            # the reconcile an agent would do once every host has joined
     subnets = {h.node: json.loads(h.run("cat", os.path.join(h.conf["stateDir"], "lease.json")).stdout)["subnet"]
