@@ -11,7 +11,7 @@ pytestmark = pytest.mark.root
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_debs() -> list[str]:
+def packages_of_the_tests() -> list[str]:
     text = open(os.path.join(ROOT, "build.sh")).read()
     return re.search(r"TEST_DEBS=\(([^)]*)\)", text).group(1).split()
 
@@ -24,7 +24,7 @@ def units_of(pkg: str) -> list[str]:
 
 def test_no_server_of_the_test_packages_is_enabled():
     servers = {"etcd-server": "etcd.service", "containerd": "containerd.service"}
-    for pkg in test_debs():
+    for pkg in packages_of_the_tests():
         for unit in units_of(pkg):
             state = subprocess.run(["systemctl", "is-enabled", unit], capture_output=True, text=True).stdout.strip()
             if unit in servers.values():
@@ -32,7 +32,7 @@ def test_no_server_of_the_test_packages_is_enabled():
 
 
 def test_no_server_runs_in_the_machines_namespace():
-    root = os.stat("/proc/1/ns/net")
+    root = os.stat("/proc/self/ns/net")      # the tests run in the machine's namespace
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             comm = open(f"/proc/{pid}/comm").read().strip()
