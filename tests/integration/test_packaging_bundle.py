@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -24,29 +23,6 @@ pytest_plugins = ["tests.kit.bundle"]        # the `bundle` fixture, one build p
 
 CNI_PLUGINS = {"vxlan", "dp-steering", "edgemesh", "pycni-passthrough"}   # the rest are daemons/CLI
 BUNDLE_EXE = os.path.join("..", "pycni", "pycni")
-
-# Runs under `unshare -m`: covers every Python on the host (interpreters on PATH, the build
-# interpreter's prefix, libpython, the checkout with the venv) with empty mounts private
-# to this process, checks none is left, then execs the plugin with a bare environment.
-HIDE_PYTHON = r"""
-import glob, json, os, shutil, subprocess, sys
-spec = json.loads(sys.argv[1])
-dirs = {os.path.realpath(d) for d in spec["dirs"] + glob.glob("/usr/lib/python3*")
-        + glob.glob("/usr/local/lib/python3*") if os.path.isdir(d)}
-files = {os.path.realpath(f) for d in spec["path"].split(":") for f in glob.glob(d + "/python*")}
-files |= set(glob.glob("/usr/lib/*/libpython3*")) | set(glob.glob("/usr/lib/libpython3*"))
-for d in sorted(dirs):              # parents first: what lies under a covered dir is gone
-    if os.path.isdir(d):
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "nopython", d], check=True)
-for f in sorted(files):
-    if os.path.isfile(f):
-        subprocess.run(["mount", "--bind", "/dev/null", f], check=True)
-left = [p for d in spec["path"].split(":") for p in glob.glob(d + "/python*") if os.access(p, os.X_OK)]
-assert not left and not os.path.exists(os.path.join(sys.base_prefix, "lib")), left
-os.chdir("/")
-os.execve(spec["argv"][0], spec["argv"], spec["env"])
-"""
-
 
 def run(argv, env=None, timeout=600, **kw):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kw)
@@ -68,10 +44,8 @@ def names_in(d):
 
 def exec_without_python(exe, cni_env, stdin=""):
     """Run `exe` with only `cni_env` in its environment, cwd /, and no Python on the host."""
-    spec = {"argv": [str(exe)], "env": cni_env, "path": os.environ.get("PATH", "") + ":/usr/bin:/bin",
-            "dirs": [sys.base_prefix, sys.prefix, ROOT]}
-    return run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", HIDE_PYTHON,
-                json.dumps(spec)], input=stdin, timeout=60)
+    from tests.kit.bundle import without_python     # imported here: the module is our pytest plugin
+    return run(without_python([exe], cni_env), input=stdin, timeout=60)
 
 
 def cni_env(cmd, netns="", **extra):
@@ -108,7 +82,9 @@ def test_bin_holds_one_name_per_plugin_into_one_bundle(bundle):
     listed = run([str(bundle / "pycni" / "pycni"), "--list"]).stdout.split()
     assert sorted(listed) == names
     assert names_in(bundle) == ["bin", "pycni"]
-    assert os.path.isfile(bundle / "pycni" / "_internal" / "conf" / "schema" / "passthrough.json")
+    schemas = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "plugins", "schema", "*.json")))
+    assert len(schemas) >= 4 and sorted(
+        n for n in names_in(bundle / "pycni" / "_internal" / "plugins" / "schema") if n.endswith(".json")) == schemas
 
 
 def test_install_dir_holds_only_our_names(bundle, installed):
@@ -255,6 +231,61 @@ def test_entry_that_cannot_load_is_a_cni_error(module, code):
     p = run([os.path.join(VENV_BIN, "python"), "-c", prog], env={"CNI_COMMAND": "VERSION"}, input="",
             cwd=ROOT)
     assert_cni_error(p, code)
+
+
+@pytest.mark.parametrize("plugin", sorted(CNI_PLUGINS))
+def test_frozen_plugin_add_check_del_without_python(installed, netns, tmp_path, plugin):
+    """The installed bundle alone, no Python on the host: the frozen pycnitool runs a conflist
+    holding the frozen plugin (and Go's host-local/bridge where the world needs them) in a test
+    host, ADD, CHECK, DEL; dp-steering's dp is the frozen pycni-dp, also without Python."""
+    from tests.kit.bundle import CASES, Tool
+    assert set(CASES) == CNI_PLUGINS
+    CASES[plugin](Tool(installed, tmp_path, hide=True), netns, str(tmp_path))
+
+
+# Each name in the bundle, a run that must fail and one that must succeed: the bundle exits
+# with the same status as the venv's console script (pip's `sys.exit(main())`). {bin} is the
+# install dir under test, {conf} a dir holding a pycni-passthrough conflist at 1.1.0.
+PLUGIN_ENV = {"CNI_CONTAINERID": "pkg-exit1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0",
+              "CNI_PATH": "{bin}"}
+PLUGIN_CONF = '{"cniVersion": "1.0.0", "name": "exitnet", "type": "%s"}'
+EXIT_CASES = {
+    "pycnitool": [("bad verb", ["bogus", "net"], {}, "", False),
+                  ("status of a list", ["status", "exitnet"],
+                   {"NETCONFPATH": "{conf}", "CNI_PATH": "{bin}", "CNI_CACHE_DIR": "{conf}/cache"}, "", True)],
+    "vxlan-agent": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False),
+                    ("missing conf", ["--conf", "/nonexistent/vx.conflist"], {}, "", False)],
+    "pycni-dp": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False)],
+    "dp-steering": [("mode without args", ["mode"], {}, "", False)],
+    "edgemesh": [("sync without args", ["sync"], {}, "", False)],
+}
+for _name in sorted(CNI_PLUGINS):
+    EXIT_CASES.setdefault(_name, []).extend([
+        ("VERSION", [], {"CNI_COMMAND": "VERSION"}, '{"cniVersion": "1.0.0"}', True),
+        ("bad CNI_COMMAND", [], {**PLUGIN_ENV, "CNI_COMMAND": "BOGUS"}, PLUGIN_CONF % _name, False)])
+EXITS = [(name, *case) for name in sorted(EXIT_CASES) for case in EXIT_CASES[name]]
+
+
+def test_every_name_in_the_bundle_has_exit_cases(installed):
+    assert set(names_in(installed)) == set(EXIT_CASES)
+
+
+@pytest.mark.parametrize("name,what,argv,env,stdin,ok", EXITS, ids=[f"{e[0]}: {e[1]}" for e in EXITS])
+def test_exit_status_is_the_venv_scripts(installed, tmp_path, name, what, argv, env, stdin, ok):
+    (tmp_path / "exitnet.conflist").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": "exitnet", "plugins": [{"type": "pycni-passthrough"}]}))
+    got = {}
+    for where, bindir in (("bundle", str(installed)), ("venv", VENV_BIN)):
+        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+             **{k: v.format(bin=bindir, conf=tmp_path) for k, v in env.items()}}
+        got[where] = run([os.path.join(bindir, name), *argv], env=e, input=stdin, cwd="/", timeout=60)
+    frozen, venv = got["bundle"], got["venv"]
+    assert "Traceback" not in frozen.stdout + frozen.stderr, frozen.stdout + frozen.stderr
+    assert (frozen.returncode == 0) == ok, (frozen.returncode, frozen.stdout, frozen.stderr)
+    assert frozen.returncode == venv.returncode, (frozen.returncode, venv.returncode, venv.stderr)
+    if "CNI_COMMAND" in env and not ok:
+        assert frozen.returncode == 1
+        assert json.loads(frozen.stdout)["code"] == 4 == json.loads(venv.stdout)["code"], frozen.stdout
 
 
 # What the runtime hooks pycni.spec drops would be needed for (see the spec).
