@@ -1,7 +1,7 @@
 """Does this build work on this host? `pycni --self-check` (bundle) or `python -m plugins.selfcheck`.
 
 Checks what a frozen bundle can silently lack: every plugin module it names imports, every
-JSON Schema under conf/schema compiles with jsonschema, and pyroute2 creates and decodes
+JSON Schema under plugins/schema compiles with jsonschema, and pyroute2 creates and decodes
 bridge, veth and vxlan links (the link kinds pyroute2 imports lazily). The netlink part
 runs in a private network namespace made with unshare(2) that vanishes with the process,
 so the host's interfaces are never touched; it needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
