@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import records
 from . import version as V
 from .conf import NetworkConfig, NetworkConfigList, inject
-from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL
+from .errors import CNIError, DECODING_FAILURE, INCOMPATIBLE_VERSION, INTERNAL
 from .invoke import exec_plugin, exec_with_result, find_in_path, plugin_env, version_info
 from .skel import validate_container_id, validate_ifname, validate_network_name
 from .types import Result, decode
@@ -49,6 +49,7 @@ class CNIConfig:
         self.check_versions = check_versions
         self.stderr = stderr
         self._versions: dict[tuple, list[str]] = {}
+        self.gc_skipped: list[str] = []     # the last GC's unreadable cache files
 
     # ---- public verbs ----
     def add_network_list(self, lst: NetworkConfigList, rt: RuntimeConf) -> Result:
@@ -92,7 +93,12 @@ class CNIConfig:
             return
         valid = {(a.get("containerID"), a.get("ifname")) for a in valid_attachments}
         errors: list[str] = []
-        for att in self.get_cached_attachments():
+        unreadable: list[str] = []
+        attachments = self.get_cached_attachments(unreadable=unreadable)
+        if unreadable and self.stderr is not None:      # skipped, never fatal: reported
+            self.stderr.write(f"pycni: GC skipped cache files it cannot read: {', '.join(unreadable)}\n")
+        self.gc_skipped = unreadable
+        for att in attachments:
             if att["networkName"] != lst.name or (att["containerId"], att["ifName"]) in valid:
                 continue
             rt = RuntimeConf(container_id=att["containerId"], netns=att.get("netns", ""),
@@ -183,6 +189,8 @@ class CNIConfig:
         except CNIError as e:
             raise CNIError(e.code, f"failed to convert cached result to config version "
                                    f"{lst.cni_version!r}: {e.msg}", e.details) from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:   # any content
+            raise CNIError(DECODING_FAILURE, "cached result is malformed", f"{type(e).__name__}: {e}") from None
 
     def get_cached_config(self, lst: NetworkConfigList, rt: RuntimeConf) -> tuple[bytes, RuntimeConf] | None:
         try:
@@ -198,7 +206,9 @@ class CNIConfig:
         new.capability_args = data.get("capabilityArgs") or {}
         return base64.b64decode(data.get("config", "")), new
 
-    def get_cached_attachments(self, container_id: str = "") -> list[dict]:
+    def get_cached_attachments(self, container_id: str = "", unreadable: list | None = None) -> list[dict]:
+        """Every readable cniCacheV1 attachment; the names of files that are not are appended
+        to `unreadable` (any content: too large, not JSON, nested too deep, 1e999, a FIFO)."""
         d = os.path.join(self._cache_dir(), "results")
         try:
             names = sorted(os.listdir(d))
@@ -213,6 +223,8 @@ class CNIConfig:
             try:
                 data = records.read(os.path.join(d, n))
             except (OSError, ValueError):
+                if unreadable is not None:
+                    unreadable.append(n)
                 continue
             if not isinstance(data, dict) or data.get("kind") != CACHE_KIND:
                 continue

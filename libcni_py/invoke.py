@@ -11,7 +11,20 @@ import subprocess
 import time
 
 from . import version as V
-from .errors import CNIError, INTERNAL, DECODING_FAILURE
+from .errors import CNIError, INTERNAL, DECODING_FAILURE, INVALID_CONFIG
+
+# Every plugin exec'd through here carries its depth in the environment; a plugin that delegates
+# (IPAM, a chained delegate) passes it on, +1. A config that makes a plugin delegate to itself,
+# or a ring of plugins doing so, stops at MAX_DEPTH with code 7 instead of forking until the
+# machine runs out of memory. Go's invoke passes the environment on, so the marker crosses Go
+# plugins too.
+DEPTH_VAR = "PYCNI_DELEGATION_DEPTH"
+MAX_DEPTH = 8
+
+
+def _depth(env) -> int:
+    raw = env.get(DEPTH_VAR, "0")
+    return int(raw) if raw.isdigit() and len(raw) < 4 else MAX_DEPTH
 
 
 def find_in_path(plugin: str, paths: list[str]) -> str:
@@ -39,6 +52,12 @@ def plugin_env(command: str, container_id: str = "", netns: str = "", ifname: st
 
 def exec_plugin(plugin_path: str, stdin: bytes, env: dict, stderr=None) -> bytes:
     """Run a plugin; return its stdout, or raise the CNIError it printed."""
+    depth = _depth(os.environ) + 1
+    if depth > MAX_DEPTH:
+        raise CNIError(INVALID_CONFIG, f"refusing to exec {os.path.basename(plugin_path)}: plugins delegated "
+                                       f"{MAX_DEPTH} levels deep (a plugin delegating to itself?)",
+                       f"{DEPTH_VAR}={os.environ.get(DEPTH_VAR)}")
+    env = {**env, DEPTH_VAR: str(depth)}
     for attempt in range(5):
         try:
             p = subprocess.run([plugin_path], input=stdin, env=env, stdout=subprocess.PIPE,
