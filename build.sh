@@ -32,7 +32,7 @@ die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 # default import-hook finder costs ~10 ms in every plugin exec (see bench/foundation.md).
 install_project() {
     "$PY" -m pip install --quiet --disable-pip-version-check \
-        --config-settings editable_mode=compat -e ".[test,build]"
+        --config-settings editable_mode=compat -e ".[test,build,lint]"
     touch "$VENV/.pycni-installed"
 }
 
