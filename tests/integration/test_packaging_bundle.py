@@ -1,5 +1,6 @@
-"""The PyInstaller bundle: `./build.sh bin`, `./build.sh install DIR`, and the installed
-plugins running on a host where no Python can be found.
+"""The PyInstaller bundle: `./build.sh bin`, `./build.sh install DIR`, the installed plugins
+running on a host where no Python can be found (every CNI plugin ADD/CHECK/DEL, driven by the
+frozen pycnitool: tests/kit/bundle.py CASES), and every name's exit status.
 
 Built once per session into a tmp dir (about 10-30 s), never into the checkout's dist/: the
 `bundle` fixture of tests/kit/bundle.py, shared with the bench smoke test.
@@ -23,6 +24,7 @@ pytest_plugins = ["tests.kit.bundle"]        # the `bundle` fixture, one build p
 
 CNI_PLUGINS = {"vxlan", "dp-steering", "edgemesh", "pycni-passthrough"}   # the rest are daemons/CLI
 BUNDLE_EXE = os.path.join("..", "pycni", "pycni")
+
 
 def run(argv, env=None, timeout=600, **kw):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kw)
