@@ -14,7 +14,7 @@ BASE = {"cniVersion": "1.0.0", "name": "emnet", "type": "edgemesh", "serviceCIDR
 
 
 def test_defaults():
-    c = config.parse(BASE)
+    c = config.load(BASE)
     assert (c.listen_address, c.listen_port, c.protocols, c.scope, c.backend) == (
         "169.254.96.16", 40001, ("tcp",), "pod", "auto")
     assert not c.ensure_listen_device and not c.allow_known_bad_kernel
@@ -53,13 +53,13 @@ def test_schema_names_the_bad_field(keys, field):
 ])
 def test_semantic_checks_name_the_field(keys, field):
     with pytest.raises(CNIError) as e:
-        config.parse(dict(BASE, **keys))
+        config.load(dict(BASE, **keys))
     assert e.value.code == 7 and field in e.value.msg
 
 
 def test_services_file(tmp_path):
     f = tmp_path / "s.json"
-    conf = config.parse(dict(BASE, ignoredServicesFile=str(f),
+    conf = config.load(dict(BASE, ignoredServicesFile=str(f),
                              ignoredServices=[{"ip": "10.96.0.10", "name": "kube-system/kube-dns"}]))
     assert [s.name for s in conf.all_ignored()] == ["kube-system/kube-dns"]     # missing file: empty
     f.write_text(json.dumps([{"ip": "10.96.0.10", "name": "kube-system/kube-dns"},
@@ -103,5 +103,5 @@ def test_example_conflists_are_valid(name):
     [entry] = [p for p in lst["plugins"] if p["type"] == "edgemesh"]
     conf = dict(entry, name=lst["name"], cniVersion=lst["cniVersion"])
     validate(conf, "edgemesh")
-    config.parse(conf)
+    config.load(conf)
     assert lst["plugins"][0]["type"] == "bridge" and lst["plugins"][0]["ipam"]["type"] == "host-local"

@@ -1,4 +1,4 @@
-"""The kernel hazard table: 4.15 (bugzilla 198791) and the 4.14 backport range are refused."""
+"""The kernel hazard table: 4.15 (kubeedge/edgemesh#227; the netfilter getsockopt lock change) and the 4.14 backport range are refused."""
 import pytest
 
 from plugins.meta.edgemesh import kernel
@@ -23,7 +23,8 @@ def test_fine_or_unparsable_releases(release):
 def test_every_row_names_its_source_and_a_sane_range():
     for h in kernel.HAZARDS:
         assert h.first <= h.last and h.source and h.series
-    assert any("198791" in h.source for h in kernel.HAZARDS)
+    assert any("kubeedge/edgemesh/issues/227" in h.source and "485595768d89" in h.source for h in kernel.HAZARDS)
+    assert not any("article" in h.source for h in kernel.HAZARDS)
 
 
 def test_parse_release():

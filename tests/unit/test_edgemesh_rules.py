@@ -12,7 +12,7 @@ from plugins.meta.edgemesh import config
 from plugins.meta.edgemesh import rules as R
 from plugins.pkg import nft
 
-CONF = config.parse({"name": "emnet", "serviceCIDR": "10.96.0.1/12", "protocols": ["udp", "tcp"]})
+CONF = config.load({"name": "emnet", "serviceCIDR": "10.96.0.1/12", "protocols": ["udp", "tcp"]})
 DNS = config.Service("10.96.0.10", "kube-system/kube-dns")
 EMPTY = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
 ONE_POD = """*nat
@@ -107,7 +107,7 @@ def test_sync_touches_return_rules_only():
 
 
 def test_node_scope_catch_all_stays_last_and_excluded_pods_return():
-    node = config.parse({"name": "emnet", "serviceCIDR": "10.96.0.0/12", "protocols": ["udp", "tcp"],
+    node = config.load({"name": "emnet", "serviceCIDR": "10.96.0.0/12", "protocols": ["udp", "tcp"],
                          "scope": "node"})
     out = lines(ONE_POD, shared=R.shared_items(node, [DNS]), pods=pod("c2", "10.22.0.6", hijack=False))
     assert out == [

@@ -1,4 +1,4 @@
-"""iptables backend: the nat table, the article's chain names, one iptables-restore per change.
+"""iptables backend: the nat table, KubeEdge edgemesh's chain names, one iptables-restore per change.
 
   PREROUTING, OUTPUT  -m comment --comment "edgemesh root chain" -j EDGE-MESH   (top)
   EDGE-MESH           -s <pod>/32 -m comment --comment "edgemesh net=N id=C" -j EDGE-MESH-SVC
@@ -9,6 +9,9 @@
 
 Our root jumps are deleted by their (known, safe) spec; rules in our own chains by
 position, highest first, so nothing foreign in PREROUTING/OUTPUT can be hit.
+
+Failures of iptables-save/-restore (IptablesError, XtablesLockError when another program holds
+the xtables lock) go up as they are: errors.translate makes them codes 141 and 148.
 
 Rules are compared as iptables-save prints them (token lists), so a rule we already
 have is never rewritten and its counters survive. A chain is declared (":NAME") only
@@ -23,6 +26,7 @@ from libcni_py.errors import CNIError
 from plugins.pkg import iptables
 
 from . import rules as R
+from .errors import RULES_FAILED
 
 TABLE = "nat"
 NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
@@ -86,12 +90,8 @@ class Backend:
 
     def apply(self, plan: R.Plan, current: dict[str, list[R.Entry]]) -> None:
         lines = self.restore_lines(plan, current)
-        if not lines:
-            return
-        try:
+        if lines:
             iptables.restore(TABLE, lines)
-        except iptables.IptablesError as e:
-            raise CNIError(R.RULES_FAILED, "iptables-restore failed", str(e)[:2000]) from None
 
     @staticmethod
     def restore_lines(plan: R.Plan, current: dict[str, list[R.Entry]]) -> list[str]:
@@ -109,10 +109,7 @@ class Backend:
 
     @staticmethod
     def _save() -> str:
-        try:
-            return iptables.save(TABLE)
-        except iptables.IptablesError as e:
-            raise CNIError(R.RULES_FAILED, "iptables-save failed", str(e)[:2000]) from None
+        return iptables.save(TABLE)
 
 
 def _comment_of(tokens: tuple[str, ...]) -> str:
@@ -126,6 +123,6 @@ def _line(op: str, chain: str, tokens) -> str:
     out = []
     for t in tokens:
         if not iptables.SAFE_TEXT.fullmatch(t):     # every token we write
-            raise CNIError(R.RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
+            raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
         out.append(f'"{t}"' if " " in t else t)
     return f"{op} {chain} " + " ".join(out)

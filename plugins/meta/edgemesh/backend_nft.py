@@ -17,6 +17,7 @@ from libcni_py.errors import CNIError
 from plugins.pkg import iptables, nft
 
 from . import rules as R
+from .errors import RULES_FAILED
 
 FAMILY, TABLE = "ip", "edgemesh"
 HOOK_SPEC = {"prerouting": "type nat hook prerouting priority dstnat - 1; policy accept;",
@@ -62,10 +63,7 @@ class Backend:
         return nft.available()
 
     def read(self) -> dict[str, list[R.Entry]]:
-        try:
-            table = nft.list_table(FAMILY, TABLE)
-        except nft.NftError as e:
-            raise CNIError(R.RULES_FAILED, "nft list failed", str(e)[:2000]) from None
+        table = nft.list_table(FAMILY, TABLE)        # NftError: errors.translate makes it 141
         current: dict[str, list[R.Entry]] = {"prerouting": [], "output": []}
         for chain, rules in (table or {}).items():
             current[chain] = [R.Entry(key=text, comment=_comment_of(text), ref=handle)
@@ -78,8 +76,8 @@ class Backend:
             return
         try:
             nft.run(lines)
-        except (nft.NftError, ValueError) as e:
-            raise CNIError(R.RULES_FAILED, "nft transaction failed", str(e)[:2000]) from None
+        except ValueError as e:                       # a line nft.run refuses to send
+            raise CNIError(RULES_FAILED, "refusing to write an unsafe nft line", str(e)[:2000]) from None
 
     @staticmethod
     def script(plan: R.Plan) -> list[str]:

@@ -8,6 +8,11 @@
      name that is not an iptables table name: filter nat mangle raw security) -> nftables;
      iptables-nft leaves empty `ip nat` etc. behind and marks nothing, hence the names;
   4. an empty node: iptables when its tools are installed, else nftables.
+
+The seam is one type registry, name -> backend class (as flannel's backend.Register and
+portmap's PortMapper): `register()` adds one, `get()` makes one by name ("nft" is an alias of
+"nftables"), and an unknown name is code 142 listing the known ones. A backend has `name`,
+`available()`, `read()` -> {logical chain: [Entry]}, `render(item)` and `apply(plan, current)`.
 """
 from __future__ import annotations
 
@@ -17,10 +22,36 @@ from plugins.pkg.log import get_logger
 
 from . import backend_iptables, backend_nft
 from . import rules as R
+from .errors import NO_BACKEND
 
-NO_BACKEND = 142
+TYPE_CHECKING = False          # typing stays off the exec path; mypy reads the block below
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 log = get_logger("pycni.edgemesh")
-BACKENDS = {"iptables": backend_iptables.Backend, "nftables": backend_nft.Backend}
+REGISTRY: dict[str, Callable] = {}
+ALIASES = {"nft": "nftables"}
+
+
+def register(name: str, factory) -> None:
+    """Make backend `name` known; `factory()` returns a Backend."""
+    REGISTRY[name] = factory
+
+
+register("iptables", backend_iptables.Backend)
+register("nftables", backend_nft.Backend)
+
+
+def known() -> list[str]:
+    return ["auto", *REGISTRY, *ALIASES]
+
+
+def get(name: str):
+    """The backend named `name` (an alias resolved); CNIError(142) naming the known ones."""
+    factory = REGISTRY.get(ALIASES.get(name, name))
+    if factory is None:
+        raise CNIError(NO_BACKEND, f"unknown backend {str(name)[:40]!r}", "known: " + ", ".join(known()))
+    return factory()
 
 
 def for_add(choice: str):
@@ -40,12 +71,14 @@ def holding_rules(choice: str) -> list:
     if it does (a DEL must succeed even where its tools are missing)."""
     if choice == "auto":
         return footprints()
-    backend = BACKENDS[choice]()
+    backend = get(choice)
     return [backend] if backend.available() and _holds(backend) else []
 
 
 def footprints() -> list:
-    return [b for b in (backend_nft.Backend(), backend_iptables.Backend()) if b.available() and _holds(b)]
+    """The backends holding our rules, nftables first (its table is a footprint iptables-nft
+    cannot leave behind)."""
+    return [b for b in (get("nftables"), get("iptables")) if b.available() and _holds(b)]
 
 
 def _holds(backend) -> bool:
@@ -54,9 +87,11 @@ def _holds(backend) -> bool:
     return any(c in backend.read() for c in R.CHAINS)
 
 
-def converge(backend, **plan_args) -> R.Plan:
-    """Read the backend, plan the change, apply it in one transaction; return the plan."""
-    current = backend.read()
+def converge(backend, current: dict | None = None, **plan_args) -> R.Plan:
+    """Read the backend (unless `current` is what it holds), plan the change, apply it in one
+    transaction; return the plan."""
+    if current is None:
+        current = backend.read()
     plan = R.plan(current, backend.render, **plan_args)
     if not plan.empty():
         backend.apply(plan, current)
@@ -64,7 +99,7 @@ def converge(backend, **plan_args) -> R.Plan:
 
 
 def _explicit(choice: str):
-    backend = BACKENDS[choice]()
+    backend = get(choice)
     if not backend.available():
         raise CNIError(NO_BACKEND, f"backend {choice} requested but its tools are not installed",
                        "install iptables (iptables-save/iptables-restore) or nftables (nft), or use backend: auto")
@@ -72,7 +107,7 @@ def _explicit(choice: str):
 
 
 def _guess():
-    ipt, nf = backend_iptables.Backend(), backend_nft.Backend()
+    ipt, nf = get("iptables"), get("nftables")
     if ipt.available() and _iptables_in_use():
         return ipt
     if nf.available() and any(_native(fam, name) for fam, name in _nft_tables()):

@@ -9,27 +9,33 @@ from __future__ import annotations
 
 import sys
 
-from libcni_py.errors import CNIError
+from libcni_py.errors import PLUGIN_NOT_AVAILABLE, CNIError
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from plugins.pkg.lock import locked
 from plugins.pkg.log import get_logger
 from plugins.pkg.schema import validator
 
-from . import backends, config, kernel, listen
+from . import backends, config, conflict, errors, kernel, listen
 from . import rules as R
+from .errors import LISTEN_FAILED, NO_POD_ADDRESS, RULES_DIFFER
 
-NO_POD_ADDRESS = 146
-RULES_DIFFER = 145
 log = get_logger("pycni.edgemesh")
+# What DEL, GC and STATUS read from the config: the lock and the records are in stateDir. Any
+# other key with a bad value is dropped there (backend falls back to auto, which finds our rules).
+CLEANUP_KEYS = ("stateDir",)
 
 
 def cmd_add(args: CmdArgs):
-    conf, shared, pods = desired(args)
+    conf, shared, pods = desired(args, "ADD")
     with locked(conf.lock_path):
         created = listen.ensure(conf.listen_address) if conf.ensure_listen_device else False
         try:
-            backends.converge(backends.for_add(conf.backend), shared=shared, pods=pods)
-        except CNIError:
+            backend = backends.for_add(conf.backend)
+            current = backend.read()
+            conflict.check(conf, backend, current, shared)
+            backends.converge(backend, current, shared=shared, pods=pods)
+            conflict.record(conf, backend)
+        except BaseException:
             if created:
                 listen.remove_if_ours()
             raise
@@ -37,21 +43,25 @@ def cmd_add(args: CmdArgs):
 
 
 def cmd_check(args: CmdArgs):
-    conf, shared, pods = desired(args)
+    conf, shared, pods = desired(args, "CHECK")
     with locked(conf.lock_path):
         holders = backends.holding_rules(conf.backend)
         if not holders:
             raise CNIError(RULES_DIFFER, "no edgemesh rules found on this node")
-        plan = R.plan(holders[0].read(), holders[0].render, shared=shared, pods=pods)
+        current = holders[0].read()
+        conflict.check(conf, holders[0], current, shared)
+        plan = R.plan(current, holders[0].render, shared=shared, pods=pods)
     if not plan.empty():
         raise CNIError(RULES_DIFFER, f"edgemesh rules ({holders[0].name}) differ from the config",
                        R.describe(plan, holders[0].render)[:2000])
     if conf.ensure_listen_device and not listen.address_is_local(conf.listen_address):
-        raise CNIError(listen.LISTEN_FAILED, f"listen address {conf.listen_address} is not on this node")
+        raise CNIError(LISTEN_FAILED, f"listen address {conf.listen_address} is not on this node")
 
 
 def cmd_del(args: CmdArgs):
-    conf = config.parse(args.conf)
+    """Remove this attachment's rules wherever they are (no prevResult, netns or full config
+    needed); the last pod's DEL removes the chains, the jumps, our edgemesh0 and the record."""
+    conf = config.load(args.conf, "DEL")
     try:
         comment = config.pod_comment(args.network, args.container_id)
     except CNIError:
@@ -60,7 +70,7 @@ def cmd_del(args: CmdArgs):
 
 
 def cmd_gc(args: CmdArgs):
-    conf = config.parse(args.conf)
+    conf = config.load(args.conf, "GC")
     valid = {a.get("containerID") for a in args.valid_attachments}
 
     def stale(comment: str) -> bool:
@@ -69,21 +79,46 @@ def cmd_gc(args: CmdArgs):
     remove_pods(conf, stale)
 
 
-def desired(args: CmdArgs) -> tuple[config.NetConf, dict[str, list[R.Item]], list[R.PodMatch]]:
+def cmd_status(args: CmdArgs):
+    """Can a new pod be served? The kernel is not known bad (or allowKnownBadKernel), the backend's
+    tools are there and work in this netns, and no other network applied a conflicting config.
+    Code 50 with the reason otherwise."""
+    conf = config.load(args.conf, "STATUS")
+    try:
+        refuse_known_bad_kernel(conf)
+        backend = backends.for_add(conf.backend)
+        current = backend.read()
+        if conf.service_cidr:               # dropped as invalid outside ADD: nothing to compare
+            conflict.check(conf, backend, current, R.shared_items(conf, conf.all_ignored()))
+    except Exception as e:  # noqa: BLE001 - every reason becomes the answer "not available"
+        err = e if isinstance(e, CNIError) else errors.translate(e)
+        if err is None:
+            raise                            # our bug: a 999
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"edgemesh cannot serve a new pod: {err.msg}",
+                       f"(code {err.code}) {err.details}".strip()) from None
+
+
+def desired(args: CmdArgs, command: str) -> tuple[config.NetConf, dict[str, list[R.Item]], list[R.PodMatch]]:
     """What ADD installs and CHECK expects: the config, the node-wide rules, this pod's rules."""
-    conf = config.parse(args.conf)
+    conf = config.load(args.conf, command)
     refuse_known_bad_kernel(conf)
     pods = pod_rules(args, conf)
     return conf, R.shared_items(conf, conf.all_ignored()), pods
 
 
 def remove_pods(conf: config.NetConf, drop) -> None:
-    """Drop the selected pods' rules; with none left, remove chains, jumps and our device."""
+    """Drop the selected pods' rules; with none left, remove chains, jumps and our device; with
+    none of this network left, its record."""
     with locked(conf.lock_path):
-        torn = [backends.converge(b, shared=None, drop=drop, teardown_when_empty=True).teardown
-                for b in backends.holding_rules(conf.backend)]
+        torn, left = [], set()
+        for b in backends.holding_rules(conf.backend):
+            current = b.read()
+            left |= conflict.networks_in(current, drop)
+            torn.append(backends.converge(b, current, shared=None, drop=drop, teardown_when_empty=True).teardown)
         if any(torn) and not backends.footprints():
             listen.remove_if_ours()
+        if conf.network not in left:
+            conflict.forget(conf)
 
 
 def refuse_known_bad_kernel(conf: config.NetConf) -> None:
@@ -122,9 +157,9 @@ def pod_ipv4s(result, ifname: str) -> list[str]:
     return sorted(set(out))
 
 
-PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc,
+PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc, status=cmd_status,
                 about="edgemesh: hijack pods' service traffic to the node's mesh proxy (chained)",
-                validate=validator("edgemesh"))
+                validate=validator("edgemesh", cleanup=CLEANUP_KEYS), translate=errors.translate)
 
 
 def main():

@@ -1,4 +1,4 @@
-"""The edgemesh plugin config: defaults, checks the JSON Schema cannot make, the services file.
+"""The edgemesh plugin config: NetConf built by load(), checks the JSON Schema cannot make, the services file.
 
 Everything that ends up in a rule (addresses, service names, comments) is checked
 here against a strict shape; the backends check every token once more.
@@ -6,14 +6,17 @@ here against a strict shape; the backends check every token once more.
 from __future__ import annotations
 
 import ipaddress
-import json
+import os
 import re
+import stat
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
 
-SERVICES_FILE_ERROR = 144
+from .errors import SERVICES_FILE_ERROR
+
 COMMENT_MAX = 255
 DEFAULT_STATE_DIR = "/var/lib/cni/pycni/edgemesh"
+DEFAULT_LISTEN = "169.254.96.16"
 # A Kubernetes namespace or service name (RFC 1123 label).
 _LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _RELEASE_RE = re.compile(r"[0-9]+\.[0-9]+[A-Za-z0-9._+~-]{0,120}")
@@ -32,32 +35,35 @@ class Service:
 
 
 class NetConf:
-    """A schema-valid config dict with defaults filled in and checked; CNIError(7) names a bad field."""
+    """The plugin's config, typed: defaults filled in, every value checked (CNIError(7) names a
+    bad field). Built by load() only; cmd, rules, backends and sync read keys from nothing else."""
 
-    def __init__(self, conf: dict):
-        self.service_cidr = _ipv4_network(conf.get("serviceCIDR"), "serviceCIDR")
-        self.listen_address = _ipv4_address(conf.get("listenAddress", "169.254.96.16"), "listenAddress")
-        self.ignored_services = tuple(check_service(s, "ignoredServices", INVALID_CONFIG)
-                                      for s in conf.get("ignoredServices") or [])
-        self.exclude_namespaces = tuple(conf.get("excludeNamespaces") or [])
-        for ns in self.exclude_namespaces:
-            if not isinstance(ns, str) or not _LABEL_RE.fullmatch(ns):
-                raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
-                               "a Kubernetes namespace name")
-        self.network = conf["name"]
-        self.listen_port = int(conf.get("listenPort", 40001))
-        self.protocols = tuple(sorted(set(conf.get("protocols") or ["tcp"])))
-        self.ignored_services_file = conf.get("ignoredServicesFile", "")
-        self.scope = conf.get("scope", "pod")
-        self.backend = conf.get("backend", "auto")
-        self.ensure_listen_device = bool(conf.get("ensureListenDevice", False))
-        self.allow_known_bad_kernel = bool(conf.get("allowKnownBadKernel", False))
-        self.kernel_release = _release(conf.get("kernelRelease", ""))
-        self.state_dir = conf.get("stateDir", DEFAULT_STATE_DIR).rstrip("/") or "/"
+    network: str
+    service_cidr: str              # "" only outside ADD/CHECK when the value was dropped
+    listen_address: str
+    listen_port: int
+    protocols: tuple[str, ...]
+    ignored_services: tuple[Service, ...]
+    ignored_services_file: str
+    exclude_namespaces: tuple[str, ...]
+    scope: str
+    backend: str
+    ensure_listen_device: bool
+    allow_known_bad_kernel: bool
+    kernel_release: str
+    state_dir: str
 
     @property
     def lock_path(self) -> str:
         return f"{self.state_dir}/edgemesh.lock"
+
+    @property
+    def records_dir(self) -> str:
+        """One record per network: the shared config it applied (see cmd.check_conflict)."""
+        return f"{self.state_dir}/networks"
+
+    def record_path(self, network: str) -> str:
+        return f"{self.records_dir}/{network}.json"
 
     def all_ignored(self) -> tuple[Service, ...]:
         """Inline services plus the file's, read now (the controller may have rewritten it)."""
@@ -66,9 +72,58 @@ class NetConf:
             seen.setdefault((s.ip, s.name), s)
         return tuple(seen.values())
 
+    def shared(self) -> dict:
+        """The keys that shape the node-wide chains every network shares (not the pods' rules):
+        two networks with pods in the same chains must agree on all of them."""
+        return {"serviceCIDR": self.service_cidr, "listenAddress": self.listen_address,
+                "listenPort": self.listen_port, "protocols": list(self.protocols), "scope": self.scope,
+                "ignoredServices": sorted([s.ip, s.name] for s in self.ignored_services),
+                "ignoredServicesFile": self.ignored_services_file}
 
-def parse(conf: dict) -> NetConf:
-    return NetConf(conf)
+
+STRICT = ("ADD", "CHECK")      # the verbs that need every key; the others keep what cleanup needs
+
+
+def load(conf: dict, command: str = "ADD") -> NetConf:
+    """The NetConf of a (schema-checked) config dict. ADD and CHECK: any bad value is CNIError(7).
+    DEL, GC and STATUS: a value that does not pass is replaced by its default (the schema already
+    dropped what it refuses), except stateDir, where the lock and records are."""
+    from plugins.pkg.paths import check_dir
+    strict = command in STRICT
+    c = NetConf()
+    c.network = conf["name"]
+    c.state_dir = check_dir(conf.get("stateDir", DEFAULT_STATE_DIR), "stateDir").rstrip("/") or "/"
+
+    def field(fn, default):
+        if strict:
+            return fn()
+        try:
+            return fn()
+        except CNIError:
+            return default
+    c.service_cidr = field(lambda: _ipv4_network(conf.get("serviceCIDR"), "serviceCIDR"), "")
+    c.listen_address = field(lambda: _ipv4_address(conf.get("listenAddress", DEFAULT_LISTEN), "listenAddress"),
+                             DEFAULT_LISTEN)
+    c.ignored_services = field(lambda: tuple(check_service(s, "ignoredServices", INVALID_CONFIG)
+                                             for s in conf.get("ignoredServices") or []), ())
+    c.exclude_namespaces = field(lambda: _namespaces(conf.get("excludeNamespaces") or []), ())
+    c.listen_port = int(conf.get("listenPort", 40001))
+    c.protocols = tuple(sorted(set(conf.get("protocols") or ["tcp"])))
+    c.ignored_services_file = conf.get("ignoredServicesFile", "")
+    c.scope = conf.get("scope", "pod")
+    c.backend = conf.get("backend", "auto")
+    c.ensure_listen_device = bool(conf.get("ensureListenDevice", False))
+    c.allow_known_bad_kernel = bool(conf.get("allowKnownBadKernel", False))
+    c.kernel_release = field(lambda: _release(conf.get("kernelRelease", "")), "")
+    return c
+
+
+def _namespaces(values) -> tuple[str, ...]:
+    for ns in values:
+        if not isinstance(ns, str) or not _LABEL_RE.fullmatch(ns):
+            raise CNIError(INVALID_CONFIG, f"invalid config field 'excludeNamespaces': {ns!r}",
+                           "a Kubernetes namespace name")
+    return tuple(values)
 
 
 def check_service(entry, where: str, code: int) -> Service:
@@ -97,8 +152,7 @@ def read_services_file(path: str) -> tuple[Service, ...]:
     if not path:
         return ()
     try:
-        with open(path, "rb") as f:
-            data = json.load(f)
+        data = _read_json(path)
     except FileNotFoundError:
         return ()
     except (OSError, ValueError) as e:
@@ -108,6 +162,23 @@ def read_services_file(path: str) -> tuple[Service, ...]:
         raise CNIError(SERVICES_FILE_ERROR, f"ignoredServicesFile {path} must hold a JSON list",
                        'of {"ip": ..., "name": "<namespace>/<name>"}')
     return tuple(check_service(s, f"ignoredServicesFile {path}", SERVICES_FILE_ERROR) for s in data)
+
+
+def _read_json(path: str, max_bytes: int = 4 << 20):
+    """A JSON document from a regular file, never blocking (a FIFO is refused, not opened for
+    reading), bounded, decoded as Go does (no 1e999, no NaN). Symlinks are followed: a ConfigMap
+    mounted by the kubelet is one."""
+    from libcni_py.records import loads
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return loads(data)
 
 
 def pod_comment(network: str, container_id: str) -> str:

@@ -1,9 +1,10 @@
 """Kernels on which the mesh proxy's getsockopt(SO_ORIGINAL_DST) is known to hang.
 
 The proxy calls getsockopt(SOL_IP, SO_ORIGINAL_DST) for every hijacked connection.
-A netfilter change ("on sockopt() acquire sock lock only in the required scope",
-early 2018) made that call able to deadlock, leaving the proxy in D state: it can
-no longer be killed and every hijacked connection hangs. Add a row when a new bad
+A netfilter change of early 2018 (torvalds/linux@516c855cf514, reverted in effect by
+torvalds/linux@485595768d89; both named in linkerd/linkerd2#982) made that call able to
+deadlock, leaving the proxy in D state: it can no longer be killed and every hijacked
+connection hangs. KubeEdge edgemesh met it on 4.15.6 (kubeedge/edgemesh#227). Add a row when a new bad
 range is reported; every row names where it comes from.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 from libcni_py.errors import CNIError
 
-KNOWN_BAD_KERNEL = 140
+from .errors import KNOWN_BAD_KERNEL
 
 
 class Hazard:
@@ -26,10 +27,11 @@ class Hazard:
 
 HAZARDS = (
     Hazard((4, 15, 0), (4, 15, 9999), "4.15",
-           "seed article 000 (edgemesh proxy hung in D state on 4.15.6-1.el7.elrepo; 3.10.0-514 "
-           "and 4.19.12 fine); https://bugzilla.kernel.org/show_bug.cgi?id=198791; fix: "
-           "'netfilter: drop outermost socket lock in getsockopt()' (P. Abeni, Feb 2018). "
-           "redsocks#118 saw 4.15.7 work, but the whole series is refused to stay on the safe side"),
+           "KubeEdge edgemesh https://github.com/kubeedge/edgemesh/issues/227 (the edgemesh proxy "
+           "hung in getsockopt on 4.15.6-1.el7.elrepo; 3.10.0-514 and 5.2.14 fine); the netfilter "
+           "change torvalds/linux@516c855cf514 made nf_getsockopt() take the socket lock, fixed by "
+           "torvalds/linux@485595768d89 (commits as named in linkerd2#982). redsocks#118 saw 4.15.7 "
+           "work, but the whole series is refused to stay on the safe side"),
     Hazard((4, 14, 22), (4, 14, 40), "4.14.22-4.14.40",
            "https://github.com/linkerd/linkerd2/issues/982 (SO_ORIGINAL_DST deadlock between "
            "4.14.22 and 4.14.40, from the stable backport of the same netfilter change)"),

@@ -10,9 +10,10 @@ import socket
 
 from libcni_py.errors import CNIError
 
+from .errors import LISTEN_FAILED
+
 DEVICE = "edgemesh0"
 ALIAS = "pycni edgemesh listen device"
-LISTEN_FAILED = 143
 
 
 def address_is_local(addr: str) -> bool:

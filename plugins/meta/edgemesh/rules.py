@@ -21,7 +21,6 @@ from collections.abc import Callable, Hashable
 
 from .config import NetConf, parse_pod_comment
 
-RULES_FAILED = 141          # a backend could not read or write the rules
 ROOT_COMMENT = "edgemesh root chain"
 NODE_COMMENT = "edgemesh node scope"
 CHAINS = ("mesh", "services", "proxy_tcp", "proxy_udp")

@@ -15,8 +15,9 @@ import sys
 from libcni_py.errors import CNIError, INVALID_CONFIG
 from plugins.pkg.lock import locked
 
-from . import backends, config
+from . import backends, config, conflict
 from . import rules as R
+from .errors import translate
 
 
 def load(path: str) -> dict:
@@ -39,12 +40,17 @@ def load(path: str) -> dict:
 
 
 def sync(conf: config.NetConf) -> list[str]:
-    """Converge every backend holding our rules; one summary line per backend."""
+    """Converge every backend holding our rules; one summary line per backend. Refused (147)
+    when another network with pods there applied another config (see conflict.py)."""
     shared = R.shared_items(conf, conf.all_ignored())
     out = []
     with locked(conf.lock_path):
         for b in backends.holding_rules(conf.backend):
-            plan = backends.converge(b, shared=shared)
+            current = b.read()
+            conflict.check(conf, b, current, shared)
+            plan = backends.converge(b, current, shared=shared)
+            if conf.network in conflict.networks_in(current):
+                conflict.record(conf, b)
             added, removed = len(plan.prepend) + len(plan.append), len(plan.delete)
             out.append(f"{b.name}: {added} added, {removed} removed"
                        + (f" ({R.describe(plan, b.render)})" if not plan.empty() else ""))
@@ -57,11 +63,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--netns", help="run in this network namespace (a path), default: here")
     opts = ap.parse_args(argv)
     try:
-        conf = config.parse(load(opts.config))
+        conf = config.load(load(opts.config), "ADD")
         with _netns(opts.netns):
             lines = sync(conf)
-    except CNIError as e:
-        print(f"edgemesh sync: error {e.code}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - an error line and status 1, never a traceback
+        err = e if isinstance(e, CNIError) else translate(e)
+        if err is None:
+            raise                            # our bug
+        print(f"edgemesh sync: error {err.code}: {err}" + (f": {err.details}" if err.details else ""),
+              file=sys.stderr)
         return 1
     print("\n".join(lines))
     return 0
