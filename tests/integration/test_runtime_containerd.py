@@ -14,7 +14,6 @@ import pytest
 from plugins.pkg import probe
 from tests.kit import runtimes
 from tests.kit.netns import PREFIX
-from tests.kit.vxlan_hosts import Cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -26,10 +25,7 @@ def world(netns, tmp_path):
     missing = runtimes.missing_binaries()
     if missing:
         pytest.fail(f"runtime binaries missing: {' '.join(missing)} (./build.sh test installs them)")
-    cluster = Cluster(netns, tmp_path, segments=[0, 0], network_name="rtnet")
-    host, client = cluster.hosts
-    enforcer = netns("enf")
-    chain = runtimes.RuntimeChain(host, str(tmp_path), enforcer)
+    chain, host, client = runtimes.test_hosts(netns, str(tmp_path))
     cgroup_parent = f"/{PREFIX}cd"
     cd = runtimes.Containerd(chain, str(tmp_path), cgroup_parent)
     try:
@@ -48,7 +44,7 @@ def test_pod_lifecycle_through_cri(world):
     cfg = cd.sandbox_config("web", "uid-web-1", port_mappings=[(80, 18080)])
     pod_id = cd.run_pod(cfg)
     ip = cd.pod_ip(pod_id)
-    lease = ipaddress.ip_network(cluster_subnet(host))
+    lease = ipaddress.ip_network(runtimes.node_subnet(host))
     assert ipaddress.ip_address(ip) in lease, (ip, lease)
     gateway = str(next(lease.hosts()))
 
@@ -84,9 +80,3 @@ def test_pod_lifecycle_through_cri(world):
     left = chain.leftovers(cd.cni_cache)
     assert not left, left
 
-
-def cluster_subnet(host) -> str:
-    """The node subnet host0 leased (its local lease copy in stateDir)."""
-    import json
-    with open(os.path.join(host.conf["stateDir"], "lease.json")) as f:
-        return json.load(f)["subnet"]

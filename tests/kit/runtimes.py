@@ -45,7 +45,7 @@ GO_PLUGINS = ("portmap", "host-local", "loopback", "bridge")
 RUNTIME_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "podman", "conmon", "nsenter")
 PAUSE_IMAGE = "localhost/pycni/pause:1"
 BUSYBOX_IMAGE = "localhost/pycni/busybox:1"
-APPLETS = ("sh", "sleep", "ip", "cat", "echo", "httpd", "wget", "nc", "mkdir", "hostname", "ls", "ps")
+APPLETS = ("sh", "sleep", "ip", "cat", "echo", "httpd", "nc", "printf", "mkdir", "hostname", "ls", "ps")
 
 
 def missing_binaries() -> list[str]:
@@ -198,22 +198,26 @@ class Sandbox:
         self._log.close()
 
 
-def remove_cgroups(parent: str) -> list[str]:
-    """rmdir `parent` (a cgroup path like /pycnit123-cd) and everything below it, in every hierarchy;
-    return what could not be removed (a process still in it)."""
-    left = []
-    for mountpoint, fstype, _, _ in _cgroup_mounts():
-        if fstype not in ("cgroup", "cgroup2"):
-            continue
-        top = mountpoint + parent
-        if not os.path.isdir(top):
-            continue
-        for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            try:
-                os.rmdir(d)
-            except OSError:
-                left.append(d)
-    return left
+def remove_cgroups(parent: str, timeout: float = 10) -> list[str]:
+    """rmdir `parent` (a cgroup path like /pycnit123-cd) and everything below it, in every hierarchy,
+    once the processes in it are gone (a shim or conmon exits a moment after its container); return
+    what could not be removed."""
+    tops = [mp + parent for mp, fstype, _, _ in _cgroup_mounts()
+            if fstype in ("cgroup", "cgroup2") and os.path.isdir(mp + parent)]
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for top in tops:
+            for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(d)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 # ---- OCI images from busybox-static ----------------------------------------------------------------
@@ -307,9 +311,10 @@ class RuntimeChain:
     def vxlan_state(self) -> str:
         return self.host.conf["stateDir"]
 
-    def conflist(self, static_ip: bool = False) -> dict:
+    def conflist(self, ips: bool = True) -> dict:
+        """With `ips`, vxlan declares the `ips` capability (podman's --ip arrives as runtimeConfig.ips)."""
         vxlan = dict(self.host.conf)
-        if static_ip:
+        if ips:
             vxlan["capabilities"] = {"ips": True}
         return {"cniVersion": "1.0.0", "name": self.name, "plugins": [
             vxlan,
@@ -321,11 +326,11 @@ class RuntimeChain:
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ]}
 
-    def write(self, conf_dir: str, static_ip: bool = False) -> str:
+    def write(self, conf_dir: str, ips: bool = True) -> str:
         os.makedirs(conf_dir, exist_ok=True)
         path = os.path.join(conf_dir, f"10-{self.name}.conflist")
         with open(path, "w") as f:
-            json.dump(self.conflist(static_ip), f, indent=2)
+            json.dump(self.conflist(ips), f, indent=2)
         return path
 
     # what must be gone after the last pod
@@ -356,6 +361,21 @@ class RuntimeChain:
         left += [f"nat rule {ln}" for ln in nat.splitlines()
                  if ln.startswith("-A") and ("EDGE-MESH" in ln or "CNI-DN-" in ln or "PYCNI-VX" in ln)]
         return left
+
+
+def test_hosts(netns_factory, tmp: str, network_name: str = "rtnet"):
+    """(chain, host, client): two vxlan test hosts on one underlay segment (tests/kit/vxlan_hosts.py),
+    an enforcer netns, and the chain for the first host; the second is the outside client."""
+    from tests.kit.vxlan_hosts import Cluster
+    cluster = Cluster(netns_factory, tmp, segments=[0, 0], network_name=network_name)
+    host, client = cluster.hosts
+    return RuntimeChain(host, tmp, netns_factory("enf")), host, client
+
+
+def node_subnet(host) -> str:
+    """The node subnet the host leased (its local lease copy in stateDir)."""
+    with open(os.path.join(host.conf["stateDir"], "lease.json")) as f:
+        return json.load(f)["subnet"]
 
 
 def _symlink(src: str, dst: str) -> None:
@@ -524,11 +544,11 @@ class Containerd:
 class Podman:
     """podman (network_backend cni, runc, cgroupfs, vfs storage) in a sandbox in `chain.host`."""
 
-    def __init__(self, chain: RuntimeChain, tmp: str, cgroup_parent: str, static_ip: bool = False):
+    def __init__(self, chain: RuntimeChain, tmp: str, cgroup_parent: str, ips: bool = True):
         self.chain, self.tmp, self.cgroup_parent = chain, os.path.join(tmp, "podman"), cgroup_parent
         os.makedirs(self.tmp, exist_ok=True)
         self.conf_dir = os.path.join(self.tmp, "net.d")
-        chain.write(self.conf_dir, static_ip=static_ip)
+        chain.write(self.conf_dir, ips=ips)
         self.containers_conf = os.path.join(self.tmp, "containers.conf")
         with open(self.containers_conf, "w") as f:
             f.write(f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{chain.bin_dir}"]\n'
@@ -574,12 +594,21 @@ class Podman:
                 self.podman("tag", image_id, name)
 
     def run(self, name: str, *args: str, command=("sleep", "600")) -> str:
-        return self.podman("run", "-d", "--name", name, "--network", self.chain.name,
+        return self.podman("run", "-d", "--name", name, "--network", self.chain.name, *_ulimits(),
                            "--cgroup-parent", self.cgroup_parent, *args, BUSYBOX_IMAGE, *command).stdout.strip()
 
     def exec(self, name: str, *cmd: str, check: bool = True) -> str:
         p = self.podman("exec", name, *cmd, check=check)
         return p.stdout
+
+    def http_get(self, name: str, ip: str, port: int = 80) -> str:
+        """GET / from container `name` with busybox nc (busybox-static's wget segfaults on this kernel)."""
+        return self.exec(name, "sh", "-c", 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 "$1" "$2"', "sh",
+                         ip, str(port))
+
+    def ip(self, name: str) -> str:
+        return self.podman("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}"
+                           % self.chain.name, name).stdout.strip()
 
     def close(self) -> None:
         if self.sandbox is None:
@@ -593,6 +622,13 @@ class Podman:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ulimits() -> list[str]:
+    """podman sets RLIMIT_NOFILE and RLIMIT_NPROC of root's containers to its own (raised) limits, which
+    runc cannot set without CAP_SYS_RESOURCE (this machine's root lacks it; even the caller's own limits
+    fail for NPROC): ask for low ones, as containerd's default spec does (lowering needs no privilege)."""
+    return ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "sandbox":
