@@ -4,7 +4,7 @@ import os
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.main import vxlan as codes
+from plugins.main.vxlan import errors as codes
 from plugins.main.vxlan.overlay import registry_status
 from tests.kit.vxlan_hosts import Cluster
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.main import vxlan as codes
+from plugins.main.vxlan import errors as codes
 from tests.kit.vxlan_hosts import Cluster, reaches
 
 pytestmark = pytest.mark.root

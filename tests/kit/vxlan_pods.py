@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
@@ -31,6 +31,8 @@ class Pod:
     ns: object
     result: Result | None = None
     ifname: str = "eth0"
+    caps: dict = field(default_factory=dict)        # capability args (runtimeConfig): ips, mac, ...
+    extra_args: list = field(default_factory=list)  # more CNI_ARGS pairs, e.g. [("MAC", "...")]
 
     @property
     def cidr(self) -> str:
@@ -51,7 +53,9 @@ class Pod:
     @property
     def rt(self) -> RuntimeConf:
         return RuntimeConf(container_id=self.cid, netns=self.ns.path, ifname=self.ifname,
-                           args=[("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"), ("K8S_POD_NAME", self.cid)])
+                           args=[("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"), ("K8S_POD_NAME", self.cid),
+                                 *self.extra_args],
+                           capability_args=dict(self.caps))
 
 
 class Pods:
@@ -78,8 +82,8 @@ class Pods:
                 return cni.check_network_list(lst, pod.rt)
             return cni.del_network_list(lst, pod.rt)
 
-    def add(self, host, cid: str, **overrides) -> Pod:
-        pod = Pod(host, cid, self.netns_factory("pod"))
+    def add(self, host, cid: str, caps: dict | None = None, extra_args=(), **overrides) -> Pod:
+        pod = Pod(host, cid, self.netns_factory("pod"), caps=dict(caps or {}), extra_args=list(extra_args))
         pod.result = self._on(host, "add", pod, **overrides)
         return pod
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.main import vxlan as codes
+from plugins.main.vxlan import errors as codes
 from plugins.main.vxlan import lease as L
 from plugins.main.vxlan.overlay import node_config
 from plugins.main.vxlan.registry import open_registry

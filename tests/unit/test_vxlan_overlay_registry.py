@@ -9,7 +9,7 @@ import time
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.main import vxlan as codes
+from plugins.main.vxlan import errors as codes
 from plugins.main.vxlan.registry import Lease, NetworkRecord, open_registry
 
 NET = NetworkRecord(ipaddress.IPv4Network("10.244.0.0/16"), 24, 1)

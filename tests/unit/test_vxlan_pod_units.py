@@ -10,23 +10,23 @@ NET = pod.PodNet(bridge="cni0", subnet="10.244.1.0/24", gateway="10.244.1.1", ne
 
 
 def test_ipam_omitted_becomes_host_local_over_the_node_subnet():
-    got = ipam.ipam_config({"name": "n"}, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16")
+    got = ipam.ipam_config(None, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16")
     assert got == {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}]],
                    "routes": [{"dst": "10.244.0.0/16"}], "dataDir": "/st/ipam"}
 
 
 def test_host_local_without_ranges_is_completed_but_keeps_its_own_keys():
     conf = {"ipam": {"type": "host-local", "dataDir": "/d", "routes": []}}
-    got = ipam.ipam_config(conf, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16")
+    got = ipam.ipam_config(conf["ipam"], "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16")
     assert got["dataDir"] == "/d" and got["routes"] == [] and got["ranges"][0][0]["subnet"] == "10.244.1.0/24"
     assert "ranges" not in conf["ipam"]          # the caller's config is not modified
 
 
 def test_explicit_ranges_and_other_ipam_types_pass_through_unchanged():
     explicit = {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/25"}]]}
-    assert ipam.ipam_config({"ipam": explicit}, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16") == explicit
+    assert ipam.ipam_config(explicit, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16") == explicit
     static = {"type": "static", "addresses": [{"address": "10.244.1.9/24"}]}
-    assert ipam.ipam_config({"ipam": static}, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16") == static
+    assert ipam.ipam_config(static, "/st", "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16") == static
 
 
 def test_records_round_trip_and_list(tmp_path):
@@ -43,7 +43,7 @@ def test_records_round_trip_and_list(tmp_path):
 def test_find_plugin_fails_cleanly_for_an_unknown_type(tmp_path):
     with pytest.raises(CNIError) as e:
         ipam.find_plugin("no-such-ipam", str(tmp_path))
-    assert "no-such-ipam" in e.value.msg
+    assert "no-such-ipam" in e.value.msg and e.value.code == 7
 
 
 def test_pod_ips_must_be_ipv4_inside_the_node_subnet():

@@ -10,92 +10,118 @@ A failed ADD undoes what it did, in reverse.
 from __future__ import annotations
 
 import contextlib
+import os
 
 from libcni_py.errors import CNIError, INVALID_CONFIG, IO_FAILURE
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
-from libcni_py.types import Interface, Result
+from libcni_py.types import DNS, Interface, Result
 from plugins.pkg.log import get_logger
 from plugins.pkg.names import check_ifname, host_veth
-from plugins.pkg.schema import validator
+from plugins.pkg.schema import validate
 
-from . import ipam, masq, overlay, pod
+from . import config, errors, ipam, masq, overlay, pod
+from .errors import POD_DRIFT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import NetConf
+    from .overlay import NodeInfo
 
 log = get_logger("pycni.vxlan")
 
+# The keys each verb's work reads (pkg/schema: outside ADD, any other key with a value the schema
+# refuses is dropped instead of failing the command). DEL and GC need only where the state is.
+_NODE_KEYS = ("network", "subnetLen", "vni", "port", "registry", "publicIP", "iface", "directRouting",
+              "stateDir", "nodeName", "deviceName")
+CLEANUP = {
+    "DEL": ("stateDir",),
+    "GC": ("stateDir",),
+    "CHECK": (*_NODE_KEYS, "bridge", "isDefaultGateway", "hairpinMode", "ipMasq", "ipam"),
+    "STATUS": (*_NODE_KEYS, "bridge"),
+}
+
+
+def validate_conf(conf: dict, command: str) -> None:
+    """The skel's validate hook: schema vxlan, with the cleanup keys of `command`."""
+    validate(conf, "vxlan", command, CLEANUP.get(command, ()))
+
 
 def cmd_add(args: CmdArgs) -> Result:
-    conf, cid, ifname = args.conf, args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
-    cfg = overlay.node_config(conf)
-    ipam.find_plugin(_ipam_type(conf), args.path)           # fail before creating anything
-    node = overlay.ensure_node(cfg)
-    net = _pod_net(conf, node)
+    cid, ifname = args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
+    n = config.load(args.conf, "ADD", args.args)
+    ipam.find_plugin(n.ipam_type, args.path)           # fail before creating anything
+    node = overlay.ensure_node(n)
+    net = _pod_net(n, node)
     veth = host_veth(cid, ifname)
-    ipam_conf = ipam.ipam_config(conf, cfg.state_dir, node.subnet, node.gateway, node.network)
+    ipam_conf = ipam.ipam_config(n.ipam, n.state_dir, node.subnet, node.gateway, node.network)
     with pod_links() as ipr, contextlib.ExitStack() as undo:      # undo runs while ipr is open
-        ipam.write_record(cfg.state_dir, veth, {"containerID": cid, "ifname": ifname,
-                                                "netns": args.netns, "ipam": ipam_conf})
-        undo.callback(_quietly, ipam.remove_record, cfg.state_dir, veth)
-        allocated = ipam.add(conf, ipam_conf)
-        undo.callback(_quietly, ipam.delete, conf, ipam_conf)
+        ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname,
+                                              "netns": args.netns, "ipam": ipam_conf})
+        undo.callback(_quietly, ipam.remove_record, n.state_dir, veth)
+        allocated = ipam.add(n.raw, ipam_conf)
+        undo.callback(_quietly, ipam.delete, n.raw, ipam_conf)
         ips = pod.pod_ips(net, allocated.ips)
         routes = pod.pod_routes(net, allocated.routes)
         br = pod.ensure_bridge(ipr, net)
         undo.callback(_quietly, pod.detach, ipr, veth)
-        host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes))
-        if conf.get("ipMasq"):
-            undo.callback(_quietly, masq.teardown, args.network, cid, ifname)
-            masq.setup(args.network, cid, ifname, [ip.address.split("/")[0] for ip in ips], node.network)
+        host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes),
+                                     pod_mac=n.mac)
+        if n.ip_masq:
+            undo.callback(_quietly, masq.teardown, n.name, cid, ifname)
+            masq.setup(n.name, cid, ifname, [ip.address.split("/")[0] for ip in ips], str(node.network))
         undo.pop_all()
+    dns = DNS.decode(n.dns) if n.dns else allocated.dns      # Go's bridge: config DNS, when set, wins
     return Result(cni_version=args.cni_version, interfaces=[Interface(br.name, br.mac), host_if, pod_if],
-                  ips=ips, routes=routes, dns=allocated.dns)
+                  ips=ips, routes=routes, dns=dns)
 
 
 def cmd_check(args: CmdArgs) -> None:
-    conf, cid, ifname = args.conf, args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
+    cid, ifname = args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
     prev = args.prev_result
     if prev is None:
         raise CNIError(INVALID_CONFIG, "CHECK: required prevResult missing")
-    cfg = overlay.node_config(conf)
-    node = overlay.check_node(cfg)
-    net = _pod_net(conf, node)
+    n = config.load(args.conf, "CHECK")
+    node = overlay.check_node(n)
+    net = _pod_net(n, node)
     veth = host_veth(cid, ifname)
-    rec = ipam.read_record(cfg.state_dir, veth)
-    ipam.check(conf, rec["ipam"] if rec else ipam.ipam_config(conf, cfg.state_dir, node.subnet,
+    rec = ipam.read_record(n.state_dir, veth)
+    ipam.check(n.raw, rec["ipam"] if rec else ipam.ipam_config(n.ipam, n.state_dir, node.subnet,
                                                                node.gateway, node.network))
     ips = [ip for ip in prev.ips if ip.interface is not None and ip.interface < len(prev.interfaces)
            and prev.interfaces[ip.interface].name == ifname]
     with pod_links() as ipr:
         pod.check(ipr, net, pod.Attachment(args.netns, ifname, veth, ips, prev.routes))
-    if conf.get("ipMasq"):
-        installed = masq.present(args.network, cid, ifname)
+    if n.ip_masq:
+        installed = masq.present(n.name, cid, ifname)
         for ip in ips:
             src = ip.address.split("/")[0] + "/32"
             if src not in installed:
-                raise CNIError(pod.POD_DRIFT, f"CHECK: ipMasq rule for {src} missing in nat POSTROUTING")
+                raise CNIError(POD_DRIFT, f"CHECK: ipMasq rule for {src} missing in nat POSTROUTING")
 
 
 def cmd_del(args: CmdArgs) -> None:
-    conf, cid, ifname = args.conf, args.container_id, args.ifname
-    cfg = overlay.node_config(conf)
+    """Remove whatever this attachment left (masq rules, veth, allocation, record), found by network,
+    container ID and ifname; fail only when something found could not be removed."""
+    cid, ifname = args.container_id, args.ifname
+    n = config.load(args.conf, "DEL")
     try:
         check_ifname(ifname, "CNI_IFNAME")
     except CNIError:
         log.info("DEL %s/%r: an ADD refuses this ifname, so nothing of it exists", cid, ifname)
         return
     veth = host_veth(cid, ifname)
-    if conf.get("ipMasq"):
-        masq.teardown(args.network, cid, ifname)
+    _masq_teardown(n, cid, ifname)
     with pod_links() as ipr:
         pod.detach(ipr, veth)
-    _release(conf, cfg, veth)
+    _release(n, veth)
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    conf, cfg = args.conf, overlay.node_config(args.conf)
+    n = config.load(args.conf, "GC")
     valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
-    errors = []
+    failed = []
     with pod_links() as ipr:
-        for rec in ipam.records(cfg.state_dir):
+        for rec in ipam.records(n.state_dir):
             cid, ifname = rec["containerID"], rec["ifname"]
             if (cid, ifname) in valid:
                 continue
@@ -103,17 +129,19 @@ def cmd_gc(args: CmdArgs) -> None:
             try:
                 veth = host_veth(cid, ifname)
                 pod.detach(ipr, veth)
-                _release(conf, cfg, veth, cid, ifname)
+                _release(n, veth, cid, ifname)
             except (CNIError, OSError) as e:
-                errors.append(f"{cid}/{ifname}: {e}")
-    masq.gc(args.network, valid)
-    ipam.gc(conf, _fallback_ipam(conf, cfg), args.valid_attachments)
-    if errors:
-        raise CNIError(IO_FAILURE, "GC: some stale attachments could not be released", "; ".join(errors))
+                failed.append(f"{cid}/{ifname}: {e}")
+    masq.gc(n.name, valid)
+    ipam.gc(n.raw, _fallback_ipam(n), args.valid_attachments)
+    if failed:
+        raise CNIError(IO_FAILURE, "GC: some stale attachments could not be released", "; ".join(failed))
 
 
 def cmd_status(args: CmdArgs) -> None:
-    overlay.registry_status(overlay.node_config(args.conf))
+    """Can this node serve a new pod? Registry readable, lease held and fresh, device present,
+    bridge not stuck on an old subnet; code 50 naming the first reason otherwise."""
+    overlay.node_status(config.load(args.conf, "STATUS"))
 
 
 # ---- helpers ----
@@ -124,27 +152,41 @@ def pod_links():
     return open_rtnl()
 
 
-def _pod_net(conf: dict, node) -> pod.PodNet:
-    return pod.PodNet(bridge=check_ifname(conf.get("bridge", "cni0"), "bridge"), subnet=str(node.subnet),
-                      gateway=str(node.gateway), network=str(node.network), mtu=int(node.mtu),
-                      hairpin=bool(conf.get("hairpinMode", False)),
-                      default_route=bool(conf.get("isDefaultGateway", True)))
+def _pod_net(n: NetConf, node: NodeInfo) -> pod.PodNet:
+    return pod.PodNet(bridge=n.bridge, subnet=str(node.subnet), gateway=str(node.gateway),
+                      network=str(node.network), mtu=int(node.mtu), hairpin=n.hairpin,
+                      default_route=n.is_default_gateway)
 
 
-def _ipam_type(conf: dict) -> str:
-    return (conf.get("ipam") or {}).get("type", "host-local")
+def _masq_teardown(n: NetConf, cid: str, ifname: str) -> None:
+    """Our rules of this attachment, whatever ipMasq says now (it may have been true at ADD). With
+    ipMasq off a host without iptables has none of ours: nothing to do."""
+    try:
+        masq.teardown(n.name, cid, ifname)
+    except FileNotFoundError:
+        if n.ip_masq:
+            raise
 
 
-def _release(conf: dict, cfg, veth: str, cid: str = "", ifname: str = "") -> None:
-    """IPAM DEL with the config recorded at ADD (or one that releases by ID), then the record."""
-    rec = ipam.read_record(cfg.state_dir, veth)
-    ipam.delete(conf, rec["ipam"] if rec else _fallback_ipam(conf, cfg), cid, ifname)
-    ipam.remove_record(cfg.state_dir, veth)
+def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "") -> None:
+    """IPAM DEL with the config recorded at ADD (or one that releases by ID), then the record.
+    Without a record (written before IPAM ADD) and without the IPAM plugin there is nothing of ours
+    to release."""
+    rec = ipam.read_record(n.state_dir, veth)
+    if rec is None:
+        try:
+            ipam.find_plugin(n.ipam_type, os.environ.get("CNI_PATH", ""))
+        except CNIError as e:
+            log.info("DEL: no attachment record and IPAM plugin unusable (%s): nothing to release", e.msg)
+            return
+    ipam.delete(n.raw, rec["ipam"] if rec else _fallback_ipam(n), cid, ifname)
+    ipam.remove_record(n.state_dir, veth)
 
 
-def _fallback_ipam(conf: dict, cfg) -> dict:
+def _fallback_ipam(n: NetConf) -> dict:
     """Without a record the node's subnet may be unknown; host-local releases by ID over any range."""
-    return ipam.ipam_config(conf, cfg.state_dir, cfg.network, "", cfg.network)
+    network = str(n.network or "0.0.0.0/0")
+    return ipam.ipam_config(n.ipam, n.state_dir, network, "", network)
 
 
 def _quietly(fn, *a) -> None:
@@ -156,7 +198,7 @@ def _quietly(fn, *a) -> None:
 
 PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc, status=cmd_status,
                 about="vxlan: pods on a bridge behind a flannel-style VXLAN overlay",
-                validate=validator("vxlan"))
+                validate=validate_conf, translate=errors.translate)
 
 
 def main():

@@ -18,7 +18,7 @@ import os
 
 from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
-from . import DEVICE_FAILED, NO_UNDERLAY
+from .errors import DEVICE_FAILED, NO_UNDERLAY
 
 ENCAP_OVERHEAD = 50
 

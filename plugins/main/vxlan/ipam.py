@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+from libcni_py import records as rec
 from libcni_py import version as V
 from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION, INVALID_CONFIG
 from plugins.pkg.log import get_logger
@@ -21,10 +22,11 @@ log = get_logger("pycni.vxlan.ipam")
 RECORDS = "attachments"
 
 
-def ipam_config(conf: dict, state_dir: str, subnet, gateway, network) -> dict:
-    """The IPAM section to delegate with (subnet/gateway/network: anything str() makes a CIDR/IP of)."""
+def ipam_config(section: dict | None, state_dir: str, subnet, gateway, network) -> dict:
+    """The IPAM section to delegate with, from the config's (NetConf.ipam; None: host-local)
+    (subnet/gateway/network: anything str() makes a CIDR/IP of)."""
     subnet, gateway, network = str(subnet), str(gateway or ""), str(network)
-    ipam = dict(conf.get("ipam") or {"type": "host-local"})
+    ipam = dict(section or {"type": "host-local"})
     if ipam.get("type") == "host-local" and "ranges" not in ipam and "subnet" not in ipam:
         ipam["ranges"] = [[{"subnet": subnet, "gateway": gateway} if gateway else {"subnet": subnet}]]
         ipam.setdefault("routes", [{"dst": network}])
@@ -37,7 +39,11 @@ def find_plugin(ipam_type: str, cni_path: str) -> str:
     from libcni_py.invoke import find_in_path
     if not isinstance(ipam_type, str):
         raise CNIError(INVALID_CONFIG, "invalid config field 'ipam.type'", repr(ipam_type))
-    return find_in_path(ipam_type, [p for p in cni_path.split(os.pathsep) if p])
+    try:
+        return find_in_path(ipam_type, [p for p in cni_path.split(os.pathsep) if p])
+    except CNIError as e:       # libcni's lookup says 999; a config naming a missing plugin is no bug of ours
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'ipam.type': {e.msg}",
+                       "install that IPAM plugin into a CNI_PATH directory, or fix ipam.type") from None
 
 
 # ---- the record of one attachment ----
@@ -49,39 +55,32 @@ def record_path(state_dir: str, host_veth: str) -> str:
 def write_record(state_dir: str, host_veth: str, record: dict) -> None:
     path = record_path(state_dir, host_veth)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    rec.write(path, record)
 
 
 def read_record(state_dir: str, host_veth: str) -> dict | None:
     try:
-        with open(record_path(state_dir, host_veth)) as f:
-            rec = json.load(f)
+        got = rec.read(record_path(state_dir, host_veth), max_bytes=1 << 20)
     except (OSError, ValueError):
         return None
-    return rec if isinstance(rec, dict) else None
+    return got if isinstance(got, dict) else None
 
 
 def remove_record(state_dir: str, host_veth: str) -> None:
-    try:
-        os.remove(record_path(state_dir, host_veth))
-    except FileNotFoundError:
-        pass
+    rec.remove(record_path(state_dir, host_veth))
+
+
+def record_names(state_dir: str) -> list[str]:
+    """The host veth names that have a record (an attachment this node made and has not released)."""
+    return [n[:-5] for n in rec.names(os.path.join(state_dir, RECORDS), ".json")]
 
 
 def records(state_dir: str) -> list[dict]:
-    d = os.path.join(state_dir, RECORDS)
-    try:
-        names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
-    except OSError:
-        return []
     out = []
-    for n in names:
-        rec = read_record(state_dir, n[:-5])
-        if rec and isinstance(rec.get("containerID"), str) and isinstance(rec.get("ifname"), str):
-            out.append(rec)
+    for name in record_names(state_dir):
+        got = read_record(state_dir, name)
+        if got and isinstance(got.get("containerID"), str) and isinstance(got.get("ifname"), str):
+            out.append(got)
     return out
 
 

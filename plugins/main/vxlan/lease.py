@@ -10,13 +10,13 @@ locally administered and unicast, so it is stable even when everything else is l
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import time
 
+from libcni_py import records
 from libcni_py.errors import CNIError
 from plugins.pkg.names import sha256
-from . import NETWORK_MISMATCH, SUBNETS_EXHAUSTED
+from .errors import NETWORK_MISMATCH, SUBNETS_EXHAUSTED
 from .registry.base import Lease, NetworkRecord, Registry, Snapshot
 
 
@@ -95,6 +95,21 @@ def release(reg: Registry, cfg) -> None:
     reg.update(lambda draft: draft.leases.pop(cfg.node_name, None))
 
 
+def is_fresh(lease: Lease, ttl: int, now: float | None = None) -> tuple[bool, str]:
+    """A lease a new pod can rely on: without TTL always; with one, at least a third of the TTL
+    left (the agent renews every ttl/3, so less means nobody renews it)."""
+    if lease.expires is None or not ttl:
+        return True, ""
+    left = lease.expires - (time.time() if now is None else now)
+    if left < ttl / 3:
+        return False, f"its lease expires in {max(left, 0):.0f} s of a {ttl} s TTL and is not being renewed"
+    return True, ""
+
+
+def network_record(cfg) -> NetworkRecord:
+    return _record(cfg)
+
+
 def _record(cfg) -> NetworkRecord:
     return NetworkRecord(cfg.network, cfg.subnet_len, cfg.vni)
 
@@ -105,8 +120,7 @@ def _local_path(state_dir: str) -> str:
 
 def _load_local(state_dir: str) -> dict:
     try:
-        with open(_local_path(state_dir)) as f:
-            raw = json.load(f)
+        raw = records.read(_local_path(state_dir), max_bytes=4096)
         return {"subnet": ipaddress.IPv4Network(raw["subnet"]), "vtepMAC": raw["vtepMAC"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -119,7 +133,15 @@ def _saved_differs(state_dir: str, lease: Lease) -> bool:
 
 def _save_local(state_dir: str, lease: Lease) -> None:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    tmp = _local_path(state_dir) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"node": lease.node, "subnet": str(lease.subnet), "vtepMAC": lease.vtep_mac}, f)
-    os.replace(tmp, _local_path(state_dir))
+    records.write(_local_path(state_dir), {"node": lease.node, "subnet": str(lease.subnet),
+                                           "vtepMAC": lease.vtep_mac})
+
+
+def forget_local(state_dir: str) -> bool:
+    """Remove the local lease copy (leave): a node that rejoins takes whatever subnet is free."""
+    return records.remove(_local_path(state_dir))
+
+
+def local_subnet(state_dir: str) -> ipaddress.IPv4Network | None:
+    """The subnet of the local lease copy, if any."""
+    return _load_local(state_dir).get("subnet")

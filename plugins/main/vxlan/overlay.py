@@ -12,53 +12,25 @@ Everything runs in the network namespace current at the call, under a flock of
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
-import socket
 
-from libcni_py.errors import CNIError, INVALID_CONFIG, PLUGIN_NOT_AVAILABLE
+from libcni_py.errors import CNIError, PLUGIN_NOT_AVAILABLE
 from plugins.pkg.lock import locked
 from plugins.pkg.log import get_logger
-from plugins.pkg.names import check_ifname, check_path_component
-from . import BAD_SUBNET_LEN, DEVICE_DRIFT, LEASE_LOST, PEER_DRIFT
-from .registry import check_type, open_registry
+from .config import DEFAULT_STATE_ROOT, NetConf, load
+from . import errors
+from .errors import DEVICE_DRIFT, LEASE_LOST, PEER_DRIFT, PODS_ATTACHED, SUBNET_IN_USE
+from .registry import open_registry
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from plugins.pkg.rtnl import Rtnl
+    from .registry import Registry
 
 log = get_logger("pycni.vxlan")
-DEFAULT_STATE_ROOT = "/var/lib/cni/pycni/vxlan"
-
-
-class NodeConfig:
-    """The node keys of a vxlan plugin config, parsed and checked (schema validation is the caller's)."""
-
-    def __init__(self, conf: dict):
-        self.name = check_path_component(conf.get("name", ""), "network name")     # the CNI network name
-        try:
-            self.network = ipaddress.IPv4Network(conf.get("network", ""))
-        except ValueError as e:
-            raise CNIError(INVALID_CONFIG, f"invalid config field 'network': {e}",
-                           "an IPv4 CIDR with no host bits, e.g. 10.244.0.0/16") from None
-        self.subnet_len = int(conf.get("subnetLen", 24))
-        if not self.network.prefixlen < self.subnet_len <= 30:
-            raise CNIError(BAD_SUBNET_LEN, f"subnetLen {self.subnet_len} out of range for network {self.network}",
-                           f"need {self.network.prefixlen} < subnetLen <= 30")
-        registry = conf.get("registry") or {"type": "file"}
-        check_type(registry.get("type"))
-        self.vni = int(conf.get("vni", 1))
-        self.port = int(conf.get("port", 8472))
-        self.state_dir = conf.get("stateDir") or os.path.join(DEFAULT_STATE_ROOT, self.name)
-        self.registry_type = registry["type"]
-        self.registry_path = registry.get("path") or os.path.join(self.state_dir, "registry.json")
-        self.registry_ttl = int(registry.get("ttl", 0))
-        self.node_name = check_path_component(conf.get("nodeName") or socket.gethostname(), "nodeName")
-        public_ip = conf.get("publicIP")
-        try:
-            self.public_ip = ipaddress.IPv4Address(public_ip) if public_ip else None
-        except ValueError as e:
-            raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIP': {e}") from None
-        iface = conf.get("iface")
-        self.iface = check_ifname(iface, "iface") if iface else None
-        self.direct_routing = bool(conf.get("directRouting", False))
-        self.device_name = check_ifname(conf.get("deviceName") or f"vxlan.{self.vni}", "deviceName")
+__all__ = ["DEFAULT_STATE_ROOT", "NetConf", "NodeInfo", "node_config"]
 
 
 class NodeInfo:
@@ -76,15 +48,16 @@ class NodeInfo:
         self.revision = revision                         # registry revision the peers were reconciled to
 
 
-def node_config(conf: dict) -> NodeConfig:
-    return NodeConfig(conf)
+def node_config(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
+    """config.load: the NetConf of a vxlan plugin config."""
+    return load(conf, command, cni_args)
 
 
-def _registry(cfg: NodeConfig):
+def _registry(cfg: NetConf) -> Registry:
     return open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
 
 
-def ensure_node(cfg: NodeConfig) -> NodeInfo:
+def ensure_node(cfg: NetConf) -> NodeInfo:
     """Join or renew the lease, ensure the device, reconcile peer entries once."""
     return ensure_applied(cfg).info
 
@@ -101,7 +74,7 @@ class Applied:
         self.peers = peers                # peers.Peer, as programmed
 
 
-def ensure_applied(cfg: NodeConfig) -> Applied:
+def ensure_applied(cfg: NetConf) -> Applied:
     """ensure_node, also returning what was programmed (for follow_change)."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, lease, peers
@@ -109,6 +82,7 @@ def ensure_applied(cfg: NodeConfig) -> Applied:
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
         mine, snap = lease.acquire(reg, cfg, underlay.public_ip)
+        repair_bridge(rt, cfg, mine.subnet)       # before peers: an old gateway's route is in a peer's place
         link = device.ensure(rt, device.want(cfg, mine, underlay))
         wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
         stats = peers.reconcile(rt, link.index, cfg.network, wanted)
@@ -116,7 +90,7 @@ def ensure_applied(cfg: NodeConfig) -> Applied:
     return Applied(_info(cfg, mine, link, stats.changes, snap.revision), mine, underlay, link.index, tuple(wanted))
 
 
-def follow_change(cfg: NodeConfig, applied: Applied, snap) -> Applied:
+def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
     """Apply a newer registry snapshot: only the peers that changed, from what `applied` says is
     programmed (no kernel dumps). Anything unexpected (own lease changed, the kernel refusing an
     entry because it is not as assumed) falls back to a full ensure_node."""
@@ -144,18 +118,18 @@ def follow_change(cfg: NodeConfig, applied: Applied, snap) -> Applied:
     return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new))
 
 
-def _log_changes(cfg: NodeConfig, stats, revision: int) -> None:
+def _log_changes(cfg: NetConf, stats, revision: int) -> None:
     if stats.changes:
         log.info("node %s: %d peer entries added, %d removed (registry revision %d)",
                  cfg.node_name, stats.added, stats.deleted, revision)
 
 
-def _info(cfg: NodeConfig, mine, link, changes: int, revision: int) -> NodeInfo:
+def _info(cfg: NetConf, mine, link, changes: int, revision: int) -> NodeInfo:
     return NodeInfo(mine.subnet, mine.subnet.network_address + 1, link.name, link.mtu, mine.vtep_mac,
                     mine.public_ip, cfg.network, cfg.node_name, changes, revision)
 
 
-def check_node(cfg: NodeConfig) -> NodeInfo:
+def check_node(cfg: NetConf) -> NodeInfo:
     """Raise CNIError naming the first missing or wrong device attribute or peer entry; else the node."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, peers
@@ -178,27 +152,129 @@ def check_node(cfg: NodeConfig) -> NodeInfo:
     return _info(cfg, mine, link, 0, snap.revision)
 
 
-def registry_status(cfg: NodeConfig) -> None:
+def registry_status(cfg: NetConf) -> None:
     try:
         _read(cfg)
     except CNIError as e:
         raise CNIError(PLUGIN_NOT_AVAILABLE, f"vxlan registry unavailable: {e.msg}", e.details) from None
 
 
-def leave_node(cfg: NodeConfig, remove_device: bool = False) -> None:
-    """Give the lease back; with remove_device also delete the vxlan device (and so its entries)."""
+def node_status(cfg: NetConf) -> None:
+    """STATUS: CNIError(50) naming why this node cannot serve a new pod (and what to do); None when
+    it can: registry readable, this node's lease held, matching the config and not about to expire,
+    the device present and carrying the lease's MAC, the bridge not stuck on an old subnet."""
+    from plugins.pkg.rtnl import Rtnl
+    from .lease import is_fresh, network_record
+
+    def down(why: str, fix: str) -> None:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"vxlan: node {cfg.node_name} cannot serve a new pod: {why}", fix)
+    try:
+        snap = _read(cfg)
+    except CNIError as e:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"vxlan registry unavailable: {e.msg}",
+                       f"code {e.code}: {e.details or ''}; {errors.CODES.table[e.code].fix}"
+                       if e.code in errors.CODES.table else e.details) from None
+    mine = snap.leases.get(cfg.node_name)
+    if mine is None:
+        down(f"it holds no lease in registry {cfg.registry_path} (never joined, expired or left)",
+             "start vxlan-agent on this node (or ADD a pod): it takes a lease")
+    if snap.network is not None and snap.network != network_record(cfg):
+        down(f"the registry's network {snap.network.network}/subnetLen {snap.network.subnet_len}/vni "
+             f"{snap.network.vni} differs from this config's", "same network, subnetLen and vni on every node")
+    fresh, why = is_fresh(mine, cfg.registry_ttl)
+    if not fresh:
+        down(why, "start vxlan-agent on this node: it renews the lease every ttl/3")
+    with Rtnl() as rt:
+        link = rt.link(cfg.device_name)
+        if link is None or link.kind != "vxlan":
+            down(f"device {cfg.device_name} missing" if link is None else
+                 f"{cfg.device_name} is a {link.kind or 'non-vxlan'} link", "ADD a pod or start vxlan-agent")
+        if not link.up or link.mac != mine.vtep_mac:
+            down(f"device {cfg.device_name} is {'up' if link.up else 'down'} with MAC {link.mac}, the lease "
+                 f"says {mine.vtep_mac}", "ADD a pod or start vxlan-agent: it repairs the device")
+        try:
+            _bridge_problem(rt, cfg, mine.subnet)
+        except CNIError as e:
+            down(e.msg, e.details or "")
+
+
+def _gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+
+
+def attached(rt: Rtnl, cfg: NetConf, bridge_index: int | None = None) -> list[str]:
+    """The pods this node serves: attachment records in stateDir and ports on the bridge."""
+    from . import ipam, pod
+    out = [f"{r['containerID']}/{r['ifname']}" for r in ipam.records(cfg.state_dir)]
+    named = set(ipam.record_names(cfg.state_dir))
+    if bridge_index is None:
+        br = rt.link(cfg.bridge)
+        bridge_index = br.index if br is not None and br.kind == "bridge" else None
+    if bridge_index is not None:
+        out += [f"port {p} of {cfg.bridge}" for p in pod.bridge_ports(rt, bridge_index) if p not in named]
+    return out
+
+
+def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network) -> list:
+    """The stale gateway addresses on the bridge (and the bridge) when no pod uses them;
+    CNIError(117) when pods still do."""
+    from . import pod
+    br, stale = pod.stale_gateways(rt, cfg.bridge, cfg.network, _gateway(subnet))
+    if not stale:
+        return []
+    users = attached(rt, cfg, br.index)
+    if users:
+        raise CNIError(SUBNET_IN_USE,
+                       f"node {cfg.node_name}'s subnet is now {subnet} but bridge {cfg.bridge} still holds "
+                       f"{', '.join(map(str, stale))}, used by {len(users)} pod(s): {', '.join(users[:5])}",
+                       errors.SUBNET_IN_USE.fix)
+    return [br, stale]
+
+
+def repair_bridge(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network) -> bool:
+    """A bridge holding the gateway of an earlier subnet of this node is re-addressed when no pod
+    uses it (the next ensure_bridge adds the new gateway); CNIError(117) naming the pods when
+    some do. True when something was removed."""
+    from . import pod
+    found = _bridge_problem(rt, cfg, subnet)
+    if not found:
+        return False
+    br, stale = found
+    log.warning("node %s: subnet is now %s; removing %s from %s (no pod uses it)",
+                cfg.node_name, subnet, ", ".join(map(str, stale)), cfg.bridge)
+    pod.remove_addresses(rt, br, stale)
+    return True
+
+
+def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
+    """Leave: give the lease back and (remove_device) take away what the node made: the vxlan device
+    (and so its peer entries), the bridge's gateway addresses (the bridge too when it has no port
+    left) and the local lease copy. Refused with CNIError(118) while pods are attached."""
     from plugins.pkg import rtnl as nl
-    from . import lease
-    with locked(os.path.join(cfg.state_dir, "node.lock")):
+    from . import lease, pod
+    with locked(os.path.join(cfg.state_dir, "node.lock")), nl.Rtnl() as rt:
+        users = attached(rt, cfg)
+        if users:
+            raise CNIError(PODS_ATTACHED, f"node {cfg.node_name} still serves {len(users)} pod(s): "
+                           f"{', '.join(users[:5])}", errors.PODS_ATTACHED.fix)
         lease.release(_registry(cfg), cfg)
-        if remove_device:
-            with nl.Rtnl() as rt:
-                link = rt.link(cfg.device_name)
-                if link is not None and link.kind == "vxlan":
-                    rt.batch([nl.link_del_msg(link.index)])
+        if not remove_device:
+            return
+        link = rt.link(cfg.device_name)
+        if link is not None and link.kind == "vxlan":
+            err = rt.batch([nl.link_del_msg(link.index)])[0]
+            if err and err != errno.ENODEV:
+                raise nl.NetlinkError(err, f"delete {cfg.device_name}: {os.strerror(err)}")
+        br, ours = pod.stale_gateways(rt, cfg.bridge, cfg.network, None)
+        if ours:
+            pod.remove_addresses(rt, br, ours)
+        if br is not None and br.kind == "bridge" and not pod.bridge_ports(rt, br.index) \
+                and not rt.addrs(br.index):
+            pod.detach(rt, cfg.bridge)
+        lease.forget_local(cfg.state_dir)
 
 
-def _read(cfg: NodeConfig):
+def _read(cfg: NetConf):
     reg = _registry(cfg)
     try:
         return reg.snapshot()

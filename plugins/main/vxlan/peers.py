@@ -26,7 +26,7 @@ import socket
 
 from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
-from . import PEER_PROGRAMMING
+from .errors import PEER_PROGRAMMING
 
 RTPROT = 118          # route/neighbour protocol number marking pycni vxlan entries
 _GONE = (errno.ENOENT, errno.ESRCH)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import struct
 
 from libcni_py.errors import CNIError
 from libcni_py.types import Interface, IPConfig, Route
 
-BRIDGE_CONFLICT = 113    # the bridge name is taken by another link, or holds another gateway
-VETH_EXISTS = 114        # the host veth name is in use: an earlier attachment was not deleted
-BAD_IPAM_RESULT = 115    # IPAM gave no IPv4 address in this node's subnet
-POD_DRIFT = 116          # CHECK: pod interface, address, route or host port missing or wrong
+from .errors import BAD_IPAM_RESULT, BRIDGE_CONFLICT, POD_DRIFT, VETH_EXISTS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from plugins.pkg.rtnl import Link, Rtnl
+
 DEFAULT = "0.0.0.0/0"
 RTPROT_BOOT = 3          # what `ip route add` and Go's netlink use
 
@@ -75,7 +78,7 @@ def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
     return out
 
 
-def ensure_bridge(rt, net: PodNet):
+def ensure_bridge(rt: Rtnl, net: PodNet) -> Link:
     """The bridge, up, holding the gateway; IPv4 forwarding on in this namespace."""
     from plugins.pkg import link, rtnl as nl
     try:
@@ -95,10 +98,12 @@ def ensure_bridge(rt, net: PodNet):
     return br
 
 
-def attach(rt_host, net: PodNet, br, att: Attachment) -> tuple[Interface, Interface]:
-    """Create and configure the pair; returns (host interface, pod interface)."""
+def attach(rt_host: Rtnl, net: PodNet, br: Link, att: Attachment,
+           pod_mac: str | None = None) -> tuple[Interface, Interface]:
+    """Create and configure the pair; returns (host interface, pod interface). `pod_mac`: the pod
+    end's MAC (the `mac` capability, CNI_ARGS MAC), random otherwise."""
     from plugins.pkg import link, rtnl as nl
-    host_mac, pod_mac = link.random_mac(), link.random_mac()
+    host_mac, pod_mac = link.random_mac(), pod_mac or link.random_mac()
     try:
         idx = link.create_veth(rt_host, att.host_veth, att.ifname, att.netns, mtu=net.mtu, mac=host_mac,
                                peer_mac=pod_mac, master=br.index, up=True)
@@ -121,13 +126,13 @@ def attach(rt_host, net: PodNet, br, att: Attachment) -> tuple[Interface, Interf
             Interface(name=att.ifname, mac=pod_mac, sandbox=att.netns))
 
 
-def detach(rt_host, host_veth: str) -> bool:
+def detach(rt_host: Rtnl, host_veth: str) -> bool:
     """Delete the pair by its host end (works when the pod netns is gone)."""
     from plugins.pkg import link
     return link.delete_if_exists(rt_host, host_veth)
 
 
-def check(rt_host, net: PodNet, att: Attachment) -> None:
+def check(rt_host: Rtnl, net: PodNet, att: Attachment) -> None:
     """Raise POD_DRIFT naming the first missing or wrong piece."""
     from plugins.pkg import link
     br = rt_host.link(net.bridge)
@@ -162,6 +167,36 @@ def check(rt_host, net: PodNet, att: Attachment) -> None:
         for r in att.routes:
             if (str(ipaddress.IPv4Network(r.dst)), r.gw or None) not in routes:
                 _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
+
+
+def bridge_ports(rt: Rtnl, bridge_index: int) -> list[str]:
+    """Names of the links enslaved to the bridge (one RTM_GETLINK dump)."""
+    from plugins.pkg import link, rtnl as nl
+    out = []
+    for _, p in rt.dump(nl.RTM_GETLINK, link._ifi()):
+        attrs = nl.nla_parse(p, link._IFI.size)
+        raw = attrs.get(link.IFLA_MASTER)
+        if raw and struct.unpack("=I", raw[:4])[0] == bridge_index:
+            out.append(attrs.get(nl.IFLA_IFNAME, b"").rstrip(b"\0").decode())
+    return sorted(out)
+
+
+def stale_gateways(rt: Rtnl, bridge: str, network: ipaddress.IPv4Network,
+                   keep: ipaddress.IPv4Interface | None) -> tuple[Link | None, list[ipaddress.IPv4Interface]]:
+    """The bridge and its addresses inside the cluster network other than `keep` (the gateway of
+    this node's subnet): what an earlier subnet of this node left."""
+    br = rt.link(bridge)
+    if br is None or br.kind != "bridge":
+        return br, []
+    return br, [a.address for a in rt.addrs(br.index) if a.address != keep and a.address.ip in network]
+
+
+def remove_addresses(rt: Rtnl, br: Link, addrs: list[ipaddress.IPv4Interface]) -> None:
+    """Take addresses off the bridge (their subnet routes go with them)."""
+    from plugins.pkg import rtnl as nl
+    for addr, err in zip(addrs, rt.batch([nl.addr_msg(False, br.index, a) for a in addrs])):
+        if err and err not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+            raise nl.NetlinkError(err, f"remove {addr} from {br.name}: {os.strerror(err)}")
 
 
 def _drift(what: str):

@@ -1,23 +1,51 @@
-"""Registry backends by `registry.type`. Only `file` today; `etcd` is its own issue."""
+"""Registry backends by `registry.type`: one type registry, as flannel's backend.Register.
+
+    BACKENDS = {"file": FileRegistry}        # register() adds one (the etcd backend, later)
+    reg = open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
+
+A backend is a `Registry` subclass (base.py) constructed as `Backend(path, ttl)`; an unknown
+type is code 102 naming the known ones.
+"""
 from __future__ import annotations
 
 from libcni_py.errors import CNIError
-from .. import REGISTRY_UNKNOWN_TYPE
+from ..errors import REGISTRY_UNKNOWN_TYPE
 from .base import Lease, NetworkRecord, Registry, Snapshot
+from .file import FileRegistry
 
-TYPES = ("file",)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Factory = Callable[[str, int], Registry]
+
+BACKENDS: dict[str, Factory] = {}
 
 
-def check_type(kind: str) -> None:
-    if kind not in TYPES:
+def register(kind: str, factory: Factory) -> None:
+    """Make `registry.type: kind` open `factory(path, ttl)`; a type is registered once."""
+    if kind in BACKENDS:
+        raise ValueError(f"registry type {kind!r} registered twice")
+    BACKENDS[kind] = factory
+
+
+register("file", FileRegistry)
+
+
+def check_type(kind: object) -> str:
+    if not isinstance(kind, str) or kind not in BACKENDS:
         raise CNIError(REGISTRY_UNKNOWN_TYPE, f"unknown registry type {kind!r}",
-                       f"known types: {', '.join(TYPES)}")
+                       f"known types: {', '.join(sorted(BACKENDS))}")
+    return kind
 
 
 def open_registry(kind: str, path: str, ttl: int = 0) -> Registry:
-    check_type(kind)
-    from .file import FileRegistry
-    return FileRegistry(path, ttl)
+    return BACKENDS[check_type(kind)](path, ttl)
 
 
-__all__ = ["Lease", "NetworkRecord", "Registry", "Snapshot", "TYPES", "check_type", "open_registry"]
+def types() -> tuple[str, ...]:
+    return tuple(sorted(BACKENDS))
+
+
+__all__ = ["BACKENDS", "FileRegistry", "Lease", "NetworkRecord", "Registry", "Snapshot", "check_type",
+           "open_registry", "register", "types"]

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from libcni_py.errors import CNIError
-from .. import REGISTRY_CORRUPT
+from ..errors import REGISTRY_CORRUPT
 
 
 class NetworkRecord:

@@ -15,13 +15,15 @@ import os
 import select
 import time
 
+from libcni_py import records
 from libcni_py.errors import CNIError
 from plugins.pkg.lock import locked
-from .. import REGISTRY_CORRUPT, REGISTRY_UNREADABLE
+from ..errors import REGISTRY_CORRUPT, REGISTRY_UNREADABLE
 from .base import Registry, Snapshot, decode, encode
 
 IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x8, 0x80, 0x100, 0x200
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+MAX_BYTES = 64 << 20      # ~400 000 leases
 
 
 class FileRegistry(Registry):
@@ -34,17 +36,18 @@ class FileRegistry(Registry):
     # -- reads ----------------------------------------------------------------
     def _read_doc(self):
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            return records.read(self.path, max_bytes=MAX_BYTES)
         except FileNotFoundError:
             return None
+        except records.RecordError as e:
+            if os.path.isdir(self.path):
+                raise CNIError(REGISTRY_UNREADABLE, f"cannot read registry file {self.path}",
+                               "it is a directory") from None
+            raise CNIError(REGISTRY_CORRUPT, f"registry file {self.path} is not JSON we wrote",
+                           str(e)) from None
         except OSError as e:
             raise CNIError(REGISTRY_UNREADABLE, f"cannot read registry file {self.path}",
                            e.strerror or str(e)) from None
-        try:
-            return json.loads(data)
-        except ValueError as e:
-            raise CNIError(REGISTRY_CORRUPT, f"registry file {self.path} is not JSON", str(e)) from None
 
     def snapshot(self) -> Snapshot:
         doc = self._read_doc()
@@ -68,14 +71,7 @@ class FileRegistry(Registry):
                            e.strerror or str(e)) from None
 
     def _write(self, doc: dict) -> None:
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, json.dumps(doc, indent=1).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        records.write(self.path, doc, mode=0o644, text=json.dumps(doc, indent=1) + "\n")
 
     # -- watch ----------------------------------------------------------------
     def watch(self, revision: int, timeout: float) -> Snapshot | None:

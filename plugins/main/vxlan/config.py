@@ -1,0 +1,180 @@
+"""The vxlan plugin's config: one typed object built in one place (Go plugins' NetConf + loadNetConf).
+
+    conf = load(args.conf, args.command, args.args)     # NetConf; the schema has been checked
+
+Everything the plugin's modules read from a config is an attribute here; `raw` is the config
+as given, handed whole to the IPAM plugin (as Go's bridge hands IPAM its stdin, runtimeConfig
+and args included, so `runtimeConfig.ips` reaches host-local).
+
+ADD, CHECK and STATUS refuse a key whose value makes no sense (code 7, or 105 for subnetLen).
+DEL and GC are lenient: they need only the network name, `stateDir`, `ipMasq` and `ipam`, so a
+node key that cannot be parsed there is left at None and the command goes on.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from libcni_py.errors import CNIError, INVALID_CONFIG
+from plugins.pkg.names import check_ifname, check_path_component
+from plugins.pkg.paths import check_dir
+from .errors import BAD_SUBNET_LEN
+
+TYPE_CHECKING = False          # typing stays off the exec path; mypy reads the block below
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+DEFAULT_STATE_ROOT = "/var/lib/cni/pycni/vxlan"
+LENIENT = ("DEL", "GC")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}")
+
+
+class NetConf:
+    """A vxlan plugin config, parsed and checked."""
+
+    raw: dict                                   # the config as given (delegated to IPAM whole)
+    name: str                                   # the CNI network name
+    cni_version: str
+    # node keys
+    network: ipaddress.IPv4Network | None       # None only on DEL/GC when it could not be parsed
+    subnet_len: int
+    vni: int
+    port: int
+    registry_type: str
+    registry_path: str
+    registry_ttl: int
+    public_ip: ipaddress.IPv4Address | None
+    iface: str | None
+    direct_routing: bool
+    state_dir: str
+    node_name: str
+    device_name: str
+    # pod keys
+    bridge: str
+    is_default_gateway: bool
+    hairpin: bool
+    ip_masq: bool
+    ipam: dict | None                           # the config's ipam section, None: host-local default
+    dns: dict | None                            # the config's dns, when it sets anything (Go's dnsConfSet)
+    mac: str | None                             # runtimeConfig.mac > args.cni.mac > CNI_ARGS MAC
+
+    @property
+    def ipam_type(self) -> str:
+        return (self.ipam or {}).get("type", "host-local")
+
+
+def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
+    """The NetConf of `conf` for `command` (see the module docstring for what is lenient)."""
+    n = NetConf()
+    lenient = command in LENIENT
+    n.raw = conf
+    n.name = check_path_component(conf.get("name", ""), "network name")
+    n.cni_version = str(conf.get("cniVersion", ""))
+    n.state_dir = check_dir(conf.get("stateDir") or os.path.join(DEFAULT_STATE_ROOT, n.name), "stateDir")
+    n.ip_masq = bool(conf.get("ipMasq", False))
+    ipam = conf.get("ipam")
+    n.ipam = dict(ipam) if isinstance(ipam, dict) and ipam else None
+
+    def field(parse: Callable[[], Any], default: Any) -> Any:
+        if not lenient:
+            return parse()
+        try:
+            return parse()
+        except (CNIError, ValueError, TypeError):
+            return default
+
+    n.network = field(lambda: _network(conf), None)
+    n.subnet_len = field(lambda: _subnet_len(conf, n.network), 24)
+    n.vni = field(lambda: int(conf.get("vni", 1)), 1)
+    n.port = field(lambda: int(conf.get("port", 8472)), 8472)
+    registry = conf.get("registry") or {"type": "file"}
+    if not isinstance(registry, dict):
+        registry = {"type": "file"}
+    n.registry_type = registry.get("type", "file")
+    if not lenient:
+        from .registry import check_type
+        check_type(n.registry_type)
+    n.registry_path = field(lambda: _registry_path(registry, n.state_dir),
+                            os.path.join(n.state_dir, "registry.json"))
+    n.registry_ttl = field(lambda: int(registry.get("ttl", 0)), 0)
+    n.node_name = field(lambda: check_path_component(conf.get("nodeName") or socket.gethostname(),
+                                                     "nodeName"), "")
+    n.public_ip = field(lambda: _public_ip(conf), None)
+    n.iface = field(lambda: check_ifname(conf["iface"], "iface") if conf.get("iface") else None,
+                    None)
+    n.direct_routing = bool(conf.get("directRouting", False))
+    n.device_name = field(lambda: check_ifname(conf.get("deviceName") or f"vxlan.{n.vni}", "deviceName"),
+                          f"vxlan.{n.vni}")
+    n.bridge = field(lambda: check_ifname(conf.get("bridge", "cni0"), "bridge"), "cni0")
+    n.is_default_gateway = bool(conf.get("isDefaultGateway", True))
+    n.hairpin = bool(conf.get("hairpinMode", False))
+    n.dns = _dns(conf.get("dns"))
+    n.mac = field(lambda: _mac(conf, cni_args), None) if command == "ADD" else None
+    return n
+
+
+def _network(conf: dict) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(conf.get("network", ""))
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'network': {e}",
+                       "an IPv4 CIDR with no host bits, e.g. 10.244.0.0/16") from None
+
+
+def _subnet_len(conf: dict, network: ipaddress.IPv4Network | None) -> int:
+    subnet_len = int(conf.get("subnetLen", 24))
+    if network is not None and not network.prefixlen < subnet_len <= 30:
+        raise CNIError(BAD_SUBNET_LEN, f"subnetLen {subnet_len} out of range for network {network}",
+                       f"need {network.prefixlen} < subnetLen <= 30")
+    return subnet_len
+
+
+def _registry_path(registry: dict, state_dir: str) -> str:
+    path = registry.get("path") or os.path.join(state_dir, "registry.json")
+    check_dir(os.path.dirname(path) or "/", "registry.path (its directory)")
+    return path
+
+
+def _public_ip(conf: dict) -> ipaddress.IPv4Address | None:
+    public_ip = conf.get("publicIP")
+    try:
+        return ipaddress.IPv4Address(public_ip) if public_ip else None
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIP': {e}") from None
+
+
+def _dns(dns: object) -> dict | None:
+    """The config's dns when it sets anything (Go's dnsConfSet), else None (IPAM's is kept)."""
+    if not isinstance(dns, dict):
+        return None
+    keys = ("nameservers", "domain", "search", "options")
+    return {k: dns[k] for k in keys if dns.get(k)} or None
+
+
+def _mac(conf: dict, cni_args: str) -> str | None:
+    """The pod interface's MAC, as Go's bridge picks it: CNI_ARGS MAC=, then args.cni.mac, then
+    runtimeConfig.mac (the `mac` capability) wins. A unicast MAC, or code 7."""
+    mac, source = None, ""
+    for pair in cni_args.split(";") if cni_args else ():
+        key, _, value = pair.partition("=")
+        if key == "MAC" and value:
+            mac, source = value, "CNI_ARGS MAC"
+    args = conf.get("args")
+    cni = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni, dict) and cni.get("mac"):
+        mac, source = cni["mac"], "args.cni.mac"
+    rc = conf.get("runtimeConfig")
+    if isinstance(rc, dict) and rc.get("mac"):
+        mac, source = rc["mac"], "runtimeConfig.mac"
+    if mac is None:
+        return None
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+        raise CNIError(INVALID_CONFIG, f"invalid MAC address in {source}", repr(mac)[:100])
+    mac = mac.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise CNIError(INVALID_CONFIG, f"{source} {mac} is a multicast MAC", "use a unicast MAC")
+    if mac == "00:00:00:00:00:00":
+        raise CNIError(INVALID_CONFIG, f"{source} is the zero MAC", "use a unicast MAC")
+    return mac
