@@ -5,7 +5,7 @@ import os
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.meta.dp_steering import datapath_pedit, netconf
+from plugins.meta.dp_steering import datapath_pedit, errors, ids
 from plugins.pkg import probe
 from tests.kit.dp_steering import World, pod_view
 
@@ -34,20 +34,20 @@ def assert_untouched(w, pod, view):
 def test_no_prev_result(bridged):
     w, pod, view = bridged
     status, out, _ = w.plugin("ADD", pod, None)
-    assert status == 1 and out["code"] == netconf.NO_PREV_RESULT and "prevResult" in out["msg"]
+    assert status == 1 and out["code"] == errors.NO_PREV_RESULT and "prevResult" in out["msg"]
     assert_untouched(w, pod, view)
 
 
 def test_interface_missing_from_prev_result_or_from_the_pod(bridged):
     w, pod, view = bridged
     status, out, _ = w.plugin("ADD", pod, pod.result.encode(), ifname="eth1")
-    assert status == 1 and out["code"] == netconf.IFACE_MISSING and "eth1" in out["msg"]
+    assert status == 1 and out["code"] == errors.IFACE_MISSING and "eth1" in out["msg"]
     assert_untouched(w, pod, view)
 
     pod.ns.run("ip", "link", "set", "eth0", "down")
     pod.ns.run("ip", "link", "set", "eth0", "name", "gone0")
     status, out, _ = w.plugin("ADD", pod, pod.result.encode())
-    assert status == 1 and out["code"] == netconf.IFACE_MISSING and "no interface eth0" in out["msg"]
+    assert status == 1 and out["code"] == errors.IFACE_MISSING and "no interface eth0" in out["msg"]
     assert not any(n.startswith(("vex", "vin")) for n in enforcer_links(w))
 
 
@@ -56,13 +56,13 @@ def test_enforcer_netns_missing_through_libcni(netns, tmp_path):
     pod = w.add("c0", steer=False)
     with pytest.raises(CNIError) as e:
         w.add("c1", enforcerNetns=str(tmp_path / "no-such-netns"))
-    assert e.value.code == netconf.ENFORCER_NETNS and "enforcerNetns" in e.value.msg
+    assert e.value.code == errors.ENFORCER_NETNS and "enforcerNetns" in e.value.msg
     assert probe.ping(w.host.path, pod.ip, count=1, timeout=2) == [0]
     w2 = World(netns, tmp_path / "w2")
     p2 = w2.add("c2", steer=False)
     view = pod_view(p2.ns)
     status, out, _ = w2.plugin("ADD", p2, p2.result.encode(), enforcerNetns="/run/netns/pycni-none-here")
-    assert status == 1 and out["code"] == netconf.ENFORCER_NETNS
+    assert status == 1 and out["code"] == errors.ENFORCER_NETNS
     assert_untouched(w2, p2, view)
 
 
@@ -70,32 +70,32 @@ def test_failure_after_the_pull_rolls_the_pod_back(bridged):
     w, pod, view = bridged
     w.enf.run("ip", "link", "add", "vbr", "type", "bridge")          # not our vbr/vth pair
     status, out, _ = w.plugin("ADD", pod, pod.result.encode())
-    assert status == 1 and out["code"] == netconf.RULES_FAILED and "vbr" in out["msg"]
+    assert status == 1 and out["code"] == errors.RULES_FAILED and "vbr" in out["msg"]
     assert pod_view(pod.ns) == view
     assert enforcer_links(w) == ["lo", "vbr"]
     assert probe.ping(w.host.path, pod.ip, count=1, timeout=2) == [0]
     status, out, _ = w.plugin("CHECK", pod, pod.result.encode())
-    assert status == 1 and out["code"] == netconf.NO_STATE
+    assert status == 1 and out["code"] == errors.NO_STATE
 
 
 def test_name_clash_and_double_add(bridged):
     w, pod, view = bridged
-    vex, _ = netconf.port_names(pod.cid, pod.ifname)
+    vex, _ = ids.port_names(pod.cid, pod.ifname)
     w.enf.run("ip", "link", "add", vex, "type", "bridge")
     status, out, _ = w.plugin("ADD", pod, pod.result.encode())
-    assert status == 1 and out["code"] == netconf.NAME_CLASH and vex in out["msg"]
+    assert status == 1 and out["code"] == errors.NAME_CLASH and vex in out["msg"]
     assert pod_view(pod.ns) == view
     w.enf.run("ip", "link", "del", vex)
     assert w.plugin("ADD", pod, pod.result.encode())[0] == 0
     status, out, _ = w.plugin("ADD", pod, pod.result.encode())
-    assert status == 1 and out["code"] == netconf.NAME_CLASH and "DEL it first" in out["msg"]
+    assert status == 1 and out["code"] == errors.NAME_CLASH and "DEL it first" in out["msg"]
 
 
 @pytest.mark.skipif(datapath_pedit.available(), reason="this kernel has act_pedit")
 def test_tc_pedit_asked_for_without_act_pedit(bridged):
     w, pod, view = bridged
     status, out, _ = w.plugin("ADD", pod, pod.result.encode(), datapath="tc-pedit")
-    assert status == 1 and out["code"] == netconf.DATAPATH_UNAVAILABLE and "act_pedit" in out["details"]
+    assert status == 1 and out["code"] == errors.DATAPATH_UNAVAILABLE and "act_pedit" in out["details"]
     assert_untouched(w, pod, view)
 
 

@@ -118,11 +118,12 @@ def test_tc_ingress_bpf_filters_listed_and_deleted(netns):
 
 def test_no_command_imports_pyroute2(netns, tmp_path):
     """The exec cost guard: VERSION, ADD, CHECK, DEL of a steered pod speak netlink themselves, and
-    load none of the other modules the start-up diet keeps out (logging is left to the fail-closed
-    warning this dp-less ADD gives)."""
+    load none of the other modules the start-up diet keeps out (logging is left to the failOpen
+    warning this dp-less ADD gives; failOpen, so that CHECK passes without a dp)."""
     w = World(netns, tmp_path)
     pod = w.add("imports", steer=False)                              # the Go bridge only
-    conf = json.dumps({"cniVersion": w.version, "name": "dpnet", **w.steer, "prevResult": pod.result.encode()})
+    conf = json.dumps({"cniVersion": w.version, "name": "dpnet", **w.steer, "failOpen": True,
+                       "prevResult": pod.result.encode()})
     code = ("import io, os, sys; from libcni_py import skel; from plugins.meta.dp_steering import cmd\n"
             "conf = sys.stdin.buffer.read()\n"
             "for verb in ('VERSION', 'ADD', 'CHECK', 'DEL'):\n"

@@ -4,6 +4,7 @@
     pod = w.add("c1")                                  # pod netns + ADD of bridge+host-local+dp-steering
     with w.dp(policy={...}) as dp: ...                 # the reference pycni-dp reading vth
     w.mode(pod, "tap"); w.check(pod); w.delete(pod)
+    w.plugin("DEL", pod, prev, **conf_overrides); w.status(**conf_overrides)   # one exec, its answer
 
 Plugins run through libcni_py with the host netns as the runtime's own, so the Go
 bridge builds its bridge there; every directory is under tmp_path.
@@ -86,13 +87,25 @@ class World:
         return json.loads(p.stdout)
 
     def plugin(self, command: str, pod: Pod, prev: dict | None, ifname: str | None = None,
-               **overrides) -> tuple[int, dict, str]:
-        """Exec dp-steering alone (as a runtime would, chained): (status, stdout JSON, stderr)."""
+               netns: str | None = None, **overrides) -> tuple[int, dict, str]:
+        """Exec dp-steering alone (as a runtime would, chained): (status, stdout JSON, stderr).
+        `netns` replaces the pod's CNI_NETNS ("" leaves it out); an override None drops a key."""
         conf = {"cniVersion": self.version, "name": "dpnet", **self.steer, **overrides}
+        conf = {k: v for k, v in conf.items() if v is not None}
         if prev is not None:
             conf["prevResult"] = prev
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.ns.path,
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.ns.path if netns is None else netns,
                "CNI_IFNAME": ifname or pod.ifname, "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
+        if not env["CNI_NETNS"]:
+            del env["CNI_NETNS"]
+        p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
+                           timeout=60)
+        return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
+
+    def status(self, **overrides) -> tuple[int, dict, str]:
+        """Exec dp-steering STATUS (cniVersion 1.1.0) with the world's config: (status, JSON, stderr)."""
+        conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides}
+        env = {"CNI_COMMAND": "STATUS", "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr

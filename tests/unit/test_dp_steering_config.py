@@ -2,14 +2,14 @@
 import pytest
 
 from libcni_py.errors import CNIError
-from plugins.meta.dp_steering import netconf, state
+from plugins.meta.dp_steering import config, errors, ids, state
 from plugins.pkg import schema
 
 BASE = {"cniVersion": "1.0.0", "name": "net", "type": "dp-steering", "enforcerNetns": "/run/netns/enf"}
 
 
 def test_defaults():
-    cfg = netconf.load(BASE)
+    cfg = config.load(BASE)
     assert (cfg.mode, cfg.datapath, cfg.fail_open, cfg.vbr, cfg.vth, cfg.dp_socket) == \
         ("inline", "auto", False, "vbr-dp", "vth-dp", "")
     assert cfg.state_dir == "/var/lib/cni/pycni/dp-steering"
@@ -38,42 +38,42 @@ def test_schema_needs_the_enforcer_and_the_lite_checker_covers_it():
 
 def test_vbr_and_vth_must_differ():
     with pytest.raises(CNIError):
-        netconf.load({**BASE, "vbrName": "x", "vthName": "x"})
+        config.load({**BASE, "vbrName": "x", "vthName": "x"})
 
 
 def test_enforcer_netns_must_exist(tmp_path):
     with pytest.raises(CNIError) as e:
-        netconf.check_enforcer(str(tmp_path / "missing"))
-    assert e.value.code == netconf.ENFORCER_NETNS
+        config.check_enforcer(str(tmp_path / "missing"))
+    assert e.value.code == errors.ENFORCER_NETNS
 
 
 def test_port_names_are_short_stable_and_distinct():
-    vex, vin = netconf.port_names("c1", "eth0")
+    vex, vin = ids.port_names("c1", "eth0")
     assert vex.startswith("vex") and vin.startswith("vin") and vex[3:] == vin[3:] and len(vex) == 9
-    assert netconf.port_names("c1", "eth0") == (vex, vin)
-    assert netconf.port_names("c1", "eth1") != (vex, vin)
+    assert ids.port_names("c1", "eth0") == (vex, vin)
+    assert ids.port_names("c1", "eth1") != (vex, vin)
     with pytest.raises(CNIError):
-        netconf.port_names("../x", "eth0")
+        ids.port_names("../x", "eth0")
 
 
 def test_parking_mac_is_locally_administered_unicast():
-    mac = netconf.parking_mac("c1", "eth0")
+    mac = ids.parking_mac("c1", "eth0")
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01 and len(mac) == 17
 
 
 def test_ucmac_is_neuvectors():
-    assert netconf.ucmac(0xB4) == "4e:65:75:56:00:b4"
-    assert netconf.ucmac(0x1_0203) == "4e:65:75:56:02:03"
+    assert ids.ucmac(0xB4) == "4e:65:75:56:00:b4"
+    assert ids.ucmac(0x1_0203) == "4e:65:75:56:02:03"
 
 
 def test_allocate16_prefers_the_index_then_the_next_free():
-    assert netconf.allocate16(180, set(), "x") == 180
-    assert netconf.allocate16(180, {180, 181}, "x") == 182
-    assert netconf.allocate16(0x10000, set(), "x") == 1          # 0 is never handed out
+    assert ids.allocate16(180, set(), "x") == 180
+    assert ids.allocate16(180, {180, 181}, "x") == 182
+    assert ids.allocate16(0x10000, set(), "x") == 1          # 0 is never handed out
     with pytest.raises(CNIError) as e:
-        netconf.allocate16(1, set(range(1, 0x10000)), "x")
-    assert e.value.code == netconf.INDEX_CLASH
+        ids.allocate16(1, set(range(1, 0x10000)), "x")
+    assert e.value.code == errors.INDEX_CLASH
 
 
 def pod(cid="c1", ifname="eth0", **kw):
@@ -100,7 +100,7 @@ def test_corrupt_record_is_a_clear_error(tmp_path):
     (tmp_path / "pods" / "c1" / "eth0.json").write_text("{not json")
     with pytest.raises(CNIError) as e:
         state.load_pod(d, "c1", "eth0")
-    assert e.value.code == netconf.NO_STATE
+    assert e.value.code == errors.NO_STATE
 
 
 def test_shared_pair_users_are_a_set_and_the_file_goes_with_the_last(tmp_path):
@@ -120,4 +120,4 @@ def test_example_conflists_are_valid(name):
         lst = json.load(f)
     conf = {"cniVersion": lst["cniVersion"], "name": lst["name"], **lst["plugins"][-1]}
     schema.validate(conf, "dp-steering")
-    assert netconf.load(conf).enforcer_netns == "/run/netns/enforcer"
+    assert config.load(conf).enforcer_netns == "/run/netns/enforcer"

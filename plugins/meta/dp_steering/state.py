@@ -4,19 +4,20 @@
     <stateDir>/pods/<containerID>/<ifname>.json   one steered pod port (Pod)
     <stateDir>/shared/<hash>.json           users of one vbr/vth pair in one enforcer netns
 
-A record is written to a temporary file and renamed, so a reader never sees half of it.
+Every record goes through libcni_py.records (O_EXCL|O_NOFOLLOW temp file, fsync, rename; a
+reader never sees half of one, and a record that is no JSON we wrote is NO_STATE, never a crash).
 """
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 
+from libcni_py import records
 from libcni_py.errors import CNIError
 from plugins.pkg.lock import locked
 from plugins.pkg.names import check_ifname, check_path_component, short_hash
 
-from .netconf import NO_STATE
+from .errors import NO_STATE
 
 
 class Pod:
@@ -69,21 +70,28 @@ def _pod_path(state_dir: str, container_id: str, ifname: str) -> str:
 
 def _write(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    records.write(path, data)
+
+
+def _read(path: str, what: str):
+    try:
+        return records.read(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:        # RecordError is a ValueError
+        raise CNIError(NO_STATE, f"unreadable {what} {path}", str(e)) from None
 
 
 def load_pod(state_dir: str, container_id: str, ifname: str) -> Pod | None:
     path = _pod_path(state_dir, container_id, ifname)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return Pod(**{k: v for k, v in data.items() if k in Pod.__slots__})
-    except FileNotFoundError:
+    data = _read(path, "dp-steering record")
+    if data is None:
         return None
-    except (OSError, ValueError, TypeError) as e:
+    try:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return Pod(**{k: v for k, v in data.items() if k in Pod.__slots__})
+    except TypeError as e:
         raise CNIError(NO_STATE, f"unreadable dp-steering record {path}", str(e)) from None
 
 
@@ -91,11 +99,10 @@ def all_pods(state_dir: str) -> list[Pod]:
     out = []
     root = os.path.join(state_dir, "pods")
     for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        for name in sorted(os.listdir(os.path.join(root, cid))):
-            if name.endswith(".json"):
-                pod = load_pod(state_dir, cid, name[:-5])
-                if pod is not None:
-                    out.append(pod)
+        for name in records.names(os.path.join(root, cid), ".json"):
+            pod = load_pod(state_dir, cid, name[:-5])
+            if pod is not None:
+                out.append(pod)
     return out
 
 
@@ -105,8 +112,8 @@ def save_pod(state_dir: str, pod: Pod) -> None:
 
 def remove_pod(state_dir: str, container_id: str, ifname: str) -> None:
     path = _pod_path(state_dir, container_id, ifname)
+    records.remove(path)
     try:
-        os.unlink(path)
         os.rmdir(os.path.dirname(path))
     except OSError:
         pass
@@ -117,13 +124,12 @@ def _shared_path(state_dir: str, enforcer: str, vbr: str) -> str:
 
 
 def users(state_dir: str, enforcer: str, vbr: str) -> list[str]:
-    try:
-        with open(_shared_path(state_dir, enforcer, vbr)) as f:
-            return list(json.load(f).get("users", []))
-    except FileNotFoundError:
+    data = _read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record")
+    if data is None:
         return []
-    except (OSError, ValueError) as e:
-        raise CNIError(NO_STATE, "unreadable dp-steering shared-pair record", str(e)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("users", []), list):
+        raise CNIError(NO_STATE, "unreadable dp-steering shared-pair record", "not a {users: [...]} object")
+    return [k for k in data.get("users", []) if isinstance(k, str)]
 
 
 def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str]) -> None:
@@ -131,7 +137,4 @@ def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str]) -> None:
     if keys:
         _write(path, {"enforcer": enforcer, "vbr": vbr, "users": sorted(set(keys))})
     else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        records.remove(path)

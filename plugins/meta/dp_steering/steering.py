@@ -11,7 +11,7 @@ from libcni_py.errors import CNIError
 from plugins.pkg import link, tc
 from plugins.pkg.log import get_logger
 
-from . import dpctl, enforcer, netconf, rules, state, triad
+from . import config, dpctl, enforcer, errors, ids, rules, state, triad
 
 log = get_logger("pycni.dp-steering")
 
@@ -34,7 +34,7 @@ def resolve_datapath(name: str) -> str:
             return "tc-pedit"
         name = "ebpf"
     if not datapath(name).available():
-        raise CNIError(netconf.DATAPATH_UNAVAILABLE, f"datapath {name} is not available on this kernel",
+        raise CNIError(errors.DATAPATH_UNAVAILABLE, f"datapath {name} is not available on this kernel",
                        "tc-pedit needs act_pedit (CONFIG_NET_ACT_PEDIT); ebpf needs bpf(2) and cls_bpf")
     return name
 
@@ -47,22 +47,22 @@ def engage(pod: state.Pod, state_dir: str, mode: str) -> None:
     """Pull the pod's port and steer it in `mode` (inline may become tap: failOpen)."""
     try:
         snap = triad.pull(pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin,
-                          netconf.parking_mac(pod.container_id, pod.ifname))
+                          ids.parking_mac(pod.container_id, pod.ifname))
     except FileNotFoundError as e:
-        raise CNIError(netconf.IFACE_MISSING, str(e)) from None
+        raise CNIError(errors.IFACE_MISSING, str(e)) from None
     except FileExistsError as e:
-        raise CNIError(netconf.NAME_CLASH, str(e)) from None
+        raise CNIError(errors.NAME_CLASH, str(e)) from None
     except OSError as e:
-        raise CNIError(netconf.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
+        raise CNIError(errors.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
                        "(the pod was put back as it was)", str(e)) from None
-    with contextlib.ExitStack() as undo, link.open_rtnl(pod.enforcer) as rt:
+    with link.open_rtnl(pod.enforcer) as rt, contextlib.ExitStack() as undo:   # undo runs while rt is open
         undo.callback(triad.restore, pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin, snap.mac)
         pod.mac = snap.mac
         pod.vex_index, pod.vin_index = link.index_of(rt, pod.vex), link.index_of(rt, pod.vin)
         try:
             enforcer.acquire(rt, pod, state_dir, snap.mtu)
         except OSError as e:
-            raise CNIError(netconf.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
+            raise CNIError(errors.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
         undo.callback(enforcer.release, rt, pod, state_dir)
         _allocate(rt, pod, state_dir)
         undo.callback(_forget, pod)
@@ -76,11 +76,11 @@ def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
     others = [p for p in state.all_pods(state_dir)
               if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and p.installed != "off"]
     macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
-    pod.ucmac = netconf.ucmac(netconf.allocate16(pod.vex_index, macs, "UCMAC"))
+    pod.ucmac = ids.ucmac(ids.allocate16(pod.vex_index, macs, "UCMAC"))
     prefs = {f.pref for f in tc.filters(rt, link.index_of(rt, pod.vbr))}
     prefs |= {p.vex_pref for p in others} | {p.vin_pref for p in others}
-    pod.vex_pref = netconf.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
-    pod.vin_pref = netconf.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
+    pod.vex_pref = ids.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
+    pod.vin_pref = ids.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
 
 
 def switch(pod: state.Pod, mode: str) -> None:
@@ -107,7 +107,7 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
                 if enforcer.release(rt, pod, state_dir) and pod.dp_socket:
                     dpctl.del_srvc_port(pod.dp_socket, pod.vth)
         except OSError as e:
-            raise CNIError(netconf.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
+            raise CNIError(errors.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
     pod.installed = "off"
 
 
@@ -119,8 +119,8 @@ def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
         pod.mode = mode
     elif pod.installed == "off":
         if not os.path.exists(pod.netns):
-            raise CNIError(netconf.NO_STATE, f"the netns {pod.netns} of {pod.key} is gone")
-        netconf.check_enforcer(pod.enforcer)
+            raise CNIError(errors.NO_STATE, f"the netns {pod.netns} of {pod.key} is gone")
+        config.check_enforcer(pod.enforcer)
         engage(pod, state_dir, mode)
     else:
         switch(pod, mode)
@@ -141,11 +141,75 @@ def mode_problem(pod: state.Pod, config_mode: str) -> str | None:
 
 
 def dp_present(pod: state.Pod) -> bool:
-    if pod.dp_socket and dpctl.ping(pod.dp_socket) is None:
-        return False
-    with link.open_rtnl(pod.enforcer) as rt:
-        index = link.index_of(rt, pod.vth)
-    return index is not None and enforcer.reader_on(pod.enforcer, index)
+    return dp_missing(pod.enforcer, pod.vth, pod.dp_socket, need_vth=True) is None
+
+
+def dp_missing(enforcer_ns: str, vth: str, dp_socket: str, need_vth: bool) -> str | None:
+    """Why no dp would take steered frames (None: one is there). A dp is there when it answers
+    on `dp_socket` (if any) and an AF_PACKET socket reads `vth`. Without `need_vth` a vth that
+    does not exist yet is no reason (a dp opens it when the first pod makes it, or is told to
+    over dp_socket)."""
+    if dp_socket and dpctl.ping(dp_socket) is None:
+        return f"no dp answers on dpSocket {dp_socket}"
+    with link.open_rtnl(enforcer_ns) as rt:
+        index = link.index_of(rt, vth)
+    if index is None:
+        return f"{vth} is missing in {enforcer_ns}" if need_vth else None
+    if not enforcer.reader_on(enforcer_ns, index):
+        if dp_socket and not need_vth:
+            return None          # the dp answers; the next ADD tells it to read vth (ctrl_add_srvc_port)
+        return f"no dp reads {vth} in {enforcer_ns}"
+    return None
+
+
+def traffic_problem(pod: state.Pod) -> str | None:
+    """CHECK: a pod steered inline whose frames have no dp to go to (they are dropped)."""
+    if pod.installed != "inline":
+        return None
+    why = dp_missing(pod.enforcer, pod.vth, pod.dp_socket, need_vth=True)
+    if why is None:
+        return None
+    if pod.fail_open:
+        fix = (f"start pycni-dp on {pod.vth} in {pod.enforcer}, or switch the pod to tap "
+               f"(`dp-steering mode {pod.container_id} {pod.ifname} tap`)")
+    else:
+        fix = (f"start pycni-dp on {pod.vth} in {pod.enforcer} (`pycni-dp --netns {pod.enforcer} "
+               f"--iface {pod.vth}" + (f" --socket {pod.dp_socket}" if pod.dp_socket else "") +
+               "`), or set failOpen and ADD the pod again")
+    return f"{pod.key} is steered inline but {why}: its unicast traffic is dropped; {fix}"
+
+
+def sweep(state_dir: str, enforcer_ns: str, vbr: str, pod_ns: str, container_id: str, ifname: str) -> bool:
+    """DEL without a (readable) record: put back what a pod port of (container ID, ifname) left in
+    `enforcer_ns` (vex/vin by their derived names) and drop it from the pair's users, deleting
+    the pair with its last user. True when something was found."""
+    vex, vin = ids.port_names(container_id, ifname)
+    key = f"{container_id}/{ifname}"
+    keys = state.users(state_dir, enforcer_ns, vbr)
+    found = key in keys
+    if not enforcer_ns or not os.path.exists(enforcer_ns):
+        if found:
+            state.set_users(state_dir, enforcer_ns, vbr, [k for k in keys if k != key])
+        return found
+    try:
+        with link.open_rtnl(enforcer_ns) as rt:
+            if link.index_of(rt, vex) is not None or link.index_of(rt, vin) is not None:
+                found = True
+                mac = None
+                if pod_ns:
+                    with link.open_rtnl(pod_ns) as prt:
+                        have = link.find(prt, ifname)
+                    mac = have.mac if have is not None else None   # our veth wears the pod's MAC
+                log.warning("DEL %s: no record, putting back %s/%s found in %s", key, vex, vin, enforcer_ns)
+                triad.restore(pod_ns or None, enforcer_ns, ifname, vex, vin, mac)
+            if key in keys:
+                keys = [k for k in keys if k != key]
+                state.set_users(state_dir, enforcer_ns, vbr, keys)
+                if not keys:
+                    link.delete_if_exists(rt, vbr)
+    except OSError as e:
+        raise CNIError(errors.PULL_FAILED, f"cannot put {ifname} of {key} back", str(e)) from None
+    return found
 
 
 def _effective(rt, pod: state.Pod, mode: str) -> str:
@@ -181,7 +245,7 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
         datapath(pod.datapath).install(rt, pod.enforcer, want, index)
     except (OSError, tc.TCError) as e:
         _remove_rules(rt, pod)
-        raise CNIError(netconf.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
+        raise CNIError(errors.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
     pod.installed = mode
 
 
@@ -196,8 +260,13 @@ def _remove_rules(rt, pod: state.Pod) -> None:
 
 
 def _forget(pod: state.Pod) -> None:
+    """Unregister the pod from the dp. A dp that refuses is logged, not fatal: what the kernel
+    holds for the pod is ours to remove, the dp's table is the dp's."""
     if pod.dp_socket and pod.mac:
-        dpctl.del_port(pod.dp_socket, pod.mac)
+        try:
+            dpctl.del_port(pod.dp_socket, pod.mac)
+        except dpctl.DpError as e:
+            log.warning("the dp on %s refused to forget %s (%s): %s", pod.dp_socket, pod.key, pod.mac, e)
 
 
 def verify(pod: state.Pod) -> str | None:

@@ -121,7 +121,7 @@ def quiet_up(rt: nl.Rtnl, netns: str, name: str) -> None:
     link.set_link(rt, link.index_of(rt, name), up=True)
 
 
-def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str) -> None:
+def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None) -> None:
     """Undo a pull. With the pod netns gone (None), just delete vex/vin in the enforcer."""
     with link.open_rtnl(enf_ns) as enf:
         if pod_ns is None or not os.path.exists(pod_ns):
