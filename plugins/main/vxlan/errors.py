@@ -49,8 +49,9 @@ KERNEL_REFUSED = CODES.add(
     "look at the object named (`ip addr`, `ip route`, `ip link`) and dmesg; a conflicting address or "
     "route left by another program is the usual cause")
 BRIDGE_CONFLICT = CODES.add(
-    113, "the bridge name belongs to a link that is not a bridge",
-    "delete that link, or set `bridge` to another name")
+    113, "the bridge name belongs to a link that is not a bridge, or the bridge holds another gateway in "
+    "`network` that the node did not repair (see 117)",
+    "delete that link (the bridge once its pods are gone), or set `bridge` to another name")
 VETH_EXISTS = CODES.add(
     114, "the host veth or the pod's ifname already exists (an earlier attachment was not deleted)",
     "DEL that container ID/ifname first")
