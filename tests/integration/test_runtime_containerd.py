@@ -64,6 +64,9 @@ def test_pod_lifecycle_through_cri(world):
     # the hostPort: from the other test host across the underlay to host0's address
     answer = probe.tcp_exchange(client.path, str(host.ip.ip), 18080, b"GET / HTTP/1.0\r\n\r\n")
     assert b"pod-ok" in answer, answer
+    # the hostPort from the test host's own netns (portmap's OUTPUT rules, snat for the hairpin)
+    answer = probe.tcp_exchange(host.path, str(host.ip.ip), 18080, b"GET / HTTP/1.0\r\n\r\n")
+    assert b"pod-ok" in answer, answer
     # and the pod from the host's own netns (the overlay bridge)
     answer = probe.tcp_exchange(host.path, ip, 80, b"GET / HTTP/1.0\r\n\r\n")
     assert b"pod-ok" in answer, answer

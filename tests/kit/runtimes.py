@@ -43,6 +43,7 @@ BUSYBOX = "/bin/busybox"
 OUR_PLUGINS = ("vxlan", "dp-steering", "edgemesh", "pycni-passthrough")
 GO_PLUGINS = ("portmap", "host-local", "loopback", "bridge")
 RUNTIME_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "podman", "conmon", "nsenter")
+CHAIN_EXAMPLE = os.path.join(ROOT, "conf", "runtime-chain.conflist")
 PAUSE_IMAGE = "localhost/pycni/pause:1"
 BUSYBOX_IMAGE = "localhost/pycni/busybox:1"
 APPLETS = ("sh", "sleep", "ip", "cat", "echo", "httpd", "nc", "printf", "mkdir", "hostname", "ls", "ps")
@@ -290,7 +291,8 @@ def build_images(tmp: str) -> dict[str, str]:
 # ---- the chain --------------------------------------------------------------------------------------
 
 class RuntimeChain:
-    """Our vxlan + dp-steering (tap, failOpen: no dp needed) + edgemesh + Go portmap, for one test host.
+    """conf/runtime-chain.conflist: our vxlan + dp-steering (tap, failOpen: no dp needed) + edgemesh +
+    Go portmap, for one test host.
 
     Every directory is under tmp; the enforcer netns is named `enforcer_name` inside the sandbox
     (/run/netns/<name>, a bind of the test's netns)."""
@@ -312,19 +314,26 @@ class RuntimeChain:
         return self.host.conf["stateDir"]
 
     def conflist(self, ips: bool = True) -> dict:
-        """With `ips`, vxlan declares the `ips` capability (podman's --ip arrives as runtimeConfig.ips)."""
-        vxlan = dict(self.host.conf)
-        if ips:
-            vxlan["capabilities"] = {"ips": True}
-        return {"cniVersion": "1.0.0", "name": self.name, "plugins": [
-            vxlan,
-            {"type": "dp-steering", "enforcerNetns": f"/run/netns/{self.enforcer_name}", "mode": "tap",
-             "failOpen": True, "datapath": "auto", "stateDir": self.steer_dir, "vbrName": "vbr-rt",
-             "vthName": "vth-rt", "dpWaitMs": 100},
-            {"type": "edgemesh", "serviceCIDR": "10.96.0.0/12", "listenAddress": "169.254.96.16",
-             "listenPort": 40001, "protocols": ["tcp"], "backend": "iptables", "stateDir": self.mesh_dir},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ]}
+        """conf/runtime-chain.conflist made local to the test: vxlan is the test host's config (registry,
+        stateDir, nodeName in tmp), every other state place and the enforcer are the test's. Without
+        `ips`, vxlan does not declare the `ips` capability (podman's --ip arrives as runtimeConfig.ips)."""
+        with open(CHAIN_EXAMPLE) as f:
+            lst = json.load(f)
+        lst["name"] = self.name
+        local = {
+            "vxlan": {**self.host.conf},
+            "dp-steering": {"enforcerNetns": f"/run/netns/{self.enforcer_name}", "stateDir": self.steer_dir,
+                            "vbrName": "vbr-rt", "vthName": "vth-rt", "dpWaitMs": 100},
+            "edgemesh": {"stateDir": self.mesh_dir},
+        }
+        plugins = []
+        for plugin in lst["plugins"]:
+            plugin = {**plugin, **local.get(plugin["type"], {})}
+            if plugin["type"] == "vxlan" and not ips:
+                plugin.pop("capabilities", None)
+            plugins.append(plugin)
+        lst["plugins"] = plugins
+        return lst
 
     def write(self, conf_dir: str, ips: bool = True) -> str:
         os.makedirs(conf_dir, exist_ok=True)
