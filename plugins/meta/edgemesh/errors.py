@@ -44,7 +44,7 @@ TIMED_OUT = CODES.add(
     150, "an operation timed out (a lock, iptables or nft did not answer)",
     "retry; look for a hung iptables, nft or edgemesh process holding the lock in stateDir")
 
-translate = CODES.translator({
+_translate = CODES.translator({
     KERNEL: KERNEL_REFUSED,
     TC: KERNEL_REFUSED,            # edgemesh runs no tc; a tc failure is the kernel refusing
     XTABLES_LOCK: XTABLES_LOCKED,
@@ -56,3 +56,12 @@ translate = CODES.translator({
     DP_TIMEOUT: TIMED_OUT,
     IO: IO_FAILURE,
 })
+
+
+def translate(exc: BaseException):
+    """skel's hook: the code for a failure of shared code, its fix first in the details (the
+    exception's text, e.g. iptables-restore's input, follows)."""
+    err = _translate(exc)
+    if err is not None and err.code in CODES.table:
+        err.details = f"fix: {CODES.table[err.code].fix}. {err.details}"
+    return err
