@@ -56,9 +56,10 @@ VETH_EXISTS = CODES.add(
     114, "the host veth or the pod's ifname already exists (an earlier attachment was not deleted)",
     "DEL that container ID/ifname first")
 BAD_IPAM_RESULT = CODES.add(
-    115, "IPAM returned no IPv4 address, or one outside this node's subnet (a static IP from "
-    "`runtimeConfig.ips` or `CNI_ARGS` must lie in it too)",
-    "let ipam default, or allocate from the node subnet")
+    115, "IPAM failed with an error of its own (host-local's 999: range full, a requested IP out of "
+    "range; its message passed on), returned no IPv4 address, or one outside this node's subnet (a "
+    "static IP from `runtimeConfig.ips` or `CNI_ARGS IP=` must lie in it too)",
+    "let ipam default, allocate from the node subnet, free addresses (DEL or GC stale pods)")
 POD_DRIFT = CODES.add(
     116, "CHECK: pod interface, address, route, bridge port, hairpin or ipMasq rule missing or wrong (named)",
     "DEL and ADD the pod again")

@@ -15,8 +15,9 @@ import os
 
 from libcni_py import records as rec
 from libcni_py import version as V
-from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION, INVALID_CONFIG
+from libcni_py.errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG
 from plugins.pkg.log import get_logger
+from .errors import BAD_IPAM_RESULT
 
 log = get_logger("pycni.vxlan.ipam")
 RECORDS = "attachments"
@@ -87,8 +88,15 @@ def records(state_dir: str) -> list[dict]:
 # ---- delegation ----
 
 def add(conf: dict, ipam: dict):
-    """Delegate ADD; the Result in the config's version."""
-    res = _delegate("ADD", conf, ipam)
+    """Delegate ADD; the Result in the config's version. An IPAM plugin that fails with 999 (Go's
+    host-local does for every failure of its own: range full, a requested IP out of range) is no
+    bug of ours: that becomes 115 with its message."""
+    try:
+        res = _delegate("ADD", conf, ipam)
+    except CNIError as e:
+        if e.code != INTERNAL:
+            raise
+        raise CNIError(BAD_IPAM_RESULT, f"IPAM plugin {ipam.get('type')} failed: {e.msg}", e.details) from None
     return res.convert(V.config_version(conf)) if res.cni_version != V.config_version(conf) else res
 
 
