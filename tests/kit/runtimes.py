@@ -1,10 +1,10 @@
 """Real container runtimes (containerd's CRI, podman's CNI backend) driving our plugins in a test host.
 
-    host = Cluster(netns, tmp_path, segments=[0, 0]).hosts[0]   # tests/kit/vxlan_hosts.py
-    chain = RuntimeChain(host, tmp_path, enforcer)            # vxlan + dp-steering + edgemesh + portmap
-    with Containerd(host, tmp_path, chain) as cd:             # or Podman(host, tmp_path, chain)
-        cd.import_image(build_image(...))
-        ...
+    chain, host, client = test_hosts(netns, str(tmp_path))   # two vxlan test hosts + an enforcer netns
+    with Containerd(chain, str(tmp_path), "/pycnit123-cd") as cd:   # or Podman(chain, tmp, cgroup parent)
+        cd.import_images(build_images(str(tmp_path)))       # pause + busybox OCI archives
+        pod_id = cd.run_pod(cd.sandbox_config("web", "uid1", port_mappings=[(80, 18080)]))
+    assert not chain.leftovers(cd.cni_cache); remove_cgroups("/pycnit123-cd")
 
 Nothing touches the machine: each runtime runs in a *sandbox*, a private mount namespace
 (everything made rprivate) whose processes live in the test host's netns. Inside it:
@@ -452,7 +452,7 @@ class Containerd:
     def cni_cache(self) -> str:
         return os.path.join(self.sandbox.varlib, "cni")
 
-    def start(self, timeout: float = 30) -> "Containerd":
+    def start(self, timeout: float = 30) -> Containerd:
         from cri_api.v1 import api_pb2, api_pb2_grpc
         import grpc
         self.sandbox = Sandbox(self.chain.host, self.tmp, ["containerd", "--config", self.config],
@@ -541,7 +541,7 @@ class Containerd:
             self.channel.close()
         self.sandbox.stop()
 
-    def __enter__(self) -> "Containerd":
+    def __enter__(self) -> Containerd:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -579,7 +579,7 @@ class Podman:
     def cni_cache(self) -> str:
         return os.path.join(self.sandbox.varlib, "cni")
 
-    def start(self) -> "Podman":
+    def start(self) -> Podman:
         self.sandbox = Sandbox(self.chain.host, self.tmp, ["sleep", "2147483647"],
                                os.path.join(self.tmp, "sandbox.log"), env=self.env,
                                netns_binds={self.chain.enforcer_name: self.chain.enforcer.path})
@@ -616,8 +616,8 @@ class Podman:
                          ip, str(port))
 
     def ip(self, name: str) -> str:
-        return self.podman("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}"
-                           % self.chain.name, name).stdout.strip()
+        template = "{{(index .NetworkSettings.Networks \"" + self.chain.name + "\").IPAddress}}"
+        return self.podman("inspect", "-f", template, name).stdout.strip()
 
     def close(self) -> None:
         if self.sandbox is None:
@@ -626,7 +626,7 @@ class Podman:
             self.podman("rm", "-af", "-t", "0", timeout=60)
         self.sandbox.stop()
 
-    def __enter__(self) -> "Podman":
+    def __enter__(self) -> Podman:
         return self.start()
 
     def __exit__(self, *exc) -> None:
