@@ -13,6 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HEAVY = ("dataclasses", "logging", "hashlib", "typing", "pyroute2", "jsonschema")
 VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main.vxlan.device",
              "plugins.main.vxlan.peers", "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq",
+             "plugins.main.vxlan.config", "plugins.main.vxlan.errors", "plugins.main.vxlan.overlay",
+             "plugins.main.vxlan.pod", "plugins.main.vxlan.ipam", "plugins.main.vxlan.registry",
+             "libcni_py.records",
              "libcni_py.invoke", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
 DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.state",
                    "plugins.meta.dp_steering.steering", "plugins.meta.dp_steering.datapath_ebpf",
