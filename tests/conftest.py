@@ -78,7 +78,9 @@ def _root_netns_state() -> dict:
     files = sorted([place for place in HOST_PLACES if os.path.lexists(place)]
                    + [os.path.join(d, f) for place in HOST_PLACES if os.path.isdir(place)
                       for d, dirs, names in os.walk(place) for f in [*dirs, *names]])
-    return {"links": out("ip", "-o", "link", "show"), "addresses": out("ip", "-o", "addr", "show"),
+    import glob
+    cgroups = "\n".join(sorted(glob.glob("/sys/fs/cgroup/pycnit*") + glob.glob("/sys/fs/cgroup/*/pycnit*")))
+    return {"cgroups": cgroups, "links": out("ip", "-o", "link", "show"), "addresses": out("ip", "-o", "addr", "show"),
             "routes": out("ip", "route", "show", "table", "all"), "rules": out("ip", "rule", "show"),
             "iptables": iptables, "nftables": out("nft", "list", "ruleset"), "files": "\n".join(files)}
 
