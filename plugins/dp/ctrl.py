@@ -3,7 +3,7 @@
 A request is one JSON object with exactly one key, the message name, whose value is an
 object of parameters: {"ctrl_add_mac": {"iface": "vth", "mac": "...", "ucmac": "..."}}.
 Every request gets one reply, sent to the address the sender's socket is bound to (an
-unbound sender gets none, as with the article's script): {"ok": true, "msg": NAME, ...}
+unbound sender gets none, as NeuVector's dp does): {"ok": true, "msg": NAME, ...}
 or {"ok": false, "msg": NAME, "error": "..."}. Bad input never stops the dp.
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Control:
         nets = p.get("subnet_addr", [])
         if not isinstance(nets, list):
             raise CtrlError("subnet_addr: must be a list")
-        return {"subnets": len(nets)}       # accepted for the article's script; no effect
+        return {"subnets": len(nets)}       # accepted as NeuVector's agent sends it; no effect
 
     def stats(self, p: dict) -> dict:
         macs = p.get("macs")

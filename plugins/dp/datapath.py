@@ -59,7 +59,7 @@ class Endpoint:
             ids.add(self.name.lower())
         return ids
 
-    def take_counters(self, other: "Endpoint") -> None:
+    def take_counters(self, other: Endpoint) -> None:
         self.allowed += other.allowed
         self.denied += other.denied
         self.allowed_bytes += other.allowed_bytes

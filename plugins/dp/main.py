@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
-import os
 import select
 import signal
 import socket
 import sys
 import time
 
+from libcni_py import records
 from plugins.dp import ctrl, policy
 from plugins.dp.datapath import Datapath
 from plugins.dp.packet import RECV_BUF
@@ -173,10 +172,11 @@ class Daemon:
         if not force and snapshot == self.written:
             return
         stats["time"] = time.time()
-        tmp = f"{self.args.stats}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(tmp, self.args.stats)
+        try:
+            records.write(self.args.stats, stats, mode=0o644)   # atomic: readers never see half of it
+        except OSError as e:
+            log.error("cannot write --stats %s: %s", self.args.stats, e)
+            return
         self.written = snapshot
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ def enforcer_links(w) -> list[str]:
     return [ln.split(":")[1].strip().split("@")[0] for ln in w.enf.run("ip", "-o", "link", "show").stdout.splitlines()]
 
 
-def test_mode_switches_on_a_live_pod_keep_mac_ips_and_routes(netns, tmp_path, datapath):
+def test_mode_switches_on_a_live_pod_keep_mac_ips_and_routes(netns, tmp_path, datapath):  # noqa: F811 - fixture
     w = World(netns, tmp_path, datapath=datapath, dpSocket=str(tmp_path / "dp.sock"))
     with w.dp() as dp:
         pod = w.add("c1", steer=False)                        # as the bridge made it

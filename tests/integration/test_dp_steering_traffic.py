@@ -91,9 +91,12 @@ def test_inline_without_dp_fails_closed_and_fail_open_steers_in_tap(netns, tmp_p
     with probe.TCPEcho(opened.ns.path, port=8080):
         assert tcp_ok(w.host.path, opened.ip, 8080)
     w.check(opened, failOpen=True)
+    with pytest.raises(Exception, match="steered inline but no dp reads vth"):     # 131: blackholed
+        w.check(closed)
 
     with w.dp():                               # a dp appears: the fail-closed pod works now
         assert probe.ping(w.host.path, closed.ip, count=1, timeout=2) == [0]
+        w.check(closed)
         with pytest.raises(Exception, match="dp is there now"):
             w.check(opened, failOpen=True)
         assert w.mode(opened, "inline")["installed"] == "inline"

@@ -35,11 +35,11 @@ print("ready", flush=True)
 sys.stdin.read()
 """
 
-ECHO_CLIENT = """
+ECHO_CLIENT = f"""
 import os, socket, sys, threading
 port, size = int(sys.argv[1]), int(sys.argv[2])
 try:
-    c = socket.create_connection(("%s", port), timeout=float(sys.argv[3]))
+    c = socket.create_connection(("{POD_IP}", port), timeout=float(sys.argv[3]))
 except OSError as e:
     print("connect failed:", e); sys.exit(3)
 c.settimeout(20)
@@ -51,8 +51,8 @@ while len(got) < size:
     if not chunk:
         break
     got += chunk
-print("echoed" if bytes(got) == payload else "corrupted %%d/%%d" %% (len(got), size))
-""" % POD_IP
+print("echoed" if bytes(got) == payload else "corrupted %d/%d" % (len(got), size))
+"""
 
 
 def u32_mac(mac: str, at: int) -> list[str]:
@@ -109,17 +109,17 @@ def echo(host, port, size, connect_timeout=5.0):
     return out.stdout.strip()
 
 
-PINGER = """
+PINGER = f"""
 import os, select, socket, struct, sys, time
 count, replies = int(sys.argv[1]), 0
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 def csum(b):
-    t = sum(struct.unpack("!%%dH" %% (len(b) // 2), b))
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     t = (t >> 16) + (t & 0xffff)
     return ~(t + (t >> 16)) & 0xffff
 for seq in range(count):
     body = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xffff, seq) + bytes(56)
-    s.sendto(body[:2] + struct.pack("!H", csum(body)) + body[4:], ("%s", 0))
+    s.sendto(body[:2] + struct.pack("!H", csum(body)) + body[4:], ("{POD_IP}", 0))
     deadline = time.monotonic() + 2
     while (left := deadline - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
         pkt = s.recv(2048)
@@ -128,7 +128,7 @@ for seq in range(count):
             replies += 1
             break
 print(replies)
-""" % POD_IP
+"""
 
 
 def ping(host, count=3):

@@ -20,7 +20,7 @@ class DP:
         self.argv = [DP_BIN, "--netns", netns_path, "--socket", self.socket, "-v", *args]
         self.proc = None
 
-    def start(self, ready_within: float = 15.0) -> "DP":
+    def start(self, ready_within: float = 15.0) -> DP:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log)

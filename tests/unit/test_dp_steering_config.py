@@ -1,4 +1,6 @@
 """dp-steering's config (schema, defaults), derived names and MACs, and its records."""
+import os
+
 import pytest
 
 from libcni_py.errors import CNIError
@@ -121,3 +123,59 @@ def test_example_conflists_are_valid(name):
     conf = {"cniVersion": lst["cniVersion"], "name": lst["name"], **lst["plugins"][-1]}
     schema.validate(conf, "dp-steering")
     assert config.load(conf).enforcer_netns == "/run/netns/enforcer"
+
+
+def test_dp_refusal_and_no_answer_have_codes_with_fixes():
+    from plugins.meta.dp_steering import dpctl
+    err = errors.translate(dpctl.DpError("ctrl_add_mac: ucmac: must be a unicast MAC"))
+    assert err.code == errors.DP_REFUSED and "unicast" in err.details
+    assert errors.translate(TimeoutError("no answer to ctrl_stats")).code == errors.DP_TIMED_OUT
+    for code in (errors.NO_DP, errors.DP_REFUSED, errors.DP_TIMED_OUT):
+        assert errors.CODES.table[code].fix
+
+
+def lenient(conf: dict, command: str) -> config.NetConf:
+    conf = dict(conf)
+    config.validate(conf, command)
+    return config.load(conf, command)
+
+
+def test_outside_add_bad_values_are_dropped_and_remembered_but_state_dir_is_checked(tmp_path):
+    bad = {**BASE, "vbrName": "not a name!", "mode": "sideways", "surprise": 1, "stateDir": str(tmp_path),
+           "capabilities": {"ips": True}, "dns": {"nameservers": ["10.96.0.10"]}}
+    for command in ("DEL", "CHECK", "GC"):
+        cfg = lenient(bad, command)
+        assert (cfg.vbr, cfg.mode, cfg.state_dir) == ("vbr-dp", "inline", str(tmp_path))
+        assert {"vbrName", "mode"} <= cfg.dropped and "capabilities" not in cfg.dropped
+    with pytest.raises(CNIError) as e:
+        lenient(bad, "ADD")
+    assert e.value.code == 7
+    with pytest.raises(CNIError) as e:
+        lenient(bad, "STATUS")                      # STATUS needs what ADD would use
+    assert e.value.code == 7 and "vbrName" in e.value.msg
+    (tmp_path / "file").write_text("")
+    for command in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
+        with pytest.raises(CNIError) as e:
+            config.load({**BASE, "stateDir": str(tmp_path / "file")}, command)
+        assert e.value.code == 7 and "stateDir" in e.value.msg
+
+
+def test_del_needs_no_enforcer_netns():
+    conf = {k: v for k, v in BASE.items() if k != "enforcerNetns"}
+    assert lenient(conf, "DEL").enforcer_netns == ""
+
+
+def test_records_go_through_libcni_records(tmp_path):
+    d = str(tmp_path)
+    state.save_pod(d, pod())
+    assert not [n for n in os.listdir(tmp_path / "pods" / "c1") if ".tmp" in n]
+    fifo = tmp_path / "pods" / "c1" / "eth1.json"
+    os.mkfifo(fifo)                                  # never blocks: a clear NO_STATE
+    with pytest.raises(CNIError) as e:
+        state.load_pod(d, "c1", "eth1")
+    assert e.value.code == errors.NO_STATE
+    (tmp_path / "pods" / "c1" / "eth1.json").unlink()
+    (tmp_path / "pods" / "c1" / "eth1.json").write_text("[1, 2]")
+    with pytest.raises(CNIError) as e:
+        state.load_pod(d, "c1", "eth1")
+    assert e.value.code == errors.NO_STATE

@@ -1,6 +1,7 @@
-"""The tc-pedit datapath: u32 match + pedit MAC rewrite + mirred, as in the article.
+"""The tc-pedit datapath: u32 match + pedit MAC rewrite + mirred, as NeuVector's enforcer
+sets them up (neuvector/neuvector, agent/pipe/tc.go).
 
-`filter_argv(rule)` is the article's `tc filter add ...` command for a rule (without
+`filter_argv(rule)` is the `tc filter add ...` command for a rule (without
 the leading `tc`); `install` runs them with `tc -batch -` in the enforcer netns;
 `differences` reads the filters back over netlink and compares the u32 keys, the
 action kinds, the pedit keys and the mirred targets with what the rules ask for.
@@ -100,7 +101,7 @@ def _keys(r: Rule) -> dict[int, tuple[int, int]]:
     if r.field is None:
         return {0: (0, 0)}
     pairs = [(_DST, 1, 0, 1)] if r.unicast else []
-    for size, raw, off in _mac_words(r.field, r.mac):
+    for _size, raw, off in _mac_words(r.field, r.mac):
         n = len(raw)
         pairs.append((off, n, int.from_bytes(raw, "big"), (1 << (8 * n)) - 1))
     return _words(pairs)
@@ -109,8 +110,9 @@ def _keys(r: Rule) -> dict[int, tuple[int, int]]:
 def _munges(r: Rule) -> list[tuple[int, int, int]]:
     """pedit keys (offset, mask kept, value) for the rewrite, one per munge."""
     out = []
-    for size, raw, off in _mac_words(r.field, r.rewrite):
-        (word, (mask, value)), = _words([(off, len(raw), int.from_bytes(raw, "big"), (1 << (8 * len(raw))) - 1)]).items()
+    for _size, raw, off in _mac_words(r.field, r.rewrite):
+        whole = (1 << (8 * len(raw))) - 1
+        (word, (mask, value)), = _words([(off, len(raw), int.from_bytes(raw, "big"), whole)]).items()
         out.append((word, ~mask & 0xFFFFFFFF, value))
     return out
 

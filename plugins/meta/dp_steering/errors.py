@@ -52,8 +52,8 @@ KERNEL_REFUSED = CODES.add(
     134, "the kernel refused a netlink request (links, addresses, routes in the pod or enforcer netns)",
     "see details (the errno); check `ip link` in both netns for devices someone else changed")
 TOOL_FAILED = CODES.add(
-    135, "an external tool failed or is missing (dp-steering itself runs none)",
-    "see details; install iproute2 and check PATH")
+    135, "an external tool failed or is missing (`tc`, which the tc-pedit datapath runs)",
+    "install iproute2 (`tc` on PATH), or use datapath `ebpf`; see details")
 NETNS_FAILED = CODES.add(
     136, "a network namespace (the pod's or `enforcerNetns`) could not be entered",
     "check that the path is a mounted netns (`ip netns list`) and that the plugin runs as root")
