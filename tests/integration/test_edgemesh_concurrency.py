@@ -23,7 +23,7 @@ FOREIGN_NAT = """*nat
 -A DOCKER -i docker0 -j RETURN
 COMMIT
 """
-FOREIGN_NFT = "table inet fw {\n chain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }\n}\n"
+FOREIGN_NFT = "table inet fw {\n chain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }\n}\n"  # noqa: E501
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])

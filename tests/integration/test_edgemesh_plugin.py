@@ -25,8 +25,8 @@ class Host:
         return run_plugin(command, conf, netns=netns or self.ns.path, cid=cid, args=args, inside=self.ns.name)
 
     def snapshot(self):
-        nat = "".join(l + "\n" for l in self.ns.run("iptables-save", "-t", "nat").stdout.splitlines()
-                      if not l.startswith("#"))
+        nat = "".join(line + "\n" for line in self.ns.run("iptables-save", "-t", "nat").stdout.splitlines()
+                      if not line.startswith("#"))
         dev = self.ns.run("ip", "link", "show", "edgemesh0", check=False).returncode == 0
         return nat, ruleset(self.ns), dev
 
@@ -56,7 +56,7 @@ BAD = [
     ({"kernelRelease": BAD_KERNEL}, 140, BAD_KERNEL),
     ({"prevResult": None}, 146, "prevResult"),
     ({"ignoredServices": [{"ip": "10.96.0.1", "name": 'a/b"\n-A PREROUTING -j DROP\n#'}]}, 7, "ignoredServices"),
-    ({"ignoredServices": [{"ip": "10.96.0.1", "name": 'a/b" -j ACCEPT -m comment --comment "x'}]}, 7, "ignoredServices"),
+    ({"ignoredServices": [{"ip": "10.96.0.1", "name": 'a/b" -j ACCEPT -m comment --comment "x'}]}, 7, "ignoredServices"),  # noqa: E501
     ({"ignoredServices": [{"ip": "10.96.0.1", "name": "kube-system/" + "x" * 64}]}, 7, "ignoredServices"),
     ({"ignoredServices": [{"ip": "10.96.0.1 -j DROP", "name": "a/b"}]}, 7, "ignoredServices"),
     ({"name": "n" * 240}, 7, "too long"),
@@ -187,7 +187,7 @@ def test_listen_name_taken_by_another_kind_of_link(host):
 
 AUTO_CASES = {
     "empty node": ([], "iptables"),
-    "iptables rules": ([("iptables", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")], "iptables"),
+    "iptables rules": ([("iptables", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")], "iptables"),  # noqa: E501
     "native nft": ([("nft", "add", "table", "inet", "fw")], "nftables"),
     "both": ([("nft", "add", "table", "inet", "fw"), ("iptables", "-t", "nat", "-N", "DOCKER")], "iptables"),
 }

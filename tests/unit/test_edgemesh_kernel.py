@@ -1,4 +1,5 @@
-"""The kernel hazard table: 4.15 (kubeedge/edgemesh#227; the netfilter getsockopt lock change) and the 4.14 backport range are refused."""
+"""The kernel hazard table: 4.15 (kubeedge/edgemesh#227; the netfilter getsockopt lock change) and the
+4.14 backport range are refused."""
 import pytest
 
 from plugins.meta.edgemesh import kernel

@@ -190,7 +190,7 @@ def test_nft_first_add_creates_table_chains_then_rules():
                                         shared=R.shared_items(CONF, [DNS]), pods=pod("c1", "10.22.0.5")))
     assert script[:7] == ["add table ip edgemesh", "add chain ip edgemesh mesh", "add chain ip edgemesh services",
                           "add chain ip edgemesh proxy_tcp", "add chain ip edgemesh proxy_udp",
-                          "add chain ip edgemesh prerouting { type nat hook prerouting priority dstnat - 1; policy accept; }",
+                          "add chain ip edgemesh prerouting { type nat hook prerouting priority dstnat - 1; policy accept; }",  # noqa: E501
                           "add chain ip edgemesh output { type nat hook output priority -101; policy accept; }"]
     assert set(script[7:]) == {f"{op} rule ip edgemesh {r}" for op, r in [
         ("insert", 'mesh ip saddr 10.22.0.5 jump services comment "edgemesh net=emnet id=c1"'),

@@ -144,7 +144,7 @@ def check_service(entry, where: str, code: int) -> Service:
     except (ValueError, TypeError):
         raise CNIError(code, f"invalid service ip in {where} for {name}: {str(ip)[:60]!r}",
                        "an IPv4 address") from None
-    return Service(ip=str(addr), name=name)
+    return Service(ip=str(addr), name=str(name))
 
 
 def read_services_file(path: str) -> tuple[Service, ...]:

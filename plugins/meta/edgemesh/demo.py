@@ -34,7 +34,7 @@ def sh(*argv, ns=None, check=True):
 def serve(*args) -> subprocess.Popen:
     p = subprocess.Popen(["ip", "netns", "exec", HOST, PY, "-m", "plugins.meta.edgemesh.origdst", "serve", *args],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p
 
 

@@ -57,6 +57,7 @@ def serve(listen: list[tuple[str, int]], udp: bool, real: bool) -> None:
     while True:
         for key, _ in sel.select():
             sock = key.fileobj
+            assert isinstance(sock, socket.socket)
             if key.data == "tcp":
                 conn, _peer = sock.accept()
                 with conn:

@@ -116,7 +116,7 @@ def pod_items(ips: list[str], comment: str, hijack: bool) -> list[PodMatch]:
 
 
 def plan(current: dict[str, list[Entry]], render: Callable[[Item], Hashable], *,
-         shared: dict[str, list[Item]] | None, pods: list[PodMatch] = (),
+         shared: dict[str, list[Item]] | None, pods: list[PodMatch] | tuple[()] = (),
          drop: Callable[[str], bool] = lambda comment: False, teardown_when_empty: bool = False) -> Plan:
     """The change from `current` to: `shared` (None: leave shared rules alone), plus `pods`
     (each pod's rules replace those with the same comment), minus pod rules whose comment
