@@ -32,12 +32,12 @@ def test_agent_follows_joins_and_leaves(netns, tmp_path):
             a.wait_ready()
         joined = c.hosts[2].ensure()
         for h in c.hosts[:2]:
-            wait_for(lambda: has_route(h, joined.subnet), f"{h.node} programs {joined.subnet}")
+            wait_for(lambda h=h: has_route(h, joined.subnet), f"{h.node} programs {joined.subnet}")
             h.check()
             assert reaches(h.path, joined.subnet.network_address)
         c.hosts[2].leave()
         for h in c.hosts[:2]:
-            wait_for(lambda: not has_route(h, joined.subnet), f"{h.node} forgets {joined.subnet}")
+            wait_for(lambda h=h: not has_route(h, joined.subnet), f"{h.node} forgets {joined.subnet}")
             d = h.dumps()
             assert not any(joined.vtep_mac in line for line in d["neigh"] + d["fdb"])
     finally:

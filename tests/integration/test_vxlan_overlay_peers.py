@@ -122,7 +122,8 @@ def test_direct_routing_same_segment_plain_route(netns, tmp_path):
     h0 = c.hosts[0].dumps()
     assert peer_lines(h0, infos[1]) == {
         "neigh": [], "fdb": [], "route": [f"{infos[1].subnet} via {infos[1].public_ip} dev eth0 proto 118"]}
-    assert peer_lines(h0, infos[2])["route"] == [f"{infos[2].subnet} via {overlay_ip(infos[2])} dev vxlan.1 proto 118 onlink"]
+    assert peer_lines(h0, infos[2])["route"] == \
+        [f"{infos[2].subnet} via {overlay_ip(infos[2])} dev vxlan.1 proto 118 onlink"]
     assert len(peer_lines(h0, infos[2])["neigh"]) == 1 and len(peer_lines(h0, infos[2])["fdb"]) == 1
     for h in c.hosts:
         h.check(directRouting=True)

@@ -25,7 +25,7 @@ def _attach(host, podns, ifname="eth0", veth="vethtest0001", ip="10.244.1.5/24")
 def test_attach_configures_both_sides_and_detach_removes_the_pair(netns):
     host, p = netns("host"), netns("pod")
     br, (host_if, pod_if), att = _attach(host, p)
-    links = {l["ifname"]: l for l in json.loads(host.run("ip", "-d", "-j", "link", "show").stdout)}
+    links = {lk["ifname"]: lk for lk in json.loads(host.run("ip", "-d", "-j", "link", "show").stdout)}
     assert links["cni0"]["address"] == br.mac and links["cni0"]["linkinfo"]["info_kind"] == "bridge"
     v = links["vethtest0001"]
     assert v["master"] == "cni0" and v["mtu"] == 1450 and v["address"] == host_if.mac
@@ -107,7 +107,8 @@ def test_masq_rules_carry_the_tag_and_go_away(netns):
         assert masq.present("net1", "c2", "eth0") == ["10.244.1.6/32"]
         assert masq.gc("net1", keep=set()) == [("c2", "eth0")]
     left = [line for line in host.run("iptables-save", "-t", "nat").stdout.splitlines() if "pycni-vxlan" in line]
-    assert left == ['-A POSTROUTING -s 10.9.9.9/32 -m comment --comment "pycni-vxlan net=net1 id=x%y if=eth0" -j ACCEPT']
+    assert left == ['-A POSTROUTING -s 10.9.9.9/32 -m comment --comment "pycni-vxlan net=net1 id=x%y if=eth0" '
+                    '-j ACCEPT']
 
 
 def test_link_helpers_rename_set_move_and_delete(netns):

@@ -29,7 +29,7 @@ VENV_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 
 
 class Host:
-    def __init__(self, cluster: "Cluster", index: int, segment: int):
+    def __init__(self, cluster: Cluster, index: int, segment: int):
         self.index, self.segment = index, segment
         self.node = f"host{index}"
         self.ns = cluster.netns_factory(f"vh{index}-")
@@ -72,7 +72,7 @@ class Host:
                 "neigh": lines("ip", "neigh", "show", "dev", dev, "nud", "permanent"),
                 "fdb": lines("bridge", "fdb", "show", "dev", dev)}
 
-    def start_agent(self, *extra: str) -> "AgentProc":
+    def start_agent(self, *extra: str) -> AgentProc:
         """`vxlan-agent` in this host's netns, from a conf file written now."""
         return AgentProc(self, extra)
 

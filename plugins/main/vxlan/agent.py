@@ -22,6 +22,10 @@ import time
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .overlay import Applied
+
 log = logging.getLogger("pycni.vxlan.agent")
 
 
@@ -47,7 +51,7 @@ class Agent:
         self.resync = min(resync, cfg.registry_ttl / 3) if cfg.registry_ttl else resync
         self.registry = open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
         self.stopping = False
-        self.applied = None           # overlay.Applied of the last reconcile
+        self.applied: Applied | None = None     # of the last reconcile
 
     def stop(self, *_):
         self.stopping = True
@@ -64,7 +68,7 @@ class Agent:
             log.error("reconcile failed: %s (code %d)", e, e.code)
             self.applied = None
             return False
-        if self.applied.info.changes:
+        if self.applied is not None and self.applied.info.changes:
             log.info("reconciled to revision %d: %d entries changed",
                      self.applied.info.revision, self.applied.info.changes)
         return True
@@ -82,6 +86,8 @@ class Agent:
                 if not ready:
                     log.info("node %s ready", self.cfg.node_name)
                     ready = True
+            if self.applied is None:
+                continue
             try:
                 snap = self.registry.watch(self.applied.info.revision, timeout=0.5)
             except CNIError as e:

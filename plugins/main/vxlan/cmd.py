@@ -17,7 +17,7 @@ from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import DNS, Interface, Result
 from plugins.pkg.log import get_logger
 from plugins.pkg.names import check_ifname, host_veth
-from plugins.pkg.schema import validate
+from plugins.pkg import schema
 
 from . import config, errors, ipam, masq, overlay, pod
 from .errors import POD_DRIFT
@@ -43,7 +43,7 @@ CLEANUP = {
 
 def validate_conf(conf: dict, command: str) -> None:
     """The skel's validate hook: schema vxlan, with the cleanup keys of `command`."""
-    validate(conf, "vxlan", command, CLEANUP.get(command, ()))
+    schema.validate(conf, "vxlan", command, CLEANUP.get(command, ()))
 
 
 def cmd_add(args: CmdArgs) -> Result:
@@ -118,7 +118,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     n = config.load(args.conf, "GC")
-    valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
+    valid = {(a["containerID"], a["ifname"]) for a in args.valid_attachments}
     failed = []
     with pod_links() as ipr:
         for rec in ipam.records(n.state_dir):

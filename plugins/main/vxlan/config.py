@@ -61,6 +61,13 @@ class NetConf:
     mac: str | None                             # runtimeConfig.mac > args.cni.mac > CNI_ARGS MAC
 
     @property
+    def cluster(self) -> ipaddress.IPv4Network:
+        """`network`, for the commands that need it (set whenever load() was strict)."""
+        if self.network is None:
+            raise CNIError(INVALID_CONFIG, "missing required field 'network'")
+        return self.network
+
+    @property
     def ipam_type(self) -> str:
         return (self.ipam or {}).get("type", "host-local")
 

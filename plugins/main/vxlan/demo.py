@@ -33,7 +33,8 @@ def cni_path() -> list[str]:
 
 class Demo:
     def __init__(self, tmp: str):
-        self.tmp, self.made = tmp, []
+        self.tmp = tmp
+        self.made: list[str] = []
         self.registry = os.path.join(tmp, "registry.json")
 
     def netns(self, tag: str) -> str:
@@ -113,7 +114,8 @@ def main() -> int:
         hosts = demo.underlay()
         print("== a pod on each host: ADD of the vxlan conflist through libcni_py (IPAM: Go host-local)")
         pods = [demo.attach(i, h) for i, h in enumerate(hosts)]
-        print("== one reconcile per host, so earlier hosts learn the later ones (vxlan-agent does this on every change)")
+        print("== one reconcile per host, so earlier hosts learn the later ones "
+              "(vxlan-agent does this on every change)")
         for i, h in enumerate(hosts):
             demo.reconcile(i, h)
         ips = [pod_ip(p) for p in pods]

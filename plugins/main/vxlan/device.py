@@ -120,7 +120,7 @@ def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
     if link is None:
         _apply(rt, [nl.vxlan_link_msg(w.name, w.vni, w.port, w.underlay.index, w.underlay.local, w.mac, w.mtu)],
                f"create {w.name}")
-        link = rt.link(w.name)
+        link = _present(rt, w.name)
     if link.mtu != w.mtu or link.mac != w.mac or not link.up:
         _apply(rt, [nl.link_set_msg(link.index, up=True, mtu=w.mtu, mac=w.mac)], f"set {w.name} up")
     addrs = {a.address for a in rt.addrs(link.index)}
@@ -129,7 +129,15 @@ def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
         msgs.append(nl.addr_msg(True, link.index, w.address))
     if msgs:
         _apply(rt, msgs, f"set address {w.address} on {w.name}")
-    return rt.link(w.name)
+    return _present(rt, w.name)
+
+
+def _present(rt: nl.Rtnl, name: str) -> nl.Link:
+    link = rt.link(name)
+    if link is None:
+        raise CNIError(DEVICE_FAILED, f"vxlan device {name} vanished while being configured",
+                       "another program deletes it: find it (`ip monitor link`)")
+    return link
 
 
 def _apply(rt: nl.Rtnl, msgs, what: str) -> None:

@@ -35,7 +35,7 @@ def ipam_config(section: dict | None, state_dir: str, subnet, gateway, network) 
     return ipam
 
 
-def find_plugin(ipam_type: str, cni_path: str) -> str:
+def find_plugin(ipam_type: object, cni_path: str) -> str:
     """Fail before anything is created when the IPAM plugin is not on CNI_PATH."""
     from libcni_py.invoke import find_in_path
     if not isinstance(ipam_type, str):

@@ -92,7 +92,9 @@ def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease
 
 def release(reg: Registry, cfg) -> None:
     """Leave: remove this node's lease (peers drop its entries on their next reconcile)."""
-    reg.update(lambda draft: draft.leases.pop(cfg.node_name, None))
+    def mutate(draft: Snapshot) -> None:
+        draft.leases.pop(cfg.node_name, None)
+    reg.update(mutate)
 
 
 def is_fresh(lease: Lease, ttl: int, now: float | None = None) -> tuple[bool, str]:

@@ -85,7 +85,7 @@ def ensure_applied(cfg: NetConf) -> Applied:
         repair_bridge(rt, cfg, mine.subnet)       # before peers: an old gateway's route is in a peer's place
         link = device.ensure(rt, device.want(cfg, mine, underlay))
         wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
-        stats = peers.reconcile(rt, link.index, cfg.network, wanted)
+        stats = peers.reconcile(rt, link.index, cfg.cluster, wanted)
     _log_changes(cfg, stats, snap.revision)
     return Applied(_info(cfg, mine, link, stats.changes, snap.revision), mine, underlay, link.index, tuple(wanted))
 
@@ -106,7 +106,7 @@ def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
     touched = {p.node for p in changed} | (set(old) - {p.node for p in new})
     try:
         with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
-            stats = peers.reconcile(rt, applied.dev_index, cfg.network, changed,
+            stats = peers.reconcile(rt, applied.dev_index, cfg.cluster, changed,
                                     peers.assumed([old[n] for n in touched if n in old]))
     except CNIError as e:
         log.warning("delta apply failed (%s); doing a full reconcile", e)
@@ -126,7 +126,7 @@ def _log_changes(cfg: NetConf, stats, revision: int) -> None:
 
 def _info(cfg: NetConf, mine, link, changes: int, revision: int) -> NodeInfo:
     return NodeInfo(mine.subnet, mine.subnet.network_address + 1, link.name, link.mtu, mine.vtep_mac,
-                    mine.public_ip, cfg.network, cfg.node_name, changes, revision)
+                    mine.public_ip, cfg.cluster, cfg.node_name, changes, revision)
 
 
 def check_node(cfg: NetConf) -> NodeInfo:
@@ -146,7 +146,7 @@ def check_node(cfg: NetConf) -> NodeInfo:
             raise CNIError(DEVICE_DRIFT, problems[0], "; ".join(problems))
         link = rt.link(cfg.device_name)
         wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
-        problems = peers.drift(wanted, peers.actual(rt, link.index, cfg.network, wanted), cfg.device_name)
+        problems = peers.drift(wanted, peers.actual(rt, link.index, cfg.cluster, wanted), cfg.device_name)
     if problems:
         raise CNIError(PEER_DRIFT, problems[0], "; ".join(problems))
     return _info(cfg, mine, link, 0, snap.revision)
@@ -219,8 +219,8 @@ def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network) -> li
     """The stale gateway addresses on the bridge (and the bridge) when no pod uses them;
     CNIError(117) when pods still do."""
     from . import pod
-    br, stale = pod.stale_gateways(rt, cfg.bridge, cfg.network, _gateway(subnet))
-    if not stale:
+    br, stale = pod.stale_gateways(rt, cfg.bridge, cfg.cluster, _gateway(subnet))
+    if br is None or not stale:
         return []
     users = attached(rt, cfg, br.index)
     if users:
@@ -265,8 +265,8 @@ def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
             err = rt.batch([nl.link_del_msg(link.index)])[0]
             if err and err != errno.ENODEV:
                 raise nl.NetlinkError(err, f"delete {cfg.device_name}: {os.strerror(err)}")
-        br, ours = pod.stale_gateways(rt, cfg.bridge, cfg.network, None)
-        if ours:
+        br, ours = pod.stale_gateways(rt, cfg.bridge, cfg.cluster, None)
+        if br is not None and ours:
             pod.remove_addresses(rt, br, ours)
         if br is not None and br.kind == "bridge" and not pod.bridge_ports(rt, br.index) \
                 and not rt.addrs(br.index):

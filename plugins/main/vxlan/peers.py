@@ -81,8 +81,8 @@ class Actual:
         self.arp = {} if arp is None else arp              # ip -> mac (ours)
         self.fdb = {} if fdb is None else fdb              # mac -> dst (ours; one remote per unicast MAC)
         self.routes = {} if routes is None else routes     # dst -> RouteSpec (ours)
-        self.foreign_arp = set()                           # permanent, not ours, on our device
-        self.foreign_routes = set()                        # metric-0 main routes, not ours
+        self.foreign_arp: set[ipaddress.IPv4Address] = set()     # permanent, not ours, on our device
+        self.foreign_routes: set[ipaddress.IPv4Network] = set()  # metric-0 main routes, not ours
 
 
 def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: list[Peer]) -> Actual:
@@ -195,7 +195,8 @@ def drift(peers: list[Peer], have: Actual, device: str) -> list[str]:
         if p.mac:
             mac = have.arp.get(p.anchor)
             if mac != p.mac:
-                out.append(f"{tag}: ARP {p.anchor} -> {p.mac} on {device} " + ("missing" if mac is None else f"is {mac}"))
+                out.append(f"{tag}: ARP {p.anchor} -> {p.mac} on {device} "
+                           + ("missing" if mac is None else f"is {mac}"))
             dst = have.fdb.get(p.mac)
             if dst != p.public_ip:
                 out.append(f"{tag}: FDB {p.mac} dst {p.public_ip} on {device} "

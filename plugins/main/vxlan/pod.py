@@ -21,6 +21,8 @@ from .errors import BAD_IPAM_RESULT, BRIDGE_CONFLICT, POD_DRIFT, VETH_EXISTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from plugins.pkg.rtnl import Link, Rtnl
 
 DEFAULT = "0.0.0.0/0"
@@ -89,7 +91,8 @@ def ensure_bridge(rt: Rtnl, net: PodNet) -> Link:
     cluster = ipaddress.ip_network(net.network)
     for have in rt.addrs(br.index):
         if have.address != gw and have.address.ip in cluster:
-            raise CNIError(BRIDGE_CONFLICT, f"{net.bridge} already has an IP address {have.address} different from {gw}",
+            raise CNIError(BRIDGE_CONFLICT,
+                           f"{net.bridge} already has an IP address {have.address} different from {gw}",
                            "the node's subnet changed; delete the bridge once its pods are gone")
     err = rt.batch([nl.addr_msg(True, br.index, gw)])[0]
     if err and err != errno.EEXIST:
@@ -199,7 +202,7 @@ def remove_addresses(rt: Rtnl, br: Link, addrs: list[ipaddress.IPv4Interface]) -
             raise nl.NetlinkError(err, f"remove {addr} from {br.name}: {os.strerror(err)}")
 
 
-def _drift(what: str):
+def _drift(what: str) -> NoReturn:
     raise CNIError(POD_DRIFT, f"CHECK: {what}")
 
 

@@ -94,7 +94,7 @@ class Registry(ABC):
     @abstractmethod
     def watch(self, revision: int, timeout: float) -> Snapshot | None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to close
         pass
 
     def stamp(self, lease: Lease) -> Lease:
