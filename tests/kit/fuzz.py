@@ -142,10 +142,10 @@ def _collect(pid: int, rfds: list[int], timeout: float, how: str, started: float
     return Outcome(rc, bytes(bufs[rfds[0]]), bytes(bufs[rfds[1]]), time.monotonic() - started, hang, how)
 
 
-def run_forked(plugin: str, env: dict, stdin: bytes, host_ns: str, scratch: str,
+def run_forked(plugin, env: dict, stdin: bytes, host_ns: str, scratch: str,
                timeout: float = FORK_TIMEOUT) -> Outcome:
     """skel.run(PLUGIN, env, stdin, ...) in a forked child inside the world's namespaces."""
-    obj = plugin_object(plugin)
+    obj = plugin_object(plugin) if isinstance(plugin, str) else plugin
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     started = time.monotonic()
