@@ -83,8 +83,10 @@ class Codes:
             code = mapping.get(kind) if kind else None
             if code is None:
                 return None
-            meaning = self.table[code].meaning if code in self.table else ""
-            return CNIError(code, meaning or f"{kind} failure", _detail(exc))
+            known = self.table.get(code)
+            if known is None:          # a spec code (5, 4 ...): the exception says what happened
+                return CNIError(code, f"{kind} failure", _detail(exc))
+            return CNIError(code, known.meaning, f"fix: {known.fix}. {_detail(exc)}")
         return translate
 
 

@@ -18,6 +18,7 @@ TABLES = ("filter", "nat", "mangle", "raw", "security")
 
 
 WAIT_SECONDS = "10"      # how long restore waits for the xtables lock before XtablesLockError
+TIMEOUT = 60             # seconds any iptables command may take before IptablesError (never a hang)
 
 
 class IptablesError(RuntimeError):
@@ -26,6 +27,13 @@ class IptablesError(RuntimeError):
 
 class XtablesLockError(IptablesError):
     """Another program (kube-proxy, a firewall) held the xtables lock for WAIT_SECONDS."""
+
+
+def _run(argv: list[str], text_in: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=text_in, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise IptablesError(f"{' '.join(argv)}: no answer in {TIMEOUT} s") from None
 
 
 def _failed(what: str, stderr: str) -> IptablesError:
@@ -51,7 +59,7 @@ def comment_arg(text: str) -> str:
 def save(table: str, binary: str = "iptables") -> str:
     if table not in TABLES:
         raise ValueError(table)
-    p = subprocess.run([f"{binary}-save", "-t", table], capture_output=True, text=True)
+    p = _run([f"{binary}-save", "-t", table])
     if p.returncode != 0:
         raise IptablesError(f"{binary}-save -t {table}: {p.stderr.strip()}")
     return p.stdout
@@ -68,14 +76,14 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
     argv = [f"{binary}-restore", "--noflush"]
     if wait:
         argv.append(f"--wait={WAIT_SECONDS}")
-    p = subprocess.run(argv, input=text, capture_output=True, text=True)
+    p = _run(argv, text)
     if p.returncode != 0:
         raise _failed(f"{binary}-restore failed", p.stderr + "\ninput:\n" + text)
 
 
 def save_all(binary: str = "iptables") -> str:
     """Every table iptables knows about in this netns, in one iptables-save."""
-    p = subprocess.run([f"{binary}-save"], capture_output=True, text=True)
+    p = _run([f"{binary}-save"])
     if p.returncode != 0:
         raise IptablesError(f"{binary}-save: {p.stderr.strip()}")
     return p.stdout

@@ -14,8 +14,22 @@ _LINE_RE = re.compile(r'[A-Za-z0-9 _.:/,=@+\-"{};]*')
 _HANDLE_RE = re.compile(r"^(.*?)\s+# handle (\d+)$")
 
 
+TIMEOUT = 30       # seconds an nft command may take before NftError (a hung nft never hangs a plugin)
+
+
 class NftError(RuntimeError):
     pass
+
+
+class NftInputRefused(NftError):
+    """A line with a character outside the safe alphabet: never handed to nft."""
+
+
+def _nft(argv: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=script, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise NftError(f"{' '.join(argv)}: no answer in {TIMEOUT} s") from None
 
 
 def available() -> bool:
@@ -26,16 +40,16 @@ def run(lines: list[str]) -> None:
     """Apply `lines` as one atomic transaction."""
     for line in lines:
         if not _LINE_RE.fullmatch(line):
-            raise ValueError(f"refusing unsafe nft input line {line!r}")
+            raise NftInputRefused(f"refusing unsafe nft input line {line!r}")
     script = "".join(line + "\n" for line in lines)
-    p = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    p = _nft(["nft", "-f", "-"], script)
     if p.returncode != 0:
         raise NftError(f"nft -f failed: {p.stderr.strip()}\ninput:\n{script}")
 
 
 def list_tables() -> list[tuple[str, str]]:
     """[(family, name)] of every table in the current netns."""
-    p = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    p = _nft(["nft", "list", "tables"])
     if p.returncode != 0:
         raise NftError(f"nft list tables: {p.stderr.strip()}")
     return [tuple(line.split()[1:3]) for line in p.stdout.splitlines() if line.startswith("table ")]
@@ -43,7 +57,7 @@ def list_tables() -> list[tuple[str, str]]:
 
 def list_table(family: str, name: str) -> dict[str, list[tuple[str, int]]] | None:
     """{chain: [(rule text, handle)]} of one table, in order; None when it does not exist."""
-    p = subprocess.run(["nft", "-a", "list", "table", family, name], capture_output=True, text=True)
+    p = _nft(["nft", "-a", "list", "table", family, name])
     if p.returncode != 0:
         if "No such file or directory" in p.stderr:
             return None

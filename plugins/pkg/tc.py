@@ -28,6 +28,9 @@ _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 _TCM = struct.Struct("=BxxxiIII")        # family, ifindex, handle, parent, info
 
 
+TIMEOUT = 30       # seconds tc -batch may take before TCError (never a hang)
+
+
 class TCError(RuntimeError):
     pass
 
@@ -113,7 +116,10 @@ def run_batch(lines: list[list[str]], netns: str | None = None, binary: str = "t
     from contextlib import nullcontext
     from plugins.pkg import ns
     with ns.enter(netns) if netns else nullcontext():
-        p = subprocess.run([binary, "-batch", "-"], input="\n".join(text) + "\n",
-                           capture_output=True, text=True)
+        try:
+            p = subprocess.run([binary, "-batch", "-"], input="\n".join(text) + "\n",
+                               capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise TCError(f"tc -batch: no answer in {TIMEOUT} s") from None
     if p.returncode != 0:
         raise TCError(f"tc -batch failed: {p.stderr.strip()}")

@@ -135,7 +135,7 @@ def test_restore_lines_refuse_unsafe_tokens_even_past_the_checks():
 @pytest.mark.parametrize("line", ["add rule ip edgemesh mesh # x", "add rule ip edgemesh mesh counter\nflush ruleset",
                                   "add rule ip edgemesh mesh meta mark set $x", "include '/etc/passwd'"])
 def test_nft_input_is_refused_outside_its_alphabet(line):
-    with pytest.raises(ValueError):
+    with pytest.raises(nft.NftInputRefused):
         nft.run([line])
 
 

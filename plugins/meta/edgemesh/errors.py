@@ -44,7 +44,9 @@ TIMED_OUT = CODES.add(
     150, "an operation timed out (a lock, iptables or nft did not answer)",
     "retry; look for a hung iptables, nft or edgemesh process holding the lock in stateDir")
 
-_translate = CODES.translator({
+# skel's hook: the code for a failure of shared code; the details start with the code's fix
+# (plugins/pkg/errors.py), then the exception's text (e.g. iptables-restore's input).
+translate = CODES.translator({
     KERNEL: KERNEL_REFUSED,
     TC: KERNEL_REFUSED,            # edgemesh runs no tc; a tc failure is the kernel refusing
     XTABLES_LOCK: XTABLES_LOCKED,
@@ -56,12 +58,3 @@ _translate = CODES.translator({
     DP_TIMEOUT: TIMED_OUT,
     IO: IO_FAILURE,
 })
-
-
-def translate(exc: BaseException):
-    """skel's hook: the code for a failure of shared code, its fix first in the details (the
-    exception's text, e.g. iptables-restore's input, follows)."""
-    err = _translate(exc)
-    if err is not None and err.code in CODES.table:
-        err.details = f"fix: {CODES.table[err.code].fix}. {err.details}"
-    return err
