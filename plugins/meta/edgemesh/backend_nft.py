@@ -76,7 +76,7 @@ class Backend:
             return
         try:
             nft.run(lines)
-        except ValueError as e:                       # a line nft.run refuses to send
+        except nft.NftInputRefused as e:             # a line nft.run refuses to send
             raise CNIError(RULES_FAILED, "refusing to write an unsafe nft line", str(e)[:2000]) from None
 
     @staticmethod
