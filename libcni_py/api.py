@@ -55,12 +55,14 @@ class CNIConfig:
     def add_network_list(self, lst: NetworkConfigList, rt: RuntimeConf) -> Result:
         if self.check_versions:
             self.validate_network_list(lst)
-        result = None
+        result: Result | None = None
         for net in lst.plugins:
             try:
                 result = self._add(lst, net, result, rt)
             except CNIError as e:
                 raise _wrap(e, net, "add") from None
+        if result is None:
+            raise CNIError(INTERNAL, f"network list {lst.name!r} has no plugins")
         self._cache_add(result, lst, rt)
         return result
 
@@ -158,7 +160,7 @@ class CNIConfig:
         return os.path.join(self._cache_dir(rt), "results", f"{net_name}-{rt.container_id}-{rt.ifname}")
 
     def _cache_add(self, result: Result, lst: NetworkConfigList, rt: RuntimeConf) -> None:
-        cached = {"kind": CACHE_KIND, "containerId": rt.container_id,
+        cached: dict[str, object] = {"kind": CACHE_KIND, "containerId": rt.container_id,
                   "config": base64.b64encode(lst.raw).decode(), "ifName": rt.ifname,
                   "networkName": lst.name, "netns": rt.netns}
         if rt.args:

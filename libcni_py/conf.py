@@ -87,7 +87,8 @@ def conflist_from_bytes(data: bytes) -> NetworkConfigList:
     if plugins is None:
         raise CNIError(INVALID_CONFIG, "error parsing configuration list: no 'plugins' key")
     if not isinstance(plugins, list):
-        raise CNIError(INVALID_CONFIG, f"error parsing configuration list: invalid 'plugins' type {type(plugins).__name__}")
+        raise CNIError(INVALID_CONFIG,
+                       f"error parsing configuration list: invalid 'plugins' type {type(plugins).__name__}")
     if not plugins:
         raise CNIError(INVALID_CONFIG, "error parsing configuration list: no plugins in list")
     out = NetworkConfigList(name=name, cni_version=ver, raw=bytes(data),
@@ -170,7 +171,8 @@ def inject(conf: NetworkConfig, values: dict) -> NetworkConfig:
 def _list_version(obj: dict) -> str:
     ver = obj.get("cniVersion", "")
     if not isinstance(ver, str):
-        raise CNIError(INVALID_CONFIG, f"error parsing configuration list: invalid cniVersion type {type(ver).__name__}")
+        raise CNIError(INVALID_CONFIG,
+                       f"error parsing configuration list: invalid cniVersion type {type(ver).__name__}")
     versions = obj.get("cniVersions")
     if versions is not None:          # 1.1.0: the highest of cniVersions + cniVersion we implement
         if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):

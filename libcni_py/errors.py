@@ -36,7 +36,7 @@ class CNIError(Exception):
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CNIError":
+    def from_dict(cls, data: dict) -> CNIError:
         return cls(int(data.get("code", INTERNAL)), str(data.get("msg", "")), str(data.get("details", "")))
 
     def __str__(self) -> str:

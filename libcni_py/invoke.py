@@ -93,7 +93,8 @@ def exec_with_result(plugin_path: str, netconf: bytes, env: dict, stderr=None):
     try:
         obj = json.loads(out)
     except ValueError as e:
-        raise CNIError(DECODING_FAILURE, f"failed to parse plugin result: {e}", out[:200].decode(errors="replace")) from None
+        raise CNIError(DECODING_FAILURE, f"failed to parse plugin result: {e}",
+                       out[:200].decode(errors="replace")) from None
     return decode(obj, ver=conf_version)
 
 
@@ -104,7 +105,8 @@ def version_info(plugin_path: str, env_base: dict | None = None) -> list[str]:
     try:
         data = json.loads(out)
     except ValueError:
-        raise CNIError(DECODING_FAILURE, f"{plugin_path}: bad VERSION answer", out[:200].decode(errors="replace")) from None
+        raise CNIError(DECODING_FAILURE, f"{plugin_path}: bad VERSION answer",
+                       out[:200].decode(errors="replace")) from None
     if isinstance(data, dict) and isinstance(data.get("supportedVersions"), list):
         return [str(v) for v in data["supportedVersions"]]
     # Pre-0.3 plugins answered with a bare cniVersion.

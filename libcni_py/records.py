@@ -146,7 +146,7 @@ def names(directory: str, suffix: str = "") -> list[str]:
 
 def clean_stale(directory: str) -> list[str]:
     """Remove `<record>.tmp<pid>` files whose writer is no longer alive; their names."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(directory)
     except OSError:

@@ -181,7 +181,7 @@ def run(plugin: Plugin, environ, stdin, stdout, stderr) -> int:
         if cmd == "ADD":
             if result is None:
                 raise CNIError(E.INTERNAL, "plugin returned no result for ADD")
-            out = result if isinstance(result, dict) else result.encode(conf_version)
+            out = result if isinstance(result, dict) else result.encode(conf_version)  # type: ignore[attr-defined]
             _write(stdout, out)
             _log_outcome(args, started, None, out)
         else:

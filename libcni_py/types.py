@@ -19,7 +19,7 @@ class _Record:
     """Field-wise == and a repr naming the fields: what @dataclass would give, without
     importing dataclasses (inspect, ast, dis: ~8 ms of every plugin exec)."""
     FIELDS: tuple = ()
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable records are unhashable, as dataclasses' eq=True
 
     def __eq__(self, other):
         if other.__class__ is not self.__class__:
@@ -54,7 +54,7 @@ class Interface(_Record):
         return d
 
     @classmethod
-    def decode(cls, d: dict) -> "Interface":
+    def decode(cls, d: dict) -> Interface:
         return cls(name=_str(d, "name"), mac=_str(d, "mac"), sandbox=_str(d, "sandbox"),
                    mtu=int(d.get("mtu") or 0), socket_path=_str(d, "socketPath"),
                    pci_id=_str(d, "pciID"))
@@ -83,7 +83,7 @@ class IPConfig(_Record):
         return d
 
     @classmethod
-    def decode(cls, d: dict) -> "IPConfig":
+    def decode(cls, d: dict) -> IPConfig:
         addr = _str(d, "address")
         try:
             ipaddress.ip_interface(addr)
@@ -117,7 +117,7 @@ class Route(_Record):
         return d
 
     @classmethod
-    def decode(cls, d: dict) -> "Route":
+    def decode(cls, d: dict) -> Route:
         return cls(dst=_str(d, "dst"), gw=_str(d, "gw"), mtu=int(d.get("mtu") or 0),
                    advmss=int(d.get("advmss") or 0), priority=int(d.get("priority") or 0),
                    table=d.get("table"), scope=d.get("scope"))
@@ -146,7 +146,7 @@ class DNS(_Record):
         return d
 
     @classmethod
-    def decode(cls, d: dict | None) -> "DNS":
+    def decode(cls, d: dict | None) -> DNS:
         d = d or {}
         return cls(nameservers=list(d.get("nameservers") or []), domain=_str(d, "domain"),
                    search=list(d.get("search") or []), options=list(d.get("options") or []))
@@ -179,12 +179,12 @@ class Result(_Record):
         d["dns"] = self.dns.encode()   # Go always writes it (omitempty ignores structs)
         return d
 
-    def convert(self, ver: str) -> "Result":
+    def convert(self, ver: str) -> Result:
         """A copy tagged with another version (what Go's GetAsVersion does)."""
         return decode(self.encode(ver))
 
     @classmethod
-    def decode(cls, d: dict) -> "Result":
+    def decode(cls, d: dict) -> Result:
         return decode(d)
 
 

@@ -113,7 +113,7 @@ def tcp_exchange(netns_path: str | None, dst: str, port: int, payload: bytes = b
         sock.connect((dst, port))
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = sock.recv(4096)
             if not data:

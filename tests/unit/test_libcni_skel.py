@@ -367,7 +367,7 @@ def test_cni_error_dict_round_trip():
 def test_malformed_valid_attachments_are_code_7_not_skipped(raw):
     args = skel.CmdArgs("GC", conf={"cniVersion": "1.1.0", "name": "n", "cni.dev/valid-attachments": raw})
     with pytest.raises(CNIError) as e:
-        args.valid_attachments
+        _ = args.valid_attachments
     assert e.value.code == 7
 
 

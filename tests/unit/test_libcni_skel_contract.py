@@ -15,7 +15,8 @@ from tests.unit.test_libcni_skel import conf, env_for, error_of, run
 @pytest.mark.parametrize("stdin", ['{"cniVersion": "1.1.0", "name": "n", "x": 1e999}',
                                    '{"cniVersion": "1.1.0", "name": "n", "x": NaN}',
                                    '{"a": ' * 50000 + "1" + "}" * 50000,
-                                   '{"cniVersion": "1.1.0", "name": "n", "prevResult": ' + "[" * 50000 + "]" * 50000 + "}"])
+                                   '{"cniVersion": "1.1.0", "name": "n", "prevResult": '
+                                   + "[" * 50000 + "]" * 50000 + "}"])
 def test_undecodable_stdin_is_code_6(stdin):
     assert error_of(env_for("ADD"), stdin)["code"] == 6
 
@@ -58,8 +59,9 @@ def test_del_treats_a_cni_netns_that_is_no_namespace_as_gone(tmp_path):
 def test_translate_turns_shared_code_failures_into_plugin_codes():
     def add(args):
         raise PermissionError(13, "denied")
-    plugin = skel.Plugin(add=add, check=add, delete=add,
-                         translate=lambda e: CNIError(123, "kernel said no", str(e)) if isinstance(e, OSError) else None)
+    def translate(e):
+        return CNIError(123, "kernel said no", str(e)) if isinstance(e, OSError) else None
+    plugin = skel.Plugin(add=add, check=add, delete=add, translate=translate)
     out = error_of(env_for("ADD"), conf(), plugin=plugin)
     assert out["code"] == 123 and out["details"] == "[Errno 13] denied"
 
