@@ -132,3 +132,17 @@ def test_translate_gives_every_shared_failure_a_vxlan_or_spec_code():
     assert err.code == errors.KERNEL_REFUSED and "cni0" in err.details
     assert errors.translate(FileNotFoundError(2, "No such file", "iptables-save")).code == errors.MASQ_FAILED
     assert errors.translate(PermissionError(13, "denied", "/var/lib/x")).code == 5
+
+
+@pytest.mark.parametrize("path", ["/tmp/a\0b", "relative.json", "/tmp/dir/", "/tmp/" + "x" * 251, 5])
+def test_a_registry_path_that_is_no_file_path_is_code_7(path):
+    with pytest.raises(CNIError) as e:
+        config.load(conf(registry={"type": "file", "path": path}), "STATUS")
+    assert e.value.code == 7 and "registry.path" in e.value.msg
+
+
+def test_check_compares_prev_result_text_it_cannot_parse_as_missing():
+    from plugins.main.vxlan import pod
+    assert pod._canonical("10.244.1.5/24", __import__("ipaddress").ip_interface) == "10.244.1.5/24"
+    assert pod._canonical("fd00::5", __import__("ipaddress").ip_interface) == "fd00::5/128"
+    assert pod._canonical("junk", __import__("ipaddress").ip_network) == "junk"

@@ -140,7 +140,12 @@ def _subnet_len(conf: dict, network: ipaddress.IPv4Network | None) -> int:
 
 def _registry_path(registry: dict, state_dir: str) -> str:
     path = registry.get("path") or os.path.join(state_dir, "registry.json")
-    check_dir(os.path.dirname(path) or "/", "registry.path (its directory)")
+    if not isinstance(path, str) or "\0" in path or "\n" in path or not path.startswith("/") \
+            or path.endswith("/"):
+        raise CNIError(INVALID_CONFIG, "registry.path must be an absolute file path", repr(path)[:200])
+    check_dir(os.path.dirname(path), "registry.path (its directory)")
+    if len(os.path.basename(path).encode(errors="surrogateescape")) > 250:     # room for .lock/.tmp<pid>
+        raise CNIError(INVALID_CONFIG, "registry.path: file name too long", path[:200])
     return path
 
 

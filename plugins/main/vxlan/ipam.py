@@ -88,15 +88,8 @@ def records(state_dir: str) -> list[dict]:
 # ---- delegation ----
 
 def add(conf: dict, ipam: dict):
-    """Delegate ADD; the Result in the config's version. An IPAM plugin that fails with 999 (Go's
-    host-local does for every failure of its own: range full, a requested IP out of range) is no
-    bug of ours: that becomes 115 with its message."""
-    try:
-        res = _delegate("ADD", conf, ipam)
-    except CNIError as e:
-        if e.code != INTERNAL:
-            raise
-        raise CNIError(BAD_IPAM_RESULT, f"IPAM plugin {ipam.get('type')} failed: {e.msg}", e.details) from None
+    """Delegate ADD; the Result in the config's version."""
+    res = _delegate("ADD", conf, ipam)
     return res.convert(V.config_version(conf)) if res.cni_version != V.config_version(conf) else res
 
 
@@ -129,6 +122,20 @@ def _netconf(conf: dict, ipam: dict, version: str, extra: dict | None = None) ->
 
 def _delegate(command: str, conf: dict, ipam: dict, container_id: str = "", ifname: str = "",
               extra: dict | None = None):
+    """The IPAM plugin's answer. An IPAM plugin that fails with 999 (Go's host-local does for every
+    failure of its own: range full, a requested IP out of range, CNI_ARGS it does not know) is no
+    bug of ours: that becomes 115 with its message."""
+    try:
+        return _run(command, conf, ipam, container_id, ifname, extra)
+    except CNIError as e:
+        if e.code != INTERNAL:
+            raise
+        raise CNIError(BAD_IPAM_RESULT, f"IPAM plugin {ipam.get('type')} failed ({command}): {e.msg}",
+                       e.details) from None
+
+
+def _run(command: str, conf: dict, ipam: dict, container_id: str = "", ifname: str = "",
+         extra: dict | None = None):
     """Run the IPAM plugin; when it refuses our cniVersion, again at the newest one it knows."""
     from libcni_py import invoke
     path = find_plugin(ipam.get("type"), os.environ.get("CNI_PATH", ""))

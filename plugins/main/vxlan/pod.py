@@ -59,7 +59,7 @@ class Attachment:
 def pod_routes(net: PodNet, ipam_routes: list[Route]) -> list[Route]:
     """IPAM's routes (gateway filled in) plus the default route via the gateway."""
     out = [Route(dst=str(ipaddress.ip_network(r.dst, strict=False)), gw=r.gw or net.gateway)
-           for r in ipam_routes]
+           for r in ipam_routes if ipaddress.ip_network(r.dst, strict=False).version == 4]   # IPv4 only
     if net.default_route and not any(r.dst == DEFAULT for r in out):
         out.append(Route(dst=DEFAULT, gw=net.gateway))
     return out
@@ -164,11 +164,11 @@ def check(rt_host: Rtnl, net: PodNet, att: Attachment) -> None:
                    f"want up with MTU {net.mtu}")
         have = sorted(str(a.address) for a in rt_pod.addrs(pod.index))
         for ip in att.ips:
-            if str(ipaddress.IPv4Interface(ip.address)) not in have:
+            if _canonical(ip.address, ipaddress.ip_interface) not in have:
                 _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {have or 'none'})")
         routes = {(str(r.dst), str(r.gateway) if r.gateway else None) for r in rt_pod.routes() if r.oif == pod.index}
         for r in att.routes:
-            if (str(ipaddress.IPv4Network(r.dst)), r.gw or None) not in routes:
+            if (_canonical(r.dst, ipaddress.ip_network), r.gw or None) not in routes:
                 _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
 
 
@@ -200,6 +200,15 @@ def remove_addresses(rt: Rtnl, br: Link, addrs: list[ipaddress.IPv4Interface]) -
     for addr, err in zip(addrs, rt.batch([nl.addr_msg(False, br.index, a) for a in addrs])):
         if err and err not in (errno.EADDRNOTAVAIL, errno.ENOENT):
             raise nl.NetlinkError(err, f"remove {addr} from {br.name}: {os.strerror(err)}")
+
+
+def _canonical(text: str, parse) -> str:
+    """How the kernel prints an address or network; the text as given when it is none (a prevResult
+    may hold anything: it is then reported missing, never a crash)."""
+    try:
+        return str(parse(text) if parse is ipaddress.ip_interface else parse(text, strict=False))
+    except (ValueError, TypeError):
+        return str(text)
 
 
 def _drift(what: str) -> NoReturn:
