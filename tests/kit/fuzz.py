@@ -270,6 +270,7 @@ def _ip_dump(ns_name: str) -> str:
     for line in p.stdout.splitlines():
         line = re.sub(r"\\\s+valid_lft.*$", "", line)
         line = re.sub(r"state \S+", "", line)
+        line = re.sub(r"NO-CARRIER,|,LOWER_UP| linkdown", "", line)   # carrier follows the ports, late
         line = re.sub(r"^\d+: ", "", line)                 # ifindexes change when a link is remade
         line = re.sub(r"@if\d+", "", line)
         if "fe80::" in line or "ff00::/8" in line or "ff02::" in line:
