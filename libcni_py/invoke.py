@@ -38,7 +38,9 @@ def find_in_path(plugin: str, paths: list[str]) -> str:
         p = os.path.join(d, plugin)
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
-    raise CNIError(INTERNAL, f'failed to find plugin "{plugin}" in path {paths}')
+    # A plugin that is not installed (or a `type` with a typo) is the user's to fix: code 7, not 999.
+    raise CNIError(INVALID_CONFIG, f'failed to find plugin "{plugin}" in path {paths}',
+                   "install the plugin into one of these directories, or fix the config's type")
 
 
 def plugin_env(command: str, container_id: str = "", netns: str = "", ifname: str = "",

@@ -27,8 +27,9 @@ def test_find_in_path_takes_the_first_directory_that_has_it(tmp_path):
 @pytest.mark.parametrize("name,paths", [("", [GO_CNI_DIR]), ("../bridge", [GO_CNI_DIR]), ("..", [GO_CNI_DIR]),
                                         ("bridge", []), ("no-such-plugin", [VENV_BIN, GO_CNI_DIR])])
 def test_find_in_path_errors(name, paths):
-    with pytest.raises(CNIError):
+    with pytest.raises(CNIError) as e:
         invoke.find_in_path(name, paths)
+    assert e.value.code == (7 if name == "no-such-plugin" else 999)
 
 
 def test_version_info_of_ours_and_of_go():
