@@ -40,7 +40,7 @@ PHASES = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 from libcni_py import skel
-from plugins.main.vxlan import cmd, ipam, masq, overlay, pod
+from plugins.main.vxlan import cmd, config, ipam, masq, overlay, pod
 from plugins.pkg import link
 t_import = time.perf_counter() - t0
 spent = {}
@@ -54,7 +54,7 @@ def timed(mod, name, key):
             spent[key] = spent.get(key, 0) + time.perf_counter() - t
     setattr(mod, name, wrapper)
 for mod, name, key in [(overlay, "ensure_node", "ensure_node (lease, device, peers)"),
-                       (overlay, "node_config", "node_config"),
+                       (config, "load", "config (NetConf)"),
                        (ipam, "add", "IPAM ADD (host-local exec)"), (ipam, "delete", "IPAM DEL (host-local exec)"),
                        (ipam, "write_record", "attachment record"), (ipam, "remove_record", "attachment record"),
                        (pod, "ensure_bridge", "bridge + gateway (netlink)"), (pod, "attach", "veth + pod side (netlink)"),
