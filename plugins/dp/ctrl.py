@@ -2,24 +2,56 @@
 
 A request is one JSON object with exactly one key, the message name, whose value is an
 object of parameters: {"ctrl_add_mac": {"iface": "vth", "mac": "...", "ucmac": "..."}}.
-Every request gets one reply, sent to the address the sender's socket is bound to (an
-unbound sender gets none, as NeuVector's dp does): {"ok": true, "msg": NAME, ...}
-or {"ok": false, "msg": NAME, "error": "..."}. Bad input never stops the dp.
+Every request gets one reply, sent to the address the sender's socket is bound to (the
+kernel binds an unbound sender to an abstract address, since we ask for its credentials):
+{"ok": true, "msg": NAME, ...} or {"ok": false, "msg": NAME, "error": "..."}.
+
+Bad input never stops the dp, and no client can stop it serving the others:
+- a request over MAX_MSG bytes, nested deeper than MAX_DEPTH, not JSON (1e999, NaN,
+  bad UTF-8), of a wrong type or unknown gets an error reply; an exception in a handler
+  is an error reply too (and a logged bug), never the end of the process;
+- only root may send (the socket file is 0600 and each datagram's SCM_CREDENTIALS
+  must say uid 0);
+- what one client and all clients may register is capped (MAX_PODS, MAX_PODS_PER_CLIENT,
+  MAX_SRVC_PORTS): a request over a cap gets an error reply naming the limit;
+- replies are sent without blocking. A datagram we send stays charged to our socket's
+  send buffer until the client reads it, so one client that sends and never reads would
+  fill that buffer and silence the dp for everyone (`Clients` below): a client that has
+  more than MAX_UNREAD bytes of replies it has not read is stalled, its requests dropped,
+  until it reads them all or closes.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import socket
+import struct
+import termios
+import time
 
+from libcni_py import records
 from libcni_py.errors import CNIError
 from plugins.dp.datapath import Datapath, Endpoint, mac_bytes
 from plugins.dp.policy import PolicyError, compile_policy
 from plugins.pkg.names import check_ifname
 
-MAX_MSG = 1 << 16
+MAX_MSG = 1 << 16             # bytes of one request
+MAX_DEPTH = 16                # nesting of one request (the deepest valid one has 6)
+MAX_REPLY = 192 << 10         # bytes of one reply (dpctl reads up to 1 MiB)
+MAX_PODS = 4096               # registered pods (ctrl_add_mac), all clients together
+MAX_PODS_PER_CLIENT = 1024    # registered by one client address
+MAX_SRVC_PORTS = 64           # service ports asked for (ctrl_add_srvc_port)
+MAX_NAME = 253                # characters of a pod name
+MAX_UNREAD = 256 << 10        # estimated bytes of replies one client may leave unread
+SLACK = 256 << 10             # replies in flight to clients that do read
+SNDBUF = 8 << 20              # our send buffer (the kernel doubles it)
+MAX_CLIENTS = 1024            # addresses whose unread replies we track
+BURST = 64                    # requests served before the frames get their turn
+SO_SNDBUFFORCE = 32
+_UCRED = struct.Struct("iII")   # pid, uid, gid
 log = logging.getLogger("pycni-dp")
 
 
@@ -33,6 +65,7 @@ class Control:
     def __init__(self, dp: Datapath, reload_policy):
         self.dp = dp
         self.reload_policy = reload_policy
+        self.client = None              # the address of the request being handled
         self.handlers = {
             "ctrl_keep_alive": self.keep_alive,
             "ctrl_add_srvc_port": self.add_srvc_port,
@@ -45,11 +78,12 @@ class Control:
             "ctrl_reload_policy": self.reload,
         }
 
-    def handle(self, data: bytes) -> dict:
-        """The reply to one request datagram."""
+    def handle(self, data: bytes, client=None) -> dict:
+        """The reply to one request datagram from `client` (its address, or None).
+        Never raises: a bug in a handler is an error reply and a logged traceback."""
         try:
-            req = json.loads(data)
-        except ValueError as e:      # also bad UTF-8
+            req = records.loads(data)   # deep nesting, 1e999, NaN, bad UTF-8: ValueError
+        except ValueError as e:
             return {"ok": False, "msg": "", "error": f"bad JSON: {e}"}
         if not isinstance(req, dict) or len(req) != 1:
             return {"ok": False, "msg": "",
@@ -57,16 +91,27 @@ class Control:
         name, params = next(iter(req.items()))
         handler = self.handlers.get(name)
         if handler is None:
-            return {"ok": False, "msg": name, "error": f"unknown message {name!r}"}
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            return {"ok": False, "msg": shown, "error": f"unknown message {shown!r}"}
         if params is None:
             params = {}
         if not isinstance(params, dict):
             return {"ok": False, "msg": name, "error": "parameters must be an object"}
+        if _too_deep(params, MAX_DEPTH - 1):
+            return {"ok": False, "msg": name,
+                    "error": f"request nested deeper than {MAX_DEPTH} levels"}
+        self.client = client
         try:
             extra = handler(params)
         except (CtrlError, PolicyError) as e:
             return {"ok": False, "msg": name, "error": str(e)}
-        log.debug("%s %s", name, params)
+        except Exception as e:          # a bug of ours: answered, logged, never fatal
+            log.exception("control: %s failed", name)
+            return {"ok": False, "msg": name,
+                    "error": f"internal error of pycni-dp ({type(e).__name__}); see its log"}
+        finally:
+            self.client = None
+        log.debug("%s from %s", name, client)
         return {"ok": True, "msg": name, **extra}
 
     # -- messages
@@ -77,6 +122,9 @@ class Control:
 
     def add_srvc_port(self, p: dict) -> dict:
         iface = _iface(p, "iface")
+        if iface not in self.dp.wanted and len(self.dp.wanted) >= MAX_SRVC_PORTS:
+            raise CtrlError(f"{len(self.dp.wanted)} service ports already, the limit is "
+                            f"{MAX_SRVC_PORTS}: remove unused ones with ctrl_del_srvc_port")
         self.dp.want_port(iface, _bool(p, "tap", False), _bool(p, "jumboframe", False))
         return {"open": any(port.iface == iface for port in self.dp.ports.values())}
 
@@ -94,9 +142,25 @@ class Control:
         ep.vin = _iface(p, "vin_iface", required=False)
         if ep.ucmac and ep.ucmac[0] & 1:
             raise CtrlError("ucmac: must be a unicast MAC")
+        if len(ep.name) > MAX_NAME:
+            raise CtrlError(f"name: longer than {MAX_NAME} characters")
         _str(p, "pmac")                                     # proxymesh peers: not used here
+        ep.owner = self.client
+        self.check_caps(ep, self.dp.replaced(ep, oldmac))
         self.dp.add_endpoint(ep, oldmac)
         return {"pod": ep.stats()}
+
+    def check_caps(self, ep: Endpoint, replaced: list[Endpoint]) -> None:
+        """CtrlError if registering ep (replacing `replaced`) goes over a cap."""
+        if not any(not old.learned for old in replaced) and self.dp.registered >= MAX_PODS:
+            raise CtrlError(f"{self.dp.registered} pods registered, the limit is {MAX_PODS}: "
+                            "delete the pods that are gone with ctrl_del_mac")
+        mine = self.dp.by_owner.get(ep.owner, 0)
+        if (ep.owner is not None and not any(old.owner == ep.owner for old in replaced)
+                and mine >= MAX_PODS_PER_CLIENT):
+            raise CtrlError(f"this client registered {mine} pods, the limit per client is "
+                            f"{MAX_PODS_PER_CLIENT}: delete pods with ctrl_del_mac or "
+                            "register from another socket")
 
     def del_mac(self, p: dict) -> dict:
         ep = self.dp.del_endpoint(_mac(p, "mac"))
@@ -141,8 +205,98 @@ class Control:
         return {"policy": self.dp.policy.summary()}
 
 
+class Clients:
+    """Who leaves our replies unread. The kernel charges every datagram we send to our
+    socket until its receiver reads it (a receiver connected to us has no queue limit of
+    its own), and tells us only the total (SIOCOUTQ). So we count, per client address, an
+    over-estimate of what we sent it since the total last showed that it read everything:
+    whenever the total is no more than what the stalled clients hold plus SLACK, every
+    other client has read its replies and its count starts again. A client over
+    MAX_UNREAD is stalled: no replies, its requests dropped, until the total drops to 0
+    (it read them) or it closes (a probe that connects to its address is refused)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.owed: dict = {}            # address -> estimated unread bytes
+        self.stalled: dict = {}         # address -> its estimate when stalled
+        self.dropped = 0                # requests of stalled clients
+        self.probed = 0.0
+
+    @staticmethod
+    def cost(nbytes: int) -> int:
+        """At least what the kernel charges for a datagram of nbytes (measured on 6.x:
+        768 bytes for 1, 1280 for 200, 4352 for 2000, 200960 for 192 KiB)."""
+        return 2 * nbytes + 1024
+
+    def outq(self) -> int:
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except OSError:
+            return 0
+        return struct.unpack("i", raw)[0]
+
+    def settle(self) -> None:
+        """Forget what clients have read; let go of stalled clients that read or closed."""
+        if not self.owed and not self.stalled:
+            return
+        unread = self.outq()
+        if unread == 0:
+            for addr in self.stalled:
+                log.warning("control: client %s read its replies or closed", addr)
+            self.owed.clear()
+            self.stalled.clear()
+            return
+        if unread <= sum(self.stalled.values()) + SLACK:
+            self.owed.clear()
+        now = time.monotonic()
+        if self.stalled and now - self.probed >= 1.0:
+            self.probed = now
+            for addr in [a for a in self.stalled if not _alive(a)]:
+                log.warning("control: stalled client %s closed", addr)
+                del self.stalled[addr]
+
+    def is_stalled(self, addr) -> bool:
+        if addr in self.stalled:
+            self.dropped += 1
+            return True
+        return False
+
+    def sent(self, addr, nbytes: int) -> None:
+        owed = self.owed.pop(addr, 0) + self.cost(nbytes)
+        if owed > MAX_UNREAD:
+            # it may hold more than we counted (what it left unread while the total was
+            # within SLACK): it is charged with all unread bytes no stalled client holds
+            owed = max(owed, self.outq() - sum(self.stalled.values()))
+            log.warning("control: client %s does not read its replies (about %d bytes "
+                        "unread); its requests are dropped until it reads or closes",
+                        addr, owed)
+            self.stalled[addr] = owed
+            return
+        self.owed[addr] = owed          # re-inserted: the dict is oldest first
+        if len(self.owed) > MAX_CLIENTS:
+            del self.owed[next(iter(self.owed))]
+
+    def gone(self, addr) -> None:
+        self.owed.pop(addr, None)
+        self.stalled.pop(addr, None)
+
+
+def _alive(addr) -> bool:
+    """Is a socket still bound at addr? Connecting to it fails with ECONNREFUSED or
+    ENOENT when not; EPERM means it lives and is connected to someone else (us)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(addr)
+    except OSError as e:
+        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTDIR)
+    finally:
+        probe.close()
+    return True
+
+
 class Server:
-    """The bound datagram socket. The socket file is replaced if stale, removed on close."""
+    """The bound datagram socket (mode 0600). The socket file is replaced if stale,
+    removed on close."""
 
     def __init__(self, path: str, control: Control):
         self.path = path
@@ -150,43 +304,84 @@ class Server:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         _remove_stale(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old = os.umask(0o077)
+        old = os.umask(0o177)
         try:
             self.sock.bind(path)
         finally:
             os.umask(old)
+        os.chmod(path, 0o600)
         self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
+        except OSError:                  # without CAP_NET_ADMIN: up to net.core.wmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+        self.clients = Clients(self.sock)
+        self.buf = bytearray(MAX_MSG)
+        self.ancbuf = socket.CMSG_SPACE(_UCRED.size)
+        self.refused = 0                 # datagrams not from root
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def serve(self) -> None:
-        """Answer every request waiting in the queue."""
-        while True:
+        """Answer the requests waiting in the queue (at most BURST of them: the poll loop
+        comes back while more wait). Nothing a client sends ends this process."""
+        self.clients.settle()
+        for _ in range(BURST):
             try:
-                data, addr = self.sock.recvfrom(MAX_MSG)
+                n, anc, flags, addr = self.sock.recvmsg_into([self.buf], self.ancbuf)
             except (BlockingIOError, InterruptedError):
                 return
-            reply = self.control.handle(data)
-            if not reply["ok"]:
-                log.warning("control: %s", reply["error"])
-            if addr:
-                self.reply(reply, addr)
-
-    def reply(self, reply: dict, addr: str) -> None:
-        data = json.dumps(reply).encode()
-        try:
-            try:
-                self.sock.sendto(data, addr)
             except OSError as e:
-                if e.errno != errno.EMSGSIZE:
-                    raise
-                self.sock.sendto(json.dumps({
-                    "ok": False, "msg": reply.get("msg", ""),
-                    "error": f"reply of {len(data)} bytes too large; ask for fewer macs"}
-                ).encode(), addr)
+                log.warning("control: receive failed: %s", e)
+                return
+            try:
+                self.one(n, anc, flags, addr)
+            except Exception:           # a bug of ours: logged, the dp goes on
+                log.exception("control: request from %s", addr)
+
+    def one(self, n: int, anc: list, flags: int, addr) -> None:
+        if addr and self.clients.is_stalled(addr):
+            return
+        uid = None
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                uid = _UCRED.unpack(data[:_UCRED.size])[1]
+        if uid != 0:
+            self.refused += 1
+            reply = {"ok": False, "msg": "", "error": f"only root may use the control "
+                     f"socket (the sender has uid {uid})"}
+        elif flags & socket.MSG_TRUNC:
+            reply = {"ok": False, "msg": "",
+                     "error": f"request over {MAX_MSG} bytes; send less at a time"}
+        elif flags & socket.MSG_CTRUNC:  # file descriptors: the kernel closed them for us
+            reply = {"ok": False, "msg": "", "error": "a request carries no ancillary data"}
+        else:
+            reply = self.control.handle(bytes(self.buf[:n]), addr or None)
+        if not reply["ok"]:
+            log.warning("control: %s", reply["error"])
+        if addr:
+            self.reply(reply, addr)
+
+    def reply(self, reply: dict, addr) -> None:
+        data = json.dumps(reply).encode()
+        if len(data) > MAX_REPLY:
+            data = json.dumps({
+                "ok": False, "msg": reply.get("msg", ""),
+                "error": f"reply of {len(data)} bytes too large (the limit is {MAX_REPLY}); "
+                         "ask for fewer macs"}).encode()
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:          # our send buffer is full: unread replies
+            log.warning("control: cannot reply to %s now: %d bytes of replies unread",
+                        addr, self.clients.outq())
+            return
         except OSError as e:             # the client went away or is not listening
             log.info("control: cannot reply to %s: %s", addr, e)
+            self.clients.gone(addr)
+            return
+        self.clients.sent(addr, len(data))
 
     def close(self) -> None:
         self.sock.close()
@@ -209,6 +404,21 @@ def _remove_stale(path: str) -> None:
         raise OSError(errno.EADDRINUSE, f"another dp serves {path}")
     finally:
         probe.close()
+
+
+def _too_deep(obj, depth: int) -> bool:
+    """Is obj nested more than `depth` levels (lists and objects)? Iterative: no recursion."""
+    todo = [(obj, depth)]
+    while todo:
+        item, left = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        if left <= 0:
+            return True
+        todo.extend((x, left - 1) for x in item)
+    return False
 
 
 def _str(p: dict, key: str) -> str:

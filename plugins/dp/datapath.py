@@ -18,6 +18,7 @@ from plugins.dp.policy import Policy, verdict
 
 UCMAC_PREFIX = bytes.fromhex("4e657556")
 H = packet.VNET_HDR_LEN
+MAX_LEARNED = 1024          # anonymous pods learned from frames; beyond: counted as unknown
 log = logging.getLogger("pycni-dp")
 
 
@@ -41,13 +42,14 @@ def mac_text(raw: bytes) -> str:
 
 class Endpoint:
     __slots__ = ("mac", "ucmac", "bcmac", "iface", "name", "vex", "vin", "tap", "learned",
-                 "rules", "allowed", "denied", "allowed_bytes", "denied_bytes")
+                 "owner", "rules", "allowed", "denied", "allowed_bytes", "denied_bytes")
 
     def __init__(self, mac: bytes, ucmac: bytes | None = None, bcmac: bytes | None = None,
                  iface: str = "", name: str = "", tap: bool = False, learned: bool = False):
         self.mac, self.ucmac, self.bcmac = mac, ucmac, bcmac
         self.iface, self.name, self.vex, self.vin = iface, name, "", ""
         self.tap, self.learned = tap, learned
+        self.owner = None           # the control client that registered it (its address)
         self.rules = ()
         self.allowed = self.denied = self.allowed_bytes = self.denied_bytes = 0
 
@@ -86,18 +88,33 @@ class Datapath:
         self.wanted: dict[str, tuple[bool, bool]] = {}  # service ports: iface -> (tap, jumbo)
         self.ports: dict[int, packet.Port] = {}        # open ones, by fd
         self.totals = dict(frames=0, sent=0, unknown=0, truncated=0, errors=0)
+        self.registered = 0                            # endpoints not learned
+        self.by_owner: dict = {}                       # owner -> endpoints it registered
+        self.learned = 0
 
     # -- endpoints
+    def replaced(self, ep: Endpoint, oldmac: bytes | None = None) -> list[Endpoint]:
+        """The endpoints add_endpoint(ep, oldmac) would replace."""
+        olds = []
+        for key in (oldmac or ep.mac, ep.mac, ep.ucmac):
+            old = self.endpoints.get(key) if key else None
+            if old is not None and old not in olds:
+                olds.append(old)
+        return olds
+
     def add_endpoint(self, ep: Endpoint, oldmac: bytes | None = None) -> Endpoint:
         """Add or replace the endpoint with ep.mac (or oldmac); counters carry over."""
-        for key in {oldmac or ep.mac, ep.mac, ep.ucmac}:
-            old = self.endpoints.get(key) if key else None
-            if old is not None:
-                self._unlink(old)
-                ep.take_counters(old)
+        for old in self.replaced(ep, oldmac):
+            self._unlink(old)
+            ep.take_counters(old)
         self.endpoints[ep.mac] = ep
         for table, m in self._keys(ep):
             table[m] = ep
+        if ep.learned:
+            self.learned += 1
+        else:
+            self.registered += 1
+            self.by_owner[ep.owner] = self.by_owner.get(ep.owner, 0) + 1
         ep.rules = self.policy.rules_for(ep.ids())
         return ep
 
@@ -118,10 +135,21 @@ class Datapath:
         return keys
 
     def _unlink(self, ep: Endpoint) -> None:
-        self.endpoints.pop(ep.mac, None)
+        if self.endpoints.get(ep.mac) is not ep:
+            return
+        del self.endpoints[ep.mac]
         for table, m in self._keys(ep):
             if table.get(m) is ep:
                 del table[m]
+        if ep.learned:
+            self.learned -= 1
+        else:
+            self.registered -= 1
+            left = self.by_owner.get(ep.owner, 1) - 1
+            if left > 0:
+                self.by_owner[ep.owner] = left
+            else:
+                self.by_owner.pop(ep.owner, None)
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -216,7 +244,7 @@ class Datapath:
     def _classify(self, dst: bytes, src: bytes, port: packet.Port) -> tuple:
         """(endpoint or None, ingress) for a frame without a registered UCMAC."""
         for mac, ingress in ((dst, True), (src, False)):
-            if self.learn and mac[:4] == UCMAC_PREFIX:
+            if self.learn and mac[:4] == UCMAC_PREFIX and self.learned < MAX_LEARNED:
                 log.info("learned pod with UCMAC %s on %s", mac_text(mac), port.iface)
                 return self.add_endpoint(Endpoint(mac, ucmac=mac, iface=port.iface,
                                                   learned=True)), ingress

@@ -69,6 +69,7 @@ class Daemon:
         self.pending: list[int] = []
         self.running = True
         self.written = None
+        self.frame_bugs = 0
         for iface in args.iface:
             self.dp.wanted[iface] = (False, False)
         self.dp.sync_ports()
@@ -140,7 +141,14 @@ class Daemon:
                 if self.dp.sync_ports() or e.errno != errno.EINVAL:
                     return
                 continue
-            handle(port, buf, view, n)
+            try:
+                handle(port, buf, view, n)
+            except Exception:           # a frame we did not foresee: a bug, never fatal
+                self.dp.totals["errors"] += 1
+                self.frame_bugs += 1
+                if self.frame_bugs <= 10 or self.frame_bugs % 1000 == 0:
+                    log.exception("port %s: frame of %d bytes (%d such)", port.iface, n,
+                                  self.frame_bugs)
 
     @staticmethod
     def drain(sock) -> None:
