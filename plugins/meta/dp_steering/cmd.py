@@ -29,6 +29,10 @@ log = get_logger("pycni.dp-steering")
 
 
 def cmd_add(args: CmdArgs):
+    """Journal first, then each step (see state.py): the global lock is held to pull the port,
+    join the pair and take a UCMAC/priorities, let go while the dp is told and awaited
+    (dpWaitMs), and taken again to install the filters and write the final record. A failure
+    undoes only what this ADD made; a live attachment of the same key is never touched."""
     from . import state, steering
     cfg = config.load(args.conf, "ADD")
     try:
@@ -37,13 +41,111 @@ def cmd_add(args: CmdArgs):
         raise CNIError(INVALID_ENV, e.msg, e.details) from None
     prev = _prev_result(args)
     config.check_enforcer(cfg.enforcer_netns)
+    _not_the_host(args.netns, cfg.enforcer_netns, args.ifname)
     pod = _new_pod(args, cfg, steering.resolve_datapath(cfg.datapath))
-    with state.lock(cfg.state_dir):
-        if state.load_pod(cfg.state_dir, args.container_id, args.ifname) is not None:
-            raise CNIError(errors.NAME_CLASH, f"{pod.key} is steered already (DEL it first)")
-        steering.engage(pod, cfg.state_dir, cfg.mode)
+    pod.phase, pod.adder, pod.steps = "adding", state.me(), []
+
+    def note(step):
         state.save_pod(cfg.state_dir, pod)
+
+    with state.lock(cfg.state_dir):
+        have = state.load_pod(cfg.state_dir, args.container_id, args.ifname)
+        if have is not None and not have.dead_journal():
+            if have.phase == "adding":
+                raise CNIError(errors.NAME_CLASH, f"{pod.key} is being added by another ADD (pid {have.adder[0]})")
+            raise CNIError(errors.NAME_CLASH, f"{pod.key} is steered already (DEL it first)")
+        if have is not None:
+            log.warning("ADD %s: an earlier ADD (pid %s) died half-way; undoing its steps %s first",
+                        pod.key, have.adder[0] if have.adder else "?", have.steps)
+            _undo(have, cfg.state_dir, args.netns)
+        note(None)                            # the journal: this ADD, nothing done yet
+        _guarded(pod, cfg.state_dir, steering.prepare, pod, cfg.state_dir, note)
+    try:
+        installed = steering.settle(pod, cfg.mode)      # unlocked: may wait dpWaitMs
+    except BaseException:
+        with state.lock(cfg.state_dir):
+            _rollback(pod, cfg.state_dir)
+        raise
+    with state.lock(cfg.state_dir):
+        _guarded(pod, cfg.state_dir, _finish, pod, cfg, installed, note)
     return prev
+
+
+def _finish(pod, cfg: config.NetConf, installed: str, note) -> None:
+    from . import state, steering
+    if not _ours(pod, cfg.state_dir):
+        raise CNIError(errors.NO_STATE, f"{pod.key} was deleted (DEL or GC) while its ADD waited for the dp",
+                       "ADD it again")
+    steering.finish(pod, cfg.mode, installed, note)
+    pod.phase, pod.adder = "done", []
+    state.save_pod(cfg.state_dir, pod)
+
+
+def _guarded(pod, state_dir: str, step, *a) -> None:
+    """Run an ADD step under the lock; on failure roll this ADD back (only what it made)."""
+    try:
+        step(*a)
+    except BaseException:
+        _rollback(pod, state_dir)
+        raise
+
+
+def _ours(pod, state_dir: str) -> bool:
+    """Is the journal at the pod's key still this ADD's (no DEL or GC took it, no other ADD)?"""
+    from . import state
+    try:
+        have = state.load_pod(state_dir, pod.container_id, pod.ifname)
+    except CNIError:
+        return False
+    return have is not None and have.phase == "adding" and have.adder == pod.adder
+
+
+def _rollback(pod, state_dir: str) -> None:
+    """Undo what this ADD did (pod.steps) and drop its journal, if the journal is still ours.
+    If the undo fails the journal stays: DEL or GC finish it once this process is gone."""
+    from . import state, steering
+    if not _ours(pod, state_dir):
+        if "dp" in pod.steps and state.load_pod_quietly(state_dir, pod.container_id, pod.ifname) is None:
+            steering.forget(pod)            # told the dp after a DEL took the journal
+        return
+    try:
+        steering.disengage(pod, state_dir)
+    except (CNIError, OSError) as e:
+        log.error("ADD %s: rollback failed (%s); the journal stays for DEL/GC", pod.key, e)
+        return
+    state.remove_pod(state_dir, pod.container_id, pod.ifname)
+
+
+def _undo(pod, state_dir: str, netns: str) -> None:
+    """DEL/GC/ADD of a journal or record: undo its steps, then remove it."""
+    from . import state, steering
+    pod.netns = netns if netns and os.path.exists(netns) and not _is_host(netns) else ""
+    steering.disengage(pod, state_dir)
+    state.remove_pod(state_dir, pod.container_id, pod.ifname)
+
+
+def _is_host(path: str) -> bool:
+    from plugins.pkg import ns
+    try:
+        return ns.is_current(path)
+    except OSError:
+        return False
+
+
+def _not_the_host(netns: str, enforcer_ns: str, ifname: str) -> None:
+    """Refuse (4) a pod netns that is the plugin's own (the host's: /proc/self/ns/net or any
+    path to it), where CNI_IFNAME names a host interface (its uplink), or the enforcer's."""
+    if _is_host(netns):
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {netns} is the network namespace dp-steering runs in (the "
+                       f"host's): it would steer the host's {ifname}", "CNI_NETNS must be the pod's own netns")
+    try:
+        same = os.stat(netns).st_ino == os.stat(enforcer_ns).st_ino and \
+            os.stat(netns).st_dev == os.stat(enforcer_ns).st_dev
+    except OSError:
+        same = False
+    if same:
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {netns} is the enforcerNetns: it would steer the enforcer's "
+                       f"{ifname}", "CNI_NETNS must be the pod's own netns")
 
 
 def cmd_check(args: CmdArgs):
@@ -84,18 +186,23 @@ def cmd_del(args: CmdArgs):
                         args.ifname, e.msg, e.details)
         if pod is None:
             enforcer_ns = cfg.enforcer_netns if "enforcerNetns" not in cfg.dropped else ""
-            steering.sweep(cfg.state_dir, enforcer_ns, cfg.vbr, args.netns, args.container_id, args.ifname)
+            netns = "" if _is_host(args.netns) else args.netns
+            steering.sweep(cfg.state_dir, enforcer_ns, cfg.vbr, netns, args.container_id, args.ifname)
             if corrupt is not None:
                 state.remove_pod(cfg.state_dir, args.container_id, args.ifname)
             return
-        pod.netns = args.netns if args.netns and os.path.exists(args.netns) else ""
-        steering.disengage(pod, cfg.state_dir)
-        state.remove_pod(cfg.state_dir, args.container_id, args.ifname)
+        if pod.phase == "adding":
+            log.warning("DEL %s: the ADD (pid %s) did not finish; undoing its steps %s", pod.key,
+                        pod.adder[0] if pod.adder else "?", pod.steps)
+        _undo(pod, cfg.state_dir, args.netns)
 
 
 def cmd_gc(args: CmdArgs):
-    """Undo the steering of every pod of this network the runtime no longer lists; a pod that
-    cannot be undone does not stop the others (the first failure is the answer)."""
+    """Undo the steering of every pod of this network the runtime no longer lists, and of every
+    ADD of it that died half-way (its journal is there, its process is not; listed or not: a
+    runtime never got a result for it); a live ADD's journal is left alone. Then every pair
+    forgets users that no longer exist (deleted with the last). A pod that cannot be undone
+    does not stop the others (the first failure is the answer)."""
     from . import state, steering
     cfg = config.load(args.conf, "GC")
     valid = {(a.get("containerID"), a.get("ifname")) for a in args.valid_attachments}
@@ -104,15 +211,25 @@ def cmd_gc(args: CmdArgs):
     failed = None
     with state.lock(cfg.state_dir):
         for pod in state.all_pods(cfg.state_dir):
-            if pod.network == cfg.network and (pod.container_id, pod.ifname) not in valid:
-                pod.netns = pod.netns if os.path.exists(pod.netns) else ""
-                try:
-                    steering.disengage(pod, cfg.state_dir)
-                except CNIError as e:
-                    log.error("GC %s: %s (%s)", pod.key, e.msg, e.details)
-                    failed = failed or e
+            if pod.network != cfg.network:
+                continue
+            if pod.phase == "adding":
+                if not pod.dead_journal():
                     continue
-                state.remove_pod(cfg.state_dir, pod.container_id, pod.ifname)
+                log.warning("GC %s: its ADD (pid %s) died; undoing its steps %s", pod.key,
+                            pod.adder[0] if pod.adder else "?", pod.steps)
+            elif (pod.container_id, pod.ifname) in valid:
+                continue
+            try:
+                _undo(pod, cfg.state_dir, pod.netns)
+            except CNIError as e:
+                log.error("GC %s: %s (%s)", pod.key, e.msg, e.details)
+                failed = failed or e
+        try:
+            steering.drop_dead_users(cfg.state_dir)
+        except (CNIError, OSError) as e:
+            log.error("GC: dropping users that no longer exist: %s", e)
+            failed = failed or (e if isinstance(e, CNIError) else CNIError(errors.KERNEL_REFUSED, str(e)))
     if failed is not None:
         raise failed
 
@@ -164,6 +281,10 @@ def _recorded(state_dir: str, container_id: str, ifname: str):
     pod = state.load_pod(state_dir, container_id, ifname)
     if pod is None:
         raise CNIError(errors.NO_STATE, f"no dp-steering record of {container_id}/{ifname} in {state_dir}")
+    if pod.phase == "adding":
+        why = ("its process died half-way: DEL or GC undoes it" if pod.dead_journal()
+               else f"it is still running (pid {pod.adder[0]})")
+        raise CNIError(errors.NO_STATE, f"the ADD of {container_id}/{ifname} has not finished: {why}")
     return pod
 
 

@@ -18,43 +18,64 @@ PAIR_INDEX = 10000000     # vbr's ifindex (vth: +1), far from those pods' ports 
 
 def ensure_pair(rt, netns: str, vbr: str, vth: str, mtu: int) -> bool:
     """vbr <-> vth up, with an ingress qdisc on vbr and an MTU of at least `mtu`.
-    True when this call created it."""
-    created = False
+    True when this call created it (a pair it created and could not finish is deleted)."""
     have = link.find(rt, vbr)
-    if have is None:
-        free = [rt.link(index=i) is None for i in (PAIR_INDEX, PAIR_INDEX + 1)]
-        index = link.create_veth(rt, vbr, vth, mtu=mtu, index=PAIR_INDEX if free[0] else 0,
-                                 peer_index=PAIR_INDEX + 1 if free[1] else 0)
-        created = True
-        for name in (vth, vbr):
-            triad.quiet_up(rt, netns, name)
-    elif have.kind != "veth" or link.index_of(rt, vth) is None:
+    if have is not None and not is_pair(rt, vbr, vth):
         raise FileExistsError(f"{vbr} exists in the enforcer netns but is not our vbr/vth veth pair")
-    else:
-        index = have.index
+    if have is not None:
         if have.mtu < mtu:
             for name in (vbr, vth):
                 link.set_link(rt, link.index_of(rt, name), mtu=mtu)
-    tc.ensure_ingress(rt, index)
-    return created
+        tc.ensure_ingress(rt, have.index)
+        return False
+    free = [rt.link(index=i) is None for i in (PAIR_INDEX, PAIR_INDEX + 1)]
+    index = link.create_veth(rt, vbr, vth, mtu=mtu, index=PAIR_INDEX if free[0] else 0,
+                             peer_index=PAIR_INDEX + 1 if free[1] else 0)
+    try:
+        for name in (vth, vbr):
+            triad.quiet_up(rt, netns, name)
+        tc.ensure_ingress(rt, index)
+    except BaseException:
+        link.delete_if_exists(rt, vbr)
+        raise
+    return True
+
+
+def is_pair(rt, vbr: str, vth: str) -> bool:
+    """Is `vbr` a veth whose peer is `vth` here (the pair we make; never delete anything else)?"""
+    have, peer = link.find(rt, vbr), link.find(rt, vth)
+    return have is not None and peer is not None and have.kind == "veth" and have.peer == peer.index
 
 
 def acquire(rt, pod: state.Pod, state_dir: str, mtu: int) -> bool:
-    """Count the pod as a user of its pair (creating the pair). True if it was created."""
+    """Count the pod as a user of its pair, then make the pair if needed (a kill in between
+    leaves a user the pair's last DEL or GC drops). True if this created it. On failure the
+    pod is no user and nothing it made is left."""
     keys = state.users(state_dir, pod.enforcer, pod.vbr)
-    created = ensure_pair(rt, pod.enforcer, pod.vbr, pod.vth, mtu)
     if pod.key not in keys:
         state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key])
-    return created
+    try:
+        return ensure_pair(rt, pod.enforcer, pod.vbr, pod.vth, mtu)
+    except BaseException:
+        state.set_users(state_dir, pod.enforcer, pod.vbr, state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key))
+        raise
 
 
 def release(rt, pod: state.Pod, state_dir: str) -> bool:
-    """Forget the pod as a user; delete the pair with the last one. True if deleted."""
-    keys = [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key]
+    """Forget the pod as a user; delete the pair when no user that still exists is left.
+    True if deleted."""
+    keys = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key)
     state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
     if keys:
         return False
-    return link.delete_if_exists(rt, pod.vbr)
+    return drop_pair(rt, pod.vbr, pod.vth)
+
+
+def drop_pair(rt, vbr: str, vth: str) -> bool:
+    """Delete the pair, if it is ours (a veth vbr <-> vth). True if deleted."""
+    if not is_pair(rt, vbr, vth):
+        return False
+    return link.delete_if_exists(rt, vbr)
 
 
 def reader_on(netns: str, ifindex: int) -> bool:

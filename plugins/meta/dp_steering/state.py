@@ -1,8 +1,15 @@
 """dp-steering's records under stateDir, all read and written under one flock.
 
     <stateDir>/lock                         the flock every command holds
-    <stateDir>/pods/<containerID>/<ifname>.json   one steered pod port (Pod)
+    <stateDir>/pods/<containerID>/<ifname>.json   one pod port (Pod): its journal while ADD runs
+                                            (phase "adding", the ADD's pid and start time, the
+                                            steps begun), then its record (phase "done")
     <stateDir>/shared/<hash>.json           users of one vbr/vth pair in one enforcer netns
+
+The journal is written before each step of ADD that changes the kernel (`steps` names the
+step about to be done, and every one before it), so DEL and GC can undo any prefix of an ADD
+that was killed: an ADD whose process is gone (pid and /proc start time) left a dead journal.
+A user of a shared pair counts only while its journal or record (with the "pair" step) exists.
 
 Every record goes through libcni_py.records (O_EXCL|O_NOFOLLOW temp file, fsync, rename; a
 reader never sees half of one, and a record that is no JSON we wrote is NO_STATE, never a crash).
@@ -20,17 +27,23 @@ from plugins.pkg.names import check_ifname, check_path_component, short_hash
 from .errors import NO_STATE
 
 
+STEPS = ("pull", "pair", "dp", "rules")     # ADD's kernel-changing steps, in order
+
+
 class Pod:
     """One steered pod port; its record is its slots' values."""
     __slots__ = ("container_id", "ifname", "network", "netns", "enforcer", "vex", "vin", "vbr", "vth",
                  "datapath", "mode", "mode_by_hand", "installed", "mac", "ucmac", "vex_index", "vin_index",
-                 "vex_pref", "vin_pref", "fail_open", "dp_socket", "dp_wait_ms", "name")
+                 "vex_pref", "vin_pref", "fail_open", "dp_socket", "dp_wait_ms", "name",
+                 "phase", "steps", "adder", "snap")
 
     def __init__(self, container_id: str, ifname: str, network: str, netns: str, enforcer: str,
                  vex: str, vin: str, vbr: str, vth: str, datapath: str, mode: str,
                  mode_by_hand: bool = False, installed: str = "off", mac: str = "", ucmac: str = "",
                  vex_index: int = 0, vin_index: int = 0, vex_pref: int = 0, vin_pref: int = 0,
-                 fail_open: bool = False, dp_socket: str = "", dp_wait_ms: int = 500, name: str = ""):
+                 fail_open: bool = False, dp_socket: str = "", dp_wait_ms: int = 500, name: str = "",
+                 phase: str = "done", steps: list | None = None, adder: list | None = None,
+                 snap: dict | None = None):
         self.container_id, self.ifname, self.network = container_id, ifname, network
         self.netns, self.enforcer = netns, enforcer
         self.vex, self.vin, self.vbr, self.vth = vex, vin, vbr, vth
@@ -44,6 +57,15 @@ class Pod:
         self.vex_pref, self.vin_pref = vex_pref, vin_pref      # the pod's vbr filter priorities
         self.fail_open, self.dp_socket, self.dp_wait_ms = fail_open, dp_socket, dp_wait_ms
         self.name = name                  # how the dp's policy names the pod
+        self.phase = phase                # "adding": a journal (ADD not finished); "done": a record
+        # the steps begun, in order (STEPS); a record from before journals: all of them if steered
+        self.steps = list(steps) if steps is not None else (list(STEPS) if installed != "off" else [])
+        self.adder = list(adder or [])    # [pid, start time] of the ADD writing the journal
+        self.snap = snap                  # the pod interface as pull found it (triad.snapshot_record)
+
+    def dead_journal(self) -> bool:
+        """A journal whose ADD process is gone (its pid is dead, a zombie, or another process)."""
+        return self.phase == "adding" and not alive(self.adder)
 
     @property
     def key(self) -> str:
@@ -95,12 +117,18 @@ def load_pod(state_dir: str, container_id: str, ifname: str) -> Pod | None:
         raise CNIError(NO_STATE, f"unreadable dp-steering record {path}", str(e)) from None
 
 
-def all_pods(state_dir: str) -> list[Pod]:
+def all_pods(state_dir: str, skip_corrupt: bool = True) -> list[Pod]:
+    """Every journal and record (a corrupt one is left out, or raises NO_STATE)."""
     out = []
     root = os.path.join(state_dir, "pods")
     for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         for name in records.names(os.path.join(root, cid), ".json"):
-            pod = load_pod(state_dir, cid, name[:-5])
+            try:
+                pod = load_pod(state_dir, cid, name[:-5])
+            except CNIError:
+                if not skip_corrupt:
+                    raise
+                continue
             if pod is not None:
                 out.append(pod)
     return out
@@ -124,7 +152,10 @@ def _shared_path(state_dir: str, enforcer: str, vbr: str) -> str:
 
 
 def users(state_dir: str, enforcer: str, vbr: str) -> list[str]:
-    data = _read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record")
+    return _users(_read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record"))
+
+
+def _users(data) -> list[str]:
     if data is None:
         return []
     if not isinstance(data, dict) or not isinstance(data.get("users", []), list):
@@ -138,3 +169,67 @@ def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str]) -> None:
         _write(path, {"enforcer": enforcer, "vbr": vbr, "users": sorted(set(keys))})
     else:
         records.remove(path)
+
+
+def attached(state_dir: str, key: str) -> bool:
+    """Is `key` (containerID/ifname) a user of its pair still: its journal or record exists and
+    has begun the "pair" step? A corrupt record counts (DEL of it removes it)."""
+    cid, _, ifname = key.partition("/")
+    try:
+        pod = load_pod(state_dir, cid, ifname)
+    except CNIError:
+        return True
+    return pod is not None and "pair" in pod.steps
+
+
+def live_users(state_dir: str, enforcer: str, vbr: str, leaving: str = "") -> list[str]:
+    """The pair's users that still exist, without `leaving`."""
+    return [k for k in users(state_dir, enforcer, vbr) if k != leaving and attached(state_dir, k)]
+
+
+def all_shared(state_dir: str) -> list[tuple[str, str, list[str]]]:
+    """(enforcer, vbr, users) of every readable shared-pair record."""
+    out = []
+    root = os.path.join(state_dir, "shared")
+    for name in records.names(root, ".json"):
+        try:
+            data = records.read(os.path.join(root, name))
+            keys = _users(data)
+        except (OSError, ValueError, CNIError):
+            continue
+        if isinstance(data.get("enforcer"), str) and isinstance(data.get("vbr"), str):
+            out.append((data["enforcer"], data["vbr"], keys))
+    return out
+
+
+def proc_start(pid: int) -> str | None:
+    """The start time of process `pid` (/proc/<pid>/stat field 22), None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except (OSError, ValueError):
+        return None
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X", "x"):
+        return None
+    return fields[19]
+
+
+def me() -> list:
+    """[pid, start time] of this process, as a journal names its ADD."""
+    return [os.getpid(), proc_start(os.getpid())]
+
+
+def alive(adder) -> bool:
+    """Is the process a journal names ([pid, start time]) still running?"""
+    if not isinstance(adder, list) or len(adder) != 2 or not isinstance(adder[0], int) or adder[0] <= 0:
+        return False
+    return adder[1] is not None and proc_start(adder[0]) == adder[1]
+
+
+def load_pod_quietly(state_dir: str, container_id: str, ifname: str) -> Pod | None:
+    """load_pod, with a corrupt record read as none."""
+    try:
+        return load_pod(state_dir, container_id, ifname)
+    except CNIError:
+        return None

@@ -43,38 +43,83 @@ def port(pod: state.Pod) -> rules.Port:
     return rules.Port(pod.vex, pod.vin, pod.vbr, pod.mac, pod.ucmac, pod.vex_pref, pod.vin_pref)
 
 
-def engage(pod: state.Pod, state_dir: str, mode: str) -> None:
-    """Pull the pod's port and steer it in `mode` (inline may become tap: failOpen)."""
+def engage(pod: state.Pod, state_dir: str, mode: str, note=None) -> None:
+    """Pull the pod's port and steer it in `mode` (inline may become tap: failOpen), in one go
+    (`dp-steering mode`; ADD runs the three parts itself, waiting for the dp unlocked).
+    `note(step)` records each step before it is done; on failure what was done is undone."""
+    note = note or (lambda step: None)
+    try:
+        prepare(pod, state_dir, note)
+        installed = settle(pod, mode)
+        finish(pod, mode, installed, note)
+    except BaseException:
+        with contextlib.suppress(CNIError, OSError):
+            disengage(pod, state_dir)
+        raise
+
+
+def begin(pod: state.Pod, step: str, note) -> None:
+    """Journal `step` (with everything the pod knows so far) before doing it."""
+    if step not in pod.steps:
+        pod.steps.append(step)
+    note(step)
+
+
+def prepare(pod: state.Pod, state_dir: str, note) -> None:
+    """What ADD does under the state lock: pull the pod's port (its snapshot journaled first),
+    count it as a user of the pair (made if needed), take a UCMAC and vbr priorities, and
+    journal the dp registration about to be done. Raises with `pod.steps` naming what is
+    left to undo (disengage)."""
+    def before_pull(snap):
+        pod.mac, pod.snap = snap.mac, triad.snapshot_record(snap)
+        begin(pod, "pull", note)
     try:
         snap = triad.pull(pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin,
-                          ids.parking_mac(pod.container_id, pod.ifname))
-    except FileNotFoundError as e:
-        raise CNIError(errors.IFACE_MISSING, str(e)) from None
-    except FileExistsError as e:
-        raise CNIError(errors.NAME_CLASH, str(e)) from None
-    except OSError as e:
-        raise CNIError(errors.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
-                       "(the pod was put back as it was)", str(e)) from None
-    with link.open_rtnl(pod.enforcer) as rt, contextlib.ExitStack() as undo:   # undo runs while rt is open
-        undo.callback(triad.restore, pod.netns, pod.enforcer, pod.ifname, pod.vex, pod.vin, snap.mac)
-        pod.mac = snap.mac
+                          ids.parking_mac(pod.container_id, pod.ifname), before=before_pull)
+    except BaseException as e:
+        if "pull" in pod.steps:       # pull put the pod back itself
+            pod.steps.remove("pull")
+        if isinstance(e, FileNotFoundError):
+            raise CNIError(errors.IFACE_MISSING, str(e)) from None
+        if isinstance(e, FileExistsError):
+            raise CNIError(errors.NAME_CLASH, str(e)) from None
+        if isinstance(e, OSError):
+            raise CNIError(errors.PULL_FAILED, f"cannot pull {pod.ifname} into the enforcer netns "
+                           "(the pod was put back as it was)", str(e)) from None
+        raise
+    with link.open_rtnl(pod.enforcer) as rt:
         pod.vex_index, pod.vin_index = link.index_of(rt, pod.vex), link.index_of(rt, pod.vin)
+        begin(pod, "pair", note)
         try:
             enforcer.acquire(rt, pod, state_dir, snap.mtu)
         except OSError as e:
+            pod.steps.remove("pair")   # acquire left nothing
             raise CNIError(errors.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
-        undo.callback(enforcer.release, rt, pod, state_dir)
         _allocate(rt, pod, state_dir)
-        undo.callback(_forget, pod)
-        _install(rt, pod, _effective(rt, pod, mode))
-        pod.mode = mode
-        undo.pop_all()
+    begin(pod, "dp", note)
+
+
+def settle(pod: state.Pod, mode: str) -> str:
+    """Register the pod with the dp and wait (up to dpWaitMs) for one to read vth: the mode to
+    install. Needs no lock: it changes no kernel state and no record."""
+    with link.open_rtnl(pod.enforcer) as rt:
+        vth_index = link.index_of(rt, pod.vth)
+    return _effective(pod, vth_index, mode)
+
+
+def finish(pod: state.Pod, mode: str, installed: str, note) -> None:
+    """Under the state lock again: the filters for `installed`; the pod is steered."""
+    begin(pod, "rules", note)
+    with link.open_rtnl(pod.enforcer) as rt:
+        _install(rt, pod, installed)
+    pod.mode = mode
+    pod.snap = None
 
 
 def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
     """UCMAC and vbr priorities from the vex/vin ifindexes, unless another pod has them."""
     others = [p for p in state.all_pods(state_dir)
-              if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and p.installed != "off"]
+              if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and "pull" in p.steps]
     macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
     pod.ucmac = ids.ucmac(ids.allocate16(pod.vex_index, macs, "UCMAC"))
     prefs = {f.pref for f in tc.filters(rt, link.index_of(rt, pod.vbr))}
@@ -87,28 +132,57 @@ def switch(pod: state.Pod, mode: str) -> None:
     """inline <-> tap on a steered pod."""
     with link.open_rtnl(pod.enforcer) as rt:
         _remove_rules(rt, pod)
-        _install(rt, pod, _effective(rt, pod, mode))
+        _install(rt, pod, _effective(pod, link.index_of(rt, pod.vth), mode))
     pod.mode = mode
 
 
 def disengage(pod: state.Pod, state_dir: str) -> None:
-    """Back to the pod's single original interface; the enforcer keeps nothing of it.
-    With pod.netns "" (gone) vex/vin are just deleted."""
-    if pod.installed != "off":
-        _forget(pod)
+    """Undo the steps the pod's journal or record names (all of them for a steered pod), last
+    first: back to its single original interface, the enforcer keeps nothing of it. With
+    pod.netns "" (gone) vex/vin are just deleted. A dead ADD's journal is undone with the
+    snapshot its pull took."""
+    steps = set(pod.steps)
+    if "dp" in steps:
+        forget(pod)
     if not os.path.exists(pod.enforcer):        # vex, vin, filters and pair went with it
-        state.set_users(state_dir, pod.enforcer, pod.vbr,
-                        [k for k in state.users(state_dir, pod.enforcer, pod.vbr) if k != pod.key])
-    elif pod.installed != "off":
+        if "pair" in steps:
+            keys = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key)
+            state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
+    elif steps:
+        before = triad.snapshot_from(pod.snap) if pod.phase == "adding" and pod.snap else None
         try:
             with link.open_rtnl(pod.enforcer) as rt:
-                _remove_rules(rt, pod)
-                triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin, pod.mac)
-                if enforcer.release(rt, pod, state_dir) and pod.dp_socket:
-                    dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+                if "rules" in steps:
+                    _remove_rules(rt, pod)
+                if "pull" in steps:
+                    triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin,
+                                  pod.mac or None, before)
+                if "pair" in steps and enforcer.release(rt, pod, state_dir) and pod.dp_socket:
+                    try:
+                        dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+                    except dpctl.DpError as e:     # the dp's table is the dp's (as forget)
+                        log.warning("the dp on %s refused to stop reading %s: %s", pod.dp_socket, pod.vth, e)
         except OSError as e:
             raise CNIError(errors.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
+    pod.steps = []
     pod.installed = "off"
+
+
+def drop_dead_users(state_dir: str) -> None:
+    """GC: every shared pair forgets users whose journal or record is gone; a pair left
+    without users is deleted."""
+    for enf, vbr, keys in state.all_shared(state_dir):
+        live = [k for k in keys if state.attached(state_dir, k)]
+        if live == keys:
+            continue
+        log.warning("GC: %s in %s forgets users that no longer exist: %s", vbr, enf, sorted(set(keys) - set(live)))
+        state.set_users(state_dir, enf, vbr, live)
+        if not live and os.path.exists(enf):
+            with link.open_rtnl(enf) as rt:
+                have = link.find(rt, vbr)
+                peer = rt.link(index=have.peer) if have is not None and have.kind == "veth" and have.peer else None
+                if peer is not None:
+                    enforcer.drop_pair(rt, vbr, peer.name)     # only a veth pair vbr <-> its peer
 
 
 def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
@@ -121,7 +195,11 @@ def set_mode(pod: state.Pod, state_dir: str, mode: str) -> None:
         if not os.path.exists(pod.netns):
             raise CNIError(errors.NO_STATE, f"the netns {pod.netns} of {pod.key} is gone")
         config.check_enforcer(pod.enforcer)
-        engage(pod, state_dir, mode)
+        try:
+            engage(pod, state_dir, mode, lambda step: state.save_pod(state_dir, pod))
+        except BaseException:
+            state.save_pod(state_dir, pod)      # what is left: nothing (engage undid it), or what a retry undoes
+            raise
     else:
         switch(pod, mode)
 
@@ -189,7 +267,7 @@ def sweep(state_dir: str, enforcer_ns: str, vbr: str, pod_ns: str, container_id:
     found = key in keys
     if not enforcer_ns or not os.path.exists(enforcer_ns):
         if found:
-            state.set_users(state_dir, enforcer_ns, vbr, [k for k in keys if k != key])
+            state.set_users(state_dir, enforcer_ns, vbr, state.live_users(state_dir, enforcer_ns, vbr, key))
         return found
     try:
         with link.open_rtnl(enforcer_ns) as rt:
@@ -203,16 +281,17 @@ def sweep(state_dir: str, enforcer_ns: str, vbr: str, pod_ns: str, container_id:
                 log.warning("DEL %s: no record, putting back %s/%s found in %s", key, vex, vin, enforcer_ns)
                 triad.restore(pod_ns or None, enforcer_ns, ifname, vex, vin, mac)
             if key in keys:
-                keys = [k for k in keys if k != key]
+                keys = state.live_users(state_dir, enforcer_ns, vbr, key)
                 state.set_users(state_dir, enforcer_ns, vbr, keys)
-                if not keys:
+                have = link.find(rt, vbr)
+                if not keys and have is not None and have.kind == "veth":
                     link.delete_if_exists(rt, vbr)
     except OSError as e:
         raise CNIError(errors.PULL_FAILED, f"cannot put {ifname} of {key} back", str(e)) from None
     return found
 
 
-def _effective(rt, pod: state.Pod, mode: str) -> str:
+def _effective(pod: state.Pod, vth_index: int | None, mode: str) -> str:
     """The mode to install: inline unless the dp is not there and failOpen says tap."""
     answered = not pod.dp_socket or dpctl.add_port(
         pod.dp_socket, mac=pod.mac, ucmac=pod.ucmac, iface=pod.vth, mode=mode,
@@ -221,7 +300,7 @@ def _effective(rt, pod: state.Pod, mode: str) -> str:
         return mode
     if not answered:
         why = f"no answer on dpSocket {pod.dp_socket}"
-    elif enforcer.wait_reader(pod.enforcer, link.index_of(rt, pod.vth), pod.dp_wait_ms):
+    elif vth_index is not None and enforcer.wait_reader(pod.enforcer, vth_index, pod.dp_wait_ms):
         return mode
     else:
         why = f"no reader on {pod.vth}"
@@ -259,7 +338,7 @@ def _remove_rules(rt, pod: state.Pod) -> None:
                 tc.delete_filter(rt, index, pref)
 
 
-def _forget(pod: state.Pod) -> None:
+def forget(pod: state.Pod) -> None:
     """Unregister the pod from the dp. A dp that refuses is logged, not fatal: what the kernel
     holds for the pod is ours to remove, the dp's table is the dp's."""
     if pod.dp_socket and pod.mac:

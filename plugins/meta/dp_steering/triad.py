@@ -71,14 +71,41 @@ def _batch(rt: nl.Rtnl, msgs: list, what: str, tolerated: tuple[int, ...]) -> No
             raise nl.NetlinkError(err, f"{what}: {os.strerror(err)}")
 
 
-def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac: str) -> Snapshot:
+def snapshot_record(snap: Snapshot) -> dict:
+    """The snapshot as JSON a journal keeps (a killed pull is undone with what it had)."""
+    return {"mac": snap.mac, "mtu": snap.mtu, "txqlen": snap.txqlen, "peer": snap.peer,
+            "addrs": [[str(a.address), a.flags, str(a.broadcast) if a.broadcast else None] for a in snap.addrs],
+            "routes": [[*r[:9], {str(k): v.hex() for k, v in r.attrs.items()}] for r in snap.routes],
+            "neighs": [[str(n.dst), n.lladdr] for n in snap.neighs]}
+
+
+def snapshot_from(rec) -> Snapshot | None:
+    """snapshot_record's inverse; None for anything else (a journal we cannot trust)."""
+    import ipaddress
+    try:
+        return Snapshot(
+            mac=str(rec["mac"]), mtu=int(rec["mtu"]), txqlen=int(rec["txqlen"]), peer=int(rec["peer"] or 0),
+            addrs=[nl.Addr(0, ipaddress.ip_interface(a), int(f), ipaddress.ip_address(b) if b else None)
+                   for a, f, b in rec["addrs"]],
+            routes=[link.LinkRoute._make([*(int(v) for v in r[:9]),
+                                          {int(k): bytes.fromhex(v) for k, v in r[9].items()}])
+                    for r in rec["routes"]],
+            neighs=[nl.Neigh(0, 0, ipaddress.ip_address(d), str(ll), nl.NUD_PERMANENT, 0, 0)
+                    for d, ll in rec["neighs"]])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac: str,
+         before=None) -> Snapshot:
     """Swap the pod's interface for a vex/vin triad; returns the snapshot taken before.
 
     Indexes are kept where they can be, so the veth peering looks the same from both
     ends (the previous plugin's CHECK compares them): the new CNI_IFNAME gets vex's
     ifindex and vin the ifindex of the host-side peer. Raises FileNotFoundError when
     `ifname` is not in the pod netns, FileExistsError when vex/vin names are taken.
-    On any failure the pod is restored before raising.
+    On any failure the pod is restored before raising. `before(snapshot)` runs after the
+    checks and before the first change (dp-steering's journal).
     """
     with link.open_rtnl(pod_ns) as pod, link.open_rtnl(enf_ns) as enf:
         index = link.index_of(pod, ifname)
@@ -89,6 +116,8 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             if taken:
                 raise FileExistsError(errno.EEXIST, f"{', '.join(taken)} already in {where}")
         snap = snapshot(pod, index)
+        if before is not None:
+            before(snap)
         try:
             link.set_link(pod, index, up=False)
             link.set_link(pod, index, name=vex, mac=parking_mac)
@@ -121,17 +150,21 @@ def quiet_up(rt: nl.Rtnl, netns: str, name: str) -> None:
     link.set_link(rt, link.index_of(rt, name), up=True)
 
 
-def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None) -> None:
-    """Undo a pull. With the pod netns gone (None), just delete vex/vin in the enforcer."""
+def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
+            before: Snapshot | None = None) -> None:
+    """Undo a pull. With the pod netns gone (None), just delete vex/vin in the enforcer.
+    `before`: the snapshot a pull that did not finish took (the pod gets it back); without
+    it the pod gets what CNI_IFNAME carries now."""
     with link.open_rtnl(enf_ns) as enf:
         if pod_ns is None or not os.path.exists(pod_ns):
             for name in (vex, vin):
                 link.delete_if_exists(enf, name)
             return
         with link.open_rtnl(pod_ns) as pod:
-            snap = None
+            snap = before
             cur = link.index_of(pod, ifname)
-            if cur is not None and (link.index_of(enf, vex) is not None or link.index_of(pod, vex) is not None):
+            pulled = link.index_of(enf, vex) is not None or link.index_of(pod, vex) is not None
+            if snap is None and cur is not None and pulled:
                 snap = snapshot(pod, cur)         # the pod's live config, on our veth
             _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap)
 
