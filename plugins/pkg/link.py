@@ -254,3 +254,58 @@ def route_through_msg(r: LinkRoute, oif: int) -> tuple[int, int, bytes]:
     body += b"".join(nl.nla(k, v) for k, v in r.attrs.items())
     body += nl.nla(nl.RTA_TABLE, _u32(r.table)) + nl.nla(nl.RTA_OIF, _u32(oif))
     return nl.RTM_NEWROUTE, nl.F_CREATE | nl.F_EXCL, body
+
+
+# -- marks: telling a link we made from one someone else made ------------------------------
+IFLA_IFALIAS, IFLA_GROUP = 20, 27
+
+# What `marks()` reads of a link: ifindex, kind, up, device group (IFLA_GROUP, 0 = default)
+# and alias ("" = none).
+Marks = namedtuple("Marks", "index kind up group alias")
+
+
+def marks(rt: nl.Rtnl, name: str) -> Marks | None:
+    """Kind, state, group and alias of link `name` here; None when there is none."""
+    got = rt.link_attrs(check_ifname(name))
+    if got is None:
+        return None
+    index, flags, attrs = got
+    info = nl.nla_parse(attrs.get(nl.IFLA_LINKINFO, b""))
+    group = attrs.get(IFLA_GROUP)
+    return Marks(index, info.get(nl.IFLA_INFO_KIND, b"").rstrip(b"\0").decode(), bool(flags & nl.IFF_UP),
+                 struct.unpack("=I", group)[0] if group else 0,
+                 attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"))
+
+
+def create_marked(rt: nl.Rtnl, name: str, kind: str, group: int, *, up: bool = False, mac: str = "") -> int:
+    """Create link `name` of `kind` (one that needs no IFLA_INFO_DATA: bridge, dummy) in device
+    group `group`, in ONE request, so the link never exists unmarked: a process killed at any
+    point leaves no link, or a marked one. (The kernel ignores IFLA_IFALIAS in a creating
+    RTM_NEWLINK, so an alias is a second request and cannot be the mark; the group is applied
+    at creation.) Returns its ifindex; FileExistsError when the name is taken."""
+    info = nl.nla(nl.IFLA_LINKINFO, nl.nla(nl.IFLA_INFO_KIND, kind.encode()))
+    body = _ifi(up=up or None) + _link_attrs(name, mac=mac) + nl.nla(IFLA_GROUP, _u32(group)) + info
+    err = rt.batch([(nl.RTM_NEWLINK, nl.F_CREATE | nl.F_EXCL, body)])[0]
+    if err == errno.EEXIST:
+        raise FileExistsError(err, f"link {name} exists")
+    if err:
+        raise nl.NetlinkError(err, f"create {kind} {name}: {os.strerror(err)}")
+    created = rt.link(name)
+    if created is None:
+        raise nl.NetlinkError(errno.ENODEV, f"{kind} {name} vanished after creation")
+    return created.index
+
+
+def set_alias_msg(index: int, alias: str) -> tuple[int, int, bytes]:
+    """Set the alias of link `index` (`ip link set ... alias`); for Rtnl.batch."""
+    return nl.RTM_NEWLINK, 0, _ifi(index) + nl.nla(IFLA_IFALIAS, alias.encode())
+
+
+def delete_index(rt: nl.Rtnl, index: int) -> bool:
+    """Delete link `index`; False when it was not there."""
+    err = rt.batch([nl.link_del_msg(index)])[0]
+    if err in (errno.ENODEV, errno.ENOENT):
+        return False
+    if err:
+        raise nl.NetlinkError(err, f"delete link {index}: {os.strerror(err)}")
+    return True

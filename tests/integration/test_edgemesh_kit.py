@@ -124,10 +124,11 @@ def ask(ns, proto: str, ip: str, port: int = 80) -> str:
 
 
 def run_plugin(command: str, conf: dict, *, netns: str, cid="c1", ifname="eth0", args="",
-               inside: str | None = None) -> tuple[int, dict | None, str]:
-    """Exec the edgemesh plugin directly (as a runtime does) in netns `inside`; (rc, json, stderr)."""
+               inside: str | None = None, env: dict | None = None) -> tuple[int, dict | None, str]:
+    """Exec the edgemesh plugin directly (as a runtime does) in netns `inside`, with `env` added
+    to the CNI environment; (rc, json, stderr)."""
     env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=netns,
-               CNI_IFNAME=ifname, CNI_ARGS=args, CNI_PATH=":".join(CNI_PATH))
+               CNI_IFNAME=ifname, CNI_ARGS=args, CNI_PATH=":".join(CNI_PATH), **(env or {}))
     argv = [EDGEMESH] if inside is None else ["ip", "netns", "exec", inside, EDGEMESH]
     p = subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
     out = json.loads(p.stdout) if p.stdout.strip() else None

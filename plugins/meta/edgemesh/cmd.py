@@ -108,14 +108,18 @@ def desired(args: CmdArgs, command: str) -> tuple[config.NetConf, dict[str, list
 
 def remove_pods(conf: config.NetConf, drop) -> None:
     """Drop the selected pods' rules; with none left, remove chains, jumps and our device; with
-    none of this network left, its record."""
+    none of this network left, its record.
+
+    Our (marked) edgemesh0 goes whenever no edgemesh rule is left on the node, also when this
+    call tore nothing down: an ADD killed after creating the device and before its rules were
+    applied leaves only the device, and its DEL or a GC must remove it."""
     with locked(conf.lock_path):
         torn, left = [], set()
         for b in backends.holding_rules(conf.backend):
             current = b.read()
             left |= conflict.networks_in(current, drop)
             torn.append(backends.converge(b, current, shared=None, drop=drop, teardown_when_empty=True).teardown)
-        if any(torn) and not backends.footprints():
+        if all(torn) and listen.present() and not backends.footprints():
             listen.remove_if_ours()
         if conf.network not in left:
             conflict.forget(conf)

@@ -85,5 +85,7 @@ def record(conf: NetConf, backend) -> None:
 
 
 def forget(conf: NetConf) -> None:
-    """This network has no pod left on the node: drop its record."""
+    """This network has no pod left on the node: drop its record (and the temp files of writers
+    killed mid-write, so a crashed ADD's DEL or GC leaves no file behind)."""
     records.remove(conf.record_path(conf.network))
+    records.clean_stale(conf.records_dir)
