@@ -17,6 +17,11 @@ VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main
              "plugins.main.vxlan.pod", "plugins.main.vxlan.ipam", "plugins.main.vxlan.registry",
              "libcni_py.records",
              "libcni_py.invoke", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
+# edgemesh's first-pod ADD and last-pod DEL: edgemesh0 through plugins.pkg's raw rtnetlink (the
+# execs themselves: tests/integration/test_edgemesh_crash.py::test_first_and_last_pod_import_no_pyroute2)
+EDGEMESH_DEVICE = ("plugins.meta.edgemesh.cmd", "plugins.meta.edgemesh.listen", "plugins.meta.edgemesh.conflict",
+                   "plugins.meta.edgemesh.backends", "plugins.pkg.link", "plugins.pkg.rtnl", "plugins.pkg.lock",
+                   "libcni_py.records")
 DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.state",
                    "plugins.meta.dp_steering.steering", "plugins.meta.dp_steering.datapath_ebpf",
                    "plugins.meta.dp_steering.datapath_pedit", "plugins.meta.dp_steering.dpctl",
@@ -24,9 +29,10 @@ DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.sta
 
 
 @pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",),
-                                     ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
+                                     EDGEMESH_DEVICE, ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
                                      ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd")],
-                         ids=["vxlan", "vxlan-add-path", "edgemesh", "dp-steering", "dp-steering-add-path", "skel"])
+                         ids=["vxlan", "vxlan-add-path", "edgemesh", "edgemesh-device-path",
+                              "dp-steering", "dp-steering-add-path", "skel"])
 def test_plugin_imports_nothing_heavy(modules):
     code = (f"import sys\nimport {', '.join(modules)}\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
