@@ -1,7 +1,9 @@
 """Run the reference dp (pycni-dp) for a test: started in a netns, ready when it answers."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import time
 
@@ -51,6 +53,17 @@ class DP:
         except OSError:
             return ""
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kib(self) -> int:
+        """The dp process's resident memory (VmRSS), in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
     def stats(self) -> dict:
         s = dpctl.stats(self.socket, timeout=5)
         assert s is not None, f"pycni-dp does not answer:\n{self.output()}"
@@ -72,3 +85,36 @@ class DP:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Client:
+    """A long-lived control client, as NeuVector's agent keeps one: a socket bound to
+    `path` and connected to the dp. `ask` sends one request and waits for its reply;
+    `send` only sends (a client that never reads uses nothing else)."""
+
+    def __init__(self, dp_socket: str, path: str):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.connect(dp_socket)
+
+    def send(self, msg) -> None:
+        self.sock.send(msg if isinstance(msg, bytes) else json.dumps(msg).encode())
+
+    def ask(self, msg, timeout: float = 5.0) -> dict:
+        self.send(msg)
+        self.sock.settimeout(timeout)
+        return json.loads(self.sock.recv(1 << 20))
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

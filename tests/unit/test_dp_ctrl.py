@@ -53,11 +53,85 @@ def ask(control, msg):
     (b'{"ctrl_cfg_internal_net": {"subnet_addr": 3}}', "subnet_addr"),
     (b'{"ctrl_reload_policy": {}}', "no --policy file"),
     (b'{"ctrl_reload_policy": {"policy": {"rules": [{"action": "maybe"}]}}}', "rules[0].action"),
+    (b"[" * 2048, "nested too deeply"),                   # the datagram that killed the dp
+    (b'{"ctrl_stats": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
+    (b'{"ctrl_stats": {"macs": ' + b"[" * 30 + b"]" * 30 + b"}}", "nested deeper than 16"),
+    (b'{"ctrl_keep_alive": {"seq_num": 1e999}}', "bad JSON"),
+    (b'{"ctrl_keep_alive": {"seq_num": NaN}}', "bad JSON"),
+    (b'{"ctrl_keep_alive": {"seq_num": 1.5}}', "seq_num"),
+    (b'{"' + b"x" * 5000 + b'": {}}', "unknown message 'xxxx"),
+    (b'{"ctrl_add_mac": {"mac": "02:00:00:00:00:01", "name": "' + b"n" * 300 + b'"}}', "name"),
 ])
 def test_bad_requests_get_an_error_reply(control, data, error):
     reply = control.handle(data)
     assert reply["ok"] is False
     assert error in reply["error"]
+
+
+def test_unknown_message_name_is_shortened_in_the_reply(control):
+    reply = control.handle(b'{"' + b"x" * 5000 + b'": {}}')
+    assert len(reply["msg"]) < 80 and len(json.dumps(reply)) < 300
+
+
+def test_a_handler_bug_is_an_error_reply(control):
+    def broken(p):
+        return {"x": 1 // 0}
+    control.handlers["ctrl_keep_alive"] = broken
+    reply = ask(control, {"ctrl_keep_alive": {}})
+    assert reply["ok"] is False and "internal error" in reply["error"]
+    assert "ZeroDivisionError" in reply["error"]
+
+
+def add(control, i, client="c1"):
+    return control.handle(json.dumps({"ctrl_add_mac": {
+        "mac": "02:00:00:%02x:%02x:%02x" % (i >> 16 & 255, i >> 8 & 255, i & 255)}}).encode(),
+        client)
+
+
+def test_registrations_per_client_are_capped(control):
+    cap = ctrl.MAX_PODS_PER_CLIENT
+    assert all(add(control, i)["ok"] for i in range(cap))
+    reply = add(control, cap)
+    assert reply["ok"] is False and f"the limit per client is {cap}" in reply["error"]
+    assert add(control, 5)["ok"]                          # re-adding one of its own: fine
+    assert add(control, cap, client="c2")["ok"]           # another client may
+    assert ask(control, {"ctrl_del_mac": {"mac": "02:00:00:00:00:07"}})["found"]
+    assert add(control, cap + 1)["ok"]                    # a deleted pod frees its slot
+    assert control.dp.registered == cap + 1 and control.dp.by_owner == {"c1": cap, "c2": 1}
+
+
+def test_registrations_in_total_are_capped(control):
+    total, per = ctrl.MAX_PODS, ctrl.MAX_PODS_PER_CLIENT
+    for i in range(total):
+        assert add(control, i, client=f"c{i // per}")["ok"]
+    reply = add(control, total, client="new")
+    assert reply["ok"] is False and f"the limit is {total}" in reply["error"]
+    assert add(control, 3, client="new")["ok"]            # replacing one: no growth
+    assert control.dp.registered == total
+    assert len(control.dp.endpoints) == total
+
+
+def test_service_ports_are_capped(control):
+    for i in range(ctrl.MAX_SRVC_PORTS):
+        assert ask(control, {"ctrl_add_srvc_port": {"iface": f"fz{i}"}})["ok"]
+    reply = ask(control, {"ctrl_add_srvc_port": {"iface": "one-more"}})
+    assert reply["ok"] is False and f"the limit is {ctrl.MAX_SRVC_PORTS}" in reply["error"]
+    assert ask(control, {"ctrl_add_srvc_port": {"iface": "fz0", "tap": True}})["ok"]
+
+
+def test_learned_pods_are_capped():
+    from plugins.dp import datapath
+
+    class Port:
+        iface = "vth"
+    dp = Datapath(Policy())
+    for i in range(datapath.MAX_LEARNED + 10):
+        uc = datapath.UCMAC_PREFIX + i.to_bytes(2, "big")
+        ep, _ = dp._classify(uc, bytes(6), Port())
+        assert (ep is not None) == (i < datapath.MAX_LEARNED)
+    assert dp.learned == len(dp.endpoints) == datapath.MAX_LEARNED
+    dp.del_endpoint(datapath.UCMAC_PREFIX + bytes(2))
+    assert dp.learned == datapath.MAX_LEARNED - 1
 
 
 def test_article_sequence_registers_the_pod(control):
@@ -218,3 +292,43 @@ def test_too_large_reply_becomes_an_error_reply(server, control):
     with pytest.raises(dpctl.DpError, match="too large"):
         dpctl.stats(server.path, timeout=5)
     assert len(dpctl.stats(server.path, ["00:00:00:00:00:07"], timeout=5)["pods"]) == 1
+
+
+def _client(tmp_path, name, server):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c.bind(str(tmp_path / name))
+    c.connect(server.path)
+    c.settimeout(5)
+    return c
+
+
+def test_nested_datagram_over_the_socket_gets_an_error_reply(server, tmp_path):
+    c = _client(tmp_path, "c", server)
+    c.send(b"[" * 2048)
+    reply = json.loads(c.recv(1 << 16))
+    assert reply["ok"] is False and "nested too deeply" in reply["error"]
+    c.send(b'{"ctrl_keep_alive": {"seq_num": "x' + b"y" * (ctrl.MAX_MSG + 10) + b'"}}')
+    reply = json.loads(c.recv(1 << 16))
+    assert reply["ok"] is False and f"over {ctrl.MAX_MSG} bytes" in reply["error"]
+    c.close()
+    assert dpctl.ping(server.path)["pid"] == os.getpid()
+
+
+def test_a_client_that_never_reads_does_not_silence_the_server(server, tmp_path):
+    """Unread replies stay charged to the dp's socket: without the stall the 213 KiB
+    default send buffer was full after ~170 replies and nobody got an answer."""
+    bad = _client(tmp_path, "bad", server)
+    good = _client(tmp_path, "good", server)          # long-lived and reading
+    for i in range(4000):
+        bad.send(b'{"ctrl_stats": {}}')
+        if i % 50 == 0:
+            good.send(json.dumps({"ctrl_keep_alive": {"seq_num": i}}).encode())
+            assert json.loads(good.recv(1 << 16))["seq_num"] == i
+        if i % 500 == 0:
+            assert dpctl.ping(server.path) is not None
+    assert server.clients.dropped > 0
+    assert str(tmp_path / "bad") in server.clients.stalled
+    assert server.clients.outq() < 2 * ctrl.MAX_UNREAD + ctrl.SLACK
+    bad.close()                                          # gone: its replies freed
+    assert dpctl.ping(server.path) is not None
+    assert server.clients.stalled == {} and server.clients.outq() < ctrl.SLACK
