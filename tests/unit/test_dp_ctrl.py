@@ -316,12 +316,15 @@ def test_nested_datagram_over_the_socket_gets_an_error_reply(server, tmp_path):
 
 def test_a_client_that_never_reads_does_not_silence_the_server(server, tmp_path):
     """Unread replies stay charged to the dp's socket: without the stall the 213 KiB
-    default send buffer was full after ~170 replies and nobody got an answer."""
+    default send buffer was full after ~170 replies and nobody got an answer; a larger
+    buffer alone only delays it (40 KB replies here fill 16 MiB in ~400)."""
+    for i in range(100):
+        server.control.dp.add_endpoint(ctrl.Endpoint(i.to_bytes(6, "big"), name="p" * 40))
     bad = _client(tmp_path, "bad", server)
     good = _client(tmp_path, "good", server)          # long-lived and reading
     for i in range(4000):
         bad.send(b'{"ctrl_stats": {}}')
-        if i % 50 == 0:
+        if i % 20 == 0:
             good.send(json.dumps({"ctrl_keep_alive": {"seq_num": i}}).encode())
             assert json.loads(good.recv(1 << 16))["seq_num"] == i
         if i % 500 == 0:
