@@ -223,3 +223,29 @@ def test_auto_after_a_full_cycle_stays_on_iptables(host):
     assert chains(host.snapshot()[0]) != []
     assert host.run("DEL", host.conf())[0] == 0
 
+
+
+@pytest.mark.parametrize("own", ["/proc/self/ns/net", "/proc/thread-self/ns/net"])
+def test_host_own_namespace_as_cni_netns_changes_nothing_else(host, own):
+    """issue 9 point 8: edgemesh never enters or changes CNI_NETNS (it writes the node's rules from
+    prevResult's address, where it runs), so the plugin's own namespace as the "pod's" is accepted
+    and changes exactly what a pod's namespace does: no route, link or address besides edgemesh0."""
+    def routes():
+        return host.ns.run("ip", "route", "show", "table", "all").stdout
+    before = routes()
+    for _ in range(2):                  # the first cycle leaves iptables-nft's `ip nat` table behind
+        assert host.run("ADD", host.conf())[0] == 0
+        as_pod = host.snapshot()
+        assert host.run("DEL", host.conf())[0] == 0
+    assert host.run("ADD", host.conf())[0] == 0
+    assert host.snapshot() == as_pod
+    assert host.run("DEL", host.conf())[0] == 0
+    conf = host.conf(prevResult=prev_result("10.22.0.5", own))
+    rc, out, _ = host.run("ADD", conf, netns=own)
+    assert rc == 0, out
+    assert host.snapshot() == as_pod
+    links = [line.split()[1] for line in host.ns.run("ip", "-o", "link", "show").stdout.splitlines()]
+    assert links == ["lo:", "edgemesh0:"]
+    assert host.run("CHECK", conf, netns=own)[0] == 0
+    assert host.run("DEL", conf, netns=own)[0] == 0
+    assert routes() == before and host.snapshot()[2] is False
