@@ -48,3 +48,63 @@ def test_sigkill_during_add_then_del_and_gc_leave_nothing(netns, tmp_path, name)
     assert rep.hung_orphans == 0, f"what the killed plugin forked did not end within 15 s: {rep.summary()}"
     # the points are meant to fall inside ADD: most kills must find the plugin still running
     assert rep.mid > rep.kills / 2, f"too few kills landed mid-ADD: {rep.summary()}"
+
+
+class _Bare(crash.Target):
+    """Just a host netns and a state dir: what the residue check is checked on."""
+    name = plugin = "bare"
+    iptables = nft = True
+
+    def __init__(self, factory, tmp):
+        super().__init__(factory, tmp)
+        self.host = factory("crb")
+        self.state = os.path.join(self.tmp, "state")
+        os.makedirs(self.state)
+
+    def namespaces(self):
+        return {"host": self.host}
+
+    def state_roots(self):
+        return [self.state]
+
+
+LEFTOVERS = [
+    ("link", ["ip", "link", "add", "crleft", "type", "veth", "peer", "name", "crleftp"]),
+    ("address", ["ip", "addr", "add", "10.77.0.1/32", "dev", "lo"]),
+    ("route", ["ip", "route", "add", "10.77.1.0/24", "dev", "lo", "table", "100"]),
+    ("rule", ["ip", "rule", "add", "from", "10.77.2.0/24", "lookup", "100"]),
+    ("neighbour", ["ip", "neigh", "add", "10.77.3.1", "lladdr", "02:00:00:00:77:01", "dev", "crd2",
+                   "nud", "permanent"]),
+    ("qdisc", ["tc", "qdisc", "add", "dev", "crd2", "clsact"]),
+    ("filter", ["tc", "filter", "add", "dev", "crd3", "ingress", "protocol", "ip", "u32", "match", "ip", "dst",
+                "10.77.4.1/32"]),
+    ("iptables", ["iptables", "-t", "nat", "-N", "CRASH-LEFT"]),
+    ("nft", ["nft", "add", "table", "inet", "crashleft"]),
+]
+
+
+@pytest.mark.parametrize("what,argv", LEFTOVERS, ids=[w for w, _ in LEFTOVERS])
+def test_the_residue_check_sees_what_a_plugin_could_leave(netns, tmp_path, what, argv):
+    t = _Bare(netns, tmp_path)
+    for dev in ("crd2", "crd3"):
+        t.host.run("ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p")
+        t.host.run("ip", "link", "set", dev, "up")
+    t.host.run("ip", "addr", "add", "10.77.3.0/24", "dev", "crd2")
+    t.host.run("tc", "qdisc", "add", "dev", "crd3", "clsact")
+    before = crash.snapshot(t)
+    assert crash.diff(before, crash.snapshot(t)) == {}, "two snapshots of an unchanged netns differ"
+    t.host.run(*argv)
+    left = crash.diff(before, crash.snapshot(t))
+    assert left, f"a leftover {what} ({' '.join(argv)}) is not seen"
+
+
+def test_the_residue_check_sees_a_state_file(netns, tmp_path):
+    t = _Bare(netns, tmp_path)
+    before = crash.snapshot(t)
+    os.makedirs(os.path.join(t.state, "pods", "c1"))
+    with open(os.path.join(t.state, "pods", "c1", "eth0.json"), "w") as f:
+        f.write("{}")
+    with open(os.path.join(t.state, "lock"), "w") as f:     # locks are not residue
+        f.write("")
+    left = crash.diff(before, crash.snapshot(t))
+    assert list(left) == [f"files {t.state}"] and "pods/c1/eth0.json" in left[f"files {t.state}"], left

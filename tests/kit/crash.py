@@ -347,7 +347,7 @@ class Target:
 class VxlanTarget(Target):
     name = plugin = "vxlan"
     network = "crashvx"
-    iptables = True
+    iptables = nft = True
 
     def __init__(self, factory, tmp):
         super().__init__(factory, tmp)
