@@ -233,8 +233,6 @@ def test_world_is_clean_after_the_cases(world):
 def test_add_result_carries_the_config_version(world, prev_version, request):
     """An ADD that succeeds answers a result of the config's cniVersion, whatever prevResult says
     (libcni cannot read one without). Found by the fuzz test (edgemesh returns prevResult as is)."""
-    if world.plugin == "edgemesh":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="edgemesh ADD returns prevResult unchanged"))
     conf = world.conf("ADD", "add")
     prev = conf.get("prevResult") or F.prev_result("10.22.0.6", world.pod_ns("add").path)
     prev = {k: v for k, v in prev.items() if k != "cniVersion"}

@@ -22,9 +22,7 @@ SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "8"))
 CASES = int(os.environ.get("PYCNI_FUZZ_CASES", "150"))
 ORDER = ("VERSION", "STATUS", "CHECK", "ADD", "DEL", "GC")       # cleanup verbs last
 # (plugin, verb) -> reason: open bugs the default seed finds, xfail(strict) until fixed
-KNOWN = {("edgemesh", "ADD"): "edgemesh ADD returns prevResult as given: without cniVersion (or with one no "
-                              "runtime reads) its result is no CNI result (test_bad_input::test_add_result_"
-                              "carries_the_config_version)"}
+KNOWN: dict = {}
 
 
 def _params():

@@ -39,7 +39,7 @@ def cmd_add(args: CmdArgs):
             if created:
                 listen.remove_if_ours()
             raise
-    return args.conf["prevResult"]          # unchanged, as the previous plugin wrote it
+    return args.prev_result      # the previous plugin's result, in the config's cniVersion (skel encodes it)
 
 
 def cmd_check(args: CmdArgs):
@@ -115,11 +115,12 @@ def remove_pods(conf: config.NetConf, drop) -> None:
     applied leaves only the device, and its DEL or a GC must remove it."""
     with locked(conf.lock_path):
         torn, left = [], set()
-        for b in backends.holding_rules(conf.backend):
+        held = backends.holding_rules(conf.backend)
+        for b in held:
             current = b.read()
             left |= conflict.networks_in(current, drop)
             torn.append(backends.converge(b, current, shared=None, drop=drop, teardown_when_empty=True).teardown)
-        if all(torn) and listen.present() and not backends.footprints():
+        if all(torn) and listen.present() and not backends.rules_left(conf.backend, held):
             listen.remove_if_ours()
         if conf.network not in left:
             conflict.forget(conf)
