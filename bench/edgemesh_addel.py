@@ -8,9 +8,9 @@ from inside the netns. Scenarios:
   first/last   ADD on a clean node (creates chains and root jumps), DEL of that only pod
                (removes them all); portmap's first ADD likewise creates its chains
   steady       one other pod stays attached: ADD/DEL touch one pod rule only
-  +device      first/last with ensureListenDevice (creates/removes edgemesh0: pyroute2)
+  +device      first/last with ensureListenDevice (creates/removes edgemesh0 over netlink)
 With `--before DIR` (an older tree: `git archive REV | tar -x -C DIR`), that code's edgemesh
-runs first/last and steady too, interleaved (PYTHONPATH=DIR, same venv, its bytecode compiled).
+runs every scenario too, interleaved (PYTHONPATH=DIR, same venv, its bytecode compiled).
 Writes the table into bench/edgemesh.md (or $PYCNI_BENCH_OUT/), section "addel".
 """
 from __future__ import annotations
@@ -84,7 +84,8 @@ def main() -> int:
             for i in range(runs + 3):
                 for label, extra in variants.items():
                     cycle(f"{label} first/last", EDGEMESH, em, extra_env=extra)
-                cycle("edgemesh first/last +device", EDGEMESH, em_dev)
+                for label, extra in variants.items():
+                    cycle(f"{label} first/last +device", EDGEMESH, em_dev, extra_env=extra)
                 run(EDGEMESH, "ADD", em_other, "other", path)
                 for label, extra in variants.items():
                     cycle(f"{label} steady", EDGEMESH, em, extra_env=extra)
@@ -98,8 +99,8 @@ def main() -> int:
     pm_add, pm_del = (statistics.median(times[f"portmap {v}"]) for v in ("ADD", "DEL"))
     rows = ["| plugin, scenario | ADD median ms | DEL median ms | ADD / portmap | DEL / portmap |",
             "|---|---:|---:|---:|---:|"]
-    keys = [f"{label} {scenario}" for label in variants for scenario in ("first/last", "steady")]
-    for key in ("portmap", *keys, "edgemesh first/last +device"):
+    keys = [f"{label} {scenario}" for label in variants for scenario in ("first/last", "steady", "first/last +device")]
+    for key in ("portmap", *keys):
         a, d = statistics.median(times[f"{key} ADD"]), statistics.median(times[f"{key} DEL"])
         rows.append(f"| {key} | {a:.1f} | {d:.1f} | {a / pm_add:.1f}x | {d / pm_del:.1f}x |")
     text = "\n".join(rows) + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {runs} interleaved rounds after 3 " \

@@ -125,6 +125,20 @@ def test_an_unmarked_edgemesh0_is_never_removed(host, verb):
     assert dev is not None and dev.group == 0 and dev.alias == ""
 
 
+def test_device_stays_while_the_other_backend_holds_rules(host):
+    """The last iptables pod's DEL leaves edgemesh0 to the pod whose rules are in nftables; that
+    pod's DEL (or a GC) then removes it."""
+    assert host.run("ADD", host.conf("nftables"), cid="c1")[0] == 0
+    other = host.conf("iptables", name="emother", prevResult=prev_result("10.22.0.6", host.ns.path))
+    assert host.run("ADD", other, cid="c2")[0] == 0
+    assert host.run("DEL", other, cid="c2")[0] == 0
+    assert chains(host.residue()[0]) == [] and host.device() is not None
+    assert host.run("DEL", host.conf("iptables"), cid="gone")[0] == 0      # nothing of it anywhere
+    assert host.device() is not None
+    assert host.run("DEL", host.conf("nftables"), cid="c1")[0] == 0
+    assert host.device() is None and "edgemesh" not in host.residue()[1]
+
+
 def _group_alive(pgid: int) -> bool:
     for d in os.listdir("/proc"):
         if not d.isdigit():

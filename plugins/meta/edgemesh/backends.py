@@ -75,10 +75,19 @@ def holding_rules(choice: str) -> list:
     return [backend] if backend.available() and _holds(backend) else []
 
 
-def footprints() -> list:
+def footprints(skip: tuple[str, ...] = ()) -> list:
     """The backends holding our rules, nftables first (its table is a footprint iptables-nft
-    cannot leave behind)."""
-    return [b for b in (get("nftables"), get("iptables")) if b.available() and _holds(b)]
+    cannot leave behind); those named in `skip` are not looked at."""
+    return [b for b in (get("nftables"), get("iptables")) if b.name not in skip and b.available() and _holds(b)]
+
+
+def rules_left(choice: str, emptied: list) -> bool:
+    """After a teardown of every backend holding_rules(choice) gave (`emptied`), under the lock:
+    does some backend still hold our rules? With auto, holding_rules looked at every backend
+    already; with an explicit choice, the others are looked at now."""
+    if choice == "auto":
+        return False
+    return bool(footprints(skip=tuple(b.name for b in emptied)))
 
 
 def _holds(backend) -> bool:
