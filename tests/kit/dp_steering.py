@@ -87,9 +87,26 @@ class World:
         return json.loads(p.stdout)
 
     def plugin(self, command: str, pod: Pod, prev: dict | None, ifname: str | None = None,
-               netns: str | None = None, **overrides) -> tuple[int, dict, str]:
+               netns: str | None = None, inside: str | None = None, **overrides) -> tuple[int, dict, str]:
         """Exec dp-steering alone (as a runtime would, chained): (status, stdout JSON, stderr).
-        `netns` replaces the pod's CNI_NETNS ("" leaves it out); an override None drops a key."""
+        `netns` replaces the pod's CNI_NETNS ("" leaves it out); an override None drops a key;
+        `inside` (a test netns name) runs the plugin in that netns instead of the test's own."""
+        argv, env, stdin = self._exec(command, pod, prev, ifname, netns, inside, overrides)
+        p = subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True, timeout=60)
+        return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
+
+    def spawn(self, command: str, pod: Pod, prev: dict | None, **overrides) -> subprocess.Popen:
+        """plugin(), started and not waited for (its stdin written and closed)."""
+        argv, env, stdin = self._exec(command, pod, prev, None, None, None, overrides)
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, text=True)
+        assert p.stdin is not None
+        p.stdin.write(stdin)
+        p.stdin.close()
+        p.stdin = None               # communicate() must not flush it again
+        return p
+
+    def _exec(self, command, pod, prev, ifname, netns, inside, overrides):
         conf = {"cniVersion": self.version, "name": "dpnet", **self.steer, **overrides}
         conf = {k: v for k, v in conf.items() if v is not None}
         if prev is not None:
@@ -98,9 +115,28 @@ class World:
                "CNI_IFNAME": ifname or pod.ifname, "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
         if not env["CNI_NETNS"]:
             del env["CNI_NETNS"]
+        argv = ([STEERING] if inside is None else ["ip", "netns", "exec", inside, STEERING])
+        return argv, env, json.dumps(conf)
+
+    def gc(self, valid: list[Pod], **overrides) -> tuple[int, dict, str]:
+        """Exec dp-steering GC (cniVersion 1.1.0) with `valid` as cni.dev/valid-attachments."""
+        conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides,
+                "cni.dev/valid-attachments": [{"containerID": p.cid, "ifname": p.ifname} for p in valid]}
+        env = {"CNI_COMMAND": "GC", "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
+
+    def enforcer_links(self) -> list[str]:
+        return [ln.split(":")[1].strip().split("@")[0]
+                for ln in self.enf.run("ip", "-o", "link", "show").stdout.splitlines()]
+
+    def state_files(self) -> list[str]:
+        """Every file under stateDir but the lock (records, journals, temp files)."""
+        out = []
+        for top, _, files in os.walk(self.state_dir):
+            out += [os.path.relpath(os.path.join(top, f), self.state_dir) for f in files]
+        return sorted(f for f in out if f != "lock")
 
     def status(self, **overrides) -> tuple[int, dict, str]:
         """Exec dp-steering STATUS (cniVersion 1.1.0) with the world's config: (status, JSON, stderr)."""

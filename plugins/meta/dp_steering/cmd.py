@@ -225,6 +225,7 @@ def cmd_gc(args: CmdArgs):
             except CNIError as e:
                 log.error("GC %s: %s (%s)", pod.key, e.msg, e.details)
                 failed = failed or e
+        state.tidy(cfg.state_dir)
         try:
             steering.drop_dead_users(cfg.state_dir)
         except (CNIError, OSError) as e:

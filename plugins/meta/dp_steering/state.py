@@ -141,10 +141,24 @@ def save_pod(state_dir: str, pod: Pod) -> None:
 def remove_pod(state_dir: str, container_id: str, ifname: str) -> None:
     path = _pod_path(state_dir, container_id, ifname)
     records.remove(path)
+    _tidy(os.path.dirname(path))
+
+
+def _tidy(directory: str) -> None:
+    """Remove temp files of dead writers (a killed ADD's) in `directory`, and it if empty."""
+    records.clean_stale(directory)
     try:
-        os.rmdir(os.path.dirname(path))
+        os.rmdir(directory)
     except OSError:
         pass
+
+
+def tidy(state_dir: str) -> None:
+    """GC: temp files of dead writers anywhere in the state, and empty pod directories."""
+    root = os.path.join(state_dir, "pods")
+    for cid in os.listdir(root) if os.path.isdir(root) else []:
+        _tidy(os.path.join(root, cid))
+    records.clean_stale(os.path.join(state_dir, "shared"))
 
 
 def _shared_path(state_dir: str, enforcer: str, vbr: str) -> str:

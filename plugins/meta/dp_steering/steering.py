@@ -173,7 +173,9 @@ def drop_dead_users(state_dir: str) -> None:
     without users is deleted."""
     for enf, vbr, keys in state.all_shared(state_dir):
         live = [k for k in keys if state.attached(state_dir, k)]
-        if live == keys:
+        live += [p.key for p in state.all_pods(state_dir)       # a pod of the pair the record lost
+                 if p.enforcer == enf and p.vbr == vbr and "pair" in p.steps and p.key not in live]
+        if sorted(live) == sorted(keys):
             continue
         log.warning("GC: %s in %s forgets users that no longer exist: %s", vbr, enf, sorted(set(keys) - set(live)))
         state.set_users(state_dir, enf, vbr, live)

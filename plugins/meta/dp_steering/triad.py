@@ -177,8 +177,11 @@ def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin
         link.set_link(enf, idx, up=False)
         link.move_to_netns(enf, idx, pod_ns)
     vex_idx = link.index_of(pod, vex)
-    if vex_idx is None:
-        return                                   # never renamed: the original is intact
+    if vex_idx is None:                          # never renamed: the original is there, maybe down
+        cur = link.index_of(pod, ifname)
+        if cur is not None and snap is not None:
+            apply(pod, cur, snap)                # up again, with the routes going down took
+        return
     link.delete_if_exists(pod, ifname)           # ours, if vin was already gone
     link.set_link(pod, vex_idx, up=False)
     link.set_link(pod, vex_idx, name=ifname, mac=mac, mtu=snap.mtu if snap else None,
