@@ -177,13 +177,25 @@ def test_foreign_entries_are_never_touched(netns, tmp_path):
 
 
 def test_device_with_wrong_attributes_is_recreated_and_check_names_drift(netns, tmp_path):
+    """Our (marked) device with a wrong attribute is made again; a vxlan device someone else made
+    under that name is left alone (107) - test_vxlan_foreign_links.py has the other kinds."""
     c = Cluster(netns, tmp_path, segments=[0, 0])
     h = c.hosts[0]
     h.run("ip", "link", "add", "vxlan.1", "type", "vxlan", "id", "1", "dstport", "4789", "dev", "eth0")
+    with pytest.raises(CNIError) as e:
+        h.ensure()
+    assert e.value.code == codes.DEVICE_FAILED and "port 4789" in e.value.msg
+    assert '"port":4789' in h.run("ip", "-d", "-j", "link", "show", "vxlan.1").stdout.replace(" ", "")
+    h.run("ip", "link", "del", "vxlan.1")
     infos = [h.ensure(), c.hosts[1].ensure()]
+    before = json.loads(h.run("ip", "-d", "-j", "link", "show", "vxlan.1").stdout)[0]
+    assert before.get("ifalias") == "pycni-vxlan network=vxtest"
+    h.run("ip", "link", "set", "vxlan.1", "type", "vxlan", "learning")
     h.ensure()
-    data = json.loads(h.run("ip", "-d", "-j", "link", "show", "vxlan.1").stdout)[0]["linkinfo"]["info_data"]
-    assert (data["port"], data["learning"]) == (8472, False)
+    after = json.loads(h.run("ip", "-d", "-j", "link", "show", "vxlan.1").stdout)[0]
+    data = after["linkinfo"]["info_data"]
+    assert (data["port"], data["learning"]) == (8472, False) and after["ifindex"] != before["ifindex"]
+    assert after.get("ifalias") == "pycni-vxlan network=vxtest"
     h.check()
     h.run("ip", "link", "set", "vxlan.1", "mtu", "1400")
     with pytest.raises(CNIError) as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from libcni_py.errors import CNIError, INVALID_CONFIG, IO_FAILURE
+from libcni_py.errors import CNIError, INVALID_CONFIG, INVALID_ENV, IO_FAILURE
 from libcni_py.skel import CmdArgs, Plugin, plugin_main
 from libcni_py.types import DNS, Interface, Result
 from plugins.pkg.log import get_logger
@@ -50,22 +50,30 @@ def cmd_add(args: CmdArgs) -> Result:
     cid, ifname = args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
     n = config.load(args.conf, "ADD", args.args)
     ipam.find_plugin(n.ipam_type, args.path)           # fail before creating anything
-    node = overlay.ensure_node(n)
-    net = _pod_net(n, node)
+    _refuse_host_netns(args.netns)
     veth = host_veth(cid, ifname)
-    ipam_conf = ipam.ipam_config(n.ipam, n.state_dir, node.subnet, node.gateway, node.network)
+    claimed: dict = {}
+    # Undo (in reverse) only what this ADD made: each step registers its undo once it has made
+    # something; an attachment that already exists is refused before anything is touched.
     with pod_links() as ipr, contextlib.ExitStack() as undo:      # undo runs while ipr is open
-        ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname,
-                                              "netns": args.netns, "ipam": ipam_conf})
-        undo.callback(_quietly, ipam.remove_record, n.state_dir, veth)
+
+        def claim(rt, node: NodeInfo) -> None:
+            """Under the node lock: refuse an attachment that exists, record ours (leave sees it)."""
+            _refuse_existing(rt, n, cid, ifname, veth)
+            claimed["ipam"] = ipam.ipam_config(n.ipam, n.state_dir, node.subnet, node.gateway, node.network)
+            ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname,
+                                                  "netns": args.netns, "ipam": claimed["ipam"]})
+            undo.callback(_quietly, ipam.remove_record, n.state_dir, veth)
+        node = overlay.ensure_node(n, hold=claim)
+        net = _pod_net(n, node)
+        ipam_conf = claimed["ipam"]
         allocated = ipam.add(n.raw, ipam_conf)
         undo.callback(_quietly, ipam.delete, n.raw, ipam_conf)
         ips = pod.pod_ips(net, allocated.ips)
         routes = pod.pod_routes(net, allocated.routes)
         br = pod.ensure_bridge(ipr, net)
-        undo.callback(_quietly, pod.detach, ipr, veth)
         host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes),
-                                     pod_mac=n.mac)
+                                     pod_mac=n.mac, undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         if n.ip_masq:
             undo.callback(_quietly, masq.teardown, n.name, cid, ifname)
             masq.setup(n.name, cid, ifname, [ip.address.split("/")[0] for ip in ips], str(node.network))
@@ -73,6 +81,29 @@ def cmd_add(args: CmdArgs) -> Result:
     dns = DNS.decode(n.dns) if n.dns else allocated.dns      # Go's bridge: config DNS, when set, wins
     return Result(cni_version=args.cni_version, interfaces=[Interface(br.name, br.mac), host_if, pod_if],
                   ips=ips, routes=routes, dns=dns)
+
+
+def _refuse_host_netns(netns: str) -> None:
+    """CNI_NETNS naming the namespace the plugin runs in (the host's: /proc/self/ns/net, the netns of
+    a host process, a bind mount of it) would put the pod's address and default route on the host."""
+    from plugins.pkg import ns
+    if ns.is_current(netns):
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {netns!r} is the host's network namespace (the one the "
+                       "plugin runs in), not a pod's", "pass the pod sandbox's network namespace")
+
+
+def _refuse_existing(rt, n: NetConf, cid: str, ifname: str, veth: str) -> None:
+    """An ADD of an attachment that exists (its record, or its host veth) is refused with 114 before
+    anything is made: its rollback would otherwise undo the live attachment's record, allocation,
+    veth and masquerade rules."""
+    if os.path.lexists(ipam.record_path(n.state_dir, veth)):
+        what = f"record {ipam.record_path(n.state_dir, veth)}"
+    elif rt.link(veth) is not None:
+        what = f"host veth {veth}"
+    else:
+        return
+    raise CNIError(errors.VETH_EXISTS, f"attachment {cid}/{ifname} already exists ({what}): refused, the "
+                   "existing one is left as it is", errors.VETH_EXISTS.fix)
 
 
 def cmd_check(args: CmdArgs) -> None:
@@ -133,7 +164,8 @@ def cmd_gc(args: CmdArgs) -> None:
             except (CNIError, OSError) as e:
                 failed.append(f"{cid}/{ifname}: {e}")
     masq.gc(n.name, valid)
-    ipam.gc(n.raw, _fallback_ipam(n), args.valid_attachments)
+    if not n.ipam_self:
+        ipam.gc(n.raw, _fallback_ipam(n), args.valid_attachments)
     if failed:
         raise CNIError(IO_FAILURE, "GC: some stale attachments could not be released", "; ".join(failed))
 
@@ -173,13 +205,19 @@ def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "") -> None:
     Without a record (written before IPAM ADD) and without the IPAM plugin there is nothing of ours
     to release."""
     rec = ipam.read_record(n.state_dir, veth)
+    conf_ipam = rec["ipam"] if rec and isinstance(rec.get("ipam"), dict) else _fallback_ipam(n)
+    if config.self_delegation(conf_ipam.get("type"), os.environ.get("CNI_PATH", "")):
+        log.info("DEL: ipam.type %r would run us again; ADD refuses it, so it allocated nothing",
+                 conf_ipam.get("type"))
+        ipam.remove_record(n.state_dir, veth)
+        return
     if rec is None:
         try:
             ipam.find_plugin(n.ipam_type, os.environ.get("CNI_PATH", ""))
         except CNIError as e:
             log.info("DEL: no attachment record and IPAM plugin unusable (%s): nothing to release", e.msg)
             return
-    ipam.delete(n.raw, rec["ipam"] if rec else _fallback_ipam(n), cid, ifname)
+    ipam.delete(n.raw, conf_ipam, cid, ifname)
     ipam.remove_record(n.state_dir, veth)
 
 

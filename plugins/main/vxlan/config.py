@@ -59,6 +59,7 @@ class NetConf:
     ipam: dict | None                           # the config's ipam section, None: host-local default
     dns: dict | None                            # the config's dns, when it sets anything (Go's dnsConfSet)
     mac: str | None                             # runtimeConfig.mac > args.cni.mac > CNI_ARGS MAC
+    ipam_self: str                              # why ipam.type would run us again, "" when it would not
 
     @property
     def cluster(self) -> ipaddress.IPv4Network:
@@ -119,7 +120,57 @@ def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
     n.hairpin = bool(conf.get("hairpinMode", False))
     n.dns = _dns(conf.get("dns"))
     n.mac = field(lambda: _mac(conf, cni_args), None) if command == "ADD" else None
+    n.ipam_self = self_delegation(n.ipam_type, os.environ.get("CNI_PATH", ""))
+    if not lenient:
+        if n.ipam_self:
+            raise CNIError(INVALID_CONFIG, f"invalid config field 'ipam.type': {n.ipam_self}",
+                           "use an IPAM plugin (host-local, static, dhcp), or omit ipam for host-local")
+        if n.device_name == n.bridge:
+            raise CNIError(INVALID_CONFIG, f"deviceName and bridge are both {n.bridge!r}",
+                           "the vxlan device and the pods' bridge need their own names")
     return n
+
+
+def self_delegation(ipam_type: object, cni_path: str) -> str:
+    """Why delegating IPAM to `ipam_type` would run one of our plugins again (each level delegating
+    once more, without end), or "" when it would not: a name of ours (plugins/entrypoints.py), or a
+    file on CNI_PATH that is the executable running now (a symlink or hard link to it)."""
+    from plugins.entrypoints import ENTRYPOINTS
+    if not isinstance(ipam_type, str):
+        return ""
+    if ipam_type in ENTRYPOINTS:
+        return f"{ipam_type!r} is a pycni plugin, not an IPAM plugin (it would delegate to itself)"
+    if not ipam_type or "/" in ipam_type or ipam_type in (".", ".."):
+        return ""
+    running = _running()
+    for d in (p for p in cni_path.split(os.pathsep) if p):
+        path = os.path.join(d, ipam_type)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):      # as invoke.find_in_path
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in running:
+            return (f"{ipam_type!r} on CNI_PATH ({path}) is this plugin's own "
+                    "executable (it would delegate to itself)")
+        return ""            # the first match is what would run
+    return ""
+
+
+def _running() -> set:
+    """(st_dev, st_ino) of the executable running now: the console script (or bundle link) exec'd,
+    and the frozen bundle itself."""
+    import sys
+    out = set()
+    for path in (sys.argv[0] if sys.argv else "", sys.executable if getattr(sys, "frozen", False) else ""):
+        if path and os.sep in path:
+            try:
+                st = os.stat(path)
+                out.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+    return out
 
 
 def _network(conf: dict) -> ipaddress.IPv4Network:

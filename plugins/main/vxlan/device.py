@@ -6,21 +6,31 @@ local address; else the device of the default route. Its source address is
 peers: `publicIP`, else that source address.
 
 Device `vxlan.<vni>` (or `deviceName`): VNI, UDP port, learning off, underlay device
-and source address. An existing device that differs in any of those (or is not a
-vxlan device) is deleted and created again, as flannel does; MTU (underlay - 50),
-MAC (the lease's VTEP MAC), up state and the address (subnet network address /32)
-are corrected in place.
+and source address. Ours carries the alias `pycni-vxlan network=<name>` (IFLA_IFALIAS,
+as edgemesh marks `edgemesh0`). The kernel ignores an alias in the RTM_NEWLINK that
+creates a link, so the mark is set by a second request; what the creating request does
+carry is the lease's VTEP MAC, derived from (network name, node name): an unmarked vxlan
+device with our VNI and port and either exactly our attributes (a device of the version
+before marks, or one whose ADD was killed between the two requests) or our VTEP MAC is
+adopted and marked. Any other link of that name (a bridge, the uplink, a veth, another
+network's vxlan device, an unmarked vxlan device of someone else) is never deleted or
+changed: 107 naming it. Our device that differs in VNI, port, learning, underlay device
+or source address is deleted and created again, as flannel does; MTU (underlay - 50),
+MAC, up state and the address (subnet network address /32) are corrected in place.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
 from .errors import DEVICE_FAILED, NO_UNDERLAY
 
 ENCAP_OVERHEAD = 50
+IFLA_IFALIAS = 20
+MARK_PREFIX = "pycni-vxlan "
 
 
 class Underlay:
@@ -66,12 +76,13 @@ def _default_route_oif(rt: nl.Rtnl) -> int | None:
 
 class Want:
     """The device as it should be."""
-    __slots__ = ("name", "vni", "port", "underlay", "mac", "address")
+    __slots__ = ("name", "vni", "port", "underlay", "mac", "address", "mark")
 
     def __init__(self, name: str, vni: int, port: int, underlay: Underlay, mac: str,
-                 address: ipaddress.IPv4Interface):
+                 address: ipaddress.IPv4Interface, mark: str = ""):
         self.name, self.vni, self.port = name, vni, port
         self.underlay, self.mac, self.address = underlay, mac, address
+        self.mark = mark                # the alias our device carries
 
     @property
     def mtu(self) -> int:
@@ -80,7 +91,61 @@ class Want:
 
 def want(cfg, lease, underlay: Underlay) -> Want:
     return Want(cfg.device_name, cfg.vni, cfg.port, underlay, lease.vtep_mac,
-                ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
+                ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"), mark(cfg.name))
+
+
+def mark(network_name: str) -> str:
+    """The alias of this network's device (IFALIASZ: at most 255 bytes)."""
+    return (MARK_PREFIX + "network=" + network_name).encode()[:255].decode(errors="ignore")
+
+
+def alias(rt: nl.Rtnl, link: nl.Link) -> str:
+    got = rt.link_attrs(index=link.index)
+    raw = got[2].get(IFLA_IFALIAS, b"") if got else b""
+    return bytes(raw).rstrip(b"\0").decode(errors="replace")
+
+
+def _foreign(what: str, name: str) -> CNIError:
+    return CNIError(DEVICE_FAILED, f"deviceName {name!r} names {what}: not this network's vxlan device, "
+                    "left as it is",
+                    "set `deviceName` to a free name (default vxlan.<vni>), or remove that link yourself "
+                    "if it is a leftover")
+
+
+def vet(rt: nl.Rtnl, name: str, want_mark: str, vni: int, port: int) -> nl.Link | None:
+    """The link called `name` when it may be our device (None when there is none); CNIError(107)
+    when it cannot be ours whatever the lease says: another kind of link, another mark, an unmarked
+    vxlan device with another VNI or port. Decided before the node takes or changes a lease."""
+    link = rt.link(name)
+    if link is None:
+        return None
+    if link.kind != "vxlan":
+        held = " holding addresses" if rt.addrs(link.index, socket.AF_UNSPEC) else ""
+        raise _foreign(f"a {link.kind or 'device'} link (index {link.index}){held}", name)
+    have = alias(rt, link)
+    if have and have != want_mark:
+        raise _foreign(f"a vxlan device marked {have!r}", name)
+    if not have and (link.vxlan.get("id") != vni or link.vxlan.get("port") != port):
+        raise _foreign(f"an unmarked vxlan device with VNI {link.vxlan.get('id')} port "
+                       f"{link.vxlan.get('port')} (want {vni}/{port})", name)
+    return link
+
+
+def to_adopt(rt: nl.Rtnl, link: nl.Link, w: Want) -> bool:
+    """False when `link` carries our mark; True when it is ours without it (our VNI and port and
+    either exactly our attributes or our VTEP MAC: ensure() marks it); CNIError(107) otherwise."""
+    vet(rt, w.name, w.mark, w.vni, w.port)
+    if alias(rt, link) == w.mark:
+        return False
+    if not identity_drift(link, w) or link.mac == w.mac:
+        return True
+    raise _foreign(f"an unmarked vxlan device with other attributes and MAC "
+                   f"({'; '.join(identity_drift(link, w))}; mac {link.mac}, ours {w.mac})", w.name)
+
+
+def _mark_msg(index: int, text: str) -> tuple[int, int, bytes]:
+    body = nl._IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0) + nl.nla(IFLA_IFALIAS, text.encode())
+    return nl.RTM_NEWLINK, 0, body
 
 
 def identity_drift(link: nl.Link, w: Want) -> list[str]:
@@ -98,6 +163,9 @@ def drift(rt: nl.Rtnl, w: Want) -> list[str]:
     if link is None:
         return [f"device {w.name} missing"]
     out = identity_drift(link, w)
+    have = alias(rt, link)
+    if w.mark and have != w.mark:
+        out.append(f"alias {have!r}, want {w.mark!r}")
     if link.mtu != w.mtu:
         out.append(f"mtu {link.mtu}, want {w.mtu}")
     if link.mac != w.mac:
@@ -114,13 +182,19 @@ def drift(rt: nl.Rtnl, w: Want) -> list[str]:
 def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
     """Create or fix the device; return it. Leaves a correct device untouched."""
     link = rt.link(w.name)
+    if link is not None and to_adopt(rt, link, w):
+        _apply(rt, [_mark_msg(link.index, w.mark)], f"mark {w.name} as ours (adopted)")
     if link is not None and identity_drift(link, w):
         _apply(rt, [nl.link_del_msg(link.index)], f"delete {w.name} ({'; '.join(identity_drift(link, w))})")
         link = None
     if link is None:
-        _apply(rt, [nl.vxlan_link_msg(w.name, w.vni, w.port, w.underlay.index, w.underlay.local, w.mac, w.mtu)],
-               f"create {w.name}")
+        kind, flags, body = nl.vxlan_link_msg(w.name, w.vni, w.port, w.underlay.index, w.underlay.local,
+                                              w.mac, w.mtu)
+        # The alias rides along (a kernel that honours it at creation marks in one request); the
+        # VTEP MAC set here is what identifies the device should we be killed before the mark.
+        _apply(rt, [(kind, flags, body + nl.nla(IFLA_IFALIAS, w.mark.encode()))], f"create {w.name}")
         link = _present(rt, w.name)
+        _apply(rt, [_mark_msg(link.index, w.mark)], f"mark {w.name}")
     if link.mtu != w.mtu or link.mac != w.mac or not link.up:
         _apply(rt, [nl.link_set_msg(link.index, up=True, mtu=w.mtu, mac=w.mac)], f"set {w.name} up")
     addrs = {a.address for a in rt.addrs(link.index)}

@@ -32,8 +32,11 @@ NO_UNDERLAY = CODES.add(
     106, "no underlay: no default route and no `iface`, `iface` missing, or no IPv4 address on it",
     "set `iface` or `publicIP`, or give the device an address")
 DEVICE_FAILED = CODES.add(
-    107, "vxlan device could not be created or configured",
-    "check `ip -d link` / dmesg (vxlan module, VNI/port in use)")
+    107, "vxlan device could not be created or configured, or `deviceName` names a link that is not this "
+    "network's vxlan device (a bridge, the uplink, a veth, another network's or someone else's vxlan "
+    "device: never deleted or changed; the message names it)",
+    "check `ip -d link` / dmesg (vxlan module, VNI/port in use); for a link that is not ours, set "
+    "`deviceName` to a free name (default vxlan.<vni>) or remove that link yourself")
 PEER_PROGRAMMING = CODES.add(
     108, "kernel refused a peer entry, or a route/ARP entry we did not create sits in a lease's place",
     "remove the entry named in the message")
@@ -64,10 +67,14 @@ POD_DRIFT = CODES.add(
     116, "CHECK: pod interface, address, route, bridge port, hairpin or ipMasq rule missing or wrong (named)",
     "DEL and ADD the pod again")
 SUBNET_IN_USE = CODES.add(
-    117, "this node's subnet changed (lease taken by another node, or another `subnetLen`) while pods "
-    "still use the old one: the bridge holds the old gateway",
-    "DEL the pods named in the message (the runtime's stop/remove); the next ADD moves the bridge to "
-    "the new subnet")
+    117, "this node's subnet or name changed while the old one is in use: a new subnet (lease taken by "
+    "another node, another `subnetLen`) while pods use the old one (the bridge holds its gateway), or "
+    "a `nodeName` (hostname) change while the node holds a lease under its old name; refused before "
+    "the registry or the kernel is changed",
+    "subnet: DEL the pods named in the message (the runtime's stop/remove), the next ADD moves the "
+    "bridge to the new subnet; name: set nodeName back to the name in the message, or DEL the pods "
+    "and `vxlan-agent --leave` under the old name first")
+NODE_RENAMED = SUBNET_IN_USE      # the same code: this node's identity changed under running state
 PODS_ATTACHED = CODES.add(
     118, "`vxlan-agent --leave` refused: pods are still attached to this node",
     "DEL the pods named in the message first, then leave again")

@@ -16,7 +16,7 @@ import time
 from libcni_py import records
 from libcni_py.errors import CNIError
 from plugins.pkg.names import sha256
-from .errors import NETWORK_MISMATCH, SUBNETS_EXHAUSTED
+from .errors import NETWORK_MISMATCH, NODE_RENAMED, SUBNETS_EXHAUSTED
 from .registry.base import Lease, NetworkRecord, Registry, Snapshot
 
 
@@ -66,14 +66,42 @@ def current(snap: Snapshot, cfg, public_ip, ttl: int) -> Lease | None:
     return mine
 
 
-def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease, Snapshot]:
-    """Join or renew: return this node's lease and the registry state holding it."""
+def check_identity(snap: Snapshot, cfg, public_ip, saved: dict, device_mac: str = "") -> None:
+    """CNIError(117) when this node already holds a lease under another name (a nodeName or hostname
+    change on a running node): the local lease copy names that node, or its lease carries this node's
+    public IP (peers would reach it here) or the VTEP MAC of our device. Taking a second lease would
+    re-address the device and program ARP/FDB entries pointing at this node itself."""
+    for node, lease in snap.leases.items():
+        if node == cfg.node_name:
+            continue
+        why = [text for hit, text in (
+            (saved.get("node") == node, f"the local lease copy {_local_path(cfg.state_dir)} names it"),
+            (lease.public_ip == public_ip, f"its public IP {public_ip} is this node's"),
+            (bool(device_mac) and lease.vtep_mac == device_mac,
+             f"device {cfg.device_name} carries its VTEP MAC {device_mac}")) if hit]
+        if why:
+            raise CNIError(NODE_RENAMED,
+                           f"node {cfg.node_name}: this node already holds a lease as {node!r} (subnet "
+                           f"{lease.subnet}): {'; '.join(why)}",
+                           f"set nodeName back to {node!r}; or move the node: DEL its pods, run "
+                           f"`vxlan-agent --leave` with nodeName {node!r}, then ADD with the new name "
+                           f"(a dead node {node!r} that had this public IP: remove its lease from the "
+                           "registry)")
+
+
+def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address, vet=None,
+            device_mac: str = "") -> tuple[Lease, Snapshot]:
+    """Join or renew: return this node's lease and the registry state holding it. Refused (nothing
+    written) when this node holds a lease under another name (check_identity) or when `vet(lease)`,
+    called with the lease about to be written, raises (a subnet change while pods use the old one)."""
     snap = reg.snapshot()
+    saved = _load_local(cfg.state_dir)
+    check_identity(snap, cfg, public_ip, saved, device_mac)
     mine = current(snap, cfg, public_ip, reg.ttl)
     if mine is None:
-        saved = _load_local(cfg.state_dir)
 
         def mutate(draft: Snapshot) -> None:
+            check_identity(draft, cfg, public_ip, saved, device_mac)
             check_record(draft, _record(cfg), cfg.node_name)
             draft.network = _record(cfg)
             old = draft.leases.get(cfg.node_name)
@@ -82,7 +110,10 @@ def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address) -> tuple[Lease
             subnet = carve(cfg.network, cfg.subnet_len, taken, prefer)
             mac = old.vtep_mac if old is not None else (saved.get("vtepMAC")
                                                          or vtep_mac(cfg.name, cfg.node_name))
-            draft.leases[cfg.node_name] = reg.stamp(Lease(cfg.node_name, subnet, public_ip, mac, cfg.vni))
+            new = reg.stamp(Lease(cfg.node_name, subnet, public_ip, mac, cfg.vni))
+            if vet is not None and (old is None or not new.same_binding(old)):
+                vet(new)
+            draft.leases[cfg.node_name] = new
         snap = reg.update(mutate)
         mine = snap.leases[cfg.node_name]
     if _saved_differs(cfg.state_dir, mine):
@@ -123,7 +154,8 @@ def _local_path(state_dir: str) -> str:
 def _load_local(state_dir: str) -> dict:
     try:
         raw = records.read(_local_path(state_dir), max_bytes=4096)
-        return {"subnet": ipaddress.IPv4Network(raw["subnet"]), "vtepMAC": raw["vtepMAC"]}
+        return {"subnet": ipaddress.IPv4Network(raw["subnet"]), "vtepMAC": raw["vtepMAC"],
+                "node": raw.get("node")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -142,6 +174,11 @@ def _save_local(state_dir: str, lease: Lease) -> None:
 def forget_local(state_dir: str) -> bool:
     """Remove the local lease copy (leave): a node that rejoins takes whatever subnet is free."""
     return records.remove(_local_path(state_dir))
+
+
+def local_mac(state_dir: str) -> str | None:
+    """The VTEP MAC of the local lease copy, if any."""
+    return _load_local(state_dir).get("vtepMAC")
 
 
 def local_subnet(state_dir: str) -> ipaddress.IPv4Network | None:

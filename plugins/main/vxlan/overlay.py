@@ -26,6 +26,8 @@ from .registry import open_registry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from plugins.pkg.rtnl import Rtnl
     from .registry import Registry
 
@@ -57,9 +59,11 @@ def _registry(cfg: NetConf) -> Registry:
     return open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
 
 
-def ensure_node(cfg: NetConf) -> NodeInfo:
-    """Join or renew the lease, ensure the device, reconcile peer entries once."""
-    return ensure_applied(cfg).info
+def ensure_node(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None) -> NodeInfo:
+    """Join or renew the lease, ensure the device, reconcile peer entries once. `hold(rt, info)` runs
+    at the end, still under the node lock (ADD records its attachment there, so a concurrent
+    `vxlan-agent --leave` sees the pod)."""
+    return ensure_applied(cfg, hold).info
 
 
 class Applied:
@@ -74,20 +78,41 @@ class Applied:
         self.peers = peers                # peers.Peer, as programmed
 
 
-def ensure_applied(cfg: NetConf) -> Applied:
-    """ensure_node, also returning what was programmed (for follow_change)."""
+def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None) -> Applied:
+    """ensure_node, also returning what was programmed (for follow_change).
+
+    Refusals come before the registry or the kernel is changed: a `deviceName` or `bridge` naming a
+    link that is not ours (107, 113), this node holding a lease under another name (117), a new
+    subnet while pods use the old one (117, vetted inside the registry update)."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, lease, peers
     reg = _registry(cfg)
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
-        mine, snap = lease.acquire(reg, cfg, underlay.public_ip)
+        have = device.vet(rt, cfg.device_name, device.mark(cfg.name), cfg.vni, cfg.port)
+        _vet_bridge(rt, cfg)
+        mine, snap = lease.acquire(reg, cfg, underlay.public_ip,
+                                   vet=lambda new: _bridge_problem(rt, cfg, new.subnet),
+                                   device_mac=have.mac if have is not None else "")
         repair_bridge(rt, cfg, mine.subnet)       # before peers: an old gateway's route is in a peer's place
         link = device.ensure(rt, device.want(cfg, mine, underlay))
         wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
         stats = peers.reconcile(rt, link.index, cfg.cluster, wanted)
+        info = _info(cfg, mine, link, stats.changes, snap.revision)
+        if hold is not None:
+            hold(rt, info)
     _log_changes(cfg, stats, snap.revision)
-    return Applied(_info(cfg, mine, link, stats.changes, snap.revision), mine, underlay, link.index, tuple(wanted))
+    return Applied(info, mine, underlay, link.index, tuple(wanted))
+
+
+def _vet_bridge(rt: Rtnl, cfg: NetConf) -> None:
+    """CNIError(113) when `bridge` names a link that is not a bridge (the uplink, a veth, our own
+    vxlan device): refused before anything is changed, and that link is never touched."""
+    from .errors import BRIDGE_CONFLICT
+    br = rt.link(cfg.bridge)
+    if br is not None and br.kind != "bridge":
+        raise CNIError(BRIDGE_CONFLICT, f"bridge {cfg.bridge!r} names a {br.kind or 'device'} link "
+                       f"(index {br.index}), not a bridge: left as it is", errors.BRIDGE_CONFLICT.fix)
 
 
 def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
@@ -176,6 +201,13 @@ def node_status(cfg: NetConf) -> None:
                        if e.code in errors.CODES.table else e.details) from None
     mine = snap.leases.get(cfg.node_name)
     if mine is None:
+        with Rtnl() as rt:
+            br, old = pod_gateways(rt, cfg)
+            users = attached(rt, cfg, br.index) if old else []
+        if users:
+            down(f"it holds no lease in registry {cfg.registry_path} while {len(users)} pod(s) still use its "
+                 f"old subnet (bridge {cfg.bridge} holds {', '.join(map(str, old))}): {', '.join(users[:5])}; "
+                 "a new lease needs another subnet (117)", errors.SUBNET_IN_USE.fix)
         down(f"it holds no lease in registry {cfg.registry_path} (never joined, expired or left)",
              "start vxlan-agent on this node (or ADD a pod): it takes a lease")
     if snap.network is not None and snap.network != network_record(cfg):
@@ -188,7 +220,12 @@ def node_status(cfg: NetConf) -> None:
         link = rt.link(cfg.device_name)
         if link is None or link.kind != "vxlan":
             down(f"device {cfg.device_name} missing" if link is None else
-                 f"{cfg.device_name} is a {link.kind or 'non-vxlan'} link", "ADD a pod or start vxlan-agent")
+                 f"{cfg.device_name} is a {link.kind or 'non-vxlan'} link", "ADD a pod or start vxlan-agent"
+                 if link is None else errors.DEVICE_FAILED.fix)
+        from .device import alias, mark
+        if alias(rt, link) not in (mark(cfg.name), ""):
+            down(f"{cfg.device_name} is a vxlan device marked {alias(rt, link)!r}, not this network's",
+                 errors.DEVICE_FAILED.fix)
         if not link.up or link.mac != mine.vtep_mac:
             down(f"device {cfg.device_name} is {'up' if link.up else 'down'} with MAC {link.mac}, the lease "
                  f"says {mine.vtep_mac}", "ADD a pod or start vxlan-agent: it repairs the device")
@@ -196,6 +233,12 @@ def node_status(cfg: NetConf) -> None:
             _bridge_problem(rt, cfg, mine.subnet)
         except CNIError as e:
             down(e.msg, e.details or "")
+
+
+def pod_gateways(rt: Rtnl, cfg: NetConf):
+    """The bridge and the gateway addresses inside `network` it holds."""
+    from . import pod
+    return pod.stale_gateways(rt, cfg.bridge, cfg.cluster, None)
 
 
 def _gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
@@ -261,7 +304,7 @@ def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
         if not remove_device:
             return
         link = rt.link(cfg.device_name)
-        if link is not None and link.kind == "vxlan":
+        if link is not None and _ours_to_remove(rt, cfg, link):
             err = rt.batch([nl.link_del_msg(link.index)])[0]
             if err and err != errno.ENODEV:
                 raise nl.NetlinkError(err, f"delete {cfg.device_name}: {os.strerror(err)}")
@@ -272,6 +315,20 @@ def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
                 and not rt.addrs(br.index):
             pod.detach(rt, cfg.bridge)
         lease.forget_local(cfg.state_dir)
+
+
+def _ours_to_remove(rt: Rtnl, cfg: NetConf, link) -> bool:
+    """Leave deletes the device only when it is ours: our mark, or (a device of the version before
+    marks) unmarked with our VNI and port and the VTEP MAC of the local lease copy."""
+    from . import device, lease
+    mark = device.mark(cfg.name)
+    try:
+        device.vet(rt, cfg.device_name, mark, cfg.vni, cfg.port)
+    except CNIError as e:
+        log.warning("leave: %s", e.msg)
+        return False
+    saved = lease.local_mac(cfg.state_dir)
+    return device.alias(rt, link) == mark or saved is None or link.mac == saved
 
 
 def _read(cfg: NetConf):

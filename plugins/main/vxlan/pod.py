@@ -21,6 +21,7 @@ from .errors import BAD_IPAM_RESULT, BRIDGE_CONFLICT, POD_DRIFT, VETH_EXISTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
     from plugins.pkg.rtnl import Link, Rtnl
@@ -101,10 +102,11 @@ def ensure_bridge(rt: Rtnl, net: PodNet) -> Link:
     return br
 
 
-def attach(rt_host: Rtnl, net: PodNet, br: Link, att: Attachment,
-           pod_mac: str | None = None) -> tuple[Interface, Interface]:
+def attach(rt_host: Rtnl, net: PodNet, br: Link, att: Attachment, pod_mac: str | None = None,
+           undo: Callable[[], object] | None = None) -> tuple[Interface, Interface]:
     """Create and configure the pair; returns (host interface, pod interface). `pod_mac`: the pod
-    end's MAC (the `mac` capability, CNI_ARGS MAC), random otherwise."""
+    end's MAC (the `mac` capability, CNI_ARGS MAC), random otherwise. `undo()` is called once the
+    pair exists (the caller registers its removal then: a pair that existed before is not ours)."""
     from plugins.pkg import link, rtnl as nl
     host_mac, pod_mac = link.random_mac(), pod_mac or link.random_mac()
     try:
@@ -113,6 +115,8 @@ def attach(rt_host: Rtnl, net: PodNet, br: Link, att: Attachment,
     except FileExistsError:
         raise CNIError(VETH_EXISTS, f"host interface {att.host_veth} or pod interface {att.ifname} already exists",
                        "DEL the earlier attachment of this container ID and ifname first") from None
+    if undo is not None:
+        undo()
     if net.hairpin:
         link.set_hairpin(rt_host, idx, True)
     with link.open_rtnl(att.netns) as rt_pod:
