@@ -9,7 +9,6 @@ Exit status 0 when every step did what it says.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from libcni_py import records
 from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
 from plugins.pkg import ns, probe
@@ -57,9 +57,8 @@ class Demo:
 
     def start_dp(self) -> None:
         policy = os.path.join(self.tmp, "policy.json")
-        with open(policy, "w") as f:
-            json.dump({"rules": [{"action": "deny", "proto": "tcp", "dport": DENIED_PORT,
-                                  "direction": "ingress", "pod": "web"}]}, f)
+        records.write(policy, {"rules": [{"action": "deny", "proto": "tcp", "dport": DENIED_PORT,
+                                          "direction": "ingress", "pod": "web"}]}, mode=0o644)
         self.dp = subprocess.Popen([os.path.join(BIN, "pycni-dp"), "--netns", self.path["enf"], "--socket", self.sock,
                                     "--iface", "vth", "--policy", policy], stderr=subprocess.DEVNULL)
         from plugins.meta.dp_steering import dpctl
