@@ -140,6 +140,16 @@ def check_dp_steering(md: str, bundle) -> str:
     return "| pod |"
 
 
+def check_fuzz(md: str, bundle) -> str:
+    rows = tables(md)["plugin"]
+    assert {r["plugin"] for r in rows} == {"pycni-passthrough", "edgemesh", "vxlan", "dp-steering"}, rows
+    for row in rows:
+        assert int(row["cases"]) > 0
+        for col in ("999", "traceback", "hang", "other", "rejected ADD"):
+            assert row[col] == "0", (row["plugin"], row["verb"], col, row[col])
+    return "| plugin | verb |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -151,6 +161,7 @@ QUICK = {
     "edgemesh_ignored.py": (["--runs", "3", "--services", "100"], "edgemesh", ("ignored",),
                             check_edgemesh_ignored),
     "dp_steering.py": (["--runs", "3", "--seconds", "1"], "dp_steering", ("iperf", "addel"), check_dp_steering),
+    "fuzz.py": (["--cases", "5"], "fuzz", None, check_fuzz),
 }
 
 
