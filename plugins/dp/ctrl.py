@@ -118,7 +118,8 @@ class Control:
     def keep_alive(self, p: dict) -> dict:
         return {"seq_num": _int(p, "seq_num", 0), "pid": os.getpid(),
                 "ports": sorted(port.iface for port in self.dp.ports.values()),
-                "wanted": sorted(self.dp.wanted)}
+                "wanted": sorted(self.dp.wanted), "registered": self.dp.registered,
+                "learned": self.dp.learned}
 
     def add_srvc_port(self, p: dict) -> dict:
         iface = _iface(p, "iface")
@@ -133,10 +134,10 @@ class Control:
 
     def add_mac(self, p: dict) -> dict:
         mac = _mac(p, "mac")
-        oldmac = _mac(p, "oldmac", required=False)
+        oldmac = _opt_mac(p, "oldmac")
         old = self.dp.endpoints.get(oldmac or mac)
         tap = _bool(p, "tap", old.tap if old else True)    # NeuVector: tap until cfg_mac
-        ep = Endpoint(mac, _mac(p, "ucmac", required=False), _mac(p, "bcmac", required=False),
+        ep = Endpoint(mac, _opt_mac(p, "ucmac"), _opt_mac(p, "bcmac"),
                       iface=_iface(p, "iface", required=False), name=_str(p, "name"), tap=tap)
         ep.vex = _iface(p, "vex_iface", required=False)
         ep.vin = _iface(p, "vin_iface", required=False)
@@ -464,10 +465,13 @@ def is_ifname(text: str) -> bool:
     return True
 
 
-def _mac(p: dict, key: str, required: bool = True) -> bytes | None:
+def _opt_mac(p: dict, key: str) -> bytes | None:
+    """An optional MAC: absent, null or "" is None."""
+    return _mac(p, key) if p.get(key) else None
+
+
+def _mac(p: dict, key: str) -> bytes:
     v = p.get(key)
-    if not v and not required:
-        return None
     if not isinstance(v, str):
         raise CtrlError(f"{key}: must be a MAC address string")
     try:

@@ -255,8 +255,9 @@ class Datapath:
 
     # -- reporting
     def stats(self, macs: list[bytes] | None = None) -> dict:
+        eps: list[Endpoint]
         if macs is None:
-            eps = self.endpoints.values()
+            eps = list(self.endpoints.values())
         else:
             eps = [e for e in map(self.find, macs) if e]
         return {"pods": {mac_text(ep.mac): ep.stats() for ep in eps},

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="pycni-dp: %(levelname)s %(message)s", stream=sys.stderr)
-    where = contextlib.nullcontext()
+    where: contextlib.AbstractContextManager = contextlib.nullcontext()
     if args.netns:
         from plugins.pkg import ns
         where = ns.enter(args.netns)

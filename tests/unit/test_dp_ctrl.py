@@ -84,7 +84,7 @@ def test_a_handler_bug_is_an_error_reply(control):
 
 def add(control, i, client="c1"):
     return control.handle(json.dumps({"ctrl_add_mac": {
-        "mac": "02:00:00:%02x:%02x:%02x" % (i >> 16 & 255, i >> 8 & 255, i & 255)}}).encode(),
+        "mac": f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"}}).encode(),
         client)
 
 
