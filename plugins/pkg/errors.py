@@ -54,7 +54,7 @@ class Code(int):
     meaning: str
     fix: str
 
-    def __new__(cls, value: int, meaning: str, fix: str) -> "Code":
+    def __new__(cls, value: int, meaning: str, fix: str) -> Code:
         self = super().__new__(cls, value)
         self.meaning, self.fix = meaning, fix
         return self
