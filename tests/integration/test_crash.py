@@ -21,10 +21,13 @@ pytestmark = pytest.mark.root
 KILLS = int(os.environ.get("PYCNI_CRASH_KILLS", "30"))
 SEED = os.environ.get("PYCNI_CRASH_SEED", "9")
 
-STRANDED = ("issue 9.1: dp-steering writes its record only after the pod's interface was pulled; a kill "
-            "in that window (deterministic: when vex<id> appears in the pod netns) leaves the pod's eth0 "
-            "with the parking MAC and no addresses or routes, and DEL/GC find no record to undo it")
-KNOWN = {"dp-steering-tap": STRANDED, "dp-steering-inline": STRANDED}
+# Real residue these tests find; strict, so a fix turns them red and the mark must go.
+# (dp-steering's kill between pulling the pod's interface and writing its record, issue 9.1, was
+# found here at the "vex<id> appears in the pod netns" point; its intent journal fixed it.)
+TMP_LEFT = ("issue 9.10: vxlan's DEL and GC leave a record temp file (state/<node>/attachments/<veth>.json.tmp<pid>) "
+            "of an ADD killed while writing it (deterministic at the 'file' kill point: the open is held); "
+            "records.write cleans stale temps only on the next write into that directory")
+KNOWN = {"vxlan": TMP_LEFT}
 
 
 def _param(name: str):

@@ -185,19 +185,93 @@ class NetlinkWatch:
         self.sock.close()
 
 
-def kill_at_event(target: Target, ns_path: str, kind: str, name: str,
+class FileWatch:
+    """fanotify permission events on one directory: wait() returns when a process opens a file
+    whose name contains `part` there (a record's temp file: `.tmp`), with that open held until
+    the watch answers it: a kill then lands exactly inside the write, however short the write is
+    (an inotify event comes after the fact, when the temp file is often renamed already). The
+    directory is made if missing (the plugin makes it on its first ADD anyway; an empty directory
+    is no residue: only files are compared)."""
+    FAN_CLASS_CONTENT, FAN_CLOEXEC, FAN_NONBLOCK = 0x4, 0x1, 0x2
+    FAN_OPEN_PERM, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_ALLOW = 0x10000, 0x08000000, 1, 1
+    AT_FDCWD = -100
+
+    def __init__(self, directory: str, part: str):
+        os.makedirs(directory, exist_ok=True)
+        self.part, self.pending = part, []
+        _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+        self.fd = _libc.fanotify_init(self.FAN_CLASS_CONTENT | self.FAN_CLOEXEC | self.FAN_NONBLOCK, os.O_RDONLY)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "fanotify_init")
+        if _libc.fanotify_mark(self.fd, self.FAN_MARK_ADD, self.FAN_OPEN_PERM | self.FAN_EVENT_ON_CHILD,
+                               self.AT_FDCWD, os.fsencode(directory)) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, f"fanotify_mark {directory}")
+
+    def _allow(self, efd: int) -> None:
+        try:
+            os.write(self.fd, struct.pack("=iI", efd, self.FAN_ALLOW))
+        finally:
+            os.close(efd)
+
+    def _seen(self, data: bytes) -> bool:
+        hit, off = False, 0
+        while off + 24 <= len(data):
+            length, _ver, _res, _mlen, _mask, efd, _pid = struct.unpack_from("=IBBHQii", data, off)
+            if length < 24:
+                break
+            if efd >= 0:
+                try:
+                    name = os.path.basename(os.readlink(f"/proc/self/fd/{efd}"))
+                except OSError:
+                    name = ""
+                if self.part in name and not hit:
+                    hit = True
+                    self.pending.append(efd)      # held until close(): the opener waits
+                else:
+                    self._allow(efd)
+            off += length
+        return hit
+
+    def wait(self, proc: subprocess.Popen, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.fd], [], [], 0.002)
+            if r:
+                try:
+                    data = os.read(self.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if self._seen(data):
+                    return True
+            elif proc.poll() is not None:
+                return False
+        return False
+
+    def close(self) -> None:
+        for efd in self.pending:
+            self._allow(efd)
+        self.pending.clear()
+        os.close(self.fd)          # any event not answered yet is allowed by the kernel
+
+
+def kill_at_event(target: Target, where: str, kind: str, name: str,
                   within: float = 30.0) -> tuple[bool, bool, int, bool]:
-    """Start ADD, SIGKILL the plugin the moment link `name` appears in `ns_path` (kind "link") or
-    gets an IPv4 address (kind "addr"): (event seen, mid_add, orphans, orphans hung)."""
-    w = NetlinkWatch(ns_path, kind, name)
+    """Start ADD, SIGKILL the plugin the moment link `name` appears in netns `where` (kind "link"),
+    gets an IPv4 address there (kind "addr"), or a file named with `name` is created in directory
+    `where` (kind "file"): (event seen, mid_add, orphans, orphans hung)."""
+    w = FileWatch(where, name) if kind == "file" else NetlinkWatch(where, kind, name)
     try:
         p = start(target, "ADD")
         seen = w.wait(p, within)
+        mid = p.poll() is None
+        if mid:
+            p.send_signal(signal.SIGKILL)
+            if kind == "file":           # dead before the held open is let go
+                p.wait()
     finally:
         w.close()
-    mid = p.poll() is None
-    if mid:
-        p.send_signal(signal.SIGKILL)
     p.communicate()
     return (seen, mid, *_drain(p.pid))
 
@@ -319,9 +393,10 @@ class Target:
         raise NotImplementedError
 
     def events(self) -> list[tuple[str, str, str, str]]:
-        """Targeted kill points: (netns role, netns path, "link" or "addr", link name); ADD is killed
-        the moment that link appears there or gets an IPv4 address (windows a uniform delay hits
-        only now and then)."""
+        """Targeted kill points: (netns role, netns path, "link" or "addr", link name) or ("state",
+        directory, "file", part of a name); ADD is killed the moment that link appears there or
+        gets an IPv4 address, or such a file is created (windows a uniform delay hits only now
+        and then)."""
         return []
 
     def conf(self, verb: str) -> dict:
@@ -374,7 +449,8 @@ class VxlanTarget(Target):
     def events(self):
         from plugins.pkg.names import host_veth
         return [("host", self.host.path, "link", host_veth(CID, IFNAME)),
-                ("pod", self.pod.path, "addr", IFNAME)]
+                ("pod", self.pod.path, "addr", IFNAME),
+                ("state", os.path.join(self.h.conf["stateDir"], "attachments"), "file", ".tmp")]
 
 
 class DpSteeringTarget(Target):
@@ -413,8 +489,10 @@ class DpSteeringTarget(Target):
         from plugins.meta.dp_steering.ids import port_names
         vex, vin = port_names(CID, IFNAME)
         pod, enf = self.first.ns.path, self.w.enf.path
-        return [("pod", pod, "link", vex), ("pod", pod, "link", vin), ("pod", pod, "addr", IFNAME),
-                ("enforcer", enf, "link", vex), ("enforcer", enf, "link", self.w.steer["vbrName"])]
+        return [("pod", pod, "link", vex), ("pod", pod, "addr", IFNAME),
+                ("enforcer", enf, "link", vex), ("enforcer", enf, "link", vin),
+                ("enforcer", enf, "link", self.w.steer["vbrName"]),
+                ("state", os.path.join(self.w.state_dir, "shared"), "file", ".tmp")]
 
     def close(self):
         try:
@@ -459,7 +537,8 @@ class EdgemeshTarget(Target):
         return [os.path.join(self.tmp, "edgemesh-state"), os.path.join(self.tmp, f"ipam-{self.network}")]
 
     def events(self):
-        return [("host", self.host.path, "link", "edgemesh0"), ("host", self.host.path, "addr", "edgemesh0")]
+        return [("host", self.host.path, "link", "edgemesh0"), ("host", self.host.path, "addr", "edgemesh0"),
+                ("state", os.path.join(self.tmp, "edgemesh-state", "networks"), "file", ".tmp")]
 
     def close(self):
         self.node.delete(self.first_list, self.pod, CID)
@@ -482,6 +561,7 @@ class Report:
         self.target, self.seed, self.asked = target, seed, kills
         self.kills = self.mid = self.orphans = self.hung_orphans = self.rebuilds = 0
         self.targeted = self.targeted_mid = self.unseen = 0
+        self.points: list[str] = []       # the targeted kills, as they landed
         self.typical = 0.0
         self.failures: list[dict] = []     # one per round with something wrong
         self.residue = self.next_add_failures = self.del_failures = self.gc_failures = 0
@@ -499,7 +579,7 @@ class Report:
                 f"{self.del_failures}, GC failures {self.gc_failures}, rebuilds {self.rebuilds}, {self.secs:.1f} s")
 
     def explain(self, limit: int = 3) -> str:
-        parts = [self.summary()]
+        parts = [self.summary(), *("  targeted: " + p for p in self.points)]
         for f in self.failures[:limit]:
             parts.append(json.dumps(f, indent=1, default=str)[:4000])
         return "\n".join(parts)
@@ -551,11 +631,13 @@ def crash(target: Target, kills: int, seed, log=None, stop_on_failure: bool = Fa
             seen, mid, orphans, hung = kill_at_event(target, path, kind, name)
             rep.targeted += 1
             rep.targeted_mid += mid
-            what = f"{name} appeared" if kind == "link" else f"{name} got an IPv4 address"
-            where = f"killed when {what} in the {role} netns" if seen else \
-                f"never seen: {what} in the {role} netns (killed after ADD)"
+            what = {"link": f"{name} appeared in the {role} netns",
+                    "addr": f"{name} got an IPv4 address in the {role} netns",
+                    "file": f"a file named *{name}* was created in {path}"}[kind]
+            where = f"killed when {what}" if seen else f"never seen: {what} (killed after ADD)"
             if not seen:
                 rep.unseen += 1
+            rep.points.append(f"{where} ({'mid-ADD' if mid else 'after ADD'})")
         rep.orphans += orphans
         rep.hung_orphans += hung
         problems = _after_kill(target, rep, baseline)
