@@ -75,7 +75,7 @@ def _first(rep: crash.Report) -> str:
         " / ".join(what)
 
 
-def report(reps: list[crash.Report], seed, kills: int, load: tuple, secs: float) -> str:
+def report(reps: list[crash.Report], seed, kills: int, load: tuple, secs: float, scratch: str = "") -> str:
     rows = ["| plugin | random kills | mid-ADD | targeted kills | rounds with residue | next-ADD failures "
             "| DEL / GC failures | rebuilds | typical ADD ms | s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -84,6 +84,10 @@ def report(reps: list[crash.Report], seed, kills: int, load: tuple, secs: float)
                     f"{r.next_add_failures} | {r.del_failures} / {r.gc_failures} | {r.rebuilds} | "
                     f"{r.typical * 1000:.0f} | {r.secs:.0f} |")
     firsts = "\n".join(f"- **{r.target}**: {_first(r)}" for r in reps)
+    points = "\n".join(f"- **{r.target}**: " + "; ".join(p.replace("killed when ", "") for p in r.points)
+                       for r in reps if r.points)
+    if scratch:
+        firsts, points = firsts.replace(scratch, "$scratch"), points.replace(scratch, "$scratch")
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return f"""# Crash test: SIGKILL during ADD, then DEL and GC
 
@@ -94,8 +98,9 @@ finish), DEL, GC with `cni.dev/valid-attachments: []` (cniVersion 1.1.0), a comp
 test netns involved (links, addresses, routes, rules, permanent neighbours, tc qdiscs and filters),
 iptables/nft, the state files and host-local reservations, and the dp's registrations (inline)
 with the state before; then the next ADD + DEL of the same attachment. "mid-ADD": the plugin was still
-running when killed (random kills only; targeted kills land at a netlink event of the ADD, the
-moment a link appears or gets its address). A failed round rebuilds the world.
+running when killed (random kills only). Targeted kills land at an event of the ADD: the moment a
+link appears in a netns or gets its IPv4 address (netlink), or inside a record write (fanotify holds
+the plugin's open of a `.tmp` file until the kill). A failed round rebuilds the world.
 
 Run {stamp}, seed {seed}, {secs:.0f} s, load average {load[0]:.2f} / {load[1]:.2f} (before/after), 2 CPUs shared.
 
@@ -104,6 +109,10 @@ Run {stamp}, seed {seed}, {secs:.0f} s, load average {load[0]:.2f} / {load[1]:.2
 First failure per plugin (kill point, then what DEL + GC left or what failed):
 
 {firsts}
+
+Targeted kill points, as they landed (`$scratch` is the run's scratch dir):
+
+{points}
 """
 
 
@@ -133,7 +142,8 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     load1 = os.getloadavg()
-    path = benchout.write("crash", report(reps, seed, args.kills, (load0[0], load1[0]), time.monotonic() - t0))
+    path = benchout.write("crash", report(reps, seed, args.kills, (load0[0], load1[0]), time.monotonic() - t0,
+                                         scratch))
     print(f"wrote {path}")
     if args.json:
         with open(args.json, "w") as f:

@@ -9,9 +9,14 @@ The plugin is exec'd as a runtime execs it (the venv console script, CNI env, co
 the target's host netns; its own process group so what it forked can be waited for). One round:
 
 1. ADD, killed with SIGKILL after a seeded uniform delay in [0, 1.2 x the typical ADD duration]
-   (measured first, median of a few clean ADD+DEL rounds). Only the plugin process is killed, as Go's
-   exec.CommandContext does in a runtime; what it forked (host-local, iptables-restore, tc, nft) is
-   left to finish (waited for, bounded) before going on. "mid-ADD" = the plugin was still running.
+   (the median of the last clean ADDs: a few measured first, then each round's next ADD, so it
+   follows the machine's load). Only the plugin process is killed, as Go's exec.CommandContext does
+   in a runtime; what it forked (host-local, iptables-restore, tc, nft) is left to finish (waited
+   for, bounded) before going on. "mid-ADD" = the plugin was still running.
+   After the random rounds, one round per targeted point of the target (Target.events()): the kill
+   lands the moment a link appears in a netns or gets its IPv4 address (netlink multicast, socket
+   bound before the exec), or inside a record write (fanotify holds the plugin's open of a `.tmp`
+   file in a state dir until the kill): windows a uniform delay hits only now and then.
 2. DEL of the same attachment (same container ID, ifname, config, prevResult), then GC with an empty
    `cni.dev/valid-attachments` (cniVersion 1.1.0): both must succeed.
 3. Residue: a snapshot of every test namespace involved (links, addresses, routes of all tables,
@@ -21,7 +26,7 @@ the target's host netns; its own process group so what it forked can be waited f
 4. The next ADD of the same attachment must succeed; then DEL it.
 
 Round 4's leftovers show up in the next round's comparison. A round with residue or a failed next ADD
-is a failure; with `rebuild=True` the target is torn down and made anew afterwards (a stranded
+is a failure; with `rebuild` (a callable) the target is torn down and made anew afterwards (a stranded
 attachment would poison every later round), otherwise `stop_on_failure` ends the loop there.
 """
 from __future__ import annotations
