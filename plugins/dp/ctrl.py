@@ -50,6 +50,7 @@ SLACK = 256 << 10             # replies in flight to clients that do read
 SNDBUF = 8 << 20              # our send buffer (the kernel doubles it)
 MAX_CLIENTS = 1024            # addresses whose unread replies we track
 BURST = 64                    # requests served before the frames get their turn
+WARNINGS = 10                 # error replies logged per second
 SO_SNDBUFFORCE = 32
 _UCRED = struct.Struct("iII")   # pid, uid, gid
 log = logging.getLogger("pycni-dp")
@@ -321,6 +322,7 @@ class Server:
         self.buf = bytearray(MAX_MSG)
         self.ancbuf = socket.CMSG_SPACE(_UCRED.size)
         self.refused = 0                 # datagrams not from root
+        self.window, self.warned, self.suppressed = 0.0, 0, 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -361,9 +363,22 @@ class Server:
         else:
             reply = self.control.handle(bytes(self.buf[:n]), addr or None)
         if not reply["ok"]:
-            log.warning("control: %s", reply["error"])
+            self.warn(str(reply["error"]))
         if addr:
             self.reply(reply, addr)
+
+    def warn(self, error: str) -> None:
+        """Log an error reply: at most WARNINGS a second, so a client cannot fill the log."""
+        now = time.monotonic()
+        if now - self.window >= 1.0:
+            if self.suppressed:
+                log.warning("control: %d more error replies not logged", self.suppressed)
+            self.window, self.warned, self.suppressed = now, 0, 0
+        if self.warned < WARNINGS:
+            self.warned += 1
+            log.warning("control: %s", error if len(error) < 300 else error[:300] + "...")
+        else:
+            self.suppressed += 1
 
     def reply(self, reply: dict, addr) -> None:
         data = json.dumps(reply).encode()

@@ -239,6 +239,7 @@ def test_fuzz_while_pods_flow_and_a_client_never_reads(triad, dp, tmp_path):  # 
                     assert reply["ok"] is False and reply["error"], (kind, data[:80], reply)
                 if i % 40 == 0:
                     assert dpctl.ping(dp.socket, timeout=2) is not None, f"ping {i}"
+                time.sleep(0.005)        # ~2 s in all: the flow and the others run meanwhile
     finally:
         never.stop()
         steady.stop()

@@ -335,3 +335,11 @@ def test_a_client_that_never_reads_does_not_silence_the_server(server, tmp_path)
     bad.close()                                          # gone: its replies freed
     assert dpctl.ping(server.path) is not None
     assert server.clients.stalled == {} and server.clients.outq() < ctrl.SLACK
+
+
+def test_error_replies_do_not_flood_the_log(server, caplog):
+    with caplog.at_level("WARNING", logger="pycni-dp"):
+        for _ in range(200):
+            server.warn("bad JSON: " + "x" * 5000)
+    assert len(caplog.records) <= ctrl.WARNINGS + 1
+    assert all(len(r.getMessage()) < 400 for r in caplog.records)
