@@ -46,8 +46,24 @@ def validate_conf(conf: dict, command: str) -> None:
     schema.validate(conf, "vxlan", command, CLEANUP.get(command, ()))
 
 
+def run_as_own_ipam(command: str) -> bool:
+    """A vxlan run as the IPAM plugin of a vxlan (ipam.type a wrapper, copy or link of it that the
+    config check cannot see): ADD and CHECK are refused with 7 (each level would delegate once more);
+    DEL, GC and STATUS succeed doing nothing (that ADD allocated nothing). True when so."""
+    parent = os.environ.get(ipam.DELEGATED_MARK)
+    if not parent:
+        return False
+    if command in ("ADD", "CHECK"):
+        raise CNIError(INVALID_CONFIG, "invalid config field 'ipam.type': vxlan was run as the IPAM plugin of "
+                       f"a vxlan ({parent}): ipam.type runs vxlan again",
+                       "use an IPAM plugin (host-local, static, dhcp), or omit ipam for host-local")
+    log.info("%s: run as the IPAM plugin of a vxlan (%s): nothing to do", command, parent)
+    return True
+
+
 def cmd_add(args: CmdArgs) -> Result:
     cid, ifname = args.container_id, check_ifname(args.ifname, "CNI_IFNAME")
+    run_as_own_ipam("ADD")
     n = config.load(args.conf, "ADD", args.args)
     ipam.find_plugin(n.ipam_type, args.path)           # fail before creating anything
     _refuse_host_netns(args.netns)
@@ -111,6 +127,7 @@ def cmd_check(args: CmdArgs) -> None:
     prev = args.prev_result
     if prev is None:
         raise CNIError(INVALID_CONFIG, "CHECK: required prevResult missing")
+    run_as_own_ipam("CHECK")
     n = config.load(args.conf, "CHECK")
     node = overlay.check_node(n)
     net = _pod_net(n, node)
@@ -134,6 +151,8 @@ def cmd_del(args: CmdArgs) -> None:
     """Remove whatever this attachment left (masq rules, veth, allocation, record), found by network,
     container ID and ifname; fail only when something found could not be removed."""
     cid, ifname = args.container_id, args.ifname
+    if run_as_own_ipam("DEL"):
+        return
     n = config.load(args.conf, "DEL")
     try:
         check_ifname(ifname, "CNI_IFNAME")
@@ -148,6 +167,8 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_gc(args: CmdArgs) -> None:
+    if run_as_own_ipam("GC"):
+        return
     n = config.load(args.conf, "GC")
     valid = {(a["containerID"], a["ifname"]) for a in args.valid_attachments}
     failed = []
@@ -216,6 +237,16 @@ def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "") -> None:
             ipam.find_plugin(n.ipam_type, os.environ.get("CNI_PATH", ""))
         except CNIError as e:
             log.info("DEL: no attachment record and IPAM plugin unusable (%s): nothing to release", e.msg)
+            return
+        if not os.path.lexists(ipam.record_path(n.state_dir, veth)):
+            # No record: ADD never reached IPAM (it records first, under the node lock). Asking
+            # IPAM anyway releases by ID what a lost stateDir may have left; its failure (e.g. a
+            # delegation ring cut at PYCNI_DELEGATION_DEPTH) is no allocation of ours left behind.
+            try:
+                ipam.delete(n.raw, conf_ipam, cid, ifname)
+            except CNIError as e:
+                log.warning("DEL: no attachment record; IPAM DEL failed (%s): nothing of ours to release",
+                            e.msg)
             return
     ipam.delete(n.raw, conf_ipam, cid, ifname)
     ipam.remove_record(n.state_dir, veth)

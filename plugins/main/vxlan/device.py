@@ -28,6 +28,10 @@ from libcni_py.errors import CNIError
 from plugins.pkg import rtnl as nl
 from .errors import DEVICE_FAILED, NO_UNDERLAY
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 ENCAP_OVERHEAD = 50
 IFLA_IFALIAS = 20
 MARK_PREFIX = "pycni-vxlan "
@@ -112,10 +116,12 @@ def _foreign(what: str, name: str) -> CNIError:
                     "if it is a leftover")
 
 
-def vet(rt: nl.Rtnl, name: str, want_mark: str, vni: int, port: int) -> nl.Link | None:
+def vet(rt: nl.Rtnl, name: str, want_mark: str, vni: int, port: int, underlay: Underlay | None = None,
+        mac: Callable[[], str] | None = None) -> nl.Link | None:
     """The link called `name` when it may be our device (None when there is none); CNIError(107)
-    when it cannot be ours whatever the lease says: another kind of link, another mark, an unmarked
-    vxlan device with another VNI or port. Decided before the node takes or changes a lease."""
+    when it cannot be ours: another kind of link, another mark, an unmarked vxlan device with another
+    VNI or port, or (given `underlay` and `mac()`, the VTEP MAC the lease will have) an unmarked one
+    with neither exactly our attributes nor our MAC. Decided before the node takes or changes a lease."""
     link = rt.link(name)
     if link is None:
         return None
@@ -128,13 +134,16 @@ def vet(rt: nl.Rtnl, name: str, want_mark: str, vni: int, port: int) -> nl.Link 
     if not have and (link.vxlan.get("id") != vni or link.vxlan.get("port") != port):
         raise _foreign(f"an unmarked vxlan device with VNI {link.vxlan.get('id')} port "
                        f"{link.vxlan.get('port')} (want {vni}/{port})", name)
+    if not have and underlay is not None and mac is not None:
+        w = Want(name, vni, port, underlay, mac(), ipaddress.IPv4Interface("0.0.0.0/32"), want_mark)
+        to_adopt(rt, link, w)
     return link
 
 
 def to_adopt(rt: nl.Rtnl, link: nl.Link, w: Want) -> bool:
     """False when `link` carries our mark; True when it is ours without it (our VNI and port and
     either exactly our attributes or our VTEP MAC: ensure() marks it); CNIError(107) otherwise."""
-    vet(rt, w.name, w.mark, w.vni, w.port)
+    vet(rt, w.name, w.mark, w.vni, w.port)       # kind, mark, VNI and port
     if alias(rt, link) == w.mark:
         return False
     if not identity_drift(link, w) or link.mac == w.mac:

@@ -21,6 +21,9 @@ from .errors import BAD_IPAM_RESULT
 
 log = get_logger("pycni.vxlan.ipam")
 RECORDS = "attachments"
+# Set in the environment of the IPAM plugin we run: a vxlan that finds it was run (through a symlink,
+# a copy or a wrapper script named as an IPAM plugin) as the IPAM plugin of a vxlan.
+DELEGATED_MARK = "PYCNI_VXLAN_IPAM_OF"
 
 
 def ipam_config(section: dict | None, state_dir: str, subnet, gateway, network) -> dict:
@@ -141,6 +144,7 @@ def _run(command: str, conf: dict, ipam: dict, container_id: str = "", ifname: s
     path = find_plugin(ipam.get("type"), os.environ.get("CNI_PATH", ""))
     env = dict(os.environ)
     env["CNI_COMMAND"] = command
+    env[DELEGATED_MARK] = f"{env.get('CNI_CONTAINERID', '')}/{env.get('CNI_IFNAME', '')} {ipam.get('type')}"
     if container_id:
         env["CNI_CONTAINERID"], env["CNI_IFNAME"] = container_id, ifname
     version = V.config_version(conf)

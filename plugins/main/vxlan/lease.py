@@ -121,6 +121,14 @@ def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address, vet=None,
     return mine, snap
 
 
+def expected_mac(reg: Registry, cfg) -> str:
+    """The VTEP MAC acquire() would give this node now: its lease's, the local copy's, or derived."""
+    mine = reg.snapshot().leases.get(cfg.node_name)
+    if mine is not None:
+        return mine.vtep_mac
+    return _load_local(cfg.state_dir).get("vtepMAC") or vtep_mac(cfg.name, cfg.node_name)
+
+
 def release(reg: Registry, cfg) -> None:
     """Leave: remove this node's lease (peers drop its entries on their next reconcile)."""
     def mutate(draft: Snapshot) -> None:

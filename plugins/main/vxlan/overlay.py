@@ -89,7 +89,8 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
     reg = _registry(cfg)
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
-        have = device.vet(rt, cfg.device_name, device.mark(cfg.name), cfg.vni, cfg.port)
+        have = device.vet(rt, cfg.device_name, device.mark(cfg.name), cfg.vni, cfg.port, underlay,
+                          lambda: lease.expected_mac(reg, cfg))
         _vet_bridge(rt, cfg)
         mine, snap = lease.acquire(reg, cfg, underlay.public_ip,
                                    vet=lambda new: _bridge_problem(rt, cfg, new.subnet),
