@@ -36,13 +36,21 @@ class _Client:
             raise
 
     def call(self, name: str, params: dict) -> dict:
+        # The dp's queue holds only a few datagrams (net.unix.max_dgram_qlen): a hung dp blocks the send
+        # too, so the deadline covers it as well as the answer.
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
         self.sock.send(json.dumps({name: params}).encode())
         while True:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no answer to {name}")
             self.sock.settimeout(left)
-            reply = json.loads(self.sock.recv(MAX_REPLY))
+            try:
+                reply = json.loads(self.sock.recv(MAX_REPLY))
+            except ValueError:
+                raise DpError(f"{name}: the dp answered something that is not JSON") from None
+            if not isinstance(reply, dict):
+                raise DpError(f"{name}: the dp answered {type(reply).__name__}, not an object")
             if reply.get("msg") == name:
                 break
         if not reply.get("ok"):
