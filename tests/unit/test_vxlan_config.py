@@ -146,3 +146,55 @@ def test_check_compares_prev_result_text_it_cannot_parse_as_missing():
     assert pod._canonical("10.244.1.5/24", __import__("ipaddress").ip_interface) == "10.244.1.5/24"
     assert pod._canonical("fd00::5", __import__("ipaddress").ip_interface) == "fd00::5/128"
     assert pod._canonical("junk", __import__("ipaddress").ip_network) == "junk"
+
+
+@pytest.mark.parametrize("ipam_type", ["vxlan", "vxlan-agent", "dp-steering", "edgemesh", "pycnitool"])
+def test_ipam_naming_one_of_our_plugins_is_7_on_add_and_check_and_noted_on_del(ipam_type):
+    for command in ("ADD", "CHECK"):
+        with pytest.raises(CNIError) as e:
+            config.load(conf(ipam={"type": ipam_type}), command)
+        assert e.value.code == 7 and "ipam.type" in e.value.msg and "delegate to itself" in e.value.msg
+    for command in ("DEL", "GC"):
+        assert config.load(conf(ipam={"type": ipam_type}), command).ipam_self
+    assert config.load(conf(), "ADD").ipam_self == ""
+
+
+def test_ipam_resolving_to_the_running_executable_is_7(tmp_path, monkeypatch):
+    """A symlink (or hard link) on CNI_PATH to the executable running now, under another name."""
+    import sys
+    exe = tmp_path / "plugin"
+    exe.write_text("#!/bin/false\n")
+    exe.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(exe)])
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(exe, bindir / "my-ipam")
+    os.link(exe, bindir / "hard-ipam")
+    other = bindir / "host-local"
+    other.write_text("#!/bin/false\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("CNI_PATH", f"{tmp_path / 'none'}:{bindir}")
+    for name in ("my-ipam", "hard-ipam"):
+        with pytest.raises(CNIError) as e:
+            config.load(conf(ipam={"type": name}), "ADD")
+        assert e.value.code == 7 and "own executable" in e.value.msg and str(bindir / name) in e.value.msg
+    assert config.load(conf(ipam={"type": "host-local"}), "ADD").ipam_self == ""
+    assert config.self_delegation("missing", os.environ["CNI_PATH"]) == ""
+
+
+def test_device_name_equal_to_the_bridge_is_7():
+    with pytest.raises(CNIError) as e:
+        config.load(conf(deviceName="cni0"), "ADD")
+    assert e.value.code == 7 and "deviceName and bridge" in e.value.msg
+    config.load(conf(deviceName="cni0"), "DEL")      # DEL goes on
+
+
+def test_a_vxlan_run_as_a_vxlans_ipam_refuses_add_and_does_nothing_on_del(monkeypatch):
+    from plugins.main.vxlan import ipam
+    assert not cmd.run_as_own_ipam("ADD")
+    monkeypatch.setenv(ipam.DELEGATED_MARK, "c1/eth0 loop-ipam")
+    for command in ("ADD", "CHECK"):
+        with pytest.raises(CNIError) as e:
+            cmd.run_as_own_ipam(command)
+        assert e.value.code == 7 and "c1/eth0 loop-ipam" in e.value.msg
+    assert cmd.run_as_own_ipam("DEL") and cmd.run_as_own_ipam("GC")

@@ -117,3 +117,37 @@ def test_node_config_rejects(tmp_path, bad, code):
     with pytest.raises(CNIError) as e:
         node_config({**conf(tmp_path), **bad})
     assert e.value.code == code
+
+
+def test_a_node_holding_a_lease_under_another_name_is_117_and_nothing_is_written(tmp_path):
+    join(tmp_path, "old", IP1)
+    reg_path = tmp_path / "registry.json"
+    before = reg_path.read_text()
+    renamed = conf(tmp_path, "new")
+    renamed["stateDir"] = str(tmp_path / "state" / "old")      # same node, same stateDir
+    cfg = node_config(renamed)
+    reg = open_registry(cfg.registry_type, cfg.registry_path)
+    with pytest.raises(CNIError) as e:
+        L.acquire(reg, cfg, IP1)
+    assert e.value.code == codes.NODE_RENAMED and "as 'old'" in e.value.msg
+    assert "local lease copy" in e.value.msg and "public IP" in e.value.msg
+    with pytest.raises(CNIError) as e:               # stateDir lost: the public IP still tells
+        L.acquire(reg, node_config(conf(tmp_path, "new")), IP1)
+    assert e.value.code == 117 and "public IP 198.18.0.1" in e.value.msg
+    assert reg_path.read_text() == before
+    assert join(tmp_path, "new", IP2).node == "new"            # another machine may take that name
+
+
+def test_a_vetoed_lease_is_not_written(tmp_path):
+    join(tmp_path)
+    before = (tmp_path / "registry.json").read_text()
+    cfg = node_config(conf(tmp_path, subnetLen=26))
+    reg = open_registry(cfg.registry_type, cfg.registry_path)
+
+    def veto(lease):
+        raise CNIError(codes.SUBNET_IN_USE, f"pods use the old subnet, not {lease.subnet}")
+    with pytest.raises(CNIError) as e:
+        L.acquire(reg, cfg, IP1, vet=veto)
+    assert e.value.code == 117 and "/26" in e.value.msg
+    assert (tmp_path / "registry.json").read_text() == before
+    assert L.acquire(reg, node_config(conf(tmp_path)), IP1, vet=veto)[0].subnet.prefixlen == 24   # no change
