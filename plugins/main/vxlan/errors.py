@@ -56,7 +56,8 @@ BRIDGE_CONFLICT = CODES.add(
     "`network` that the node did not repair (see 117)",
     "delete that link (the bridge once its pods are gone), or set `bridge` to another name")
 VETH_EXISTS = CODES.add(
-    114, "the host veth or the pod's ifname already exists (an earlier attachment was not deleted)",
+    114, "the attachment exists (its record or host veth: a repeated ADD, refused before anything is "
+    "touched, the live one left as it is), or the pod's ifname already exists in its netns",
     "DEL that container ID/ifname first")
 BAD_IPAM_RESULT = CODES.add(
     115, "IPAM failed with an error of its own (host-local's 999: range full, a requested IP out of "
