@@ -24,10 +24,9 @@ SEED = os.environ.get("PYCNI_CRASH_SEED", "9")
 # Real residue these tests find; strict, so a fix turns them red and the mark must go.
 # (dp-steering's kill between pulling the pod's interface and writing its record, issue 9.1, was
 # found here at the "vex<id> appears in the pod netns" point; its intent journal fixed it.)
-TMP_LEFT = ("issue 9.10: vxlan's DEL and GC leave a record temp file (state/<node>/attachments/<veth>.json.tmp<pid>) "
-            "of an ADD killed while writing it (deterministic at the 'file' kill point: the open is held); "
-            "records.write cleans stale temps only on the next write into that directory")
-KNOWN = {"vxlan": TMP_LEFT}
+# (vxlan's record temp file of an ADD killed while writing it, issue 9.10, was found here at the
+# "file" kill point; its DEL and GC now remove stale temp files in stateDir.)
+KNOWN: dict[str, str] = {}
 
 
 def _param(name: str):

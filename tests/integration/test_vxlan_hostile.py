@@ -387,3 +387,28 @@ def test_leave_during_an_add_sees_the_new_pod(cluster, netns, tmp_path):
     assert done and done[0].ips
     assert host.node in cluster.registry()["leases"]
     pods._on(host, "del", pod)
+
+
+def test_del_and_gc_remove_temp_files_of_killed_writers(cluster, netns, tmp_path):
+    """An ADD killed while writing its record leaves `<veth>.json.tmp<pid>` (issue 9.10): DEL and GC
+    remove it; a temp file of a live writer stays."""
+    host = cluster.hosts[0]
+    pods = Pods(cluster, netns, tmp_path, version="1.1.0")
+    pod = pods.add(host, "c1")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    att = os.path.join(host.conf["stateDir"], "attachments")
+    stale = [os.path.join(att, f"{pod.veth}.json.tmp{dead.pid}"),
+             os.path.join(host.conf["stateDir"], f"lease.json.tmp{dead.pid}")]
+    alive = os.path.join(att, f"other.json.tmp{os.getpid()}")
+    for path in (*stale, alive):
+        with open(path, "w") as f:
+            f.write("{")
+    pods.delete(pod)
+    assert not any(os.path.exists(p) for p in stale) and os.path.exists(alive)
+    with open(stale[0], "w") as f:
+        f.write("{")
+    with ns.enter(host.path):
+        pods.cni(host).gc_network_list(pods.conflist(host), valid_attachments=[])
+    assert not os.path.exists(stale[0]) and os.path.exists(alive)
+    os.remove(alive)

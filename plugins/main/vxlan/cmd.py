@@ -164,6 +164,7 @@ def cmd_del(args: CmdArgs) -> None:
     with pod_links() as ipr:
         pod.detach(ipr, veth)
     _release(n, veth)
+    ipam.clean_stale(n.state_dir)      # an ADD killed while writing a record left its temp file
 
 
 def cmd_gc(args: CmdArgs) -> None:
@@ -185,6 +186,7 @@ def cmd_gc(args: CmdArgs) -> None:
             except (CNIError, OSError) as e:
                 failed.append(f"{cid}/{ifname}: {e}")
     masq.gc(n.name, valid)
+    ipam.clean_stale(n.state_dir)
     if not n.ipam_self:
         ipam.gc(n.raw, _fallback_ipam(n), args.valid_attachments)
     if failed:

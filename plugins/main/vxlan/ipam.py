@@ -74,6 +74,12 @@ def remove_record(state_dir: str, host_veth: str) -> None:
     rec.remove(record_path(state_dir, host_veth))
 
 
+def clean_stale(state_dir: str) -> list[str]:
+    """Remove the temp files (`<record>.tmp<pid>`) that writers killed mid-write left in stateDir and
+    its attachments/ (node-local: a pid there is a pid of this machine); their names."""
+    return rec.clean_stale(os.path.join(state_dir, RECORDS)) + rec.clean_stale(state_dir)
+
+
 def record_names(state_dir: str) -> list[str]:
     """The host veth names that have a record (an attachment this node made and has not released)."""
     return [n[:-5] for n in rec.names(os.path.join(state_dir, RECORDS), ".json")]
