@@ -34,13 +34,15 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64
 class BPFError(OSError):
     """The kernel refused the program; `log` holds the verifier's words."""
 
-    def __init__(self, err: int, msg: str, log: str = ""):
+    errno: int          # always set: every BPFError is made with the errno the kernel gave
+
+    def __init__(self, err: int, msg: str, log: str = "") -> None:
         super().__init__(err, msg)
         self.log = log
 
 
 class Asm:
-    def __init__(self):
+    def __init__(self) -> None:
         self.insns: list = []          # (code, dst, src, off | label, imm)
         self.labels: dict[str, int] = {}
 

@@ -138,7 +138,7 @@ def _pedit_keys(options: dict[int, bytes]) -> list[tuple[int, int, int]]:
 
 
 def _actions(r: Rule, index: dict[str, int]) -> list[tuple]:
-    acts = []
+    acts: list[tuple] = []
     if r.copy_to:
         acts.append(("mirred", index.get(r.copy_to)))
     if r.rewrite:

@@ -49,7 +49,7 @@ class Demo:
         self.cni = CNIConfig(path=[BIN, "/usr/lib/cni"], cache_dir=os.path.join(tmp, "cache"))
         self.rt = RuntimeConf(container_id="demo-pod", netns=self.path["pod"], ifname="eth0",
                               args=[("IgnoreUnknown", "1"), ("K8S_POD_NAME", "web")])
-        self.dp = None
+        self.dp: subprocess.Popen | None = None
 
     def expect(self, what: str, ok: bool) -> None:
         print(f"  [{'ok' if ok else 'FAILED'}] {what}")

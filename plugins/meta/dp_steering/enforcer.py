@@ -24,8 +24,8 @@ def ensure_pair(rt, netns: str, vbr: str, vth: str, mtu: int) -> bool:
         raise FileExistsError(f"{vbr} exists in the enforcer netns but is not our vbr/vth veth pair")
     if have is not None:
         if have.mtu < mtu:
-            for name in (vbr, vth):
-                link.set_link(rt, link.index_of(rt, name), mtu=mtu)
+            for index in (have.index, have.peer):       # is_pair: the peer is vth
+                link.set_link(rt, index, mtu=mtu)
         tc.ensure_ingress(rt, have.index)
         return False
     free = [rt.link(index=i) is None for i in (PAIR_INDEX, PAIR_INDEX + 1)]

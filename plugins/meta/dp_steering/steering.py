@@ -13,18 +13,37 @@ from plugins.pkg.log import get_logger
 
 from . import config, dpctl, enforcer, errors, ids, rules, state, triad
 
+TYPE_CHECKING = False          # typing stays off the exec path; mypy reads the block below
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from plugins.pkg.rtnl import Rtnl
+
+    from .rules import Rule
+
+    class Datapath(Protocol):
+        """The seam both datapath modules (datapath_pedit, datapath_ebpf) fill."""
+
+        def available(self) -> bool: ...
+
+        def install(self, rt: Rtnl, netns: str, rules: list[Rule], index: dict[str, int]) -> None: ...
+
+        def differences(self, found: dict[tuple[str, int], list[tc.Filter]], rules: list[Rule],
+                        index: dict[str, int]) -> str | None: ...
+
+
 log = get_logger("pycni.dp-steering")
 
 
-def datapath(name: str):
+def datapath(name: str) -> Datapath:
     """The module of datapath `name`, imported on first use (DEL needs neither)."""
     if name == "tc-pedit":
-        from . import datapath_pedit as module
-    elif name == "ebpf":
-        from . import datapath_ebpf as module
-    else:
-        raise ValueError(f"no datapath {name!r}")
-    return module
+        from . import datapath_pedit
+        return datapath_pedit
+    if name == "ebpf":
+        from . import datapath_ebpf
+        return datapath_ebpf
+    raise ValueError(f"no datapath {name!r}")
 
 
 def resolve_datapath(name: str) -> str:
@@ -88,10 +107,14 @@ def prepare(pod: state.Pod, state_dir: str, note) -> None:
                            "(the pod was put back as it was)", str(e)) from None
         raise
     with link.open_rtnl(pod.enforcer) as rt:
-        pod.vex_index, pod.vin_index = link.index_of(rt, pod.vex), link.index_of(rt, pod.vin)
+        pod.vex_index = triad.must_index(rt, pod.vex, pod.enforcer)
+        pod.vin_index = triad.must_index(rt, pod.vin, pod.enforcer)
         begin(pod, "pair", note)
         try:
             enforcer.acquire(rt, pod, state_dir, snap.mtu)
+        except CNIError:               # a device of the new pair vanished (IFACE_MISSING)
+            pod.steps.remove("pair")   # acquire left nothing
+            raise
         except OSError as e:
             pod.steps.remove("pair")   # acquire left nothing
             raise CNIError(errors.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
@@ -122,7 +145,7 @@ def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
               if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and "pull" in p.steps]
     macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
     pod.ucmac = ids.ucmac(ids.allocate16(pod.vex_index, macs, "UCMAC"))
-    prefs = {f.pref for f in tc.filters(rt, link.index_of(rt, pod.vbr))}
+    prefs = {f.pref for f in tc.filters(rt, triad.must_index(rt, pod.vbr, pod.enforcer))}
     prefs |= {p.vex_pref for p in others} | {p.vin_pref for p in others}
     pod.vex_pref = ids.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
     pod.vin_pref = ids.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
@@ -318,7 +341,7 @@ def _effective(pod: state.Pod, vth_index: int | None, mode: str) -> str:
 
 def _install(rt, pod: state.Pod, mode: str) -> None:
     p = port(pod)
-    index = {name: link.index_of(rt, name) for name in (p.vex, p.vin, p.vbr)}
+    index = {name: triad.must_index(rt, name, pod.enforcer) for name in (p.vex, p.vin, p.vbr)}
     want = sorted(rules.rules_for(mode, p), key=lambda r: r.dev != p.vbr)   # return path first
     try:
         for name in (p.vex, p.vin, p.vbr):
@@ -335,7 +358,9 @@ def _remove_rules(rt, pod: state.Pod) -> None:
                         (pod.vex, (rules.POD_PREF, rules.REST_PREF)),
                         (pod.vin, (rules.POD_PREF, rules.REST_PREF))):
         index = link.index_of(rt, name)
-        for pref in prefs if index is not None else ():
+        if index is None:          # gone, and its filters with it
+            continue
+        for pref in prefs:
             if pref:
                 tc.delete_filter(rt, index, pref)
 
@@ -361,11 +386,12 @@ def verify(pod: state.Pod) -> str | None:
     if pod.installed == "off":
         return None
     with link.open_rtnl(pod.enforcer) as rt:
-        index = {}
+        index: dict[str, int] = {}
         for name, want in ((pod.vex, pod.vex_index), (pod.vin, pod.vin_index), (pod.vbr, None), (pod.vth, None)):
-            index[name] = link.index_of(rt, name)
-            if index[name] is None or (want is not None and index[name] != want):
+            got = link.index_of(rt, name)
+            if got is None or (want is not None and got != want):
                 return f"{name} is missing in the enforcer netns (or was re-created)"
+            index[name] = got
         found: dict = {}
         for name in (pod.vex, pod.vin, pod.vbr):
             for f in tc.filters(rt, index[name]):

@@ -15,10 +15,13 @@ import socket
 import time
 from collections import namedtuple
 
+from libcni_py.errors import CNIError
 from plugins.pkg import link
 from plugins.pkg import rtnl as nl
 from plugins.pkg.log import get_logger
 from plugins.pkg.names import check_ifname
+
+from . import errors
 
 log = get_logger("pycni.dp-steering")
 RT_TABLE_LOCAL, RTPROT_KERNEL = 255, 2
@@ -30,6 +33,17 @@ IFA_F_NODAD = 0x02
 # veth peer's ifindex (host side), its addresses (IPv6 link-local left out: made again from
 # the MAC), routes (local table and kernel routes left out) and permanent ARP/NDP entries.
 Snapshot = namedtuple("Snapshot", "mac mtu txqlen peer addrs routes neighs")
+
+
+def must_index(rt: nl.Rtnl, name: str, netns: str) -> int:
+    """The ifindex of `name` in `netns` (rt's), for a device dp-steering made or found a moment
+    ago: one that is gone now (deleted under us) is dp-steering's IFACE_MISSING, never a None
+    handed on to the kernel."""
+    index = link.index_of(rt, name)
+    if index is None:
+        raise CNIError(errors.IFACE_MISSING, f"{name} is missing in {netns}",
+                       "it was deleted while dp-steering worked on it; DEL and ADD the pod again")
+    return index
 
 
 def snapshot(rt: nl.Rtnl, index: int) -> Snapshot:
@@ -124,7 +138,7 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             _batch(pod, [nl.addr_msg(False, index, a.address) for a in snap.addrs], "delete address",
                    (errno.EADDRNOTAVAIL, errno.ENOENT))
             link.move_to_netns(pod, index, enf_ns, new_index=link.free_index(enf, VEX_INDEX_BASE))
-            vex_index = link.index_of(enf, vex)
+            vex_index = must_index(enf, vex, enf_ns)
             new = link.create_veth(
                 pod, ifname, vin, enf_ns, mtu=snap.mtu, mac=snap.mac, txqlen=snap.txqlen,
                 index=vex_index if pod.link(index=vex_index) is None else 0,
@@ -147,7 +161,7 @@ def quiet_up(rt: nl.Rtnl, netns: str, name: str) -> None:
                 f.write("1")
         except FileNotFoundError:       # IPv6 off in this kernel or netns
             pass
-    link.set_link(rt, link.index_of(rt, name), up=True)
+    link.set_link(rt, must_index(rt, name, netns), up=True)
 
 
 def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
@@ -169,7 +183,7 @@ def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, ma
             _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap)
 
 
-def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin: str, mac: str,
+def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
              snap: Snapshot | None) -> None:
     link.delete_if_exists(enf, vin)              # takes our CNI_IFNAME in the pod with it
     idx = link.index_of(enf, vex)

@@ -89,7 +89,7 @@ class Entry:
 class Plan:
     """The change plan() computed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.create: list[str] = []                      # chains to create
         self.delete: list[tuple[str, Entry]] = []
         self.prepend: list[tuple[str, Item]] = []        # in final order
