@@ -12,7 +12,9 @@ CODES = Codes("dp-steering", 120, 139)
 NO_PREV_RESULT = CODES.add(
     120, "no prevResult", "chain dp-steering after an interface plugin")
 IFACE_MISSING = CODES.add(
-    121, "`CNI_IFNAME` not in prevResult or not in the pod netns", "the previous plugin must create it")
+    121, "`CNI_IFNAME` not in prevResult or not in the pod netns (or a device of the pod's port, "
+    "vex/vin/vbr/vth, vanished while dp-steering set it up)",
+    "the previous plugin must create it; for a vanished device, DEL and ADD the pod again")
 ENFORCER_NETNS = CODES.add(
     122, "`enforcerNetns` missing or not a netns", "create it (`ip netns add`) or fix the path")
 DATAPATH_UNAVAILABLE = CODES.add(
