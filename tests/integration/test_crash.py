@@ -110,3 +110,19 @@ def test_the_residue_check_sees_a_state_file(netns, tmp_path):
         f.write("")
     left = crash.diff(before, crash.snapshot(t))
     assert list(left) == [f"files {t.state}"] and "pods/c1/eth0.json" in left[f"files {t.state}"], left
+
+
+def test_the_residue_check_sees_a_dp_registration(netns, tmp_path):
+    """The inline target's dp comparison is not vacuous: a steered pod is registered there."""
+    t = crash.make_target("dp-steering-inline", netns, tmp_path)
+    try:
+        before = crash.snapshot(t)
+        a = crash.run(t, "ADD")
+        assert a.rc == 0, a
+        during = crash.diff(before, crash.snapshot(t))
+        assert "dp" in during and "+" in during["dp"], during.get("dp")
+        d = crash.run(t, "DEL")
+        assert d.rc == 0, d
+        assert crash.diff(before, crash.snapshot(t)) == {}
+    finally:
+        t.close()
