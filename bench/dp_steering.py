@@ -111,12 +111,13 @@ def plugin_times(w: World, rounds: int, variants: dict[str, dict]) -> dict[str, 
 
 def main() -> int:
     ap = benchout.options(__doc__, runs=10)
-    ap.add_argument("--rounds", dest="runs", type=int, default=argparse.SUPPRESS, metavar="N", help="the same as --runs")
+    ap.add_argument("--rounds", dest="runs", type=int, default=argparse.SUPPRESS, metavar="N",
+                    help="the same as --runs")
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--no-iperf", action="store_true", help="only the ADD/DEL figures")
     ap.add_argument("--before", metavar="DIR", help="also time the dp-steering of the checkout in DIR")
     opts = ap.parse_args()
-    variants = {"dp-steering (inline)": {}}
+    variants: dict[str, dict[str, str]] = {"dp-steering (inline)": {}}
     if opts.before:
         variants[f"dp-steering (inline), {os.path.basename(opts.before.rstrip('/'))}"] = {"PYTHONPATH": opts.before}
     made: list[NetNS] = []
@@ -148,7 +149,8 @@ def main() -> int:
             times = plugin_times(w, opts.runs, variants)
         med = {k: statistics.median(v) for k, v in times.items()}
         add, dele = med["bridge ADD"], med["bridge DEL"]
-        table = ["| plugin | ADD median ms | DEL median ms | ADD / bridge | DEL / bridge |", "|---|---:|---:|---:|---:|",
+        table = ["| plugin | ADD median ms | DEL median ms | ADD / bridge | DEL / bridge |",
+                 "|---|---:|---:|---:|---:|",
                  f"| Go bridge (+host-local) | {add:.1f} | {dele:.1f} | 1.0x | 1.0x |"]
         table += [f"| {v} | {med[v + ' ADD']:.1f} | {med[v + ' DEL']:.1f} | {med[v + ' ADD'] / add:.1f}x "
                   f"| {med[v + ' DEL'] / dele:.1f}x |" for v in variants]

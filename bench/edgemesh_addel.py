@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--before", metavar="DIR", help="also time the edgemesh of the tree in DIR, interleaved")
     args = ap.parse_args()
     runs, before = args.runs, args.before and os.path.abspath(args.before)
-    variants = {"edgemesh": {}}
+    variants: dict[str, dict[str, str]] = {"edgemesh": {}}
     if before:
         variants[f"edgemesh {os.path.basename(before.rstrip('/'))}"] = {"PYTHONPATH": before}
     for tree in filter(None, (ROOT, before)):      # without bytecode every exec compiles our modules

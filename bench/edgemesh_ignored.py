@@ -81,7 +81,8 @@ def main() -> int:
                 clean()
                 iptables.restore("nat", [":EDGE-MESH-SVC - [0:0]"])
                 argvs = [["iptables", "-w", "-t", "nat"] + _argv(line) for line in returns]
-                times["one call per rule"].append(timed(lambda: [subprocess.run(a, check=True) for a in argvs]))
+                times["one call per rule"].append(timed(
+                    lambda argvs=argvs: [subprocess.run(a, check=True) for a in argvs]))
                 assert iptables.save("nat").count("-j RETURN") == n
                 clean()
     finally:

@@ -70,7 +70,7 @@ CASES = [
 
 def timed(argv, env, stdin, rc) -> float:
     start = time.perf_counter()
-    p = subprocess.run(argv, env=env, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run(argv, env=env, input=stdin, capture_output=True)
     took = time.perf_counter() - start
     if p.returncode != rc:
         raise SystemExit(f"{argv}: exit {p.returncode}, wanted {rc}\n{p.stdout.decode()}{p.stderr.decode()}")
@@ -134,8 +134,8 @@ def report(samples, runs, profiles, env_info, load) -> str:
     lines = [
         "# Foundation bench: plugin start-up",
         "",
-        f"Reproduce: `./build.sh bench` (builds `dist/cni`, then runs every bench script), or "
-        f"`./build.sh bin && .venv/bin/python bench/foundation_startup.py`.",
+        "Reproduce: `./build.sh bench` (builds `dist/cni`, then runs every bench script), or "
+        "`./build.sh bin && .venv/bin/python bench/foundation_startup.py`.",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, one run, cases interleaved, {WARMUP} warm-up rounds, "
         f"then median of {runs} (wall time of fork+exec+wait from Python, so ~1 ms of the Go figure is "

@@ -57,7 +57,8 @@ for mod, name, key in [(overlay, "ensure_node", "ensure_node (lease, device, pee
                        (config, "load", "config (NetConf)"),
                        (ipam, "add", "IPAM ADD (host-local exec)"), (ipam, "delete", "IPAM DEL (host-local exec)"),
                        (ipam, "write_record", "attachment record"), (ipam, "remove_record", "attachment record"),
-                       (pod, "ensure_bridge", "bridge + gateway (netlink)"), (pod, "attach", "veth + pod side (netlink)"),
+                       (pod, "ensure_bridge", "bridge + gateway (netlink)"),
+                       (pod, "attach", "veth + pod side (netlink)"),
                        (pod, "detach", "veth delete (netlink)"), (cmd, "pod_links", "netlink socket"),
                        (masq, "setup", "ipMasq rules"), (masq, "teardown", "ipMasq rules")]:
     timed(mod, name, key)

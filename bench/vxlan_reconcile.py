@@ -98,8 +98,8 @@ def main() -> int:
         res: dict[str, list[float]] = {k: [] for k in (
             "ours_empty", "ours_noop", "ours_one", "agent_one", "ours_exec_one", "ours_remove", "ip_empty", "ip_one")}
         exec_argv = ["ip", "netns", "exec", name, sys.executable, "-c",
-                     "import sys, json; sys.path.insert(0, %r); from plugins.main.vxlan.overlay import "
-                     "ensure_node, node_config; ensure_node(node_config(json.loads(sys.argv[1])))" % ROOT,
+                     f"import sys, json; sys.path.insert(0, {ROOT!r}); from plugins.main.vxlan.overlay import "
+                     "ensure_node, node_config; ensure_node(node_config(json.loads(sys.argv[1])))",
                      json.dumps(conf)]
         dev = cfg.device_name
         neigh, fdb, route = ip_batches(full, dev)
@@ -117,7 +117,7 @@ def main() -> int:
                 applied = ensure_applied(cfg)
                 publish(reg, changed)
                 res["agent_one"].append(timed(             # registry read (the watch) + delta
-                    lambda: follow_change(cfg, applied, reg.snapshot())))
+                    lambda applied=applied: follow_change(cfg, applied, reg.snapshot())))
                 publish(reg, full)
                 res["ours_exec_one"].append(timed(lambda: subprocess.run(exec_argv, check=True)))
                 publish(reg, [])
