@@ -5,28 +5,54 @@ import pytest
 from plugins.meta.dp_steering import datapath_pedit as P
 from plugins.meta.dp_steering import rules as R
 
+
+def tc_commands(text: str) -> list[str]:
+    """One `tc` command a line; an indented line continues the command above it."""
+    out: list[str] = []
+    for line in text.strip().splitlines():
+        if line.startswith(" "):
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
 # The article's pod: MAC 1a:27:f3:87:3a:27, UCMAC 4e:65:75:56:00:b4, vbr prefs 5 and 172.
 ARTICLE_PORT = R.Port(vex="vex", vin="vin", vbr="vbr", mac="1a:27:f3:87:3a:27",
                       ucmac="4e:65:75:56:00:b4", vex_pref=5, vin_pref=172)
 
-ARTICLE = """
-tc filter add dev vex pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u16 0x1a27 0xffff at -14 match u32 0xf3873a27 0xffffffff at -12 action pedit munge offset -14 u16 set 0x4e65 munge offset -12 u32 set 0x755600b4 pipe action mirred egress mirror dev vbr
+ARTICLE = tc_commands("""
+tc filter add dev vex pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u16 0x1a27 0xffff at -14
+    match u32 0xf3873a27 0xffffffff at -12 action pedit munge offset -14 u16 set 0x4e65 munge offset -12 u32 set
+    0x755600b4 pipe action mirred egress mirror dev vbr
 tc filter add dev vex pref 10002 parent ffff: protocol all u32 match u8 0 0 action mirred egress mirror dev vin
-tc filter add dev vbr pref 5 parent ffff: protocol all u32 match u16 0x4e65 0xffff at -14 match u32 0x755600b4 0xffffffff at -12 action pedit munge offset -14 u16 set 0x1a27 munge offset -12 u32 set 0xf3873a27 pipe action mirred egress mirror dev vin
+tc filter add dev vbr pref 5 parent ffff: protocol all u32 match u16 0x4e65 0xffff at -14 match u32 0x755600b4
+    0xffffffff at -12 action pedit munge offset -14 u16 set 0x1a27 munge offset -12 u32 set 0xf3873a27 pipe action
+    mirred egress mirror dev vin
 tc filter add dev vin pref 10002 parent ffff: protocol all u32 match u8 0 0 action mirred egress mirror dev vex
-tc filter add dev vin pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u32 0x1a27f387 0xffffffff at -8 match u16 0x3a27 0xffff at -4 action pedit munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set 0x00b4 pipe action mirred egress mirror dev vbr
-tc filter add dev vbr pref 172 parent ffff: protocol all u32 match u32 0x4e657556 0xffffffff at -8 match u16 0x00b4 0xffff at -4 action pedit munge offset -8 u32 set 0x1a27f387 munge offset -4 u16 set 0x3a27 pipe action mirred egress mirror dev vex
-"""
+tc filter add dev vin pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u32 0x1a27f387 0xffffffff
+    at -8 match u16 0x3a27 0xffff at -4 action pedit munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set
+    0x00b4 pipe action mirred egress mirror dev vbr
+tc filter add dev vbr pref 172 parent ffff: protocol all u32 match u32 0x4e657556 0xffffffff at -8 match u16
+    0x00b4 0xffff at -4 action pedit munge offset -8 u32 set 0x1a27f387 munge offset -4 u16 set 0x3a27 pipe action
+    mirred egress mirror dev vex
+""")
 
 # NeuVector's TapPortPair with the same pod (agent/pipe/tc.go), vbr named as ours.
-TAP = """
-tc filter add dev vex pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u16 0x1a27 0xffff at -14 match u32 0xf3873a27 0xffffffff at -12 action mirred egress mirror dev vin action pedit munge offset -14 u16 set 0x4e65 munge offset -12 u32 set 0x755600b4 pipe action mirred egress mirror dev vbr
+TAP = tc_commands("""
+tc filter add dev vex pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u16 0x1a27 0xffff at -14
+    match u32 0xf3873a27 0xffffffff at -12 action mirred egress mirror dev vin action pedit munge offset -14 u16
+    set 0x4e65 munge offset -12 u32 set 0x755600b4 pipe action mirred egress mirror dev vbr
 tc filter add dev vex pref 10002 parent ffff: protocol all u32 match u8 0 0 action mirred egress mirror dev vin
-tc filter add dev vin pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u32 0x1a27f387 0xffffffff at -8 match u16 0x3a27 0xffff at -4 action mirred egress mirror dev vex action pedit munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set 0x00b4 pipe action mirred egress mirror dev vbr
+tc filter add dev vin pref 10001 parent ffff: protocol ip u32 match u8 0 1 at -14 match u32 0x1a27f387 0xffffffff
+    at -8 match u16 0x3a27 0xffff at -4 action mirred egress mirror dev vex action pedit munge offset -8 u32 set
+    0x4e657556 munge offset -4 u16 set 0x00b4 pipe action mirred egress mirror dev vbr
 tc filter add dev vin pref 10002 parent ffff: protocol all u32 match u8 0 0 action mirred egress mirror dev vex
-tc filter add dev vbr pref 5 parent ffff: protocol all u32 match u16 0x4e65 0xffff at -14 match u32 0x755600b4 0xffffffff at -12 action drop
-tc filter add dev vbr pref 172 parent ffff: protocol all u32 match u32 0x4e657556 0xffffffff at -8 match u16 0x00b4 0xffff at -4 action drop
-"""
+tc filter add dev vbr pref 5 parent ffff: protocol all u32 match u16 0x4e65 0xffff at -14 match u32 0x755600b4
+    0xffffffff at -12 action drop
+tc filter add dev vbr pref 172 parent ffff: protocol all u32 match u32 0x4e657556 0xffffffff at -8 match u16
+    0x00b4 0xffff at -4 action drop
+""")
 
 
 def commands(mode: str) -> list[str]:
@@ -34,11 +60,11 @@ def commands(mode: str) -> list[str]:
 
 
 def test_inline_commands_are_the_articles():
-    assert commands("inline") == ARTICLE.strip().splitlines()
+    assert commands("inline") == ARTICLE
 
 
 def test_tap_commands_are_neuvectors():
-    assert commands("tap") == TAP.strip().splitlines()
+    assert commands("tap") == TAP
 
 
 def test_every_device_and_pref_appears_once_per_mode():

@@ -35,7 +35,7 @@ def test_codes_are_in_range_documented_and_in_the_readme(plugin):
     assert readme_codes(heading) == set(codes.table), f"README table of {plugin} differs from its errors.py"
 
 
-def test_no_code_is_shared_between_plugins():
+def test_no_code_is_shared_between_plugins() -> None:
     seen: dict[int, str] = {}
     for plugin, (module, _, _) in PLUGINS.items():
         for value in importlib.import_module(module).CODES.table:

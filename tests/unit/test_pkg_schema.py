@@ -17,8 +17,8 @@ from plugins.pkg import schema
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMAS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", "schema", "*.json")))
 TYPE_OF = {"vxlan": "vxlan", "dp-steering": "dp-steering", "edgemesh": "edgemesh", "pycni-passthrough": "passthrough"}
-WRONG_TYPE = {"string": [7, None], "integer": ["7", 2.5, True], "number": ["7", False], "boolean": ["true", 1],
-              "object": [[], "x"], "array": [{}, "x"]}
+WRONG_TYPE: dict[str, list[object]] = {"string": [7, None], "integer": ["7", 2.5, True], "number": ["7", False],
+                                       "boolean": ["true", 1], "object": [[], "x"], "array": [{}, "x"]}
 NOT_MATCHING = ["", " ", "relative", "a b;c\n", "999.999.999.999/999", "-" * 300]
 
 
@@ -33,10 +33,18 @@ def examples() -> list[tuple[str, dict]]:
     return out
 
 
+def deref(sub: dict, root: dict) -> dict:
+    """`sub` with its local `$ref` (if any) merged in; our schemas' refs all resolve."""
+    if "$ref" not in sub:
+        return sub
+    target = schema._resolve(root, sub["$ref"])
+    assert isinstance(target, dict), f"$ref {sub['$ref']!r} does not resolve to a schema"
+    return {**sub, **target}
+
+
 def bad_values(sub: dict, root: dict):
     """(what, value) pairs that break one rule of the (sub)schema `sub`."""
-    if "$ref" in sub:
-        sub = {**sub, **schema._resolve(root, sub["$ref"])}
+    sub = deref(sub, root)
     for t in ([sub["type"]] if isinstance(sub.get("type"), str) else []):
         for v in WRONG_TYPE[t]:
             yield f"wrong type {v!r}", v
@@ -68,8 +76,7 @@ def edge_values(sub: dict):
 
 def mutations(conf: dict, sub: dict, root: dict, path: tuple = ()):
     """(label, path of the broken field, config) for rules of `sub` over the object `conf`."""
-    if "$ref" in sub:
-        sub = {**sub, **schema._resolve(root, sub["$ref"])}
+    sub = deref(sub, root)
     props = sub.get("properties", {})
     for key in sub.get("required", ()):
         yield f"missing required {key}", path, {k: v for k, v in conf.items() if k != key}
