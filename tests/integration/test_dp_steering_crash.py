@@ -41,14 +41,14 @@ def assert_clean(w, pod, view, why=""):
 
 
 @pytest.mark.parametrize("mode", ["tap", "inline"])
-def test_sigkill_at_random_points_of_add_leaves_nothing(netns, tmp_path, mode):
+def test_sigkill_at_random_points_of_add_leaves_nothing(netns, tmp_path, mode: str) -> None:
     """The real exec'd plugin SIGKILLed after seeded random delays spanning an ADD; then DEL and
     GC (even kills), or GC alone (odd kills: it must find the died ADD): no links, no records,
     journals or temp files, the pod exactly as the bridge made it, no dp registration; the
     next ADD of the same attachment succeeds."""
     w = World(netns, tmp_path, mode=mode, dpWaitMs=60, failOpen=False)
     pod = w.add("c1", steer=False)
-    prev = pod.result.encode()
+    prev = pod.added.encode()
     view = pod_view(pod.ns)
     dp = w.dp().start() if mode == "inline" else None
     extra = {"dpSocket": dp.socket} if dp else {}
@@ -185,7 +185,7 @@ def test_one_add_waiting_for_a_dp_does_not_hold_up_another(netns, tmp_path):
 def test_a_repeated_add_of_a_live_attachment_fails_and_leaves_it(netns, tmp_path):
     w = World(netns, tmp_path, failOpen=True)
     pod = w.add("c1")
-    prev = pod.result.encode()
+    prev = pod.added.encode()
     before, links = w.record(pod), w.enforcer_links()
     status, out, _ = w.plugin("ADD", pod, prev)
     assert status == 1 and out["code"] == errors.NAME_CLASH and "steered already" in out["msg"], out

@@ -161,6 +161,7 @@ def _killed_add(host, conf, delay: float) -> bool:
                CNI_ARGS="K8S_POD_NAMESPACE=default", CNI_PATH="/usr/lib/cni")
     p = subprocess.Popen(["ip", "netns", "exec", host.ns.name, EDGEMESH], env=env, stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert p.stdin is not None                        # a pipe
     p.stdin.write(json.dumps(conf).encode())
     p.stdin.close()
     time.sleep(delay)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
 from plugins.pkg import ns as nsmod
+from tests.kit.netns import NetNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CNI_PATH = [os.path.join(ROOT, ".venv", "bin"), "/usr/lib/cni"]
@@ -46,7 +47,7 @@ def conflist(tmp, name="emnet", subnet="10.22.0.0/24", bridge="cni0", edgemesh: 
 @dataclass
 class Node:
     """A host netns with a libcni cache of its own."""
-    ns: object
+    ns: NetNS
     tmp: str
     procs: list = field(default_factory=list)
 
@@ -87,6 +88,7 @@ class Node:
                               "plugins.meta.edgemesh.origdst", "serve", *args],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
+        assert p.stdout is not None and p.stderr is not None      # both are pipes
         line = p.stdout.readline()
         if line.strip() != "ready":
             p.kill()

@@ -145,7 +145,7 @@ def test_status_says_why_a_new_pod_cannot_be_served(host):
     assert host.records() == []                                # STATUS writes nothing
 
 
-LENIENT = [
+LENIENT: list[dict[str, object]] = [
     {"capabilities": {"portMappings": True}, "dns": {"nameservers": ["10.96.0.10"]}},
     {"runtimeConfig": {"portMappings": []}, "cni.dev/attachments": [], "nonsense": 1},
     {"serviceCIDR": "not a cidr", "listenPort": "x", "protocols": "tcp"},

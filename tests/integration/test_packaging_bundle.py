@@ -251,7 +251,7 @@ def test_frozen_plugin_add_check_del_without_python(installed, netns, tmp_path, 
 PLUGIN_ENV = {"CNI_CONTAINERID": "pkg-exit1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0",
               "CNI_PATH": "{bin}"}
 PLUGIN_CONF = '{"cniVersion": "1.0.0", "name": "exitnet", "type": "%s"}'
-EXIT_CASES = {
+EXIT_CASES: dict[str, list[tuple[str, list[str], dict[str, str], str, bool]]] = {
     "pycnitool": [("bad verb", ["bogus", "net"], {}, "", False),
                   ("status of a list", ["status", "exitnet"],
                    {"NETCONFPATH": "{conf}", "CNI_PATH": "{bin}", "CNI_CACHE_DIR": "{conf}/cache"}, "", True)],

@@ -91,22 +91,27 @@ class Tool:
         os.makedirs(confdir, exist_ok=True)
         with open(os.path.join(confdir, lst["name"] + ".conflist"), "w") as f:
             json.dump(lst, f)
-        env = {"PATH": HOST_PATH, "NETCONFPATH": confdir, "CNI_PATH": f"{self.bindir}:{GO_CNI_DIR}",
-               "CNI_CACHE_DIR": os.path.join(self.tmp, "cni-cache"), "CNI_CONTAINERID": cid,
-               "CNI_IFNAME": "eth0", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"}
+        tool_env = {"PATH": HOST_PATH, "NETCONFPATH": confdir, "CNI_PATH": f"{self.bindir}:{GO_CNI_DIR}",
+                    "CNI_CACHE_DIR": os.path.join(self.tmp, "cni-cache"), "CNI_CONTAINERID": cid,
+                    "CNI_IFNAME": "eth0", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"}
         argv = [os.path.join(self.bindir, "pycnitool"), verb, lst["name"], pod.path]
+        env: dict[str, str] | None = tool_env
         if self.hide:
-            argv, env = without_python(argv, env), None      # the hiding step gets ours, the tool `env`
+            argv, env = without_python(argv, tool_env), None   # the hiding step gets ours, the tool `env`
         p = subprocess.run(["ip", "netns", "exec", host.name, *argv], env=env, cwd="/", capture_output=True,
                            text=True, timeout=120)
         self.runs.append(f"pycnitool {verb} {lst['name']}: exit {p.returncode}\n{p.stdout}{p.stderr}")
         return p
 
-    def __call__(self, verb: str, host, lst: dict, pod, cid: str) -> dict | None:
-        """Run one verb; it must succeed. ADD returns the result."""
+    def __call__(self, verb: str, host, lst: dict, pod, cid: str) -> subprocess.CompletedProcess:
+        """Run one verb; it must succeed."""
         p = self.run(verb, host, lst, pod, cid)
         assert p.returncode == 0 and "Traceback" not in p.stderr, self.runs[-1]
-        return json.loads(p.stdout) if verb == "add" else None
+        return p
+
+    def add(self, host, lst: dict, pod, cid: str) -> dict:
+        """ADD, which must succeed; its result."""
+        return json.loads(self("add", host, lst, pod, cid).stdout)
 
 
 def answers(ns_path: str, dst: str, tries: int = 3) -> bool:
@@ -127,7 +132,7 @@ def case_passthrough(tool: Tool, netns, tmp: str) -> None:
          "ipam": {"type": "host-local", "dataDir": os.path.join(tmp, "ipam"),
                   "ranges": [[{"subnet": "10.66.0.0/24"}]]}},
         {"type": "pycni-passthrough"}]}
-    res = tool("add", host, lst, pod, "pkg-pass1")
+    res = tool.add(host, lst, pod, "pkg-pass1")
     assert [ip["address"] for ip in res["ips"]] == ["10.66.0.2/24"], res
     assert answers(host.path, "10.66.0.2")
     tool("check", host, lst, pod, "pkg-pass1")
@@ -142,17 +147,19 @@ def case_vxlan(tool: Tool, netns, tmp: str) -> None:
     cluster = Cluster(netns, os.path.join(tmp, "vxlan"), segments=[0])
     host, pod, cid = cluster.hosts[0], netns("pkvp"), "pkg-vx1"
     lst = {"cniVersion": "1.0.0", "name": cluster.network_name, "plugins": [dict(host.conf)]}
-    res = tool("add", host.ns, lst, pod, cid)
-    with open(os.path.join(host.conf["stateDir"], "lease.json")) as f:
-        subnet = ipaddress.ip_network(json.load(f)["subnet"])
+    res = tool.add(host.ns, lst, pod, cid)
+    state_dir = host.conf["stateDir"]
+    assert isinstance(state_dir, str), host.conf
+    with open(os.path.join(state_dir, "lease.json")) as f:
+        subnet = ipaddress.IPv4Network(json.load(f)["subnet"])         # vxlan's overlay is IPv4
     ip = ipaddress.ip_interface(res["ips"][0]["address"])
-    assert ip.ip in subnet and subnet.subnet_of(ipaddress.ip_network(NETWORK)), (res, subnet)
+    assert ip.ip in subnet and subnet.subnet_of(ipaddress.IPv4Network(NETWORK)), (res, subnet)
     assert "vxlan.1" in links(host.ns) and host_veth(cid, "eth0") in links(host.ns)
     assert answers(pod.path, res["ips"][0]["gateway"])
     tool("check", host.ns, lst, pod, cid)
     tool("del", host.ns, lst, pod, cid)
     assert host_veth(cid, "eth0") not in links(host.ns) and links(pod) == ["lo"]
-    assert os.listdir(os.path.join(host.conf["stateDir"], "attachments")) == []
+    assert os.listdir(os.path.join(state_dir, "attachments")) == []
 
 
 def case_dp_steering(tool: Tool, netns, tmp: str) -> None:
@@ -168,7 +175,7 @@ def case_dp_steering(tool: Tool, netns, tmp: str) -> None:
         dp.argv = without_python(dp.argv, {"PATH": HOST_PATH})
     pod, cid = netns("pkdp"), "pkg-dp1"
     with dp:
-        res = tool("add", w.host, lst, pod, cid)
+        res = tool.add(w.host, lst, pod, cid)
         with open(os.path.join(w.state_dir, "pods", cid, "eth0.json")) as f:
             record = json.load(f)
         assert record["installed"] == "inline", record
@@ -187,7 +194,7 @@ def case_edgemesh(tool: Tool, netns, tmp: str) -> None:
     node, pod, cid = Node(netns("pkeh"), tmp), netns("pkep"), "pkg-em1"
     lst = conflist(tmp, edgemesh=edgemesh_conf(tmp))
     before = node.nat()
-    res = tool("add", node.ns, lst, pod, cid)
+    res = tool.add(node.ns, lst, pod, cid)
     assert res["ips"][0]["address"].startswith("10.22.0."), res
     mark = f"edgemesh net={lst['name']} id={cid}"
     assert mark in node.nat() + node.ruleset(), (node.nat(), node.ruleset())

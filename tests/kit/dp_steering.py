@@ -21,6 +21,7 @@ from libcni_py.conf import conflist_from_dict
 from libcni_py.types import Result
 from plugins.pkg import ns as nsmod
 from tests.kit.dp import DP
+from tests.kit.netns import NetNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CNI_PATH = [os.path.join(ROOT, ".venv", "bin"), "/usr/lib/cni"]
@@ -31,13 +32,20 @@ SUBNET, GATEWAY = "10.44.0.0/24", "10.44.0.1"
 @dataclass
 class Pod:
     cid: str
-    ns: object
+    ns: NetNS
     result: Result | None = None
     ifname: str = "eth0"
 
     @property
+    def added(self) -> Result:
+        """The result of the pod's ADD (it must have one)."""
+        if self.result is None:
+            raise AssertionError(f"pod {self.cid} has no ADD result")
+        return self.result
+
+    @property
     def ip(self) -> str:
-        return self.result.ips[0].address.split("/")[0]
+        return self.added.ips[0].address.split("/")[0]
 
     @property
     def rt(self) -> RuntimeConf:

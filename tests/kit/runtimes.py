@@ -90,7 +90,9 @@ def _sandbox_main(argv: list[str]) -> None:
     """sandbox --netns PATH [--ns NAME=PATH]... [--bind SRC=DST]... -- COMMAND..."""
     sep = argv.index("--")
     opts, command = argv[:sep], argv[sep + 1:]
-    netns, nsbinds, binds = None, [], []
+    netns: str | None = None
+    nsbinds: list[tuple[str, int]] = []
+    binds: list[tuple[str, ...]] = []
     for i in range(0, len(opts), 2):
         key, val = opts[i], opts[i + 1]
         if key == "--netns":
@@ -100,6 +102,8 @@ def _sandbox_main(argv: list[str]) -> None:
             nsbinds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
         elif key == "--bind":
             binds.append(tuple(val.split("=", 1)))
+    if netns is None:
+        sys.exit("sandbox: --netns PATH is required")
     libc = _libc()
     cgroups = _cgroup_mounts()
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
@@ -110,12 +114,12 @@ def _sandbox_main(argv: list[str]) -> None:
     # /sys of this netns, then the same cgroup hierarchies again on top of it.
     libc.umount2(b"/sys", _MNT_DETACH)
     _mount(libc, "sysfs", "/sys", "sysfs")
-    for mountpoint, fstype, source, opts in cgroups:
+    for mountpoint, fstype, source, mount_opts in cgroups:
         os.makedirs(mountpoint, exist_ok=True)
         if fstype == "tmpfs":
             _mount(libc, "tmpfs", mountpoint, "tmpfs", 0, "mode=755")
         else:
-            data = ",".join(o for o in opts.split(",") if o not in ("rw", "ro"))
+            data = ",".join(o for o in mount_opts.split(",") if o not in ("rw", "ro"))
             _mount(libc, source, mountpoint, fstype, 0, data or None)
     _mount(libc, "tmpfs", "/run", "tmpfs", 0, "mode=755")
     _mount(libc, "tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
@@ -445,12 +449,19 @@ class Containerd:
             f.write(CONTAINERD_TOML.format(root=os.path.join(self.tmp, "root"), state=os.path.join(self.tmp, "state"),
                                            sock=self.sock, opt=os.path.join(self.tmp, "opt"), pause=PAUSE_IMAGE,
                                            bin_dir=chain.bin_dir, conf_dir=self.conf_dir))
-        self.sandbox = None
+        self.sandbox: Sandbox | None = None
         self.channel = None
 
     @property
+    def sb(self) -> Sandbox:
+        """The running sandbox (start() or `with` first)."""
+        if self.sandbox is None:
+            raise RuntimeError("containerd is not started: call start() or use `with`")
+        return self.sandbox
+
+    @property
     def cni_cache(self) -> str:
-        return os.path.join(self.sandbox.varlib, "cni")
+        return os.path.join(self.sb.varlib, "cni")
 
     def start(self, timeout: float = 30) -> Containerd:
         from cri_api.v1 import api_pb2, api_pb2_grpc
@@ -458,7 +469,7 @@ class Containerd:
         self.sandbox = Sandbox(self.chain.host, self.tmp, ["containerd", "--config", self.config],
                                os.path.join(self.tmp, "containerd.log"),
                                netns_binds={self.chain.enforcer_name: self.chain.enforcer.path})
-        self.sandbox.wait_mounted()
+        self.sb.wait_mounted()
         self.channel = grpc.insecure_channel(f"unix://{self.sock}")
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.images = api_pb2_grpc.ImageServiceStub(self.channel)
@@ -472,12 +483,12 @@ class Containerd:
                 last = str(st.status)
             except grpc.RpcError as e:
                 last = str(e)
-            if not self.sandbox.alive() or time.monotonic() > deadline:
-                raise AssertionError(f"containerd not ready ({last}):\n{self.sandbox.log()[-4000:]}")
+            if not self.sb.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"containerd not ready ({last}):\n{self.sb.log()[-4000:]}")
             time.sleep(0.1)
 
     def ctr(self, *args: str, timeout: float = 60) -> str:
-        return self.sandbox.run("ctr", "--address", self.sock, "-n", "k8s.io", *args, timeout=timeout).stdout
+        return self.sb.run("ctr", "--address", self.sock, "-n", "k8s.io", *args, timeout=timeout).stdout
 
     def import_images(self, images: dict[str, str]) -> None:
         for path in images.values():
@@ -573,21 +584,28 @@ class Podman:
                     "CONTAINERS_REGISTRIES_CONF": os.path.join(self.tmp, "registries.conf")}
         with open(self.env["CONTAINERS_REGISTRIES_CONF"], "w") as f:
             f.write("unqualified-search-registries = []\n")
-        self.sandbox = None
+        self.sandbox: Sandbox | None = None
+
+    @property
+    def sb(self) -> Sandbox:
+        """The running sandbox (start() or `with` first)."""
+        if self.sandbox is None:
+            raise RuntimeError("podman's sandbox is not started: call start() or use `with`")
+        return self.sandbox
 
     @property
     def cni_cache(self) -> str:
-        return os.path.join(self.sandbox.varlib, "cni")
+        return os.path.join(self.sb.varlib, "cni")
 
     def start(self) -> Podman:
         self.sandbox = Sandbox(self.chain.host, self.tmp, ["sleep", "2147483647"],
                                os.path.join(self.tmp, "sandbox.log"), env=self.env,
                                netns_binds={self.chain.enforcer_name: self.chain.enforcer.path})
-        self.sandbox.wait_mounted()
+        self.sb.wait_mounted()
         return self
 
     def podman(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        return self.sandbox.run("podman", "--root", os.path.join(self.tmp, "root"),
+        return self.sb.run("podman", "--root", os.path.join(self.tmp, "root"),
                                 "--runroot", "/run/containers/storage", "--storage-driver", "vfs",
                                 "--cni-config-dir", self.conf_dir, "--network-config-dir", self.conf_dir,
                                 "--cgroup-manager", "cgroupfs", "--events-backend", "file",
