@@ -32,6 +32,16 @@ def register(kind: str, factory: Factory) -> None:
 register("file", FileRegistry)
 
 
+def _etcd(source, ttl: int = 0) -> Registry:
+    """The etcd backend, imported only when opened (never on the per-pod path): `source` is the
+    registry section (a dict) or etcd.Options, not a file path."""
+    from .etcd import EtcdRegistry
+    return EtcdRegistry(source, ttl)
+
+
+register("etcd", _etcd)
+
+
 def check_type(kind: object) -> str:
     if not isinstance(kind, str) or kind not in BACKENDS:
         raise CNIError(REGISTRY_UNKNOWN_TYPE, f"unknown registry type {kind!r}",
