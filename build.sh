@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # pycni build entry point.
-#   ./build.sh              create .venv and install pycni editable, with the test and build extras
+#   ./build.sh              create .venv and install pycni editable, with the test, build and lint extras
 #   ./build.sh bin          PyInstaller: one onedir bundle, one name per plugin, into dist/cni/bin
 #   ./build.sh install [DIR] install the plugins into DIR (default /opt/cni/bin), the bundle beside it
-#   ./build.sh test [ARGS]  install the system packages the tests need, then pytest ARGS
+#   ./build.sh test [ARGS]  install the system packages the tests need, then (without ARGS) ruff + mypy, pytest ARGS
 #   ./build.sh demo         run every demo that exists (root: it builds network namespaces)
 #   ./build.sh bench        build the binaries, then run every bench/*.py script
 # Environment: PYTHON (interpreter for the venv, default python3), PYCNI_DIST (bundle output,
@@ -152,6 +152,11 @@ cmd_test() {
     system_packages
     ensure_venv
     stock_kernel_vm
+    if [ $# -eq 0 ]; then      # the whole suite (CI): the code is checked first
+        log "ruff check; mypy (pyproject.toml)"
+        "$VENV/bin/ruff" check --quiet . || die "ruff found problems (above)"
+        "$VENV/bin/mypy" || die "mypy found problems (above)"
+    fi
     log "pytest $*"
     exec "$PY" -m pytest -q "$@" </dev/null
 }

@@ -150,6 +150,13 @@ def check_fuzz(md: str, bundle) -> str:
     return "| plugin | verb |"
 
 
+def check_crash(md: str, bundle) -> str:
+    (row,) = tables(md)["plugin"]
+    assert row["random kills"] == "2" and row["rounds with residue"] == "0", row
+    assert row["next-ADD failures"] == "0", row
+    return "| plugin | random kills |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -162,11 +169,13 @@ QUICK = {
                             check_edgemesh_ignored),
     "dp_steering.py": (["--runs", "3", "--seconds", "1"], "dp_steering", ("iperf", "addel"), check_dp_steering),
     "fuzz.py": (["--cases", "5"], "fuzz", None, check_fuzz),
+    "crash.py": (["--kills", "2", "--seed", "1", "--target", "edgemesh-iptables", "--no-targeted"], "crash", None,
+                 check_crash),
 }
 
 
 def test_every_bench_script_is_smoked():
-    scripts = {os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "*.py"))} - {"benchout.py"}
+    scripts = {os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "*.py"))} - {"benchout.py", "__init__.py"}
     assert scripts == set(QUICK)
 
 
