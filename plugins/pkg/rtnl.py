@@ -207,26 +207,21 @@ class Rtnl:
 
     def link(self, name: str | None = None, index: int = 0) -> Link | None:
         """The link called `name` (or with ifindex `index`); None when there is none."""
-        body = _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)
-        if name is not None:
-            body += nla(IFLA_IFNAME, name.encode() + b"\0")
-        seq, msg = self._msg(RTM_GETLINK, F_REQUEST, body)
-        self.sock.send(msg)
-        while True:
-            for kind, _, rseq, p in self._recv():
-                if rseq != seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", p)[0]
-                    if err == errno.ENODEV:
-                        return None
-                    raise NetlinkError(err, os.strerror(err))
-                return _parse_link(p)
+        p = self._get_link(name, index)
+        return None if p is None else _parse_link(p)
 
     def link_attrs(self, name: str | None = None, index: int = 0) -> tuple[int, int, dict[int, bytes]] | None:
         """The link called `name` (or with ifindex `index`) as (ifindex, IFF_* flags, {IFLA_*:
         payload}) for attributes `link()` does not parse (IFLA_GROUP, IFLA_IFALIAS...); None
         when there is none."""
+        p = self._get_link(name, index)
+        if p is None:
+            return None
+        _, _, idx, flags, _ = _IFI.unpack_from(p)
+        return idx, flags, nla_parse(p, _IFI.size, len(p))
+
+    def _get_link(self, name: str | None, index: int) -> bytes | None:
+        """One RTM_GETLINK answer's payload; None for ENODEV."""
         body = _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)
         if name is not None:
             body += nla(IFLA_IFNAME, name.encode() + b"\0")
@@ -241,8 +236,7 @@ class Rtnl:
                     if err == errno.ENODEV:
                         return None
                     raise NetlinkError(err, os.strerror(err))
-                _, _, idx, flags, _ = _IFI.unpack_from(p)
-                return idx, flags, nla_parse(p, _IFI.size, len(p))
+                return p
 
     def addrs(self, index: int | None = None, family: int = socket.AF_INET) -> list[Addr]:
         """Addresses (of link `index`) in `family` (AF_UNSPEC: IPv4 and IPv6)."""
