@@ -7,35 +7,18 @@ with failOpen, so no dp is needed (the pod's frames are forwarded by tc, a copy 
 from __future__ import annotations
 
 import ipaddress
-import os
 
 import pytest
 
 from plugins.pkg import probe
 from tests.kit import runtimes
-from tests.kit.netns import PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture
 def world(netns, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root and network namespaces")
-    missing = runtimes.missing_binaries()
-    if missing:
-        pytest.fail(f"runtime binaries missing: {' '.join(missing)} (./build.sh test installs them)")
-    chain, host, client = runtimes.test_hosts(netns, str(tmp_path))
-    cgroup_parent = f"/{PREFIX}cd"
-    cd = runtimes.Containerd(chain, str(tmp_path), cgroup_parent)
-    try:
-        cd.start()
-        cd.import_images(runtimes.build_images(str(tmp_path)))
-        yield cd, chain, host, client
-    finally:
-        cd.close()
-        left = runtimes.remove_cgroups(cgroup_parent)
-        assert not left, f"cgroups left: {left}"
+    yield from runtimes.running(runtimes.Containerd, netns, str(tmp_path), "cd")
 
 
 def test_pod_lifecycle_through_cri(world):

@@ -8,13 +8,11 @@ with failOpen, so no dp is needed.
 from __future__ import annotations
 
 import ipaddress
-import os
 
 import pytest
 
 from plugins.pkg import probe
 from tests.kit import runtimes
-from tests.kit.netns import PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
@@ -22,22 +20,7 @@ HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
 
 @pytest.fixture
 def world(netns, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root and network namespaces")
-    missing = runtimes.missing_binaries()
-    if missing:
-        pytest.fail(f"runtime binaries missing: {' '.join(missing)} (./build.sh test installs them)")
-    chain, host, client = runtimes.test_hosts(netns, str(tmp_path))
-    cgroup_parent = f"/{PREFIX}pm"
-    pm = runtimes.Podman(chain, str(tmp_path), cgroup_parent)
-    try:
-        pm.start()
-        pm.load_images(runtimes.build_images(str(tmp_path)))
-        yield pm, chain, host, client
-    finally:
-        pm.close()
-        left = runtimes.remove_cgroups(cgroup_parent)
-        assert not left, f"cgroups left: {left}"
+    yield from runtimes.running(runtimes.Podman, netns, str(tmp_path), "pm")
 
 
 def test_two_containers_talk_and_a_published_port(world):

@@ -2,7 +2,7 @@
 
     chain, host, client = test_hosts(netns, str(tmp_path))   # two vxlan test hosts + an enforcer netns
     with Containerd(chain, str(tmp_path), "/pycnit123-cd") as cd:   # or Podman(chain, tmp, cgroup parent)
-        cd.import_images(build_images(str(tmp_path)))       # pause + busybox OCI archives
+        cd.load_images(build_images(str(tmp_path)))       # pause + busybox OCI archives
         pod_id = cd.run_pod(cd.sandbox_config("web", "uid1", port_mappings=[(80, 18080)]))
     assert not chain.leftovers(cd.cni_cache); remove_cgroups("/pycnit123-cd")
 
@@ -490,7 +490,7 @@ class Containerd:
     def ctr(self, *args: str, timeout: float = 60) -> str:
         return self.sb.run("ctr", "--address", self.sock, "-n", "k8s.io", *args, timeout=timeout).stdout
 
-    def import_images(self, images: dict[str, str]) -> None:
+    def load_images(self, images: dict[str, str]) -> None:
         for path in images.values():
             self.ctr("images", "import", "--snapshotter", "overlayfs", path)
 
@@ -660,3 +660,28 @@ def _ulimits() -> list[str]:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "sandbox":
     _sandbox_main(sys.argv[2:])
+
+
+def running(kind, netns_factory, tmp: str, tag: str):
+    """A pytest fixture body: a runtime of `kind` (Containerd or Podman) started in a sandbox on a test
+    host, with the test images loaded; yields (runtime, chain, host, client), always closed, and fails
+    when it left cgroups behind (runc makes them in the machine's hierarchies)."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("needs root and network namespaces")
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"runtime binaries missing: {' '.join(missing)} (./build.sh test installs them)")
+    chain, host, client = test_hosts(netns_factory, tmp)
+    from tests.kit.netns import PREFIX
+    cgroup_parent = f"/{PREFIX}{tag}"
+    runtime = kind(chain, tmp, cgroup_parent)
+    try:
+        runtime.start()
+        runtime.load_images(build_images(tmp))
+        yield runtime, chain, host, client
+    finally:
+        runtime.close()
+        left = remove_cgroups(cgroup_parent)
+        assert not left, f"cgroups left: {left}"
+
