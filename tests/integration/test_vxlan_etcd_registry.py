@@ -313,3 +313,35 @@ def test_tls_with_client_certs_and_a_wrong_ca_is_a_clear_error(tmp_path):
                 reg.snapshot()
             assert e.value.code == errors.REGISTRY_UNREADABLE and "TLS" in e.value.details
             reg.close()
+
+
+def test_etcd_auth_with_username_and_password_file(tmp_path):
+    from plugins.main.vxlan.registry.etcd import Client
+    with EtcdCluster(tmp_path, members=1, subnet="198.19.252") as etcd:
+        with etcd.inside():
+            admin = Client(etcd.options("authnet"))
+            admin.call("auth/role/add", {"name": "root"})
+            admin.call("auth/user/add", {"name": "root", "password": "s3cret"})
+            admin.call("auth/user/grant", {"user": "root", "role": "root"})
+            admin.call("auth/enable", {})
+            admin.close()
+            (tmp_path / "pw").write_text("s3cret\n")
+            (tmp_path / "bad").write_text("guess\n")
+            reg = EtcdRegistry(etcd.options("authnet", username="root", passwordFile=str(tmp_path / "pw")), ttl=5)
+            try:
+                put_lease(reg, "a", 1)
+                start = reg.snapshot()
+                assert "a" in start.leases and reg.keepalive("a") > 0
+                put_lease(reg, "b", 2)
+                snap = reg.watch(start.revision, timeout=3)           # the watch stream carries the token
+                assert snap is not None and "b" in snap.leases
+            finally:
+                reg.close()
+            wrong = dict(username="root", passwordFile=str(tmp_path / "bad"))
+            for conf, words in ((wrong, "invalid user ID or password"),
+                                ({}, "set registry.username and registry.passwordFile")):
+                reg = EtcdRegistry(etcd.options("authnet", **conf))
+                with pytest.raises(CNIError) as e:
+                    reg.snapshot()
+                assert e.value.code == errors.REGISTRY_UNREADABLE and words in e.value.details, e.value
+                reg.close()

@@ -42,6 +42,7 @@ from .base import Lease, Registry, Snapshot, decode
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from .base import Draft
 
@@ -56,8 +57,9 @@ class Options:
     __slots__ = ("endpoints", "prefix", "ca_file", "cert_file", "key_file", "username",
                  "password_file", "dial_timeout")
 
-    def __init__(self, endpoints, prefix, ca_file=None, cert_file=None, key_file=None, username=None,
-                 password_file=None, dial_timeout=DEFAULT_DIAL_TIMEOUT):
+    def __init__(self, endpoints: list[tuple[str, str, int]], prefix: str, ca_file: str | None = None,
+                 cert_file: str | None = None, key_file: str | None = None, username: str | None = None,
+                 password_file: str | None = None, dial_timeout: float = DEFAULT_DIAL_TIMEOUT):
         self.endpoints: list[tuple[str, str, int]] = endpoints    # (scheme, host, port)
         self.prefix: str = prefix
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
@@ -189,7 +191,7 @@ class Client:
                                str(e)) from None
         self._token: str | None = None
         self._good = 0                 # index of the endpoint that answered last
-        self._conn = None
+        self._conn: tuple[int, Any] | None = None      # (endpoint index, HTTP(S)Connection)
 
     # -- unary --------------------------------------------------------------------------
     def _connect(self, index: int, timeout: float):
@@ -216,15 +218,22 @@ class Client:
             if left <= 0:
                 break
             try:
-                status, data = self._post(index, path, body, min(self.timeout, left))
+                try:
+                    reused = self._conn is not None and self._conn[0] == index
+                    status, data = self._post(index, path, body, min(self.timeout, left))
+                except (ConnectionError, self._http.HTTPException):
+                    if not reused:           # an idle kept-alive connection the member closed: once more
+                        raise
+                    self._drop()
+                    status, data = self._post(index, path, body, min(self.timeout, left))
+                if status == 401 and self.opts.username and path != "auth/authenticate":
+                    self._token = None       # the auth token expired
+                    self._authenticate()
+                    status, data = self._post(index, path, body, min(self.timeout, max(left, 0.1)))
             except (OSError, self._http.HTTPException) as e:
                 self._drop()
                 errors.append(f"{self._endpoint(index)}: {_why(e)}")
                 continue
-            if status == 401 and self.opts.username and path != "auth/authenticate":
-                self._token = None
-                self._authenticate()
-                status, data = self._post(index, path, body, min(self.timeout, max(left, 0.1)))
             try:
                 answer = json.loads(data) if data else {}
             except ValueError:
@@ -244,8 +253,10 @@ class Client:
     def _post(self, index: int, path: str, body: dict, timeout: float) -> tuple[int, bytes]:
         if self._conn is None or self._conn[0] != index:
             self._drop()
-            self._conn = (index, self._connect(index, timeout))
-        conn = self._conn[1]
+            conn = self._connect(index, timeout)
+            self._conn = (index, conn)
+        else:
+            conn = self._conn[1]
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -308,7 +319,7 @@ class _Stream:
             sock = None
             try:
                 sock = socket.create_connection((host, port), timeout=timeout)
-                if scheme == "https":
+                if scheme == "https" and client._ctx is not None:
                     sock = client._ctx.wrap_socket(sock, server_hostname=host)
                 body = json.dumps({"create_request": {"key": key, "range_end": range_end,
                                                       "start_revision": start}}).encode()
@@ -413,7 +424,11 @@ class EtcdRegistry(Registry):
         except Unreachable as e:
             raise CNIError(REGISTRY_UNREADABLE, "etcd registry unreachable", str(e)[:1500]) from None
         except EtcdError as e:
-            raise CNIError(REGISTRY_UNREADABLE, f"etcd refused {path}", e.message[:500]) from None
+            hint = ""
+            if "user name is empty" in e.message or "permission denied" in e.message:
+                hint = " (etcd has auth enabled: set registry.username and registry.passwordFile to a user " \
+                       f"allowed to read and write {self.prefix})"
+            raise CNIError(REGISTRY_UNREADABLE, f"etcd refused {path}", e.message[:500] + hint) from None
 
     # -- reads --
     def snapshot(self) -> Snapshot:
