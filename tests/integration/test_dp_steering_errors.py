@@ -119,3 +119,18 @@ def test_del_with_the_enforcer_netns_gone(netns, tmp_path):
     w.delete(pod)
     assert not os.listdir(os.path.join(w.state_dir, "pods"))
     assert not os.listdir(os.path.join(w.state_dir, "shared"))
+
+
+def test_a_device_of_ours_that_is_gone_is_iface_missing_not_a_none(netns):
+    """triad.must_index: the ifindex of a device dp-steering looks up again (vex, vin, vbr) is an
+    int, or the device is gone and that is 121 naming it (never a None handed to the kernel)."""
+    from plugins.meta.dp_steering import triad
+    from plugins.pkg import link
+    enf = netns("dpgone")
+    enf.run("ip", "link", "add", "vex-here", "type", "veth", "peer", "name", "vin-here")
+    with link.open_rtnl(enf.path) as rt:
+        assert triad.must_index(rt, "vex-here", enf.path) == link.index_of(rt, "vex-here")
+        enf.run("ip", "link", "del", "vex-here")
+        with pytest.raises(CNIError) as e:
+            triad.must_index(rt, "vex-here", enf.path)
+    assert e.value.code == errors.IFACE_MISSING and "vex-here" in e.value.msg and enf.path in e.value.msg
