@@ -253,7 +253,7 @@ def test_bad_messages_never_stop_the_dp(wire, tmp_path):
             reply = json.loads(client.recv(65536))
             assert reply["ok"] is False and reply["error"]
         client.close()
-        anonymous = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # the article's way
+        anonymous = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # as NeuVector's agent talks to its dp
         anonymous.sendto(b'{"ctrl_keep_alive": {}}', dp.socket)
         anonymous.close()
         assert dpctl.ping(dp.socket)["ports"] == ["vth"]

@@ -1,4 +1,4 @@
-"""Real traffic through the reference dp: host <-> pod over the article's vex/vin/vbr triad.
+"""Real traffic through the reference dp: host <-> pod over NeuVector's vex/vin/vbr triad.
 
 The steering here uses only u32 + mirred (this kernel has no act_pedit), so frames keep
 the pod's own MAC on their way through vbr/vth instead of a UCMAC; the dp knows the pod

@@ -134,8 +134,8 @@ def test_learned_pods_are_capped():
     assert dp.learned == datapath.MAX_LEARNED - 1
 
 
-def test_article_sequence_registers_the_pod(control):
-    """The seed article's four messages, as its script sends them."""
+def test_neuvector_sequence_registers_the_pod(control):
+    """NeuVector's four dp control messages (ctrl_add_srvc_port, ctrl_add_mac, ...), as its agent sends them."""
     assert ask(control, {"ctrl_cfg_internal_net": {"flag": 3, "subnet_addr": [
         {"ip": "10.10.10.0", "mask": "255.255.255.0"}]}})["ok"]
     reply = ask(control, {"ctrl_add_srvc_port": {"iface": "vth", "jumboframe": False}})

@@ -1,5 +1,5 @@
 """dp-steering's rules and the tc-pedit commands made from them, checked against the
-article's commands (seed 004) and NeuVector's tap rules, and the u32 keys the kernel keeps."""
+commands NeuVector's agent (agent/pipe/tc.go) runs for inline and tap, and the u32 keys the kernel keeps."""
 import pytest
 
 from plugins.meta.dp_steering import datapath_pedit as P

@@ -76,10 +76,10 @@ def test_state_dir_must_be_a_directory_even_on_del(tmp_path):
 
 def test_registry_types_are_one_table():
     assert registry.BACKENDS["file"] is FileRegistry
-    assert registry.types() == ("file",)
+    assert registry.types() == ("etcd", "file")
     with pytest.raises(CNIError) as e:
-        registry.open_registry("etcd", "/x")
-    assert e.value.code == errors.REGISTRY_UNKNOWN_TYPE and "known types: file" in e.value.details
+        registry.open_registry("consul", "/x")
+    assert e.value.code == errors.REGISTRY_UNKNOWN_TYPE and "known types: etcd, file" in e.value.details
     with pytest.raises(ValueError):
         registry.register("file", FileRegistry)
 

@@ -111,7 +111,10 @@ def test_mismatch_and_exhaustion(tmp_path):
 @pytest.mark.parametrize("bad, code", [
     ({"subnetLen": 16}, codes.BAD_SUBNET_LEN), ({"subnetLen": 31}, codes.BAD_SUBNET_LEN),
     ({"network": "10.244.1.0/16"}, 7), ({"network": "fd00::/64"}, 7), ({"nodeName": "../x"}, 7),
-    ({"deviceName": "a-name-far-too-long"}, 7), ({"registry": {"type": "etcd"}}, codes.REGISTRY_UNKNOWN_TYPE),
+    ({"deviceName": "a-name-far-too-long"}, 7), ({"registry": {"type": "consul"}}, codes.REGISTRY_UNKNOWN_TYPE),
+    ({"registry": {"type": "etcd"}}, 7), ({"registry": {"type": "etcd", "endpoints": ["http://198.18.0.9:2379"],
+                                                        "path": "/x/r.json"}}, 7),
+    ({"registry": {"type": "file", "endpoints": ["http://198.18.0.9:2379"]}}, 7),
 ])
 def test_node_config_rejects(tmp_path, bad, code):
     with pytest.raises(CNIError) as e:

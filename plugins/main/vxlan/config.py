@@ -44,6 +44,7 @@ class NetConf:
     port: int
     registry_type: str
     registry_path: str
+    registry_options: object | None     # etcd: registry.etcd.Options (checked endpoints, TLS, auth)
     registry_ttl: int
     public_ip: ipaddress.IPv4Address | None
     iface: str | None
@@ -101,9 +102,20 @@ def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
     if not isinstance(registry, dict):
         registry = {"type": "file"}
     n.registry_type = registry.get("type", "file")
+    n.registry_options = None
     if not lenient:
         from .registry import check_type
         check_type(n.registry_type)
+        if n.registry_type == "etcd":           # checked here, opened only by vxlan-agent
+            if "path" in registry:
+                raise CNIError(INVALID_CONFIG, "registry.path is a key of the file registry, not of etcd",
+                               "remove it, or use type file")
+            from .registry import etcd as etcd_registry     # options only: no client, no network
+            n.registry_options = etcd_registry.parse_options(registry, n.name)
+        elif set(registry) - {"type", "path", "ttl"}:       # the file registry has no other key
+            extra = sorted(set(registry) - {"type", "path", "ttl"})
+            raise CNIError(INVALID_CONFIG, f"registry.{extra[0]} is a key of the etcd registry",
+                           f"set registry.type to etcd, or remove {', '.join(extra)}")
     n.registry_path = field(lambda: _registry_path(registry, n.state_dir),
                             os.path.join(n.state_dir, "registry.json"))
     n.registry_ttl = field(lambda: int(registry.get("ttl", 0)), 0)

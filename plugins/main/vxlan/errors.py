@@ -13,8 +13,10 @@ from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT
 CODES = Codes("vxlan", 100, 119)
 
 REGISTRY_UNREADABLE = CODES.add(
-    100, "registry cannot be read or written (I/O, permissions, path is a directory); STATUS reports it as 50",
-    "fix `registry.path` or its permissions")
+    100, "registry cannot be read or written (file: I/O, permissions, path is a directory; etcd: no member "
+         "answers, refused, TLS or auth failure); STATUS reports it as 50",
+    "file: fix `registry.path` or its permissions; etcd: check `registry.endpoints`, `caFile`/`certFile`/"
+    "`keyFile`, `username`/`passwordFile`")
 REGISTRY_CORRUPT = CODES.add(
     101, "registry document malformed",
     "restore it, or remove it: nodes rejoin and get their subnets back from their local lease copy")

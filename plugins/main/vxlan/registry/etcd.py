@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 DEFAULT_DIAL_TIMEOUT = 2.0
 MAX_TXN_RETRIES = 32
+# etcd's answers while members elect a leader or restart: another member, or the same one a moment
+# later, will answer.
+_TRANSIENT = ("no leader", "leader changed", "timed out", "unavailable", "too many requests", "stopped")
 ETCD_KEYS = ("type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "username",
              "passwordFile", "dialTimeout", "ttl")
 
@@ -212,8 +215,12 @@ class Client:
         deadline = time.monotonic() + 2 * self.timeout if deadline is None else deadline
         n = len(self.opts.endpoints)
         errors = []
-        for i in range(n):
+        i = 0
+        while True:              # every endpoint in turn, round after round, until the deadline
             index = (self._good + i) % n
+            if i and not i % n:
+                time.sleep(0.05)     # a whole round failed (an election, members restarting): a breath
+            i += 1
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -240,8 +247,7 @@ class Client:
                 answer = {"error": data[:200].decode(errors="replace")}
             if status != 200:
                 message = str(answer.get("error") or answer.get("message") or f"HTTP {status}")
-                if status >= 500 and ("no leader" in message or "timed out" in message
-                                      or "unavailable" in message):
+                if status >= 500 and any(w in message for w in _TRANSIENT):
                     errors.append(f"{self._endpoint(index)}: {message}")     # a member cut off: next
                     self._drop()
                     continue
