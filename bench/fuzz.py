@@ -92,15 +92,18 @@ def render(stats: list[F.Stats], opts, load0, load1, secs: float) -> str:
         "(after a successful ADD and the runtime's DEL of it), **node** (files only, where the case changed a "
         "node key such as stateDir, registry or network: node-level state, reported, not a pod's leftover).",
         "",
-        "| plugin | verb | cases | forked | exec | ok | 999 | traceback | hang | other | rejected ADD | ADD+DEL | node | codes seen |",
+        "| plugin | verb | cases | forked | exec | ok | 999 | traceback | hang | other | rejected ADD | ADD+DEL "
+        "| node | codes seen |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in stats:
-        other = len([p for p in st.problems if not any(k in " ".join(p["what"]) for k in ("code 999", "traceback", "hang"))])
+        bad = ("code 999", "traceback", "hang")
+        other = len([p for p in st.problems if not any(k in " ".join(p["what"]) for k in bad)])
         res = {k: len([r for r in st.residue if r["what"] == k]) for k in
                ("left by a rejected ADD", "left after ADD + DEL")}
         node = len([r for r in st.residue if r["what"].startswith("node state")])
-        codes = ", ".join(f"{k}: {v}" for k, v in sorted(st.codes.items(), key=lambda kv: (isinstance(kv[0], str), str(kv[0]))))
+        ordered = sorted(st.codes.items(), key=lambda kv: (isinstance(kv[0], str), str(kv[0])))
+        codes = ", ".join(f"{k}: {v}" for k, v in ordered)
         out.append(f"| {st.plugin} | {st.verb} | {st.cases} | {st.forked} | {st.execd} | {st.ok} | "
                    f"{st.count('code 999')} | {st.count('traceback')} | {st.count('hang')} | {other} | "
                    f"{res['left by a rejected ADD']} | {res['left after ADD + DEL']} | {node} | {codes} |")

@@ -1,4 +1,5 @@
-"""The tc-pedit datapath (u32 + pedit + mirred, as NeuVector's agent/pipe/tc.go installs them) on a kernel that has act_pedit.
+"""The tc-pedit datapath (u32 + pedit + mirred, as NeuVector's agent/pipe/tc.go installs them) on a
+kernel that has act_pedit.
 
 Where the running kernel has it, the end-to-end test runs here. Where it does not (this
 project's CI machine), test_tc_pedit_in_stock_kernel_vm boots Debian's stock kernel under

@@ -286,7 +286,7 @@ def _in_ns(path: str, *argv: str) -> str:
 
 def _files(root: str, skip_lock: bool = True) -> list[str]:
     out = []
-    for d, dirs, names in os.walk(root):
+    for d, _dirs, names in os.walk(root):
         for n in names:
             if skip_lock and (n == "lock" or n.endswith(".lock") or n.startswith("last_reserved_ip")):
                 continue                   # locks; host-local's own bookkeeping (Go leaves it too)
@@ -384,7 +384,8 @@ class World:
             s["iptables"] = "\n".join(line for line in _in_ns(self.host.path, "iptables-save").splitlines()
                                       if not line.startswith("#"))
         if self.nft:
-            s["nft"] = re.sub(r"counter packets \d+ bytes \d+", "counter", _in_ns(self.host.path, "nft", "list", "ruleset"))
+            ruleset = _in_ns(self.host.path, "nft", "list", "ruleset")
+            s["nft"] = re.sub(r"counter packets \d+ bytes \d+", "counter", ruleset)
         for root in self.state_roots:
             s[f"files {root}"] = "\n".join(_files(root))
         return s
@@ -532,7 +533,7 @@ class DpSteeringWorld(World):
 
     def close(self):
         super().close()
-        for t, pod in self.bridged.items():
+        for _t, pod in self.bridged.items():
             try:
                 self.w.delete(pod) if False else self.w._on("del", pod, self.w.conflist(steer=False))
             except Exception:  # noqa: BLE001
@@ -753,7 +754,8 @@ def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[di
             if var == "CNI_NETNS":
                 v = rng.choice([paths["file"], paths["dir"], paths["fifo"], "relative/netns", "/nonexistent/ns",
                                 "/proc/self/ns/mnt", "/proc/self/ns/net", "/dev/null", "",
-                                world.host.path, "/run/netns/", "/run/netns/../netns/" + os.path.basename(env.get(var, "x"))])
+                                world.host.path, "/run/netns/",
+                                "/run/netns/../netns/" + os.path.basename(env.get(var, "x"))])
             elif var == "CNI_IFNAME":
                 v = rng.choice(["eth1", "", ".", "..", "a/b", "a:b", "a b", "\t", "x" * 15, "x" * 16, "é" * 7, "é" * 8,
                                 "\udcff\udcfe", "eth0\udcff", "lo", "cni0", "vxlan.1", "-eth0", "eth0\n"])
@@ -761,7 +763,8 @@ def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[di
                 v = rng.choice(["", "x" * 300, "x" * 5000, "../etc", "a/b", "a b", "é", "\udcff", "-x", "a;b",
                                 "fzadd", "c" + str(rng.randrange(10**6))])
             elif var == "CNI_ARGS":
-                v = rng.choice(["a", "=x", ";;;", "IgnoreUnknown=1;K8S_POD_NAME=" + "p" * 5000, "K8S_POD_NAMESPACE=kube-system",
+                v = rng.choice(["a", "=x", ";;;", "IgnoreUnknown=1;K8S_POD_NAME=" + "p" * 5000,
+                                "K8S_POD_NAMESPACE=kube-system",
                                 "IgnoreUnknown=1;IP=10.22.0.99", "x=\udcff", "IgnoreUnknown=true", ""])
             elif var == "CNI_PATH":
                 v = rng.choice(["", "/nonexistent", "relative", paths["file"], paths["fifo"], ":" * 10,
@@ -817,17 +820,22 @@ class Stats:
     def count(self, kind: str) -> int:
         return sum(1 for p in self.problems if kind in p["what"])
 
+    def others(self) -> int:
+        """Problems that are not a 999, a traceback or a hang."""
+        return len([p for p in self.problems if not any(k in p["what"] for k in ("code 999", "traceback", "hang"))])
+
     def summary(self) -> str:
         return (f"{self.plugin} {self.verb}: {self.cases} cases ({self.forked} forked, {self.execd} exec), "
                 f"{self.ok} ok, codes {dict(sorted(self.codes.items(), key=lambda kv: str(kv[0])))}, "
                 f"999s {self.count('code 999')}, tracebacks {self.count('traceback')}, hangs {self.count('hang')}, "
-                f"other problems {len([p for p in self.problems if not any(k in p['what'] for k in ('code 999', 'traceback', 'hang'))])}, "
+                f"other problems {self.others()}, "
                 f"residue {len(self.residue)}, {self.secs:.1f} s")
 
 
 def _short(env: dict, data: bytes) -> dict:
     return {"env": {k: (v if len(v) < 200 else v[:200] + f"...({len(v)})") for k, v in env.items() if k != "PATH"},
-            "stdin": data[:600].decode("utf-8", "backslashreplace") + (f"...({len(data)} bytes)" if len(data) > 600 else "")}
+            "stdin": data[:600].decode("utf-8", "backslashreplace")
+            + (f"...({len(data)} bytes)" if len(data) > 600 else "")}
 
 
 def _diff(before: dict, after: dict) -> dict:
@@ -877,8 +885,8 @@ def fuzz(world: World, verb: str, cases: int, seed: int, exec_share: float = 0.0
             if effective == "ADD" and o.rc == 0:          # undo it as a runtime would
                 d_env = dict(env, CNI_COMMAND="DEL")
                 if world.run(d_env, data).rc != 0:
-                    world.run(dict(world.env("DEL", target), **{k: env[k] for k in ("CNI_CONTAINERID", "CNI_IFNAME")
-                                                                 if k in env}), json.dumps(world.conf("DEL", target)).encode())
+                    ids = {k: env[k] for k in ("CNI_CONTAINERID", "CNI_IFNAME") if k in env}
+                    world.run(dict(world.env("DEL", target), **ids), json.dumps(world.conf("DEL", target)).encode())
             after = world.snapshot()
             diff = _diff(baseline, after)
             if diff:
