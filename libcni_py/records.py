@@ -99,6 +99,7 @@ def write(path: str, obj, mode: int = 0o600, text: str | None = None) -> None:
     """Write `obj` (or the ready `text`) as the record at `path`, atomically. The directory must
     exist. Stale temp files of dead writers in that directory are removed first."""
     directory = os.path.dirname(path) or "."
+    check_private(directory)
     clean_stale(directory)
     data = (dumps(obj) if text is None else text).encode()
     tmp = f"{path}{TMP_MARK}{os.getpid()}"
@@ -123,6 +124,19 @@ def write(path: str, obj, mode: int = 0o600, text: str | None = None) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def check_private(directory: str) -> None:
+    """RecordError unless only root (this user) and the directory's owner can plant files in it:
+    not writable by others (a sticky one like /tmp excepted: nobody can unlink or replace what we
+    make there), not writable by a group other than root's, owned by us or root."""
+    st = os.stat(directory)
+    if st.st_uid not in (0, os.geteuid()):
+        raise RecordError(f"{directory}: owned by uid {st.st_uid}, not by root")
+    sticky = bool(st.st_mode & stat.S_ISVTX)
+    if (st.st_mode & stat.S_IWOTH and not sticky) or (st.st_mode & stat.S_IWGRP and st.st_gid != 0 and not sticky):
+        raise RecordError(f"{directory}: others can write in it (mode {stat.S_IMODE(st.st_mode):o}); "
+                          "keep state in a directory only root can write")
 
 
 def remove(path: str) -> bool:

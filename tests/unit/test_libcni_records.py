@@ -70,3 +70,20 @@ def test_size_bound(tmp_path):
     path.write_text("[" + "1," * 1000 + "1]")
     with pytest.raises(records.RecordError):
         records.read(str(path), max_bytes=100)
+
+
+def test_a_directory_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(records.RecordError):
+        records.write(str(shared / "r.json"), {})
+    os.chown(shared, 0, 12345)
+    shared.chmod(0o775)
+    with pytest.raises(records.RecordError):
+        records.write(str(shared / "r.json"), {})
+    shared.chmod(0o1777)                  # sticky, as /tmp: what we make there nobody else can replace
+    records.write(str(shared / "r.json"), {"a": 1})
+    shared.chmod(0o755)
+    records.write(str(shared / "r.json"), {"a": 2})
+    assert records.read(str(shared / "r.json")) == {"a": 2}
