@@ -16,6 +16,7 @@ ENTRYPOINTS = {
     "edgemesh": "plugins.meta.edgemesh.cmd",
     "pycni-passthrough": "plugins.meta.passthrough.cmd",
     "pycnitool": "libcni_py.__main__",
+    "pycni-doctor": "plugins.doctor.main",
 }
 
 

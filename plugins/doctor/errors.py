@@ -1,0 +1,22 @@
+"""doctor's own failures (160-179): the doctor could not run (exit 2). Findings are not errors."""
+from __future__ import annotations
+
+from plugins.pkg.errors import Codes
+
+CODES = Codes("doctor", 160, 179)
+
+NOT_ROOT = CODES.add(
+    160, "doctor needs root to enter other network namespaces and read their rules",
+    "run it as root (sudo pycni-doctor)")
+BAD_ARGUMENTS = CODES.add(
+    161, "a command-line argument is wrong (an unknown flag or a missing value)",
+    "see `pycni-doctor --help`")
+UNKNOWN_CHECK = CODES.add(
+    162, "--check names no diagnosis",
+    "use one of the names `pycni-doctor --list-checks` prints")
+NETNS_UNUSABLE = CODES.add(
+    163, "--netns is not a network namespace, or it cannot be entered",
+    "give a path such as /run/netns/NAME or /proc/PID/ns/net")
+CHECK_FAILED = CODES.add(
+    164, "a diagnosis could not finish in a namespace (a tool failed or hung, netlink refused)",
+    "see details; the other diagnoses and namespaces were still checked")

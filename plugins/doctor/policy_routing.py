@@ -1,0 +1,98 @@
+"""Policy routing that steals pod replies (seed 003): an `ip rule` ahead of `main` that selects
+traffic by its source (a pod's address or subnet, or a node address replying to pods) and sends it
+to a table whose route leaves by another interface than main's route. The kernel is asked
+(RTM_GETROUTE with the source, and the pod's device as iif when the source is a pod) where the
+packet would really go."""
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from .finding import Finding, Fix
+from .net import DEFAULT, LOCAL, MAIN, View
+
+if TYPE_CHECKING:
+    from .runner import Context
+
+NAME = "policy-route-steals-replies"
+PER_NAMESPACE = True
+FR_ACT_TO_TBL = 1
+# rule selectors we cannot reproduce in a route lookup: such rules are not judged
+_OTHER_SELECTORS = ("FRA_FWMARK", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_L3MDEV", "FRA_UID_RANGE", "FRA_IP_PROTO",
+                    "FRA_SPORT_RANGE", "FRA_DPORT_RANGE", "FRA_TUN_ID")
+WHY = ("a rule ahead of `main` matches on the source address only, so the pod's traffic (replies included) "
+       "is routed by that table and leaves by the wrong interface: the other end never sees it, and on the "
+       "way back rp_filter or a firewall drops what does arrive")
+
+
+def _rules(view: View):
+    """(priority, table, from-prefix, to-prefix or None) of rules ahead of main's."""
+    rules = view.ipr.get_rules(family=2)
+    main_pref = min((r.get_attr("FRA_PRIORITY") or 0 for r in rules
+                     if (r.get_attr("FRA_TABLE") or r["table"]) == MAIN), default=32766)
+    prefs = {r.get_attr("FRA_PRIORITY") or 0 for r in rules}
+    out = []
+    for r in rules:
+        pref = r.get_attr("FRA_PRIORITY") or 0
+        table = r.get_attr("FRA_TABLE") or r["table"]
+        if pref >= main_pref or r["action"] != FR_ACT_TO_TBL or table in (MAIN, LOCAL, DEFAULT):
+            continue
+        if not r["src_len"] or any(r.get_attr(a) is not None for a in _OTHER_SELECTORS) or r["tos"]:
+            continue
+        src = ipaddress.ip_network(f"{r.get_attr('FRA_SRC')}/{r['src_len']}", strict=False)
+        dst = (ipaddress.ip_network(f"{r.get_attr('FRA_DST')}/{r['dst_len']}", strict=False)
+               if r["dst_len"] else None)
+        out.append((pref, table, src, dst))
+    return out, prefs
+
+
+def _free_pref(pref: int, used: set[int]) -> int:
+    p = pref - 1
+    while p > 0 and p in used:
+        p -= 1
+    return max(p, 1)
+
+
+def check(ctx: Context) -> list[Finding]:
+    view = View(ctx)
+    pods = view.pod_routes()
+    if not pods:
+        return []
+    rules, used = _rules(view)
+    findings = []
+    for pref, table, src, to in rules:
+        inside = [p for p in pods if p.dst.overlaps(src)]
+        sources: list[tuple[ipaddress.IPv4Address, int | None, str]] = []   # (source, iif or None, who)
+        for p in inside:                    # the source is a pod behind p: its packets arrive on p's device
+            net = p.dst if p.dst.prefixlen >= src.prefixlen else src
+            s = view.sample(net)
+            if s is not None:
+                sources.append((s, p.oif, f"pod {s} (behind {p.dev})"))
+        if not inside:                      # a node address or a far host replying to pods
+            s = src.network_address if src.prefixlen >= 31 else src.network_address + 1
+            if s in view.local:
+                sources.append((s, None, f"{s} (this node)"))
+            else:
+                back, _ = view.route_get(s)
+                if back is not None:
+                    sources.append((s, back, f"{s} (arriving on {view.dev(back)})"))
+        for s, iif, who in sources:
+            for q in pods:
+                if q.dst.overlaps(src) or (to is not None and not q.dst.overlaps(to)):
+                    continue
+                d = view.sample(q.dst)
+                if d is None:
+                    continue
+                got, err = view.route_get(d, s, iif)
+                if err is not None or got == q.oif:
+                    continue
+                findings.append(Finding(
+                    NAME, "error", ctx.ns.label, ctx.ns.path,
+                    f"ip rule {pref} `from {src} lookup {table}` sends traffic from {who} to {q.dst} "
+                    f"out of {view.dev(got)} (kernel's route lookup for {d}); main routes {q.dst} via {q.dev}",
+                    WHY,
+                    [Fix(f"let traffic from {src} to {q.dst} use main, ahead of rule {pref} (the rule stays "
+                         f"for everything else)",
+                         f"{ctx.ns.prefix()}ip rule add from {src} to {q.dst} lookup main "
+                         f"pref {_free_pref(pref, used)}")]))
+    return findings

@@ -1,0 +1,184 @@
+"""Find the namespaces, run the diagnoses: each namespace once (by the nsfs inode), in a forked
+child that enters it, so /proc/thread-self/net, /proc/sys/net, iptables-save, nft and netlink all
+answer for that namespace; the child sends its findings back as JSON."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from typing import Any
+
+from . import kernel, nfqueue, policy_routing, sysctl
+from .finding import Finding, Namespace, finding_from_dict
+
+CHECKS = [nfqueue, policy_routing, sysctl, kernel]      # the order they run and report in
+NAMES = [c.NAME for c in CHECKS]
+RUN_DIR = "/run/netns"
+TOOL_TIMEOUT = 20.0
+NS_TIMEOUT = 60.0
+
+
+def _key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def discover() -> list[Namespace]:
+    """The doctor's own namespace, the named ones under /run/netns, then those of processes; each once."""
+    seen: dict[tuple[int, int], Namespace] = {}
+    own = _key("/proc/self/ns/net")
+    if own is not None:
+        seen[own] = Namespace("/proc/self/ns/net", pid=None, own=True)
+    try:
+        names = sorted(os.listdir(RUN_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(RUN_DIR, name)
+        k = _key(path)
+        if k is not None and k not in seen:
+            seen[k] = Namespace(path, name=name)
+    pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+    for pid in pids:
+        path = f"/proc/{pid}/ns/net"
+        k = _key(path)
+        if k is not None and k not in seen:
+            seen[k] = Namespace(path, pid=pid)
+    return list(seen.values())
+
+
+def namespace_for(path: str) -> Namespace:
+    """--netns PATH: raises NetnsError when it is not a network namespace."""
+    from libcni_py.netns import open_netns
+    os.close(open_netns(path))
+    if _key(path) == _key("/proc/self/ns/net"):
+        return Namespace(path, own=True)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) == RUN_DIR:
+        return Namespace(path, name=os.path.basename(real))
+    parts = real.split("/")
+    if len(parts) == 5 and parts[1] == "proc" and parts[2].isdigit():
+        return Namespace(path, pid=int(parts[2]))
+    return Namespace(path)
+
+
+class Context:
+    """What a diagnosis gets: the namespace, a way to run a tool in it, netlink, error notes."""
+
+    def __init__(self, ns: Namespace, kernel_release: str | None = None):
+        self.ns, self.kernel_release = ns, kernel_release
+        self.errors: list[str] = []
+        self._ipr: Any = None
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, 124, "", f"timed out after {TOOL_TIMEOUT:.0f} s")
+
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+
+
+def run_checks(ctx: Context, checks: list) -> tuple[list[dict], list[dict]]:
+    findings: list[dict] = []
+    errors: list[dict] = []
+    for c in checks:
+        ctx.errors = []
+        try:
+            findings += [f.to_dict() for f in c.check(ctx)]
+        except Exception as e:  # noqa: BLE001 - one diagnosis failing must not stop the others
+            ctx.errors.append(f"{type(e).__name__}: {e}")
+        errors += [{"check": c.NAME, "where": ctx.ns.label, "netns": ctx.ns.path, "details": t} for t in ctx.errors]
+    return findings, errors
+
+
+def _in_namespace(ns: Namespace, checks: list) -> tuple[list[dict], list[dict]]:
+    """Fork, enter `ns` in the child, run the checks there; the child's answer as JSON on a pipe."""
+    from plugins.pkg.ns import _setns, open_netns
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # child
+        code = 0
+        try:
+            os.close(r)
+            fd = open_netns(ns.path)
+            _setns(fd)
+            ctx = Context(ns)
+            out = run_checks(ctx, checks)
+            ctx.close()
+            data = json.dumps({"findings": out[0], "errors": out[1]}).encode()
+        except BaseException as e:  # noqa: BLE001
+            data = json.dumps({"findings": [], "errors": [{"check": "*", "where": ns.label, "netns": ns.path,
+                                                           "details": f"{type(e).__name__}: {e}"}]}).encode()
+            code = 1
+        try:
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks, deadline = [], time.monotonic() + NS_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return [], [{"check": "*", "where": ns.label, "netns": ns.path,
+                             "details": f"no answer within {NS_TIMEOUT:.0f} s"}]
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+    os.waitpid(pid, 0)
+    answer = json.loads(b"".join(chunks) or b'{"findings": [], "errors": []}')
+    return answer["findings"], answer["errors"]
+
+
+def _vanished(ns: Namespace, errors: list[dict]) -> bool:
+    """A namespace deleted (or whose last process exited) while we looked: not an error."""
+    return bool(errors) and not ns.own and not os.path.exists(ns.path)
+
+
+def run(namespaces: list[Namespace], names: list[str], kernel_release: str | None = None
+        ) -> tuple[list[Finding], list[dict], list[Namespace]]:
+    """All findings (check order, then namespace order), the errors, and the namespaces visited."""
+    checks = [c for c in CHECKS if c.NAME in names]
+    per_ns = [c for c in checks if c.PER_NAMESPACE]
+    node = [c for c in checks if not c.PER_NAMESPACE]
+    found: list[dict] = []
+    errors: list[dict] = []
+    visited: list[Namespace] = []
+    for ns in namespaces if per_ns else []:
+        f, e = _in_namespace(ns, per_ns)
+        if _vanished(ns, e):
+            continue
+        visited.append(ns)
+        found += f
+        errors += e
+    if node:
+        f, e = run_checks(Context(Namespace("/proc/self/ns/net", own=True), kernel_release), node)
+        found += f
+        errors += e
+    order = {n: i for i, n in enumerate(NAMES)}
+    findings = sorted((finding_from_dict(d) for d in found), key=lambda x: order[x.check])  # stable
+    return findings, errors, visited
