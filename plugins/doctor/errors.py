@@ -1,7 +1,7 @@
 """doctor's own failures (160-179): the doctor could not run (exit 2). Findings are not errors."""
 from __future__ import annotations
 
-from plugins.pkg.errors import Codes
+from plugins.pkg.errors import DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TC, TOOL_MISSING, XTABLES_LOCK, Codes
 
 CODES = Codes("doctor", 160, 179)
 
@@ -20,3 +20,9 @@ NETNS_UNUSABLE = CODES.add(
 CHECK_FAILED = CODES.add(
     164, "a diagnosis could not finish in a namespace (a tool failed or hung, netlink refused)",
     "see details; the other diagnoses and namespaces were still checked")
+
+# A failure of shared code (plugins/pkg) inside a diagnosis: that diagnosis could not finish there;
+# a namespace that cannot be entered is the --netns one. Same hook shape as the plugins' translate.
+translate = CODES.translator({KERNEL: CHECK_FAILED, XTABLES_LOCK: CHECK_FAILED, IPTABLES: CHECK_FAILED,
+                              NFT: CHECK_FAILED, TC: CHECK_FAILED, DP: CHECK_FAILED, DP_TIMEOUT: CHECK_FAILED,
+                              NETNS: NETNS_UNUSABLE, TOOL_MISSING: CHECK_FAILED, IO: CHECK_FAILED})

@@ -260,6 +260,8 @@ EXIT_CASES: dict[str, list[tuple[str, list[str], dict[str, str], str, bool]]] = 
     "pycni-dp": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False)],
     "dp-steering": [("mode without args", ["mode"], {}, "", False)],
     "edgemesh": [("sync without args", ["sync"], {}, "", False)],
+    "pycni-doctor": [("--list-checks", ["--list-checks"], {}, "", True),
+                     ("unknown check", ["--json", "--check", "bogus"], {}, "", False)],
 }
 for _name in sorted(CNI_PLUGINS):
     EXIT_CASES.setdefault(_name, []).extend([

@@ -12,6 +12,7 @@ PLUGINS = {   # errors module, README section heading, range
     "vxlan": ("plugins.main.vxlan.errors", "## vxlan", (100, 119)),
     "dp-steering": ("plugins.meta.dp_steering.errors", "## dp-steering", (120, 139)),
     "edgemesh": ("plugins.meta.edgemesh.errors", "## edgemesh", (140, 159)),
+    "doctor": ("plugins.doctor.errors", "## pycni-doctor", (160, 179)),
 }
 
 
