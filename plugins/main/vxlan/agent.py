@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
+from .errors import REGISTRY_UNREADABLE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,54 +47,139 @@ def load_conf(path: str) -> dict:
 
 
 class Agent:
+    BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0        # seconds between retries while the registry is unreachable
+
     def __init__(self, cfg, resync: float):
-        from .registry import open_registry
+        import threading
+        from .overlay import _registry
         self.cfg = cfg
         self.resync = min(resync, cfg.registry_ttl / 3) if cfg.registry_ttl else resync
-        self.registry = open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
+        self.registry = _registry(cfg)
+        self.keepalive = getattr(self.registry, "keepalive", None) if cfg.registry_ttl else None
+        # retries while the registry is unreachable stay well inside the TTL (keepalive every ttl/3)
+        self.backoff_max = min(self.BACKOFF_MAX, max(self.BACKOFF_MIN, cfg.registry_ttl / 3)) \
+            if cfg.registry_ttl else self.BACKOFF_MAX
         self.stopping = False
         self.applied: Applied | None = None     # of the last reconcile
+        self.registry_up = True
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._written_peers = -1                  # revision of the last agent-peers.json
 
     def stop(self, *_):
         self.stopping = True
+        self._wake.set()
 
     def reconcile(self, snap=None) -> bool:
-        """A full ensure_node, or with `snap` only the change since the last one; False after an error."""
+        """A full ensure_node, or with `snap` only the change since the last one; False after an
+        error. An unreachable registry (100) is raised: the caller keeps the datapath as it is."""
         from .overlay import ensure_applied, follow_change
         try:
             if snap is None or self.applied is None:
-                self.applied = ensure_applied(self.cfg)
+                self.applied = ensure_applied(self.cfg, reg=self.registry)
             else:
-                self.applied = follow_change(self.cfg, self.applied, snap)
+                self.applied = follow_change(self.cfg, self.applied, snap, reg=self.registry)
         except CNIError as e:
+            if e.code == REGISTRY_UNREADABLE:
+                raise
             log.error("reconcile failed: %s (code %d)", e, e.code)
             self.applied = None
             return False
         if self.applied is not None and self.applied.info.changes:
             log.info("reconciled to revision %d: %d entries changed",
                      self.applied.info.revision, self.applied.info.changes)
+        self.publish()
         return True
 
-    def run(self) -> int:
-        snap, next_full, ready = None, 0.0, False
-        while not self.stopping:
-            full = self.applied is None or time.monotonic() >= next_full
-            if full or snap is not None:
-                if not self.reconcile(None if full else snap):
-                    time.sleep(1.0)           # retry after a pause, never in a tight loop
-                    continue
-                if full:
-                    next_full = time.monotonic() + self.resync
-                if not ready:
-                    log.info("node %s ready", self.cfg.node_name)
-                    ready = True
-            if self.applied is None:
-                continue
+    # -- the state file the per-pod plugin reads (lease.agent_state) --
+    def publish(self) -> None:
+        """Write agent.json (lease, network record, device, liveness) and, when the applied revision
+        moved, agent-peers.json. Atomic (records.write); one writer at a time (the heartbeat thread)."""
+        from . import lease
+        applied = self.applied
+        if applied is None:
+            return
+        info = applied.info
+        doc = {"pid": os.getpid(), "heartbeat": round(time.time(), 3), "interval": lease.HEARTBEAT,
+               "node": self.cfg.node_name, "lease": applied.lease.with_expiry(None).to_json(),
+               "network": applied.network.to_json() if applied.network is not None else None,
+               "revision": info.revision, "registry": "up" if self.registry_up else "down",
+               "device": {"name": info.device, "index": applied.dev_index, "mtu": info.mtu}}
+        with self._state_lock:
+            if self._written_peers != info.revision:
+                lease.write_agent_peers(self.cfg.state_dir, info.revision, applied.leases)
+                self._written_peers = info.revision
+            lease.write_agent_state(self.cfg.state_dir, doc)
+
+    def _heartbeat(self) -> None:
+        from . import lease
+        while not self._wake.wait(lease.HEARTBEAT):
             try:
+                self.publish()
+            except OSError as e:
+                log.error("cannot write the agent state in %s: %s", self.cfg.state_dir, e)
+
+    def _registry_state(self, up: bool, why: str = "") -> None:
+        """One log line per change of state, never one per attempt."""
+        if up == self.registry_up:
+            return
+        self.registry_up = up
+        if up:
+            log.info("registry reachable again; following it")
+        else:
+            log.warning("registry unreachable (%s); datapath left as it is, retrying", why)
+
+    def _pause(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+
+    def run(self) -> int:
+        import threading
+        snap, next_full, next_keep, ready = None, 0.0, 0.0, False
+        backoff = self.BACKOFF_MIN
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        while not self.stopping:
+            try:
+                now = time.monotonic()
+                # while the registry is unreachable only the watch probes it (no full reconcile
+                # holding the node lock for dialTimeout): the datapath stays as it is
+                full = self.applied is None or (now >= next_full and self.registry_up)
+                if full or snap is not None:
+                    if not self.reconcile(None if full else snap):
+                        self._pause(1.0)          # retry after a pause, never in a tight loop
+                        continue
+                    snap = None
+                    if full:
+                        next_full = time.monotonic() + self.resync
+                        next_keep = time.monotonic() + self.cfg.registry_ttl / 3
+                    if not ready:
+                        log.info("node %s ready", self.cfg.node_name)
+                        ready = True
+                if self.applied is None:
+                    continue
+                if self.keepalive is not None and time.monotonic() >= next_keep:
+                    left = self.keepalive(self.cfg.node_name)
+                    next_keep = time.monotonic() + self.cfg.registry_ttl / 3
+                    if left <= 0:
+                        log.warning("node %s: lease gone from the registry; acquiring it again", self.cfg.node_name)
+                        next_full = 0.0
+                        self._registry_state(True)
+                        continue
                 snap = self.registry.watch(self.applied.info.revision, timeout=0.5)
+                self._registry_state(True)
+                backoff = self.BACKOFF_MIN
             except CNIError as e:
-                log.error("registry: %s", e)
-                snap, self.applied = None, None
+                if e.code != REGISTRY_UNREADABLE:
+                    log.error("registry: %s", e)
+                    snap, self.applied = None, None
+                    self._pause(1.0)
+                    continue
+                self._registry_state(False, f"{e.msg}: {(e.details or '')[:200]}")
+                snap = None                      # the datapath stays as the last reconcile left it
+                self._pause(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+        self._wake.set()
+        beat.join(5)
         log.info("stopping; datapath left in place")
         self.registry.close()
         return 0

@@ -192,3 +192,78 @@ def local_mac(state_dir: str) -> str | None:
 def local_subnet(state_dir: str) -> ipaddress.IPv4Network | None:
     """The subnet of the local lease copy, if any."""
     return _load_local(state_dir).get("subnet")
+
+
+# ---- the agent's state file (the per-pod plugin's view of the node with an etcd registry) ----
+#
+# <stateDir>/agent.json        {"pid", "heartbeat" (unix time), "interval", "node", "lease",
+#                               "network", "revision", "device", "registry": "up"|"down"}
+#                              rewritten every `interval` seconds by vxlan-agent (liveness)
+# <stateDir>/agent-peers.json  {"revision", "leases": {node: lease}}: the leases the agent has
+#                              programmed (its own included), rewritten on change only
+# ADD reads only agent.json (small, whatever the number of peers); CHECK reads both.
+
+HEARTBEAT = 2.0          # seconds between the agent's writes of agent.json
+STALE_AFTER = 3          # heartbeats missed before agent.json is stale
+
+
+def agent_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "agent.json")
+
+
+def agent_peers_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "agent-peers.json")
+
+
+def write_agent_state(state_dir: str, doc: dict) -> None:
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    records.write(agent_path(state_dir), doc)
+
+
+def write_agent_peers(state_dir: str, revision: int, leases) -> None:
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    records.write(agent_peers_path(state_dir),
+                  {"revision": revision, "leases": {n: lease.to_json() for n, lease in sorted(leases.items())}})
+
+
+def forget_agent_state(state_dir: str) -> None:
+    records.remove(agent_path(state_dir))
+    records.remove(agent_peers_path(state_dir))
+
+
+def agent_state(state_dir: str, now: float | None = None) -> tuple[dict | None, str]:
+    """(agent.json, "") when a live agent wrote it within STALE_AFTER heartbeats; else (None, why)."""
+    path = agent_path(state_dir)
+    try:
+        doc = records.read(path, max_bytes=64 << 10)
+        beat, interval, pid = float(doc["heartbeat"]), float(doc["interval"]), int(doc["pid"])
+        if not isinstance(doc["lease"], dict) or not isinstance(doc["device"], dict):
+            raise ValueError("lease or device is not an object")
+    except FileNotFoundError:
+        return None, f"no agent state {path} (vxlan-agent never ran on this node, or left)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"agent state {path} unreadable: {e}"
+    age = (time.time() if now is None else now) - beat
+    if age > STALE_AFTER * interval:
+        return None, f"agent state {path} is stale: last heartbeat {age:.0f} s ago (pid {pid})"
+    return doc, ""
+
+
+def agent_lease(doc: dict) -> Lease:
+    """This node's lease as the agent state names it."""
+    from .registry.base import decode
+    snap = decode({"leases": {doc["node"]: doc["lease"]}}, now=0)
+    return snap.leases[doc["node"]]
+
+
+def agent_snapshot(state_dir: str, doc: dict) -> Snapshot:
+    """The leases the agent has programmed as a Snapshot (revision, network record, leases)."""
+    from .registry.base import decode
+    try:
+        peers = records.read(agent_peers_path(state_dir))
+        return decode({"revision": peers.get("revision", 0), "network": doc.get("network"),
+                       "leases": peers.get("leases") or {}}, now=0)
+    except (OSError, ValueError, AttributeError) as e:
+        from .errors import REGISTRY_CORRUPT
+        raise CNIError(REGISTRY_CORRUPT, f"agent peers {agent_peers_path(state_dir)} unreadable",
+                       str(e)) from None

@@ -56,29 +56,85 @@ def node_config(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf
 
 
 def _registry(cfg: NetConf) -> Registry:
+    """The registry the config names (etcd: its checked options; only vxlan-agent opens etcd)."""
+    if cfg.registry_type == "etcd":
+        return open_registry("etcd", cfg.registry_options, cfg.registry_ttl)     # type: ignore[arg-type]
     return open_registry(cfg.registry_type, cfg.registry_path, cfg.registry_ttl)
+
+
+def agent_owned(cfg: NetConf) -> bool:
+    """With an etcd registry the node agent owns the overlay: the per-pod plugin reads its state file."""
+    return cfg.registry_type == "etcd"
 
 
 def ensure_node(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None) -> NodeInfo:
     """Join or renew the lease, ensure the device, reconcile peer entries once. `hold(rt, info)` runs
     at the end, still under the node lock (ADD records its attachment there, so a concurrent
-    `vxlan-agent --leave` sees the pod)."""
+    `vxlan-agent --leave` sees the pod).
+
+    With an etcd registry (agent_owned) the node is vxlan-agent's: this reads its state file, checks
+    the device and the bridge only (nothing grows with the number of peers) and never opens etcd;
+    CNIError(11) when no live agent wrote that file."""
+    if agent_owned(cfg):
+        return _from_agent(cfg, hold)
     return ensure_applied(cfg, hold).info
+
+
+def _live_agent(cfg: NetConf) -> dict:
+    from libcni_py.errors import TRY_AGAIN_LATER
+    from . import lease
+    doc, why = lease.agent_state(cfg.state_dir)
+    if doc is not None and doc.get("node") != cfg.node_name:
+        why = f"the agent state names node {doc.get('node')!r}, not {cfg.node_name!r}"
+        doc = None
+    if doc is None:
+        raise CNIError(TRY_AGAIN_LATER, f"vxlan: node {cfg.node_name} is not ready: {why}",
+                       "start vxlan-agent on this node (systemctl start vxlan-agent, or "
+                       "`vxlan-agent --conf <this conflist>`): with an etcd registry it holds the lease "
+                       "and programs the overlay; pods are added once it is up")
+    return doc
+
+
+def _from_agent(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None) -> NodeInfo:
+    """ADD with an agent-owned overlay: the agent's lease, the device as it left it, the bridge."""
+    from libcni_py.errors import TRY_AGAIN_LATER
+    from plugins.pkg.rtnl import Rtnl
+    from . import lease
+    doc = _live_agent(cfg)
+    mine = lease.agent_lease(doc)
+    with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
+        link = rt.link(cfg.device_name)
+        if link is None or link.kind != "vxlan" or not link.up or link.mac != mine.vtep_mac:
+            what = "missing" if link is None else f"{link.kind or 'not vxlan'}, {'up' if link.up else 'down'}, " \
+                f"MAC {link.mac}"
+            raise CNIError(TRY_AGAIN_LATER, f"vxlan: device {cfg.device_name} is not as vxlan-agent makes it "
+                           f"({what}; the lease says MAC {mine.vtep_mac})",
+                           "vxlan-agent repairs it on its next resync; if it keeps failing, see its log")
+        _vet_bridge(rt, cfg)
+        repair_bridge(rt, cfg, mine.subnet)
+        info = _info(cfg, mine, link, 0, int(doc.get("revision", 0)))
+        if hold is not None:
+            hold(rt, info)
+    return info
 
 
 class Applied:
     """What a node last programmed: lets the agent apply a registry change as a delta."""
-    __slots__ = ("info", "lease", "underlay", "dev_index", "peers")
+    __slots__ = ("info", "lease", "underlay", "dev_index", "peers", "leases", "network")
 
-    def __init__(self, info: NodeInfo, lease, underlay, dev_index: int, peers: tuple):
+    def __init__(self, info: NodeInfo, lease, underlay, dev_index: int, peers: tuple,
+                 leases: dict | None = None, network=None):
         self.info = info
+        self.leases = leases if leases is not None else {}     # registry.Lease by node, as applied
+        self.network = network            # the registry's NetworkRecord
         self.lease = lease                # registry.Lease
         self.underlay = underlay          # device.Underlay
         self.dev_index = dev_index
         self.peers = peers                # peers.Peer, as programmed
 
 
-def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None) -> Applied:
+def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None,
+                   reg: Registry | None = None) -> Applied:
     """ensure_node, also returning what was programmed (for follow_change).
 
     Refusals come before the registry or the kernel is changed: a `deviceName` or `bridge` naming a
@@ -86,7 +142,7 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
     subnet while pods use the old one (117, vetted inside the registry update)."""
     from plugins.pkg.rtnl import Rtnl
     from . import device, lease, peers
-    reg = _registry(cfg)
+    reg = _registry(cfg) if reg is None else reg
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         underlay = device.find_underlay(rt, cfg)
         have = device.vet(rt, cfg.device_name, device.mark(cfg.name), cfg.vni, cfg.port, underlay,
@@ -103,7 +159,7 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
         if hold is not None:
             hold(rt, info)
     _log_changes(cfg, stats, snap.revision)
-    return Applied(info, mine, underlay, link.index, tuple(wanted))
+    return Applied(info, mine, underlay, link.index, tuple(wanted), dict(snap.leases), snap.network)
 
 
 def _vet_bridge(rt: Rtnl, cfg: NetConf) -> None:
@@ -116,7 +172,7 @@ def _vet_bridge(rt: Rtnl, cfg: NetConf) -> None:
                        f"(index {br.index}), not a bridge: left as it is", errors.BRIDGE_CONFLICT.fix)
 
 
-def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
+def follow_change(cfg: NetConf, applied: Applied, snap, reg: Registry | None = None) -> Applied:
     """Apply a newer registry snapshot: only the peers that changed, from what `applied` says is
     programmed (no kernel dumps). Anything unexpected (own lease changed, the kernel refusing an
     entry because it is not as assumed) falls back to a full ensure_node."""
@@ -124,7 +180,7 @@ def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
     from . import peers
     mine = snap.leases.get(cfg.node_name)
     if mine is None or not mine.same_binding(applied.lease):
-        return ensure_applied(cfg)
+        return ensure_applied(cfg, reg=reg)
     old = {p.node: p for p in applied.peers}
     new = peers.desired(snap.leases.values(), cfg.node_name, applied.dev_index, applied.underlay,
                         cfg.direct_routing)
@@ -136,12 +192,13 @@ def follow_change(cfg: NetConf, applied: Applied, snap) -> Applied:
                                     peers.assumed([old[n] for n in touched if n in old]))
     except CNIError as e:
         log.warning("delta apply failed (%s); doing a full reconcile", e)
-        return ensure_applied(cfg)
+        return ensure_applied(cfg, reg=reg)
     _log_changes(cfg, stats, snap.revision)
     old_info = applied.info
     info = NodeInfo(old_info.subnet, old_info.gateway, old_info.device, old_info.mtu, old_info.vtep_mac,
                     old_info.public_ip, old_info.network, old_info.node_name, stats.changes, snap.revision)
-    return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new))
+    return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new), dict(snap.leases),
+                   snap.network)
 
 
 def _log_changes(cfg: NetConf, stats, revision: int) -> None:
@@ -301,7 +358,15 @@ def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
         if users:
             raise CNIError(PODS_ATTACHED, f"node {cfg.node_name} still serves {len(users)} pod(s): "
                            f"{', '.join(users[:5])}", errors.PODS_ATTACHED.fix)
-        lease.release(_registry(cfg), cfg)
+        reg = _registry(cfg)
+        try:
+            lease.release(reg, cfg)
+            revoke = getattr(reg, "revoke", None)
+            if revoke is not None:
+                revoke(cfg.node_name)          # etcd: the lease the keys were bound to, now
+        finally:
+            reg.close()
+        lease.forget_agent_state(cfg.state_dir)
         if not remove_device:
             return
         link = rt.link(cfg.device_name)
@@ -333,6 +398,10 @@ def _ours_to_remove(rt: Rtnl, cfg: NetConf, link) -> bool:
 
 
 def _read(cfg: NetConf):
+    """The registry's snapshot; with an agent-owned overlay the agent's (CNIError 11 without one)."""
+    if agent_owned(cfg):
+        from . import lease
+        return lease.agent_snapshot(cfg.state_dir, _live_agent(cfg))
     reg = _registry(cfg)
     try:
         return reg.snapshot()

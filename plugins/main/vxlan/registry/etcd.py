@@ -560,10 +560,22 @@ class EtcdRegistry(Registry):
             self._lease_id = 0
         return ttl
 
-    def revoke(self) -> None:
-        """Give this process's etcd lease back (its keys vanish at once)."""
-        if self._lease_id:
-            self._call("lease/revoke", {"ID": self._lease_id})
+    def revoke(self, node: str | None = None) -> None:
+        """Give this process's etcd lease back (its keys vanish at once); with `node`, the lease its
+        keys were bound to when last read (`--leave` after release). An etcd lease that is already
+        gone is no error."""
+        lease_id = self._lease_id
+        kv = self._kvs.get(self.lease_key(node)) if node else None
+        if kv is not None and kv.lease:
+            lease_id = kv.lease
+        if not lease_id:
+            return
+        try:
+            self._call("lease/revoke", {"ID": lease_id})
+        except CNIError as e:
+            if "not found" not in (e.details or ""):
+                raise
+        if lease_id == self._lease_id:
             self._lease_id = 0
 
     def compact(self, revision: int) -> None:
