@@ -36,7 +36,7 @@ class View:
                       for a in ipr.get_addr(family=2)}
         self.routes: list[Route] = []
         self.uplinks: set[int] = set()          # devices a default route leaves by, in any table
-        for r in ipr.get_routes(family=2, table=0):
+        for r in ipr.route("dump", family=2):             # every table
             table = r.get_attr("RTA_TABLE") or r["table"]
             oif = r.get_attr("RTA_OIF")
             if oif is None:
