@@ -254,3 +254,73 @@ def test_etcd_down_pods_keep_pinging_kernel_unchanged_then_change_applied(world,
             p.stop()
         for a in agents:
             a.kill()
+
+
+def fake_leases(first: int, count: int) -> dict[str, Lease]:
+    """`count` peer leases (unreachable public IPs on the underlay range: kernel entries only)."""
+    out = {}
+    for i in range(first, first + count):
+        out[f"peer{i:04d}"] = Lease(f"peer{i:04d}", ipaddress.IPv4Network(f"10.{64 + (i + 10) // 250}."
+                                                                         f"{(i + 10) % 250}.0/24"),
+                                    ipaddress.IPv4Address(f"198.18.{8 + i // 250}.{1 + i % 250}"),
+                                    f"02:aa:00:00:{i // 256:02x}:{i % 256:02x}", 1)
+    return out
+
+
+def put_leases(reg: EtcdRegistry, leases: dict[str, Lease], batch: int = 25) -> None:
+    """In transactions of `batch` leases (etcd takes at most 128 operations in one)."""
+    items = sorted(leases.items())
+    for i in range(0, len(items), batch):
+        chunk = dict(items[i:i + batch])
+        reg.update(lambda d, chunk=chunk: d.leases.update(chunk))
+
+
+def test_add_with_a_live_agent_does_not_touch_peers_and_stays_flat_to_1000_peers(world, netns, tmp_path):
+    c, etcd = world
+    h = c.hosts[0]
+    h.conf.update(network="10.64.0.0/10", registry=etcd.registry_conf(ttl=30))
+    pods = Pods(c, netns, tmp_path)
+    agent = h.start_agent("--resync", "30")
+    try:
+        agent.wait_ready()
+        with etcd.inside():
+            reg = EtcdRegistry(etcd.options("vxetcd"))
+        try:
+            def add_time(n: int) -> float:
+                times = []
+                for k in range(3):
+                    start = time.monotonic()
+                    pod = pods.add(h, f"n{n}k{k}")
+                    times.append(time.monotonic() - start)
+                    pods.delete(pod)
+                return sorted(times)[1]
+
+            def routes() -> int:
+                return sum(" onlink" in r for r in h.dumps()["route"])
+            with etcd.inside():
+                put_leases(reg, fake_leases(0, 10))
+            wait_for(lambda: routes() == 10, "10 peers programmed", timeout=10, step=0.1)
+            t10 = add_time(10)
+            # ADD reconciles nothing: a peer route removed behind the agent's back stays removed
+            # (the agent is stopped meanwhile, its heartbeat still fresh); only the agent's full
+            # resync (every --resync s, 30 here: not within this test) would put it back
+            victim = next(r for r in h.dumps()["route"] if " onlink" in r).split()[0]
+            agent.proc.send_signal(signal.SIGSTOP)
+            try:
+                h.run("ip", "route", "del", victim)
+                pods.delete(pods.add(h, "untouched"))
+                assert not has_route(h, victim), "a pod ADD reprogrammed the overlay"
+            finally:
+                agent.proc.send_signal(signal.SIGCONT)
+            with etcd.inside():
+                put_leases(reg, fake_leases(10, 990))
+            took = wait_for(lambda: routes() == 999, "1000 peers programmed", timeout=60, step=0.2)
+            t1000 = add_time(1000)
+            print(f"ADD median with 10 peers {t10 * 1000:.0f} ms, with 1000 peers {t1000 * 1000:.0f} ms; "
+                  f"990 peers programmed in {took:.1f} s")
+            assert t1000 < 1.5 * t10 + 0.05, (t10, t1000)
+        finally:
+            with etcd.inside():
+                reg.close()
+    finally:
+        agent.kill()
