@@ -261,7 +261,9 @@ EXIT_CASES: dict[str, list[tuple[str, list[str], dict[str, str], str, bool]]] = 
     "dp-steering": [("mode without args", ["mode"], {}, "", False)],
     "edgemesh": [("sync without args", ["sync"], {}, "", False)],
     "pycni-doctor": [("--list-checks", ["--list-checks"], {}, "", True),
-                     ("unknown check", ["--json", "--check", "bogus"], {}, "", False)],
+                     ("unknown check", ["--json", "--check", "bogus"], {}, "", False),
+                     ("good kernel", ["--check", "kernel-hazards", "--kernel-release", "6.1.0"], {}, "", True),
+                     ("bad kernel", ["--check", "kernel-hazards", "--kernel-release", "4.15.6"], {}, "", False)],
 }
 for _name in sorted(CNI_PLUGINS):
     EXIT_CASES.setdefault(_name, []).extend([
