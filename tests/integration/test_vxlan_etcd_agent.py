@@ -324,3 +324,46 @@ def test_add_with_a_live_agent_does_not_touch_peers_and_stays_flat_to_1000_peers
                 reg.close()
     finally:
         agent.kill()
+
+
+def test_compaction_past_the_agents_revision_lists_again_and_converges(world, netns, tmp_path):
+    c, etcd = world
+    h = c.hosts[0]
+    h.conf.update(registry=etcd.registry_conf(ttl=30))
+    agent = h.start_agent("--resync", "60")          # no full resync: only the watch can catch up
+    try:
+        agent.wait_ready()
+        with etcd.inside():
+            reg = EtcdRegistry(etcd.options("vxetcd"))
+        try:
+            first = fake_leases(0, 3)
+            with etcd.inside():
+                put_leases(reg, first)
+            for lz in first.values():
+                wait_for(lambda lz=lz: has_route(h, lz.subnet), f"{lz.node} programmed")
+            agent.proc.send_signal(signal.SIGSTOP)      # behind: its watch stream is cut meanwhile
+            try:
+                for i in range(3):
+                    etcd.kill(i)
+                for i in range(3):
+                    etcd.members[i].start()
+                etcd.wait_healthy()
+                later = fake_leases(3, 2)
+                with etcd.inside():
+                    reg.update(lambda d: [d.leases.pop(n) for n in ("peer0000", "peer0001")])
+                    put_leases(reg, later)
+                    rev = reg.snapshot().revision
+                    reg.compact(rev)
+            finally:
+                agent.proc.send_signal(signal.SIGCONT)
+            want_gone = [first["peer0000"].subnet, first["peer0001"].subnet]
+            want = [first["peer0002"].subnet, *(lz.subnet for lz in later.values())]
+            wait_for(lambda: all(has_route(h, s) for s in want) and not any(has_route(h, s) for s in want_gone),
+                     "converged after the compaction", timeout=10)
+            assert "compacted past revision" in agent.text(), agent.text()
+            assert sum(" onlink" in r for r in h.dumps()["route"]) == 3
+        finally:
+            with etcd.inside():
+                reg.close()
+    finally:
+        agent.kill()

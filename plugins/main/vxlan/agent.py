@@ -165,7 +165,11 @@ class Agent:
                         next_full = 0.0
                         self._registry_state(True)
                         continue
+                relists = getattr(self.registry, "relists", 0)
                 snap = self.registry.watch(self.applied.info.revision, timeout=0.5)
+                if getattr(self.registry, "relists", 0) != relists and snap is not None:
+                    log.info("registry history compacted past revision %d: listed again at %d, reconciling",
+                             self.applied.info.revision, snap.revision)
                 self._registry_state(True)
                 backoff = self.BACKOFF_MIN
             except CNIError as e:
