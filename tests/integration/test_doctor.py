@@ -331,3 +331,34 @@ def test_table_output_is_readable(netns):
     assert any(line.strip() == f"$ ip netns exec {ns.name} iptables-nft -t filter -R INPUT 1 -j NFQUEUE "
                "--queue-num 2 --queue-bypass" for line in lines)
     assert lines[-1] == "pycni-doctor: 4 check(s) in 1 namespace(s): 1 problem(s)"
+
+
+def test_our_vxlan_overlay_is_healthy_then_a_stolen_reply_is_found_and_fixed(netns, tmp_path):
+    """Three vxlan test hosts with a pod each (our plugin, Go host-local): no findings in any host
+    or pod namespace. Then on host0 a rule sends its pod's traffic out of eth0 (seed 003): the pod
+    cannot reach host1's pod, doctor finds it, its fix restores the traffic."""
+    from plugins.pkg import probe
+    from tests.kit.vxlan_hosts import Cluster
+    from tests.kit.vxlan_pods import Pods
+    cluster = Cluster(netns, tmp_path, segments=[0, 0, 0])
+    pods = Pods(cluster, netns, tmp_path)
+    attached = [pods.add(h, f"d{h.index}") for h in cluster.hosts]
+    cluster.ensure_all()
+    try:
+        assert probe.ping(attached[0].ns.path, attached[1].ip) == [0]
+        for where in [h.path for h in cluster.hosts] + [p.ns.path for p in attached]:
+            rc, out = doctor("--netns", where)
+            assert (rc, out["findings"], out["errors"]) == (0, [], []), out
+
+        h0, pod0 = cluster.hosts[0], attached[0]
+        h0.run("ip", "route", "add", "default", "via", h0.router, "dev", "eth0", "table", "100")
+        h0.run("ip", "rule", "add", "from", pod0.ip, "lookup", "100", "pref", "32000")
+        assert probe.ping(pod0.ns.path, attached[1].ip) != [0]
+        got = [f for f in findings(h0.ns, "policy-route-steals-replies") if attached[1].ip.rsplit(".", 1)[0]
+               in f["what"].split(" to ")[1]]
+        assert len(got) == 1 and "out of eth0" in got[0]["what"], got
+        apply(got[0]["fixes"][0]["command"])
+        assert probe.ping(pod0.ns.path, attached[1].ip) == [0]
+    finally:
+        for pod in attached:
+            pods.delete(pod)
