@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="ne
                                  reason="etcd-server is not installed (./build.sh test installs it)")]
 
 TTL = 3
+OUTAGE = 10.0
 
 
 def wait_for(predicate, what: str, timeout: float = 5.0, step: float = 0.02) -> float:
@@ -215,8 +216,8 @@ def test_etcd_down_pods_keep_pinging_kernel_unchanged_then_change_applied(world,
         for p in pingers:
             p.start()
         etcd.kill(0)
-        etcd.kill(2)              # all members down, longer than the TTL
-        time.sleep(2 * TTL)
+        etcd.kill(2)              # all members down for 10 s, longer than the TTL
+        time.sleep(OUTAGE)
         during = [h.dumps() for h in c.hosts]
         p_new = pods.add(c.hosts[0], "during")    # the agent lives: a new pod is served from its state
         pods.delete(p_new)
@@ -367,3 +368,29 @@ def test_compaction_past_the_agents_revision_lists_again_and_converges(world, ne
                 reg.close()
     finally:
         agent.kill()
+
+
+def test_tls_client_certs_and_a_wrong_ca_is_a_clear_error_not_a_hang(netns, tmp_path):
+    from tests.kit.etcd import TLS
+    c = Cluster(netns, tmp_path, segments=[0, 0], network_name="vxetcd")
+    pods = Pods(c, netns, tmp_path)
+    with EtcdCluster(tmp_path, members=3, switch=c.switch, tls=True) as etcd:
+        good, bad = c.hosts
+        good.conf["registry"] = etcd.registry_conf(ttl=TTL)
+        other = TLS(str(tmp_path / "other-ca"), ["198.19.250.1"], name="other")
+        bad.conf["registry"] = etcd.registry_conf(ttl=TTL, caFile=other.ca)
+        agents = [good.start_agent(), bad.start_agent()]
+        try:
+            agents[0].wait_ready()
+            pod = pods.add(good, "tls")
+            pods.delete(pod)
+            wait_for(lambda: "registry unreachable" in agents[1].text(), "the wrong CA reported", timeout=10)
+            text = agents[1].text()
+            assert "TLS: unable to get local issuer certificate" in text and "registry.caFile" in text, text
+            assert agents[1].proc.poll() is None and "ready" not in text      # retrying, not exited
+            with pytest.raises(CNIError) as e:
+                pods.add(bad, "wrong-ca")
+            assert e.value.code == TRY_AGAIN_LATER and "vxlan-agent" in e.value.details
+        finally:
+            for a in agents:
+                a.kill()

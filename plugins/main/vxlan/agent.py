@@ -178,7 +178,7 @@ class Agent:
                     snap, self.applied = None, None
                     self._pause(1.0)
                     continue
-                self._registry_state(False, f"{e.msg}: {(e.details or '')[:200]}")
+                self._registry_state(False, f"{e.msg}: {(e.details or '')[:600]}")
                 snap = None                      # the datapath stays as the last reconcile left it
                 self._pause(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
