@@ -10,7 +10,17 @@ changed (overlay.follow_change: no kernel dumps, a full reconcile when anything 
 not as assumed). Every `--resync` seconds (and every ttl/3 when leases have a TTL)
 it does a full diff against the kernel anyway and renews the lease.
 SIGTERM/SIGINT end it with the datapath left in place, so pods keep talking while
-it restarts. `--leave` gives the lease back and deletes the device instead.
+it restarts. `--leave` gives the lease back (etcd: deletes the keys and revokes the
+etcd lease) and deletes the device instead.
+
+With an etcd registry it is the only process of the node that talks to etcd: it
+renews the lease every ttl/3 (keepalive; acquires it again, same subnet, when it is
+gone), follows the watch from the revision it read (a compacted one: lists again),
+and while etcd is unreachable leaves the datapath as it is, retrying with capped
+backoff and logging once when etcd is lost and once when it is back. It writes
+<stateDir>/agent.json (lease, network record, device, pid, a heartbeat every
+lease.HEARTBEAT s) and agent-peers.json (the leases programmed), which the per-pod
+plugin reads instead of etcd (overlay.ensure_node, lease.agent_state).
 """
 from __future__ import annotations
 
