@@ -28,8 +28,10 @@ WHY = ("a rule ahead of `main` matches on the source address only, so the pod's 
 def _rules(view: View):
     """(priority, table, from-prefix, to-prefix or None) of rules ahead of main's."""
     rules = view.ipr.get_rules(family=2)
+    # where `from all lookup main` is: narrower main rules (the fixes this check prints) do not count
     main_pref = min((r.get_attr("FRA_PRIORITY") or 0 for r in rules
-                     if (r.get_attr("FRA_TABLE") or r["table"]) == MAIN), default=32766)
+                     if (r.get_attr("FRA_TABLE") or r["table"]) == MAIN and not r["src_len"] and not r["dst_len"]
+                     and not any(r.get_attr(a) is not None for a in _OTHER_SELECTORS)), default=32766)
     prefs = {r.get_attr("FRA_PRIORITY") or 0 for r in rules}
     out = []
     for r in rules:
@@ -61,14 +63,16 @@ def check(ctx: Context) -> list[Finding]:
     rules, used = _rules(view)
     findings = []
     for pref, table, src, to in rules:
-        inside = [p for p in pods if p.dst.overlaps(src)]
+        # the source is a pod of this node: behind a bridge or veth (remote pods' subnets on the overlay
+        # are destinations, not sources: their traffic is judged on their own node)
+        inside = [p for p in pods if p.dst.overlaps(src) and p.kind != "vxlan"]
         sources: list[tuple[ipaddress.IPv4Address, int | None, str]] = []   # (source, iif or None, who)
         for p in inside:                    # the source is a pod behind p: its packets arrive on p's device
             net = p.dst if p.dst.prefixlen >= src.prefixlen else src
             s = view.sample(net)
             if s is not None:
                 sources.append((s, p.oif, f"pod {s} (behind {p.dev})"))
-        if not inside:                      # a node address or a far host replying to pods
+        if not any(p.dst.overlaps(src) for p in pods):    # a node address or a far host replying to pods
             s = src.network_address if src.prefixlen >= 31 else src.network_address + 1
             if s in view.local:
                 sources.append((s, None, f"{s} (this node)"))
@@ -78,7 +82,7 @@ def check(ctx: Context) -> list[Finding]:
                     sources.append((s, back, f"{s} (arriving on {view.dev(back)})"))
         for s, iif, who in sources:
             for q in pods:
-                if q.dst.overlaps(src) or (to is not None and not q.dst.overlaps(to)):
+                if s in q.dst or (to is not None and not q.dst.overlaps(to)):
                     continue
                 d = view.sample(q.dst)
                 if d is None:

@@ -206,6 +206,8 @@ def test_policy_route_stealing_a_pods_replies(netns):
     node, _, _ = node_with_pods(netns)
     node.run("ip", "route", "add", "default", "via", "198.18.0.2", "dev", "eth0", "table", "100")
     node.run("ip", "rule", "add", "from", "10.1.0.5", "lookup", "100", "pref", "32760")
+    # a narrow `lookup main` rule far ahead does not hide the rules behind it (main is `from all lookup main`)
+    node.run("ip", "rule", "add", "from", "10.9.9.9", "to", "10.9.9.0/24", "lookup", "main", "pref", "10")
     [f] = findings(node, "policy-route-steals-replies")
     assert f["severity"] == "error" and f["where"] == f"netns {node.name}"
     assert "ip rule 32760 `from 10.1.0.5/32 lookup 100`" in f["what"] and "pod 10.1.0.5 (behind br0)" in f["what"]
@@ -229,6 +231,17 @@ def test_policy_route_stealing_a_pods_replies(netns):
         apply(f["fixes"][0]["command"])
     assert findings(node, "policy-route-steals-replies") == []
     assert "dev br0" in node.run("ip", "route", "get", "10.1.0.5", "from", "198.18.0.9").stdout
+
+
+def test_policy_rule_for_the_pod_subnet(netns):
+    node, _, _ = node_with_pods(netns)
+    node.run("ip", "route", "add", "default", "via", "198.18.0.2", "dev", "eth0", "table", "100")
+    node.run("ip", "rule", "add", "from", "10.1.0.0/24", "lookup", "100", "pref", "500")
+    [f] = findings(node, "policy-route-steals-replies")
+    assert "from pod 10.1.0.2 (behind br0) to 10.2.0.0/24 out of eth0" in f["what"]
+    assert f["fixes"][0]["command"].endswith("ip rule add from 10.1.0.0/24 to 10.2.0.0/24 lookup main pref 499")
+    apply(f["fixes"][0]["command"])
+    assert findings(node, "policy-route-steals-replies") == []
 
 
 def test_policy_rule_that_keeps_pod_traffic_on_its_path_is_not_a_finding(netns):
