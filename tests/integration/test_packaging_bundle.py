@@ -263,7 +263,13 @@ EXIT_CASES: dict[str, list[tuple[str, list[str], dict[str, str], str, bool]]] = 
     "pycni-doctor": [("--list-checks", ["--list-checks"], {}, "", True),
                      ("unknown check", ["--json", "--check", "bogus"], {}, "", False),
                      ("good kernel", ["--check", "kernel-hazards", "--kernel-release", "6.1.0"], {}, "", True),
-                     ("bad kernel", ["--check", "kernel-hazards", "--kernel-release", "4.15.6"], {}, "", False)],
+                     ("bad kernel", ["--check", "kernel-hazards", "--kernel-release", "4.15.6"], {}, "", False),
+                     # forks into a namespace, runs iptables-save/nft there, asks netlink (pyroute2) frozen
+                     ("rules in its own netns", ["--check", "nfqueue-no-reader", "--netns", "/proc/self/ns/net"],
+                      {}, "", True),
+                     ("routing in its own netns",
+                      ["--check", "policy-route-steals-replies", "--netns", "/proc/self/ns/net"], {}, "", True),
+                     ("not a netns", ["--netns", "/"], {}, "", False)],
 }
 for _name in sorted(CNI_PLUGINS):
     EXIT_CASES.setdefault(_name, []).extend([
