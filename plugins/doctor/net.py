@@ -74,6 +74,7 @@ class View:
 
     def route_get(self, dst, src=None, iif: int | None = None) -> tuple[int | None, str | None]:
         """(output ifindex, error) of the kernel's lookup for a packet dst [from src [arriving on iif]]."""
+        self.last_errno: int | None = None
         kw: dict[str, Any] = {"dst": str(dst)}
         if src is not None:
             kw["src"] = str(src)
@@ -82,6 +83,7 @@ class View:
         try:
             msgs = self.ipr.route("get", **kw)
         except Exception as e:  # noqa: BLE001 - NetlinkError: the kernel's answer (EXDEV, EHOSTUNREACH ...)
+            self.last_errno = getattr(e, "code", None)
             return None, str(e)
         if not msgs:
             return None, "no answer"

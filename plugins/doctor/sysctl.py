@@ -1,10 +1,14 @@
 """rp_filter and forwarding: IPv4 forwarding off on a device that carries a pod route or the overlay
-(pods cannot reach beyond this node, nor be reached), and strict reverse-path filtering on the
-overlay device or its underlay (asymmetric paths, e.g. direct routing on one side, get dropped).
-Values are read in /proc/sys/net of the namespace being checked."""
+(pods cannot reach beyond this node, nor be reached), and reverse-path filtering that drops pod or
+overlay traffic: the kernel is asked (RTM_GETROUTE from a pod's address, arriving on the device it
+comes in by) and refuses with EXDEV when strict rp_filter finds the route back leaves elsewhere.
+Strict rp_filter on a symmetric path drops nothing and is not reported. Values are read in
+/proc/sys/net of the namespace being checked."""
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
@@ -73,23 +77,48 @@ def check(ctx: Context) -> list[Finding]:
                     f"forwarding is off on {dev} (net.ipv4.conf.{dev}.forwarding = 0); {reason}",
                     f"packets arriving on {dev} are not forwarded: traffic to or from the pods through it stops",
                     [Fix(f"turn forwarding on for {dev}", f"{p}sysctl -w net.ipv4.conf.{dev}.forwarding=1")]))
+    findings += _reverse_path(ctx, view, pods)
+    return findings
+
+
+# what the kernel answers a route lookup that fails reverse-path validation: EXDEV from
+# fib_validate_source, EINVAL where newer kernels treat it as a martian source (6.x)
+REFUSED = (errno.EXDEV, errno.EINVAL)
+
+
+def _reverse_path(ctx: Context, view: View, pods: list) -> list[Finding]:
+    """Packets from this node's pods (arriving on their bridge or veth) to the overlay, and from
+    remote pods (arriving on the overlay device) to this node's pods: does the kernel take them?"""
+    local = [r for r in pods if r.kind != "vxlan"]
+    remote = [r for r in pods if r.kind == "vxlan"]
+    p = ctx.ns.prefix()
     rp_all = conf("all", "rp_filter") or 0
-    for vx, under in sorted(overlay.items()):
-        for i in [d for d in (vx, under) if d is not None]:
-            dev = view.dev(i)
-            rp = max(rp_all, conf(dev, "rp_filter") or 0)      # the kernel uses the larger of all and dev
-            if rp != 1:
+    findings = []
+    for sources, dests, who in ((local, remote, "pod"), (remote, local, "remote pod")):
+        for src in sources:
+            s = view.sample(src.dst)
+            d = next((a for a in (view.sample(q.dst) for q in dests) if a is not None), None)
+            if s is None or d is None:
                 continue
-            fixes = [Fix(f"make reverse-path filtering loose on {dev}",
-                         f"{p}sysctl -w net.ipv4.conf.{dev}.rp_filter=2")]
+            view.route_get(d, s, src.oif)
+            refused = view.last_errno
+            if refused not in REFUSED:
+                continue
+            back, _ = view.route_get(s)
+            rp = max(rp_all, conf(src.dev, "rp_filter") or 0)
+            if rp == 0 or back == src.oif:      # refused for another reason: not rp_filter's doing
+                continue
+            fixes = [Fix(f"make reverse-path filtering loose on {src.dev} (or route {src.dst} back by {src.dev})",
+                         f"{p}sysctl -w net.ipv4.conf.{src.dev}.rp_filter=2")]
             if rp_all == 1:
                 fixes.append(Fix("and on `all`, which the kernel also applies (the larger value wins)",
                                  f"{p}sysctl -w net.ipv4.conf.all.rp_filter=2"))
             findings.append(Finding(
-                NAME, "warning", ctx.ns.label, ctx.ns.path,
-                f"strict rp_filter on {dev} ({needed[i]})",
-                f"strict reverse-path filtering drops a packet arriving on {dev} unless the route back to its "
-                f"source leaves by {dev}: overlay traffic that comes in by another path (direct routing on one "
-                f"side, a policy route, a steering datapath) is dropped without a trace",
+                NAME, "error", ctx.ns.label, ctx.ns.path,
+                f"rp_filter={rp} on {src.dev} drops packets from {who} {s} ({src.dst}) arriving on {src.dev}: "
+                f"the route back to {s} leaves by {view.dev(back)} (kernel's answer: {os.strerror(refused)})",
+                "strict reverse-path filtering drops a packet unless the route back to its source leaves by the "
+                "device it came in on; here it does not (direct routing on one side, a more specific route, a "
+                "policy route), so this traffic is dropped without a trace",
                 fixes))
     return findings

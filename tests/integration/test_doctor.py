@@ -269,15 +269,23 @@ def test_forwarding_off_and_strict_rp_filter(netns):
     apply(f["fixes"][0]["command"])
     assert findings(node, "rp-filter-forwarding") == []
 
+    # strict rp_filter on a symmetric path drops nothing: not a finding
     node.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
-    got = findings(node, "rp-filter-forwarding")
-    assert sorted(f["what"].split(" (")[0] for f in got) == ["strict rp_filter on eth0", "strict rp_filter on vx0"]
-    assert all(f["severity"] == "warning" for f in got)
-    for f in got:
-        assert [x["command"].split()[-1] for x in f["fixes"]][-1] == "net.ipv4.conf.all.rp_filter=2"
-        for x in f["fixes"]:
-            apply(x["command"])
     assert findings(node, "rp-filter-forwarding") == []
+    # direct routing for half the remote subnet on this node only: replies come back by eth0, but the
+    # peer's packets still arrive on vx0, and strict rp_filter drops them
+    node.run("ip", "route", "add", "10.2.0.0/25", "via", "198.18.0.2", "dev", "eth0")
+    assert node.run("ip", "route", "get", "10.1.0.5", "from", "10.2.0.1", "iif", "vx0", check=False).returncode != 0
+    [f] = findings(node, "rp-filter-forwarding")
+    assert f["severity"] == "error"
+    assert f["what"].startswith("rp_filter=1 on vx0 drops packets from remote pod 10.2.0.1 (10.2.0.0/24) arriving "
+                                "on vx0: the route back to 10.2.0.1 leaves by eth0")
+    assert [x["command"] for x in f["fixes"]] == [f"ip netns exec {node.name} sysctl -w net.ipv4.conf.vx0.rp_filter=2",
+                                                  f"ip netns exec {node.name} sysctl -w net.ipv4.conf.all.rp_filter=2"]
+    for x in f["fixes"]:
+        apply(x["command"])
+    assert findings(node, "rp-filter-forwarding") == []
+    assert "dev br0" in node.run("ip", "route", "get", "10.1.0.5", "from", "10.2.0.1", "iif", "vx0").stdout
 
 
 def test_kernel_hazards_share_edgemeshs_table(netns):
