@@ -157,6 +157,17 @@ while True:
 CONNECT = "import socket; socket.create_connection(('10.3.0.2', 8080), timeout=1.5).close()"
 
 
+@pytest.mark.parametrize("tool", ["iptables-legacy", "ip6tables-nft", "ip6tables-legacy"])
+def test_nfqueue_rules_of_every_xtables_backend(netns, tool):
+    ns = netns("docxt")
+    ns.run(tool, "-A", "OUTPUT", "-j", "NFQUEUE", "--queue-num", "6")
+    [f] = findings(ns, "nfqueue-no-reader")
+    assert f["what"].startswith(f"`{tool} -t filter -A OUTPUT -j NFQUEUE --queue-num 6` queues to queue 6")
+    apply(f["fixes"][1]["command"])
+    assert "--queue-bypass" in ns.run(tool + "-save").stdout
+    assert findings(ns, "nfqueue-no-reader") == []
+
+
 def test_nfqueue_balance_range_needs_every_queue(netns, reader):
     ns = netns("docbal")
     ns.run("iptables", "-A", "INPUT", "-j", "NFQUEUE", "--queue-balance", "4:5")
