@@ -349,6 +349,9 @@ def test_doctor_own_failures_exit_2_with_a_code(tmp_path):
     assert rc == 2 and out["code"] == 161
     p = subprocess.run([DOCTOR, "--check", "bogus"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "code 162" in p.stderr and p.stdout == ""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", DOCTOR, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and json.loads(p.stdout)["code"] == 160, p.stdout + p.stderr
 
 
 def test_table_output_is_readable(netns):
