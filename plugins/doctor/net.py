@@ -24,6 +24,7 @@ class View:
     """One namespace's links, local addresses and IPv4 main routes."""
 
     def __init__(self, ctx: Context):
+        self.last_errno: int | None = None      # errno of the last route_get the kernel refused
         ipr = ctx.ipr()
         self.ipr = ipr
         self.links: dict[int, tuple[str, str, Any]] = {}
@@ -74,7 +75,7 @@ class View:
 
     def route_get(self, dst, src=None, iif: int | None = None) -> tuple[int | None, str | None]:
         """(output ifindex, error) of the kernel's lookup for a packet dst [from src [arriving on iif]]."""
-        self.last_errno: int | None = None
+        self.last_errno = None
         kw: dict[str, Any] = {"dst": str(dst)}
         if src is not None:
             kw["src"] = str(src)
@@ -88,6 +89,6 @@ class View:
         if not msgs:
             return None, "no answer"
         m = msgs[0]
-        if m["type"] != RTN_UNICAST:
-            return (m.get_attr("RTA_OIF"), f"route type {m['type']}") if m["type"] != 2 else (None, "local")
+        if m["type"] != RTN_UNICAST:          # local, unreachable, blackhole, prohibit ...: not a way out
+            return None, f"route type {m['type']}"
         return m.get_attr("RTA_OIF"), None
