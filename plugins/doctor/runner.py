@@ -43,7 +43,9 @@ def discover() -> list[Namespace]:
     for name in names:
         path = os.path.join(RUN_DIR, name)
         k = _key(path)
-        if k is not None and k not in seen:
+        if k is not None and k == own:              # run by `ip netns exec NAME`: call it by its name
+            seen[k] = Namespace(path, name=name, own=True)
+        elif k is not None and k not in seen:
             seen[k] = Namespace(path, name=name)
     pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
     for pid in pids:

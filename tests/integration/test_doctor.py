@@ -397,3 +397,14 @@ def test_our_vxlan_overlay_is_healthy_then_a_stolen_reply_is_found_and_fixed(net
     finally:
         for pod in attached:
             pods.delete(pod)
+
+
+def test_run_inside_a_named_netns_names_it_and_prints_fixes_for_it(netns):
+    ns = netns("docinside")
+    ns.run("iptables", "-A", "INPUT", "-j", "NFQUEUE", "--queue-num", "4")
+    p = ns.run(DOCTOR, "--json", "--check", "nfqueue-no-reader", check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["namespaces"][0] == {"where": f"netns {ns.name}", "netns": ns.path}
+    [f] = [f for f in out["findings"] if f["netns"] == ns.path]
+    assert f["fixes"][1]["command"] == "iptables-nft -t filter -R INPUT 1 -j NFQUEUE --queue-num 4 --queue-bypass"
