@@ -43,7 +43,7 @@ def test_network_overlapping_the_registry_network(netns, tmp_path):
 @pytest.mark.parametrize("conf, code, text", [
     ({"subnetLen": 16}, codes.BAD_SUBNET_LEN, "subnetLen 16 out of range"),
     ({"subnetLen": 31}, codes.BAD_SUBNET_LEN, "subnetLen 31 out of range"),
-    ({"registry": {"type": "etcd"}}, codes.REGISTRY_UNKNOWN_TYPE, "unknown registry type 'etcd'"),
+    ({"registry": {"type": "consul"}}, codes.REGISTRY_UNKNOWN_TYPE, "unknown registry type 'consul'"),
     ({"network": "10.244.1.0/16"}, 7, "invalid config field 'network'"),
 ])
 def test_bad_node_keys(netns, tmp_path, conf, code, text):
