@@ -153,6 +153,7 @@ TOOLS = {   # console scripts that are not CNI plugins: argv, and the exit statu
     "pycnitool": ([], 1),              # usage on stderr
     "vxlan-agent": (["--help"], 0),
     "pycni-dp": (["--help"], 0),
+    "pycni-doctor": (["--help"], 0),
 }
 
 
