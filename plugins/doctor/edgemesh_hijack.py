@@ -1,0 +1,169 @@
+"""edgemesh hijack health (seed 000): service traffic DNATed by edgemesh's rules (iptables chains
+EDGE-MESH-TCP/EDGE-MESH-UDP, nft table `ip edgemesh` chains proxy_tcp/proxy_udp) to a listen
+address and port where nothing listens in that namespace: every hijacked connection is refused
+(TCP) or lost (UDP). The kernel is asked through sock_diag (pyroute2's DiagSocket) in the
+namespace being checked. And iptables-legacy and iptables-nft both holding rules: the kernel runs
+both rule sets, each tool shows only its own, and an operator (or edgemesh, kube-proxy) reading
+one never sees what the other does to the same packets."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+from typing import TYPE_CHECKING
+
+from .finding import Finding, Fix
+from .nfqueue import save_tools
+
+if TYPE_CHECKING:
+    from .runner import Context
+
+NAME = "edgemesh-hijack"
+PER_NAMESPACE = True
+XT_CHAINS = {"EDGE-MESH-TCP": "tcp", "EDGE-MESH-UDP": "udp"}
+NFT_TABLE, NFT_CHAINS = ("ip", "edgemesh"), {"proxy_tcp": "tcp", "proxy_udp": "udp"}
+TCP_LISTEN = 10
+WHY_DNAT = ("edgemesh rewrites the destination of every hijacked service connection to its proxy's listen "
+            "address; with no socket there the kernel answers TCP with a reset (connection refused) and "
+            "drops UDP, so every service call from the mesh's pods fails")
+WHY_BOTH = ("the kernel runs the legacy (x_tables) and the nf_tables rule sets one after the other; each "
+            "iptables binary shows only its own, so rules in the other one (a stale kube-proxy's, a second "
+            "edgemesh's, a DNAT or DROP) act on the packets unseen: edgemesh users hit this when "
+            "the host and a container image use different iptables backends")
+
+
+def xt_dnats(save_output: str) -> list[tuple[str, str, str, int]]:
+    """(chain, proto, address, port) of every DNAT in edgemesh's iptables chains."""
+    out = []
+    for line in save_output.splitlines():
+        if not line.startswith("-A "):
+            continue
+        tokens = shlex.split(line)
+        chain = tokens[1]
+        if chain not in XT_CHAINS or "--to-destination" not in tokens:
+            continue
+        addr, _, port = tokens[tokens.index("--to-destination") + 1].partition(":")
+        if port.isdigit():
+            out.append((chain, XT_CHAINS[chain], addr, int(port)))
+    return out
+
+
+def nft_dnats(ruleset: dict) -> list[tuple[str, str, str, int]]:
+    """(chain, proto, address, port) of every dnat in nft table ip edgemesh's proxy chains."""
+    out = []
+    for item in ruleset.get("nftables", []):
+        rule = item.get("rule")
+        if not rule or (rule.get("family"), rule.get("table")) != NFT_TABLE or rule.get("chain") not in NFT_CHAINS:
+            continue
+        for expr in rule.get("expr", []):
+            d = expr.get("dnat") if isinstance(expr, dict) else None
+            if isinstance(d, dict) and isinstance(d.get("addr"), str) and isinstance(d.get("port"), int):
+                out.append((rule["chain"], NFT_CHAINS[rule["chain"]], d["addr"], d["port"]))
+    return out
+
+
+def listening(proto: str) -> set[tuple[str, int]]:
+    """(address, port) of the IPv4 sockets that accept `proto` traffic in this namespace (TCP in
+    LISTEN, UDP bound), asked of the kernel through sock_diag."""
+    from pyroute2 import DiagSocket
+    with DiagSocket() as ds:
+        ds.bind()
+        if proto == "tcp":
+            msgs = ds.get_sock_stats(family=socket.AF_INET, protocol=socket.IPPROTO_TCP, states=1 << TCP_LISTEN)
+        else:
+            msgs = ds.get_sock_stats(family=socket.AF_INET, protocol=socket.IPPROTO_UDP)
+        return {(m["idiag_src"], m["idiag_sport"]) for m in msgs}
+
+
+def accepts(socks: set[tuple[str, int]], addr: str, port: int) -> bool:
+    return (addr, port) in socks or ("0.0.0.0", port) in socks
+
+
+def _local(ctx: Context, addr: str) -> bool:
+    try:
+        return any(a.get_attr("IFA_ADDRESS") == addr for a in ctx.ipr().get_addr(family=2))
+    except Exception:  # noqa: BLE001 - best effort, only changes the wording
+        return True
+
+
+def rule_count(save_output: str) -> dict[str, int]:
+    """table -> number of rules (`-A` lines) in an iptables-save output."""
+    out: dict[str, int] = {}
+    table = ""
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            out[table] = out.get(table, 0) + 1
+    return out
+
+
+def active_backend(family: str = "iptables") -> str | None:
+    """'nft' or 'legacy': what the plain `iptables` command on PATH is."""
+    path = shutil.which(family)
+    if path is None:
+        return None
+    real = os.path.basename(os.path.realpath(path))
+    return "legacy" if "legacy" in real else "nft" if "nft" in real else None
+
+
+def check(ctx: Context) -> list[Finding]:
+    findings: list[Finding] = []
+    saves: dict[str, str] = {}
+    dnats: list[tuple[str, str, str, str, int]] = []        # (where the rule is, chain, proto, addr, port)
+    for save, tool in save_tools():
+        p = ctx.run([save])
+        if p.returncode != 0:
+            ctx.error(f"{save} failed: {p.stderr.strip()[:300]}")
+            continue
+        saves[tool] = p.stdout
+        if tool.startswith("iptables"):
+            dnats += [(f"{tool} -t nat", *d) for d in xt_dnats(p.stdout)]
+    if shutil.which("nft"):
+        p = ctx.run(["nft", "-j", "list", "table", *NFT_TABLE])
+        if p.returncode == 0:
+            dnats += [(f"nft table {' '.join(NFT_TABLE)}", *d) for d in nft_dnats(json.loads(p.stdout or "{}"))]
+        elif "No such file or directory" not in p.stderr:
+            ctx.error(f"nft -j list table {' '.join(NFT_TABLE)} failed: {p.stderr.strip()[:300]}")
+    socks: dict[str, set[tuple[str, int]]] = {}
+    for where, chain, proto, addr, port in dnats:
+        if proto not in socks:
+            socks[proto] = listening(proto)
+        if accepts(socks[proto], addr, port):
+            continue
+        local = _local(ctx, addr)
+        extra = "" if local else f" ({addr} is not even an address of this namespace)"
+        findings.append(Finding(
+            NAME, "error", ctx.ns.label, ctx.ns.path,
+            f"{where} chain {chain} DNATs {proto} service traffic to {addr}:{port}, where nothing "
+            f"listens in this namespace{extra}: hijacked {proto} service connections fail", WHY_DNAT,
+            [Fix(f"start the mesh proxy in {ctx.ns.label}, listening on {addr}:{port} ({proto})"
+                 + ("" if local else f"; {addr} must be on a device here (edgemesh ensureListenDevice)"), None),
+             Fix("or remove edgemesh from the pods' network config (its last DEL removes the hijack)", None)]))
+    for fam in ("iptables", "ip6tables"):
+        legacy, nft = saves.get(f"{fam}-legacy"), saves.get(f"{fam}-nft")
+        if legacy is None or nft is None:
+            continue
+        lc, nc = rule_count(legacy), rule_count(nft)
+        if not lc or not nc:
+            continue
+        active = active_backend(fam) or "nft"
+        other = "legacy" if active == "nft" else "nft"
+        stale = lc if other == "legacy" else nc
+        desc = "; ".join(f"{b}: " + ", ".join(f"{t} {n} rule(s)" for t, n in sorted(c.items()))
+                         for b, c in (("legacy", lc), ("nft", nc)))
+        edgemesh = [b for b, text in (("legacy", legacy), ("nft", nft)) if "EDGE-MESH" in text]
+        where_em = f"; edgemesh's chains are in {' and '.join(edgemesh)}" if edgemesh else ""
+        fixes = [Fix(f"keep one backend: `{fam}` here is {fam}-{active}; recreate what the {other} rules do "
+                     f"with {fam}-{active} (or make the component that writes them use it), then remove the "
+                     f"{other} rules, table by table", None)]
+        fixes += [Fix(f"flush {fam}-{other}'s {t} table (then `-X` its chains)",
+                      f"{ctx.ns.prefix()}{fam}-{other} -t {t} -F") for t in sorted(stale)]
+        findings.append(Finding(
+            NAME, "warning" if not edgemesh else "error", ctx.ns.label, ctx.ns.path,
+            f"{fam}-legacy and {fam}-nft both hold rules in this namespace ({desc}){where_em}",
+            WHY_BOTH, fixes))
+    return findings
+
