@@ -157,6 +157,24 @@ def check_crash(md: str, bundle) -> str:
     return "| plugin | random kills |"
 
 
+def check_vxlan_etcd_scale(md: str, bundle) -> str:
+    rows = by_first(tables(md)["peers"])
+    assert set(rows) == {"10", "50"}, rows
+    for row in rows.values():
+        assert_quotient(row["ratio"], row["agent from empty (ms)"], row["ip/bridge -batch (ms)"])
+        for col in ("one added (ms)", "one removed (ms)", "agent VmRSS (MiB)"):
+            number(row[col])
+    pods = tables(md)["registry"]
+    assert {(r["registry"], r["peers"]) for r in pods} == {(g, n) for g in ("file", "etcd") for n in ("10", "50")}
+    for row in pods:
+        base = next(r for r in pods if r["registry"] == row["registry"] and r["peers"] == "10")
+        for verb in ("ADD", "DEL"):
+            assert_quotient(row[f"{verb} / {verb} at fewest"], row[f"pod {verb} (ms)"], base[f"pod {verb} (ms)"])
+    assert re.search(r"^\*\*Linear: (yes|no)\*\*", md, re.M), md
+    assert "![vxlan-agent on etcd, scale](vxlan_etcd_scale.png)" in md     # the plot was drawn
+    return "| peers |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -171,6 +189,8 @@ QUICK = {
     "fuzz.py": (["--cases", "5"], "fuzz", None, check_fuzz),
     "crash.py": (["--kills", "2", "--seed", "1", "--target", "edgemesh-iptables", "--no-targeted"], "crash", None,
                  check_crash),
+    "vxlan_etcd_scale.py": (["--peers", "10,50", "--pod-peers", "10,50", "--runs", "1"], "vxlan_etcd_scale",
+                            ("scale",), check_vxlan_etcd_scale),
 }
 
 
@@ -187,7 +207,7 @@ def test_bench_runs_quick_and_fills_its_ratios(script, bundle, tmp_path):
     p = subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(BENCH, script), *args], env=env,
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert os.listdir(out) == [f"{name}.md"]
+    assert set(os.listdir(out)) - {f"{name}.png"} == {f"{name}.md"}       # a plot beside it, if any
     md = (out / f"{name}.md").read_text()
     head = check(md, bundle)
     committed = open(os.path.join(BENCH, f"{name}.md")).read()
