@@ -11,10 +11,10 @@ import subprocess
 import time
 from typing import Any
 
-from . import edgemesh_hijack, kernel, nfqueue, policy_routing, sysctl
+from . import edgemesh_hijack, kernel, marks, nfqueue, policy_routing, sysctl
 from .finding import Finding, Namespace, finding_from_dict
 
-CHECKS = [nfqueue, policy_routing, sysctl, kernel, edgemesh_hijack]      # the order they run and report in
+CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack]      # the order they run and report in
 NAMES = [c.NAME for c in CHECKS]
 RUN_DIR = "/run/netns"
 TOOL_TIMEOUT = 20.0
