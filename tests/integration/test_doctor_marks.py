@@ -107,6 +107,6 @@ def test_nft_mark_on_the_masquerade_bit_and_a_conntrack_mark(netns):
 
 def test_the_table_names_each_source():
     assert marks.__doc__ is not None
-    for component, mask, _, source in marks.KNOWN:
+    for _c, mask, _, source in marks.KNOWN:
         assert f"0x{mask:08x}" in marks.__doc__ and source in marks.__doc__
     assert {c for c, *_ in marks.KNOWN} >= {"Kubernetes", "portmap", "Calico", "Cilium", "pycni"}
