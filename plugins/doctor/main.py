@@ -1,4 +1,5 @@
 """pycni-doctor [--json] [--check NAME] [--netns PATH] [--kernel-release REL] [--list-checks]
+pycni-doctor --conn ADDR:PORT [--watch SECONDS] [--json] [--netns PATH]   (who owns a connection)
 
 Exit status: 0 healthy, 1 problems found, 2 the doctor could not run (or a diagnosis could not
 finish somewhere and nothing was found). Read-only: it changes nothing on the node."""
@@ -37,6 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-release", metavar="REL",
                    help="judge this kernel release instead of the running one (a kernel you plan to boot)")
     p.add_argument("--list-checks", action="store_true", help="print the diagnoses' names and exit")
+    p.add_argument("--conn", metavar="ADDR:PORT",
+                   help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
+                   "(IPv4), in every namespace (the conn-owner check; exit 0 found, 1 none)")
+    p.add_argument("--watch", metavar="SECONDS", type=float, default=0.0,
+                   help="with --conn: keep asking the kernel for SECONDS, catching short-lived connections")
     return p
 
 
@@ -64,6 +70,8 @@ def _main(argv: list[str]) -> int:
     if args.list_checks:
         print("\n".join(NAMES))
         return 0
+    if args.conn is not None or args.check == "conn-owner":
+        return _conn(args)
     names = NAMES
     if args.check is not None:
         if args.check not in NAMES:
@@ -91,6 +99,55 @@ def _main(argv: list[str]) -> int:
     if findings:
         return 1
     return 2 if errors else 0
+
+
+def _namespaces(args) -> list:
+    from .runner import discover, namespace_for
+    if os.geteuid() != 0:
+        raise Failed(NOT_ROOT, NOT_ROOT.meaning)
+    if args.netns is None:
+        return discover()
+    from libcni_py.netns import NetnsError
+    try:
+        return [namespace_for(args.netns)]
+    except NetnsError as e:
+        raise Failed(NETNS_UNUSABLE, NETNS_UNUSABLE.meaning, str(e)) from None
+
+
+def _conn(args) -> int:
+    """--conn ADDR:PORT: every socket to or from it, with its processes. 0 found, 1 none, 2 errors only."""
+    from . import conn
+    if args.conn is None:
+        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--check conn-owner needs --conn ADDR:PORT")
+    try:
+        addr, port = conn.parse_target(args.conn)
+    except ValueError as e:
+        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, f"--conn: {e}") from None
+    if not 0 <= args.watch <= 3600:
+        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--watch: 0 to 3600 seconds")
+    namespaces = _namespaces(args)
+    def ready() -> None:            # on stderr: stdout stays the report
+        if args.watch:
+            sys.stderr.write(f"pycni-doctor: watching {addr}:{port} for {args.watch:g} s\n")
+            sys.stderr.flush()
+    found, errors = conn.watch(namespaces, addr, port, args.watch, ready)
+    for err in errors:
+        err["code"] = int(CHECK_FAILED)
+    if args.json:
+        print(json.dumps({"check": conn.NAME, "conn": f"{addr}:{port}", "watch": args.watch,
+                          "namespaces": [{"where": n.label, "netns": n.path} for n in namespaces],
+                          "connections": found, "errors": errors}, indent=2))
+    else:
+        w = max((len(c["where"]) for c in found), default=5)
+        lines = [f"{'WHERE':{w}}  SOCKET"] if found else []
+        lines += [f"{c['where']:{w}}  {conn.describe(c)}" for c in found]
+        lines += [f"could not check: {e['check']} in {e['where']} (code {e['code']}): {e['details']}" for e in errors]
+        lines.append(f"pycni-doctor: {len(found)} socket(s) to or from {addr}:{port} in {len(namespaces)} "
+                     f"namespace(s)" + (f", watched {args.watch:g} s" if args.watch else ""))
+        print("\n".join(lines))
+    if found:
+        return 0
+    return 2 if errors else 1
 
 
 def table(findings: list[Finding], errors: list[dict], names: list[str], visited: list) -> str:

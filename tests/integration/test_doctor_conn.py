@@ -1,0 +1,95 @@
+"""pycni-doctor --conn ADDR:PORT against the real kernel: an idle listener in a test namespace is named
+(pid, comm, executable); a connection that lives 50 ms, made while `--watch` runs, is caught with the
+processes at both ends; arguments it refuses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.test_doctor import DOCTOR, doctor
+
+pytestmark = pytest.mark.root
+
+LISTENER = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 9090))
+s.listen(8)
+print("listening", flush=True)
+while True:
+    c = s.accept()[0]
+    c.recv(10)
+    c.close()
+"""
+# connect, hold it 50 ms, close, exit
+CLIENT = """
+import socket, time
+c = socket.create_connection(("127.0.0.1", 9090), timeout=2)
+time.sleep(0.05)
+c.close()
+"""
+
+
+@pytest.fixture
+def server(netns):
+    ns = netns("docconn")
+    ns.run("ip", "link", "set", "lo", "up")
+    p = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", LISTENER],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+    yield ns, p
+    p.kill()
+    p.wait()
+
+
+def test_an_idle_listener_is_named(server):
+    ns, p = server
+    rc, out = doctor("--conn", "127.0.0.1:9090", "--netns", ns.path)
+    assert rc == 0 and out["errors"] == [], out
+    [c] = out["connections"]
+    assert (c["where"], c["proto"], c["state"], c["local"]) == (f"netns {ns.name}", "tcp", "LISTEN", "127.0.0.1:9090")
+    [proc] = c["processes"]
+    assert proc["pid"] == p.pid and proc["exe"] == os.path.realpath(sys.executable)
+    assert proc["comm"].startswith("python") and "socket" in proc["cmdline"]
+    # the table names it too; another port has nothing (exit 1)
+    t = subprocess.run([DOCTOR, "--conn", "127.0.0.1:9090", "--netns", ns.path], capture_output=True, text=True,
+                       timeout=60)
+    assert t.returncode == 0 and f"tcp 127.0.0.1:9090 -> 0.0.0.0:0 LISTEN: pid {p.pid} " in t.stdout, t.stdout
+    rc, out = doctor("--conn", "127.0.0.1:9091", "--netns", ns.path)
+    assert (rc, out["connections"]) == (1, [])
+
+
+def test_a_connection_of_50_ms_is_caught_while_watching(server):
+    ns, p = server
+    for _ in range(5):                                   # bounded: the kernel's timing, not luck, decides
+        d = subprocess.Popen([DOCTOR, "--json", "--conn", "127.0.0.1:9090", "--netns", ns.path, "--watch", "1.5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert d.stderr is not None and d.stderr.readline().startswith("pycni-doctor: watching 127.0.0.1:9090")
+        client = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", CLIENT])
+        assert client.wait(timeout=30) == 0
+        stdout, _ = d.communicate(timeout=60)
+        assert d.returncode == 0, stdout
+        conns = json.loads(stdout)["connections"]
+        est = [c for c in conns if c["state"] == "ESTABLISHED" and c["processes"]]
+        pids = {proc["pid"] for c in est for proc in c["processes"]}
+        if client.pid in pids:
+            break
+    else:
+        pytest.fail(f"the 50 ms connection was never caught: {conns}")
+    mine = [c for c in est if c["processes"][0]["pid"] == client.pid]
+    assert mine[0]["remote"] == "127.0.0.1:9090" and mine[0]["proto"] == "tcp"
+    assert p.pid in pids                                   # the server's accepted end, owned by the listener
+
+
+def test_conn_arguments():
+    for args in (["--conn", "nonsense"], ["--conn", "10.0.0.1:0"], ["--check", "conn-owner"],
+                 ["--conn", "10.0.0.1:80", "--watch", "-1"]):
+        rc, out = doctor(*args)
+        assert rc == 2 and out["code"] == 161, (args, out)
+    rc, out = doctor("--conn", "10.0.0.1:80", "--netns", "/nonexistent")
+    assert rc == 2 and out["code"] == 163
