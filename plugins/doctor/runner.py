@@ -78,12 +78,18 @@ class Context:
         self.ns, self.kernel_release = ns, kernel_release
         self.errors: list[str] = []
         self._ipr: Any = None
+        self._ran: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
 
     def run(self, argv: list[str]) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"timed out after {TOOL_TIMEOUT:.0f} s")
+        """The tool's answer; the same argv is run once per namespace (the diagnoses share
+        iptables-save and nft listings: read-only, one look)."""
+        key = tuple(argv)
+        if key not in self._ran:
+            try:
+                self._ran[key] = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._ran[key] = subprocess.CompletedProcess(argv, 124, "", f"timed out after {TOOL_TIMEOUT:.0f} s")
+        return self._ran[key]
 
     def ipr(self) -> Any:
         if self._ipr is None:
