@@ -93,3 +93,48 @@ def test_conn_arguments():
         assert rc == 2 and out["code"] == 161, (args, out)
     rc, out = doctor("--conn", "10.0.0.1:80", "--netns", "/nonexistent")
     assert rc == 2 and out["code"] == 163
+
+
+SERVE_HOLD = """
+import socket, time
+s = socket.socket()
+s.bind(("10.6.0.2", 9191))
+s.listen(8)
+print("listening", flush=True)
+c = s.accept()[0]
+time.sleep(60)
+"""
+CONNECT_HOLD = """
+import socket, time
+c = socket.create_connection(("10.6.0.2", 9191), timeout=2)
+print("connected", flush=True)
+time.sleep(60)
+"""
+
+
+def test_both_ends_in_their_own_namespaces_in_a_whole_node_scan(netns):
+    """No --netns: every namespace is asked; the client's end is found in the client's namespace,
+    the listener and the accepted end in the server's, each with its process."""
+    cli, srv = netns("docccli"), netns("doccsrv")
+    cli.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", srv.name)
+    cli.run("ip", "addr", "add", "10.6.0.1/24", "dev", "eth0")
+    cli.run("ip", "link", "set", "eth0", "up")
+    srv.run("ip", "addr", "add", "10.6.0.2/24", "dev", "eth0")
+    srv.run("ip", "link", "set", "eth0", "up")
+    procs = []
+    try:
+        for ns, code, word in ((srv, SERVE_HOLD, "listening"), (cli, CONNECT_HOLD, "connected")):
+            p = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
+                                 stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == word
+        rc, out = doctor("--conn", "10.6.0.2:9191")
+        assert rc == 0, out
+        got = sorted((c["where"], c["state"], c["processes"][0]["pid"]) for c in out["connections"])
+        assert got == sorted([(f"netns {srv.name}", "LISTEN", procs[0].pid),
+                              (f"netns {srv.name}", "ESTABLISHED", procs[0].pid),
+                              (f"netns {cli.name}", "ESTABLISHED", procs[1].pid)]), out["connections"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
