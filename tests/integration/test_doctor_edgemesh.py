@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from plugins.doctor import edgemesh_hijack as eh
 from tests.integration.test_doctor import apply, doctor, findings
 from tests.integration.test_edgemesh_kit import SVC, Node, ask, conflist, edgemesh_conf
 
@@ -88,3 +89,18 @@ def test_legacy_and_nft_both_holding_rules(node, netns, tmp_path):
     finally:
         node.stop()
         node.delete(mesh, pod, "c1")
+
+
+def test_parsing_dnats_and_rule_counts():
+    save = ("*nat\n:EDGE-MESH-TCP - [0:0]\n-A PREROUTING -m comment --comment \"edgemesh root chain\" -j EDGE-MESH\n"
+            "-A EDGE-MESH-TCP -p tcp -j DNAT --to-destination 169.254.96.16:40001\n"
+            "-A OTHER -p tcp -j DNAT --to-destination 10.0.0.1:80\nCOMMIT\n*filter\nCOMMIT\n")
+    assert eh.xt_dnats(save) == [("EDGE-MESH-TCP", "tcp", "169.254.96.16", 40001)]
+    assert eh.rule_count(save) == {"nat": 3}
+    rule = {"family": "ip", "table": "edgemesh", "chain": "proxy_udp", "handle": 9,
+            "expr": [{"dnat": {"addr": "169.254.96.16", "port": 40002}}]}
+    other = dict(rule, table="kube-proxy")
+    assert eh.nft_dnats({"nftables": [{"rule": rule}, {"rule": other}]}) == [
+        ("proxy_udp", "udp", "169.254.96.16", 40002)]
+    assert eh.accepts({("0.0.0.0", 40002)}, "169.254.96.16", 40002)
+    assert not eh.accepts({("127.0.0.1", 40002)}, "169.254.96.16", 40002)

@@ -110,3 +110,51 @@ def test_the_table_names_each_source():
     for _c, mask, _, source in marks.KNOWN:
         assert f"0x{mask:08x}" in marks.__doc__ and source in marks.__doc__
     assert {c for c, *_ in marks.KNOWN} >= {"Kubernetes", "portmap", "Calico", "Cilium", "pycni"}
+
+
+SAVE = """*mangle
+-A PREROUTING -j MARK --set-xmark 0x8000/0xffffffff
+-A cali-pre -j MARK --set-xmark 0x10000/0x10000
+-A PREROUTING -m connmark --mark 0x2/0x2 -j CONNMARK --set-xmark 0x0/0xff
+COMMIT
+*filter
+-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP
+-A INPUT -m connmark ! --mark 0x5 -j ACCEPT
+COMMIT
+"""
+
+
+def test_iptables_save_setters_and_readers():
+    setters, readers = marks.xt_rules(SAVE, "iptables-nft")
+    assert [(s.kind, s.value, s.mask, s.owner, s.target) for s in setters] == [
+        ("packet", 0x8000, 0xFFFFFFFF, None, "MARK"), ("packet", 0x10000, 0x10000, "Calico", "MARK"),
+        ("ct", 0, 0xFF, None, "CONNMARK")]
+    assert setters[0].fix == "iptables-nft -t mangle -R PREROUTING 1 -j MARK --set-xmark __MARK__"
+    assert setters[2].fix is not None and setters[2].fix.startswith("iptables-nft -t mangle -R PREROUTING 2 ")
+    assert [(r.kind, r.value, r.mask, r.owner, r.target) for r in readers] == [
+        ("ct", 0x2, 0x2, None, "CONNMARK"), ("packet", 0x8000, 0x8000, "Kubernetes", "DROP"),
+        ("ct", 0x5, 0xFFFFFFFF, None, "ACCEPT")]
+
+
+def test_nft_setters_readers_and_iptables_nft_tables_skipped():
+    rule = {"family": "ip", "table": "ids", "chain": "c", "handle": 3}
+    ruleset = {"nftables": [
+        {"rule": dict(rule, expr=[{"mangle": {"key": {"meta": {"key": "mark"}},
+                                              "value": {"|": [{"meta": {"key": "mark"}}, 0x4000]}}}])},
+        {"rule": dict(rule, expr=[{"mangle": {"key": {"ct": {"key": "mark"}}, "value": 0x20}}])},
+        {"rule": dict(rule, expr=[{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 0xC000]},
+                                             "right": 0x8000}}, {"drop": None}])},
+        {"rule": dict(rule, table="mangle", expr=[{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}])},
+        {"rule": dict(rule, table="kube-proxy", expr=[{"match": {"op": "==", "left": {"ct": {"key": "mark"}},
+                                                                 "right": 5}}, {"accept": None}])}]}
+    setters, readers = marks.nft_rules(ruleset, {("ip", "mangle")})
+    assert [(s.kind, s.value, s.mask) for s in setters] == [("packet", 0x4000, 0x4000), ("ct", 0x20, 0xFFFFFFFF)]
+    assert [(r.kind, r.value, r.mask, r.owner, r.target) for r in readers] == [
+        ("packet", 0x8000, 0xC000, None, "drop"), ("ct", 5, 0xFFFFFFFF, "Kubernetes", "accept")]
+
+
+def test_free_bit_avoids_reserved_and_used_bits():
+    assert marks.free_bit(0, set()) == 0x1000
+    assert marks.free_bit(0x1000, set()) == 0x40
+    assert marks.free_bit(0, {"Cilium"}) == 0x40
+    assert marks.free_bit(0xFF | 0x1000, {"Cilium"}) is None
