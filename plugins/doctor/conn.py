@@ -1,6 +1,7 @@
 """Who owns this connection (seed 002, the conn-to-process article): `pycni-doctor --conn ADDR:PORT
 [--watch SECONDS]` names the process, PID and executable behind every IPv4 TCP/UDP socket to or
-from ADDR:PORT (and listeners on the wildcard address at PORT), in every network namespace.
+from ADDR:PORT (and listeners on the wildcard address at PORT), in every network namespace;
+`--conn mesh` watches the listen addresses edgemesh's rules DNAT service traffic to.
 
 The kernel is asked, not /proc/net/tcp: one sock_diag (inet_diag) netlink socket is opened inside
 each namespace (a netlink socket stays bound to the namespace it was made in), and with --watch they
@@ -40,6 +41,23 @@ def matches(m: Any, addr: str, port: int) -> bool:
     if (src, sport) == (addr, port) or (dst, dport) == (addr, port):
         return True
     return sport == port and src == "0.0.0.0" and dport == 0       # a wildcard listener / unconnected UDP
+
+
+def mesh_targets(namespaces: list[Namespace]) -> set[tuple[str, int]]:
+    """`--conn mesh`: the listen addresses edgemesh's DNAT rules send service traffic to, in any of
+    the namespaces (their iptables and nft rules read inside each)."""
+    from plugins.pkg import ns as nsmod
+
+    from . import edgemesh_hijack
+    from .runner import Context
+    out: set[tuple[str, int]] = set()
+    for n in namespaces:
+        try:
+            with nsmod.enter(n.path):
+                out |= {(addr, port) for *_, addr, port in edgemesh_hijack.dnats(Context(n))}
+        except Exception:  # noqa: BLE001 - a namespace gone while we look
+            continue
+    return out
 
 
 def owners(inodes: set[int]) -> dict[int, list[dict]]:
@@ -101,7 +119,7 @@ class Watcher:
             self.socks.append((n, ds))
         self.seen: dict[tuple[str, str, int, str, int, str, int], dict] = {}
 
-    def look(self, addr: str, port: int) -> None:
+    def look(self, targets: list[tuple[str, int]]) -> None:
         new: list[tuple[Any, dict]] = []
         for n, ds in self.socks:
             for proto, number in (("tcp", socket.IPPROTO_TCP), ("udp", socket.IPPROTO_UDP)):
@@ -110,7 +128,7 @@ class Watcher:
                 except Exception:  # noqa: BLE001 - a namespace that went away while we watch
                     continue
                 for m in msgs:
-                    if not matches(m, addr, port):
+                    if not any(matches(m, addr, port) for addr, port in targets):
                         continue
                     key = (n.path, proto, m["idiag_inode"], m["idiag_src"], m["idiag_sport"], m["idiag_dst"],
                            m["idiag_dport"])
@@ -136,9 +154,10 @@ class Watcher:
             ds.close()
 
 
-def watch(namespaces: list[Namespace], addr: str, port: int, seconds: float,
+def watch(namespaces: list[Namespace], targets: list[tuple[str, int]], seconds: float,
           ready: Callable[[], None] | None = None) -> tuple[list[dict], list[dict]]:
-    """(every socket to or from addr:port seen within `seconds` (one look when 0), errors).
+    """(every socket to or from one of the targets (addr, port) seen within `seconds` (one look
+    when 0), errors).
     `ready` is called once every namespace's socket is open, before the first look."""
     w = Watcher(namespaces)
     if ready is not None:
@@ -146,7 +165,7 @@ def watch(namespaces: list[Namespace], addr: str, port: int, seconds: float,
     try:
         deadline = time.monotonic() + max(0.0, seconds)
         while True:
-            w.look(addr, port)
+            w.look(targets)
             if time.monotonic() >= deadline:
                 break
             time.sleep(POLL)

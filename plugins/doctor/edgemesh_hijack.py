@@ -109,10 +109,10 @@ def active_backend(family: str = "iptables") -> str | None:
     return "legacy" if "legacy" in real else "nft" if "nft" in real else None
 
 
-def check(ctx: Context) -> list[Finding]:
-    findings: list[Finding] = []
+def _read(ctx: Context) -> tuple[dict[str, str], list[tuple[str, str, str, str, int]]]:
+    """(save tool -> its output, edgemesh DNATs as (where the rule is, chain, proto, addr, port))."""
     saves: dict[str, str] = {}
-    dnats: list[tuple[str, str, str, str, int]] = []        # (where the rule is, chain, proto, addr, port)
+    dnats: list[tuple[str, str, str, str, int]] = []
     for save, tool in save_tools():
         p = ctx.run([save])
         if p.returncode != 0:
@@ -127,8 +127,19 @@ def check(ctx: Context) -> list[Finding]:
             dnats += [(f"nft table {' '.join(NFT_TABLE)}", *d) for d in nft_dnats(json.loads(p.stdout or "{}"))]
         elif "No such file or directory" not in p.stderr:
             ctx.error(f"nft -j list table {' '.join(NFT_TABLE)} failed: {p.stderr.strip()[:300]}")
+    return saves, dnats
+
+
+def dnats(ctx: Context) -> list[tuple[str, str, str, str, int]]:
+    """edgemesh's DNATs in the namespace this thread is in."""
+    return _read(ctx)[1]
+
+
+def check(ctx: Context) -> list[Finding]:
+    findings: list[Finding] = []
+    saves, found = _read(ctx)
     socks: dict[str, set[tuple[str, int]]] = {}
-    for where, chain, proto, addr, port in dnats:
+    for where, chain, proto, addr, port in found:
         if proto not in socks:
             socks[proto] = listening(proto)
         if accepts(socks[proto], addr, port):

@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list-checks", action="store_true", help="print the diagnoses' names and exit")
     p.add_argument("--conn", metavar="ADDR:PORT",
                    help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
-                   "(IPv4), in every namespace (the conn-owner check; exit 0 found, 1 none)")
+                   "(IPv4), in every namespace (the conn-owner check; exit 0 found, 1 none); `mesh`: the "
+                   "addresses edgemesh's rules DNAT service traffic to")
     p.add_argument("--watch", metavar="SECONDS", type=float, default=0.0,
                    help="with --conn: keep asking the kernel for SECONDS, catching short-lived connections")
     return p
@@ -119,22 +120,28 @@ def _conn(args) -> int:
     from . import conn
     if args.conn is None:
         raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--check conn-owner needs --conn ADDR:PORT")
-    try:
-        addr, port = conn.parse_target(args.conn)
-    except ValueError as e:
-        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, f"--conn: {e}") from None
+    targets: list[tuple[str, int]] = []
+    if args.conn != "mesh":
+        try:
+            targets = [conn.parse_target(args.conn)]
+        except ValueError as e:
+            raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, f"--conn: {e}") from None
     if not 0 <= args.watch <= 3600:
         raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--watch: 0 to 3600 seconds")
     namespaces = _namespaces(args)
+    if args.conn == "mesh":
+        targets = sorted(conn.mesh_targets(namespaces))
+    shown = ", ".join(f"{a}:{p}" for a, p in targets) or "no edgemesh listen address"
     def ready() -> None:            # on stderr: stdout stays the report
         if args.watch:
-            sys.stderr.write(f"pycni-doctor: watching {addr}:{port} for {args.watch:g} s\n")
+            sys.stderr.write(f"pycni-doctor: watching {shown} for {args.watch:g} s\n")
             sys.stderr.flush()
-    found, errors = conn.watch(namespaces, addr, port, args.watch, ready)
+    found, errors = conn.watch(namespaces, targets, args.watch, ready) if targets else ([], [])
     for err in errors:
         err["code"] = int(CHECK_FAILED)
     if args.json:
-        print(json.dumps({"check": conn.NAME, "conn": f"{addr}:{port}", "watch": args.watch,
+        print(json.dumps({"check": conn.NAME, "conn": args.conn, "targets": [f"{a}:{p}" for a, p in targets],
+                          "watch": args.watch,
                           "namespaces": [{"where": n.label, "netns": n.path} for n in namespaces],
                           "connections": found, "errors": errors}, indent=2))
     else:
@@ -142,7 +149,7 @@ def _conn(args) -> int:
         lines = [f"{'WHERE':{w}}  SOCKET"] if found else []
         lines += [f"{c['where']:{w}}  {conn.describe(c)}" for c in found]
         lines += [f"could not check: {e['check']} in {e['where']} (code {e['code']}): {e['details']}" for e in errors]
-        lines.append(f"pycni-doctor: {len(found)} socket(s) to or from {addr}:{port} in {len(namespaces)} "
+        lines.append(f"pycni-doctor: {len(found)} socket(s) to or from {shown} in {len(namespaces)} "
                      f"namespace(s)" + (f", watched {args.watch:g} s" if args.watch else ""))
         print("\n".join(lines))
     if found:

@@ -138,3 +138,45 @@ def test_both_ends_in_their_own_namespaces_in_a_whole_node_scan(netns):
         for p in procs:
             p.kill()
             p.wait()
+
+
+HOLD_SVC = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 80), timeout=5)
+print("connected", c.getsockname()[0], flush=True)
+time.sleep(60)
+"""
+
+
+def test_conn_mesh_names_the_proxy_and_the_pods_talking_through_it(netns, tmp_path):
+    """`--conn mesh`: the listen address comes from edgemesh's own DNAT rules (the real plugin); the
+    proxy's listener and its end of a pod's hijacked service connection are named."""
+    from tests.integration.test_edgemesh_kit import SVC, Node, conflist, edgemesh_conf
+    node, pod = Node(netns("doccmh"), str(tmp_path)), netns("doccmp")
+    mesh = conflist(tmp_path, edgemesh=edgemesh_conf(tmp_path))
+    node.add(mesh, pod, "c1")
+    client = None
+    try:
+        rc, out = doctor("--conn", "mesh", "--netns", node.ns.path)
+        assert (rc, out["targets"], out["connections"]) == (1, ["169.254.96.16:40001"], []), out
+        proxy = node.serve("--listen", "169.254.96.16:40001")
+        client = subprocess.Popen(["ip", "netns", "exec", pod.name, sys.executable, "-c", HOLD_SVC, SVC],
+                                  stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None
+        word, pod_ip = client.stdout.readline().split()
+        assert word == "connected"
+        rc, out = doctor("--conn", "mesh", "--netns", node.ns.path)
+        assert rc == 0, out
+        [listener] = [c for c in out["connections"] if c["state"] == "LISTEN"]
+        assert listener["local"] == "169.254.96.16:40001" and listener["processes"][0]["pid"] == proxy.pid
+        # the proxy's end of the pod's connection: still open (the proxy holds it), or already closed by
+        # the proxy after answering (inode 0, no process): either way it names the pod
+        [end] = [c for c in out["connections"] if c["remote"].split(":")[0] == pod_ip]
+        assert end["local"] == "169.254.96.16:40001"
+        assert [p["pid"] for p in end["processes"]] == ([proxy.pid] if end["inode"] else []), end
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        node.stop()
+        node.delete(mesh, pod, "c1")
