@@ -82,8 +82,8 @@ def test_healthy_namespace_gives_no_findings(netns):
     ns = netns("dochealthy")
     rc, out = doctor("--netns", ns.path)
     assert rc == 0 and out["findings"] == [] and out["errors"] == [] and out["healthy"], out
-    assert out["checks"] == ["nfqueue-no-reader", "policy-route-steals-replies", "rp-filter-forwarding",
-                             "kernel-hazards"]
+    assert out["checks"] == ["nfqueue-no-reader", "mark-bit-clash", "policy-route-steals-replies",
+                             "rp-filter-forwarding", "kernel-hazards", "edgemesh-hijack"]
     assert out["namespaces"] == [{"where": f"netns {ns.name}", "netns": ns.path}]
 
 
@@ -365,7 +365,7 @@ def test_table_output_is_readable(netns):
     assert any(line.strip().startswith("why: NFQUEUE hands") for line in lines)
     assert any(line.strip() == f"$ ip netns exec {ns.name} iptables-nft -t filter -R INPUT 1 -j NFQUEUE "
                "--queue-num 2 --queue-bypass" for line in lines)
-    assert lines[-1] == "pycni-doctor: 4 check(s) in 1 namespace(s): 1 problem(s)"
+    assert lines[-1] == "pycni-doctor: 6 check(s) in 1 namespace(s): 1 problem(s)"
 
 
 def test_our_vxlan_overlay_is_healthy_then_a_stolen_reply_is_found_and_fixed(netns, tmp_path):

@@ -92,8 +92,9 @@ def test_table_lists_severity_where_what_why_and_the_fix_command():
 
 def test_arguments(capsys):
     assert doctor_main.main(["--list-checks"]) == 0
-    assert capsys.readouterr().out.split() == ["nfqueue-no-reader", "policy-route-steals-replies",
-                                               "rp-filter-forwarding", "kernel-hazards"]
+    assert capsys.readouterr().out.split() == ["nfqueue-no-reader", "mark-bit-clash",
+                                               "policy-route-steals-replies", "rp-filter-forwarding",
+                                               "kernel-hazards", "edgemesh-hijack"]
     assert doctor_main.main(["--json", "--check", "nope"]) == 2
     assert json.loads(capsys.readouterr().out)["code"] == 162
     assert doctor_main.main(["--json", "--frobnicate"]) == 2
