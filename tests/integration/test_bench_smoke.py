@@ -162,7 +162,7 @@ def check_vxlan_etcd_scale(md: str, bundle) -> str:
     assert set(rows) == {"10", "50"}, rows
     for row in rows.values():
         assert_quotient(row["ratio"], row["agent from empty (ms)"], row["ip/bridge -batch (ms)"])
-        for col in ("one added (ms)", "one removed (ms)", "agent VmRSS (MiB)"):
+        for col in ("one added (ms)", "one removed (ms)", "put call (ms)", "agent VmRSS (MiB)"):
             number(row[col])
     pods = tables(md)["registry"]
     assert {(r["registry"], r["peers"]) for r in pods} == {(g, n) for g in ("file", "etcd") for n in ("10", "50")}
