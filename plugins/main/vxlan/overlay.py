@@ -75,9 +75,17 @@ def ensure_node(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = No
     With an etcd registry (agent_owned) the node is vxlan-agent's: this reads its state file, checks
     the device and the bridge only (nothing grows with the number of peers) and never opens etcd;
     CNIError(11) when no live agent wrote that file."""
-    if agent_owned(cfg):
+    if agent_owned(cfg) or _agent_alive(cfg):
         return _from_agent(cfg, hold)
     return ensure_applied(cfg, hold).info
+
+
+def _agent_alive(cfg: NetConf) -> bool:
+    """File registry: a live vxlan-agent of this node keeps the lease and the peers, so ADD reads its
+    state as with etcd (its cost does not grow with the cluster); without one ADD joins and reconciles."""
+    from . import lease
+    doc, _ = lease.agent_state(cfg.state_dir)
+    return doc is not None and doc.get("node") == cfg.node_name and doc.get("registry") == "up"
 
 
 def _live_agent(cfg: NetConf) -> dict:
