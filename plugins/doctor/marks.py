@@ -18,7 +18,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
-from .nfqueue import save_tools
+from .nfqueue import save_rules, save_tools
 
 if TYPE_CHECKING:
     from .runner import Context
@@ -85,17 +85,7 @@ def xt_rules(save_output: str, tool: str) -> tuple[list[Rule], list[Rule]]:
     the value left as __MARK__ to fill in."""
     setters: list[Rule] = []
     readers: list[Rule] = []
-    table = ""
-    count: dict[tuple[str, str], int] = {}
-    for line in save_output.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-            continue
-        if not line.startswith("-A "):
-            continue
-        tokens = shlex.split(line)
-        chain = tokens[1]
-        count[(table, chain)] = n = count.get((table, chain), 0) + 1
+    for table, chain, n, tokens in save_rules(save_output):
         owner = owner_of_chain(chain)
         text = f"{tool} -t {table} -A {chain} {shlex.join(tokens[2:])}"
         target = tokens[tokens.index("-j") + 1] if "-j" in tokens else ""

@@ -55,8 +55,9 @@ def queues_of(tokens: list[str]) -> list[int]:
     return [0]
 
 
-def xtables_rules(save_output: str):
-    """(table, chain, index in chain, rule tokens after `-A CHAIN`) of every NFQUEUE rule."""
+def save_rules(save_output: str):
+    """(table, chain, index in chain, the rule's tokens from `-A`) of every rule in an iptables-save
+    output (the index is what `-R CHAIN N` takes)."""
     table = ""
     count: dict[tuple[str, str], int] = {}
     for line in save_output.splitlines():
@@ -68,6 +69,12 @@ def xtables_rules(save_output: str):
         tokens = shlex.split(line)
         chain = tokens[1]
         count[(table, chain)] = n = count.get((table, chain), 0) + 1
+        yield table, chain, n, tokens
+
+
+def xtables_rules(save_output: str):
+    """(table, chain, index in chain, rule tokens after `-A CHAIN`) of every NFQUEUE rule."""
+    for table, chain, n, tokens in save_rules(save_output):
         if "-j" in tokens and tokens[tokens.index("-j") + 1] == "NFQUEUE":
             yield table, chain, n, tokens[2:]
 
