@@ -16,6 +16,7 @@ from plugins.meta.edgemesh.listen import ALIAS, DEVICE, MARK_GROUP
 from plugins.pkg import link
 from plugins.pkg import ns as nsmod
 from plugins.pkg import rtnl as nl
+from tests.kit.crash import group_members
 from tests.integration.test_edgemesh_kit import EDGEMESH, chains, prev_result, ruleset, run_plugin
 
 pytestmark = pytest.mark.root
@@ -139,21 +140,6 @@ def test_device_stays_while_the_other_backend_holds_rules(host):
     assert host.device() is None and "edgemesh" not in host.residue()[1]
 
 
-def _group_alive(pgid: int) -> bool:
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        fields = s[s.rfind(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
-
-
 def _killed_add(host, conf, delay: float) -> bool:
     """ADD, SIGKILLed after `delay` s; what it forked (iptables-restore, nft) may finish, as in a
     runtime. True when the plugin was still running at the kill."""
@@ -172,7 +158,7 @@ def _killed_add(host, conf, delay: float) -> bool:
         pass
     p.wait()
     deadline = time.monotonic() + 20
-    while _group_alive(p.pid) and time.monotonic() < deadline:
+    while group_members(p.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     return mid
 
