@@ -20,6 +20,9 @@ NETNS_UNUSABLE = CODES.add(
 CHECK_FAILED = CODES.add(
     164, "a diagnosis could not finish in a namespace (a tool failed or hung, netlink refused)",
     "see details; the other diagnoses and namespaces were still checked")
+BAD_CONF = CODES.add(
+    165, "a --conf file cannot be read or is not a CNI network config (.conf) or list (.conflist)",
+    "give the file the runtime reads, e.g. /etc/cni/net.d/10-vxlan.conflist; see details for what is wrong")
 
 # A failure of shared code (plugins/pkg) inside a diagnosis: that diagnosis could not finish there;
 # a namespace that cannot be entered is the --netns one. Same hook shape as the plugins' translate.

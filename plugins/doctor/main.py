@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 
-from .errors import BAD_ARGUMENTS, CHECK_FAILED, NETNS_UNUSABLE, NOT_ROOT, UNKNOWN_CHECK
+from .errors import BAD_ARGUMENTS, BAD_CONF, CHECK_FAILED, NETNS_UNUSABLE, NOT_ROOT, UNKNOWN_CHECK
 from .finding import Finding
 
 
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", metavar="PATH", help="check this network namespace only (/run/netns/X, /proc/PID/ns/net)")
     p.add_argument("--kernel-release", metavar="REL",
                    help="judge this kernel release instead of the running one (a kernel you plan to boot)")
+    p.add_argument("--conf", metavar="FILE", action="append", default=[],
+                   help="a CNI config or conflist our plugins run in (repeatable): adds the checks of their "
+                   "state (overlay drift, steering integrity) for those networks")
     p.add_argument("--list-checks", action="store_true", help="print the diagnoses' names and exit")
     p.add_argument("--conn", metavar="ADDR:PORT",
                    help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
@@ -88,7 +91,8 @@ def _main(argv: list[str]) -> int:
             raise Failed(NETNS_UNUSABLE, NETNS_UNUSABLE.meaning, str(e)) from None
     else:
         namespaces = discover()
-    findings, errors, visited = run(namespaces, names, args.kernel_release)
+    confs = load_confs(args.conf)
+    findings, errors, visited = run(namespaces, names, args.kernel_release, confs)
     for err in errors:
         err["code"] = int(CHECK_FAILED)
     if args.json:
@@ -100,6 +104,33 @@ def _main(argv: list[str]) -> int:
     if findings:
         return 1
     return 2 if errors else 0
+
+
+def load_confs(paths: list[str]) -> list[dict]:
+    """Each plugin config of the --conf files, as the runtime hands it to the plugin: a .conflist's
+    `plugins` with the list's name and cniVersion, or a single .conf."""
+    from libcni_py import records
+    confs: list[dict] = []
+    for path in paths:
+        try:                                # a symlink is fine: /etc/cni/net.d often holds them
+            with open(path, "rb") as f:
+                data = f.read(records.MAX_BYTES + 1)
+            if len(data) > records.MAX_BYTES:
+                raise ValueError(f"more than {records.MAX_BYTES} bytes")
+            doc = records.loads(data)
+        except (OSError, ValueError) as e:
+            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: not a JSON object with a network name")
+        plugins = doc.get("plugins", [doc]) if "plugins" in doc else [doc]
+        if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: `plugins` is not a list of objects")
+        for plugin in plugins:
+            conf = dict(plugin)
+            conf.setdefault("name", doc["name"])
+            conf.setdefault("cniVersion", doc.get("cniVersion", "1.1.0"))
+            confs.append(conf)
+    return confs
 
 
 def _namespaces(args) -> list:

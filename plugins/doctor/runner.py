@@ -74,8 +74,9 @@ def namespace_for(path: str) -> Namespace:
 class Context:
     """What a diagnosis gets: the namespace, a way to run a tool in it, netlink, error notes."""
 
-    def __init__(self, ns: Namespace, kernel_release: str | None = None):
+    def __init__(self, ns: Namespace, kernel_release: str | None = None, confs: list[dict] | None = None):
         self.ns, self.kernel_release = ns, kernel_release
+        self.confs: list[dict] = confs or []     # our plugins' configs (--conf): each with name, cniVersion
         self.errors: list[str] = []
         self._ipr: Any = None
         self._ran: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
@@ -118,7 +119,12 @@ def run_checks(ctx: Context, checks: list) -> tuple[list[dict], list[dict]]:
     return findings, errors
 
 
-def _start(ns: Namespace, checks: list) -> tuple[int, int]:
+def confs_of(ctx: Context, plugin_type: str) -> list[dict]:
+    """The --conf plugin configs of one plugin type (a check of that plugin's state reads these)."""
+    return [c for c in ctx.confs if c.get("type") == plugin_type]
+
+
+def _start(ns: Namespace, checks: list, confs: list[dict]) -> tuple[int, int]:
     """Fork, enter `ns` in the child, run the checks there; the child answers JSON on a pipe.
     Returns (pid, read end)."""
     from plugins.pkg.ns import _setns, open_netns
@@ -130,7 +136,7 @@ def _start(ns: Namespace, checks: list) -> tuple[int, int]:
             os.close(r)
             fd = open_netns(ns.path)
             _setns(fd)
-            ctx = Context(ns)
+            ctx = Context(ns, confs=confs)
             out = run_checks(ctx, checks)
             ctx.close()
             data = json.dumps({"findings": out[0], "errors": out[1]}).encode()
@@ -147,7 +153,8 @@ def _start(ns: Namespace, checks: list) -> tuple[int, int]:
     return pid, r
 
 
-def _in_namespaces(namespaces: list[Namespace], checks: list) -> list[tuple[list[dict], list[dict]]]:
+def _in_namespaces(namespaces: list[Namespace], checks: list, confs: list[dict]
+                   ) -> list[tuple[list[dict], list[dict]]]:
     """Each namespace's (findings, errors), in the order given; PARALLEL children at a time, each
     killed after NS_TIMEOUT."""
     answers: list[tuple[list[dict], list[dict]]] = [([], [])] * len(namespaces)
@@ -156,7 +163,7 @@ def _in_namespaces(namespaces: list[Namespace], checks: list) -> list[tuple[list
     while todo or running:
         while todo and len(running) < PARALLEL:
             i, ns = todo.pop(0)
-            pid, r = _start(ns, checks)
+            pid, r = _start(ns, checks, confs)
             running[r] = (i, pid, time.monotonic() + NS_TIMEOUT, [])
         wait = max(0.0, min(d for _, _, d, _ in running.values()) - time.monotonic())
         ready = select.select(list(running), [], [], wait)[0]
@@ -189,9 +196,11 @@ def _vanished(ns: Namespace, errors: list[dict]) -> bool:
     return bool(errors) and not ns.own and not os.path.exists(ns.path)
 
 
-def run(namespaces: list[Namespace], names: list[str], kernel_release: str | None = None
-        ) -> tuple[list[Finding], list[dict], list[Namespace]]:
-    """All findings (check order, then namespace order), the errors, and the namespaces visited."""
+def run(namespaces: list[Namespace], names: list[str], kernel_release: str | None = None,
+        confs: list[dict] | None = None) -> tuple[list[Finding], list[dict], list[Namespace]]:
+    """All findings (check order, then namespace order), the errors, and the namespaces visited.
+    `confs`: our plugins' configs (--conf), handed to every diagnosis as ctx.confs."""
+    confs = confs or []
     checks = [c for c in CHECKS if c.NAME in names]
     per_ns = [c for c in checks if c.PER_NAMESPACE]
     node = [c for c in checks if not c.PER_NAMESPACE]
@@ -200,14 +209,14 @@ def run(namespaces: list[Namespace], names: list[str], kernel_release: str | Non
     visited: list[Namespace] = []
     if per_ns:
         from pyroute2 import IPRoute  # noqa: F401 - loaded once here, not in every forked child (~100 ms)
-    for ns, (f, e) in zip(namespaces, _in_namespaces(namespaces, per_ns) if per_ns else []):
+    for ns, (f, e) in zip(namespaces, _in_namespaces(namespaces, per_ns, confs) if per_ns else []):
         if _vanished(ns, e):
             continue
         visited.append(ns)
         found += f
         errors += e
     if node:
-        f, e = run_checks(Context(Namespace("/proc/self/ns/net", own=True), kernel_release), node)
+        f, e = run_checks(Context(Namespace("/proc/self/ns/net", own=True), kernel_release, confs), node)
         found += f
         errors += e
     order = {n: i for i, n in enumerate(NAMES)}
