@@ -1,4 +1,5 @@
-"""pycni-doctor [--json] [--check NAME] [--netns PATH] [--kernel-release REL] [--list-checks]
+"""pycni-doctor [--json] [--check NAME] [--netns PATH]... [--conf FILE]... [--conf-dir DIR]
+             [--kernel-release REL] [--list-checks]
 pycni-doctor --conn ADDR:PORT [--watch SECONDS] [--json] [--netns PATH]   (who owns a connection)
 
 Exit status: 0 healthy, 1 problems found, 2 the doctor could not run (or a diagnosis could not
@@ -13,6 +14,11 @@ import textwrap
 
 from .errors import BAD_ARGUMENTS, BAD_CONF, CHECK_FAILED, NETNS_UNUSABLE, NOT_ROOT, UNKNOWN_CHECK
 from .finding import Finding
+
+
+OUR_TYPES = ("vxlan", "dp-steering", "edgemesh")     # the plugin types whose configs the doctor reads
+CONF_DIR = "/etc/cni/net.d"                           # where runtimes (containerd, CRI-O, podman) read them
+CONF_EXTENSIONS = (".conf", ".conflist", ".json")     # libcni's ConfFiles: these, sorted by file name
 
 
 class Failed(Exception):
@@ -34,12 +40,17 @@ def parser() -> argparse.ArgumentParser:
                 + ". Exit status: 0 healthy, 1 problems found, 2 doctor could not run.")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--check", metavar="NAME", help="run this diagnosis only")
-    p.add_argument("--netns", metavar="PATH", help="check this network namespace only (/run/netns/X, /proc/PID/ns/net)")
+    p.add_argument("--netns", metavar="PATH", action="append",
+                   help="check this network namespace only (/run/netns/X, /proc/PID/ns/net); repeatable")
     p.add_argument("--kernel-release", metavar="REL",
                    help="judge this kernel release instead of the running one (a kernel you plan to boot)")
     p.add_argument("--conf", metavar="FILE", action="append", default=[],
                    help="a CNI config or conflist our plugins run in (repeatable): adds the checks of their "
-                   "state (overlay drift, steering integrity) for those networks")
+                   "state (overlay drift, steering integrity) for those networks. Without --conf, the "
+                   f"networks of the runtime's config dir (--conf-dir) that hold {', '.join(OUR_TYPES)}")
+    p.add_argument("--conf-dir", metavar="DIR",
+                   help=f"the runtime's CNI config dir to read when no --conf is given (default {CONF_DIR}): "
+                   "its .conf, .conflist and .json files in libcni's order, read-only")
     p.add_argument("--list-checks", action="store_true", help="print the diagnoses' names and exit")
     p.add_argument("--conn", metavar="ADDR:PORT",
                    help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
@@ -69,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from .runner import NAMES, discover, namespace_for, run
+    from .runner import NAMES, run
     args = parser().parse_args(argv)
     if args.list_checks:
-        print("\n".join(NAMES))
+        if args.json:
+            print(json.dumps({"checks": [{"name": n, "conf": conf_type(n)} for n in NAMES]}, indent=2))
+        else:
+            print("\n".join(NAMES))
         return 0
     if args.conn is not None or args.check == "conn-owner":
         return _conn(args)
@@ -83,67 +97,146 @@ def _main(argv: list[str]) -> int:
         names = [args.check]
     if os.geteuid() != 0:
         raise Failed(NOT_ROOT, NOT_ROOT.meaning)
-    if args.netns is not None:
-        from libcni_py.netns import NetnsError
-        try:
-            namespaces = [namespace_for(args.netns)]
-        except NetnsError as e:
-            raise Failed(NETNS_UNUSABLE, NETNS_UNUSABLE.meaning, str(e)) from None
+    namespaces = _namespaces(args)
+    conf_errors: list[dict] = []
+    if args.conf:
+        if args.conf_dir is not None:
+            raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--conf and --conf-dir: give one or the other")
+        read = [_read_conf(path) for path in args.conf]
+        sources = [{"file": path, "network": name, "types": [p.get("type") for p in plugins]}
+                   for path, name, plugins in read]
+        confs = [conf for _, _, plugins in read for conf in plugins]
+    elif args.conf_dir is not None or any(conf_type(name) for name in names):    # the default dir: when needed
+        confs, sources, conf_errors = scan_conf_dir(args.conf_dir)
     else:
-        namespaces = discover()
-    confs = load_confs(args.conf)
+        confs, sources = [], []
+    skipped = {name: why for name in names if (why := skip_reason(name, confs, args)) is not None}
+    names = [n for n in names if n not in skipped]
     findings, errors, visited = run(namespaces, names, args.kernel_release, confs)
     for err in errors:
         err["code"] = int(CHECK_FAILED)
+    errors = conf_errors + errors
     if args.json:
         where = [{"where": n.label, "netns": n.path} for n in visited]
         print(json.dumps({"healthy": not findings and not errors, "checks": names, "namespaces": where,
+                          "confs": sources, "skipped": [{"check": n, "why": w} for n, w in skipped.items()],
                           "findings": [f.to_dict() for f in findings], "errors": errors}, indent=2))
     else:
-        print(table(findings, errors, names, visited))
+        print(table(findings, errors, names, visited, skipped))
     if findings:
         return 1
     return 2 if errors else 0
 
 
+def conf_type(name: str) -> str | None:
+    """The plugin type whose configs check `name` reads (None: it reads the node, not configs)."""
+    from .runner import CHECKS, CONF_CHECKS
+    for c in CHECKS:
+        if c.NAME == name:
+            return getattr(c, "CONF_TYPE", None) or CONF_CHECKS.get(name)
+    return CONF_CHECKS.get(name)
+
+
+def skip_reason(name: str, confs: list[dict], args) -> str | None:
+    """Why a check of our plugins' state is not run: no config of that plugin was given or found."""
+    kind = conf_type(name)
+    if kind is None or any(c.get("type") == kind for c in confs):
+        return None
+    if args.conf:
+        return f"no {kind} plugin in the --conf files"
+    return f"no {kind} network in {args.conf_dir or CONF_DIR}"
+
+
+def _read_conf(path: str) -> tuple[str, str, list[dict]]:
+    """(path, network name, plugin configs) of a .conf or .conflist; raises Failed (165)."""
+    from libcni_py import records
+    try:                                # a symlink is fine: /etc/cni/net.d often holds them
+        with open(path, "rb") as f:
+            data = f.read(records.MAX_BYTES + 1)
+        if len(data) > records.MAX_BYTES:
+            raise ValueError(f"more than {records.MAX_BYTES} bytes")
+        doc = records.loads(data)
+    except (OSError, ValueError) as e:
+        raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: not a JSON object with a network name")
+    plugins = doc.get("plugins", [doc]) if "plugins" in doc else [doc]
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: `plugins` is not a list of objects")
+    out = []
+    for plugin in plugins:
+        conf = dict(plugin)
+        conf.setdefault("name", doc["name"])
+        conf.setdefault("cniVersion", doc.get("cniVersion", "1.1.0"))
+        out.append(conf)
+    return path, doc["name"], out
+
+
 def load_confs(paths: list[str]) -> list[dict]:
     """Each plugin config of the --conf files, as the runtime hands it to the plugin: a .conflist's
     `plugins` with the list's name and cniVersion, or a single .conf."""
-    from libcni_py import records
     confs: list[dict] = []
     for path in paths:
-        try:                                # a symlink is fine: /etc/cni/net.d often holds them
-            with open(path, "rb") as f:
-                data = f.read(records.MAX_BYTES + 1)
-            if len(data) > records.MAX_BYTES:
-                raise ValueError(f"more than {records.MAX_BYTES} bytes")
-            doc = records.loads(data)
-        except (OSError, ValueError) as e:
-            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: {e}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: not a JSON object with a network name")
-        plugins = doc.get("plugins", [doc]) if "plugins" in doc else [doc]
-        if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
-            raise Failed(BAD_CONF, BAD_CONF.meaning, f"{path}: `plugins` is not a list of objects")
-        for plugin in plugins:
-            conf = dict(plugin)
-            conf.setdefault("name", doc["name"])
-            conf.setdefault("cniVersion", doc.get("cniVersion", "1.1.0"))
-            confs.append(conf)
+        confs += _read_conf(path)[2]
     return confs
 
 
+def scan_conf_dir(d: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """No --conf: the networks of the runtime's config dir that hold our plugins, read-only.
+    Files in libcni's order (.conf, .conflist, .json, sorted by name); a network name already
+    seen is skipped, as libcni takes the first file of a name. Returns (plugin configs, the files
+    used, error entries): a file that cannot be read or parsed is an error entry (code 165), the
+    rest is still read. A missing default dir is no config; a given --conf-dir must be a dir."""
+    from libcni_py.conf import conf_files
+    where = d or CONF_DIR
+    if d is not None and not os.path.isdir(d):
+        raise Failed(BAD_CONF, BAD_CONF.meaning, f"--conf-dir {d}: not a directory")
+    try:
+        files = conf_files(where, CONF_EXTENSIONS)
+    except OSError as e:
+        return [], [], [_conf_error(where, f"{where}: {e}")]
+    confs: list[dict] = []
+    sources: list[dict] = []
+    errors: list[dict] = []
+    seen: set[str] = set()
+    for path in files:
+        try:
+            _, name, plugins = _read_conf(path)
+        except Failed as e:
+            errors.append(_conf_error(path, e.details))
+            continue
+        types = [p.get("type") for p in plugins]
+        if name in seen or not any(t in OUR_TYPES for t in types):
+            continue
+        seen.add(name)
+        confs += plugins
+        sources.append({"file": path, "network": name, "types": types})
+    return confs, sources, errors
+
+
+def _conf_error(path: str, details: str) -> dict:
+    return {"check": "conf", "where": f"conf {path}", "netns": None, "details": details, "code": int(BAD_CONF)}
+
+
 def _namespaces(args) -> list:
+    """--netns PATH (each given, once), else every namespace of the node."""
     from .runner import discover, namespace_for
     if os.geteuid() != 0:
         raise Failed(NOT_ROOT, NOT_ROOT.meaning)
-    if args.netns is None:
+    if not args.netns:
         return discover()
     from libcni_py.netns import NetnsError
-    try:
-        return [namespace_for(args.netns)]
-    except NetnsError as e:
-        raise Failed(NETNS_UNUSABLE, NETNS_UNUSABLE.meaning, str(e)) from None
+    out, seen = [], set()
+    for path in args.netns:
+        try:
+            ns = namespace_for(path)
+            st = os.stat(path)
+        except (NetnsError, OSError) as e:
+            raise Failed(NETNS_UNUSABLE, NETNS_UNUSABLE.meaning, str(e)) from None
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            out.append(ns)
+    return out
 
 
 def _conn(args) -> int:
@@ -188,7 +281,8 @@ def _conn(args) -> int:
     return 2 if errors else 1
 
 
-def table(findings: list[Finding], errors: list[dict], names: list[str], visited: list) -> str:
+def table(findings: list[Finding], errors: list[dict], names: list[str], visited: list,
+          skipped: dict[str, str] | None = None) -> str:
     lines = []
     head = f"pycni-doctor: {len(names)} check(s) in {len(visited)} namespace(s): "
     head += f"{len(findings)} problem(s)" if findings else "no problems found"
@@ -205,7 +299,12 @@ def table(findings: list[Finding], errors: list[dict], names: list[str], visited
                     lines.append(f"{pad}     $ {fix.command}")
             lines.append(f"{pad}({f.check})")
     for e in errors:
-        lines.append(f"could not check: {e['check']} in {e['where']} (code {e['code']}): {e['details']}")
+        if e["check"] == "conf":
+            lines.append(f"could not read a CNI config (code {e['code']}): {e['details']}")
+        else:
+            lines.append(f"could not check: {e['check']} in {e['where']} (code {e['code']}): {e['details']}")
+    for name, why in (skipped or {}).items():
+        lines.append(f"skipped: {name} ({why})")
     lines.append(head)
     return "\n".join(lines)
 

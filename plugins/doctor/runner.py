@@ -16,6 +16,10 @@ from .finding import Finding, Namespace, finding_from_dict
 
 CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack]      # the order they run and report in
 NAMES = [c.NAME for c in CHECKS]
+# The checks of our plugins' state, by the plugin type whose configs they read (ctx.confs, from
+# --conf or the runtime's config dir): with no config of that type they are skipped, not run.
+# A check module may say it itself: CONF_TYPE = "vxlan".
+CONF_CHECKS = {"overlay-drift": "vxlan", "steering-integrity": "dp-steering"}
 RUN_DIR = "/run/netns"
 TOOL_TIMEOUT = 20.0
 NS_TIMEOUT = 60.0
