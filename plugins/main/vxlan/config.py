@@ -38,8 +38,10 @@ class NetConf:
     name: str                                   # the CNI network name
     cni_version: str
     # node keys
-    network: ipaddress.IPv4Network | None       # None only on DEL/GC when it could not be parsed
+    network: ipaddress.IPv4Network | None       # None: IPv6-only (or DEL/GC when it could not be parsed)
     subnet_len: int
+    network6: ipaddress.IPv6Network | None      # `ipv6Network`; None: IPv4-only
+    subnet_len6: int                            # `ipv6SubnetLen` (default 64)
     vni: int
     port: int
     registry_type: str
@@ -48,6 +50,9 @@ class NetConf:
     registry_ttl: int
     public_ip: ipaddress.IPv4Address | None
     iface: str | None
+    public_ip6: ipaddress.IPv6Address | None    # `publicIPv6`: the IPv6 underlay address announced
+    iface6: str | None                          # `ipv6Iface`: the IPv6 underlay device
+    device6_name: str                           # `ipv6DeviceName` (default vxlan-v6.<vni>)
     direct_routing: bool
     state_dir: str
     node_name: str
@@ -64,10 +69,22 @@ class NetConf:
 
     @property
     def cluster(self) -> ipaddress.IPv4Network:
-        """`network`, for the commands that need it (set whenever load() was strict)."""
+        """`network`, for the IPv4 half of the commands (set when the config has one)."""
         if self.network is None:
             raise CNIError(INVALID_CONFIG, "missing required field 'network'")
         return self.network
+
+    @property
+    def cluster6(self) -> ipaddress.IPv6Network:
+        """`ipv6Network`, for the IPv6 half of the commands (set when the config has one)."""
+        if self.network6 is None:
+            raise CNIError(INVALID_CONFIG, "missing required field 'ipv6Network'")
+        return self.network6
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The address families of this overlay: (4,), (6,) or (4, 6)."""
+        return tuple(f for f, net in ((4, self.network), (6, self.network6)) if net is not None)
 
     @property
     def ipam_type(self) -> str:
@@ -96,6 +113,11 @@ def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
 
     n.network = field(lambda: _network(conf), None)
     n.subnet_len = field(lambda: _subnet_len(conf, n.network), 24)
+    n.network6 = field(lambda: _network6(conf), None)
+    n.subnet_len6 = field(lambda: _subnet_len6(conf, n.network6), 64)
+    if not lenient and n.network is None and n.network6 is None:
+        raise CNIError(INVALID_CONFIG, "missing required field 'network' (or 'ipv6Network')",
+                       "set network (IPv4, e.g. 10.244.0.0/16), ipv6Network (e.g. fd00:10:244::/48) or both")
     n.vni = field(lambda: int(conf.get("vni", 1)), 1)
     n.port = field(lambda: int(conf.get("port", 8472)), 8472)
     registry = conf.get("registry") or {"type": "file"}
@@ -124,9 +146,13 @@ def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
     n.public_ip = field(lambda: _public_ip(conf), None)
     n.iface = field(lambda: check_ifname(conf["iface"], "iface") if conf.get("iface") else None,
                     None)
+    n.public_ip6 = field(lambda: _public_ip6(conf), None)
+    n.iface6 = field(lambda: check_ifname(conf["ipv6Iface"], "ipv6Iface") if conf.get("ipv6Iface") else None,
+                     None)
     n.direct_routing = bool(conf.get("directRouting", False))
     n.device_name = field(lambda: check_ifname(conf.get("deviceName") or f"vxlan.{n.vni}", "deviceName"),
                           f"vxlan.{n.vni}")
+    n.device6_name = field(lambda: _device6_name(conf, n.vni, n.network6 is not None), f"vxlan-v6.{n.vni}")
     n.bridge = field(lambda: check_ifname(conf.get("bridge", "cni0"), "bridge"), "cni0")
     n.is_default_gateway = bool(conf.get("isDefaultGateway", True))
     n.hairpin = bool(conf.get("hairpinMode", False))
@@ -140,6 +166,10 @@ def load(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
         if n.device_name == n.bridge:
             raise CNIError(INVALID_CONFIG, f"deviceName and bridge are both {n.bridge!r}",
                            "the vxlan device and the pods' bridge need their own names")
+        if n.network6 is not None and n.device6_name in (n.bridge, n.device_name):
+            raise CNIError(INVALID_CONFIG, f"ipv6DeviceName {n.device6_name!r} is also the "
+                           f"{'bridge' if n.device6_name == n.bridge else 'deviceName'}",
+                           "the IPv6 vxlan device needs a name of its own")
     return n
 
 
@@ -185,7 +215,9 @@ def _running() -> set:
     return out
 
 
-def _network(conf: dict) -> ipaddress.IPv4Network:
+def _network(conf: dict) -> ipaddress.IPv4Network | None:
+    if conf.get("network") in (None, ""):
+        return None                                # IPv6-only (load() refuses a config with neither)
     try:
         return ipaddress.IPv4Network(conf.get("network", ""))
     except ValueError as e:
@@ -199,6 +231,47 @@ def _subnet_len(conf: dict, network: ipaddress.IPv4Network | None) -> int:
         raise CNIError(BAD_SUBNET_LEN, f"subnetLen {subnet_len} out of range for network {network}",
                        f"need {network.prefixlen} < subnetLen <= 30")
     return subnet_len
+
+
+def _network6(conf: dict) -> ipaddress.IPv6Network | None:
+    text = conf.get("ipv6Network")
+    if text in (None, ""):
+        return None
+    try:
+        return ipaddress.IPv6Network(text)
+    except (ValueError, TypeError) as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'ipv6Network': {e}",
+                       "an IPv6 CIDR with no host bits, e.g. fd00:10:244::/48") from None
+
+
+def _subnet_len6(conf: dict, network6: ipaddress.IPv6Network | None) -> int:
+    subnet_len = int(conf.get("ipv6SubnetLen", 64))
+    if network6 is not None and not network6.prefixlen < subnet_len <= 124:
+        raise CNIError(BAD_SUBNET_LEN, f"ipv6SubnetLen {subnet_len} out of range for ipv6Network {network6}",
+                       f"need {network6.prefixlen} < ipv6SubnetLen <= 124")
+    return subnet_len
+
+
+def _public_ip6(conf: dict) -> ipaddress.IPv6Address | None:
+    text = conf.get("publicIPv6")
+    try:
+        ip = ipaddress.IPv6Address(text) if text else None
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIPv6': {e}") from None
+    if ip is not None and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_loopback):
+        raise CNIError(INVALID_CONFIG, f"invalid config field 'publicIPv6': {ip} is not a unicast address "
+                       "peers can reach", "use a global or unique local (fd00::/8) address of the underlay")
+    return ip
+
+
+def _device6_name(conf: dict, vni: int, needed: bool) -> str:
+    name = conf.get("ipv6DeviceName") or f"vxlan-v6.{vni}"
+    if not needed and not conf.get("ipv6DeviceName"):
+        return name                      # an IPv4-only overlay has no IPv6 device
+    if not conf.get("ipv6DeviceName") and len(name) > 15:
+        raise CNIError(INVALID_CONFIG, f"the IPv6 device name {name!r} is longer than 15 characters",
+                       "set ipv6DeviceName (a name of at most 15 characters)")
+    return check_ifname(name, "ipv6DeviceName")
 
 
 def _registry_path(registry: dict, state_dir: str) -> str:

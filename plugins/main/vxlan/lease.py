@@ -26,47 +26,64 @@ def vtep_mac(network_name: str, node: str) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def carve(network: ipaddress.IPv4Network, subnet_len: int, taken, prefer=None) -> ipaddress.IPv4Network:
-    """`prefer` when free, else the lowest free subnet after the first (flannel's SubnetMin)."""
+def carve(network, subnet_len: int, taken, prefer=None):
+    """`prefer` when free, else the lowest free subnet after the first (flannel's SubnetMin);
+    IPv4 or IPv6 (`network` and `taken` of one family)."""
     taken = list(taken)
 
     def free(candidate):
         return not any(candidate.overlaps(t) for t in taken)
-    if prefer is not None and prefer.subnet_of(network) and prefer.prefixlen == subnet_len and free(prefer):
+    if prefer is not None and prefer.version == network.version and prefer.subnet_of(network) \
+            and prefer.prefixlen == subnet_len and free(prefer):
         return prefer
     candidates = network.subnets(new_prefix=subnet_len)
     next(candidates)
     for candidate in candidates:
         if free(candidate):
             return candidate
+    key = "subnetLen" if network.version == 4 else "ipv6SubnetLen"
     raise CNIError(SUBNETS_EXHAUSTED, f"no free /{subnet_len} left in {network}",
-                   f"{len(taken)} leases hold it; use a larger network or a longer subnetLen")
+                   f"{len(taken)} leases hold it; use a larger network or a longer {key}")
 
 
 def check_record(snap: Snapshot, want: NetworkRecord, node: str) -> None:
     """The registry's network record must match ours while any other node holds a lease."""
     record = snap.network
-    if record is None or record == want or not any(n != node for n in snap.leases):
+    if record is None or record.compatible(want) or not any(n != node for n in snap.leases):
         return
-    overlap = " (overlapping it)" if record.network.overlaps(want.network) else ""
+    overlap = " (overlapping it)" if any(
+        a is not None and b is not None and a.overlaps(b)
+        for a, b in ((record.network, want.network), (record.network6, want.network6))) else ""
     raise CNIError(NETWORK_MISMATCH,
-                   f"config network {want.network}/subnetLen {want.subnet_len}/vni {want.vni} "
-                   f"differs from the registry's{overlap}",
-                   f"registry holds network {record.network}, subnetLen {record.subnet_len}, "
-                   f"vni {record.vni}; use the same values on every node or another registry")
+                   f"config {want.describe()} differs from the registry's{overlap}",
+                   f"registry holds {record.describe()}; use the same values on every node (a node without "
+                   "ipv6Network joins a dual-stack network IPv4-only) or another registry")
 
 
-def current(snap: Snapshot, cfg, public_ip, ttl: int) -> Lease | None:
-    """This node's lease when it needs no write (same network record, IP, not near expiry)."""
+def wanted_record(snap: Snapshot, cfg) -> NetworkRecord:
+    """The network record this node writes: its own, keeping the IPv6 half of a dual-stack record
+    when the node is IPv4-only."""
+    want = _record(cfg)
+    return snap.network.merged(want) if snap.network is not None and snap.network.compatible(want) else want
+
+
+def current(snap: Snapshot, cfg, public_ip, ttl: int, public_ip6=None) -> Lease | None:
+    """This node's lease when it needs no write (same network record, IPs, a subnet of each family
+    the config has, not near expiry). A lease or record that lost its IPv6 fields (a file registry
+    rewritten by a node of the version before IPv6) is written again."""
     mine = snap.leases.get(cfg.node_name)
-    if mine is None or snap.network != _record(cfg) or mine.public_ip != public_ip:
+    if mine is None or snap.network != wanted_record(snap, cfg) or mine.public_ip != public_ip \
+            or mine.public_ip6 != public_ip6:
+        return None
+    if (mine.subnet is None) != (cfg.network is None) or (mine.subnet6 is None) != (cfg.network6 is None):
         return None
     if mine.expires is not None and mine.expires - time.time() < ttl / 2:
         return None
     return mine
 
 
-def check_identity(snap: Snapshot, cfg, public_ip, saved: dict, device_mac: str = "") -> None:
+def check_identity(snap: Snapshot, cfg, public_ip, saved: dict, device_mac: str = "",
+                   public_ip6=None) -> None:
     """CNIError(117) when this node already holds a lease under another name (a nodeName or hostname
     change on a running node): the local lease copy names that node, or its lease carries this node's
     public IP (peers would reach it here) or the VTEP MAC of our device. Taking a second lease would
@@ -76,41 +93,52 @@ def check_identity(snap: Snapshot, cfg, public_ip, saved: dict, device_mac: str 
             continue
         why = [text for hit, text in (
             (saved.get("node") == node, f"the local lease copy {_local_path(cfg.state_dir)} names it"),
-            (lease.public_ip == public_ip, f"its public IP {public_ip} is this node's"),
+            (public_ip is not None and lease.public_ip == public_ip, f"its public IP {public_ip} is this node's"),
+            (public_ip6 is not None and lease.public_ip6 == public_ip6,
+             f"its public IPv6 {public_ip6} is this node's"),
             (bool(device_mac) and lease.vtep_mac == device_mac,
              f"device {cfg.device_name} carries its VTEP MAC {device_mac}")) if hit]
         if why:
             raise CNIError(NODE_RENAMED,
                            f"node {cfg.node_name}: this node already holds a lease as {node!r} (subnet "
-                           f"{lease.subnet}): {'; '.join(why)}",
+                           f"{lease.subnet or lease.subnet6}): {'; '.join(why)}",
                            f"set nodeName back to {node!r}; or move the node: DEL its pods, run "
                            f"`vxlan-agent --leave` with nodeName {node!r}, then ADD with the new name "
                            f"(a dead node {node!r} that had this public IP: remove its lease from the "
                            "registry)")
 
 
-def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address, vet=None,
-            device_mac: str = "") -> tuple[Lease, Snapshot]:
+def acquire(reg: Registry, cfg, public_ip: ipaddress.IPv4Address | None, vet=None,
+            device_mac: str = "", public_ip6: ipaddress.IPv6Address | None = None) -> tuple[Lease, Snapshot]:
     """Join or renew: return this node's lease and the registry state holding it. Refused (nothing
     written) when this node holds a lease under another name (check_identity) or when `vet(lease)`,
-    called with the lease about to be written, raises (a subnet change while pods use the old one)."""
+    called with the lease about to be written, raises (a subnet change while pods use the old one).
+    A subnet of each family the config has (`network`, `ipv6Network`), carved in the same update."""
     snap = reg.snapshot()
     saved = _load_local(cfg.state_dir)
-    check_identity(snap, cfg, public_ip, saved, device_mac)
-    mine = current(snap, cfg, public_ip, reg.ttl)
+    check_identity(snap, cfg, public_ip, saved, device_mac, public_ip6)
+    mine = current(snap, cfg, public_ip, reg.ttl, public_ip6)
     if mine is None:
 
         def mutate(draft: Snapshot) -> None:
-            check_identity(draft, cfg, public_ip, saved, device_mac)
+            check_identity(draft, cfg, public_ip, saved, device_mac, public_ip6)
             check_record(draft, _record(cfg), cfg.node_name)
-            draft.network = _record(cfg)
+            draft.network = wanted_record(draft, cfg)
             old = draft.leases.get(cfg.node_name)
-            taken = [lease.subnet for node, lease in draft.leases.items() if node != cfg.node_name]
-            prefer = old.subnet if old is not None else saved.get("subnet")
-            subnet = carve(cfg.network, cfg.subnet_len, taken, prefer)
+            others = [lease for node, lease in draft.leases.items() if node != cfg.node_name]
+            subnet = subnet6 = None
+            if cfg.network is not None:
+                prefer = old.subnet if old is not None and old.subnet is not None else saved.get("subnet")
+                subnet = carve(cfg.network, cfg.subnet_len,
+                               [lease.subnet for lease in others if lease.subnet is not None], prefer)
+            if cfg.network6 is not None:
+                prefer6 = old.subnet6 if old is not None and old.subnet6 is not None else saved.get("subnet6")
+                subnet6 = carve(cfg.network6, cfg.subnet_len6,
+                                [lease.subnet6 for lease in others if lease.subnet6 is not None], prefer6)
             mac = old.vtep_mac if old is not None else (saved.get("vtepMAC")
                                                          or vtep_mac(cfg.name, cfg.node_name))
-            new = reg.stamp(Lease(cfg.node_name, subnet, public_ip, mac, cfg.vni))
+            new = reg.stamp(Lease(cfg.node_name, subnet, public_ip if subnet is not None else None, mac, cfg.vni,
+                                  subnet6=subnet6, public_ip6=public_ip6 if subnet6 is not None else None))
             if vet is not None and (old is None or not new.same_binding(old)):
                 vet(new)
             draft.leases[cfg.node_name] = new
@@ -152,7 +180,7 @@ def network_record(cfg) -> NetworkRecord:
 
 
 def _record(cfg) -> NetworkRecord:
-    return NetworkRecord(cfg.network, cfg.subnet_len, cfg.vni)
+    return NetworkRecord(cfg.network, cfg.subnet_len, cfg.vni, cfg.network6, cfg.subnet_len6)
 
 
 def _local_path(state_dir: str) -> str:
@@ -162,21 +190,26 @@ def _local_path(state_dir: str) -> str:
 def _load_local(state_dir: str) -> dict:
     try:
         raw = records.read(_local_path(state_dir), max_bytes=4096)
-        return {"subnet": ipaddress.IPv4Network(raw["subnet"]), "vtepMAC": raw["vtepMAC"],
-                "node": raw.get("node")}
+        return {"subnet": ipaddress.IPv4Network(raw["subnet"]) if raw.get("subnet") else None,
+                "subnet6": ipaddress.IPv6Network(raw["ipv6Subnet"]) if raw.get("ipv6Subnet") else None,
+                "vtepMAC": raw["vtepMAC"], "node": raw.get("node")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
 
 def _saved_differs(state_dir: str, lease: Lease) -> bool:
     saved = _load_local(state_dir)
-    return saved.get("subnet") != lease.subnet or saved.get("vtepMAC") != lease.vtep_mac
+    return saved.get("subnet") != lease.subnet or saved.get("vtepMAC") != lease.vtep_mac \
+        or saved.get("subnet6") != lease.subnet6
 
 
 def _save_local(state_dir: str, lease: Lease) -> None:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    records.write(_local_path(state_dir), {"node": lease.node, "subnet": str(lease.subnet),
-                                           "vtepMAC": lease.vtep_mac})
+    doc = {"node": lease.node, "subnet": str(lease.subnet) if lease.subnet is not None else None,
+           "vtepMAC": lease.vtep_mac}
+    if lease.subnet6 is not None:
+        doc["ipv6Subnet"] = str(lease.subnet6)
+    records.write(_local_path(state_dir), doc)
 
 
 def forget_local(state_dir: str) -> bool:
@@ -192,6 +225,11 @@ def local_mac(state_dir: str) -> str | None:
 def local_subnet(state_dir: str) -> ipaddress.IPv4Network | None:
     """The subnet of the local lease copy, if any."""
     return _load_local(state_dir).get("subnet")
+
+
+def local_subnet6(state_dir: str) -> ipaddress.IPv6Network | None:
+    """The IPv6 subnet of the local lease copy, if any."""
+    return _load_local(state_dir).get("subnet6")
 
 
 # ---- the agent's state file (the per-pod plugin's view of the node with an etcd registry) ----

@@ -26,43 +26,103 @@ from ..errors import REGISTRY_CORRUPT
 
 
 class NetworkRecord:
-    """What the first node wrote; every later node must agree with it."""
-    __slots__ = ("network", "subnet_len", "vni")
+    """What the first node wrote; every later node must agree with it.
 
-    def __init__(self, network: ipaddress.IPv4Network, subnet_len: int, vni: int):
+    `network6`/`subnet_len6` (the document's optional "ipv6Network"/"ipv6SubnetLen") are the IPv6
+    half: a node of the version before IPv6 reads the record without them, and a node whose config
+    has no ipv6Network joins a dual-stack network as an IPv4-only node (compatible())."""
+    __slots__ = ("network", "subnet_len", "vni", "network6", "subnet_len6")
+
+    def __init__(self, network: ipaddress.IPv4Network | None, subnet_len: int, vni: int,
+                 network6: ipaddress.IPv6Network | None = None, subnet_len6: int = 64):
         self.network, self.subnet_len, self.vni = network, subnet_len, vni
+        self.network6, self.subnet_len6 = network6, subnet_len6
+
+    def _key(self) -> tuple:
+        return (self.network, self.subnet_len if self.network is not None else 0, self.vni,
+                self.network6, self.subnet_len6 if self.network6 is not None else 0)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, NetworkRecord) and \
-            (self.network, self.subnet_len, self.vni) == (other.network, other.subnet_len, other.vni)
+        return isinstance(other, NetworkRecord) and self._key() == other._key()
+
+    def compatible(self, want: NetworkRecord) -> bool:
+        """Can a node configured with `want` join a registry holding this record? Same VNI and the
+        same IPv4 half; the IPv6 halves equal where both have one (a record without one gets the
+        node's; a node without one is an IPv4-only node of a dual-stack network)."""
+        if (self.network, self.vni) != (want.network, want.vni):
+            return False
+        if self.network is not None and self.subnet_len != want.subnet_len:
+            return False
+        if self.network6 is None or want.network6 is None:
+            return want.network is not None or self.network6 is None
+        return (self.network6, self.subnet_len6) == (want.network6, want.subnet_len6)
+
+    def merged(self, want: NetworkRecord) -> NetworkRecord:
+        """The record a compatible node writes: `want`, keeping an IPv6 half it has not got."""
+        if want.network6 is None and self.network6 is not None:
+            return NetworkRecord(want.network, want.subnet_len, want.vni, self.network6, self.subnet_len6)
+        return want
+
+    def describe(self) -> str:
+        parts = [f"network {self.network}, subnetLen {self.subnet_len}"] if self.network is not None else []
+        if self.network6 is not None:
+            parts.append(f"ipv6Network {self.network6}, ipv6SubnetLen {self.subnet_len6}")
+        return ", ".join(parts + [f"vni {self.vni}"])
 
     def to_json(self) -> dict:
-        return {"network": str(self.network), "subnetLen": self.subnet_len, "vni": self.vni}
+        out: dict = {}
+        if self.network is not None:
+            out.update(network=str(self.network), subnetLen=self.subnet_len)
+        out["vni"] = self.vni
+        if self.network6 is not None:
+            out.update(ipv6Network=str(self.network6), ipv6SubnetLen=self.subnet_len6)
+        return out
 
 
 class Lease:
-    """A node's subnet, where peers reach it and its VTEP MAC; `expires`: unix time, None: no TTL."""
-    __slots__ = ("node", "subnet", "public_ip", "vtep_mac", "vni", "expires")
+    """A node's subnet, where peers reach it and its VTEP MAC; `expires`: unix time, None: no TTL.
 
-    def __init__(self, node: str, subnet: ipaddress.IPv4Network, public_ip: ipaddress.IPv4Address,
-                 vtep_mac: str, vni: int, expires: float | None = None):
+    `subnet6`/`public_ip6` (the document's optional "ipv6Subnet"/"publicIPv6") are the node's IPv6
+    half; a lease without them is an IPv4-only node. An IPv6-only node's lease has no `subnet` and
+    `publicIP` (only in an IPv6-only network, which nodes of the version before IPv6 cannot join)."""
+    __slots__ = ("node", "subnet", "public_ip", "vtep_mac", "vni", "expires", "subnet6", "public_ip6")
+
+    def __init__(self, node: str, subnet: ipaddress.IPv4Network | None, public_ip: ipaddress.IPv4Address | None,
+                 vtep_mac: str, vni: int, expires: float | None = None,
+                 subnet6: ipaddress.IPv6Network | None = None, public_ip6: ipaddress.IPv6Address | None = None):
         self.node, self.subnet, self.public_ip = node, subnet, public_ip
         self.vtep_mac, self.vni, self.expires = vtep_mac, vni, expires
+        self.subnet6, self.public_ip6 = subnet6, public_ip6
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Lease) and self.same_binding(other) and self.expires == other.expires
 
     def same_binding(self, other: Lease | None) -> bool:
         """Equal in everything peers program (TTL aside)."""
-        return other is not None and (self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni) == \
-            (other.node, other.subnet, other.public_ip, other.vtep_mac, other.vni)
+        return other is not None and (self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni,
+                                      self.subnet6, self.public_ip6) == \
+            (other.node, other.subnet, other.public_ip, other.vtep_mac, other.vni, other.subnet6, other.public_ip6)
 
     def with_expiry(self, expires: float | None) -> Lease:
-        return Lease(self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni, expires)
+        return Lease(self.node, self.subnet, self.public_ip, self.vtep_mac, self.vni, expires,
+                     self.subnet6, self.public_ip6)
+
+    @property
+    def has6(self) -> bool:
+        """The node takes part in the IPv6 overlay (an IPv6 subnet and an IPv6 underlay address)."""
+        return self.subnet6 is not None and self.public_ip6 is not None
 
     def to_json(self) -> dict:
-        out = {"subnet": str(self.subnet), "publicIP": str(self.public_ip),
-               "vtepMAC": self.vtep_mac, "vni": self.vni}
+        out: dict = {}
+        if self.subnet is not None:
+            out["subnet"] = str(self.subnet)
+        if self.public_ip is not None:
+            out["publicIP"] = str(self.public_ip)
+        out.update(vtepMAC=self.vtep_mac, vni=self.vni)
+        if self.subnet6 is not None:
+            out["ipv6Subnet"] = str(self.subnet6)
+        if self.public_ip6 is not None:
+            out["publicIPv6"] = str(self.public_ip6)
         if self.expires is not None:
             out["expires"] = self.expires
         return out
@@ -115,15 +175,30 @@ def decode(doc: object, now: float | None = None, cache: dict | None = None) -> 
         net = doc.get("network")
         record = None
         if net is not None:
-            record = NetworkRecord(ipaddress.IPv4Network(net["network"]), int(net["subnetLen"]),
-                                   int(net["vni"]))
+            v4, v6 = net.get("network"), net.get("ipv6Network")
+            if v4 is None and v6 is None:
+                raise KeyError("network")
+            record = NetworkRecord(ipaddress.IPv4Network(v4) if v4 is not None else None,
+                                   int(net["subnetLen"]) if v4 is not None else 0, int(net["vni"]),
+                                   ipaddress.IPv6Network(v6) if v6 is not None else None,
+                                   int(net["ipv6SubnetLen"]) if v6 is not None else 64)
         leases, seen = {}, {}
         for node, raw in (doc.get("leases") or {}).items():
-            key = (node, raw["subnet"], raw["publicIP"], raw["vtepMAC"], raw["vni"], raw.get("expires"))
+            key = (node, raw.get("subnet"), raw.get("publicIP"), raw["vtepMAC"], raw["vni"], raw.get("expires"),
+                   raw.get("ipv6Subnet"), raw.get("publicIPv6"))
             lease = previous.get(key)
             if lease is None:
-                lease = Lease(str(node), _net(raw["subnet"]), _ip(raw["publicIP"]),
-                              _mac(raw["vtepMAC"]), int(raw["vni"]), raw.get("expires"))
+                s4, s6 = raw.get("subnet"), raw.get("ipv6Subnet")
+                if s4 is None and s6 is None:
+                    raise KeyError("subnet")
+                p4, p6 = raw.get("publicIP"), raw.get("publicIPv6")
+                lease = Lease(str(node), _net(s4) if s4 is not None else None,
+                              _ip(p4) if p4 is not None else None,
+                              _mac(raw["vtepMAC"]), int(raw["vni"]), raw.get("expires"),
+                              _net6(s6) if s6 is not None else None,
+                              ipaddress.IPv6Address(p6) if p6 is not None else None)
+                if (lease.subnet is None) != (lease.public_ip is None):
+                    raise ValueError(f"lease of {node}: subnet and publicIP go together")
             seen[key] = lease
             if lease.expires is None or lease.expires > now:
                 leases[lease.node] = lease
@@ -166,3 +241,9 @@ def _ip(text: str) -> ipaddress.IPv4Address:
 def _net(text: str) -> ipaddress.IPv4Network:
     addr, _, plen = text.partition("/")
     return ipaddress.IPv4Network((int(_ip(addr)), int(plen)))
+
+
+def _net6(text: str) -> ipaddress.IPv6Network:
+    if not isinstance(text, str) or "/" not in text:
+        raise ValueError(f"bad IPv6 subnet {text!r}")
+    return ipaddress.IPv6Network(text)
