@@ -1,0 +1,226 @@
+"""pycni-doctor overlay-drift against a real vxlan overlay (tests/kit/vxlan_hosts.py: test hosts on an
+underlay switch, one file registry, pods attached through libcni with the real Go host-local): each
+drift made for real (an FDB, ARP or route entry deleted, a peer vanished, MTU wrong, learning on, the
+agent killed), found by `pycni-doctor --json --conf FILE`, fixed with the command it prints, gone, and
+pods talking across hosts again. A healthy overlay gives zero findings (every check). vxlan's CHECK runs
+the diagnosis too: it fails with the finding on a broken overlay and passes on a healthy one."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+
+from libcni_py.errors import CNIError
+from tests.conftest import VENV_BIN
+from tests.kit.vxlan_hosts import Cluster, reaches
+from tests.kit.vxlan_pods import Pods
+
+pytestmark = pytest.mark.root
+DOCTOR = os.path.join(VENV_BIN, "pycni-doctor")
+DEV = "vxlan.1"
+
+
+def write_conf(host, tmp_path) -> str:
+    path = os.path.join(str(tmp_path), f"{host.node}.conflist")
+    with open(path, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": host.conf["name"], "plugins": [host.conf]}, f)
+    return path
+
+
+def doctor(host, conf: str, check: str | None = "overlay-drift") -> tuple[int, dict]:
+    argv = [DOCTOR, "--json", "--conf", conf, "--netns", host.path] + (["--check", check] if check else [])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in p.stderr, p.stderr
+    out = json.loads(p.stdout)
+    assert out["errors"] == [], out["errors"]
+    assert p.returncode == (1 if out["findings"] else 0), (p.returncode, out)
+    return p.returncode, out
+
+
+def findings(host, conf: str) -> list[dict]:
+    _, out = doctor(host, conf)
+    assert all(f["check"] == "overlay-drift" and f["netns"] == host.path for f in out["findings"]), out
+    return out["findings"]
+
+
+def apply(command: str) -> None:
+    """Run a fix exactly as printed (argv from the text, no shell)."""
+    subprocess.run(shlex.split(command), check=True, capture_output=True, text=True, timeout=60)
+
+
+def one(found: list[dict], *words: str) -> dict:
+    hits = [f for f in found if all(w in f["what"] for w in words)]
+    assert len(hits) == 1, (words, [f["what"] for f in found])
+    return hits[0]
+
+
+@pytest.fixture
+def overlay(netns, tmp_path):
+    """Two hosts, a pod on each, every host reconciled once both joined; ping works both ways."""
+    cluster = Cluster(netns, tmp_path, segments=[0, 0])
+    pods = Pods(cluster, netns, tmp_path)
+    a, b = pods.add(cluster.hosts[0], "ca"), pods.add(cluster.hosts[1], "cb")
+    cluster.ensure_all()
+    assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
+    yield cluster, pods, a, b
+    for pod in (a, b):
+        pods.delete(pod)
+
+
+def lease_of(cluster, node: str) -> dict:
+    return cluster.registry()["leases"][node]
+
+
+def test_healthy_overlay_gives_zero_findings(overlay, tmp_path):
+    cluster, _, _, _ = overlay
+    for host in cluster.hosts:
+        rc, out = doctor(host, write_conf(host, tmp_path), check=None)      # every diagnosis
+        assert rc == 0 and out["findings"] == [] and out["healthy"], out
+        assert "overlay-drift" in out["checks"]
+    # a network whose node is not in this namespace is none of its business
+    assert findings(cluster.hosts[1], write_conf(cluster.hosts[0], tmp_path)) == []
+
+
+def test_missing_fdb_arp_and_route_found_fixed_and_traffic_flows(overlay, tmp_path):
+    cluster, _, a, b = overlay
+    h0, h1 = cluster.hosts
+    conf = write_conf(h0, tmp_path)
+    peer = lease_of(cluster, "host1")
+    anchor = peer["subnet"].split("/")[0]
+    h0.run("bridge", "fdb", "del", peer["vtepMAC"], "dev", DEV, "dst", peer["publicIP"], "self")
+    h0.run("ip", "neigh", "del", anchor, "dev", DEV)
+    h0.run("ip", "route", "del", peer["subnet"], "dev", DEV)
+    assert not reaches(a.ns.path, b.ip, tries=1)
+    found = findings(h0, conf)
+    assert len(found) == 3, [f["what"] for f in found]
+    prefix = f"ip netns exec {h0.name} "
+    fdb = one(found, "FDB", peer["vtepMAC"], "missing")
+    arp = one(found, "ARP", anchor, "missing")
+    route = one(found, "route", peer["subnet"], "missing")
+    for f in (fdb, arp, route):
+        assert f["severity"] == "error" and f["where"] == f"netns {h0.name}"
+        assert "peer host1" in f["what"] and "vxtest" in f["what"] and "dropped" in f["why"]
+    assert fdb["fixes"][0]["command"] == (f"{prefix}bridge fdb append {peer['vtepMAC']} dev {DEV} "
+                                          f"dst {peer['publicIP']} self permanent")
+    assert arp["fixes"][0]["command"] == (f"{prefix}ip neigh replace {anchor} lladdr {peer['vtepMAC']} "
+                                          f"dev {DEV} nud permanent proto 118")
+    assert route["fixes"][0]["command"] == (f"{prefix}ip route replace {peer['subnet']} via {anchor} dev {DEV} "
+                                            "onlink proto 118")
+    for f in (arp, fdb, route):
+        apply(f["fixes"][0]["command"])
+    assert findings(h0, conf) == []
+    assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
+    h0.check()           # the plugin's own view agrees: the entries are its own again (protocol 118)
+
+
+def test_wrong_fdb_destination_found_and_replaced(overlay, tmp_path):
+    cluster, _, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    peer = lease_of(cluster, "host1")
+    h0.run("bridge", "fdb", "replace", peer["vtepMAC"], "dev", DEV, "dst", "198.18.0.77", "self", "permanent")
+    assert not reaches(a.ns.path, b.ip, tries=1)
+    [f] = findings(h0, conf)
+    assert f"FDB {peer['vtepMAC']} dst {peer['publicIP']} on {DEV} is dst 198.18.0.77" in f["what"]
+    assert f["fixes"][0]["command"].endswith(f"bridge fdb replace {peer['vtepMAC']} dev {DEV} "
+                                             f"dst {peer['publicIP']} self permanent")
+    apply(f["fixes"][0]["command"])
+    assert findings(h0, conf) == []
+    assert reaches(a.ns.path, b.ip)
+
+
+def test_entries_of_a_vanished_peer_are_stale(netns, tmp_path):
+    """host2 dies and its lease is removed from the registry (an operator, or the TTL): host0 still holds
+    its route, ARP and FDB entries, each reported with its removal."""
+    from plugins.main.vxlan.lease import release
+    from plugins.main.vxlan.overlay import _registry
+    cluster = Cluster(netns, tmp_path, segments=[0, 0, 0])
+    cluster.ensure_all()
+    cluster.ensure_all()
+    h0, h2 = cluster.hosts[0], cluster.hosts[2]
+    conf = write_conf(h0, tmp_path)
+    assert findings(h0, conf) == []
+    gone = lease_of(cluster, "host2")
+    release(_registry(h2.cfg()), h2.cfg())
+    found = findings(h0, conf)
+    assert sorted(f["severity"] for f in found) == ["warning"] * 3, [f["what"] for f in found]
+    route = one(found, "stale route", gone["subnet"])
+    arp = one(found, "stale ARP", gone["subnet"].split("/")[0])
+    fdb = one(found, "stale FDB", gone["vtepMAC"], gone["publicIP"])
+    assert all("no node holds a lease" in f["what"] or "no lease has" in f["what"] for f in found)
+    assert route["fixes"][0]["command"] == f"ip netns exec {h0.name} ip route del {gone['subnet']} dev {DEV} proto 118"
+    for f in (route, fdb, arp):           # the plugin's order of removal: route, FDB, ARP
+        apply(f["fixes"][0]["command"])
+    assert findings(h0, conf) == []
+    h0.check()
+
+
+def test_wrong_mtu_and_learning_on_found_and_fixed(overlay, tmp_path):
+    cluster, _, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    h0.run("ip", "link", "set", "dev", DEV, "mtu", "1400")
+    h0.run("ip", "link", "set", "dev", DEV, "type", "vxlan", "learning")
+    found = findings(h0, conf)
+    assert len(found) == 2, [f["what"] for f in found]
+    mtu = one(found, "MTU 1400", "want 1450", "eth0 1500 - 50")
+    learning = one(found, "learning on")
+    assert mtu["fixes"][0]["command"] == f"ip netns exec {h0.name} ip link set dev {DEV} mtu 1450"
+    assert learning["fixes"][0]["command"] == f"ip netns exec {h0.name} ip link set dev {DEV} type vxlan nolearning"
+    for f in (mtu, learning):
+        apply(f["fixes"][0]["command"])
+    assert findings(h0, conf) == []
+    assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
+    h0.check()
+
+
+def test_killed_agent_is_found_and_its_restart_clears_it(overlay, tmp_path):
+    """vxlan-agent on host0 (file registry) is killed; its state goes stale (the heartbeat is moved
+    back past lease.STALE_AFTER heartbeats instead of waiting for it): reported with the restart;
+    the agent run again as the fix says: gone."""
+    from libcni_py import records
+    from plugins.main.vxlan import lease
+    cluster, _, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    agent = h0.start_agent()
+    try:
+        agent.wait_ready()
+        assert findings(h0, conf) == []
+        agent.stop(signal.SIGKILL)
+        path = lease.agent_path(h0.conf["stateDir"])
+        doc = records.read(path)
+        doc["heartbeat"] = time.time() - (lease.STALE_AFTER + 2) * doc["interval"]
+        records.write(path, doc)
+        [f] = findings(h0, conf)
+        assert f["severity"] == "warning" and "vxlan-agent stopped" in f["what"] and "is stale" in f["what"]
+        assert f["fixes"][0]["command"] == "systemctl restart vxlan-agent"
+        assert f["fixes"][1]["command"] == f"ip netns exec {h0.name} vxlan-agent --conf CONFLIST"
+        agent = h0.start_agent()            # the second fix, CONFLIST the network's file
+        agent.wait_ready()
+        assert findings(h0, conf) == []
+        assert reaches(a.ns.path, b.ip)
+    finally:
+        agent.kill()
+
+
+def test_vxlan_check_fails_with_the_finding_and_passes_when_fixed(overlay):
+    cluster, pods, a, _ = overlay
+    h0 = cluster.hosts[0]
+    pods.check(a)                                   # healthy: CHECK passes
+    peer = lease_of(cluster, "host1")
+    h0.run("bridge", "fdb", "del", peer["vtepMAC"], "dev", DEV, "dst", peer["publicIP"], "self")
+    with pytest.raises(CNIError) as e:
+        pods.check(a)
+    assert e.value.code == 110, e.value
+    text = f"{e.value.msg} {e.value.details}"
+    assert f"FDB {peer['vtepMAC']} dst {peer['publicIP']} on {DEV} missing" in text
+    assert f"bridge fdb append {peer['vtepMAC']} dev {DEV} dst {peer['publicIP']} self permanent" in text
+    apply(f"ip netns exec {h0.name} bridge fdb append {peer['vtepMAC']} dev {DEV} dst {peer['publicIP']} "
+          "self permanent")
+    pods.check(a)
