@@ -17,6 +17,7 @@ ENTRYPOINTS = {
     "pycni-passthrough": "plugins.meta.passthrough.cmd",
     "pycnitool": "libcni_py.__main__",
     "pycni-doctor": "plugins.doctor.main",
+    "pycni-node": "plugins.node.daemon",
 }
 
 
@@ -40,7 +41,7 @@ def main() -> None:
         _host_env_for_children()
     name = os.path.basename(sys.argv[0])
     if name in ENTRYPOINTS:
-        dispatch(name)
+        run(name)
     elif sys.argv[1:] == ["--list"]:
         print("\n".join(available()))
     elif sys.argv[1:] == ["--self-check"]:
@@ -64,6 +65,33 @@ def _host_env_for_children() -> None:
         env["LD_LIBRARY_PATH"] = orig
     for key in [k for k in env if k.startswith("_PYI_")]:
         del env[key]
+
+
+def run(name: str) -> None:
+    """Plugin `name`'s exec: first the thin client (plugins/node/client.py), which hands a plain
+    CNI call of a plugin pycni-node serves to the daemon and exits with its answer; else
+    (no daemon, another version, a refusal, any other executable) the module in-process."""
+    from plugins.node.client import delegate
+    delegate(name)
+    dispatch(name)
+
+
+# The console scripts of the plugins pycni-node serves (pyproject.toml): the hook runs before the
+# plugin's module is imported.
+def vxlan() -> None:
+    run("vxlan")
+
+
+def dp_steering() -> None:
+    run("dp-steering")
+
+
+def edgemesh() -> None:
+    run("edgemesh")
+
+
+def passthrough() -> None:
+    run("pycni-passthrough")
 
 
 def dispatch(name: str) -> None:

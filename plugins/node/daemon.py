@@ -1,0 +1,527 @@
+"""pycni-node: one process per node that serves the per-pod CNI verbs of our plugins.
+
+    pycni-node [--conf FILE ...] [--socket /run/pycni/node.sock] [--no-vxlan-agent]
+
+The exec'd plugins (plugins/node/client.py) hand it their request over a root-only unix socket
+(mode 0600; SO_PEERCRED uid 0 checked per connection) with their network namespace as an fd.
+The daemon imports the plugins once; every connection gets a worker forked from that pristine
+state, which setns()es into the client's network namespace, takes its environment, argv, cwd,
+umask and stderr, and runs the plugin's skel.run with the same cmd_* code, module globals as a
+fresh exec would see them, and the same flocks. Workers run in parallel; a worker's stdout (a
+memfd on fd 1, so the plugin's children write there too) goes back whole with the exit status.
+
+The main process stays single-threaded (it only accepts, forks and reaps), so forking is safe.
+Services run as its supervised children (restarted after a pause when they exit):
+- the vxlan agent (plugins/main/vxlan/agent.py) for every conf given with --conf holding a
+  vxlan plugin (--no-vxlan-agent: the node runs vxlan-agent.service instead; never both);
+- the dp-steering fail-open watcher (plugins/meta/dp_steering/failopen.py) for confs holding
+  dp-steering, when this build carries it.
+SIGTERM/SIGINT: the socket goes (new execs run in-process), requests in flight finish, services
+get SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from . import protocol as P
+
+log = logging.getLogger("pycni-node")
+
+# What a worker would otherwise import per request: each plugin's exec path and its ADD path
+# (tests/unit/test_vxlan_edgemesh_imports.py lists the same modules).
+PLUGIN_MODULES = {
+    "vxlan": "plugins.main.vxlan.cmd",
+    "dp-steering": "plugins.meta.dp_steering.cmd",
+    "edgemesh": "plugins.meta.edgemesh.cmd",
+    "pycni-passthrough": "plugins.meta.passthrough.cmd",
+}
+PRELOAD = (
+    "libcni_py.skel", "libcni_py.types", "libcni_py.invoke", "libcni_py.records", "libcni_py.netns",
+    "plugins.main.vxlan.lease", "plugins.main.vxlan.device", "plugins.main.vxlan.peers",
+    "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq", "plugins.main.vxlan.config",
+    "plugins.main.vxlan.overlay", "plugins.main.vxlan.pod", "plugins.main.vxlan.ipam",
+    "plugins.meta.edgemesh.listen", "plugins.meta.edgemesh.conflict", "plugins.meta.edgemesh.backends",
+    "plugins.meta.edgemesh.backend_iptables", "plugins.meta.edgemesh.backend_nft",
+    "plugins.meta.dp_steering.state", "plugins.meta.dp_steering.steering",
+    "plugins.meta.dp_steering.datapath_ebpf", "plugins.meta.dp_steering.datapath_pedit",
+    "plugins.meta.dp_steering.dpctl",
+    "plugins.pkg.tc", "plugins.pkg.link", "plugins.pkg.rtnl", "plugins.pkg.lock", "plugins.pkg.ns",
+    "plugins.pkg.iptables", "plugins.pkg.nft", "plugins.pkg.schema",
+    "ipaddress", "json", "subprocess", "fcntl", "ctypes",
+)
+REQUEST_TIMEOUT = 60.0     # the request and stdin after OK (the client sends them at once)
+RESTART_PAUSE = 2.0        # a service that exited is started again after this
+MAX_WORKERS = 256
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+class StartError(Exception):
+    """The daemon cannot start (bad --conf, socket in use, unsafe socket directory)."""
+
+
+class Service:
+    """A supervised child: `run` is called in a forked child and returns its exit status."""
+
+    def __init__(self, name: str, run):
+        self.name, self.run = name, run
+        self.pid = 0
+        self.next_start = 0.0
+
+
+class Daemon:
+    def __init__(self, path: str, services: list[Service] | None = None, max_workers: int = MAX_WORKERS):
+        self.path, self.services, self.max_workers = path, list(services or []), max_workers
+        self.workers: set[int] = set()
+        self.stopping = False
+        self.listener: socket.socket | None = None
+        self.identity = P.identity().encode()
+        st = os.stat("/proc/self/ns/mnt")
+        self.mntns = (st.st_dev, st.st_ino)
+        self.plugins: dict[bytes, object] = {}
+
+    # ---- start-up -------------------------------------------------------------------
+    def preload(self) -> None:
+        """Import the plugins and their per-request modules once; a worker forked later finds
+        them loaded, as pristine as a fresh exec (the main process never runs plugin code)."""
+        from importlib import import_module
+        for name, module in PLUGIN_MODULES.items():
+            try:
+                self.plugins[name.encode()] = import_module(module).PLUGIN
+            except ImportError as e:
+                log.warning("plugin %s is not part of this build (%s): its execs run in-process", name, e)
+        for module in PRELOAD:
+            try:
+                import_module(module)
+            except ImportError:
+                pass
+        import gc
+        gc.collect()
+        gc.freeze()              # workers' collections leave the preloaded heap (and its pages) alone
+
+    def bind(self) -> None:
+        path = self.path
+        d = os.path.dirname(path) or "."
+        if len(os.fsencode(path)) + 16 > 107:
+            raise StartError(f"socket path {path!r} is too long for a unix socket")
+        if not os.path.isdir(d):
+            os.makedirs(d, mode=0o700)
+        st = os.stat(d)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StartError(f"socket directory {d} must be owned by uid {os.geteuid()} and writable by "
+                             f"no one else (it is uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})")
+        if os.path.lexists(path):
+            import stat
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise StartError(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(1.0)
+                probe.connect(path)
+                raise StartError(f"another pycni-node is listening on {path}")
+            except OSError as e:
+                if isinstance(e, StartError) or e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise StartError(f"{path}: {e}") from None
+            finally:
+                probe.close()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            lst.bind(tmp)
+        finally:
+            os.umask(old)
+        os.chmod(tmp, 0o600)
+        lst.listen(128)
+        os.rename(tmp, path)     # atomic: a client never finds a socket that does not listen yet
+        self.inode = os.stat(path).st_ino
+        lst.settimeout(0.5)
+        self.listener = lst
+
+    # ---- the main loop ----------------------------------------------------------------
+    def serve(self) -> int:
+        assert self.listener is not None
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log.info("listening on %s (%s), %d plugins loaded", self.path, self.identity.decode(), len(self.plugins))
+        while not self.stopping:
+            self._housekeeping()
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept: %s", e)
+                    time.sleep(0.1)
+                    continue
+                raise
+            self._reap()
+            if len(self.workers) >= self.max_workers:
+                conn.close()             # before OK: the client runs in-process
+                continue
+            try:
+                pid = os.fork()
+            except OSError as e:
+                log.error("fork: %s", e)
+                conn.close()
+                continue
+            if pid == 0:
+                self._worker(conn)       # never returns
+            self.workers.add(pid)
+            conn.close()
+        return self._shutdown()
+
+    def _stop(self, *_):
+        self.stopping = True
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.workers:
+                self.workers.discard(pid)
+                if os.WIFSIGNALED(status):
+                    log.warning("worker %d killed by signal %d: its client answered code 11", pid,
+                                os.WTERMSIG(status))
+                continue
+            for svc in self.services:
+                if svc.pid == pid:
+                    svc.pid = 0
+                    svc.next_start = time.monotonic() + RESTART_PAUSE
+                    if not self.stopping:
+                        log.warning("service %s exited (status %d); starting it again in %.0f s", svc.name,
+                                    os.waitstatus_to_exitcode(status), RESTART_PAUSE)
+
+    def _housekeeping(self) -> None:
+        self._reap()
+        now = time.monotonic()
+        for svc in self.services:
+            if svc.pid == 0 and now >= svc.next_start and not self.stopping:
+                self._start(svc)
+
+    def _start(self, svc: Service) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._child_reset()
+                code = svc.run()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001 - a service's crash is logged and it is restarted
+                log.exception("service %s failed", svc.name)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        svc.pid = pid
+        log.info("service %s started (pid %d)", svc.name, pid)
+
+    def _shutdown(self) -> int:
+        """The socket goes first (new execs run in-process), then requests in flight finish."""
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        if self.listener is not None:
+            self.listener.close()
+        for svc in self.services:
+            if svc.pid:
+                _kill(svc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (self.workers or any(s.pid for s in self.services)) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for pid in [*self.workers, *(s.pid for s in self.services if s.pid)]:
+            _kill(pid, signal.SIGKILL)
+        log.info("stopped")
+        return 0
+
+    def _child_reset(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if self.listener is not None:
+            self.listener.close()
+
+    # ---- a worker: one request ----------------------------------------------------------
+    def _worker(self, conn: socket.socket) -> None:
+        global _LOG_FD
+        code = 0
+        try:
+            _LOG_FD = os.dup(2)          # the daemon's log; fd 2 becomes the client's stderr
+            self._child_reset()
+            self._serve_one(conn)
+        except BaseException as e:  # noqa: BLE001 - the client answers 11 on a reply that never came
+            _log_fd(f"pycni-node: worker: {type(e).__name__}: {e}\n")
+            code = 1
+        finally:
+            os._exit(code)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        conn.settimeout(P.HELLO_TIMEOUT)
+        fds: list[int] = []
+        try:
+            uid = P.peer_uid(conn)
+            if uid != 0:
+                _refuse(conn, f"peer uid {uid} is not root")
+                return
+            data, anc, flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * P.N_FDS))
+            fds = P.unpack_fds(anc)
+            if flags & socket.MSG_CTRUNC or len(fds) != P.N_FDS:
+                _refuse(conn, f"hello with {len(fds)} file descriptors")
+                return
+            if len(data) < 4:
+                data += P.recv_exact(conn, 4 - len(data))
+            n = int.from_bytes(data[:4], "big")
+            hello = data[4:] + (P.recv_exact(conn, 4 + n - len(data)) if len(data) < 4 + n else b"")
+            why, plugin = self._check_hello(hello, fds)
+            if why:
+                _refuse(conn, why)
+                return
+            from plugins.pkg.ns import _setns
+            try:
+                _setns(fds[0])          # the namespace the runtime called the plugin in
+            except OSError as e:
+                _refuse(conn, f"setns into the client's network namespace: {e}")
+                return
+            P.send_all(conn, P.frame(b"OK"))
+            conn.settimeout(REQUEST_TIMEOUT)
+            request = P.recv_frame(conn)
+            stdin = P.recv_frame(conn)
+            argv, env, umask, encodings = P.unpack_request(request)
+            os.fchdir(fds[2])
+            stderr_fd = fds[3]
+            conn.settimeout(None)
+        except (OSError, P.ProtocolError) as e:
+            _log_fd(f"pycni-node: request refused or cut short: {e}\n")
+            for fd in fds:
+                _close(fd)
+            return
+        for fd in fds[:3]:
+            _close(fd)
+        status, out = self._run(plugin, argv, env, umask, encodings, stdin, stderr_fd)
+        P.send_all(conn, P.frame(status.to_bytes(4, "big", signed=True) + out))
+
+    def _check_hello(self, hello: bytes, fds: list[int]) -> tuple[str, object]:
+        if not hello.startswith(P.MAGIC) or hello.count(b"\0") < 2:
+            return "not a pycni-node hello", None
+        ident, _, name = hello[len(P.MAGIC):].partition(b"\0")
+        if ident != self.identity:
+            return f"version {ident.decode(errors='replace')!r} is not this daemon's {self.identity.decode()!r}", None
+        plugin = self.plugins.get(name)
+        if plugin is None:
+            return f"plugin {name.decode(errors='replace')!r} is not served here", None
+        st = os.fstat(fds[1])
+        if (st.st_dev, st.st_ino) != self.mntns:
+            return "the client is in another mount namespace", None
+        return "", plugin
+
+    def _run(self, plugin, argv, env, umask, encodings, stdin: bytes, stderr_fd: int) -> tuple[int, bytes]:
+        """The plugin as its exec would run it: skel.run + what skel.plugin_main does after it."""
+        os.umask(umask)
+        os.environ.clear()
+        for k, v in env.items():
+            os.environb[k] = v
+        sys.argv = [os.fsdecode(a) for a in argv]
+        out_fd = os.memfd_create("pycni-node-stdout", os.MFD_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(stderr_fd, 2)
+        for fd in (null, stderr_fd):
+            os.close(fd)
+        sys.stdin = None                             # skel reads the request's stdin, given below
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding=encodings[0], errors=encodings[1])
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=encodings[2], errors=encodings[3],
+                                      line_buffering=True)
+        _fresh_logging()
+        from libcni_py import skel
+        try:
+            code = skel.run(plugin, os.environ, io.BytesIO(stdin), sys.stdout, sys.stderr)
+        except SystemExit as e:                      # what the interpreter would make of it
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                sys.stderr.write(f"{e.code}\n")
+        except BaseException:  # noqa: BLE001 - an exec would print the traceback and exit 1
+            import traceback
+            traceback.print_exc()
+            code = 1
+        if "logging" in sys.modules:
+            sys.modules["logging"].shutdown()        # flush and close a logFile
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            code = code or 1
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        size = os.fstat(out_fd).st_size
+        out = os.pread(out_fd, size, 0) if size else b""
+        return code, out
+
+
+def _fresh_logging() -> None:
+    """Logging as a fresh exec finds it: not imported. skel and plugins.pkg.log decide on
+    `"logging" in sys.modules` (set-up deferred to the first record, a plain "pycni: error" line
+    on stderr otherwise); with the daemon's logging module gone from sys.modules they decide as in
+    an exec, and a plugin that logs imports a fresh one. The plugins' exec paths hold no reference
+    to logging (tests/unit/test_vxlan_edgemesh_imports.py)."""
+    for name in [m for m in sys.modules if m == "logging" or m.startswith("logging.")]:
+        del sys.modules[name]
+    from libcni_py import skel
+    skel._deferred_log_stderr = None
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    _log_fd(f"pycni-node: refused a request: {why}\n")
+    try:
+        P.send_all(conn, P.frame(b"NO\0" + why.encode(errors="replace")))
+    except OSError:
+        pass
+
+
+_LOG_FD = 2
+
+
+def _log_fd(line: str) -> None:
+    try:
+        os.write(_LOG_FD, line.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# ---- services from --conf -----------------------------------------------------------------
+def conf_plugins(path: str) -> list[dict]:
+    """The plugin configs of a .conf or .conflist (each with the list's name and cniVersion)."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise StartError(f"--conf {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise StartError(f"--conf {path}: not a JSON object")
+    if "plugins" in doc:
+        plugins = doc.get("plugins")
+        if not isinstance(plugins, list):
+            raise StartError(f"--conf {path}: plugins is not a list")
+        return [{**p, "name": doc.get("name"), "cniVersion": doc.get("cniVersion")} for p in plugins
+                if isinstance(p, dict)]
+    return [doc]
+
+
+def services_for(confs: list[str], vxlan_agent: bool = True) -> list[Service]:
+    out: list[Service] = []
+    dp_state_dirs: list[str] = []
+    for path in confs:
+        plugins = conf_plugins(path)
+        if vxlan_agent and any(p.get("type") == "vxlan" for p in plugins):
+            out.append(Service(f"vxlan-agent[{path}]", _vxlan_agent(path)))
+        for p in plugins:
+            if p.get("type") == "dp-steering":
+                d = _dp_state_dir(path, p)
+                if d not in dp_state_dirs:
+                    dp_state_dirs.append(d)
+    if dp_state_dirs and _have("plugins.meta.dp_steering.failopen"):
+        out.append(Service("dp-failopen", _dp_watcher(dp_state_dirs)))
+    return out
+
+
+def _have(module: str) -> bool:
+    from importlib.util import find_spec
+    try:
+        return find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def _vxlan_agent(path: str):
+    def run() -> int:
+        from plugins.main.vxlan.agent import main as agent_main
+        return agent_main(["--conf", path, "--log-level", logging.getLevelName(log.getEffectiveLevel()).lower()])
+    return run
+
+
+def _dp_state_dir(path: str, plugin: dict) -> str:
+    from libcni_py.errors import CNIError
+    from plugins.meta.dp_steering import config as dp_config
+    try:
+        return dp_config.load(plugin, "DEL").state_dir
+    except CNIError as e:
+        raise StartError(f"--conf {path}: dp-steering: {e.msg} {e.details or ''}".strip()) from None
+
+
+def _dp_watcher(state_dirs: list[str]):
+    """dp-steering's fail-open watcher (plugins/meta/dp_steering/failopen.py) over these stateDirs:
+    failOpen pods go to tap within a second of their dp's death and back inline when it returns."""
+    def run() -> int:
+        from plugins.meta.dp_steering import failopen
+        argv = [a for d in state_dirs for a in ("--state-dir", d)]
+        if log.getEffectiveLevel() <= logging.INFO:
+            argv.append("-v")
+        return failopen.main(argv)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pycni-node", description=__doc__.splitlines()[0])
+    ap.add_argument("--conf", action="append", default=[], metavar="FILE",
+                    help="a .conf/.conflist this node's plugins use (repeatable): runs its vxlan agent "
+                         "and dp fail-open watcher")
+    ap.add_argument("--socket", default=None, help=f"unix socket (default ${P.SOCKET_ENV} or {P.DEFAULT_SOCKET})")
+    ap.add_argument("--no-vxlan-agent", action="store_true",
+                    help="do not run the vxlan agent for vxlan confs (vxlan-agent.service runs it)")
+    ap.add_argument("--max-workers", type=int, default=MAX_WORKERS, help="requests served at once (more: in-process)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = ap.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s pycni-node %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(args.log_level.upper())
+    log.propagate = False
+    if os.geteuid() != 0:
+        log.error("pycni-node must run as root (it serves root-only plugin execs)")
+        return EXIT_FAILED
+    path = args.socket or os.environ.get(P.SOCKET_ENV) or P.DEFAULT_SOCKET
+    try:
+        services = services_for(args.conf, vxlan_agent=not args.no_vxlan_agent)
+        daemon = Daemon(os.path.abspath(path), services, max(1, args.max_workers))
+        daemon.preload()
+        daemon.bind()
+    except (StartError, OSError) as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    return daemon.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
