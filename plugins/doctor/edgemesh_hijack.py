@@ -12,11 +12,11 @@ import os
 import shlex
 import shutil
 import socket
-from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
 from .nfqueue import save_tools
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
 if TYPE_CHECKING:
     from .runner import Context
 
@@ -135,7 +135,8 @@ def dnats(ctx: Context) -> list[tuple[str, str, str, str, int]]:
     return _read(ctx)[1]
 
 
-def check(ctx: Context) -> list[Finding]:
+def check(ctx: Context, listening=listening) -> list[Finding]:
+    """`listening`: how the namespace's listeners are read (edgemesh CHECK: incheck.listening_proc)."""
     findings: list[Finding] = []
     saves, found = _read(ctx)
     socks: dict[str, set[tuple[str, int]]] = {}

@@ -2,12 +2,11 @@
 relies on. The table is edgemesh's (plugins/meta/edgemesh/kernel.py): one source of truth."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from plugins.meta.edgemesh import kernel as edgemesh_kernel
 
 from .finding import Finding, Fix
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
 if TYPE_CHECKING:
     from .runner import Context
 

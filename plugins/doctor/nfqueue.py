@@ -8,10 +8,10 @@ import json
 import re
 import shlex
 import shutil
-from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
 if TYPE_CHECKING:
     from .runner import Context
 

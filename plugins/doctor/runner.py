@@ -11,10 +11,11 @@ import subprocess
 import time
 from typing import Any
 
-from . import edgemesh_hijack, kernel, marks, nfqueue, policy_routing, sysctl
+from . import edgemesh_hijack, kernel, marks, nfqueue, policy_routing, steering, sysctl
 from .finding import Finding, Namespace, finding_from_dict
 
-CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack]      # the order they run and report in
+# the order they run and report in
+CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack, steering]
 NAMES = [c.NAME for c in CHECKS]
 # The checks of our plugins' state, by the plugin type whose configs they read (ctx.confs, from
 # --conf or the runtime's config dir): with no config of that type they are skipped, not run.
