@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 
 from .errors import BAD_ARGUMENTS, BAD_CONF, CHECK_FAILED, NETNS_UNUSABLE, NOT_ROOT, UNKNOWN_CHECK
 from .finding import Finding
@@ -52,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
                    help=f"the runtime's CNI config dir to read when no --conf is given (default {CONF_DIR}): "
                    "its .conf, .conflist and .json files in libcni's order, read-only")
     p.add_argument("--list-checks", action="store_true", help="print the diagnoses' names and exit")
+    p.add_argument("--parallel", metavar="N", type=int, default=0,
+                   help="namespaces checked at once (default 4; each child mostly waits for its tools)")
+    p.add_argument("--profile", action="store_true",
+                   help="where the time went: each namespace's enter, checks and tool runs (in the JSON as "
+                   "`profile`, else a summary on stderr)")
     p.add_argument("--conn", metavar="ADDR:PORT",
                    help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
                    "(IPv4), in every namespace (the conn-owner check; exit 0 found, 1 none); `mesh`: the "
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from .runner import NAMES, run
+    from .runner import NAMES, PARALLEL, run
     args = parser().parse_args(argv)
     if args.list_checks:
         if args.json:
@@ -97,7 +103,11 @@ def _main(argv: list[str]) -> int:
         names = [args.check]
     if os.geteuid() != 0:
         raise Failed(NOT_ROOT, NOT_ROOT.meaning)
+    if not 0 <= args.parallel <= 64:
+        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--parallel: 1 to 64 namespaces at once")
+    started = time.monotonic()
     namespaces = _namespaces(args)
+    discovered = time.monotonic()
     conf_errors: list[dict] = []
     if args.conf:
         if args.conf_dir is not None:
@@ -112,17 +122,24 @@ def _main(argv: list[str]) -> int:
         confs, sources = [], []
     skipped = {name: why for name in names if (why := skip_reason(name, confs, args)) is not None}
     names = [n for n in names if n not in skipped]
-    findings, errors, visited = run(namespaces, names, args.kernel_release, confs)
+    timing: list[dict] | None = [] if args.profile else None
+    findings, errors, visited = run(namespaces, names, args.kernel_release, confs, args.parallel, timing)
     for err in errors:
         err["code"] = int(CHECK_FAILED)
     errors = conf_errors + errors
+    report: dict = {"healthy": not findings and not errors, "checks": names,
+                    "namespaces": [{"where": n.label, "netns": n.path} for n in visited],
+                    "confs": sources, "skipped": [{"check": n, "why": w} for n, w in skipped.items()],
+                    "findings": [f.to_dict() for f in findings], "errors": errors}
+    if timing is not None:
+        report["profile"] = {"total_s": time.monotonic() - started, "discover_s": discovered - started,
+                             "parallel": args.parallel or PARALLEL, "namespaces": timing}
     if args.json:
-        where = [{"where": n.label, "netns": n.path} for n in visited]
-        print(json.dumps({"healthy": not findings and not errors, "checks": names, "namespaces": where,
-                          "confs": sources, "skipped": [{"check": n, "why": w} for n, w in skipped.items()],
-                          "findings": [f.to_dict() for f in findings], "errors": errors}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         print(table(findings, errors, names, visited, skipped))
+        if timing is not None:
+            sys.stderr.write(profile_summary(report["profile"]) + "\n")
     if findings:
         return 1
     return 2 if errors else 0
@@ -279,6 +296,24 @@ def _conn(args) -> int:
     if found:
         return 0
     return 2 if errors else 1
+
+
+def profile_summary(profile: dict) -> str:
+    """--profile without --json: totals of what the namespaces' children spent their time on."""
+    per_ns = [t for t in profile["namespaces"] if "wall_s" in t]
+    tools: dict[str, float] = {}
+    checks: dict[str, float] = {}
+    for t in profile["namespaces"]:
+        for k, v in t.get("tools_s", {}).items():
+            tools[k] = tools.get(k, 0.0) + v
+        for k, v in t.get("checks_s", {}).items():
+            checks[k] = checks.get(k, 0.0) + v
+    lines = [f"profile: {profile['total_s']:.2f} s in all, {len(per_ns)} namespace(s) "
+             f"{profile['parallel']} at a time, discovery {profile['discover_s'] * 1000:.0f} ms; "
+             f"summed over the children: enter {sum(t['enter_s'] for t in per_ns) * 1000:.0f} ms"]
+    lines += [f"  tool {k}: {v * 1000:.0f} ms" for k, v in sorted(tools.items(), key=lambda kv: -kv[1])]
+    lines += [f"  check {k}: {v * 1000:.0f} ms" for k, v in sorted(checks.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
 
 
 def table(findings: list[Finding], errors: list[dict], names: list[str], visited: list,

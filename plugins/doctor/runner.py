@@ -11,11 +11,11 @@ import subprocess
 import time
 from typing import Any
 
-from . import edgemesh_hijack, kernel, marks, nfqueue, policy_routing, steering, sysctl
+from . import edgemesh_hijack, kernel, marks, nfqueue, overlay, policy_routing, steering, sysctl
 from .finding import Finding, Namespace, finding_from_dict
 
 # the order they run and report in
-CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack, steering]
+CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack, overlay, steering]
 NAMES = [c.NAME for c in CHECKS]
 # The checks of our plugins' state, by the plugin type whose configs they read (ctx.confs, from
 # --conf or the runtime's config dir): with no config of that type they are skipped, not run.
@@ -24,6 +24,7 @@ CONF_CHECKS = {"overlay-drift": "vxlan", "steering-integrity": "dp-steering"}
 RUN_DIR = "/run/netns"
 TOOL_TIMEOUT = 20.0
 NS_TIMEOUT = 60.0
+LEGACY_TABLE_NAMES = {"iptables-legacy-save": "ip_tables_names", "ip6tables-legacy-save": "ip6_tables_names"}
 PARALLEL = 4            # namespaces checked at once (each child mostly waits for iptables-save, nft)
 
 
@@ -85,17 +86,63 @@ class Context:
         self.errors: list[str] = []
         self._ipr: Any = None
         self._ran: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
+        self.tool_s: dict[str, float] = {}      # seconds spent in each tool (argv[0]), for --profile
 
     def run(self, argv: list[str]) -> subprocess.CompletedProcess:
         """The tool's answer; the same argv is run once per namespace (the diagnoses share
         iptables-save and nft listings: read-only, one look)."""
         key = tuple(argv)
         if key not in self._ran:
+            known = self._known(argv)
+            if known is not None:
+                self._ran[key] = known
+                return known
+            start = time.monotonic()
             try:
                 self._ran[key] = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self._ran[key] = subprocess.CompletedProcess(argv, 124, "", f"timed out after {TOOL_TIMEOUT:.0f} s")
+            tool = os.path.basename(argv[0])
+            self.tool_s[tool] = self.tool_s.get(tool, 0.0) + time.monotonic() - start
         return self._ran[key]
+
+    def _known(self, argv: list[str]) -> subprocess.CompletedProcess | None:
+        """The answer of a tool run we need not fork for (each fork costs a namespace ~5-8 ms):
+        a legacy iptables-save where the namespace has no legacy table (it prints the tables
+        /proc/net/ip{,6}_tables_names lists: nothing), and `nft -j list table F T` once the whole
+        ruleset was listed (that table's objects from it, or nft's own "No such file" answer)."""
+        tool = os.path.basename(argv[0])
+        if len(argv) == 1 and tool in LEGACY_TABLE_NAMES:
+            try:
+                with open(f"/proc/thread-self/net/{LEGACY_TABLE_NAMES[tool]}") as f:
+                    names = f.read()
+            except FileNotFoundError:           # the x_tables module is not even loaded: no table anywhere
+                names = ""
+            except OSError:
+                return None
+            return subprocess.CompletedProcess(argv, 0, "", "") if not names.strip() else None
+        ruleset = self._ran.get(("nft", "-j", "list", "ruleset"))
+        if tool == "nft" and argv[1:4] == ["-j", "list", "table"] and len(argv) == 6 and ruleset is not None \
+                and ruleset.returncode == 0:
+            family, table = argv[4], argv[5]
+            try:
+                items = json.loads(ruleset.stdout or "{}").get("nftables", [])
+            except ValueError:
+                return None
+            kept, found = [], False
+            for item in items:
+                kind, obj = next(iter(item.items())) if isinstance(item, dict) and item else ("", {})
+                if kind == "metainfo":
+                    kept.append(item)
+                elif kind == "table" and obj.get("family") == family and obj.get("name") == table:
+                    kept.append(item)
+                    found = True
+                elif isinstance(obj, dict) and obj.get("family") == family and obj.get("table") == table:
+                    kept.append(item)
+            if not found:
+                return subprocess.CompletedProcess(argv, 1, "", "Error: No such file or directory\n")
+            return subprocess.CompletedProcess(argv, 0, json.dumps({"nftables": kept}), "")
+        return None
 
     def ipr(self) -> Any:
         if self._ipr is None:
@@ -111,15 +158,20 @@ class Context:
             self._ipr.close()
 
 
-def run_checks(ctx: Context, checks: list) -> tuple[list[dict], list[dict]]:
+def run_checks(ctx: Context, checks: list, check_s: dict[str, float] | None = None
+               ) -> tuple[list[dict], list[dict]]:
+    """Each check's findings and errors in `ctx`; `check_s` gets the seconds each took."""
     findings: list[dict] = []
     errors: list[dict] = []
     for c in checks:
         ctx.errors = []
+        start = time.monotonic()
         try:
             findings += [f.to_dict() for f in c.check(ctx)]
         except Exception as e:  # noqa: BLE001 - one diagnosis failing must not stop the others
             ctx.errors.append(f"{type(e).__name__}: {e}")
+        if check_s is not None:
+            check_s[c.NAME] = time.monotonic() - start
         errors += [{"check": c.NAME, "where": ctx.ns.label, "netns": ctx.ns.path, "details": t} for t in ctx.errors]
     return findings, errors
 
@@ -138,13 +190,18 @@ def _start(ns: Namespace, checks: list, confs: list[dict]) -> tuple[int, int]:
     if pid == 0:                                    # child
         code = 0
         try:
+            start = time.monotonic()
             os.close(r)
             fd = open_netns(ns.path)
             _setns(fd)
+            entered = time.monotonic()
             ctx = Context(ns, confs=confs)
-            out = run_checks(ctx, checks)
+            check_s: dict[str, float] = {}
+            out = run_checks(ctx, checks, check_s)
             ctx.close()
-            data = json.dumps({"findings": out[0], "errors": out[1]}).encode()
+            timing = {"enter_s": entered - start, "checks_s": check_s, "tools_s": ctx.tool_s,
+                      "child_s": time.monotonic() - start}
+            data = json.dumps({"findings": out[0], "errors": out[1], "timing": timing}).encode()
         except BaseException as e:  # noqa: BLE001
             data = json.dumps({"findings": [], "errors": [{"check": "*", "where": ns.label, "netns": ns.path,
                                                            "details": f"{type(e).__name__}: {e}"}]}).encode()
@@ -158,16 +215,18 @@ def _start(ns: Namespace, checks: list, confs: list[dict]) -> tuple[int, int]:
     return pid, r
 
 
-def _in_namespaces(namespaces: list[Namespace], checks: list, confs: list[dict]
-                   ) -> list[tuple[list[dict], list[dict]]]:
-    """Each namespace's (findings, errors), in the order given; PARALLEL children at a time, each
-    killed after NS_TIMEOUT."""
+def _in_namespaces(namespaces: list[Namespace], checks: list, confs: list[dict], parallel: int = 0,
+                   timing: list[dict] | None = None) -> list[tuple[list[dict], list[dict]]]:
+    """Each namespace's (findings, errors), in the order given; `parallel` (default PARALLEL)
+    children at a time, each killed after NS_TIMEOUT. `timing` gets each namespace's times."""
     answers: list[tuple[list[dict], list[dict]]] = [([], [])] * len(namespaces)
     running: dict[int, tuple[int, int, float, list[bytes]]] = {}     # read fd -> (index, pid, deadline, chunks)
+    started: dict[int, float] = {}
     todo = list(enumerate(namespaces))
     while todo or running:
-        while todo and len(running) < PARALLEL:
+        while todo and len(running) < (parallel or PARALLEL):
             i, ns = todo.pop(0)
+            started[i] = time.monotonic()
             pid, r = _start(ns, checks, confs)
             running[r] = (i, pid, time.monotonic() + NS_TIMEOUT, [])
         wait = max(0.0, min(d for _, _, d, _ in running.values()) - time.monotonic())
@@ -183,6 +242,9 @@ def _in_namespaces(namespaces: list[Namespace], checks: list, confs: list[dict]
                 os.waitpid(pid, 0)
                 answer = json.loads(b"".join(chunks) or b'{"findings": [], "errors": []}')
                 answers[i] = (answer["findings"], answer["errors"])
+                if timing is not None and "timing" in answer:
+                    timing.append({"where": namespaces[i].label, "wall_s": time.monotonic() - started[i],
+                                   **answer["timing"]})
             elif now >= deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -202,9 +264,11 @@ def _vanished(ns: Namespace, errors: list[dict]) -> bool:
 
 
 def run(namespaces: list[Namespace], names: list[str], kernel_release: str | None = None,
-        confs: list[dict] | None = None) -> tuple[list[Finding], list[dict], list[Namespace]]:
+        confs: list[dict] | None = None, parallel: int = 0, timing: list[dict] | None = None
+        ) -> tuple[list[Finding], list[dict], list[Namespace]]:
     """All findings (check order, then namespace order), the errors, and the namespaces visited.
-    `confs`: our plugins' configs (--conf), handed to every diagnosis as ctx.confs."""
+    `confs`: our plugins' configs (--conf), handed to every diagnosis as ctx.confs. `parallel`:
+    namespaces checked at once (0: PARALLEL). `timing`: gets each namespace's times (--profile)."""
     confs = confs or []
     checks = [c for c in CHECKS if c.NAME in names]
     per_ns = [c for c in checks if c.PER_NAMESPACE]
@@ -214,14 +278,20 @@ def run(namespaces: list[Namespace], names: list[str], kernel_release: str | Non
     visited: list[Namespace] = []
     if per_ns:
         from pyroute2 import IPRoute  # noqa: F401 - loaded once here, not in every forked child (~100 ms)
-    for ns, (f, e) in zip(namespaces, _in_namespaces(namespaces, per_ns, confs) if per_ns else []):
+    answers = _in_namespaces(namespaces, per_ns, confs, parallel, timing) if per_ns else []
+    for ns, (f, e) in zip(namespaces, answers):
         if _vanished(ns, e):
             continue
         visited.append(ns)
         found += f
         errors += e
     if node:
-        f, e = run_checks(Context(Namespace("/proc/self/ns/net", own=True), kernel_release, confs), node)
+        check_s: dict[str, float] = {}
+        ctx = Context(Namespace("/proc/self/ns/net", own=True), kernel_release, confs)
+        f, e = run_checks(ctx, node, check_s)
+        ctx.close()
+        if timing is not None:
+            timing.append({"where": "node", "checks_s": check_s, "tools_s": ctx.tool_s})
         found += f
         errors += e
     order = {n: i for i, n in enumerate(NAMES)}
