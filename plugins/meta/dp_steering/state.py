@@ -35,7 +35,7 @@ class Pod:
     __slots__ = ("container_id", "ifname", "network", "netns", "enforcer", "vex", "vin", "vbr", "vth",
                  "datapath", "mode", "mode_by_hand", "installed", "mac", "ucmac", "vex_index", "vin_index",
                  "vex_pref", "vin_pref", "fail_open", "dp_socket", "dp_wait_ms", "name",
-                 "phase", "steps", "adder", "snap")
+                 "phase", "steps", "adder", "snap", "dp_lost_since")
 
     def __init__(self, container_id: str, ifname: str, network: str, netns: str, enforcer: str,
                  vex: str, vin: str, vbr: str, vth: str, datapath: str, mode: str,
@@ -43,7 +43,7 @@ class Pod:
                  vex_index: int = 0, vin_index: int = 0, vex_pref: int = 0, vin_pref: int = 0,
                  fail_open: bool = False, dp_socket: str = "", dp_wait_ms: int = 500, name: str = "",
                  phase: str = "done", steps: list | None = None, adder: list | None = None,
-                 snap: dict | None = None):
+                 snap: dict | None = None, dp_lost_since: float = 0.0):
         self.container_id, self.ifname, self.network = container_id, ifname, network
         self.netns, self.enforcer = netns, enforcer
         self.vex, self.vin, self.vbr, self.vth = vex, vin, vbr, vth
@@ -62,10 +62,36 @@ class Pod:
         self.steps = list(steps) if steps is not None else (list(STEPS) if installed != "off" else [])
         self.adder = list(adder or [])    # [pid, start time] of the ADD writing the journal
         self.snap = snap                  # the pod interface as pull found it (triad.snapshot_record)
+        # when the fail-open watcher (failopen.py) saw the pod's dp go (time.time(); 0: it did not, or
+        # the dp is back): a failOpen pod runs in tap since then, another one is blackholed
+        self.dp_lost_since = dp_lost_since
 
     def dead_journal(self) -> bool:
         """A journal whose ADD process is gone (its pid is dead, a zombie, or another process)."""
         return self.phase == "adding" and not alive(self.adder)
+
+    def dp_gone(self) -> str:
+        """What a missing dp does to the pod now: "failed-open" (failOpen, wants inline, runs in tap:
+        since ADD found no dp, or since the fail-open watcher saw the dp go), "fail-closed" (inline,
+        and the watcher saw its dp go), or ""."""
+        if self.mode == "inline" and self.installed == "tap" and self.fail_open:
+            return "failed-open"
+        if self.installed == "inline" and self.dp_lost_since:
+            return "fail-closed"
+        return ""
+
+    def since(self) -> str:
+        return (f"since {stamp(self.dp_lost_since)} (the dp went away)" if self.dp_lost_since
+                else "since its ADD (no dp then)")
+
+    def runtime(self) -> str:
+        """dp_gone() in words ("": nothing to say)."""
+        gone = self.dp_gone()
+        if gone == "failed-open":
+            return f"failed open {self.since()}: its traffic bypasses the dp (tap) until a dp reads {self.vth}"
+        if gone == "fail-closed":
+            return f"fail closed {self.since()}: its unicast traffic is dropped until a dp reads {self.vth}"
+        return ""
 
     @property
     def key(self) -> str:
@@ -214,6 +240,12 @@ def all_shared(state_dir: str) -> list[tuple[str, str, list[str]]]:
         if isinstance(data.get("enforcer"), str) and isinstance(data.get("vbr"), str):
             out.append((data["enforcer"], data["vbr"], keys))
     return out
+
+
+def stamp(t: float) -> str:
+    """A time.time() as UTC ISO 8601 (seconds)."""
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def proc_start(pid: int) -> str | None:
