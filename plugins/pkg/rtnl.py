@@ -300,6 +300,8 @@ def _parse_link(p) -> Link:
                     continue
                 if name == "local":
                     vx[name] = _ip4(raw)
+                elif name == "local6":
+                    vx[name] = _ip(raw)
                 elif name == "port":
                     vx[name] = struct.unpack("!H", raw)[0]
                 elif name == "learning":
@@ -387,3 +389,61 @@ def link_set_msg(index: int, up: bool | None = None, mtu: int | None = None,
 
 def link_del_msg(index: int) -> tuple[int, int, bytes]:
     return RTM_DELLINK, 0, _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+
+
+# -- IPv6 routes and IPv6-underlay vxlan devices ----------------------------------
+IFLA_VXLAN_LOCAL6 = 17
+IFLA_VXLAN[IFLA_VXLAN_LOCAL6] = "local6"      # Link.vxlan["local6"]: an IPv6Address
+
+
+def routes6(rt: Rtnl, table: int = RT_TABLE_MAIN) -> list[Route]:
+    """The IPv6 unicast routes of `table` (Rtnl.routes is IPv4); Route.dst an IPv6Network."""
+    out = []
+    for _, p in rt.dump(RTM_GETROUTE, _RTM.pack(socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)):
+        fam, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
+        if fam != socket.AF_INET6:
+            continue
+        a = nla_parse(p, _RTM.size, len(p))
+        tbl = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else tbl
+        if tbl != table or rtype != RTN_UNICAST:
+            continue
+        dst = ipaddress.IPv6Network((a.get(RTA_DST, b"\0" * 16), dlen))
+        gw = a.get(RTA_GATEWAY)
+        out.append(Route(dst, ipaddress.IPv6Address(gw) if gw and len(gw) == 16 else None,
+                         _u32(a.get(RTA_OIF)), proto, _u32(a.get(RTA_PRIORITY)), flags, tbl))
+    return out
+
+
+def route6_msg(op: str, dst: ipaddress.IPv6Network, gateway, oif: int, protocol: int,
+               onlink: bool = False) -> tuple[int, int, bytes]:
+    """route_msg for IPv6: op 'add' (fails if present), 'replace' or 'del'; a main-table unicast
+    route (the kernel gives it metric 1024, `ip -6 route`'s default; del matches any metric)."""
+    body = _RTM.pack(socket.AF_INET6, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
+                     RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
+    body += nla(RTA_DST, dst.network_address.packed)
+    if gateway is not None:
+        body += nla(RTA_GATEWAY, _packed(gateway))
+    body += nla(RTA_OIF, struct.pack("=I", oif))
+    if op == "del":
+        return RTM_DELROUTE, 0, body
+    return RTM_NEWROUTE, F_CREATE | (F_REPLACE if op == "replace" else F_EXCL), body
+
+
+def route_any_msg(op: str, dst, gateway, oif: int, protocol: int, onlink: bool = False) -> tuple[int, int, bytes]:
+    """route_msg or route6_msg, by the family of `dst`."""
+    if dst.version == 6:
+        return route6_msg(op, dst, gateway, oif, protocol, onlink)
+    return route_msg(op, dst, gateway, oif, protocol, onlink)
+
+
+def vxlan6_link_msg(name: str, vni: int, port: int, underlay: int, local6, mac: str,
+                    mtu: int) -> tuple[int, int, bytes]:
+    """vxlan_link_msg over an IPv6 underlay: source address IFLA_VXLAN_LOCAL6, learning off."""
+    data = (nla(1, struct.pack("=I", vni)) + nla(3, struct.pack("=I", underlay))
+            + nla(IFLA_VXLAN_LOCAL6, _packed(local6)) + nla(7, b"\0")
+            + nla(15, struct.pack("!H", port)))
+    info = nla(IFLA_INFO_KIND, b"vxlan") + nla(IFLA_INFO_DATA, data)
+    body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nla(IFLA_IFNAME, name.encode() + b"\0")
+            + nla(IFLA_MTU, struct.pack("=I", mtu)) + nla(IFLA_ADDRESS, mac_bytes(mac))
+            + nla(IFLA_LINKINFO, info))
+    return RTM_NEWLINK, F_CREATE | F_EXCL, body

@@ -115,6 +115,8 @@ class Agent:
                "network": applied.network.to_json() if applied.network is not None else None,
                "revision": info.revision, "registry": "up" if self.registry_up else "down",
                "device": {"name": info.device, "index": applied.dev_index, "mtu": info.mtu}}
+        if info.device6:
+            doc["device6"] = {"name": info.device6, "index": applied.dev6_index, "mtu": info.mtu6}
         with self._state_lock:
             if self._written_peers != info.revision:
                 lease.write_agent_peers(self.cfg.state_dir, info.revision, applied.leases)

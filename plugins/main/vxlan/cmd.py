@@ -32,7 +32,8 @@ log = get_logger("pycni.vxlan")
 # The keys each verb's work reads (pkg/schema: outside ADD, any other key with a value the schema
 # refuses is dropped instead of failing the command). DEL and GC need only where the state is.
 _NODE_KEYS = ("network", "subnetLen", "vni", "port", "registry", "publicIP", "iface", "directRouting",
-              "stateDir", "nodeName", "deviceName")
+              "stateDir", "nodeName", "deviceName", "ipv6Network", "ipv6SubnetLen", "publicIPv6", "ipv6Iface",
+              "ipv6DeviceName")
 CLEANUP = {
     "DEL": ("stateDir",),
     "GC": ("stateDir",),
@@ -129,6 +130,7 @@ def cmd_check(args: CmdArgs) -> None:
         raise CNIError(INVALID_CONFIG, "CHECK: required prevResult missing")
     run_as_own_ipam("CHECK")
     n = config.load(args.conf, "CHECK")
+    _diagnose(n)
     node = overlay.check_node(n)
     net = _pod_net(n, node)
     veth = host_veth(cid, ifname)
@@ -145,6 +147,29 @@ def cmd_check(args: CmdArgs) -> None:
             src = ip.address.split("/")[0] + "/32"
             if src not in installed:
                 raise CNIError(POD_DRIFT, f"CHECK: ipMasq rule for {src} missing in nat POSTROUTING")
+
+
+def _diagnose(n: NetConf) -> None:
+    """pycni-doctor's policy-route-steals-replies, overlay-drift and rp-filter-forwarding for this
+    network, in this (the host's) namespace; imported here only, so no other verb loads the doctor
+    or pyroute2. The first finding of severity error is CHECK's error, with its why and fix: the
+    overlay's device 109, peer entries 110, lease 111, registry 100, a dead agent (etcd) 11; a policy
+    route or sysctl dropping traffic of this network's bridge or device 116. Warnings are logged."""
+    from libcni_py.errors import TRY_AGAIN_LATER
+    from plugins.doctor import incheck, overlay as drift, policy_routing, sysctl
+    found, failed = incheck.run_here([policy_routing, drift, sysctl], [n.raw])
+    for text in failed:
+        log.warning("CHECK: pycni-doctor could not finish %s", text)
+    codes = {"device": errors.DEVICE_DRIFT, "peer": errors.PEER_DRIFT, "lease": errors.LEASE_LOST,
+             "registry": errors.REGISTRY_UNREADABLE, "agent": TRY_AGAIN_LATER}
+    ours = incheck.naming(n.bridge, n.device_name)
+    for kind, f in found:
+        if f.check != drift.NAME and not ours(f):
+            continue                    # another network's bridge or device
+        if f.severity != "error":
+            log.warning("CHECK: %s (pycni-doctor %s): %s", f.what, f.check, f.why)
+            continue
+        raise CNIError(codes.get(kind, POD_DRIFT), *incheck.text(f))
 
 
 def cmd_del(args: CmdArgs) -> None:

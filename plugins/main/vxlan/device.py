@@ -17,6 +17,13 @@ network's vxlan device, an unmarked vxlan device of someone else) is never delet
 changed: 107 naming it. Our device that differs in VNI, port, learning, underlay device
 or source address is deleted and created again, as flannel does; MTU (underlay - 50),
 MAC, up state and the address (subnet network address /32) are corrected in place.
+
+IPv6 (`ipv6Network`): a second device `vxlan-v6.<vni>` (or `ipv6DeviceName`, as flannel's
+flannel-v6.<vni>) over the IPv6 underlay: `ipv6Iface`; else the device holding `publicIPv6`;
+else the device of the IPv6 default route; else the IPv4 underlay's device. Its source address
+is `publicIPv6` when local to it, else its first global IPv6 address. Same VNI, port, VTEP MAC
+and mark as the IPv4 device; MTU underlay - 70 (IPv6 outer header); address the IPv6 subnet's
+network address /128 (nodad). The same adoption and recreation rules apply.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 ENCAP_OVERHEAD = 50
+ENCAP_OVERHEAD6 = 70          # outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+IFA_F_NODAD, IFA_F_DADFAILED = 0x02, 0x08
 IFLA_IFALIAS = 20
 MARK_PREFIX = "pycni-vxlan "
 
@@ -41,15 +50,18 @@ class Underlay:
     """Where VXLAN packets leave: the link, its MTU, source address, on-link subnets (directRouting)."""
     __slots__ = ("index", "name", "mtu", "local", "public_ip", "networks")
 
-    def __init__(self, index: int, name: str, mtu: int, local: ipaddress.IPv4Address,
-                 public_ip: ipaddress.IPv4Address, networks: tuple[ipaddress.IPv4Network, ...]):
+    def __init__(self, index: int, name: str, mtu: int, local, public_ip, networks: tuple):
         self.index, self.name, self.mtu = index, name, mtu
         self.local = local              # source address of the VXLAN packets
         self.public_ip = public_ip      # what peers send to
         self.networks = networks
 
-    def on_link(self, ip: ipaddress.IPv4Address) -> bool:
-        return any(ip in net for net in self.networks)
+    def on_link(self, ip) -> bool:
+        return ip is not None and any(ip.version == net.version and ip in net for net in self.networks)
+
+    @property
+    def version(self) -> int:
+        return self.local.version
 
 
 def find_underlay(rt: nl.Rtnl, cfg) -> Underlay:
@@ -78,24 +90,75 @@ def _default_route_oif(rt: nl.Rtnl) -> int | None:
     return min(defaults, key=lambda r: r.priority).oif if defaults else None
 
 
+def _global6(addrs) -> list:
+    """The IPv6 addresses VXLAN can leave from: not link-local, loopback or failed DAD."""
+    return [a for a in addrs if a.address.version == 6 and not a.address.ip.is_link_local
+            and not a.address.ip.is_loopback and not a.flags & IFA_F_DADFAILED]
+
+
+def find_underlay6(rt: nl.Rtnl, cfg, v4: Underlay | None = None) -> Underlay:
+    """The IPv6 underlay (see the module docstring); CNIError(106) when there is none."""
+    addrs = _global6(rt.addrs(None, socket.AF_INET6))
+    if cfg.iface6:
+        link = rt.link(cfg.iface6)
+        if link is None:
+            raise CNIError(NO_UNDERLAY, f"IPv6 underlay ipv6Iface {cfg.iface6!r} not found")
+    else:
+        index = next((a.index for a in addrs if cfg.public_ip6 is not None and a.address.ip == cfg.public_ip6),
+                     None)
+        if index is None:
+            defaults = [r for r in nl.routes6(rt) if r.dst.prefixlen == 0 and r.oif]
+            index = min(defaults, key=lambda r: r.priority).oif if defaults else None
+        if index is None and v4 is not None:
+            index = v4.index
+        link = next((lk for lk in rt.links() if lk.index == index), None) if index is not None else None
+        if link is None:
+            raise CNIError(NO_UNDERLAY, "no IPv6 underlay: no IPv6 default route, no ipv6Iface and no IPv4 "
+                           "underlay with an IPv6 address", "set `ipv6Iface` (or `publicIPv6` to a local address)")
+    mine = [a.address for a in addrs if a.index == link.index]
+    if not mine:
+        raise CNIError(NO_UNDERLAY, f"IPv6 underlay {link.name} has no global IPv6 address",
+                       "give it one, or set `ipv6Iface` to the device that has one")
+    local = next((a.ip for a in mine if a.ip == cfg.public_ip6), mine[0].ip)
+    return Underlay(link.index, link.name, link.mtu, local, cfg.public_ip6 or local,
+                    tuple(a.network for a in mine))
+
+
 class Want:
     """The device as it should be."""
     __slots__ = ("name", "vni", "port", "underlay", "mac", "address", "mark")
 
     def __init__(self, name: str, vni: int, port: int, underlay: Underlay, mac: str,
-                 address: ipaddress.IPv4Interface, mark: str = ""):
+                 address, mark: str = ""):
         self.name, self.vni, self.port = name, vni, port
         self.underlay, self.mac, self.address = underlay, mac, address
         self.mark = mark                # the alias our device carries
 
     @property
     def mtu(self) -> int:
-        return self.underlay.mtu - ENCAP_OVERHEAD
+        return self.underlay.mtu - (ENCAP_OVERHEAD6 if self.underlay.version == 6 else ENCAP_OVERHEAD)
+
+    @property
+    def family(self) -> int:
+        """The family of the device's own address (the overlay family it carries)."""
+        return socket.AF_INET6 if self.address.version == 6 else socket.AF_INET
 
 
 def want(cfg, lease, underlay: Underlay) -> Want:
     return Want(cfg.device_name, cfg.vni, cfg.port, underlay, lease.vtep_mac,
                 ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"), mark(cfg.name))
+
+
+def want6(cfg, lease, underlay6: Underlay) -> Want:
+    """The IPv6 device: the same VNI, port, VTEP MAC and mark over the IPv6 underlay."""
+    return Want(cfg.device6_name, cfg.vni, cfg.port, underlay6, lease.vtep_mac,
+                ipaddress.IPv6Interface(f"{lease.subnet6.network_address}/128"), mark(cfg.name))
+
+
+def _addrs(rt: nl.Rtnl, index: int, w: Want) -> set:
+    """The device's addresses of its family (IPv6: link-local ones aside, the kernel's own)."""
+    return {a.address for a in rt.addrs(index, w.family)
+            if not (a.address.version == 6 and a.address.ip.is_link_local)}
 
 
 def mark(network_name: str) -> str:
@@ -162,7 +225,8 @@ def identity_drift(link: nl.Link, w: Want) -> list[str]:
     if link.kind != "vxlan":
         return [f"kind {link.kind or 'unknown'!r}, want 'vxlan'"]
     have = link.vxlan
-    wanted = {"id": w.vni, "port": w.port, "learning": 0, "link": w.underlay.index, "local": w.underlay.local}
+    local = "local6" if w.underlay.version == 6 else "local"
+    wanted = {"id": w.vni, "port": w.port, "learning": 0, "link": w.underlay.index, local: w.underlay.local}
     return [f"{key} {have.get(key)}, want {value}" for key, value in wanted.items() if have.get(key) != value]
 
 
@@ -181,7 +245,7 @@ def drift(rt: nl.Rtnl, w: Want) -> list[str]:
         out.append(f"mac {link.mac}, want {w.mac}")
     if not link.up:
         out.append("down, want up")
-    addrs = {a.address for a in rt.addrs(link.index)}
+    addrs = _addrs(rt, link.index, w)
     if w.address not in addrs:
         out.append(f"address {w.address} missing")
     out.extend(f"unexpected address {a}" for a in sorted(addrs - {w.address}))
@@ -197,8 +261,8 @@ def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
         _apply(rt, [nl.link_del_msg(link.index)], f"delete {w.name} ({'; '.join(identity_drift(link, w))})")
         link = None
     if link is None:
-        kind, flags, body = nl.vxlan_link_msg(w.name, w.vni, w.port, w.underlay.index, w.underlay.local,
-                                              w.mac, w.mtu)
+        make = nl.vxlan6_link_msg if w.underlay.version == 6 else nl.vxlan_link_msg
+        kind, flags, body = make(w.name, w.vni, w.port, w.underlay.index, w.underlay.local, w.mac, w.mtu)
         # The alias rides along (a kernel that honours it at creation marks in one request); the
         # VTEP MAC set here is what identifies the device should we be killed before the mark.
         _apply(rt, [(kind, flags, body + nl.nla(IFLA_IFALIAS, w.mark.encode()))], f"create {w.name}")
@@ -206,10 +270,10 @@ def ensure(rt: nl.Rtnl, w: Want) -> nl.Link:
         _apply(rt, [_mark_msg(link.index, w.mark)], f"mark {w.name}")
     if link.mtu != w.mtu or link.mac != w.mac or not link.up:
         _apply(rt, [nl.link_set_msg(link.index, up=True, mtu=w.mtu, mac=w.mac)], f"set {w.name} up")
-    addrs = {a.address for a in rt.addrs(link.index)}
+    addrs = _addrs(rt, link.index, w)
     msgs = [nl.addr_msg(False, link.index, a) for a in addrs - {w.address}]
     if w.address not in addrs:
-        msgs.append(nl.addr_msg(True, link.index, w.address))
+        msgs.append(nl.addr_msg(True, link.index, w.address, flags=IFA_F_NODAD if w.address.version == 6 else 0))
     if msgs:
         _apply(rt, msgs, f"set address {w.address} on {w.name}")
     return _present(rt, w.name)

@@ -9,12 +9,17 @@
 
 Everything runs in the network namespace current at the call, under a flock of
 `<stateDir>/node.lock`, with one raw rtnetlink socket (no pyroute2 import).
+
+Each family the config has (`network`, `ipv6Network`) has its device (vxlan.<vni>,
+vxlan-v6.<vni>) and its per-peer trio, programmed by the same steps in the same order;
+the lease carries both halves and is taken in one registry update.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
 import os
+import socket
 
 from libcni_py.errors import CNIError, PLUGIN_NOT_AVAILABLE
 from plugins.pkg.lock import locked
@@ -36,18 +41,30 @@ __all__ = ["DEFAULT_STATE_ROOT", "NetConf", "NodeInfo", "node_config"]
 
 
 class NodeInfo:
-    """The node as a reconcile left it."""
+    """The node as a reconcile left it. The IPv4 fields are None on an IPv6-only node, the IPv6
+    ones (subnet6, gateway6, device6, mtu6, public_ip6, network6) on an IPv4-only one; `mtu` is
+    what pods get: the smaller of the devices' MTUs."""
     __slots__ = ("subnet", "gateway", "device", "mtu", "vtep_mac", "public_ip", "network", "node_name",
-                 "changes", "revision")
+                 "changes", "revision", "subnet6", "gateway6", "device6", "mtu6", "public_ip6", "network6")
 
-    def __init__(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address, device: str, mtu: int,
-                 vtep_mac: str, public_ip: ipaddress.IPv4Address, network: ipaddress.IPv4Network,
-                 node_name: str = "", changes: int = 0, revision: int = 0):
+    def __init__(self, subnet: ipaddress.IPv4Network | None, gateway: ipaddress.IPv4Address | None,
+                 device: str | None, mtu: int, vtep_mac: str, public_ip: ipaddress.IPv4Address | None,
+                 network: ipaddress.IPv4Network | None, node_name: str = "", changes: int = 0,
+                 revision: int = 0, subnet6: ipaddress.IPv6Network | None = None,
+                 gateway6: ipaddress.IPv6Address | None = None, device6: str | None = None, mtu6: int = 0,
+                 public_ip6: ipaddress.IPv6Address | None = None, network6: ipaddress.IPv6Network | None = None):
         self.subnet, self.gateway = subnet, gateway      # gateway: first address of the subnet (the bridge's)
         self.device, self.mtu, self.vtep_mac, self.public_ip = device, mtu, vtep_mac, public_ip
         self.network, self.node_name = network, node_name
         self.changes = changes                           # peer entries added/removed by this call
         self.revision = revision                         # registry revision the peers were reconciled to
+        self.subnet6, self.gateway6, self.device6, self.mtu6 = subnet6, gateway6, device6, mtu6
+        self.public_ip6, self.network6 = public_ip6, network6
+
+    def with_changes(self, changes: int, revision: int) -> NodeInfo:
+        return NodeInfo(self.subnet, self.gateway, self.device, self.mtu, self.vtep_mac, self.public_ip,
+                        self.network, self.node_name, changes, revision, self.subnet6, self.gateway6,
+                        self.device6, self.mtu6, self.public_ip6, self.network6)
 
 
 def node_config(conf: dict, command: str = "ADD", cni_args: str = "") -> NetConf:
@@ -111,27 +128,35 @@ def _from_agent(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None) -> 
     doc = _live_agent(cfg)
     mine = lease.agent_lease(doc)
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
-        link = rt.link(cfg.device_name)
-        if link is None or link.kind != "vxlan" or not link.up or link.mac != mine.vtep_mac:
-            what = "missing" if link is None else f"{link.kind or 'not vxlan'}, {'up' if link.up else 'down'}, " \
-                f"MAC {link.mac}"
-            raise CNIError(TRY_AGAIN_LATER, f"vxlan: device {cfg.device_name} is not as vxlan-agent makes it "
-                           f"({what}; the lease says MAC {mine.vtep_mac})",
-                           "vxlan-agent repairs it on its next resync; if it keeps failing, see its log")
+        found = {}
+        for name in _device_names(cfg):
+            link = rt.link(name)
+            if link is None or link.kind != "vxlan" or not link.up or link.mac != mine.vtep_mac:
+                what = "missing" if link is None else \
+                    f"{link.kind or 'not vxlan'}, {'up' if link.up else 'down'}, MAC {link.mac}"
+                raise CNIError(TRY_AGAIN_LATER, f"vxlan: device {name} is not as vxlan-agent makes it "
+                               f"({what}; the lease says MAC {mine.vtep_mac})",
+                               "vxlan-agent repairs it on its next resync; if it keeps failing, see its log")
+            found[name] = link
+        _lease_families(cfg, mine)
         _vet_bridge(rt, cfg)
-        repair_bridge(rt, cfg, mine.subnet)
-        info = _info(cfg, mine, link, 0, int(doc.get("revision", 0)))
+        repair_bridge(rt, cfg, mine.subnet, mine.subnet6)
+        info = _info(cfg, mine, found.get(cfg.device_name), 0, int(doc.get("revision", 0)),
+                     found.get(cfg.device6_name))
         if hold is not None:
             hold(rt, info)
     return info
 
 
 class Applied:
-    """What a node last programmed: lets the agent apply a registry change as a delta."""
-    __slots__ = ("info", "lease", "underlay", "dev_index", "peers", "leases", "network")
+    """What a node last programmed: lets the agent apply a registry change as a delta (the IPv6
+    device's underlay, index and peers beside the IPv4 ones; None/0/() for a family not configured)."""
+    __slots__ = ("info", "lease", "underlay", "dev_index", "peers", "leases", "network",
+                 "underlay6", "dev6_index", "peers6")
 
     def __init__(self, info: NodeInfo, lease, underlay, dev_index: int, peers: tuple,
-                 leases: dict | None = None, network=None):
+                 leases: dict | None = None, network=None, underlay6=None, dev6_index: int = 0,
+                 peers6: tuple = ()):
         self.info = info
         self.leases = leases if leases is not None else {}     # registry.Lease by node, as applied
         self.network = network            # the registry's NetworkRecord
@@ -139,6 +164,35 @@ class Applied:
         self.underlay = underlay          # device.Underlay
         self.dev_index = dev_index
         self.peers = peers                # peers.Peer, as programmed
+        self.underlay6, self.dev6_index, self.peers6 = underlay6, dev6_index, peers6
+
+
+class _Stats:
+    """peers.Stats of both families, summed."""
+
+    def __init__(self, *stats):
+        self.added = sum(s.added for s in stats)
+        self.deleted = sum(s.deleted for s in stats)
+
+    @property
+    def changes(self) -> int:
+        return self.added + self.deleted
+
+
+def _device_names(cfg: NetConf) -> list[str]:
+    return ([cfg.device_name] if cfg.network is not None else []) + \
+        ([cfg.device6_name] if cfg.network6 is not None else [])
+
+
+def _lease_families(cfg: NetConf, mine) -> None:
+    """CNIError(111) when this node's lease lacks a family its config has (an agent or a registry
+    document of another config, or one a pre-IPv6 node rewrote): the next acquire fixes it."""
+    pairs = (("network", cfg.network, mine.subnet), ("ipv6Network", cfg.network6, mine.subnet6))
+    missing = [key for key, net, sub in pairs if net is not None and sub is None]
+    if missing:
+        raise CNIError(LEASE_LOST, f"node {cfg.node_name}'s lease has no subnet of {' and '.join(missing)}",
+                       "the agent (or the next ADD) takes one; if it stays, check that every node's "
+                       "config has the same network keys")
 
 
 def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = None,
@@ -152,22 +206,42 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
     from . import device, lease, peers
     reg = _registry(cfg) if reg is None else reg
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
-        underlay = device.find_underlay(rt, cfg)
-        have = device.vet(rt, cfg.device_name, device.mark(cfg.name), cfg.vni, cfg.port, underlay,
-                          lambda: lease.expected_mac(reg, cfg))
+        v4, v6 = cfg.network is not None, cfg.network6 is not None
+        underlay = device.find_underlay(rt, cfg) if v4 else None
+        underlay6 = device.find_underlay6(rt, cfg, underlay) if v6 else None
+        mark = device.mark(cfg.name)
+        have = device.vet(rt, cfg.device_name, mark, cfg.vni, cfg.port, underlay,
+                          lambda: lease.expected_mac(reg, cfg)) if v4 else None
+        have6 = device.vet(rt, cfg.device6_name, mark, cfg.vni, cfg.port, underlay6,
+                           lambda: lease.expected_mac(reg, cfg)) if v6 else None
         _vet_bridge(rt, cfg)
-        mine, snap = lease.acquire(reg, cfg, underlay.public_ip,
-                                   vet=lambda new: _bridge_problem(rt, cfg, new.subnet),
-                                   device_mac=have.mac if have is not None else "")
-        repair_bridge(rt, cfg, mine.subnet)       # before peers: an old gateway's route is in a peer's place
-        link = device.ensure(rt, device.want(cfg, mine, underlay))
-        wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
-        stats = peers.reconcile(rt, link.index, cfg.cluster, wanted)
-        info = _info(cfg, mine, link, stats.changes, snap.revision)
+        mac_now = next((d.mac for d in (have, have6) if d is not None), "")
+        mine, snap = lease.acquire(reg, cfg, underlay.public_ip if underlay is not None else None,
+                                   vet=lambda new: _bridge_problem(rt, cfg, new.subnet, new.subnet6),
+                                   device_mac=mac_now,
+                                   public_ip6=underlay6.public_ip if underlay6 is not None else None)
+        # before peers: an old gateway's route is in a peer's place
+        repair_bridge(rt, cfg, mine.subnet, mine.subnet6)
+        link = link6 = None
+        wanted: list = []
+        wanted6: list = []
+        stats = []
+        if underlay is not None:
+            link = device.ensure(rt, device.want(cfg, mine, underlay))
+            wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
+            stats.append(peers.reconcile(rt, link.index, cfg.cluster, wanted))
+        if underlay6 is not None:
+            link6 = device.ensure(rt, device.want6(cfg, mine, underlay6))
+            wanted6 = peers.desired(snap.leases.values(), cfg.node_name, link6.index, underlay6,
+                                    cfg.direct_routing, family=6)
+            stats.append(peers.reconcile(rt, link6.index, cfg.cluster6, wanted6))
+        total = _Stats(*stats)
+        info = _info(cfg, mine, link, total.changes, snap.revision, link6)
         if hold is not None:
             hold(rt, info)
-    _log_changes(cfg, stats, snap.revision)
-    return Applied(info, mine, underlay, link.index, tuple(wanted), dict(snap.leases), snap.network)
+    _log_changes(cfg, total, snap.revision)
+    return Applied(info, mine, underlay, link.index if link is not None else 0, tuple(wanted), dict(snap.leases),
+                   snap.network, underlay6, link6.index if link6 is not None else 0, tuple(wanted6))
 
 
 def _vet_bridge(rt: Rtnl, cfg: NetConf) -> None:
@@ -189,24 +263,31 @@ def follow_change(cfg: NetConf, applied: Applied, snap, reg: Registry | None = N
     mine = snap.leases.get(cfg.node_name)
     if mine is None or not mine.same_binding(applied.lease):
         return ensure_applied(cfg, reg=reg)
-    old = {p.node: p for p in applied.peers}
-    new = peers.desired(snap.leases.values(), cfg.node_name, applied.dev_index, applied.underlay,
-                        cfg.direct_routing)
-    changed = [p for p in new if old.get(p.node) != p]
-    touched = {p.node for p in changed} | (set(old) - {p.node for p in new})
+    plans: list = []    # (family, device index, network, underlay, peers as programmed)
+    if applied.underlay is not None:
+        plans.append((4, applied.dev_index, cfg.cluster, applied.underlay, applied.peers))
+    if applied.underlay6 is not None:
+        plans.append((6, applied.dev6_index, cfg.cluster6, applied.underlay6, applied.peers6))
+    news, stats = {}, []
     try:
         with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
-            stats = peers.reconcile(rt, applied.dev_index, cfg.cluster, changed,
-                                    peers.assumed([old[n] for n in touched if n in old]))
+            for family, index, network, underlay, programmed in plans:
+                old = {p.node: p for p in programmed}
+                new = peers.desired(snap.leases.values(), cfg.node_name, index, underlay, cfg.direct_routing,
+                                    family=family)
+                changed = [p for p in new if old.get(p.node) != p]
+                touched = {p.node for p in changed} | (set(old) - {p.node for p in new})
+                stats.append(peers.reconcile(rt, index, network, changed,
+                                             peers.assumed([old[n] for n in touched if n in old])))
+                news[family] = tuple(new)
     except CNIError as e:
         log.warning("delta apply failed (%s); doing a full reconcile", e)
         return ensure_applied(cfg, reg=reg)
-    _log_changes(cfg, stats, snap.revision)
-    old_info = applied.info
-    info = NodeInfo(old_info.subnet, old_info.gateway, old_info.device, old_info.mtu, old_info.vtep_mac,
-                    old_info.public_ip, old_info.network, old_info.node_name, stats.changes, snap.revision)
-    return Applied(info, applied.lease, applied.underlay, applied.dev_index, tuple(new), dict(snap.leases),
-                   snap.network)
+    total = _Stats(*stats)
+    _log_changes(cfg, total, snap.revision)
+    info = applied.info.with_changes(total.changes, snap.revision)
+    return Applied(info, applied.lease, applied.underlay, applied.dev_index, news.get(4, ()), dict(snap.leases),
+                   snap.network, applied.underlay6, applied.dev6_index, news.get(6, ()))
 
 
 def _log_changes(cfg: NetConf, stats, revision: int) -> None:
@@ -215,9 +296,16 @@ def _log_changes(cfg: NetConf, stats, revision: int) -> None:
                  cfg.node_name, stats.added, stats.deleted, revision)
 
 
-def _info(cfg: NetConf, mine, link, changes: int, revision: int) -> NodeInfo:
-    return NodeInfo(mine.subnet, mine.subnet.network_address + 1, link.name, link.mtu, mine.vtep_mac,
-                    mine.public_ip, cfg.cluster, cfg.node_name, changes, revision)
+def _info(cfg: NetConf, mine, link, changes: int, revision: int, link6=None) -> NodeInfo:
+    v4 = link is not None and mine.subnet is not None
+    v6 = link6 is not None and mine.subnet6 is not None
+    mtus = [lk.mtu for lk, on in ((link, v4), (link6, v6)) if on]
+    return NodeInfo(mine.subnet if v4 else None, mine.subnet.network_address + 1 if v4 else None,
+                    link.name if v4 else None, min(mtus) if mtus else 0, mine.vtep_mac,
+                    mine.public_ip if v4 else None, cfg.network if v4 else None, cfg.node_name, changes, revision,
+                    mine.subnet6 if v6 else None, mine.subnet6.network_address + 1 if v6 else None,
+                    link6.name if v6 else None, link6.mtu if v6 else 0, mine.public_ip6 if v6 else None,
+                    cfg.network6 if v6 else None)
 
 
 def check_node(cfg: NetConf) -> NodeInfo:
@@ -229,18 +317,29 @@ def check_node(cfg: NetConf) -> NodeInfo:
     if mine is None:
         raise CNIError(LEASE_LOST, f"node {cfg.node_name} holds no lease in the registry",
                        f"registry {cfg.registry_path}; ADD or the agent takes one")
+    _lease_families(cfg, mine)
+    links: dict = {}
+    problems: list = []
     with Rtnl() as rt:
-        underlay = device.find_underlay(rt, cfg)
-        want = device.want(cfg, mine, underlay)
-        problems = device.drift(rt, want)
-        if problems:
-            raise CNIError(DEVICE_DRIFT, problems[0], "; ".join(problems))
-        link = rt.link(cfg.device_name)
-        wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, underlay, cfg.direct_routing)
-        problems = peers.drift(wanted, peers.actual(rt, link.index, cfg.cluster, wanted), cfg.device_name)
+        underlay = device.find_underlay(rt, cfg) if cfg.network is not None else None
+        underlay6 = device.find_underlay6(rt, cfg, underlay) if cfg.network6 is not None else None
+        halves: list = []
+        if underlay is not None:
+            halves.append((4, device.want(cfg, mine, underlay), underlay, cfg.cluster))
+        if underlay6 is not None:
+            halves.append((6, device.want6(cfg, mine, underlay6), underlay6, cfg.cluster6))
+        for _, want, _, _ in halves:
+            found = device.drift(rt, want)
+            if found:
+                raise CNIError(DEVICE_DRIFT, found[0], "; ".join(found))
+        for family, want, under, network in halves:
+            link = links[family] = rt.link(want.name)
+            wanted = peers.desired(snap.leases.values(), cfg.node_name, link.index, under, cfg.direct_routing,
+                                   family=family)
+            problems += peers.drift(wanted, peers.actual(rt, link.index, network, wanted), want.name)
     if problems:
         raise CNIError(PEER_DRIFT, problems[0], "; ".join(problems))
-    return _info(cfg, mine, link, 0, snap.revision)
+    return _info(cfg, mine, links.get(4), 0, snap.revision, links.get(6))
 
 
 def registry_status(cfg: NetConf) -> None:
@@ -276,39 +375,58 @@ def node_status(cfg: NetConf) -> None:
                  "a new lease needs another subnet (117)", errors.SUBNET_IN_USE.fix)
         down(f"it holds no lease in registry {cfg.registry_path} (never joined, expired or left)",
              "start vxlan-agent on this node (or ADD a pod): it takes a lease")
-    if snap.network is not None and snap.network != network_record(cfg):
-        down(f"the registry's network {snap.network.network}/subnetLen {snap.network.subnet_len}/vni "
-             f"{snap.network.vni} differs from this config's", "same network, subnetLen and vni on every node")
+    if snap.network is not None and not snap.network.compatible(network_record(cfg)):
+        down(f"the registry's {snap.network.describe()} differs from this config's",
+             "same network, subnetLen, ipv6Network, ipv6SubnetLen and vni on every node")
+    try:
+        _lease_families(cfg, mine)
+    except CNIError as e:
+        down(e.msg, e.details or "")
     fresh, why = is_fresh(mine, cfg.registry_ttl)
     if not fresh:
         down(why, "start vxlan-agent on this node: it renews the lease every ttl/3")
     with Rtnl() as rt:
-        link = rt.link(cfg.device_name)
-        if link is None or link.kind != "vxlan":
-            down(f"device {cfg.device_name} missing" if link is None else
-                 f"{cfg.device_name} is a {link.kind or 'non-vxlan'} link", "ADD a pod or start vxlan-agent"
-                 if link is None else errors.DEVICE_FAILED.fix)
         from .device import alias, mark
-        if alias(rt, link) not in (mark(cfg.name), ""):
-            down(f"{cfg.device_name} is a vxlan device marked {alias(rt, link)!r}, not this network's",
-                 errors.DEVICE_FAILED.fix)
-        if not link.up or link.mac != mine.vtep_mac:
-            down(f"device {cfg.device_name} is {'up' if link.up else 'down'} with MAC {link.mac}, the lease "
-                 f"says {mine.vtep_mac}", "ADD a pod or start vxlan-agent: it repairs the device")
+        for name in _device_names(cfg):
+            link = rt.link(name)
+            if link is None or link.kind != "vxlan":
+                down(f"device {name} missing" if link is None else
+                     f"{name} is a {link.kind or 'non-vxlan'} link", "ADD a pod or start vxlan-agent"
+                     if link is None else errors.DEVICE_FAILED.fix)
+            if alias(rt, link) not in (mark(cfg.name), ""):
+                down(f"{name} is a vxlan device marked {alias(rt, link)!r}, not this network's",
+                     errors.DEVICE_FAILED.fix)
+            if not link.up or link.mac != mine.vtep_mac:
+                down(f"device {name} is {'up' if link.up else 'down'} with MAC {link.mac}, the lease "
+                     f"says {mine.vtep_mac}", "ADD a pod or start vxlan-agent: it repairs the device")
         try:
-            _bridge_problem(rt, cfg, mine.subnet)
+            _bridge_problem(rt, cfg, mine.subnet, mine.subnet6)
         except CNIError as e:
             down(e.msg, e.details or "")
 
 
 def pod_gateways(rt: Rtnl, cfg: NetConf):
-    """The bridge and the gateway addresses inside `network` it holds."""
+    """The bridge and the gateway addresses inside `network` and `ipv6Network` it holds."""
+    return _stale(rt, cfg, None, None, keep_unset=True)
+
+
+def _stale(rt: Rtnl, cfg: NetConf, subnet, subnet6, keep_unset: bool = False):
+    """(bridge, its addresses inside the cluster networks other than the gateways of `subnet` and
+    `subnet6`); with keep_unset every address inside them."""
     from . import pod
-    return pod.stale_gateways(rt, cfg.bridge, cfg.cluster, None)
+    br, out = rt.link(cfg.bridge), []
+    for net, sub in ((cfg.network, subnet), (cfg.network6, subnet6)):
+        if net is None or (sub is None and not keep_unset):
+            continue
+        br, found = pod.stale_gateways(rt, cfg.bridge, net, _gateway(sub) if sub is not None else None)
+        out += found
+    return br, out
 
 
-def _gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+def _gateway(subnet):
+    """The bridge's gateway address of a node subnet (IPv4 or IPv6): its first address."""
+    iface = ipaddress.IPv6Interface if subnet.version == 6 else ipaddress.IPv4Interface
+    return iface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
 
 
 def attached(rt: Rtnl, cfg: NetConf, bridge_index: int | None = None) -> list[str]:
@@ -324,33 +442,36 @@ def attached(rt: Rtnl, cfg: NetConf, bridge_index: int | None = None) -> list[st
     return out
 
 
-def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network) -> list:
+def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network | None,
+                    subnet6: ipaddress.IPv6Network | None = None) -> list:
     """The stale gateway addresses on the bridge (and the bridge) when no pod uses them;
     CNIError(117) when pods still do."""
-    from . import pod
-    br, stale = pod.stale_gateways(rt, cfg.bridge, cfg.cluster, _gateway(subnet))
+    br, stale = _stale(rt, cfg, subnet, subnet6)
     if br is None or not stale:
         return []
     users = attached(rt, cfg, br.index)
     if users:
         raise CNIError(SUBNET_IN_USE,
-                       f"node {cfg.node_name}'s subnet is now {subnet} but bridge {cfg.bridge} still holds "
+                       f"node {cfg.node_name}'s subnet is now {' and '.join(str(s) for s in (subnet, subnet6) if s)} "
+                       f"but bridge {cfg.bridge} still holds "
                        f"{', '.join(map(str, stale))}, used by {len(users)} pod(s): {', '.join(users[:5])}",
                        errors.SUBNET_IN_USE.fix)
     return [br, stale]
 
 
-def repair_bridge(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network) -> bool:
+def repair_bridge(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network | None,
+                  subnet6: ipaddress.IPv6Network | None = None) -> bool:
     """A bridge holding the gateway of an earlier subnet of this node is re-addressed when no pod
     uses it (the next ensure_bridge adds the new gateway); CNIError(117) naming the pods when
     some do. True when something was removed."""
     from . import pod
-    found = _bridge_problem(rt, cfg, subnet)
+    found = _bridge_problem(rt, cfg, subnet, subnet6)
     if not found:
         return False
     br, stale = found
     log.warning("node %s: subnet is now %s; removing %s from %s (no pod uses it)",
-                cfg.node_name, subnet, ", ".join(map(str, stale)), cfg.bridge)
+                cfg.node_name, " and ".join(str(s) for s in (subnet, subnet6) if s), ", ".join(map(str, stale)),
+                cfg.bridge)
     pod.remove_addresses(rt, br, stale)
     return True
 
@@ -377,16 +498,17 @@ def leave_node(cfg: NetConf, remove_device: bool = False) -> None:
         lease.forget_agent_state(cfg.state_dir)
         if not remove_device:
             return
-        link = rt.link(cfg.device_name)
-        if link is not None and _ours_to_remove(rt, cfg, link):
-            err = rt.batch([nl.link_del_msg(link.index)])[0]
-            if err and err != errno.ENODEV:
-                raise nl.NetlinkError(err, f"delete {cfg.device_name}: {os.strerror(err)}")
-        br, ours = pod.stale_gateways(rt, cfg.bridge, cfg.cluster, None)
+        for name in _device_names(cfg):
+            link = rt.link(name)
+            if link is not None and _ours_to_remove(rt, cfg, link):
+                err = rt.batch([nl.link_del_msg(link.index)])[0]
+                if err and err != errno.ENODEV:
+                    raise nl.NetlinkError(err, f"delete {name}: {os.strerror(err)}")
+        br, ours = pod_gateways(rt, cfg)
         if br is not None and ours:
             pod.remove_addresses(rt, br, ours)
         if br is not None and br.kind == "bridge" and not pod.bridge_ports(rt, br.index) \
-                and not rt.addrs(br.index):
+                and not [a for a in rt.addrs(br.index, socket.AF_UNSPEC) if not a.address.ip.is_link_local]:
             pod.detach(rt, cfg.bridge)
         lease.forget_local(cfg.state_dir)
 
@@ -397,7 +519,7 @@ def _ours_to_remove(rt: Rtnl, cfg: NetConf, link) -> bool:
     from . import device, lease
     mark = device.mark(cfg.name)
     try:
-        device.vet(rt, cfg.device_name, mark, cfg.vni, cfg.port)
+        device.vet(rt, link.name, mark, cfg.vni, cfg.port)
     except CNIError as e:
         log.warning("leave: %s", e.msg)
         return False

@@ -14,6 +14,10 @@ What is ours (everything else is never touched):
     entries' MACs or a current lease's MAC. Creation goes ARP, FDB, route and removal
     goes route, FDB, ARP, so an FDB entry of ours always has its ARP anchor, even
     after a crash between two steps.
+IPv6 (the `vxlan-v6.<vni>` device): the same trio for the lease's IPv6 half (subnet6, its
+network address as the NDP anchor, publicIPv6 as the FDB dst), of each lease that has one;
+directRouting when publicIPv6 is on one of the IPv6 underlay's subnets. Ours and foreign are
+told apart the same way (a foreign IPv6 route in the way is one with the default metric 1024).
 A reconcile sends at most six batches (stale routes, stale FDB, ARP, FDB, routes,
 stale ARP), one netlink message per changed entry; unchanged entries get none.
 """
@@ -36,7 +40,7 @@ class RouteSpec:
     """How a peer subnet is routed: via `gateway` out of `oif`, onlink or not."""
     __slots__ = ("gateway", "oif", "onlink")
 
-    def __init__(self, gateway: ipaddress.IPv4Address, oif: int, onlink: bool):
+    def __init__(self, gateway: ipaddress.IPv4Address | ipaddress.IPv6Address, oif: int, onlink: bool):
         self.gateway, self.oif, self.onlink = gateway, oif, onlink
 
     def __eq__(self, other) -> bool:
@@ -48,8 +52,8 @@ class Peer:
     """The entries for one remote lease; mac None: a direct route only."""
     __slots__ = ("node", "subnet", "route", "mac", "public_ip")
 
-    def __init__(self, node: str, subnet: ipaddress.IPv4Network, route: RouteSpec,
-                 mac: str | None = None, public_ip: ipaddress.IPv4Address | None = None):
+    def __init__(self, node: str, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, route: RouteSpec,
+                 mac: str | None = None, public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None):
         self.node, self.subnet, self.route, self.mac, self.public_ip = node, subnet, route, mac, public_ip
 
     def __eq__(self, other) -> bool:
@@ -57,20 +61,25 @@ class Peer:
             (other.node, other.subnet, other.route, other.mac, other.public_ip)
 
     @property
-    def anchor(self) -> ipaddress.IPv4Address:
+    def anchor(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return self.subnet.network_address
 
 
-def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: bool) -> list[Peer]:
+def desired(leases, own_node: str, dev_index: int, underlay, direct_routing: bool,
+            family: int = 4) -> list[Peer]:
+    """The peers of `family` (4: the leases' subnet/publicIP; 6: subnet6/publicIPv6, leases without
+    an IPv6 half, IPv4-only nodes, have none)."""
     out = []
-    for lease in sorted(leases, key=lambda lease: int(lease.subnet.network_address)):
-        if lease.node == own_node:
-            continue
-        if direct_routing and underlay.on_link(lease.public_ip):
-            out.append(Peer(lease.node, lease.subnet, RouteSpec(lease.public_ip, underlay.index, False)))
+    halves = [(lease, lease.subnet, lease.public_ip) if family == 4 else (lease, lease.subnet6, lease.public_ip6)
+              for lease in leases if lease.node != own_node]
+    for lease, subnet, public_ip in sorted(((lease, s, p) for lease, s, p in halves
+                                            if s is not None and p is not None),
+                                           key=lambda h: int(h[1].network_address)):
+        if direct_routing and underlay.on_link(public_ip):
+            out.append(Peer(lease.node, subnet, RouteSpec(public_ip, underlay.index, False)))
         else:
-            out.append(Peer(lease.node, lease.subnet, RouteSpec(lease.subnet.network_address, dev_index, True),
-                            lease.vtep_mac, lease.public_ip))
+            out.append(Peer(lease.node, subnet, RouteSpec(subnet.network_address, dev_index, True),
+                            lease.vtep_mac, public_ip))
     return out
 
 
@@ -81,13 +90,15 @@ class Actual:
         self.arp = {} if arp is None else arp              # ip -> mac (ours)
         self.fdb = {} if fdb is None else fdb              # mac -> dst (ours; one remote per unicast MAC)
         self.routes = {} if routes is None else routes     # dst -> RouteSpec (ours)
-        self.foreign_arp: set[ipaddress.IPv4Address] = set()     # permanent, not ours, on our device
-        self.foreign_routes: set[ipaddress.IPv4Network] = set()  # metric-0 main routes, not ours
+        self.foreign_arp: set = set()           # permanent, not ours, on our device
+        self.foreign_routes: set = set()        # metric-0 main routes, not ours
 
 
-def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: list[Peer]) -> Actual:
+def actual(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer]) -> Actual:
+    """What the kernel holds on device `dev_index` for the overlay `network` (IPv4 or IPv6)."""
     a = Actual()
-    for n in rt.neighs(socket.AF_INET, dev_index):
+    v6 = network.version == 6
+    for n in rt.neighs(socket.AF_INET6 if v6 else socket.AF_INET, dev_index):
         if not (n.state & nl.NUD_PERMANENT) or n.dst is None:
             continue
         if n.protocol == RTPROT and n.dst in network:
@@ -98,10 +109,10 @@ def actual(rt: nl.Rtnl, dev_index: int, network: ipaddress.IPv4Network, peers: l
     for n in rt.neighs(socket.AF_BRIDGE, dev_index):
         if n.state & nl.NUD_PERMANENT and n.dst is not None and n.lladdr in anchors:
             a.fdb[n.lladdr] = n.dst
-    for r in rt.routes():
+    for r in nl.routes6(rt) if v6 else rt.routes():
         if r.protocol == RTPROT and r.dst.subnet_of(network):
             a.routes[r.dst] = RouteSpec(r.gateway, r.oif, bool(r.flags & nl.RTNH_F_ONLINK))
-        elif r.priority == 0:
+        elif r.priority == (1024 if v6 else 0):        # where ours would go (IPv6: the default metric)
             a.foreign_routes.add(r.dst)
     return a
 
@@ -149,7 +160,7 @@ def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Act
             else:
                 broken.add(node)
                 stats.failed.append(f"{what}: {os.strerror(err)}")
-    stale_routes = [(None, f"delete route {dst}", nl.route_msg("del", dst, s.gateway, s.oif, RTPROT, s.onlink))
+    stale_routes = [(None, f"delete route {dst}", nl.route_any_msg("del", dst, s.gateway, s.oif, RTPROT, s.onlink))
                     for dst, s in have.routes.items() if dst not in by_subnet]
     run(stale_routes, False)
     stale_fdb = [(None, f"delete fdb {mac} dst {ip}", nl.fdb_msg(False, dev_index, mac, ip))
@@ -175,8 +186,8 @@ def reconcile(rt: nl.Rtnl, dev_index: int, network, peers: list[Peer], have: Act
             stats.failed.append(f"route {p.subnet}: a route we did not create is in the way")
             continue
         route_ops.append((p.node, f"route {p.subnet} via {p.route.gateway}",
-                          nl.route_msg("replace" if cur else "add", p.subnet, p.route.gateway, p.route.oif,
-                                       RTPROT, p.route.onlink)))
+                          nl.route_any_msg("replace" if cur else "add", p.subnet, p.route.gateway, p.route.oif,
+                                           RTPROT, p.route.onlink)))
     run(route_ops, True)
     stale_arp = [(None, f"delete arp {ip}", nl.neigh_msg(False, dev_index, ip, mac))
                  for ip, mac in have.arp.items() if ip not in by_anchor]
@@ -195,7 +206,7 @@ def drift(peers: list[Peer], have: Actual, device: str) -> list[str]:
         if p.mac:
             mac = have.arp.get(p.anchor)
             if mac != p.mac:
-                out.append(f"{tag}: ARP {p.anchor} -> {p.mac} on {device} "
+                out.append(f"{tag}: {'NDP' if p.subnet.version == 6 else 'ARP'} {p.anchor} -> {p.mac} on {device} "
                            + ("missing" if mac is None else f"is {mac}"))
             dst = have.fdb.get(p.mac)
             if dst != p.public_ip:
@@ -208,5 +219,6 @@ def drift(peers: list[Peer], have: Actual, device: str) -> list[str]:
     subnets = {p.subnet for p in peers}
     out += [f"stale route {dst} (no lease)" for dst in have.routes if dst not in subnets]
     anchors = {p.anchor for p in peers if p.mac}
-    out += [f"stale ARP {ip} on {device} (no lease)" for ip in have.arp if ip not in anchors]
+    out += [f"stale {'NDP' if ip.version == 6 else 'ARP'} {ip} on {device} (no lease)"
+            for ip in have.arp if ip not in anchors]
     return out

@@ -188,14 +188,15 @@ def bridge_ports(rt: Rtnl, bridge_index: int) -> list[str]:
     return sorted(out)
 
 
-def stale_gateways(rt: Rtnl, bridge: str, network: ipaddress.IPv4Network,
-                   keep: ipaddress.IPv4Interface | None) -> tuple[Link | None, list[ipaddress.IPv4Interface]]:
-    """The bridge and its addresses inside the cluster network other than `keep` (the gateway of
-    this node's subnet): what an earlier subnet of this node left."""
+def stale_gateways(rt: Rtnl, bridge: str, network, keep) -> tuple[Link | None, list]:
+    """The bridge and its addresses inside the cluster network (IPv4 or IPv6) other than `keep`
+    (the gateway of this node's subnet): what an earlier subnet of this node left."""
+    import socket
     br = rt.link(bridge)
     if br is None or br.kind != "bridge":
         return br, []
-    return br, [a.address for a in rt.addrs(br.index) if a.address != keep and a.address.ip in network]
+    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+    return br, [a.address for a in rt.addrs(br.index, family) if a.address != keep and a.address.ip in network]
 
 
 def remove_addresses(rt: Rtnl, br: Link, addrs: list[ipaddress.IPv4Interface]) -> None:
