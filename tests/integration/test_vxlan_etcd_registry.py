@@ -38,7 +38,8 @@ def node(tmp, name: str, network: str = "vxnet", net=NET, subnet_len: int = 24, 
     state = os.path.join(str(tmp), name)
     os.makedirs(state, exist_ok=True)
     return types.SimpleNamespace(name=network, node_name=name, state_dir=state, network=net,
-                                 subnet_len=subnet_len, vni=vni, device_name="vxlan.1")
+                                 subnet_len=subnet_len, vni=vni, device_name="vxlan.1",
+                                 network6=None, subnet_len6=64)
 
 
 def a_lease(name: str, third: int) -> Lease:

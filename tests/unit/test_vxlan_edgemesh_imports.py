@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HEAVY = ("dataclasses", "logging", "hashlib", "typing", "pyroute2", "jsonschema")
+HEAVY = ("dataclasses", "logging", "hashlib", "typing", "pyroute2", "jsonschema", "etcd3gw", "requests")
 VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main.vxlan.device",
              "plugins.main.vxlan.peers", "plugins.main.vxlan.registry.file", "plugins.main.vxlan.masq",
              "plugins.main.vxlan.config", "plugins.main.vxlan.errors", "plugins.main.vxlan.overlay",

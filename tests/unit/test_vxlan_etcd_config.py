@@ -110,10 +110,10 @@ def test_etcd_is_a_registered_type_and_needs_its_options():
     ("plugins.main.vxlan.registry.etcd",)], ids=["per-pod-path", "etcd-options"])
 def test_the_etcd_client_stays_off_the_per_pod_path(modules):
     """The per-pod path never loads the etcd backend; parsing its options loads no client
-    (http.client, ssl, socket-level modules are only imported by an opened EtcdRegistry)."""
+    (etcd3gw, requests, http.client, ssl are only imported by an opened EtcdRegistry)."""
     code = (f"import sys\nimport {', '.join(modules)}\n"
             "print(sorted(m for m in sys.modules if m in ('http.client', 'ssl', 'urllib.parse', "
-            "'plugins.main.vxlan.registry.etcd', 'http')))")
+            "'plugins.main.vxlan.registry.etcd', 'http', 'etcd3gw', 'requests')))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     want = ["plugins.main.vxlan.registry.etcd"] if modules == ("plugins.main.vxlan.registry.etcd",) else []

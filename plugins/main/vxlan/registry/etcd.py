@@ -9,35 +9,39 @@ Keys under `prefix` (default `/pycni/<network name>/`):
     <prefix>leases/<node>    {"subnet", "publicIP", "vtepMAC", "vni"}: bound to an etcd lease (TTL)
     <prefix>subnets/<a.b.c.d>-<len>   the node holding that subnet, bound to the same etcd lease
 
-`update(mutate)` reads the prefix at one revision, runs `mutate` on a copy and commits the
-difference in ONE transaction whose compares are: the node's lease key unchanged since the read
-(mod_revision), a new subnet key absent (create_revision == 0), the network key absent or
-unchanged. A failed compare (another node won) is read again and retried, so two nodes that
-pick the same subnet at the same instant never both get it.
+`update(mutate)` runs `mutate` on what this process knows of the prefix (a list, the watch's
+events since, its own writes) and commits the difference in ONE transaction whose compares are:
+the node's lease key unchanged since it was known (mod_revision), a new subnet key absent
+(create_revision == 0), the network key absent or unchanged. A failed compare (another node won,
+or the view was stale) is decided again on a full list, so two nodes that pick the same subnet at
+the same instant never both get it; a write costs the change, not the size of the cluster.
 
-`watch(revision, timeout)` streams /v3/watch from revision + 1, so nothing written between the
-read and the watch is lost; when etcd has compacted that revision it lists the prefix again and
-returns that snapshot (the caller reconciles as after any change). `keepalive(node)` renews the
-etcd lease the node's keys are bound to (the agent calls it every ttl/3) and answers the seconds
-left, 0 when the lease is gone (the keys with it: acquire again).
+`watch(revision, timeout)` streams the prefix from revision + 1, so nothing written between the
+read and the watch is lost; each event updates only the key it names. When etcd has compacted
+that revision it lists the prefix again and returns that snapshot (the caller reconciles as
+after any change). `keepalive(node)` renews the etcd lease the node's keys are bound to (the
+agent calls it every ttl/3) and answers the seconds left, 0 when the lease is gone (the keys
+with it: acquire again).
 
-The client is ours: a few requests over etcd's v3 JSON gateway (/v3/kv/range, /v3/kv/txn,
-/v3/lease/grant, /v3/lease/keepalive, /v3/watch) with http.client and ssl from the standard library
-(README, "etcd registry", says why no PyPI client). Parsing options imports nothing of it; only an
-opened EtcdRegistry imports http.client and ssl. Every failure to reach etcd within `dialTimeout` is
-code 100, never a hang.
+The client is etcd3gw (OpenStack's, over etcd's v3 JSON gateway with requests; README, "etcd
+registry", says why): its Etcd3Client per endpoint (post, transaction, lease grant/refresh/revoke,
+the Watcher stream), with what it lacks kept here and small: failover over the `endpoints` (it
+talks to one host), the auth token (it has no auth), a deadline on opening a watch, and the
+compaction and stream-end answers its watch drops (_Stream). Parsing options imports nothing of
+it; only an opened EtcdRegistry imports etcd3gw (requests, ssl). Every failure to reach etcd
+within `dialTimeout` is code 100, never a hang.
 """
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import time
+from operator import methodcaller
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
 from ..errors import REGISTRY_CORRUPT, REGISTRY_UNREADABLE
-from .base import Lease, Registry, Snapshot, decode
+from .base import Lease, NetworkRecord, Registry, Snapshot, decode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -139,7 +143,7 @@ def parse_options(registry: dict, network_name: str) -> Options:
     return Options(eps, prefix, ca, cert, key, username, password_file, float(dial))
 
 
-# ---- the wire ---------------------------------------------------------------------------
+# ---- the wire: etcd3gw, one client per endpoint, behind our failover -----------------------
 
 def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
@@ -149,14 +153,22 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def _range_end(prefix: str) -> str:
+def _range_end(prefix: str) -> bytes:
     raw = bytearray(prefix.encode())
     raw[-1] += 1                      # a prefix ends with '/', never 0xff
-    return _b64(bytes(raw))
+    return bytes(raw)
 
 
 class Unreachable(Exception):
     """No endpoint answered (connect, TLS or read failed within dialTimeout)."""
+
+
+class EtcdError(Exception):
+    """etcd answered with an error (the message of its JSON answer)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 class _KV:
@@ -166,24 +178,66 @@ class _KV:
         self.value, self.mod, self.lease = value, mod, lease
 
 
+def _etcd_message(e: BaseException) -> str | None:
+    """The `error` of etcd's JSON answer carried by an etcd3gw exception, None when the exception
+    is not an answer of etcd (etcd3gw puts requests' connection errors in detail_text too)."""
+    try:
+        doc = json.loads(getattr(e, "detail_text", None) or "")
+    except ValueError:
+        return None
+    return str(doc.get("error") or doc.get("message") or doc) if isinstance(doc, dict) else None
+
+
+def _why(e: BaseException) -> str:
+    """Why a member could not be reached, from the chain etcd3gw <- requests <- urllib3 <- ssl/OSError:
+    a TLS failure with what to check, a timeout as 'no answer within dialTimeout', else the OS's word."""
+    import ssl
+    todo, seen, timeout, leaf = [e], set(), False, None
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return f"TLS: {x.verify_message or x} (is registry.caFile the CA that signed etcd's certificate?)"
+        if isinstance(x, ssl.SSLError):
+            return f"TLS: {x.reason or x} (does etcd want a client certificate: certFile/keyFile?)"
+        if isinstance(x, TimeoutError) or "Timeout" in type(x).__name__:
+            timeout = True
+        elif isinstance(x, OSError) and x.strerror:
+            leaf = x.strerror
+        todo.extend(c for c in (x.__cause__, x.__context__, getattr(x, "reason", None), *x.args)
+                    if isinstance(c, BaseException))
+    if timeout:
+        return "no answer within dialTimeout"
+    return leaf or str(getattr(e, "detail_text", None) or e)[:300] or type(e).__name__
+
+
 class Client:
-    """A minimal etcd v3 JSON-gateway client: unary POSTs with endpoint failover, one watch stream."""
+    """etcd3gw's Etcd3Client (one host each) for every endpoint, and our failover over them: a call
+    tries every endpoint (the last good one first), round after round, within 2 x dialTimeout, and
+    the etcd auth token (etcd3gw has no auth: we authenticate and put the token on its sessions)."""
 
     def __init__(self, opts: Options):
-        import http.client
         import ssl
-        self._http = http.client
+
+        import etcd3gw
+        from etcd3gw import exceptions
+        self._exc = exceptions
         self.opts = opts
         self.timeout = opts.dial_timeout
-        self._ctx = None
-        if any(scheme == "https" for scheme, _, _ in opts.endpoints):
+        https = any(scheme == "https" for scheme, _, _ in opts.endpoints)
+        if https:           # files that do not load are 7 now, not a vague connect error later
             try:
-                self._ctx = ssl.create_default_context(cafile=opts.ca_file)
+                ctx = ssl.create_default_context(cafile=opts.ca_file)
                 if opts.cert_file:
-                    self._ctx.load_cert_chain(opts.cert_file, opts.key_file)
+                    ctx.load_cert_chain(opts.cert_file, opts.key_file)
             except (ssl.SSLError, OSError) as e:
                 raise CNIError(INVALID_CONFIG, "registry TLS files cannot be loaded",
                                f"caFile/certFile/keyFile: {e}") from None
+        # without caFile the system's CAs (what ssl trusts), not requests' certifi bundle
+        system = ssl.get_default_verify_paths().cafile
+        verify = opts.ca_file or system or None
         self._password = None
         if opts.password_file:
             try:
@@ -192,31 +246,36 @@ class Client:
             except (OSError, UnicodeDecodeError) as e:
                 raise CNIError(REGISTRY_UNREADABLE, f"cannot read registry.passwordFile {opts.password_file}",
                                str(e)) from None
+        self.members: list[Any] = []
+        for scheme, host, port in opts.endpoints:
+            member = etcd3gw.client(host=host, port=port, protocol=scheme, timeout=self.timeout,
+                                    ca_cert=verify if scheme == "https" else None,
+                                    cert_cert=opts.cert_file, cert_key=opts.key_file,
+                                    api_path="/v3/")     # etcd >= 3.4: no /version round trip
+            member.session.trust_env = False              # no proxy or .netrc from the environment
+            self.members.append(member)
         self._token: str | None = None
         self._good = 0                 # index of the endpoint that answered last
-        self._conn: tuple[int, Any] | None = None      # (endpoint index, HTTP(S)Connection)
 
-    # -- unary --------------------------------------------------------------------------
-    def _connect(self, index: int, timeout: float):
-        scheme, host, port = self.opts.endpoints[index]
-        if scheme == "https":
-            return self._http.HTTPSConnection(host, port, timeout=timeout, context=self._ctx)
-        return self._http.HTTPConnection(host, port, timeout=timeout)
-
-    def _endpoint(self, index: int) -> str:
+    def endpoint(self, index: int) -> str:
         scheme, host, port = self.opts.endpoints[index]
         return f"{scheme}://{host}:{port}"
 
-    def call(self, path: str, body: dict, deadline: float | None = None) -> dict:
-        """POST /v3/<path>; the decoded answer. Tries every endpoint (the last good one first)
-        within 2 x dialTimeout overall; Unreachable when none answered, CNIError for an etcd error."""
-        if self.opts.username and self._token is None and path != "auth/authenticate":
+    def call(self, path: str, body: dict) -> dict:
+        """POST /v3/<path> (etcd3gw's post): the decoded answer."""
+        return self.run(lambda m: m.post(m.get_url(path), json=body), path)
+
+    def run(self, fn: Callable[[Any], Any], what: str = "", deadline: float | None = None) -> Any:
+        """fn(an Etcd3Client) on every endpoint in turn until one answers; Unreachable when none did
+        within 2 x dialTimeout, EtcdError when etcd refused."""
+        if self.opts.username and self._token is None and what != "auth/authenticate":
             self._authenticate()
         deadline = time.monotonic() + 2 * self.timeout if deadline is None else deadline
-        n = len(self.opts.endpoints)
-        errors = []
-        i = 0
-        while True:              # every endpoint in turn, round after round, until the deadline
+        exc = self._exc
+        n = len(self.members)
+        errors: list[str] = []
+        i, reauthenticated = 0, False
+        while True:
             index = (self._good + i) % n
             if i and not i % n:
                 time.sleep(0.05)     # a whole round failed (an election, members restarting): a breath
@@ -224,60 +283,31 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            member = self.members[index]
+            member.timeout = min(self.timeout, left)
             try:
-                try:
-                    reused = self._conn is not None and self._conn[0] == index
-                    status, data = self._post(index, path, body, min(self.timeout, left))
-                except (ConnectionError, self._http.HTTPException):
-                    if not reused:           # an idle kept-alive connection the member closed: once more
-                        raise
-                    self._drop()
-                    status, data = self._post(index, path, body, min(self.timeout, left))
-                if status == 401 and self.opts.username and path != "auth/authenticate":
-                    self._token = None       # the auth token expired
-                    self._authenticate()
-                    status, data = self._post(index, path, body, min(self.timeout, max(left, 0.1)))
-            except (OSError, self._http.HTTPException) as e:
-                self._drop()
-                errors.append(f"{self._endpoint(index)}: {_why(e)}")
+                answer = fn(member)
+            except (exc.ConnectionFailedError, exc.ConnectionTimeoutError) as e:
+                errors.append(f"{self.endpoint(index)}: {_etcd_message(e) or _why(e)}")   # down, or no leader
                 continue
-            try:
-                answer = json.loads(data) if data else {}
-            except ValueError:
-                answer = {"error": data[:200].decode(errors="replace")}
-            if status != 200:
-                message = str(answer.get("error") or answer.get("message") or f"HTTP {status}")
-                if status >= 500 and any(w in message for w in _TRANSIENT):
-                    errors.append(f"{self._endpoint(index)}: {message}")     # a member cut off: next
-                    self._drop()
+            except exc.Etcd3Exception as e:
+                message = _etcd_message(e) or str(e.detail_text or e)[:300]
+                if isinstance(e, exc.InternalServerError) and any(w in message for w in _TRANSIENT):
+                    errors.append(f"{self.endpoint(index)}: {message}")         # a member cut off: next
                     continue
-                raise EtcdError(status, message)
+                if "invalid auth token" in message and self.opts.username and not reauthenticated:
+                    reauthenticated = True             # the token expired: once more with a new one
+                    self._token = None
+                    self._authenticate()
+                    i -= 1
+                    continue
+                raise EtcdError(message) from None
+            except ValueError as e:                  # an answer that is not JSON
+                errors.append(f"{self.endpoint(index)}: garbled answer ({e})")
+                continue
             self._good = index
             return answer
         raise Unreachable("; ".join(errors) or "no time left")
-
-    def _post(self, index: int, path: str, body: dict, timeout: float) -> tuple[int, bytes]:
-        if self._conn is None or self._conn[0] != index:
-            self._drop()
-            conn = self._connect(index, timeout)
-            self._conn = (index, conn)
-        else:
-            conn = self._conn[1]
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        headers = {"Content-Type": "application/json"}
-        if self._token:
-            headers["Authorization"] = self._token
-        conn.request("POST", "/v3/" + path, body=json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        data = resp.read(64 << 20)
-        return resp.status, data
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
 
     def _authenticate(self) -> None:
         try:
@@ -285,112 +315,77 @@ class Client:
         except EtcdError as e:
             raise CNIError(REGISTRY_UNREADABLE, f"etcd refused user {self.opts.username!r}",
                            f"{e}; check registry.username/passwordFile") from None
-        self._token = answer.get("token")
+        except Unreachable as e:
+            raise CNIError(REGISTRY_UNREADABLE, "etcd registry unreachable", str(e)[:1500]) from None
+        self._token = str(answer.get("token") or "")
+        for member in self.members:
+            member.session.headers["Authorization"] = self._token
 
     def close(self) -> None:
-        self._drop()
-
-
-class EtcdError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message = status, message
-
-
-def _why(e: BaseException) -> str:
-    import ssl
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return f"TLS: {e.verify_message or e} (is registry.caFile the CA that signed etcd's certificate?)"
-    if isinstance(e, ssl.SSLError):
-        return f"TLS: {e.reason or e} (does etcd want a client certificate: certFile/keyFile?)"
-    if isinstance(e, TimeoutError):
-        return "no answer within dialTimeout"
-    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+        for member in self.members:
+            member.session.close()
 
 
 # ---- the watch stream -------------------------------------------------------------------
 
 class _Stream:
-    """One /v3/watch stream read off a raw socket (our own chunked decoding, so a read timeout
-    never leaves a buffer half consumed): JSON messages, one a line."""
+    """One etcd3gw Watcher (its thread reads the stream and calls back per event) feeding a queue.
 
-    def __init__(self, client: Client, key: str, range_end: str, start: int, timeout: float):
-        import socket
-        self._socket = socket
-        errors = []
-        n = len(client.opts.endpoints)
-        for i in range(n):
-            index = (client._good + i) % n
-            scheme, host, port = client.opts.endpoints[index]
-            sock = None
+    etcd3gw hands on events only. What it drops we get otherwise: a start revision etcd has
+    compacted (etcd cancels the watch with compact_revision; etcd3gw's stream then just stays
+    silent) is found before opening, by a range at that revision (EtcdRegistry._compacted); a
+    stream that ended (its member died) shows as the Watcher's task having run to its end (its
+    futurist executor's statistics). Its opening request has no timeout in etcd3gw, so it is made
+    in a thread we wait dialTimeout for; one given up on is stopped when it comes back."""
+
+    def __init__(self, member: Any, key: bytes, range_end: bytes, start: int, timeout: float):
+        import queue
+        import threading
+
+        from etcd3gw.watch import Watcher
+        self.events: queue.Queue = queue.Queue()
+        self._watcher: Any = None
+        self._closed = False
+        self._lock = threading.Lock()
+        opened = threading.Event()
+        failed: list[BaseException] = []
+
+        def open_stream() -> None:
             try:
-                sock = socket.create_connection((host, port), timeout=timeout)
-                if scheme == "https" and client._ctx is not None:
-                    sock = client._ctx.wrap_socket(sock, server_hostname=host)
-                body = json.dumps({"create_request": {"key": key, "range_end": range_end,
-                                                      "start_revision": start}}).encode()
-                auth = f"Authorization: {client._token}\r\n" if client._token else ""
-                sock.sendall((f"POST /v3/watch HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
-                              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                              ).encode() + body)
-                self.sock, self.buf, self.body, self.head = sock, b"", b"", False
-                self._read_head(time.monotonic() + timeout)
+                watcher = Watcher(member, key, self.events.put, start_revision=start,
+                                  range_end=range_end.decode("latin-1"))   # etcd3gw encodes str as latin-1
+            except Exception as e:       # noqa: BLE001 - handed to the waiting thread
+                failed.append(e)
+                opened.set()
                 return
-            except (OSError, ValueError) as e:
-                errors.append(f"{client._endpoint(index)}: {_why(e)}")
-                if sock is not None:
-                    sock.close()
-        raise Unreachable("; ".join(errors))
+            with self._lock:
+                if self._closed:
+                    watcher.stop()
+                    return
+                self._watcher = watcher
+            opened.set()
 
-    def _recv(self, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(1 << 16)
-        except TimeoutError:
-            return False
-        if not data:
-            raise ConnectionResetError("etcd closed the watch stream")
-        self.buf += data
-        return True
+        threading.Thread(target=open_stream, name="etcd-watch-open", daemon=True).start()
+        if not opened.wait(timeout):
+            self.close()
+            raise TimeoutError("no answer within dialTimeout")
+        if failed:
+            raise failed[0]
+        status = getattr(getattr(self._watcher, "_response", None), "status_code", 200)
+        if status != 200:
+            self.close()
+            raise ValueError(f"watch refused: HTTP {status}")
 
-    def _read_head(self, deadline: float) -> None:
-        while b"\r\n\r\n" not in self.buf:
-            if not self._recv(deadline):
-                raise TimeoutError("no answer within dialTimeout")
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].split()
-        if len(status) < 2 or status[1] != b"200":
-            raise ValueError(f"watch refused: {head[:200].decode(errors='replace')}")
-
-    def message(self, deadline: float) -> dict | None:
-        """The next JSON message, None at the deadline. ConnectionResetError when the stream ended."""
-        while True:
-            line, sep, rest = self.body.partition(b"\n")
-            if sep:
-                self.body = rest
-                if line.strip():
-                    return json.loads(line)
-                continue
-            size_line, sep, tail = self.buf.partition(b"\r\n")
-            if sep:
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    raise ConnectionResetError("etcd ended the watch stream")
-                if len(tail) >= size + 2:
-                    self.body += tail[:size]
-                    self.buf = tail[size + 2:]
-                    continue
-            if not self._recv(deadline):
-                return None
+    def ended(self) -> bool:
+        stats = getattr(getattr(self._watcher, "_executor", None), "statistics", None)
+        return stats is not None and stats.executed > 0
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        with self._lock:
+            self._closed = True
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
 
 
 # ---- the backend ------------------------------------------------------------------------
@@ -405,11 +400,19 @@ class EtcdRegistry(Registry):
             opts = parse_options(opts, network_name or "default")
         self.opts = opts
         self.prefix = opts.prefix
+        self._lease_prefix = self.prefix + "leases/"
         self.client = Client(opts)
-        self._kvs: dict[str, _KV] = {}      # the prefix at self._rev
+        # the prefix as this process knows it: complete up to revision _rev (a list and the watch's
+        # events since), plus this process's own transactions after it (the last at _txn_rev)
+        self._kvs: dict[str, _KV] = {}
         self._rev = 0
-        self._cache: dict = {}               # decode cache of leases
+        self._listed = False
+        self._txn_rev = 0
+        self._leases: dict[str, Lease] = {}      # the decoded leases of _kvs
+        self._network: NetworkRecord | None = None
+        self._cache: dict = {}               # decode cache of leases (a full list)
         self._lease_id = 0                   # the etcd lease this process writes its keys with
+        self._released: dict[str, int] = {}  # lease key -> the etcd lease it had when we deleted it
         self._stream: _Stream | None = None
         self._stream_rev = -1                # the revision the stream has delivered up to
         self.relists = 0                     # how often a compacted watch made us list again
@@ -419,14 +422,17 @@ class EtcdRegistry(Registry):
         return self.prefix + "network"
 
     def lease_key(self, node: str) -> str:
-        return self.prefix + "leases/" + node
+        return self._lease_prefix + node
 
     def subnet_key(self, subnet) -> str:
         return f"{self.prefix}subnets/{subnet.network_address}-{subnet.prefixlen}"
 
-    def _call(self, path: str, body: dict) -> dict:
+    def _call(self, what: str, body: dict | None = None, fn: Callable[[Any], Any] | None = None) -> Any:
+        """A call through the failover client; etcd's errors and silence as CNIError(100)."""
         try:
-            return self.client.call(path, body)
+            if fn is None:
+                return self.client.call(what, body or {})
+            return self.client.run(fn, what)
         except Unreachable as e:
             raise CNIError(REGISTRY_UNREADABLE, "etcd registry unreachable", str(e)[:1500]) from None
         except EtcdError as e:
@@ -434,65 +440,122 @@ class EtcdRegistry(Registry):
             if "user name is empty" in e.message or "permission denied" in e.message:
                 hint = " (etcd has auth enabled: set registry.username and registry.passwordFile to a user " \
                        f"allowed to read and write {self.prefix})"
-            raise CNIError(REGISTRY_UNREADABLE, f"etcd refused {path}", e.message[:500] + hint) from None
+            raise CNIError(REGISTRY_UNREADABLE, f"etcd refused {what}", e.message[:500] + hint) from None
 
     # -- reads --
     def snapshot(self) -> Snapshot:
-        answer = self._call("kv/range", {"key": _b64(self.prefix), "range_end": _range_end(self.prefix)})
+        """List the whole prefix (the one read whose cost grows with the cluster)."""
+        answer = self._call("kv/range", {"key": _b64(self.prefix), "range_end": _b64(_range_end(self.prefix))})
         kvs = {}
         for kv in answer.get("kvs", ()):
             kvs[_unb64(kv["key"]).decode(errors="surrogateescape")] = _KV(
                 _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0)))
-        self._kvs, self._rev = kvs, int(answer["header"]["revision"])
-        return self._decode()
+        rev = int(answer["header"]["revision"])
+        doc: dict = {"revision": rev, "network": None, "leases": {}}
+        for key, kv in kvs.items():
+            if key == self.network_key():
+                doc["network"] = self._json(key, kv.value)
+            elif key.startswith(self._lease_prefix):
+                doc["leases"][key[len(self._lease_prefix):]] = self._lease_json(key, kv.value)
+        snap = decode(doc, cache=self._cache)
+        self._kvs, self._rev, self._listed = kvs, rev, True
+        self._leases, self._network = snap.leases, snap.network
+        return self._view()
 
-    def _decode(self) -> Snapshot:
-        doc: dict = {"revision": self._rev, "network": None, "leases": {}}
-        lease_prefix = self.prefix + "leases/"
+    def _view(self) -> Snapshot:
+        return Snapshot(self._rev, self._network, dict(self._leases))
+
+    @staticmethod
+    def _json(key: str, value: bytes) -> Any:
         try:
-            for key, kv in self._kvs.items():
-                if key == self.network_key():
-                    doc["network"] = json.loads(kv.value)
-                elif key.startswith(lease_prefix):
-                    raw = json.loads(kv.value)
-                    if not isinstance(raw, dict):
-                        raise ValueError("a lease is not a JSON object")
-                    raw.pop("expires", None)          # etcd expires keys itself
-                    doc["leases"][key[len(lease_prefix):]] = raw
+            return json.loads(value)
         except ValueError as e:
             raise CNIError(REGISTRY_CORRUPT, f"etcd key {key} is not JSON we wrote", str(e)[:200]) from None
-        return decode(doc, cache=self._cache)
+
+    def _lease_json(self, key: str, value: bytes) -> dict:
+        raw = self._json(key, value)
+        if not isinstance(raw, dict):
+            raise CNIError(REGISTRY_CORRUPT, f"etcd key {key} is not JSON we wrote", "a lease is not a JSON object")
+        raw.pop("expires", None)          # etcd expires keys itself
+        return raw
+
+    def _apply(self, key: str, kv: _KV | None) -> None:
+        """One key changed (a watch event): the cache and its decoded form, that key only."""
+        if kv is None:
+            self._kvs.pop(key, None)
+        else:
+            self._kvs[key] = kv
+        if key == self.network_key():
+            self._network = None if kv is None else \
+                decode({"network": self._json(key, kv.value), "leases": {}}).network
+        elif key.startswith(self._lease_prefix):
+            node = key[len(self._lease_prefix):]
+            if kv is None:
+                self._leases.pop(node, None)
+            else:
+                lease = decode({"leases": {node: self._lease_json(key, kv.value)}}).leases.get(node)
+                if lease is None:
+                    self._leases.pop(node, None)
+                else:
+                    self._leases[node] = lease
 
     def stamp(self, lease: Lease) -> Lease:
         return lease.with_expiry(None)       # the etcd lease's TTL is the expiry
 
     # -- writes --
     def update(self, mutate: Callable[[Draft], None]) -> Snapshot:
+        """mutate() on what this process knows (no list when it knows the prefix: the cost of a write
+        is the change), committed by a transaction whose compares make a stale view lose; a lost
+        transaction, a mutate that raised and one that changed nothing are decided again on a full
+        list, so an outdated view never answers."""
+        fresh = not self._listed
         for _ in range(MAX_TXN_RETRIES):
-            current = self.snapshot()
-            kvs = self._kvs
-            draft = copy.deepcopy(current)
-            mutate(draft)
-            if draft.network == current.network and draft.leases == current.leases:
-                return current
-            compares, ops = self._plan(current, draft, kvs)
+            current = self.snapshot() if fresh else self._view()
+            draft = Snapshot(current.revision, current.network, dict(current.leases))   # leases are immutable
             try:
-                answer = self._call("kv/txn", {"compare": compares, "success": ops})
+                mutate(draft)
+            except Exception:
+                if fresh:
+                    raise
+                fresh = True
+                continue
+            if draft.network == current.network and draft.leases == current.leases:
+                if fresh:
+                    return current
+                fresh = True
+                continue
+            compares, ops, writes = self._plan(current, draft)
+            try:
+                txn = methodcaller("transaction", {"compare": compares, "success": ops})
+                answer = self._call("kv/txn", fn=txn)
             except CNIError as e:
                 if "lease not found" in (e.details or ""):
                     self._lease_id = 0            # our etcd lease expired: grant another
+                    fresh = True
                     continue
                 raise
             if answer.get("succeeded"):
-                draft.revision = int(answer["header"]["revision"])
+                rev = int(answer["header"]["revision"])
+                for key, value, lease_id in writes:          # our own writes into what we know
+                    if value is not None:
+                        self._kvs[key] = _KV(value, rev, lease_id)
+                        continue
+                    gone = self._kvs.pop(key, None)
+                    if gone is not None and gone.lease and key.startswith(self._lease_prefix):
+                        self._released[key] = gone.lease     # revoke(node) after release
+                self._network = draft.network
+                self._leases = dict(draft.leases)
+                self._txn_rev = draft.revision = rev
                 return draft
-            # someone else wrote first: read again
+            fresh = True                       # someone else wrote first: read again
         raise CNIError(REGISTRY_UNREADABLE, "etcd registry: too much contention",
                        f"{MAX_TXN_RETRIES} transactions lost to other writers in a row; retry")
 
-    def _plan(self, current: Snapshot, draft: Snapshot, kvs: dict) -> tuple[list, list]:
+    def _plan(self, current: Snapshot, draft: Snapshot) -> tuple[list, list, list]:
         compares: list = []
         ops: list = []
+        writes: list = []             # (key, value or None for a delete, etcd lease)
+        kvs = self._kvs
 
         def unchanged(key: str) -> None:
             kv = kvs.get(key)
@@ -507,9 +570,11 @@ class EtcdRegistry(Registry):
             if lease:
                 req["lease"] = lease
             ops.append({"request_put": req})
+            writes.append((key, value.encode(), lease))
 
         def delete(key: str) -> None:
             ops.append({"request_delete_range": {"key": _b64(key)}})
+            writes.append((key, None, 0))
 
         if draft.network != current.network:
             unchanged(self.network_key())
@@ -517,61 +582,72 @@ class EtcdRegistry(Registry):
                 delete(self.network_key())
             else:
                 put(self.network_key(), json.dumps(draft.network.to_json()))
-        for node in sorted(set(current.leases) | set(draft.leases)):
-            old, new = current.leases.get(node), draft.leases.get(node)
+        old_leases, new_leases = current.leases, draft.leases
+        changed = [n for n, new in new_leases.items() if old_leases.get(n) is not new]
+        changed += [n for n in old_leases if n not in new_leases]
+        for node in sorted(changed):
+            old, new = old_leases.get(node), new_leases.get(node)
             if old == new:
                 continue
             key = self.lease_key(node)
             unchanged(key)
-            if old is not None and (new is None or new.subnet != old.subnet):
-                delete(self.subnet_key(old.subnet))
+            subnets = [(getattr(old, a, None), getattr(new, a, None)) for a in ("subnet", "subnet6")]
+            for was, now in subnets:
+                if was is not None and was != now:
+                    delete(self.subnet_key(was))
             if new is None:
                 delete(key)
                 continue
             lease_id = self._grant()
-            skey = self.subnet_key(new.subnet)
-            unchanged(skey)                 # absent (compare-create) or the one we read
             put(key, json.dumps(new.to_json()), lease_id)
-            put(skey, node, lease_id)
-        return compares, ops
+            for was, now in subnets:         # a subnet key per family (IPv4, IPv6) the lease holds
+                if now is not None:
+                    if was != now:
+                        unchanged(self.subnet_key(now))     # absent: compare-create
+                    put(self.subnet_key(now), node, lease_id)
+        return compares, ops, writes
 
     def _grant(self) -> int:
         if not self.ttl:
             return 0
         if not self._lease_id:
-            answer = self._call("lease/grant", {"TTL": self.ttl})
-            self._lease_id = int(answer["ID"])
+            self._lease_id = int(self._call("lease/grant", fn=lambda m: m.lease(self.ttl).id))
         return self._lease_id
+
+    def _lease_of(self, node: str | None) -> int:
+        lease_id = self._lease_id
+        if node:
+            kv = self._kvs.get(self.lease_key(node))
+            if kv is not None and kv.lease:
+                return kv.lease
+            return self._released.get(self.lease_key(node), lease_id)
+        return lease_id
 
     def keepalive(self, node: str | None = None) -> int:
         """Renew the etcd lease of `node`'s keys (the one read last, else this process's); the
         seconds left, 0 when it is gone (its keys with it). CNIError(100) when etcd is unreachable."""
-        lease_id = self._lease_id
-        kv = self._kvs.get(self.lease_key(node)) if node else None
-        if kv is not None and kv.lease:
-            lease_id = kv.lease
+        import etcd3gw
+        lease_id = self._lease_of(node)
         if not lease_id:
             return 0
-        answer = self._call("lease/keepalive", {"ID": lease_id})
-        ttl = int((answer.get("result") or answer).get("TTL", 0) or 0)
+        ttl = int(self._call("lease/keepalive", fn=lambda m: etcd3gw.Lease(lease_id, client=m).refresh()))
         if ttl > 0:
             self._lease_id = lease_id          # adopt it: later writes keep the same lease
-        elif lease_id == self._lease_id:
+            return ttl
+        if lease_id == self._lease_id:
             self._lease_id = 0
-        return ttl
+        return 0
 
     def revoke(self, node: str | None = None) -> None:
         """Give this process's etcd lease back (its keys vanish at once); with `node`, the lease its
         keys were bound to when last read (`--leave` after release). An etcd lease that is already
         gone is no error."""
-        lease_id = self._lease_id
-        kv = self._kvs.get(self.lease_key(node)) if node else None
-        if kv is not None and kv.lease:
-            lease_id = kv.lease
+        import etcd3gw
+        lease_id = self._lease_of(node)
         if not lease_id:
             return
         try:
-            self._call("lease/revoke", {"ID": lease_id})
+            self._call("lease/revoke", fn=lambda m: etcd3gw.Lease(lease_id, client=m).revoke())
         except CNIError as e:
             if "not found" not in (e.details or ""):
                 raise
@@ -583,58 +659,83 @@ class EtcdRegistry(Registry):
         self._call("kv/compaction", {"revision": revision, "physical": True})
 
     # -- watch --
+    def _compacted(self, revision: int) -> bool:
+        """etcd has compacted `revision` away (a range there says so; a future one is fine). Also the
+        probe that finds a member answering before a watch is opened on it."""
+        try:
+            self._call("kv/range", {"key": _b64(self.prefix), "range_end": _b64(_range_end(self.prefix)),
+                                    "revision": revision, "count_only": True})
+        except CNIError as e:
+            if "required revision has been compacted" in (e.details or ""):
+                return True
+            if "future revision" in (e.details or ""):
+                return False
+            raise CNIError(REGISTRY_UNREADABLE, f"{e.msg} (watch)", e.details) from None
+        return False
+
+    def _open_stream(self, deadline: float) -> _Stream:
+        n = len(self.client.members)
+        errors = []
+        for i in range(n):                 # the member that just answered first
+            index = (self.client._good + i) % n
+            left = deadline - time.monotonic()
+            try:
+                stream = _Stream(self.client.members[index], self.prefix.encode(), _range_end(self.prefix),
+                                 self._rev + 1, max(0.1, min(self.client.timeout, left)))
+            except (OSError, ValueError) as e:       # requests' errors are OSErrors
+                errors.append(f"{self.client.endpoint(index)}: {_why(e)}")
+                continue
+            self.client._good = index
+            return stream
+        raise CNIError(REGISTRY_UNREADABLE, "etcd registry unreachable (watch)", "; ".join(errors)[:1500])
+
     def watch(self, revision: int, timeout: float) -> Snapshot | None:
+        import queue
         deadline = time.monotonic() + timeout
+        catch_up = False
         if revision != self._rev:
-            self._close_stream()
-            snap = self.snapshot()                  # the caller holds another revision: list anew
-            if snap.revision != revision:
-                return snap
+            if self._listed and revision == self._txn_rev and revision > self._rev:
+                catch_up = True             # our own write: the stream brings it and what came before
+            else:
+                self._close_stream()
+                snap = self.snapshot()                  # the caller holds another revision: list anew
+                if snap.revision != revision:
+                    return snap
         while True:
             if self._stream is None or self._stream_rev != self._rev:
                 self._close_stream()
-                try:
-                    self._stream = _Stream(self.client, _b64(self.prefix), _range_end(self.prefix),
-                                           self._rev + 1, max(0.1, min(self.client.timeout,
-                                                                       deadline - time.monotonic())))
-                except Unreachable as e:
-                    raise CNIError(REGISTRY_UNREADABLE, "etcd registry unreachable (watch)",
-                                   str(e)[:1500]) from None
+                if self._compacted(self._rev + 1):      # history gone: list again and reconcile
+                    self.relists += 1
+                    return self.snapshot()
+                self._stream = self._open_stream(deadline)
                 self._stream_rev = self._rev
             try:
-                msg = self._stream.message(deadline)
-            except (OSError, ValueError) as e:       # a member went away: resume on another
-                self._close_stream()
-                if time.monotonic() >= deadline:
+                events = [self._stream.events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))]
+            except queue.Empty:
+                if self._stream.ended():                # its member went away: resume on another
+                    self._close_stream()
+                elif time.monotonic() >= deadline:
                     return None
-                if isinstance(e, ValueError):
-                    raise CNIError(REGISTRY_UNREADABLE, "etcd watch stream garbled", str(e)[:200]) from None
                 continue
-            if msg is None:
-                return None
-            result = msg.get("result") or {}
-            if "error" in msg and not result:
-                self._close_stream()
-                raise CNIError(REGISTRY_UNREADABLE, "etcd watch failed", str(msg["error"])[:300])
-            if int(result.get("compact_revision", 0) or 0) or result.get("canceled"):
-                self._close_stream()                 # history gone: list again and reconcile
-                self.relists += 1
-                return self.snapshot()
-            events = result.get("events") or ()
-            if not events:
-                continue
+            while True:               # the rest of the same answer (etcd3gw calls back event by event)
+                try:
+                    events.append(self._stream.events.get(timeout=0.002))
+                except queue.Empty:
+                    break
             for ev in events:
                 kv = ev["kv"]
-                key = _unb64(kv["key"]).decode(errors="surrogateescape")
+                key = bytes(kv["key"]).decode(errors="surrogateescape")
                 if ev.get("type") == "DELETE":
-                    self._kvs.pop(key, None)
+                    self._apply(key, None)
                 else:
-                    self._kvs[key] = _KV(_unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)),
-                                         int(kv.get("lease", 0)))
-            # the events' revision, not the header's: later events of the header's may still come
-            self._rev = max(int(ev["kv"].get("mod_revision", 0)) for ev in events)
+                    self._apply(key, _KV(bytes(kv.get("value", b"")), int(kv.get("mod_revision", 0)),
+                                         int(kv.get("lease", 0))))
+            # the events' revision, not a header's: later events of the same revision may still come
+            self._rev = max(self._rev, max(int(ev["kv"].get("mod_revision", 0)) for ev in events))
             self._stream_rev = self._rev
-            return self._decode()
+            if catch_up and self._rev < revision:
+                continue
+            return self._view()
 
     def _close_stream(self) -> None:
         if self._stream is not None:
