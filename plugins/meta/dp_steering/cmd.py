@@ -149,18 +149,28 @@ def _not_the_host(netns: str, enforcer_ns: str, ifname: str) -> None:
 
 
 def cmd_check(args: CmdArgs):
-    from . import state, steering
+    """The record against the config, then pycni-doctor's steering-integrity for this pod (devices,
+    MACs, filters, mode: 127; inline with no dp: 131) and nfqueue-no-reader in the pod's and the
+    enforcer netns (137); a finding's text is the error. The doctor's code is imported here only."""
+    from . import state
     cfg = config.load(args.conf, "CHECK")
     _prev_result(args)
     with state.lock(cfg.state_dir):
         pod = _recorded(cfg.state_dir, args.container_id, args.ifname)
         _same_config(pod, cfg)
-        problem = steering.verify(pod) or steering.mode_problem(pod, cfg.mode)
-        if problem:
-            raise CNIError(errors.CHECK_MISMATCH, f"dp-steering CHECK {pod.key}: {problem}")
-        problem = steering.traffic_problem(pod)
-    if problem:
-        raise CNIError(errors.NO_DP, f"dp-steering CHECK {problem}")
+        from plugins.doctor import checkctx, nfqueue
+        from plugins.doctor import steering as integrity
+        for kind, finding in integrity.pod_problems(pod, cfg.state_dir, cfg.mode):
+            code = errors.NO_DP if kind == integrity.NO_DP else errors.CHECK_MISMATCH
+            raise CNIError(code, f"dp-steering CHECK {checkctx.text(finding, where=False)}", finding.why)
+    for path in (pod.netns, pod.enforcer):
+        found, failed = checkctx.run_in(path, [nfqueue])
+        for text in failed:
+            log.warning("CHECK %s: nfqueue-no-reader could not finish in %s: %s", pod.key, path, text)
+        queued = checkctx.first_error(found)
+        if queued is not None:
+            raise CNIError(errors.NFQUEUE_NO_READER, f"dp-steering CHECK {pod.key}: {checkctx.text(queued)}",
+                           queued.why)
 
 
 def cmd_del(args: CmdArgs):

@@ -59,6 +59,11 @@ TOOL_FAILED = CODES.add(
 NETNS_FAILED = CODES.add(
     136, "a network namespace (the pod's or `enforcerNetns`) could not be entered",
     "check that the path is a mounted netns (`ip netns list`) and that the plugin runs as root")
+NFQUEUE_NO_READER = CODES.add(
+    137, "CHECK: an NFQUEUE rule in the pod's netns or `enforcerNetns` queues to a queue no process there "
+    "reads, without bypass: the packets it matches are dropped (pycni-doctor nfqueue-no-reader)",
+    "run the queue's reader in that netns, or add `--queue-bypass` (nft: `bypass`) to the rule; the error "
+    "names the rule and prints both commands")
 
 translate = CODES.translator({
     KERNEL: KERNEL_REFUSED,

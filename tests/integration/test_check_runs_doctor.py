@@ -1,0 +1,75 @@
+"""The plugins' CHECK runs the doctor's diagnoses that concern the pod (issue 11) and fails with the
+finding's text: dp-steering nfqueue-no-reader in the pod's and the enforcer netns (137) after its
+steering-integrity (127/131, tests/integration/test_doctor_steering.py and the dp-steering tests);
+edgemesh edgemesh-hijack in the node's netns (151: a DNAT to a listen address where nothing
+listens). Healthy, both pass; the printed fix makes CHECK pass again and traffic flow."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from plugins.meta.dp_steering import errors as dp_errors
+from plugins.pkg import probe
+from tests.integration.test_doctor import READER
+from tests.integration.test_doctor_steering import apply
+from tests.kit.dp_steering import World
+
+pytestmark = pytest.mark.root
+
+
+def bind_queue(ns, queue: int) -> subprocess.Popen:
+    p = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", READER, str(queue)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "bound", p.stderr and p.stderr.read()
+    return p
+
+
+@pytest.mark.parametrize("where", ["pod", "enforcer"])
+def test_dp_steering_check_fails_on_an_nfqueue_rule_without_a_reader(netns, tmp_path, where):
+    w = World(netns, tmp_path)
+    with w.dp():
+        pod = w.add("c1")
+        prev = pod.added.encode()
+        assert w.plugin("CHECK", pod, prev)[0] == 0                     # healthy
+        ns = pod.ns if where == "pod" else w.enf
+        ns.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "7")
+        status, out, _ = w.plugin("CHECK", pod, prev)
+        assert status == 1 and out["code"] == dp_errors.NFQUEUE_NO_READER, out
+        assert out["msg"].startswith(f"dp-steering CHECK c1/eth0: netns {ns.name}: "), out
+        assert "-A INPUT -p tcp -m tcp --dport 9 -j NFQUEUE --queue-num 7` queues to queue 7" in out["msg"], out
+        assert "pycni-doctor nfqueue-no-reader" in out["msg"] and "NFQUEUE" in out["details"]
+        reader = bind_queue(ns, 7)                                        # the first fix: a reader there
+        try:
+            assert w.plugin("CHECK", pod, prev)[0] == 0
+        finally:
+            reader.kill()
+            reader.wait()
+        status, out, _ = w.plugin("CHECK", pod, prev)
+        assert status == 1 and out["code"] == dp_errors.NFQUEUE_NO_READER
+        [bypass] = re.findall(r"`([^`]*--queue-bypass)`", out["msg"])      # the second: fail open
+        apply(bypass)
+        assert w.plugin("CHECK", pod, prev)[0] == 0
+        assert probe.ping(w.host.path, pod.ip, count=1, timeout=2) == [0]
+        w.delete(pod)
+
+
+def test_dp_steering_check_with_a_reader_bound_only_in_the_host_still_fails(netns, tmp_path):
+    """The article's point: a queue bound in another namespace does not count for the pod's."""
+    w = World(netns, tmp_path)
+    with w.dp():
+        pod = w.add("c1")
+        prev = pod.added.encode()
+        pod.ns.run("iptables", "-A", "INPUT", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "8")
+        reader = bind_queue(w.host, 8)
+        try:
+            status, out, _ = w.plugin("CHECK", pod, prev)
+            assert status == 1 and out["code"] == dp_errors.NFQUEUE_NO_READER and "queue 8" in out["msg"], out
+        finally:
+            reader.kill()
+            reader.wait()
+        pod.ns.run("iptables", "-F", "INPUT")
+        assert w.plugin("CHECK", pod, prev)[0] == 0
+        w.delete(pod)
