@@ -5,7 +5,7 @@ plugins/entrypoints.py calls `delegate(name)` before any plugin module is import
 
 - no socket at $PYCNI_NODE_SOCKET (default /run/pycni/node.sock; "" or "off": never ask), not a
   socket, a socket or a listening process not owned by root, ECONNREFUSED, a hello refused (another
-  version, another mount namespace, a non-root peer, the daemon full) or not answered within
+  version, a non-root peer, the daemon full, namespaces it cannot enter) or not answered within
   HELLO_TIMEOUT: in-process, nothing of stdin read;
 - once the daemon said OK the request is the daemon's: its reply (the plugin's exit status and
   stdout, byte for byte) is written out and the process exits with that status; a reply that does
@@ -13,11 +13,11 @@ plugins/entrypoints.py calls `delegate(name)` before any plugin module is import
   so the runtime's retry is safe).
 
 What it sends: argv, the whole environment, umask, the encodings of stdout/stderr, stdin, and by
-SCM_RIGHTS its network namespace (/proc/self/ns/net: the daemon's worker setns()es into it), mount
-namespace (compared, never entered), cwd and stderr (the worker writes the plugin's logs there).
+SCM_RIGHTS its network namespace (/proc/self/ns/net: the daemon's worker setns()es into it), its
+mount namespace (entered when it is not the daemon's: `ip netns exec`, a runtime's private
+mounts), cwd and stderr (the worker writes the plugin's logs there).
 Imports: os, sys, _socket and protocol.py (which imports the same).
 """
-from __future__ import annotations
 
 import os
 import sys

@@ -5,7 +5,8 @@
 The exec'd plugins (plugins/node/client.py) hand it their request over a root-only unix socket
 (mode 0600; SO_PEERCRED uid 0 checked per connection) with their network namespace as an fd.
 The daemon imports the plugins once; every connection gets a worker forked from that pristine
-state, which setns()es into the client's network namespace, takes its environment, argv, cwd,
+state, which setns()es into the client's network namespace (and its mount namespace when that is
+not the daemon's), takes its environment, argv, cwd,
 umask and stderr, and runs the plugin's skel.run with the same cmd_* code, module globals as a
 fresh exec would see them, and the same flocks. Workers run in parallel; a worker's stdout (a
 memfd on fd 1, so the plugin's children write there too) goes back whole with the exit status.
@@ -87,6 +88,7 @@ class Daemon:
         st = os.stat("/proc/self/ns/mnt")
         self.mntns = (st.st_dev, st.st_ino)
         self.plugins: dict[bytes, object] = {}
+        self.debug = False             # a line per request served on the daemon's stderr
 
     # ---- start-up -------------------------------------------------------------------
     def preload(self) -> None:
@@ -293,11 +295,13 @@ class Daemon:
             if why:
                 _refuse(conn, why)
                 return
-            from plugins.pkg.ns import _setns
-            try:
-                _setns(fds[0])          # the namespace the runtime called the plugin in
+            try:                        # the namespaces the runtime called the plugin in
+                st = os.fstat(fds[1])
+                if (st.st_dev, st.st_ino) != self.mntns:
+                    _setns(fds[1], CLONE_NEWNS)      # (ip netns exec, a runtime's private mounts)
+                _setns(fds[0], CLONE_NEWNET)
             except OSError as e:
-                _refuse(conn, f"setns into the client's network namespace: {e}")
+                _refuse(conn, f"setns into the client's namespaces: {e}")
                 return
             P.send_all(conn, P.frame(b"OK"))
             conn.settimeout(REQUEST_TIMEOUT)
@@ -314,8 +318,14 @@ class Daemon:
             return
         for fd in fds[:3]:
             _close(fd)
+        started = time.monotonic()
         status, out = self._run(plugin, argv, env, umask, encodings, stdin, stderr_fd)
         P.send_all(conn, P.frame(status.to_bytes(4, "big", signed=True) + out))
+        if self.debug:
+            name = hello.rpartition(b"\0")[2].decode(errors="replace")
+            _log_fd(f"pycni-node: served {name} "
+                    f"{env.get(b'CNI_COMMAND', b'').decode(errors='replace')} pid {P.peer_pid(conn)}: "
+                    f"status {status} in {(time.monotonic() - started) * 1000:.1f} ms\n")
 
     def _check_hello(self, hello: bytes, fds: list[int]) -> tuple[str, object]:
         if not hello.startswith(P.MAGIC) or hello.count(b"\0") < 2:
@@ -326,9 +336,6 @@ class Daemon:
         plugin = self.plugins.get(name)
         if plugin is None:
             return f"plugin {name.decode(errors='replace')!r} is not served here", None
-        st = os.fstat(fds[1])
-        if (st.st_dev, st.st_ino) != self.mntns:
-            return "the client is in another mount namespace", None
         return "", plugin
 
     def _run(self, plugin, argv, env, umask, encodings, stdin: bytes, stderr_fd: int) -> tuple[int, bytes]:
@@ -386,6 +393,25 @@ def _fresh_logging() -> None:
         del sys.modules[name]
     from libcni_py import skel
     skel._deferred_log_stderr = None
+
+
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+_libc = None
+
+
+def _setns(fd: int, kind: int) -> None:
+    """setns(2): a worker is single-threaded (the main process never starts a thread), which a
+    mount namespace needs."""
+    if hasattr(os, "setns"):                         # Python >= 3.12
+        os.setns(fd, kind)
+        return
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, kind) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def _refuse(conn: socket.socket, why: str) -> None:
@@ -515,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         services = services_for(args.conf, vxlan_agent=not args.no_vxlan_agent)
         daemon = Daemon(os.path.abspath(path), services, max(1, args.max_workers))
+        daemon.debug = args.log_level == "debug"
         daemon.preload()
         daemon.bind()
     except (StartError, OSError) as e:

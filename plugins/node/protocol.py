@@ -13,7 +13,6 @@ length + payload):
 
 After OK the request is the daemon's: a reply that does not come whole is CNI code 11 (client.py).
 """
-from __future__ import annotations
 
 import os
 import sys
@@ -102,6 +101,11 @@ def peer_uid(sock) -> int:
     """SO_PEERCRED: (pid, uid, gid) of the process at the other end when it connected (or listened)."""
     raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return int.from_bytes(raw[4:8], sys.byteorder, signed=False)
+
+
+def peer_pid(sock) -> int:
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(raw[0:4], sys.byteorder, signed=True)
 
 
 def pack_request(argv: list[bytes], environ: dict, umask: int, encodings: list[bytes]) -> bytes:
