@@ -11,10 +11,10 @@ groups the steered pods by their dp: (enforcerNetns, vthName, dpSocket). Every `
   that socket takes a connection (a dead dp's socket file refuses: ECONNREFUSED, the test
   pycni-dp itself makes before it replaces a stale one). A kill -9 closes the dp's sockets
   at once, so both are seen on the next look;
-- a dp on dpSocket that is new (the socket file's inode changed: a restarted dp binds a
-  new one) is told every steered pod of the group again (ctrl_add_srvc_port, ctrl_add_mac,
-  ctrl_cfg_mac in the mode the pod's filters have), since a new dp knows no pod and reads
-  no vth until told.
+- a dp on dpSocket that is new (the socket refused since the last look, or its file is another
+  one: inode and ctime, as a restarted dp binds a new one) is told every steered pod of the
+  group again (ctrl_add_srvc_port, ctrl_add_mac, ctrl_cfg_mac in the mode the pod's filters
+  have), since a new dp knows no pod and reads no vth until told.
 
 When a dp goes, every pod of the group that wants inline and runs inline
 - with failOpen is switched to tap (vex <-> vin directly, a copy to vbr): its traffic flows;
@@ -63,7 +63,7 @@ class _Dp:
         self.enforcer, self.vth, self.dp_socket = enforcer_ns, vth, dp_socket
         self.vth_index: int | None = None
         self.present: bool | None = None   # None: not looked at yet
-        self.told: int | None = None       # inode of the dpSocket file whose dp was told the pods
+        self.told: tuple | None = None     # (inode, ctime) of the dpSocket file whose dp was told the pods
         self.tell_after = 0.0              # monotonic time before which telling is not retried
         self.pods: list[tuple[str, state.Pod]] = []     # (stateDir, record) as last read
         self.unknown = ""                  # why it cannot be looked at (logged once)
@@ -114,7 +114,9 @@ class FailOpenWatcher:
             if present is None:
                 continue
             if present != dp.present:
-                if dp.present is not None:
+                if dp.present is None:
+                    log.info("%r is %s (%d steered pod(s))", dp, "there" if present else "not there", len(dp.pods))
+                else:
                     log.warning("%r is %s", dp, "back" if present else "gone")
                     if not rescanned:          # the newest records, before acting on them
                         self._scan()
@@ -172,10 +174,12 @@ class FailOpenWatcher:
             return None
         answers = True
         if dp.dp_socket:
-            inode = _socket_inode(dp.dp_socket)
-            answers = inode is not None and _connectable(dp.dp_socket)
-            if answers and inode != dp.told and time.monotonic() >= dp.tell_after:
-                done += self._tell(dp, inode)
+            ident = _socket_ident(dp.dp_socket)
+            answers = ident is not None and _connectable(dp.dp_socket)
+            if not answers:
+                dp.told = None                    # whatever answers next is told the pods
+            elif ident != dp.told and time.monotonic() >= dp.tell_after:
+                done += self._tell(dp, ident)
         try:
             reads = enforcer.reader_on(dp.enforcer, dp.vth_index)
         except OSError as e:
@@ -184,7 +188,7 @@ class FailOpenWatcher:
         dp.unknown = ""
         return answers and reads
 
-    def _tell(self, dp: _Dp, inode: int | None) -> list[dict]:
+    def _tell(self, dp: _Dp, ident: tuple) -> list[dict]:
         """A dp on dpSocket we have not told yet (a new one): every steered pod of the group, in
         the mode its filters have (a failed-open pod in tap, so the dp only counts its copies
         until it is switched back). Under the lock: a DEL's ctrl_del_mac is never undone."""
@@ -204,7 +208,7 @@ class FailOpenWatcher:
                         return done
                     done.append(_did(sd, pod, "told"))
         log.info("told the dp on %s (new socket) the %d pod(s) steered to %s", dp.dp_socket, len(done), dp.vth)
-        dp.told = inode
+        dp.told = ident
         return done
 
     # -- the pods
@@ -303,11 +307,13 @@ def _did(sd: str, pod: state.Pod, action: str) -> dict:
     return {"stateDir": sd, "pod": pod.key, "action": action, "time": time.time()}
 
 
-def _socket_inode(path: str) -> int | None:
+def _socket_ident(path: str) -> tuple | None:
+    """Which socket file is at `path` (a new dp binds a new one; its inode may be the old one's)."""
     try:
-        return os.stat(path).st_ino
+        st = os.stat(path)
     except OSError:
         return None
+    return (st.st_ino, st.st_ctime_ns)
 
 
 def _connectable(path: str) -> bool:
