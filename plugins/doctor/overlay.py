@@ -143,6 +143,8 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
     from plugins.main.vxlan import config, device, lease
     from plugins.main.vxlan.registry import open_registry
     n = config.load(conf, "CHECK")          # a config the plugin refuses: an error entry, not a finding
+    if n.network is None:
+        return []                           # an IPv6-only network: the IPv6 overlay is not checked here
     p = ctx.ns.prefix()
     where = f"vxlan network {n.name}, node {n.node_name}"
     live, why_dead = lease.agent_state(n.state_dir)

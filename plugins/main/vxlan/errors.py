@@ -67,8 +67,10 @@ BAD_IPAM_RESULT = CODES.add(
     "static IP from `runtimeConfig.ips` or `CNI_ARGS IP=` must lie in it too)",
     "let ipam default, allocate from the node subnet, free addresses (DEL or GC stale pods)")
 POD_DRIFT = CODES.add(
-    116, "CHECK: pod interface, address, route, bridge port, hairpin or ipMasq rule missing or wrong (named)",
-    "DEL and ADD the pod again")
+    116, "CHECK: pod interface, address, route, bridge port, hairpin or ipMasq rule missing or wrong (named), "
+    "or a node setting that drops the network's traffic (pycni-doctor's policy-route-steals-replies or "
+    "rp-filter-forwarding finding, named with its fix)",
+    "DEL and ADD the pod again; for a doctor finding, run the fix it names")
 SUBNET_IN_USE = CODES.add(
     117, "this node's subnet or name changed while the old one is in use: a new subnet (lease taken by "
     "another node, another `subnetLen`) while pods use the old one (the bridge holds its gateway), or "
