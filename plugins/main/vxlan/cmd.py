@@ -77,7 +77,7 @@ def cmd_add(args: CmdArgs) -> Result:
         def claim(rt, node: NodeInfo) -> None:
             """Under the node lock: refuse an attachment that exists, record ours (leave sees it)."""
             _refuse_existing(rt, n, cid, ifname, veth)
-            claimed["ipam"] = ipam.ipam_config(n.ipam, n.state_dir, node.subnet, node.gateway, node.network)
+            claimed["ipam"] = _ipam_conf(n, node)
             ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname,
                                                   "netns": args.netns, "ipam": claimed["ipam"]})
             undo.callback(_quietly, ipam.remove_record, n.state_dir, veth)
@@ -92,8 +92,9 @@ def cmd_add(args: CmdArgs) -> Result:
         host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes),
                                      pod_mac=n.mac, undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         if n.ip_masq:
-            undo.callback(_quietly, masq.teardown, n.name, cid, ifname)
-            masq.setup(n.name, cid, ifname, [ip.address.split("/")[0] for ip in ips], str(node.network))
+            for family, cluster in _families(node):
+                undo.callback(_quietly, masq.teardown, n.name, cid, ifname, family)
+                masq.setup(n.name, cid, ifname, _addresses(ips, family), cluster, family)
         undo.pop_all()
     dns = DNS.decode(n.dns) if n.dns else allocated.dns      # Go's bridge: config DNS, when set, wins
     return Result(cni_version=args.cni_version, interfaces=[Interface(br.name, br.mac), host_if, pod_if],
@@ -135,18 +136,18 @@ def cmd_check(args: CmdArgs) -> None:
     net = _pod_net(n, node)
     veth = host_veth(cid, ifname)
     rec = ipam.read_record(n.state_dir, veth)
-    ipam.check(n.raw, rec["ipam"] if rec else ipam.ipam_config(n.ipam, n.state_dir, node.subnet,
-                                                               node.gateway, node.network))
+    ipam.check(n.raw, rec["ipam"] if rec else _ipam_conf(n, node))
     ips = [ip for ip in prev.ips if ip.interface is not None and ip.interface < len(prev.interfaces)
            and prev.interfaces[ip.interface].name == ifname]
     with pod_links() as ipr:
         pod.check(ipr, net, pod.Attachment(args.netns, ifname, veth, ips, prev.routes))
     if n.ip_masq:
-        installed = masq.present(n.name, cid, ifname)
-        for ip in ips:
-            src = ip.address.split("/")[0] + "/32"
-            if src not in installed:
-                raise CNIError(POD_DRIFT, f"CHECK: ipMasq rule for {src} missing in nat POSTROUTING")
+        for family, _ in _families(node):
+            installed = masq.present(n.name, cid, ifname, family)
+            for src in _addresses(ips, family, host=True):
+                if src not in installed:
+                    raise CNIError(POD_DRIFT, f"CHECK: ipMasq rule for {src} missing in "
+                                   f"{'ip6tables ' if family == 6 else ''}nat POSTROUTING")
 
 
 def _diagnose(n: NetConf) -> None:
@@ -210,7 +211,8 @@ def cmd_gc(args: CmdArgs) -> None:
                 _release(n, veth, cid, ifname)
             except (CNIError, OSError) as e:
                 failed.append(f"{cid}/{ifname}: {e}")
-    masq.gc(n.name, valid)
+    for family in _masq_families(n):
+        masq.gc(n.name, valid, family)
     ipam.clean_stale(n.state_dir)
     if not n.ipam_self:
         ipam.gc(n.raw, _fallback_ipam(n), args.valid_attachments)
@@ -233,19 +235,46 @@ def pod_links():
 
 
 def _pod_net(n: NetConf, node: NodeInfo) -> pod.PodNet:
-    return pod.PodNet(bridge=n.bridge, subnet=str(node.subnet), gateway=str(node.gateway),
-                      network=str(node.network), mtu=int(node.mtu), hairpin=n.hairpin,
-                      default_route=n.is_default_gateway)
+    def text(x) -> str:
+        return "" if x is None else str(x)
+    return pod.PodNet(bridge=n.bridge, subnet=text(node.subnet), gateway=text(node.gateway),
+                      network=text(node.network), mtu=int(node.mtu), hairpin=n.hairpin,
+                      default_route=n.is_default_gateway, subnet6=text(node.subnet6),
+                      gateway6=text(node.gateway6), network6=text(node.network6))
+
+
+def _ipam_conf(n: NetConf, node: NodeInfo) -> dict:
+    return ipam.ipam_config(n.ipam, n.state_dir, node.subnet, node.gateway, node.network,
+                            node.subnet6, node.gateway6, node.network6)
+
+
+def _families(node: NodeInfo) -> list[tuple[int, str]]:
+    """(family, cluster network) of each family the node serves."""
+    return [(f, str(net)) for f, net in ((4, node.network), (6, node.network6)) if net is not None]
+
+
+def _addresses(ips, family: int, host: bool = False) -> list[str]:
+    """The pod addresses of `family` (host: as /32 or /128 masq sources)."""
+    import ipaddress
+    out = [ipaddress.ip_interface(ip.address).ip for ip in ips]
+    return [f"{a}/{a.max_prefixlen}" if host else str(a) for a in out if a.version == family]
+
+
+def _masq_families(n: NetConf) -> tuple[int, ...]:
+    """The families whose masq rules DEL and GC look for: IPv6 too when the config names ipv6Network
+    (DEL is lenient: a value that does not parse still counts)."""
+    return (4, 6) if n.network6 is not None or n.raw.get("ipv6Network") else (4,)
 
 
 def _masq_teardown(n: NetConf, cid: str, ifname: str) -> None:
     """Our rules of this attachment, whatever ipMasq says now (it may have been true at ADD). With
     ipMasq off a host without iptables has none of ours: nothing to do."""
-    try:
-        masq.teardown(n.name, cid, ifname)
-    except FileNotFoundError:
-        if n.ip_masq:
-            raise
+    for family in _masq_families(n):
+        try:
+            masq.teardown(n.name, cid, ifname, family)
+        except FileNotFoundError:
+            if n.ip_masq:
+                raise
 
 
 def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "") -> None:

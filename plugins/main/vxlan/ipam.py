@@ -26,14 +26,23 @@ RECORDS = "attachments"
 DELEGATED_MARK = "PYCNI_VXLAN_IPAM_OF"
 
 
-def ipam_config(section: dict | None, state_dir: str, subnet, gateway, network) -> dict:
+def ipam_config(section: dict | None, state_dir: str, subnet, gateway, network,
+                subnet6=None, gateway6=None, network6=None) -> dict:
     """The IPAM section to delegate with, from the config's (NetConf.ipam; None: host-local)
-    (subnet/gateway/network: anything str() makes a CIDR/IP of)."""
-    subnet, gateway, network = str(subnet), str(gateway or ""), str(network)
+    (subnet/gateway/network: anything str() makes a CIDR/IP of; subnet None: no IPv4 range).
+    With an IPv6 subnet host-local gets two ranges (one address of each family) and a route to
+    each cluster network."""
     ipam = dict(section or {"type": "host-local"})
     if ipam.get("type") == "host-local" and "ranges" not in ipam and "subnet" not in ipam:
-        ipam["ranges"] = [[{"subnet": subnet, "gateway": gateway} if gateway else {"subnet": subnet}]]
-        ipam.setdefault("routes", [{"dst": network}])
+        ranges, routes = [], []
+        for sub, gw, net in ((subnet, gateway, network), (subnet6, gateway6, network6)):
+            if sub is None or str(sub) == "None":
+                continue
+            sub, gw = str(sub), str(gw or "")
+            ranges.append([{"subnet": sub, "gateway": gw} if gw else {"subnet": sub}])
+            routes.append({"dst": str(net)})
+        ipam["ranges"] = ranges
+        ipam.setdefault("routes", routes)
         ipam.setdefault("dataDir", os.path.join(state_dir, "ipam"))
     return ipam
 

@@ -5,6 +5,8 @@ ACCEPTs traffic to the cluster network and MASQUERADEs the rest (multicast aside
 and a POSTROUTING jump per pod address. Every rule carries the comment
 `pycni-vxlan net=<network> id=<container> if=<ifname>`, so DEL and GC find them in
 iptables-save output without state and never touch a rule we did not write.
+IPv6 (`family=6`): the same chain and jumps with ip6tables (its nat table; on an nftables host
+ip6tables is ip6tables-nft, the `ip6 nat` table), /128 sources, multicast ff00::/8 aside.
 """
 from __future__ import annotations
 
@@ -31,40 +33,50 @@ def comment(network: str, container_id: str, ifname: str) -> str:
     return iptables.check_comment(f"pycni-vxlan net={network} id={container_id} if={ifname}")
 
 
-def setup(network: str, container_id: str, ifname: str, pod_ips: list[str], cluster: str) -> None:
-    """Install (or complete) the attachment's rules in one iptables-restore transaction."""
+def _binary(family: int) -> str:
+    return "ip6tables" if family == 6 else "iptables"
+
+
+def setup(network: str, container_id: str, ifname: str, pod_ips: list[str], cluster: str,
+          family: int = 4) -> None:
+    """Install (or complete) the attachment's rules in one iptables-restore transaction (family 6:
+    ip6tables-restore)."""
     tag = iptables.comment_arg(comment(network, container_id, ifname))
     chain = chain_name(network, container_id, ifname)
     cluster = str(ipaddress.ip_network(cluster, strict=False))
-    installed = _jumps(iptables.save(TABLE), network, container_id, ifname)
+    binary = _binary(family)
+    installed = _jumps(iptables.save(TABLE, binary), network, container_id, ifname)
+    multicast, host = ("ff00::/8", 128) if family == 6 else ("224.0.0.0/4", 32)
     lines = [f":{chain} - [0:0]",                     # declares, or flushes ours
              f"-A {chain} -d {cluster} {tag} -j ACCEPT",
-             f"-A {chain} ! -d 224.0.0.0/4 {tag} -j MASQUERADE"]
+             f"-A {chain} ! -d {multicast} {tag} -j MASQUERADE"]
     for ip in pod_ips:
-        src = f"{ipaddress.ip_address(ip)}/32"
+        src = f"{ipaddress.ip_address(ip)}/{host}"
         if src not in installed:
             lines.append(f"-A POSTROUTING -s {src} {tag} -j {chain}")
-    iptables.restore(TABLE, lines)
+    iptables.restore(TABLE, lines, binary)
 
 
-def teardown(network: str, container_id: str, ifname: str) -> bool:
+def teardown(network: str, container_id: str, ifname: str, family: int = 4) -> bool:
     """Remove the attachment's rules and chain. False when there was nothing to remove."""
-    lines = _teardown_lines(iptables.save(TABLE), network, container_id, ifname)
+    binary = _binary(family)
+    lines = _teardown_lines(iptables.save(TABLE, binary), network, container_id, ifname)
     if lines:
-        iptables.restore(TABLE, lines)
+        iptables.restore(TABLE, lines, binary)
     return bool(lines)
 
 
-def gc(network: str, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
+def gc(network: str, keep: set[tuple[str, str]], family: int = 4) -> list[tuple[str, str]]:
     """Remove the rules of every attachment of `network` not in `keep`; returns those removed."""
-    saved = iptables.save(TABLE)
+    binary = _binary(family)
+    saved = iptables.save(TABLE, binary)
     stale = sorted({(cid, ifn) for net, cid, ifn in _TAG_RE.findall(saved)
                     if net == network and (cid, ifn) not in keep and _ours(network, cid, ifn)})
     lines: list[str] = []
     for cid, ifn in stale:
         lines += _teardown_lines(saved, network, cid, ifn)
     if lines:
-        iptables.restore(TABLE, lines)
+        iptables.restore(TABLE, lines, binary)
     return stale
 
 
@@ -77,9 +89,9 @@ def _ours(network: str, container_id: str, ifname: str) -> bool:
     return True
 
 
-def present(network: str, container_id: str, ifname: str) -> list[str]:
+def present(network: str, container_id: str, ifname: str, family: int = 4) -> list[str]:
     """Source addresses whose jump to the attachment's chain is installed (for CHECK)."""
-    return sorted(_jumps(iptables.save(TABLE), network, container_id, ifname))
+    return sorted(_jumps(iptables.save(TABLE, _binary(family)), network, container_id, ifname))
 
 
 def _jumps(saved: str, network: str, container_id: str, ifname: str) -> set[str]:

@@ -1,9 +1,10 @@
 """The pod's plumbing: bridge with the subnet gateway, a veth pair, address and routes.
 
-Host side: the bridge (`cni0` default) holds the gateway with the subnet's prefix,
-IPv4 forwarding is on, and the host end of the pair (named by names.host_veth) is a
-port of it, up, hairpin as configured. Pod side: CNI_IFNAME, MTU of the vxlan
-device, the IPAM addresses and routes, and a default route via the gateway.
+Host side: the bridge (`cni0` default) holds the gateway with the subnet's prefix (of each
+family: the IPv6 one nodad), forwarding is on for each, and the host end of the pair (named
+by names.host_veth) is a port of it, up, hairpin as configured. Pod side: CNI_IFNAME, MTU of
+the vxlan devices (the smaller), the IPAM addresses (IPv6 ones nodad) and routes, and a
+default route via the gateway of each family.
 One raw netlink socket per namespace for the whole command (plugins.pkg.link, imported
 by the functions that use it: VERSION and STATUS never need it).
 """
@@ -27,23 +28,44 @@ if TYPE_CHECKING:
     from plugins.pkg.rtnl import Link, Rtnl
 
 DEFAULT = "0.0.0.0/0"
+DEFAULT6 = "::/0"
 RTPROT_BOOT = 3          # what `ip route add` and Go's netlink use
+IFA_F_NODAD = 0x02       # IPv6 addresses usable at once (IPAM made them unique)
 
 
 class PodNet:
-    """What every pod on this node shares."""
+    """What every pod on this node shares; the IPv4 half ("" on an IPv6-only node) and the IPv6
+    half (subnet6, gateway6, network6; "" on an IPv4-only node)."""
 
     def __init__(self, bridge: str, subnet: str, gateway: str, network: str, mtu: int,
-                 hairpin: bool = False, default_route: bool = True):
+                 hairpin: bool = False, default_route: bool = True, subnet6: str = "", gateway6: str = "",
+                 network6: str = ""):
         self.bridge = bridge
         self.subnet = subnet             # this node's subnet, "10.244.1.0/24"
         self.gateway = gateway           # its first address, on the bridge
         self.network = network           # the cluster network
         self.mtu, self.hairpin, self.default_route = mtu, hairpin, default_route
+        self.subnet6, self.gateway6, self.network6 = subnet6, gateway6, network6
 
     @property
     def gateway_cidr(self) -> str:
         return f"{self.gateway}/{ipaddress.ip_network(self.subnet).prefixlen}"
+
+    @property
+    def gateway6_cidr(self) -> str:
+        return f"{self.gateway6}/{ipaddress.ip_network(self.subnet6).prefixlen}"
+
+    def gateways(self) -> list:
+        """The bridge's gateway interfaces, IPv4 then IPv6."""
+        out: list = []
+        if self.subnet:
+            out.append(ipaddress.IPv4Interface(self.gateway_cidr))
+        if self.subnet6:
+            out.append(ipaddress.IPv6Interface(self.gateway6_cidr))
+        return out
+
+    def gateway_of(self, version: int) -> str:
+        return self.gateway6 if version == 6 else self.gateway
 
 
 class Attachment:
@@ -58,47 +80,64 @@ class Attachment:
 
 
 def pod_routes(net: PodNet, ipam_routes: list[Route]) -> list[Route]:
-    """IPAM's routes (gateway filled in) plus the default route via the gateway."""
-    out = [Route(dst=str(ipaddress.ip_network(r.dst, strict=False)), gw=r.gw or net.gateway)
-           for r in ipam_routes if ipaddress.ip_network(r.dst, strict=False).version == 4]   # IPv4 only
-    if net.default_route and not any(r.dst == DEFAULT for r in out):
-        out.append(Route(dst=DEFAULT, gw=net.gateway))
+    """IPAM's routes of the node's families (gateway filled in) plus a default route via the
+    gateway of each family."""
+    versions = {v for v, sub in ((4, net.subnet), (6, net.subnet6)) if sub}
+    out = []
+    for r in ipam_routes:
+        dst = ipaddress.ip_network(r.dst, strict=False)
+        if dst.version in versions:
+            out.append(Route(dst=str(dst), gw=r.gw or net.gateway_of(dst.version)))
+    if net.default_route:
+        for version, default in ((4, DEFAULT), (6, DEFAULT6)):
+            if version in versions and not any(r.dst == default for r in out):
+                out.append(Route(dst=default, gw=net.gateway_of(version)))
     return out
 
 
 def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
-    """The IPv4 addresses of the IPAM result, which must lie in this node's subnet."""
-    subnet = ipaddress.ip_network(net.subnet)
+    """The addresses of the IPAM result, each in this node's subnet of its family; at least one
+    of each family the node has (host-local with two ranges gives one of each)."""
+    subnets = {v: ipaddress.ip_network(sub) for v, sub in ((4, net.subnet), (6, net.subnet6)) if sub}
     out = []
     for ip in ips:
         iface = ipaddress.ip_interface(ip.address)
-        if iface.version != 4 or iface.ip not in subnet:
-            raise CNIError(BAD_IPAM_RESULT, f"IPAM returned {ip.address}, outside this node's subnet {net.subnet}",
-                           "an explicit ipam section must allocate from the node's subnet")
-        out.append(IPConfig(address=ip.address, gateway=ip.gateway or net.gateway, interface=2))
-    if not out:
-        raise CNIError(BAD_IPAM_RESULT, "IPAM returned no IPv4 address")
+        subnet = subnets.get(iface.version)
+        if subnet is None or iface.ip not in subnet:
+            where = f"this node's subnet {subnet}" if subnet is not None else \
+                f"the node's families (it has no IPv{iface.version} subnet)"
+            raise CNIError(BAD_IPAM_RESULT, f"IPAM returned {ip.address}, outside {where}",
+                           "an explicit ipam section must allocate from the node's subnets")
+        out.append(IPConfig(address=ip.address, gateway=ip.gateway or net.gateway_of(iface.version), interface=2))
+    for version in subnets:
+        if not any(ipaddress.ip_interface(ip.address).version == version for ip in out):
+            raise CNIError(BAD_IPAM_RESULT, f"IPAM returned no IPv{version} address",
+                           "a dual-stack pod needs one address of each family: give host-local a range "
+                           "of each (or omit ranges: the node's subnets are filled in)")
     return out
 
 
 def ensure_bridge(rt: Rtnl, net: PodNet) -> Link:
-    """The bridge, up, holding the gateway; IPv4 forwarding on in this namespace."""
+    """The bridge, up, holding the gateway of each family (IPv6: nodad); forwarding on in this
+    namespace for each family."""
+    import socket
     from plugins.pkg import link, rtnl as nl
     try:
         br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
     except ValueError as e:
         raise CNIError(BRIDGE_CONFLICT, str(e)) from None
-    gw = ipaddress.IPv4Interface(net.gateway_cidr)
-    cluster = ipaddress.ip_network(net.network)
-    for have in rt.addrs(br.index):
-        if have.address != gw and have.address.ip in cluster:
-            raise CNIError(BRIDGE_CONFLICT,
-                           f"{net.bridge} already has an IP address {have.address} different from {gw}",
-                           "the node's subnet changed; delete the bridge once its pods are gone")
-    err = rt.batch([nl.addr_msg(True, br.index, gw)])[0]
-    if err and err != errno.EEXIST:
-        raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
-    _enable_forwarding()
+    have_addrs = rt.addrs(br.index, socket.AF_UNSPEC)
+    for gw in net.gateways():
+        cluster = ipaddress.ip_network(net.network6 if gw.version == 6 else net.network)
+        for have in have_addrs:
+            if have.address != gw and have.address.version == gw.version and have.address.ip in cluster:
+                raise CNIError(BRIDGE_CONFLICT,
+                               f"{net.bridge} already has an IP address {have.address} different from {gw}",
+                               "the node's subnet changed; delete the bridge once its pods are gone")
+        err = rt.batch([nl.addr_msg(True, br.index, gw, flags=IFA_F_NODAD if gw.version == 6 else 0)])[0]
+        if err and err != errno.EEXIST:
+            raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
+        _enable_forwarding(gw.version)
     return br
 
 
@@ -122,8 +161,10 @@ def attach(rt_host: Rtnl, net: PodNet, br: Link, att: Attachment, pod_mac: str |
     with link.open_rtnl(att.netns) as rt_pod:
         pidx = rt_pod.link(att.ifname).index
         msgs = [nl.link_set_msg(pidx, up=True)]
-        msgs += [nl.addr_msg(True, pidx, ipaddress.IPv4Interface(ip.address)) for ip in att.ips]
-        msgs += [nl.route_msg("add", ipaddress.IPv4Network(r.dst), r.gw or None, pidx, RTPROT_BOOT)
+        for ip in att.ips:
+            iface = ipaddress.ip_interface(ip.address)
+            msgs.append(nl.addr_msg(True, pidx, iface, flags=IFA_F_NODAD if iface.version == 6 else 0))
+        msgs += [nl.route_any_msg("add", ipaddress.ip_network(r.dst), r.gw or None, pidx, RTPROT_BOOT)
                  for r in att.routes]
         for msg, err in zip(msgs, rt_pod.batch(msgs)):
             if err:
@@ -140,13 +181,16 @@ def detach(rt_host: Rtnl, host_veth: str) -> bool:
 
 
 def check(rt_host: Rtnl, net: PodNet, att: Attachment) -> None:
-    """Raise POD_DRIFT naming the first missing or wrong piece."""
-    from plugins.pkg import link
+    """Raise POD_DRIFT naming the first missing or wrong piece (both families)."""
+    import socket
+    from plugins.pkg import link, rtnl as nl
     br = rt_host.link(net.bridge)
     if br is None or br.kind != "bridge":
         _drift(f"bridge {net.bridge} missing")
-    if ipaddress.IPv4Interface(net.gateway_cidr) not in {a.address for a in rt_host.addrs(br.index)}:
-        _drift(f"gateway {net.gateway_cidr} missing on bridge {net.bridge}")
+    on_bridge = {a.address for a in rt_host.addrs(br.index, socket.AF_UNSPEC)}
+    for gw in net.gateways():
+        if gw not in on_bridge:
+            _drift(f"gateway {gw} missing on bridge {net.bridge}")
     host = rt_host.link(att.host_veth)
     if host is None:
         _drift(f"host veth {att.host_veth} missing")
@@ -166,13 +210,15 @@ def check(rt_host: Rtnl, net: PodNet, att: Attachment) -> None:
         if not pod.up or pod.mtu != net.mtu:
             _drift(f"pod interface {att.ifname} is {'up' if pod.up else 'down'} with MTU {pod.mtu}, "
                    f"want up with MTU {net.mtu}")
-        have = sorted(str(a.address) for a in rt_pod.addrs(pod.index))
+        have = sorted(str(a.address) for a in rt_pod.addrs(pod.index, socket.AF_UNSPEC)
+                      if not (a.address.version == 6 and a.address.ip.is_link_local))
         for ip in att.ips:
             if _canonical(ip.address, ipaddress.ip_interface) not in have:
                 _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {have or 'none'})")
-        routes = {(str(r.dst), str(r.gateway) if r.gateway else None) for r in rt_pod.routes() if r.oif == pod.index}
+        routes = {(str(r.dst), str(r.gateway) if r.gateway else None)
+                  for r in [*rt_pod.routes(), *nl.routes6(rt_pod)] if r.oif == pod.index}
         for r in att.routes:
-            if (_canonical(r.dst, ipaddress.ip_network), r.gw or None) not in routes:
+            if (_canonical(r.dst, ipaddress.ip_network), _canonical_ip(r.gw) if r.gw else None) not in routes:
                 _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
 
 
@@ -216,13 +262,21 @@ def _canonical(text: str, parse) -> str:
         return str(text)
 
 
+def _canonical_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except (ValueError, TypeError):
+        return str(text)
+
+
 def _drift(what: str) -> NoReturn:
     raise CNIError(POD_DRIFT, f"CHECK: {what}")
 
 
-def _enable_forwarding() -> None:
-    """net.ipv4.ip_forward of the namespace this process runs in (Go's EnableIP4Forward)."""
-    path = "/proc/sys/net/ipv4/ip_forward"
+def _enable_forwarding(version: int = 4) -> None:
+    """net.ipv4.ip_forward (IPv6: net.ipv6.conf.all.forwarding) of the namespace this process
+    runs in (Go's EnableIP4Forward / EnableIP6Forward)."""
+    path = "/proc/sys/net/ipv6/conf/all/forwarding" if version == 6 else "/proc/sys/net/ipv4/ip_forward"
     with open(path) as f:
         if f.read().strip() == "1":
             return
