@@ -208,8 +208,8 @@ def scale_round(w: World, n: int, res: dict) -> None:
         extra = fake_leases(n + 100, 1)
         (name, lz), = extra.items()
         reg = w.regs[n]
-        # the clock starts when the write has returned (committed): EtcdRegistry.update itself lists
-        # and diffs the whole prefix first (a writer's cost, timed apart as "put call")
+        # the clock starts when the write has returned (committed); the write itself (one txn on
+        # the writer's known view, no list) is timed apart as "put call"
         begin = time.perf_counter()
         with w.etcd.inside():
             put_leases(reg, extra)

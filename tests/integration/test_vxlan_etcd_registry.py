@@ -346,3 +346,44 @@ def test_etcd_auth_with_username_and_password_file(tmp_path):
                     reg.snapshot()
                 assert e.value.code == errors.REGISTRY_UNREADABLE and words in e.value.details, e.value
                 reg.close()
+
+
+def test_a_write_on_a_stale_view_loses_and_is_decided_again_on_a_list(etcd):
+    """update() decides on what the process knows (no list per write); a view another node made
+    stale loses its transaction (compare-create on the subnet) or finds nothing to write, and is
+    decided again on a full list: never a duplicate subnet, never a lost write."""
+    with etcd.inside():
+        a = EtcdRegistry(etcd.options("stale"))
+        b = EtcdRegistry(etcd.options("stale"))
+        lists = []
+        real = a.snapshot
+        a.snapshot = lambda: lists.append(1) or real()        # type: ignore[method-assign]
+
+        def take_free(name):
+            def mutate(d):
+                d.network = NetworkRecord(NET, 24, 1)
+                used = {lz.subnet for lz in d.leases.values()}
+                third = next(t for t in range(1, 250) if ipaddress.IPv4Network(f"10.244.{t}.0/24") not in used)
+                d.leases[name] = a.stamp(a_lease(name, third))
+            return mutate
+        try:
+            put_lease(a, "a1", 1)
+            assert len(lists) == 1                              # the first write lists once
+            for i in range(2, 6):
+                put_lease(a, f"a{i}", i)
+            assert len(lists) == 1                              # later ones write the change only
+            put_lease(b, "b6", 6)                               # a does not know it
+            snap = a.update(take_free("a7"))
+            assert snap.leases["a7"].subnet == ipaddress.IPv4Network("10.244.7.0/24")   # not b6's 6
+            assert len(lists) == 2                              # lost on 6's compare-create: listed
+            assert b.snapshot().leases["a7"].subnet != b.snapshot().leases["b6"].subnet
+            b.update(lambda d: d.leases.pop("a2"))              # a still thinks a2 is there
+
+            def ensure_a2(d):
+                if "a2" not in d.leases:
+                    d.leases["a2"] = a.stamp(a_lease("a2", 2))
+            a.update(ensure_a2)
+            assert "a2" in b.snapshot().leases and len(lists) == 3      # nothing to write: checked on a list
+        finally:
+            a.close()
+            b.close()
