@@ -7,7 +7,9 @@ as a CHECK error's message; listening_proc() answers edgemesh_hijack's "who list
 Imported inside cmd_check only."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from .finding import Finding, Namespace
 
 TOOL_TIMEOUT = 20.0
 RUN_DIR = "/run/netns"
+LEGACY_TABLE_NAMES = {"iptables-legacy-save": "ip_tables_names", "ip6tables-legacy-save": "ip6_tables_names"}
+NFT_FAMILY = {"iptables-nft-save": "ip", "ip6tables-nft-save": "ip6"}     # where iptables-nft keeps its tables
 
 
 class PluginContext:
@@ -32,6 +36,8 @@ class PluginContext:
     def run(self, argv: list[str]) -> subprocess.CompletedProcess:
         """The tool's answer, once per argv (the diagnoses share iptables-save and nft listings)."""
         key = tuple(argv)
+        if key not in self._ran and (_no_legacy_table(argv) or self._no_nft_table(argv)):
+            self._ran[key] = subprocess.CompletedProcess(argv, 0, "", "")
         if key not in self._ran:
             try:
                 self._ran[key] = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
@@ -40,6 +46,22 @@ class PluginContext:
             except OSError as e:            # a tool gone between shutil.which() and here
                 self._ran[key] = subprocess.CompletedProcess(argv, 127, "", str(e))
         return self._ran[key]
+
+    def _no_nft_table(self, argv: list[str]) -> bool:
+        """An iptables-nft-save where the nft ruleset (listed once, the diagnoses read it anyway) has
+        no table of its family prints nothing: a pod's netns mostly has none, one fork instead of three."""
+        family = NFT_FAMILY.get(os.path.basename(argv[0])) if len(argv) == 1 else None
+        if family is None or shutil.which("nft") is None:
+            return False
+        p = self.run(["nft", "-j", "list", "ruleset"])
+        try:
+            items = json.loads(p.stdout or "{}").get("nftables", []) if p.returncode == 0 else None
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            return False
+        return not any(isinstance(i, dict) and isinstance(i.get("table"), dict) and i["table"].get("family") == family
+                       for i in items)
 
     def ipr(self):
         """pyroute2, only when a diagnosis words a finding with it (never on a healthy CHECK)."""
@@ -54,6 +76,21 @@ class PluginContext:
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
+
+
+def _no_legacy_table(argv: list[str]) -> bool:
+    """A legacy iptables-save where this netns has no legacy table prints nothing: no fork for it
+    (as runner.Context; /proc/net/ip{,6}_tables_names lists the tables, gone when x_tables is not loaded)."""
+    name = LEGACY_TABLE_NAMES.get(os.path.basename(argv[0])) if len(argv) == 1 else None
+    if name is None:
+        return False
+    try:
+        with open(f"/proc/thread-self/net/{name}") as f:
+            return not f.read().strip()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def namespace(path: str | None) -> Namespace:
