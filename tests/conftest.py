@@ -104,3 +104,42 @@ def pytest_sessionfinish(session, exitstatus):
             if rep:
                 rep.write_line(f"the machine's {k} changed during the tests:\n{diff}", red=True)
         session.exitstatus = 1
+
+
+# ---- PYCNI_TEST_DAEMON=1: the plugin tests in daemon mode ---------------------------------
+# One pycni-node for the session (socket in a temp dir); PYCNI_NODE_SOCKET in this process's
+# environment reaches every plugin exec that inherits it (libcni_py's CNIConfig, the kits that
+# copy os.environ), so those go through the daemon. tests/integration/test_node_daemon.py runs
+# both modes itself. Execs with an environment of their own stay in-process.
+@pytest.fixture(scope="session", autouse=True)
+def _node_daemon_mode(tmp_path_factory):
+    if os.environ.get("PYCNI_TEST_DAEMON") != "1" or os.geteuid() != 0:
+        yield None
+        return
+    import signal
+    import time
+    d = tmp_path_factory.mktemp("pycni-node")
+    os.chmod(d, 0o700)
+    sock, log = str(d / "node.sock"), open(d / "node.log", "ab")
+    proc = subprocess.Popen([os.path.join(VENV_BIN, "pycni-node"), "--socket", sock, "--log-level", "debug"],
+                            stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.exit(f"PYCNI_TEST_DAEMON=1: pycni-node did not start (see {d / 'node.log'})", returncode=1)
+        time.sleep(0.05)
+    os.environ["PYCNI_NODE_SOCKET"] = sock
+    yield sock
+    del os.environ["PYCNI_NODE_SOCKET"]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    log.close()

@@ -537,8 +537,8 @@ def test_vxlan_agent_runs_in_the_daemon(node, netns, tmp_path):
     cluster = Cluster(netns, tmp_path, segments=[0])
     host = cluster.hosts[0]
     conf_path = tmp_path / "vx.conflist"
-    conf_path.write_text(json.dumps({"cniVersion": "1.0.0", "name": host.conf["name"],
-                                     "plugins": [{k: v for k, v in host.conf.items() if k not in ("name", "cniVersion")}]}))
+    plugin = {k: v for k, v in host.conf.items() if k not in ("name", "cniVersion")}
+    conf_path.write_text(json.dumps({"cniVersion": "1.0.0", "name": host.conf["name"], "plugins": [plugin]}))
     sockdir = str(tmp_path / "nodevx")
     os.makedirs(sockdir, mode=0o700)
     n = Node(host.ns, sockdir, "--conf", str(conf_path))

@@ -15,7 +15,7 @@ from plugins.entrypoints import ENTRYPOINTS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNITS = os.path.join(ROOT, "conf", "systemd")
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-NAMES = ["vxlan-agent.service", "pycni-dp.service"]
+NAMES = ["vxlan-agent.service", "pycni-dp.service", "pycni-node.service"]
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                 reason="systemd-analyze missing (Debian's systemd package)")
