@@ -1,7 +1,7 @@
 """nftables userspace through the `nft` binary: one `nft -f -` transaction per change.
 
 Scripts are built by the callers from checked values; `run()` refuses any line with a
-character outside a small alphabet (no backslash, no single quote, no `#`, no `$`, no
+character outside a small alphabet (brackets for `[addr]:port`; no backslash, no single quote, no `#`, no `$`, no
 newline inside a line), so text from a config can never become a command.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 
-_LINE_RE = re.compile(r'[A-Za-z0-9 _.:/,=@+\-"{};]*')
+_LINE_RE = re.compile(r'[A-Za-z0-9 _.:/,=@+\-"{};\[\]]*')     # [ ]: an IPv6 address with a port
 _HANDLE_RE = re.compile(r"^(.*?)\s+# handle (\d+)$")
 
 

@@ -50,7 +50,7 @@ def test_add_passes_prev_result_through_unchanged(host, version):
 BAD = [
     ({"serviceCIDR": None}, 7, "serviceCIDR"),
     ({"serviceCIDR": "10.96.0.0/40"}, 7, "serviceCIDR"),
-    ({"serviceCIDR": "fd00::/108"}, 7, "serviceCIDR"),
+    ({"serviceCIDR": ["10.96.0.0/12", "10.100.0.0/16"]}, 7, "serviceCIDR"),     # two of one family
     ({"listenAddress": "fe80::1"}, 7, "listenAddress"),
     ({"listenAddress": "300.1.2.3"}, 7, "listenAddress"),
     ({"kernelRelease": BAD_KERNEL}, 140, BAD_KERNEL),

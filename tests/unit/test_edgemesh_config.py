@@ -43,7 +43,7 @@ def test_schema_names_the_bad_field(keys, field):
 
 @pytest.mark.parametrize("keys,field", [
     ({"serviceCIDR": "10.96.0.0/40"}, "serviceCIDR"),
-    ({"serviceCIDR": "fd00::/108"}, "serviceCIDR"),
+    ({"serviceCIDR": ["10.96.0.0/12", "10.100.0.0/16"]}, "serviceCIDR"),     # two of one family
     ({"listenAddress": "300.1.2.3"}, "listenAddress"),
     ({"serviceCIDR": "10.96.0.0/12\n"}, "serviceCIDR"),
     ({"kernelRelease": "4.15\n"}, "kernelRelease"),

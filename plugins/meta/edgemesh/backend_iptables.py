@@ -1,5 +1,8 @@
 """iptables backend: the nat table, KubeEdge edgemesh's chain names, one iptables-restore per change.
 
+One instance per family: Backend("4") drives iptables-save/-restore, Backend("6") ip6tables-save/
+-restore with the same chain names (a pod address /128, the DNAT target [addr]:port).
+
   PREROUTING, OUTPUT  -m comment --comment "edgemesh root chain" -j EDGE-MESH   (top)
   EDGE-MESH           -s <pod>/32 -m comment --comment "edgemesh net=N id=C" -j EDGE-MESH-SVC
                       (-j RETURN for an excluded namespace; scope node: a last catch-all)
@@ -19,6 +22,7 @@ when it does not exist: with --noflush a declaration flushes an existing chain.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 
@@ -32,6 +36,12 @@ TABLE = "nat"
 NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
          "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
 _LOGICAL = {v: k for k, v in NAMES.items()}
+BINARIES = {"4": "iptables", "6": "ip6tables"}
+_DNAT6 = re.compile(r"\[[0-9a-f:]{2,39}\]:[0-9]{1,5}")      # the one token with brackets we write
+
+
+def _host(addr: str) -> str:
+    return f"{addr}/128" if ":" in addr else f"{addr}/32"
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -43,15 +53,16 @@ def render(item: R.Item) -> tuple[str, ...]:
     if isinstance(item, R.RootJump):
         return _comment(R.ROOT_COMMENT) + ("-j", NAMES["mesh"])
     if isinstance(item, R.PodMatch):
-        return ("-s", f"{item.src}/32") + _comment(item.comment) + ("-j", svc if item.hijack else "RETURN")
+        return ("-s", _host(item.src)) + _comment(item.comment) + ("-j", svc if item.hijack else "RETURN")
     if isinstance(item, R.NodeScope):
         return _comment(R.NODE_COMMENT) + ("-j", svc)
     if isinstance(item, R.Ignore):
-        return ("-d", f"{item.ip}/32") + _comment(item.comment) + ("-j", "RETURN")
+        return ("-d", _host(item.ip)) + _comment(item.comment) + ("-j", "RETURN")
     if isinstance(item, R.ProxyJump):
         return ("-d", item.cidr, "-p", item.proto) + _comment(item.comment) + ("-j", NAMES[f"proxy_{item.proto}"])
     if isinstance(item, R.Dnat):
-        return ("-p", item.proto, "-j", "DNAT", "--to-destination", f"{item.addr}:{item.port}")
+        target = f"[{item.addr}]:{item.port}" if ":" in item.addr else f"{item.addr}:{item.port}"
+        return ("-p", item.proto, "-j", "DNAT", "--to-destination", target)
     raise TypeError(item)
 
 
@@ -59,9 +70,20 @@ class Backend:
     name = "iptables"
     render = staticmethod(render)
 
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("iptables-restore") is not None and shutil.which("iptables-save") is not None
+    def __init__(self, family: str = "4"):
+        self.family = family
+        self.binary = BINARIES[family]
+
+    @property
+    def label(self) -> str:
+        """What a message calls this instance: iptables or ip6tables."""
+        return self.binary
+
+    def for_family(self, family: str) -> Backend:
+        return Backend(family)
+
+    def available(self) -> bool:
+        return shutil.which(f"{self.binary}-restore") is not None and shutil.which(f"{self.binary}-save") is not None
 
     def read(self, text: str | None = None) -> dict[str, list[R.Entry]]:
         """Our chains that exist (with their rules) and our jumps in PREROUTING/OUTPUT."""
@@ -91,7 +113,7 @@ class Backend:
     def apply(self, plan: R.Plan, current: dict[str, list[R.Entry]]) -> None:
         lines = self.restore_lines(plan, current)
         if lines:
-            iptables.restore(TABLE, lines)
+            iptables.restore(TABLE, lines, binary=self.binary)
 
     @staticmethod
     def restore_lines(plan: R.Plan, current: dict[str, list[R.Entry]]) -> list[str]:
@@ -107,9 +129,8 @@ class Backend:
         lines += [_line("-A", NAMES[c], render(i)) for c, i in plan.append]
         return lines
 
-    @staticmethod
-    def _save() -> str:
-        return iptables.save(TABLE)
+    def _save(self) -> str:
+        return iptables.save(TABLE, binary=self.binary)
 
 
 def _comment_of(tokens: tuple[str, ...]) -> str:
@@ -122,7 +143,7 @@ def _comment_of(tokens: tuple[str, ...]) -> str:
 def _line(op: str, chain: str, tokens) -> str:
     out = []
     for t in tokens:
-        if not iptables.SAFE_TEXT.fullmatch(t):     # every token we write
+        if not (iptables.SAFE_TEXT.fullmatch(t) or _DNAT6.fullmatch(t)):     # every token we write
             raise CNIError(RULES_FAILED, "refusing to write an unsafe iptables token", repr(t)[:300])
         out.append(f'"{t}"' if " " in t else t)
     return f"{op} {chain} " + " ".join(out)

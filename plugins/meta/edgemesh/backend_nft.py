@@ -1,4 +1,9 @@
-"""nftables backend: table `ip edgemesh`, the same behaviour as the iptables chains.
+"""nftables backend: table `ip edgemesh` (IPv6: `ip6 edgemesh`), the same behaviour as the iptables chains.
+
+One instance per family, one table per family with the same chains (`ip6 saddr`, `dnat to
+[addr]:port`). Why not one `inet` table: the IPv4 table stays exactly the one earlier releases
+made (their pods' DEL, doctor and people find it where it was), a node never holds the same
+pod's rules in two tables hooked at the same priority, and the IPv6 table mirrors ip6tables.
 
   chain prerouting  type nat hook prerouting priority dstnat - 1   (before kube-proxy's nat)
   chain output      type nat hook output priority -101
@@ -19,7 +24,8 @@ from plugins.pkg import iptables, nft
 from . import rules as R
 from .errors import RULES_FAILED
 
-FAMILY, TABLE = "ip", "edgemesh"
+FAMILY, TABLE = "ip", "edgemesh"            # the IPv4 table; FAMILIES maps a family to its table's
+FAMILIES = {"4": "ip", "6": "ip6"}
 HOOK_SPEC = {"prerouting": "type nat hook prerouting priority dstnat - 1; policy accept;",
              "output": "type nat hook output priority -101; policy accept;"}
 
@@ -29,23 +35,31 @@ def _c(text: str) -> str:
 
 
 def _addr(cidr: str) -> str:
-    return cidr[:-3] if cidr.endswith("/32") else cidr     # nft prints a /32 as the address
+    """nft prints a /32 (/128) as the address."""
+    if cidr.endswith("/32") and ":" not in cidr:
+        return cidr[:-3]
+    return cidr[:-4] if cidr.endswith("/128") else cidr
+
+
+def _ip(addr: str) -> str:
+    return "ip6" if ":" in addr else "ip"
 
 
 def render(item: R.Item) -> str:
     if isinstance(item, R.RootJump):
         return f"jump mesh {_c(R.ROOT_COMMENT)}"
     if isinstance(item, R.PodMatch):
-        return f"ip saddr {item.src} {'jump services' if item.hijack else 'return'} {_c(item.comment)}"
+        return f"{_ip(item.src)} saddr {item.src} {'jump services' if item.hijack else 'return'} {_c(item.comment)}"
     if isinstance(item, R.NodeScope):
         return f"jump services {_c(R.NODE_COMMENT)}"
     if isinstance(item, R.Ignore):
-        return f"ip daddr {item.ip} return {_c(item.comment)}"
+        return f"{_ip(item.ip)} daddr {item.ip} return {_c(item.comment)}"
     if isinstance(item, R.ProxyJump):
         p = item.proto
-        return f"ip daddr {_addr(item.cidr)} meta l4proto {p} jump proxy_{p} {_c(item.comment)}"
+        return f"{_ip(item.cidr)} daddr {_addr(item.cidr)} meta l4proto {p} jump proxy_{p} {_c(item.comment)}"
     if isinstance(item, R.Dnat):
-        return f"meta l4proto {item.proto} dnat to {item.addr}:{item.port}"
+        target = f"[{item.addr}]" if ":" in item.addr else item.addr
+        return f"meta l4proto {item.proto} dnat to {target}:{item.port}"
     raise TypeError(item)
 
 
@@ -58,12 +72,24 @@ class Backend:
     name = "nftables"
     render = staticmethod(render)
 
+    def __init__(self, family: str = "4"):
+        self.family = family
+        self.table_family = FAMILIES[family]
+
+    @property
+    def label(self) -> str:
+        """What a message calls this instance: nftables (table ip edgemesh) or its ip6 table."""
+        return f"nftables {self.table_family} {TABLE}"
+
+    def for_family(self, family: str) -> Backend:
+        return Backend(family)
+
     @staticmethod
     def available() -> bool:
         return nft.available()
 
     def read(self) -> dict[str, list[R.Entry]]:
-        table = nft.list_table(FAMILY, TABLE)        # NftError: errors.translate makes it 141
+        table = nft.list_table(self.table_family, TABLE)        # NftError: errors.translate makes it 141
         current: dict[str, list[R.Entry]] = {"prerouting": [], "output": []}
         for chain, rules in (table or {}).items():
             current[chain] = [R.Entry(key=text, comment=_comment_of(text), ref=handle)
@@ -71,7 +97,7 @@ class Backend:
         return current
 
     def apply(self, plan: R.Plan, current: dict[str, list[R.Entry]]) -> None:
-        lines = self.script(plan)
+        lines = self.script(plan, self.table_family)
         if not lines:
             return
         try:
@@ -80,8 +106,8 @@ class Backend:
             raise CNIError(RULES_FAILED, "refusing to write an unsafe nft line", str(e)[:2000]) from None
 
     @staticmethod
-    def script(plan: R.Plan) -> list[str]:
-        t = f"{FAMILY} {TABLE}"
+    def script(plan: R.Plan, family: str = FAMILY) -> list[str]:
+        t = f"{family} {TABLE}"
         if plan.teardown:
             return [f"delete table {t}"]
         lines = []

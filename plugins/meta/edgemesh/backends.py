@@ -1,8 +1,9 @@
 """Which backend holds the rules, and the read-plan-apply step every command shares.
 
 `backend: auto` picks what the node already uses, in this order:
-  1. where our own rules are: table `ip edgemesh` -> nftables; chain EDGE-MESH in the
-     nat table -> iptables (so ADD and DEL always agree with earlier ADDs);
+  1. where our own rules are: table `ip edgemesh` or `ip6 edgemesh` -> nftables; chain
+     EDGE-MESH in the iptables or ip6tables nat table -> iptables (so ADD and DEL always
+     agree with earlier ADDs);
   2. iptables-save shows any rule or user chain (kube-proxy, docker, portmap...) -> iptables;
   3. nft lists a table iptables-nft would not have made (another family than ip/ip6, or a
      name that is not an iptables table name: filter nat mangle raw security) -> nftables;
@@ -12,7 +13,9 @@
 The seam is one type registry, name -> backend class (as flannel's backend.Register and
 portmap's PortMapper): `register()` adds one, `get()` makes one by name ("nft" is an alias of
 "nftables"), and an unknown name is code 142 listing the known ones. A backend has `name`,
-`available()`, `read()` -> {logical chain: [Entry]}, `render(item)` and `apply(plan, current)`.
+`available()`, `read()` -> {logical chain: [Entry]}, `render(item)` and `apply(plan, current)`;
+one instance holds one family's rules (`family` "4" or "6", `for_family(f)` the other's, `label`
+for messages): the plugin converges every family of the config with its own instance.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 log = get_logger("pycni.edgemesh")
+FAMILIES = ("4", "6")
 REGISTRY: dict[str, Callable] = {}
 ALIASES = {"nft": "nftables"}
 
@@ -46,39 +50,60 @@ def known() -> list[str]:
     return ["auto", *REGISTRY, *ALIASES]
 
 
-def get(name: str):
-    """The backend named `name` (an alias resolved); CNIError(142) naming the known ones."""
+def get(name: str, family: str = "4"):
+    """The backend named `name` (an alias resolved) for `family`; CNIError(142) naming the known ones."""
     factory = REGISTRY.get(ALIASES.get(name, name))
     if factory is None:
         raise CNIError(NO_BACKEND, f"unknown backend {str(name)[:40]!r}", "known: " + ", ".join(known()))
-    return factory()
+    backend = factory()
+    return backend if family == "4" else backend.for_family(family)
+
+
+def family_view(backend, family: str):
+    """The instance of `backend`'s kind for `family`; CNIError(142) when its tools are missing
+    (ip6tables-save/-restore for IPv6 with iptables)."""
+    view = backend if getattr(backend, "family", "4") == family else backend.for_family(family)
+    if not view.available():
+        raise CNIError(NO_BACKEND, f"backend {view.name} for IPv{family}: {view.label} is not installed",
+                       "install it, or use another backend")
+    return view
 
 
 def for_add(choice: str):
-    """The one backend an ADD writes to."""
+    """The one backend an ADD writes to (its IPv4 instance; family_view() gives the others)."""
     if choice != "auto":
         return _explicit(choice)
     found = footprints()
     if found:
-        if len(found) > 1:
+        if len({b.name for b in found}) > 1:
             log.warning("edgemesh rules found in both iptables and nftables; using %s", found[0].name)
-        return found[0]
+        return get(found[0].name)
     return _guess()
 
 
-def holding_rules(choice: str) -> list:
-    """Backends that hold our rules (DEL, GC, CHECK, sync): with an explicit choice, that one
-    if it does (a DEL must succeed even where its tools are missing)."""
+def holding_rules(choice: str, families: tuple[str, ...] = FAMILIES) -> list:
+    """Backend instances (one per family) that hold our rules (DEL, GC, CHECK, sync): with an
+    explicit choice, that one's (a DEL must succeed even where its tools are missing)."""
     if choice == "auto":
-        return footprints()
-    backend = get(choice)
-    return [backend] if backend.available() and _holds(backend) else []
+        return footprints(families=families)
+    return [b for b in (get(choice, f) for f in families) if b.available() and _holds(b)]
 
 
-def footprints(skip: tuple[str, ...] = ()) -> list:
-    """The backends holding our rules, nftables first (its table is a footprint iptables-nft
-    cannot leave behind); those named in `skip` are not looked at."""
-    return [b for b in (get("nftables"), get("iptables")) if b.name not in skip and b.available() and _holds(b)]
+def footprints(skip: tuple[tuple[str, str], ...] = (), families: tuple[str, ...] = FAMILIES) -> list:
+    """The backend instances holding our rules, nftables first (its table is a footprint
+    iptables-nft cannot leave behind), IPv4 before IPv6; the (name, family) pairs in `skip`
+    are not looked at."""
+    out, tables = [], None
+    for name in ("nftables", "iptables"):
+        for family in families:
+            b = get(name, family)
+            if (b.name, family) in skip or not b.available():
+                continue
+            if b.name == "nftables" and tables is None:
+                tables = _nft_tables()              # one `nft list tables` for both families
+            if _holds(b, tables):
+                out.append(b)
+    return out
 
 
 def rules_left(choice: str, emptied: list) -> bool:
@@ -87,12 +112,12 @@ def rules_left(choice: str, emptied: list) -> bool:
     already; with an explicit choice, the others are looked at now."""
     if choice == "auto":
         return False
-    return bool(footprints(skip=tuple(b.name for b in emptied)))
+    return bool(footprints(skip=tuple((b.name, b.family) for b in emptied)))
 
 
-def _holds(backend) -> bool:
+def _holds(backend, tables: list | None = None) -> bool:
     if backend.name == "nftables":
-        return ("ip", backend_nft.TABLE) in _nft_tables()
+        return (backend.table_family, backend_nft.TABLE) in (_nft_tables() if tables is None else tables)
     return any(c in backend.read() for c in R.CHAINS)
 
 
@@ -140,8 +165,7 @@ def _iptables_in_use() -> bool:
 
 
 def _native(family: str, name: str) -> bool:
-    return (family, name) != ("ip", backend_nft.TABLE) and not (
-        family in ("ip", "ip6") and name in iptables.TABLES)
+    return not (family in ("ip", "ip6") and name in (backend_nft.TABLE, *iptables.TABLES))
 
 
 def _nft_tables() -> list[tuple[str, str]]:

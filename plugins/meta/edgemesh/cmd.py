@@ -1,12 +1,14 @@
 """edgemesh: a chained plugin that hijacks pods' service traffic to the node's mesh proxy.
 
 ADD adds the pod's rules (and, for the first pod, the chains and root jumps) in one
-transaction under a lock and passes prevResult through unchanged; DEL removes them,
-and the last pod's DEL removes everything we own. `edgemesh sync --config FILE`
+transaction per family (IPv4: iptables or table ip edgemesh; IPv6: ip6tables or table ip6
+edgemesh) under a lock and passes prevResult through unchanged; DEL removes them, and the
+last pod's DEL of a family removes everything we own there. `edgemesh sync --config FILE`
 re-reads the ignored services (see sync.py).
 """
 from __future__ import annotations
 
+import ipaddress
 import sys
 
 from libcni_py.errors import PLUGIN_NOT_AVAILABLE, CNIError
@@ -28,14 +30,20 @@ CLEANUP_KEYS = ("stateDir",)
 def cmd_add(args: CmdArgs):
     conf, shared, pods = desired(args, "ADD")
     with locked(conf.lock_path):
-        created = listen.ensure(conf.listen_address) if conf.ensure_listen_device else False
+        created = listen.ensure(*(conf.listen(f) for f in pods)) if conf.ensure_listen_device else False
+        applied: list = []
         try:
             backend = backends.for_add(conf.backend)
-            current = backend.read()
-            conflict.check(conf, backend, current, shared)
-            backends.converge(backend, current, shared=shared, pods=pods)
+            views = {f: backends.family_view(backend, f) for f in pods}
+            current = {f: b.read() for f, b in views.items()}
+            for f, b in views.items():                # every family checked before any is written
+                conflict.check(conf, b, current[f], shared[f])
+            for f, b in views.items():
+                backends.converge(b, current[f], shared=shared[f], pods=pods[f])
+                applied.append(b)
             conflict.record(conf, backend)
         except BaseException:
+            undo(applied, next(iter(pods.values()))[0].comment)
             if created:
                 listen.remove_if_ours()
             raise
@@ -45,17 +53,57 @@ def cmd_add(args: CmdArgs):
 def cmd_check(args: CmdArgs):
     conf, shared, pods = desired(args, "CHECK")
     with locked(conf.lock_path):
-        holders = backends.holding_rules(conf.backend)
-        if not holders:
-            raise CNIError(RULES_DIFFER, "no edgemesh rules found on this node")
-        current = holders[0].read()
-        conflict.check(conf, holders[0], current, shared)
-        plan = R.plan(current, holders[0].render, shared=shared, pods=pods)
+        for family in pods:                           # every family the pod is hijacked in
+            check_family(conf, family, shared[family], pods[family])
+    for family in pods:
+        addr = conf.listen(family)
+        if conf.ensure_listen_device and not listen.address_is_local(addr):
+            raise CNIError(LISTEN_FAILED, f"listen address {addr} is not on this node")
+    doctor_check()
+
+
+def doctor_check() -> None:
+    """pycni-doctor's edgemesh-hijack in the node's netns (where the DNATs are; the listeners read
+    from /proc, no pyroute2): a DNAT to a listen address nothing listens on is 151, legacy and nft
+    both holding rules with edgemesh's among them 152, with the finding's text. kernel-hazards is
+    refuse_known_bad_kernel's table, checked above (140). The doctor is imported here only."""
+    from plugins.doctor import checkctx, edgemesh_hijack
+    found, failed = checkctx.run_in(None, [edgemesh_hijack], listening=checkctx.listening_proc)
+    for text in failed:
+        log.warning("CHECK: edgemesh-hijack could not finish: %s", text)
+    for f in found:
+        if f.severity != "error":
+            log.warning("CHECK: %s", checkctx.text(f))
+            continue
+        code = errors.NO_LISTENER if f.why == edgemesh_hijack.WHY_DNAT else errors.TWO_BACKENDS
+        raise CNIError(code, f"edgemesh CHECK {checkctx.text(f)}", f.why)
+
+
+def check_family(conf: config.NetConf, family: str, shared: dict[str, list[R.Item]],
+                 pods: list[R.PodMatch]) -> None:
+    """CHECK of one family's rules: CNIError(145) listing what differs."""
+    holders = backends.holding_rules(conf.backend, (family,))
+    where = "" if family == "4" else "IPv6 "
+    if not holders:
+        raise CNIError(RULES_DIFFER, f"no {where}edgemesh rules found on this node")
+    current = holders[0].read()
+    conflict.check(conf, holders[0], current, shared)
+    plan = R.plan(current, holders[0].render, shared=shared, pods=pods)
     if not plan.empty():
-        raise CNIError(RULES_DIFFER, f"edgemesh rules ({holders[0].name}) differ from the config",
+        name = holders[0].name if family == "4" else holders[0].label
+        raise CNIError(RULES_DIFFER, f"edgemesh rules ({name}) differ from the config",
                        R.describe(plan, holders[0].render)[:2000])
-    if conf.ensure_listen_device and not listen.address_is_local(conf.listen_address):
-        raise CNIError(LISTEN_FAILED, f"listen address {conf.listen_address} is not on this node")
+
+
+def undo(applied: list, comment: str) -> None:
+    """A failed ADD: take this pod's rules out of the families already written (the last pod's
+    out of a family tears it down), so nothing is left; a failure here is logged, the ADD's
+    own error is the one reported."""
+    for b in applied:
+        try:
+            backends.converge(b, shared=None, drop=lambda c: c == comment, teardown_when_empty=True)
+        except Exception as e:  # noqa: BLE001 - the original error goes up, this one is logged
+            log.warning("edgemesh: undoing the %s rules of a failed ADD failed: %s", b.label, e)
 
 
 def cmd_del(args: CmdArgs):
@@ -87,9 +135,12 @@ def cmd_status(args: CmdArgs):
     try:
         refuse_known_bad_kernel(conf)
         backend = backends.for_add(conf.backend)
-        current = backend.read()
-        if conf.service_cidr:               # dropped as invalid outside ADD: nothing to compare
-            conflict.check(conf, backend, current, R.shared_items(conf, conf.all_ignored()))
+        ignored = conf.all_ignored() if conf.families else ()
+        for family in conf.families or ("4",):    # no family: serviceCIDR dropped as invalid outside ADD
+            view = backends.family_view(backend, family)
+            current = view.read()
+            if conf.families:
+                conflict.check(conf, view, current, R.shared_items(conf, ignored, family))
     except Exception as e:  # noqa: BLE001 - every reason becomes the answer "not available"
         err = e if isinstance(e, CNIError) else errors.translate(e)
         if err is None:
@@ -98,12 +149,15 @@ def cmd_status(args: CmdArgs):
                        f"(code {err.code}) {err.details}".strip()) from None
 
 
-def desired(args: CmdArgs, command: str) -> tuple[config.NetConf, dict[str, list[R.Item]], list[R.PodMatch]]:
-    """What ADD installs and CHECK expects: the config, the node-wide rules, this pod's rules."""
+def desired(args: CmdArgs, command: str) -> tuple[config.NetConf, dict[str, dict[str, list[R.Item]]],
+                                                  dict[str, list[R.PodMatch]]]:
+    """What ADD installs and CHECK expects: the config, and per family the pod is hijacked in
+    ("4", "6": a service CIDR and a pod address of it) the node-wide rules and this pod's rules."""
     conf = config.load(args.conf, command)
     refuse_known_bad_kernel(conf)
     pods = pod_rules(args, conf)
-    return conf, R.shared_items(conf, conf.all_ignored()), pods
+    ignored = conf.all_ignored()
+    return conf, {f: R.shared_items(conf, ignored, f) for f in pods}, pods
 
 
 def remove_pods(conf: config.NetConf, drop) -> None:
@@ -136,30 +190,38 @@ def refuse_known_bad_kernel(conf: config.NetConf) -> None:
         log.warning("allowKnownBadKernel is set, going on: %s", bad)
 
 
-def pod_rules(args: CmdArgs, conf: config.NetConf) -> list[R.PodMatch]:
-    """The pod's IPv4 addresses from prevResult, as rules tagged with network and container."""
+def pod_rules(args: CmdArgs, conf: config.NetConf) -> dict[str, list[R.PodMatch]]:
+    """The pod's addresses from prevResult of the families with a service CIDR, as rules tagged
+    with network and container, by family."""
     if not isinstance(args.conf.get("prevResult"), dict):
         raise CNIError(NO_POD_ADDRESS, "edgemesh must be chained: prevResult is missing",
                        "put edgemesh after the plugin that gives the pod its address")
-    ips = pod_ipv4s(args.prev_result, args.ifname)
+    ips = [ip for ip in pod_addresses(args.prev_result, args.ifname) if config.family_of(ip) in conf.families]
     if not ips:
-        raise CNIError(NO_POD_ADDRESS, "prevResult holds no IPv4 address for the pod",
-                       f"interface {args.ifname}; edgemesh hijacks IPv4 service traffic only")
+        wanted = " or ".join(f"IPv{f}" for f in conf.families)
+        raise CNIError(NO_POD_ADDRESS, f"prevResult holds no {wanted} address for the pod",
+                       f"interface {args.ifname}; edgemesh hijacks the service traffic of the families "
+                       f"serviceCIDR names ({wanted})")
     hijack = args.args_dict.get("K8S_POD_NAMESPACE", "") not in conf.exclude_namespaces
-    return R.pod_items(ips, config.pod_comment(args.network, args.container_id), hijack)
+    return R.by_family(R.pod_items(ips, config.pod_comment(args.network, args.container_id), hijack))
 
 
 def pod_ipv4s(result, ifname: str) -> list[str]:
     """IPv4s on the sandbox interface `ifname` (or not tied to an interface), as portmap picks."""
+    return [ip for ip in pod_addresses(result, ifname) if ":" not in ip]
+
+
+def pod_addresses(result, ifname: str) -> list[str]:
+    """Addresses (both families) on the sandbox interface `ifname` (or not tied to an
+    interface), as portmap picks; IPv4 first."""
     out = []
     for ip in result.ips:
         if ip.interface is not None and 0 <= ip.interface < len(result.interfaces):
             iface = result.interfaces[ip.interface]
             if iface.name != ifname or not iface.sandbox:
                 continue
-        if ip.family == "4":
-            out.append(ip.address.split("/")[0])
-    return sorted(set(out))
+        out.append(str(ipaddress.ip_interface(ip.address).ip))     # as iptables-save and nft print it
+    return sorted(set(out), key=lambda a: (":" in a, a))
 
 
 PLUGIN = Plugin(add=cmd_add, check=cmd_check, delete=cmd_del, gc=cmd_gc, status=cmd_status,

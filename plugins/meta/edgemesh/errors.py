@@ -43,6 +43,15 @@ KERNEL_REFUSED = CODES.add(
 TIMED_OUT = CODES.add(
     150, "an operation timed out (a lock, iptables or nft did not answer)",
     "retry; look for a hung iptables, nft or edgemesh process holding the lock in stateDir")
+NO_LISTENER = CODES.add(
+    151, "CHECK: edgemesh's rules DNAT service traffic to a listen address and port where nothing listens "
+    "(no mesh proxy): every hijacked service connection fails (pycni-doctor edgemesh-hijack)",
+    "start the mesh proxy on listenAddress:listenPort (each hijacked protocol), or remove edgemesh from the "
+    "network's config")
+TWO_BACKENDS = CODES.add(
+    152, "CHECK: iptables-legacy and iptables-nft both hold rules in the node's netns, edgemesh's in one of "
+    "them: each tool shows only its own, the kernel runs both (pycni-doctor edgemesh-hijack)",
+    "keep one backend: the error names the stale one's tables and the command that flushes each")
 
 # skel's hook: the code for a failure of shared code; the details start with the code's fix
 # (plugins/pkg/errors.py), then the exception's text (e.g. iptables-restore's input).

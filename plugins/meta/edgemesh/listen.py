@@ -1,4 +1,8 @@
-"""ensureListenDevice: a bridge-type `edgemesh0` holding the proxy's listen address.
+"""ensureListenDevice: a bridge-type `edgemesh0` holding the proxy's listen address(es).
+
+With IPv6 the device holds listenAddress6 too, as a /128 with IFA_F_NODAD: no duplicate
+address detection, so the proxy can bind it and the DNATed traffic reach it at once (a
+tentative address is not local yet, and an empty bridge has no carrier for DAD to finish on).
 
 edgemesh used a dummy device; dummy is not built into every kernel (this one included),
 an empty bridge is, and an address on it is as local as on a dummy. A device we create is
@@ -23,6 +27,8 @@ from .errors import LISTEN_FAILED
 DEVICE = "edgemesh0"
 ALIAS = "pycni edgemesh listen device"
 MARK_GROUP = 0x70636E69         # device group 1885564521 ("pcni"): `ip link show group 1885564521`
+IFA_F_NODAD = 0x02
+_IFA_NOT_USABLE = 0x40 | 0x08   # IFA_F_TENTATIVE, IFA_F_DADFAILED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,8 +36,11 @@ if TYPE_CHECKING:
 
 
 def address_is_local(addr: str) -> bool:
-    """Is `addr` a local address in this netns? Read from the FIB (no netlink):
-    a leaf "|-- <addr>" followed by "/32 host LOCAL"."""
+    """Is `addr` a local address in this netns? IPv4 read from the FIB (no netlink): a leaf
+    "|-- <addr>" followed by "/32 host LOCAL"; IPv6 from if_inet6, an address neither tentative
+    nor failed DAD."""
+    if ":" in addr:
+        return _ipv6_is_local(addr)
     try:
         with open("/proc/thread-self/net/fib_trie") as f:
             lines = f.read().splitlines()
@@ -47,6 +56,17 @@ def address_is_local(addr: str) -> bool:
     return False
 
 
+def _ipv6_is_local(addr: str) -> bool:
+    import ipaddress
+    want = ipaddress.IPv6Address(addr).packed.hex()
+    try:
+        with open("/proc/thread-self/net/if_inet6") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return False        # IPv6 disabled in this netns (no if_inet6): nothing is local
+    return any(len(r) >= 5 and r[0] == want and not int(r[4], 16) & _IFA_NOT_USABLE for r in rows)
+
+
 def present() -> bool:
     """Is there a link called edgemesh0 here (ours or not)? No netlink socket needed."""
     try:
@@ -60,14 +80,13 @@ def is_ours(m: Marks) -> bool:
     return m.group == MARK_GROUP or m.alias == ALIAS
 
 
-def ensure(addr: str) -> bool:
-    """Make `addr` local on edgemesh0 (created, marked, when missing); True when we created it."""
-    if address_is_local(addr):
+def ensure(*addrs: str) -> bool:
+    """Make every address in `addrs` (IPv4 or IPv6) local on edgemesh0 (created, marked, when
+    missing); True when we created it."""
+    missing = [a for a in addrs if not address_is_local(a)]
+    if not missing:
         return False
-    import ipaddress
-
     from plugins.pkg import link
-    from plugins.pkg import rtnl as nl
     try:
         with link.open_rtnl() as rt:
             cur, created = link.marks(rt, DEVICE), False
@@ -82,18 +101,35 @@ def ensure(addr: str) -> bool:
                 raise ValueError(f"{DEVICE} vanished while it was being set up")
             if cur.kind != "bridge":
                 raise ValueError(f"{DEVICE} exists and is a {cur.kind or 'kindless'} link, not a bridge")
-            iface = ipaddress.IPv4Interface(f"{addr}/32")
-            msgs = [link.set_alias_msg(cur.index, ALIAS)] if created else []
-            if not any(a.address == iface for a in rt.addrs(cur.index)):
-                msgs.append(nl.addr_msg(True, cur.index, iface))
-            if not cur.up:
-                msgs.append(nl.link_set_msg(cur.index, up=True))
-            for err in rt.batch(msgs) if msgs else ():
-                if err and err != errno.EEXIST:      # EEXIST: the address, added by a concurrent ADD
-                    raise nl.NetlinkError(err, f"set up {DEVICE}: {os.strerror(err)}")
+            try:
+                _set_up(rt, cur, missing, created)
+            except BaseException:
+                if created:                      # a failed ADD leaves no device of ours behind
+                    link.delete_index(rt, cur.index)
+                raise
             return created
     except (OSError, ValueError) as e:
-        raise CNIError(LISTEN_FAILED, f"cannot put listen address {addr} on {DEVICE}", str(e)) from None
+        raise CNIError(LISTEN_FAILED, f"cannot put listen address {' and '.join(missing)} on {DEVICE}",
+                       str(e)) from None
+
+
+def _set_up(rt, cur, missing: list[str], created: bool) -> None:
+    """The alias (on a device just created), the missing addresses, the link up: one batch."""
+    import ipaddress
+
+    from plugins.pkg import link
+    from plugins.pkg import rtnl as nl
+    msgs = [link.set_alias_msg(cur.index, ALIAS)] if created else []
+    have = {a.address for a in rt.addrs(cur.index, family=socket.AF_UNSPEC)}
+    for addr in missing:
+        iface = ipaddress.ip_interface(f"{addr}/{128 if ':' in addr else 32}")
+        if iface not in have:
+            msgs.append(nl.addr_msg(True, cur.index, iface, flags=IFA_F_NODAD if ":" in addr else 0))
+    if not cur.up:
+        msgs.append(nl.link_set_msg(cur.index, up=True))
+    for err in rt.batch(msgs) if msgs else ():
+        if err and err != errno.EEXIST:      # EEXIST: the address, added by a concurrent ADD
+            raise nl.NetlinkError(err, f"set up {DEVICE}: {os.strerror(err)}")
 
 
 def remove_if_ours() -> bool:

@@ -3,12 +3,15 @@
 Logical chains (each backend names them its own way):
 
   prerouting, output   the node's nat hooks; we own exactly one jump each ("edgemesh root chain")
-  mesh                 who is hijacked: one rule per pod IPv4 (jump services, or return for an
+  mesh                 who is hijacked: one rule per pod address (jump services, or return for an
                        excluded namespace), tagged "edgemesh net=<net> id=<cid>"; with scope
                        node a last catch-all rule sends everything else to services too
   services             one return per ignored service, then per protocol a jump for the
                        service CIDR to proxy_<proto>
   proxy_tcp/proxy_udp  DNAT to the listen address and port
+
+Each family has its own set of these chains (iptables and ip6tables; nft tables `ip edgemesh`
+and `ip6 edgemesh`): shared_items() gives one family's, and a backend instance holds one family.
 
 A backend reads its current state as {chain: [Entry]} (entries in order, each with
 a canonical key and whatever it needs to delete it) and renders items to keys.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from .config import NetConf, parse_pod_comment
+from .config import NetConf, family_of, parse_pod_comment
 
 ROOT_COMMENT = "edgemesh root chain"
 NODE_COMMENT = "edgemesh node scope"
@@ -33,7 +36,7 @@ class RootJump:
 
 
 class PodMatch:
-    """One pod IPv4 into services; hijack False: an excluded namespace, the rule returns."""
+    """One pod address (either family) into services; hijack False: an excluded namespace, the rule returns."""
     __slots__ = ("src", "comment", "hijack")
 
     def __init__(self, src: str, comment: str, hijack: bool):
@@ -100,19 +103,28 @@ class Plan:
         return not (self.create or self.delete or self.prepend or self.append or self.teardown)
 
 
-def shared_items(conf: NetConf, ignored) -> dict[str, list[Item]]:
-    """What every attached pod shares: root jumps, services, proxies (ignores first)."""
+def shared_items(conf: NetConf, ignored, family: str = "4") -> dict[str, list[Item]]:
+    """What every attached pod of one family shares: root jumps, services, proxies (ignores
+    first; only the ignored services of that family)."""
     items: dict[str, list[Item]] = {"prerouting": [RootJump()], "output": [RootJump()],
-                                    "services": [Ignore(s.ip, s.comment) for s in ignored]}
-    items["services"] += [ProxyJump(p, conf.service_cidr) for p in conf.protocols]
+                                    "services": [Ignore(s.ip, s.comment) for s in ignored if s.family == family]}
+    items["services"] += [ProxyJump(p, conf.cidr(family)) for p in conf.protocols]
     for p in ("tcp", "udp"):
-        items[f"proxy_{p}"] = [Dnat(p, conf.listen_address, conf.listen_port)] if p in conf.protocols else []
+        items[f"proxy_{p}"] = [Dnat(p, conf.listen(family), conf.listen_port)] if p in conf.protocols else []
     items["mesh"] = [NodeScope()] if conf.scope == "node" else []
     return items
 
 
 def pod_items(ips: list[str], comment: str, hijack: bool) -> list[PodMatch]:
     return [PodMatch(ip, comment, hijack) for ip in ips]
+
+
+def by_family(pods: list[PodMatch]) -> dict[str, list[PodMatch]]:
+    """A pod's rules split by the family of their address, families with none left out."""
+    out: dict[str, list[PodMatch]] = {}
+    for m in pods:
+        out.setdefault(family_of(m.src), []).append(m)
+    return out
 
 
 def plan(current: dict[str, list[Entry]], render: Callable[[Item], Hashable], *,

@@ -1,5 +1,8 @@
 """`edgemesh sync --config FILE [--netns PATH]`: re-read the ignored services, fix the rules.
 
+Every family of the config (serviceCIDR) that holds rules is converged, each with its own
+ignored services; an IPv6 line names its table (ip6tables, nftables ip6 edgemesh).
+
 Run by whatever rewrites ignoredServicesFile. It converges the node-wide rules to the
 config (in practice: adds and removes RETURN rules), never touches a pod's rules, and
 does nothing when no pod is attached. FILE is the network's .conflist or the plugin's
@@ -42,17 +45,18 @@ def load(path: str) -> dict:
 def sync(conf: config.NetConf) -> list[str]:
     """Converge every backend holding our rules; one summary line per backend. Refused (147)
     when another network with pods there applied another config (see conflict.py)."""
-    shared = R.shared_items(conf, conf.all_ignored())
+    ignored = conf.all_ignored()
     out = []
     with locked(conf.lock_path):
-        for b in backends.holding_rules(conf.backend):
+        for b in backends.holding_rules(conf.backend, conf.families):
+            shared = R.shared_items(conf, ignored, b.family)
             current = b.read()
             conflict.check(conf, b, current, shared)
             plan = backends.converge(b, current, shared=shared)
             if conf.network in conflict.networks_in(current):
                 conflict.record(conf, b)
             added, removed = len(plan.prepend) + len(plan.append), len(plan.delete)
-            out.append(f"{b.name}: {added} added, {removed} removed"
+            out.append(f"{b.name if b.family == '4' else b.label}: {added} added, {removed} removed"
                        + (f" ({R.describe(plan, b.render)})" if not plan.empty() else ""))
     return out or ["no pod attached: nothing to sync"]
 
