@@ -3,7 +3,8 @@ underlay switch, one file registry, pods attached through libcni with the real G
 drift made for real (an FDB, ARP or route entry deleted, a peer vanished, MTU wrong, learning on, the
 agent killed), found by `pycni-doctor --json --conf FILE`, fixed with the command it prints, gone, and
 pods talking across hosts again. A healthy overlay gives zero findings (every check). vxlan's CHECK runs
-the diagnosis too: it fails with the finding on a broken overlay and passes on a healthy one."""
+diagnoses 3, 5 and 8 too: it fails with the finding (110 an FDB entry, 11 a dead etcd agent, 116 a policy route
+stealing the pods' traffic) and passes once the printed fix is applied."""
 from __future__ import annotations
 
 import json
@@ -224,3 +225,73 @@ def test_vxlan_check_fails_with_the_finding_and_passes_when_fixed(overlay):
     apply(f"ip netns exec {h0.name} bridge fdb append {peer['vtepMAC']} dev {DEV} dst {peer['publicIP']} "
           "self permanent")
     pods.check(a)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/etcd"), reason="etcd-server is not installed (./build.sh test)")
+def test_etcd_agent_killed_is_an_error_and_vxlan_check_fails_with_it(netns, tmp_path):
+    """With an etcd registry the agent is the only keeper of the node: killed (its state stale), the
+    doctor reports an error from the agent's state files alone (it never talks to etcd) and the pod's
+    CHECK fails with it (11); the agent started again: no finding, CHECK passes, pods talk."""
+    from libcni_py import records
+    from plugins.main.vxlan import lease
+    from tests.kit.etcd import EtcdCluster
+    cluster = Cluster(netns, tmp_path, segments=[0, 0], network_name="vxetcd")
+    with EtcdCluster(tmp_path, members=1, switch=cluster.switch) as etcd:
+        for h in cluster.hosts:
+            h.conf["registry"] = etcd.registry_conf(ttl=30)
+        agents = [h.start_agent() for h in cluster.hosts]
+        try:
+            for agent in agents:
+                agent.wait_ready()
+            h0 = cluster.hosts[0]
+            conf = write_conf(h0, tmp_path)
+            pods = Pods(cluster, netns, tmp_path)
+            a, b = pods.add(h0, "ea"), pods.add(cluster.hosts[1], "eb")
+            deadline = time.monotonic() + 10
+            while not reaches(a.ns.path, b.ip, tries=1) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert findings(h0, conf) == []
+            pods.check(a)
+            agents[0].stop(signal.SIGKILL)
+            path = lease.agent_path(h0.conf["stateDir"])
+            doc = records.read(path)
+            doc["heartbeat"] = time.time() - (lease.STALE_AFTER + 2) * doc["interval"]
+            records.write(path, doc)
+            [f] = findings(h0, conf)
+            assert f["severity"] == "error" and "vxlan-agent is not running" in f["what"], f
+            assert "code 11" in f["why"] and f["fixes"][0]["command"] == "systemctl restart vxlan-agent"
+            with pytest.raises(CNIError) as e:
+                pods.check(a)
+            assert e.value.code == 11 and "vxlan-agent is not running" in e.value.msg
+            assert "systemctl restart vxlan-agent" in e.value.details
+            agents[0] = h0.start_agent()
+            agents[0].wait_ready()
+            assert findings(h0, conf) == []
+            pods.check(a)
+            assert reaches(a.ns.path, b.ip)
+            pods.delete(a)
+            pods.delete(b)
+        finally:
+            for agent in agents:
+                agent.kill()
+
+
+def test_vxlan_check_fails_with_a_policy_route_stealing_the_pods_traffic(overlay):
+    """Diagnosis 3 inside vxlan's CHECK: a rule sends everything from this node's pod subnet out of
+    eth0, so pod a's packets to host1's pods never enter the overlay: CHECK fails (116) with the
+    doctor's finding and its narrow fix; applied as printed, CHECK passes and the pods talk."""
+    cluster, pods, a, b = overlay
+    h0 = cluster.hosts[0]
+    mine, peer = lease_of(cluster, "host0")["subnet"], lease_of(cluster, "host1")["subnet"]
+    h0.run("ip", "route", "add", "default", "via", h0.router, "dev", "eth0", "table", "100")
+    h0.run("ip", "rule", "add", "from", mine, "lookup", "100", "pref", "100")
+    assert not reaches(a.ns.path, b.ip, tries=1)
+    with pytest.raises(CNIError) as e:
+        pods.check(a)
+    assert e.value.code == 116, e.value
+    assert f"ip rule 100 `from {mine} lookup 100`" in e.value.msg and "policy-route-steals-replies" in e.value.msg
+    fix = f"ip rule add from {mine} to {peer} lookup main pref 99"
+    assert fix in e.value.details
+    h0.run(*shlex.split(fix))
+    pods.check(a)
+    assert reaches(a.ns.path, b.ip)
