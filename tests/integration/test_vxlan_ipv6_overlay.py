@@ -131,3 +131,26 @@ def test_direct_routing_for_ipv6_peers_on_the_same_segment(netns, tmp_path):
         for peer in infos:
             if peer is not me:
                 assert ping(src.path, peer.subnet6.network_address), (me.node_name, peer.node_name)
+
+
+def test_public_ipv6_change_recreates_the_device_and_replaces_only_the_fdb_entries(netns, tmp_path):
+    c = DualCluster(netns, tmp_path)
+    c.ensure_all()
+    c.ensure_all()
+    mover = c.hosts[2]
+    mover.run("ip", "-6", "addr", "del", str(mover.ip6), "dev", "eth0")
+    mover.run("ip", "-6", "addr", "add", "fd00:198:18:0::33/64", "dev", "eth0", "nodad")
+    mover.run("ip", "-6", "route", "replace", "default", "via", mover.router6, "dev", "eth0")
+    moved = mover.ensure()
+    assert str(moved.public_ip6) == "fd00:198:18::33"
+    data = json.loads(mover.run("ip", "-d", "-j", "link", "show", "vxlan-v6.1").stdout)[0]["linkinfo"]["info_data"]
+    assert data["local6"] == "fd00:198:18::33"
+    lease = leases(c)["host2"]
+    for h in c.hosts[:2]:
+        old = dumps6(h)
+        h.ensure()
+        new = dumps6(h)
+        assert peer6_lines(new, lease)["fdb"] == [f"{lease.vtep_mac} dst fd00:198:18::33 self permanent"]
+        assert old["neigh"] == new["neigh"] and old["route"] == new["route"]
+        h.check()
+        assert ping(h.path, lease.subnet6.network_address)
