@@ -94,7 +94,8 @@ def test_arguments(capsys):
     assert doctor_main.main(["--list-checks"]) == 0
     assert capsys.readouterr().out.split() == ["nfqueue-no-reader", "mark-bit-clash",
                                                "policy-route-steals-replies", "rp-filter-forwarding",
-                                               "kernel-hazards", "edgemesh-hijack"]
+                                               "kernel-hazards", "edgemesh-hijack", "overlay-drift",
+                                               "steering-integrity"]
     assert doctor_main.main(["--json", "--check", "nope"]) == 2
     assert json.loads(capsys.readouterr().out)["code"] == 162
     assert doctor_main.main(["--json", "--frobnicate"]) == 2
