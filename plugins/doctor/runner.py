@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ CONF_CHECKS = {"overlay-drift": "vxlan", "steering-integrity": "dp-steering"}
 RUN_DIR = "/run/netns"
 TOOL_TIMEOUT = 20.0
 NS_TIMEOUT = 60.0
+NFT_SAVE_FAMILY = {"iptables-nft-save": "ip", "ip6tables-nft-save": "ip6"}
 LEGACY_TABLE_NAMES = {"iptables-legacy-save": "ip_tables_names", "ip6tables-legacy-save": "ip6_tables_names"}
 PARALLEL = 4            # namespaces checked at once (each child mostly waits for iptables-save, nft)
 
@@ -109,8 +111,9 @@ class Context:
     def _known(self, argv: list[str]) -> subprocess.CompletedProcess | None:
         """The answer of a tool run we need not fork for (each fork costs a namespace ~5-8 ms):
         a legacy iptables-save where the namespace has no legacy table (it prints the tables
-        /proc/net/ip{,6}_tables_names lists: nothing), and `nft -j list table F T` once the whole
-        ruleset was listed (that table's objects from it, or nft's own "No such file" answer)."""
+        /proc/net/ip{,6}_tables_names lists: nothing), an iptables-nft-save where the nft ruleset
+        holds no table of its family (ip, ip6: nothing either), and `nft -j list table F T` once
+        the whole ruleset was listed (that table's objects from it, or nft's own "No such file")."""
         tool = os.path.basename(argv[0])
         if len(argv) == 1 and tool in LEGACY_TABLE_NAMES:
             try:
@@ -121,6 +124,16 @@ class Context:
             except OSError:
                 return None
             return subprocess.CompletedProcess(argv, 0, "", "") if not names.strip() else None
+        if len(argv) == 1 and tool in NFT_SAVE_FAMILY and shutil.which("nft"):
+            listed = self.run(["nft", "-j", "list", "ruleset"])      # the checks list it anyway, once
+            try:
+                items = json.loads(listed.stdout or "{}").get("nftables", []) if listed.returncode == 0 else None
+            except ValueError:
+                items = None
+            if items is not None and not any(isinstance(i, dict) and isinstance(i.get("table"), dict)
+                                             and i["table"].get("family") == NFT_SAVE_FAMILY[tool] for i in items):
+                return subprocess.CompletedProcess(argv, 0, "", "")   # no table of its family: it prints nothing
+            return None
         ruleset = self._ran.get(("nft", "-j", "list", "ruleset"))
         if tool == "nft" and argv[1:4] == ["-j", "list", "table"] and len(argv) == 6 and ruleset is not None \
                 and ruleset.returncode == 0:
