@@ -295,3 +295,24 @@ def test_vxlan_check_fails_with_a_policy_route_stealing_the_pods_traffic(overlay
     h0.run(*shlex.split(fix))
     pods.check(a)
     assert reaches(a.ns.path, b.ip)
+
+
+def test_deleted_device_found_by_the_nodes_public_ip_and_the_agent_recreates_it(overlay, tmp_path):
+    """The device (and with it every peer entry) is gone: the namespace is still known as this node's by
+    its lease's public IP; the fix, vxlan-agent run there, makes the device and the entries again."""
+    cluster, _, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    h0.run("ip", "link", "del", DEV)
+    [f] = findings(h0, conf)
+    assert f["severity"] == "error" and f"device {DEV} missing" in f["what"]
+    assert [x["command"] for x in f["fixes"]] == ["systemctl restart vxlan-agent",
+                                                  f"ip netns exec {h0.name} vxlan-agent --conf CONFLIST"]
+    assert findings(cluster.hosts[1], conf) == []          # host1 is not host0's node
+    agent = h0.start_agent()
+    try:
+        agent.wait_ready()
+        assert findings(h0, conf) == []
+        assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
+    finally:
+        agent.kill()
