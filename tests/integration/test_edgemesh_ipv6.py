@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.integration.test_edgemesh_kit import Node, ask, ruleset, run_plugin
+from tests.integration.test_edgemesh_kit import EDGEMESH, Node, ask, ruleset, run_plugin
 
 pytestmark = pytest.mark.root
 
@@ -262,3 +262,72 @@ def test_a_failed_ipv6_write_undoes_the_ipv4_one(host, netns):
     assert host.ns.run("ip", "link", "show", "edgemesh0", check=False).returncode != 0
     host.ns.run("nft", "delete", "table", "ip6", "edgemesh")
     zero_residue(host)
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_gc_and_sync_handle_both_families(host, netns, tmp_path, backend):
+    svc_file = tmp_path / "ignored.json"
+    svc_file.write_text(json.dumps([{"ip": IGN6, "name": "default/ign6"}]))
+    pods = [host.pod(netns(f"pod{i}")) for i in range(2)]
+    confs = [host.conf(prev, cniVersion="1.1.0", backend=backend, ignoredServices=None,
+                       ignoredServicesFile=str(svc_file)) for _, prev in pods]
+    for i, ((pod, _), conf) in enumerate(zip(pods, confs)):
+        host.ok("ADD", conf, f"c{i}", pod)
+    host.real_services(SVC6, IGN6, "fd00:10:96::21")
+    host.proxy()
+    assert ask(pods[0][0], "tcp", IGN6) == f"real={IGN6}:80"
+    assert ask(pods[0][0], "tcp", "fd00:10:96::21") == "orig=fd00:10:96::21:80"
+
+    # The controller ignores another IPv6 service instead: sync moves the RETURN, in ip6 only.
+    svc_file.write_text(json.dumps([{"ip": "fd00:10:96::21", "name": "default/ign21"}]))
+    conf_path = tmp_path / "em.conf"
+    conf_path.write_text(json.dumps({k: v for k, v in confs[0].items() if k != "prevResult"}))
+    p = host.ns.run(EDGEMESH, "sync", "--config", str(conf_path), check=False)
+    assert p.returncode == 0, p.stderr
+    six = "ip6tables" if backend == "iptables" else "nftables ip6 edgemesh"
+    assert f"{six}: 1 added, 1 removed" in p.stdout and f"{backend}: 0 added, 0 removed" in p.stdout, p.stdout
+    assert ask(pods[0][0], "tcp", IGN6) == f"orig={IGN6}:80"
+    assert ask(pods[0][0], "tcp", "fd00:10:96::21") == "real=fd00:10:96::21:80"
+    host.ok("CHECK", confs[1], "c1", pods[1][0])
+
+    # GC with only c1 valid drops c0 in both families; with none, everything goes.
+    gc = {k: v for k, v in confs[0].items() if k != "prevResult"}
+    gc["cni.dev/valid-attachments"] = [{"containerID": "c1", "ifname": "eth0"}]
+    assert run_plugin("GC", gc, netns="", cid="", ifname="", inside=host.ns.name)[0] == 0
+    assert ask(pods[0][0], "tcp", SVC6) == f"real={SVC6}:80"
+    assert ask(pods[1][0], "tcp", SVC6) == f"orig={SVC6}:80"
+    gc["cni.dev/valid-attachments"] = []
+    assert run_plugin("GC", gc, netns="", cid="", ifname="", inside=host.ns.name)[0] == 0
+    zero_residue(host)
+
+
+def test_go_bridge_and_host_local_dual_stack_chain_then_edgemesh(netns, tmp_path):
+    """The real chain: Go bridge + host-local with a range per family, then edgemesh, through
+    libcni_py (ADD, CHECK, DEL), both families hijacked, the cached result carried through."""
+    node = Node(netns("em6g"), str(tmp_path))
+    try:
+        em = {"type": "edgemesh", "serviceCIDR": [CIDR4, CIDR6], "ensureListenDevice": True,
+              "ignoredServices": [{"ip": IGN6, "name": "kube-system/kube-dns6"}],
+              "stateDir": str(tmp_path / "edgemesh-state")}
+        lst = {"cniVersion": "1.0.0", "name": "emnet", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isDefaultGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.22.0.0/24"}], [{"subnet": "fd00:22::/64"}]],
+                      "dataDir": str(tmp_path / "ipam")}},
+            em]}
+        pod = netns("pod")
+        result = node.add(lst, pod, "c1")
+        addrs = sorted(ip.address for ip in result.ips)
+        assert addrs[0].startswith("10.22.0.") and addrs[1].startswith("fd00:22::"), addrs
+        node.ns.run("ip", "addr", "add", f"{SVC6}/128", "dev", "lo")
+        node.ns.run("ip", "addr", "add", f"{IGN6}/128", "dev", "lo")
+        node.serve("--real", "--listen", f"[{SVC6}]:80", "--listen", f"[{IGN6}]:80")
+        node.serve("--listen", "169.254.96.16:40001", "--listen", f"[{LISTEN6}]:40001")
+        assert ask(pod, "tcp", SVC6) == f"orig={SVC6}:80"
+        assert ask(pod, "tcp", IGN6) == f"real={IGN6}:80"
+        node.check(lst, pod, "c1")
+        node.delete(lst, pod, "c1")                   # (the pod's veth goes with it)
+        for binary in ("iptables", "ip6tables"):
+            assert "EDGE-MESH" not in node.ns.run(f"{binary}-save", "-t", "nat").stdout
+        assert "edgemesh" not in ruleset(node.ns)
+    finally:
+        node.stop()
