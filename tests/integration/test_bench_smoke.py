@@ -175,6 +175,22 @@ def check_vxlan_etcd_scale(md: str, bundle) -> str:
     return "| peers |"
 
 
+def check_node_daemon(md: str, bundle) -> str:
+    rows = by_first(tables(md)["plugin, mode"])
+    plugins = ("vxlan", "dp-steering", "edgemesh", "pycni-passthrough")
+    assert set(rows) == {"Go bridge+host-local"} | {f"{p}, {m}" for p in plugins for m in ("in-process", "daemon")}
+    go = rows["Go bridge+host-local"]
+    for row in rows.values():
+        for verb in ("ADD", "DEL"):
+            assert_quotient(row[f"{verb} / Go"], row[f"{verb} median ms"], go[f"{verb} median ms"])
+    speed = by_first(tables(md)["plugin"])
+    for p in plugins:
+        for verb in ("ADD", "DEL"):
+            assert_quotient(speed[p][f"{verb} in-process / daemon"], rows[f"{p}, in-process"][f"{verb} median ms"],
+                            rows[f"{p}, daemon"][f"{verb} median ms"])
+    return "| plugin, mode |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -191,6 +207,7 @@ QUICK = {
                  check_crash),
     "vxlan_etcd_scale.py": (["--peers", "10,50", "--pod-peers", "10,50", "--runs", "1"], "vxlan_etcd_scale",
                             ("scale",), check_vxlan_etcd_scale),
+    "node_daemon.py": (["--runs", "2"], "node_daemon", None, check_node_daemon),
 }
 
 

@@ -1,0 +1,149 @@
+"""ADD and DEL wall time of each of our plugins exec'd in-process and through pycni-node, against
+the Go bridge + host-local, same run, interleaved, medians. Root: scratch netns it removes.
+
+    sudo .venv/bin/python bench/node_daemon.py [--runs 20]
+
+Every exec is what a runtime does (env + config on stdin) from a scratch "host" netns (a veth
+eth0 with a default route, the vxlan underlay), the venv's console scripts; the daemon is a
+pycni-node on a socket in a temp dir, started once (its start is not timed). Per round, for
+each mode: Go bridge+host-local ADD (its result is dp-steering's prevResult), dp-steering
+(tap) ADD, edgemesh (first pod: chains and jumps, iptables) ADD, pycni-passthrough ADD, vxlan
+(file registry; a pod netns of its own) ADD, then the DELs in reverse.
+Writes bench/node_daemon.md (or $PYCNI_BENCH_OUT/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench import benchout  # noqa: E402
+from plugins.pkg.ns import enter  # noqa: E402
+
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+GO = "/usr/lib/cni"
+OURS = ("vxlan", "dp-steering", "edgemesh", "pycni-passthrough")
+MODES = ("in-process", "daemon")
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+def run(plugin: str, command: str, conf: dict, netns: str, sock: str) -> tuple[float, bytes]:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
+           "CNI_CONTAINERID": "c1", "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": f"{VENV_BIN}:{GO}",
+           "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default", "PYCNI_NODE_SOCKET": sock}
+    path = os.path.join(GO if plugin == "bridge" else VENV_BIN, plugin)
+    data = json.dumps(conf).encode()
+    t0 = time.perf_counter()
+    p = subprocess.run([path], input=data, env=env, capture_output=True, timeout=120)
+    dt = (time.perf_counter() - t0) * 1000
+    if p.returncode != 0:
+        raise RuntimeError(f"{plugin} {command}: {p.stdout!r} {p.stderr!r}")
+    return dt, p.stdout
+
+
+def main() -> int:
+    ap = benchout.options(__doc__, runs=20)
+    args = ap.parse_args()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=ROOT, check=True)
+    tag = f"ndb{os.getpid() % 100000}"
+    names = {k: f"{tag}{k}" for k in ("h", "p", "e", "q")}
+    tmp = tempfile.mkdtemp(prefix="node-daemon-bench-")
+    os.chmod(tmp, 0o700)
+    sock = os.path.join(tmp, "node.sock")
+    daemon = None
+    times: dict[str, list[float]] = {}
+    load_before = os.getloadavg()[0]
+    try:
+        for n in names.values():
+            sh("ip", "netns", "add", n)
+        host, pod, enf, pod2 = (f"/run/netns/{names[k]}" for k in ("h", "p", "e", "q"))
+        for argv in (["link", "set", "lo", "up"], ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"],
+                     ["addr", "add", "198.18.0.1/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                     ["route", "add", "default", "via", "198.18.0.254", "dev", "eth0"]):
+            sh("ip", "-n", names["h"], *argv)
+        bridge = {"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cni-b0", "isGateway": True,
+                  "ipam": {"type": "host-local", "dataDir": os.path.join(tmp, "ipam"),
+                           "ranges": [[{"subnet": "10.44.0.0/24", "gateway": "10.44.0.1"}]]}}
+        steer = {"cniVersion": "1.0.0", "name": "bench", "type": "dp-steering", "enforcerNetns": enf,
+                 "stateDir": os.path.join(tmp, "dp"), "vbrName": "vbr", "vthName": "vth", "mode": "tap"}
+        em = {"cniVersion": "1.0.0", "name": "bench", "type": "edgemesh", "serviceCIDR": "10.96.0.0/12",
+              "backend": "iptables", "stateDir": os.path.join(tmp, "em")}
+        pt = {"cniVersion": "1.0.0", "name": "bench", "type": "pycni-passthrough"}
+        vx = {"cniVersion": "1.0.0", "name": "bench", "type": "vxlan", "network": "10.244.0.0/16",
+              "registry": {"type": "file", "path": os.path.join(tmp, "registry.json")},
+              "stateDir": os.path.join(tmp, "vx"), "nodeName": "n1"}
+        with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host):
+            daemon = subprocess.Popen([os.path.join(VENV_BIN, "pycni-node"), "--socket", sock],
+                                      stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pycni-node did not start: see {tmp}/node.log")
+            time.sleep(0.05)
+        with enter(host):
+            for i in range(args.runs + 2):
+                for mode in MODES:
+                    s = sock if mode == "daemon" else os.path.join(tmp, "none", "node.sock")
+                    t: dict[str, float] = {}
+                    t["bridge ADD"], out = run("bridge", "ADD", bridge, pod, s)
+                    prev = json.loads(out)
+                    t["dp-steering ADD"], _ = run("dp-steering", "ADD", {**steer, "prevResult": prev}, pod, s)
+                    t["edgemesh ADD"], _ = run("edgemesh", "ADD", {**em, "prevResult": prev}, pod, s)
+                    t["pycni-passthrough ADD"], _ = run("pycni-passthrough", "ADD", {**pt, "prevResult": prev}, pod, s)
+                    t["vxlan ADD"], _ = run("vxlan", "ADD", vx, pod2, s)
+                    t["vxlan DEL"], _ = run("vxlan", "DEL", vx, pod2, s)
+                    t["pycni-passthrough DEL"], _ = run("pycni-passthrough", "DEL", {**pt, "prevResult": prev}, pod, s)
+                    t["edgemesh DEL"], _ = run("edgemesh", "DEL", {**em, "prevResult": prev}, pod, s)
+                    t["dp-steering DEL"], _ = run("dp-steering", "DEL", {**steer, "prevResult": prev}, pod, s)
+                    t["bridge DEL"], _ = run("bridge", "DEL", bridge, pod, s)
+                    if i >= 2:                                    # two warm-up rounds are dropped
+                        for key, ms in t.items():
+                            plugin, verb = key.rsplit(" ", 1)
+                            label = "Go bridge+host-local" if plugin == "bridge" else f"{plugin}, {mode}"
+                            times.setdefault(f"{label} {verb}", []).append(ms)
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+        for n in names.values():
+            subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    go_add, go_del = med["Go bridge+host-local ADD"], med["Go bridge+host-local DEL"]
+    rows = ["| plugin, mode | ADD median ms | DEL median ms | ADD / Go | DEL / Go |", "|---|---:|---:|---:|---:|"]
+    labels = ["Go bridge+host-local"] + [f"{p}, {m}" for p in OURS for m in MODES]
+    for label in labels:
+        a, d = med[f"{label} ADD"], med[f"{label} DEL"]
+        rows.append(f"| {label} | {a:.1f} | {d:.1f} | {a / go_add:.2f}x | {d / go_del:.2f}x |")
+    speed = ["| plugin | ADD in-process / daemon | DEL in-process / daemon |", "|---|---:|---:|"]
+    for p in OURS:
+        ia, da = med[f"{p}, in-process ADD"], med[f"{p}, daemon ADD"]
+        idl, dd = med[f"{p}, in-process DEL"], med[f"{p}, daemon DEL"]
+        speed.append(f"| {p} | {ia / da:.2f}x | {idl / dd:.2f}x |")
+    text = ("# pycni-node: each plugin's ADD/DEL in-process and through the daemon, against Go bridge+host-local\n\n"
+            + "\n".join(rows) + "\n\n" + "\n".join(speed)
+            + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after 2 warm-up rounds "
+            f"(both modes and the Go pair in every round); load average before/after {load_before:.2f} / "
+            f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; the venv's console "
+            f"scripts (python {sys.version.split()[0]}), Go plugins from containernetworking-plugins.\n")
+    print(text)
+    print(f"written to {benchout.write('node_daemon', text)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
