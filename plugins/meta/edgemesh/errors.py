@@ -22,13 +22,13 @@ LISTEN_FAILED = CODES.add(
     "free the name edgemesh0 or put the address on the node yourself (ensureListenDevice false)")
 SERVICES_FILE_ERROR = CODES.add(
     144, "ignoredServicesFile cannot be read or holds an invalid entry (named)",
-    "fix the file: a JSON list of {\"ip\": \"<IPv4>\", \"name\": \"<namespace>/<name>\"}")
+    "fix the file: a JSON list of {\"ip\": \"<IPv4 or IPv6>\", \"name\": \"<namespace>/<name>\"}")
 RULES_DIFFER = CODES.add(
     145, "CHECK: the rules differ from the config (listed), or none are found",
     "run `edgemesh sync --config <conflist>` or ADD again")
 NO_POD_ADDRESS = CODES.add(
-    146, "no prevResult, or no IPv4 address for the pod's interface in it",
-    "chain edgemesh after the plugin that gives the pod its IPv4 address")
+    146, "no prevResult, or no address of a serviceCIDR family (IPv4, IPv6) for the pod's interface in it",
+    "chain edgemesh after the plugin that gives the pod its addresses, or add the pod's family to serviceCIDR")
 CONFIG_CONFLICT = CODES.add(
     147, "another network on this node applied a different edgemesh config to the shared chains",
     "give every network on the node the same serviceCIDR, listenAddress, listenPort, protocols, scope, "
