@@ -158,6 +158,7 @@ def cmd_check(args: CmdArgs):
     with state.lock(cfg.state_dir):
         pod = _recorded(cfg.state_dir, args.container_id, args.ifname)
         _same_config(pod, cfg)
+        _say_runtime(pod)
         from plugins.doctor import checkctx, nfqueue
         from plugins.doctor import steering as integrity
         for kind, finding in integrity.pod_problems(pod, cfg.state_dir, cfg.mode):
@@ -171,6 +172,15 @@ def cmd_check(args: CmdArgs):
         if queued is not None:
             raise CNIError(errors.NFQUEUE_NO_READER, f"dp-steering CHECK {pod.key}: {checkctx.text(queued)}",
                            queued.why)
+
+
+def _say_runtime(pod) -> None:
+    """CHECK says what a missing dp does to the pod (the fail-open watcher's record, failopen.py):
+    a failed-open pod passes CHECK (failOpen chose exactly that) with this warning; a fail-closed
+    one fails it (131) with this on stderr too."""
+    said = pod.runtime()
+    if said:
+        log.warning("CHECK %s: %s", pod.key, said)
 
 
 def cmd_del(args: CmdArgs):
@@ -258,13 +268,34 @@ def cmd_status(args: CmdArgs):
         fix = f"{known.fix} (code {e.code})" if known else f"code {e.code}"
         raise CNIError(PLUGIN_NOT_AVAILABLE, f"dp-steering cannot steer a new pod: {e.msg}",
                        fix + (f"; {e.details}" if e.details else "")) from None
+    running = _running_without_dp(cfg)
     if cfg.mode == "inline" and not cfg.fail_open:
         why = steering.dp_missing(cfg.enforcer_netns, cfg.vth, cfg.dp_socket, need_vth=False)
         if why:
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"dp-steering: a new inline pod would have no dp ({why}) "
-                           "and its unicast traffic would be dropped",
+                           "and its unicast traffic would be dropped" + running,
                            f"start pycni-dp (`pycni-dp --netns {cfg.enforcer_netns} --iface {cfg.vth}"
                            + (f" --socket {cfg.dp_socket}" if cfg.dp_socket else "") + "`), or set failOpen")
+    if running:
+        log.warning("STATUS network %s: %s", cfg.network, running[2:])
+
+
+def _running_without_dp(cfg: config.NetConf) -> str:
+    """STATUS: the network's running pods a missing dp affects now (Pod.dp_gone: ADD's failOpen
+    fallback, the fail-open watcher's records), as "; N running pod(s) fail closed (...): a since T"."""
+    from . import state
+    by: dict[str, list[str]] = {}
+    try:
+        pods = state.all_pods(cfg.state_dir) if os.path.isdir(cfg.state_dir) else []
+    except OSError:
+        return ""
+    for pod in pods:
+        gone = pod.dp_gone() if pod.network == cfg.network and pod.phase == "done" else ""
+        if gone:
+            by.setdefault(gone, []).append(f"{pod.key} {pod.since()}")
+    what = {"fail-closed": "fail closed (their unicast traffic is dropped)",
+            "failed-open": "failed open (their traffic bypasses the dp)"}
+    return "".join(f"; {len(keys)} running pod(s) {what[gone]}: {', '.join(keys)}" for gone, keys in sorted(by.items()))
 
 
 def _prev_result(args: CmdArgs):

@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 
 from libcni_py.errors import CNIError
 from plugins.pkg import link
@@ -176,7 +177,7 @@ class FailOpenWatcher:
         if dp.dp_socket:
             ident = _socket_ident(dp.dp_socket)
             answers = ident is not None and _connectable(dp.dp_socket)
-            if not answers:
+            if ident is None or not answers:
                 dp.told = None                    # whatever answers next is told the pods
             elif ident != dp.told and time.monotonic() >= dp.tell_after:
                 done += self._tell(dp, ident)
@@ -194,8 +195,8 @@ class FailOpenWatcher:
         until it is switched back). Under the lock: a DEL's ctrl_del_mac is never undone."""
         done: list[dict] = []
         for sd in sorted({sd for sd, _ in dp.pods}):
-            with state.lock(sd):
-                for pod in _fresh(sd, dp):
+            with self._locked(sd) as held:
+                for pod in _fresh(sd, dp) if held else []:
                     try:
                         took = dpctl.add_port(dp.dp_socket, mac=pod.mac, ucmac=pod.ucmac, iface=pod.vth,
                                               mode="tap" if pod.installed == "tap" else "inline",
@@ -218,8 +219,8 @@ class FailOpenWatcher:
         done: list[dict] = []
         now = time.monotonic()
         for sd in sorted({sd for sd, pod in dp.pods if _needs(pod, present)}):
-            with state.lock(sd):
-                pods = [p for p in _fresh(sd, dp) if _needs(p, present)
+            with self._locked(sd) as held:
+                pods = [p for p in _fresh(sd, dp) if held and _needs(p, present)
                         and self.retry_at.get((sd, p.key), 0.0) <= now]
                 if not pods:
                     continue
@@ -253,7 +254,7 @@ class FailOpenWatcher:
                 action = "failed-open"
             else:
                 action = "fail-closed"
-        except (CNIError, OSError) as e:
+        except (CNIError, OSError, dpctl.DpError) as e:
             msg = f"{e.msg} ({e.details})" if isinstance(e, CNIError) and e.details else str(e)
             if self.said.get(key) != msg:
                 log.error("%s: cannot switch %s to %s: %s (retried every %.0f s)", sd, pod.key,
@@ -276,6 +277,22 @@ class FailOpenWatcher:
         elif action:
             log.warning("%s: its dp is back: %s", pod.key, "inline again" if action == "inline" else "served again")
         return action
+
+    @contextmanager
+    def _locked(self, sd: str):
+        """state.lock(sd), yielding False (said once) when the lock file cannot be opened."""
+        stack = ExitStack()
+        try:
+            stack.enter_context(state.lock(sd))
+        except OSError as e:
+            if self.said.get((sd, "")) != str(e):
+                log.error("%s: cannot take the lock: %s", sd, e)
+                self.said[(sd, "")] = str(e)
+            yield False
+            return
+        self.said.pop((sd, ""), None)
+        with stack:
+            yield True
 
     def close(self) -> None:
         self.dps.clear()
