@@ -1,4 +1,5 @@
-"""Who owns this connection (seed 002, the conn-to-process article): `pycni-doctor --conn ADDR:PORT
+"""Who owns this connection (the article on mapping connections to processes by polling /proc/net/tcp and
+/proc/PID/fd): `pycni-doctor --conn ADDR:PORT
 [--watch SECONDS]` names the process, PID and executable behind every IPv4 TCP/UDP socket to or
 from ADDR:PORT (and listeners on the wildcard address at PORT), in every network namespace;
 `--conn mesh` watches the listen addresses edgemesh's rules DNAT service traffic to.

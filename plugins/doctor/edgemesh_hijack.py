@@ -1,4 +1,5 @@
-"""edgemesh hijack health (seed 000): service traffic DNATed by edgemesh's rules (iptables chains
+"""edgemesh hijack health (the KubeEdge article on edgemesh hijacking service traffic with iptables):
+service traffic DNATed by edgemesh's rules (iptables chains
 EDGE-MESH-TCP/EDGE-MESH-UDP, nft table `ip edgemesh` chains proxy_tcp/proxy_udp) to a listen
 address and port where nothing listens in that namespace: every hijacked connection is refused
 (TCP) or lost (UDP). The kernel is asked through sock_diag (pyroute2's DiagSocket) in the

@@ -1,4 +1,5 @@
-"""Kernel hazards (seed 000): the running kernel is in a range known bad for something the suite
+"""Kernel hazards (the KubeEdge edgemesh article's getsockopt(SO_ORIGINAL_DST) hang on 4.15.x, kernel bug
+198791): the running kernel is in a range known bad for something the suite
 relies on. The table is edgemesh's (plugins/meta/edgemesh/kernel.py): one source of truth."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Mark-bit clash (seed 002, the NFQUEUE/MARK article): a rule that sets packet or conntrack mark
+"""Mark-bit clash (the article «Kubernetes环境中NFQUEUE与MARK机制冲突»: NFQUEUE verdict marks on kube-proxy's
+0x8000 drop bit): a rule that sets packet or conntrack mark
 bits (iptables `MARK`/`CONNMARK --set-xmark`, which is how iptables-save prints --set-mark and
 --or-mark; nft `meta mark set`, `ct mark set`) that another component's rule reads (`-m mark
 --mark`, `-m connmark --mark`, nft `meta mark`/`ct mark` matches). The classic: something marks

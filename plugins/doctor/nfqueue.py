@@ -1,4 +1,5 @@
-"""NFQUEUE with no reader (seed 001): NFQUEUE is per network namespace. A rule that queues packets
+"""NFQUEUE with no reader (the report of NFQUEUE being per network namespace: a pod's queued packets
+dropped, the reader in init_net): NFQUEUE is per network namespace. A rule that queues packets
 to queue N in a namespace where no process has bound queue N there drops them, unless the rule
 fails open (`--queue-bypass`, nft `bypass`). A reader bound in another namespace (the host's)
 does not count: /proc/net/netfilter/nfnetlink_queue is read inside each namespace."""

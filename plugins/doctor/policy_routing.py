@@ -1,4 +1,5 @@
-"""Policy routing that steals pod replies (seed 003): an `ip rule` ahead of `main` that selects
+"""Policy routing that steals pod replies (the Cilium field report of pod replies lost to `ip rule from
+<ip> lookup 100`): an `ip rule` ahead of `main` that selects
 traffic by its source (a pod's address or subnet, or a node address replying to pods) and sends it
 to a table whose route leaves by another interface than main's route. The kernel is asked
 (RTM_GETROUTE with the source, and the pod's device as iif when the source is a pod) where the

@@ -1,4 +1,5 @@
-"""Steering integrity (seed 004): every pod dp-steering handles, read from its records (one per
+"""Steering integrity (the NeuVector enforcer article: container traffic pulled through an enforcer
+namespace's vex/vin/vbr veths): every pod dp-steering handles, read from its records (one per
 attachment under the stateDir of each dp-steering config, plugins/meta/dp_steering/state.py),
 checked against the kernel with the plugin's own code (steering.verify, mode_problem,
 dp_missing: what dp-steering CHECK runs, one source of truth): the pod's interface and MAC, vex,
