@@ -22,7 +22,7 @@ TEST_DEBS=(containernetworking-plugins iproute2 iptables nftables golang-go
            golang-github-appc-cni-dev iperf3 etcd-server
            containerd runc podman busybox-static)
 DEMOS=(plugins.meta.passthrough.demo plugins.main.vxlan.demo plugins.meta.dp_steering.demo
-       plugins.meta.edgemesh.demo)
+       plugins.meta.edgemesh.demo plugins.doctor.demo)      # doctor last: the demos end with it
 
 usage() { sed -n '2,10p' "$ROOT/build.sh" | sed 's/^# \{0,1\}//'; }
 log() { printf '==> %s\n' "$*" >&2; }
