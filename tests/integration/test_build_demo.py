@@ -46,7 +46,8 @@ def test_build_sh_demo_runs_every_demo_and_cleans_up():
     assert "--queue-bypass" in fixed and "lookup main pref 31999" in fixed and "ping 3/3 answered" in fixed
     assert "no problems found" in final and "(exit 0)" in final and "problem(s)" not in final
     assert "[FAIL]" not in out and "FAILED" not in out
-    assert netns_names() - before == set()
+    # what other test sessions on this machine make meanwhile (tests/kit/netns.py's pycnit<pid>-) is not ours
+    assert {n for n in netns_names() - before if not n.startswith("pycnit")} == set()
 
 
 def test_build_sh_demo_without_the_go_plugins_says_what_to_install_in_one_line():
