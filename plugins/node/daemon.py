@@ -217,11 +217,13 @@ class Daemon:
                 self._start(svc)
 
     def _start(self, svc: Service) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 self._child_reset()
+                _die_with_parent(parent)        # a daemon killed -9 leaves no agent behind to double
                 code = svc.run()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
@@ -412,6 +414,18 @@ def _setns(fd: int, kind: int) -> None:
     if _libc.setns(fd, kind) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: SIGTERM when the daemon is gone (systemd would stop its cgroup; a daemon
+    run by hand and killed -9 would otherwise leave its services running, then start second ones)."""
+    import ctypes
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
+    if os.getppid() != parent:                         # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _refuse(conn: socket.socket, why: str) -> None:

@@ -29,13 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 CNI_PATH = f"{VENV_BIN}:/usr/lib/cni"
 root = pytest.mark.root
+pytest_plugins = ["tests.kit.bundle"]        # the PyInstaller bundle's daemon and plugins
 
 
 class Node:
     """A pycni-node process in netns `ns` (its own process group), socket under `sockdir`."""
 
-    def __init__(self, ns, sockdir: str, *args: str):
-        self.ns, self.dir = ns, sockdir
+    def __init__(self, ns, sockdir: str, *args: str, exe: str = os.path.join(VENV_BIN, "pycni-node")):
+        self.ns, self.dir, self.exe = ns, sockdir, exe
         self.path = os.path.join(sockdir, "node.sock")
         self.log_path = os.path.join(sockdir, "node.log")
         self.args = args
@@ -43,7 +44,7 @@ class Node:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log, nsmod.enter(self.ns.path):
-            self.proc = subprocess.Popen([os.path.join(VENV_BIN, "pycni-node"), "--socket", self.path,
+            self.proc = subprocess.Popen([self.exe, "--socket", self.path,
                                           "--log-level", "debug", *self.args],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -98,7 +99,7 @@ def node(netns, tmp_path):
 
 def execp(plugin: str, command: str, conf: dict | bytes, *, sock: str, inside: str | None = None,
           cid: str = "c1", netns: str = "", ifname: str = "eth0", args: str = "", env: dict | None = None,
-          user: int | None = None):
+          user: int | None = None, bindir: str = VENV_BIN):
     """Exec one plugin as a runtime does, from netns `inside` (a path): (rc, stdout bytes, stderr)."""
     e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_PATH": CNI_PATH,
          "CNI_COMMAND": command, P.SOCKET_ENV: sock, **(env or {})}
@@ -106,7 +107,7 @@ def execp(plugin: str, command: str, conf: dict | bytes, *, sock: str, inside: s
         if val:
             e[key] = val
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-    argv = [os.path.join(VENV_BIN, plugin)]
+    argv = [os.path.join(bindir, plugin)]
 
     def run():
         return subprocess.run(argv, input=stdin, env=e, capture_output=True, timeout=120, user=user)
@@ -532,7 +533,7 @@ def test_start_refusals(node, tmp_path):
 @root
 def test_vxlan_agent_runs_in_the_daemon(node, netns, tmp_path):
     """--conf with a vxlan plugin: the daemon's child runs the agent (agent.json appears, the
-    node's device exists); killed, it is started again."""
+    node's device exists); killed, it is started again; the daemon killed, it stops too."""
     from tests.kit.vxlan_hosts import Cluster
     cluster = Cluster(netns, tmp_path, segments=[0])
     host = cluster.hosts[0]
@@ -547,9 +548,24 @@ def test_vxlan_agent_runs_in_the_daemon(node, netns, tmp_path):
         first = _wait_pid(agent_json, 0)
         assert host.run("ip", "link", "show", "vxlan.1", check=False).returncode == 0
         os.kill(first, signal.SIGKILL)
-        assert _wait_pid(agent_json, first) != first
+        second = _wait_pid(agent_json, first)
+        n.proc.kill()                                  # kill -9 of the daemon alone: its agent follows
+        n.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(second) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(second), "the agent outlived its daemon"
     finally:
         n.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for whoever inherited it is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _wait_pid(path: str, other: int, timeout: float = 60) -> int:
@@ -564,3 +580,29 @@ def _wait_pid(path: str, other: int, timeout: float = 60) -> int:
             pass
         time.sleep(0.1)
     raise AssertionError(f"no agent (other than {other}) wrote {path}")
+
+
+@root
+@pytest.mark.slow
+def test_the_bundle_serves_its_own_plugins_and_not_the_venvs(bundle, netns, tmp_path):
+    """The PyInstaller bundle's pycni-node serves the bundle's plugins (byte for byte as their
+    in-process run); the venv's plugins are another version to it (the bundle's identity names its
+    executable file) and run in-process."""
+    sockdir = str(tmp_path / "bnode")
+    os.makedirs(sockdir, mode=0o700)
+    n = Node(netns("nd"), sockdir, exe=str(bundle / "bin" / "pycni-node"))
+    host, pod = netns("bh"), netns("bp")
+    conf = _edgemesh_conf(tmp_path, pod.path)
+    try:
+        bindir = str(bundle / "bin")
+        inproc = [execp("edgemesh", verb, conf, sock=OFF, inside=host.path, netns=pod.path, bindir=bindir)
+                  for verb in ("ADD", "CHECK", "DEL")]
+        daemon = [execp("edgemesh", verb, conf, sock=n.path, inside=host.path, netns=pod.path, bindir=bindir)
+                  for verb in ("ADD", "CHECK", "DEL")]
+        assert n.served() == 3, n.log()
+        assert [r[:2] for r in daemon] == [r[:2] for r in inproc] and [r[0] for r in inproc] == [0, 0, 0], inproc
+        rc, out, err = execp("pycni-passthrough", "ADD", {"cniVersion": "1.0.0", "name": "pt",
+                                                          "type": "pycni-passthrough"}, sock=n.path, inside=host.path)
+        assert rc == 0 and n.served() == 3 and "is not this daemon's" in n.log(), (out, err, n.log())
+    finally:
+        n.stop()
