@@ -145,6 +145,10 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
     n = config.load(conf, "CHECK")          # a config the plugin refuses: an error entry, not a finding
     if n.network is None:
         return []                           # an IPv6-only network: the IPv6 overlay is not checked here
+    link = k.links.get(n.device_name)
+    if (link is None or link["kind"] != "vxlan") and not any(
+            not ip.is_loopback and ip not in n.network for ip in k.local):
+        return []       # no device and no address a node's public IP can be (a pod's): the registry is not read
     p = ctx.ns.prefix()
     where = f"vxlan network {n.name}, node {n.node_name}"
     live, why_dead = lease.agent_state(n.state_dir)
@@ -173,7 +177,6 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
             mine = lease.agent_lease(last)
         except (CNIError, KeyError, TypeError, ValueError):
             mine = None
-    link = k.links.get(n.device_name)
     mark = device.mark(n.name)
     ours = link is not None and link["kind"] == "vxlan" and (
         link["alias"] == mark or (not link["alias"] and mine is not None and link["mac"] == mine.vtep_mac))
