@@ -131,7 +131,7 @@ def first_error(findings: list[Finding]) -> Finding | None:
 def text(f: Finding, where: bool = True) -> str:
     """A finding as a CHECK error's message: where (unless the caller says it), what, then each fix
     with its command."""
-    fixes = "; or ".join(fx.how + (f": `{fx.command}`" if fx.command else "") for fx in f.fixes)
+    fixes = "; ".join(fx.how + (f": `{fx.command}`" if fx.command else "") for fx in f.fixes)
     return (f"{f.where}: " if where else "") + f"{f.what} (pycni-doctor {f.check}); fix: {fixes}"
 
 

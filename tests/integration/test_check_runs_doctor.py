@@ -73,3 +73,45 @@ def test_dp_steering_check_with_a_reader_bound_only_in_the_host_still_fails(netn
         pod.ns.run("iptables", "-F", "INPUT")
         assert w.plugin("CHECK", pod, prev)[0] == 0
         w.delete(pod)
+
+
+ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=c1"
+
+
+@pytest.fixture
+def node(netns, tmp_path):
+    from tests.integration.test_edgemesh_kit import Node
+    n = Node(netns("chkem"), str(tmp_path))
+    yield n
+    n.stop()
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_edgemesh_check_fails_when_nothing_listens_on_the_listen_address(node, netns, tmp_path, backend):
+    from tests.integration.test_edgemesh_kit import SVC, ask, conflist, edgemesh_conf, run_plugin
+    conf = edgemesh_conf(tmp_path, backend=backend, checkProxy=True)
+    mesh = conflist(tmp_path, edgemesh=conf)
+    pod = netns("chkempod")
+    prev = node.add(mesh, pod, "c1").encode()
+    single = {"cniVersion": mesh["cniVersion"], "name": mesh["name"], **conf, "prevResult": prev}
+    try:
+        rc, out, _ = run_plugin("CHECK", single, netns=pod.path, inside=node.ns.name, args=ARGS)
+        assert rc == 1 and out is not None and out["code"] == 151, out
+        chain = "EDGE-MESH-TCP" if backend == "iptables" else "proxy_tcp"
+        assert out["msg"].startswith("edgemesh CHECK host: "), out           # the netns the plugin runs in
+        assert f"chain {chain} DNATs tcp service traffic to 169.254.96.16:40001, where nothing listens" in out["msg"]
+        assert "start the mesh proxy in" in out["msg"] and "pycni-doctor edgemesh-hijack" in out["msg"]
+        assert ask(pod, "tcp", SVC).startswith("error")                # it is real: the call fails
+
+        rc, out, err = run_plugin("CHECK", {**single, "checkProxy": False}, netns=pod.path, inside=node.ns.name,
+                                  args=ARGS)
+        assert rc == 0 and "where nothing listens" in err, (out, err)  # without checkProxy: a warning
+
+        node.serve("--listen", "169.254.96.16:40001")                   # the fix: the proxy there
+        rc, out, err = run_plugin("CHECK", single, netns=pod.path, inside=node.ns.name, args=ARGS)
+        assert rc == 0 and "nothing listens" not in err, (out, err)
+        node.check(mesh, pod, "c1")                                      # through libcni too
+        assert ask(pod, "tcp", SVC) == f"orig={SVC}:80"
+    finally:
+        node.stop()
+        node.delete(mesh, pod, "c1")

@@ -336,6 +336,10 @@ def test_etcd_auth_with_username_and_password_file(tmp_path):
                 put_lease(reg, "b", 2)
                 snap = reg.watch(start.revision, timeout=3)           # the watch stream carries the token
                 assert snap is not None and "b" in snap.leases
+                for member in reg.client.members:                    # what etcd says of an expired token:
+                    member.session.headers["Authorization"] = "expired.1"    # "invalid auth token"
+                put_lease(reg, "c", 3)                               # authenticated again, once
+                assert "c" in reg.snapshot().leases and reg.client._token != "expired.1"
             finally:
                 reg.close()
             wrong = dict(username="root", passwordFile=str(tmp_path / "bad"))

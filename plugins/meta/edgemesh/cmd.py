@@ -59,24 +59,26 @@ def cmd_check(args: CmdArgs):
         addr = conf.listen(family)
         if conf.ensure_listen_device and not listen.address_is_local(addr):
             raise CNIError(LISTEN_FAILED, f"listen address {addr} is not on this node")
-    doctor_check()
+    doctor_check(conf)
 
 
-def doctor_check() -> None:
+def doctor_check(conf: config.NetConf) -> None:
     """pycni-doctor's edgemesh-hijack in the node's netns (where the DNATs are; the listeners read
-    from /proc, no pyroute2): a DNAT to a listen address nothing listens on is 151, legacy and nft
-    both holding rules with edgemesh's among them 152, with the finding's text. kernel-hazards is
-    refuse_known_bad_kernel's table, checked above (140). The doctor is imported here only."""
+    from /proc, no pyroute2), failing with the finding's text: a DNAT to a listen address nothing
+    listens on is 151 with checkProxy (else a warning: a node may run its proxy later than its
+    pods), iptables-legacy and iptables-nft both holding rules with edgemesh's among them 152.
+    kernel-hazards is refuse_known_bad_kernel's table, checked above (140). Imported here only."""
     from plugins.doctor import checkctx, edgemesh_hijack
     found, failed = checkctx.run_in(None, [edgemesh_hijack], listening=checkctx.listening_proc)
     for text in failed:
         log.warning("CHECK: edgemesh-hijack could not finish: %s", text)
     for f in found:
-        if f.severity != "error":
+        no_proxy = f.why == edgemesh_hijack.WHY_DNAT
+        if f.severity != "error" or (no_proxy and not conf.check_proxy):
             log.warning("CHECK: %s", checkctx.text(f))
             continue
-        code = errors.NO_LISTENER if f.why == edgemesh_hijack.WHY_DNAT else errors.TWO_BACKENDS
-        raise CNIError(code, f"edgemesh CHECK {checkctx.text(f)}", f.why)
+        raise CNIError(errors.NO_LISTENER if no_proxy else errors.TWO_BACKENDS,
+                       f"edgemesh CHECK {checkctx.text(f)}", f.why)
 
 
 def check_family(conf: config.NetConf, family: str, shared: dict[str, list[R.Item]],

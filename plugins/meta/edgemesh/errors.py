@@ -44,8 +44,8 @@ TIMED_OUT = CODES.add(
     150, "an operation timed out (a lock, iptables or nft did not answer)",
     "retry; look for a hung iptables, nft or edgemesh process holding the lock in stateDir")
 NO_LISTENER = CODES.add(
-    151, "CHECK: edgemesh's rules DNAT service traffic to a listen address and port where nothing listens "
-    "(no mesh proxy): every hijacked service connection fails (pycni-doctor edgemesh-hijack)",
+    151, "CHECK with checkProxy: edgemesh's rules DNAT service traffic to a listen address and port where "
+    "nothing listens (no mesh proxy): every hijacked service connection fails (pycni-doctor edgemesh-hijack)",
     "start the mesh proxy on listenAddress:listenPort (each hijacked protocol), or remove edgemesh from the "
     "network's config")
 TWO_BACKENDS = CODES.add(

@@ -295,7 +295,8 @@ class Client:
                 if isinstance(e, exc.InternalServerError) and any(w in message for w in _TRANSIENT):
                     errors.append(f"{self.endpoint(index)}: {message}")         # a member cut off: next
                     continue
-                if "invalid auth token" in message and self.opts.username and not reauthenticated:
+                if "invalid auth token" in message and self.opts.username and not reauthenticated \
+                        and what != "auth/authenticate":
                     reauthenticated = True             # the token expired: once more with a new one
                     self._token = None
                     self._authenticate()
@@ -310,6 +311,8 @@ class Client:
         raise Unreachable("; ".join(errors) or "no time left")
 
     def _authenticate(self) -> None:
+        for member in self.members:          # etcd checks a token sent along, even here
+            member.session.headers.pop("Authorization", None)
         try:
             answer = self.call("auth/authenticate", {"name": self.opts.username, "password": self._password})
         except EtcdError as e:
