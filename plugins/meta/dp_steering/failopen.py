@@ -110,19 +110,22 @@ class FailOpenWatcher:
             self._scan()
         done: list[dict] = []
         rescanned = False
-        for dp in list(self.dps.values()):
-            present = self._look(dp, done)
-            if present is None:
+        for key in list(self.dps):
+            dp = self.dps.get(key)
+            present = None if dp is None else self._look(dp, done)
+            if dp is not None and present is not None and dp.present is not None and present != dp.present \
+                    and not rescanned:         # a change: the newest records (its last pod may be gone)
+                self._scan()
+                rescanned = True
+                dp = self.dps.get(key)
+                present = None if dp is None else self._look(dp, done)
+            if dp is None or present is None:
                 continue
             if present != dp.present:
                 if dp.present is None:
                     log.info("%r is %s (%d steered pod(s))", dp, "there" if present else "not there", len(dp.pods))
                 else:
                     log.warning("%r is %s", dp, "back" if present else "gone")
-                    if not rescanned:          # the newest records, before acting on them
-                        self._scan()
-                        rescanned = True
-                        dp = self.dps.get((dp.enforcer, dp.vth, dp.dp_socket), dp)
                 dp.present = present
             if any(_needs(pod, present) for _, pod in dp.pods):
                 done += self._act(dp, present)
@@ -189,6 +192,16 @@ class FailOpenWatcher:
         dp.unknown = ""
         return answers and reads
 
+    @staticmethod
+    def _probe(dp: _Dp) -> bool:
+        """A look, afresh (vth by name): a reader on vth and, with dpSocket, a socket that takes
+        a connection."""
+        if dp.dp_socket and not _connectable(dp.dp_socket):
+            return False
+        with link.open_rtnl(dp.enforcer) as rt:
+            index = link.index_of(rt, dp.vth)
+        return index is not None and enforcer.reader_on(dp.enforcer, index)
+
     def _tell(self, dp: _Dp, ident: tuple) -> list[dict]:
         """A dp on dpSocket we have not told yet (a new one): every steered pod of the group, in
         the mode its filters have (a failed-open pod in tap, so the dp only counts its copies
@@ -224,13 +237,8 @@ class FailOpenWatcher:
                         and self.retry_at.get((sd, p.key), 0.0) <= now]
                 if not pods:
                     continue
-                try:
-                    confirmed = steering.dp_missing(dp.enforcer, dp.vth, dp.dp_socket, need_vth=True) is None
-                except (OSError, CNIError) as e:
-                    log.error("%r: cannot tell whether it is there: %s", dp, e)
-                    continue
-                if confirmed != present:
-                    continue                      # it changed again: the next look decides
+                if self._confirmed(dp) != present:
+                    continue                      # it changed again (or cannot tell): the next look decides
                 for pod in pods:
                     action = self._switch(sd, pod, present)
                     if action:
@@ -238,6 +246,19 @@ class FailOpenWatcher:
         if done:
             self._scan()                          # our own changes, read back
         return done
+
+    def _confirmed(self, dp: _Dp) -> bool | None:
+        """Is the dp there, asked again under the lock? Gone: no reader on vth or a socket that
+        refuses, as seen by a look (a dying dp may keep its control socket a moment after its
+        reader, and never answers: nothing waits for it). There: as CHECK judges it, an answer on
+        dpSocket and a reader on vth (steering.dp_missing)."""
+        try:
+            if not self._probe(dp):
+                return False
+            return steering.dp_missing(dp.enforcer, dp.vth, dp.dp_socket, need_vth=True) is None
+        except (OSError, CNIError) as e:
+            log.error("%r: cannot tell whether it is there: %s", dp, e)
+            return None
 
     def _switch(self, sd: str, pod: state.Pod, present: bool) -> str:
         """One pod, under its stateDir's lock: the action taken, or "" (failed: retried later)."""
@@ -249,8 +270,7 @@ class FailOpenWatcher:
             elif present:
                 action = "recovered"              # a fail-closed pod: the dp is back
             elif pod.fail_open:
-                steering.switch(pod, "tap")
-                pod.mode = "inline"               # still wanted inline: only the filters are tap's
+                steering.refilter(pod, "tap")     # still wanted inline; nothing to tell a dead dp
                 action = "failed-open"
             else:
                 action = "fail-closed"

@@ -152,11 +152,19 @@ def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
 
 
 def switch(pod: state.Pod, mode: str) -> None:
-    """inline <-> tap on a steered pod."""
+    """inline <-> tap on a steered pod (the dp told first, and awaited for inline)."""
+    with link.open_rtnl(pod.enforcer) as rt:
+        installed = _effective(pod, link.index_of(rt, pod.vth), mode)
+    refilter(pod, installed)
+    pod.mode = mode
+
+
+def refilter(pod: state.Pod, installed: str) -> None:
+    """The pod's filters replaced by those of `installed`; the dp is told nothing and the wanted
+    mode is kept (the fail-open watcher, failopen.py, when the dp is gone)."""
     with link.open_rtnl(pod.enforcer) as rt:
         _remove_rules(rt, pod)
-        _install(rt, pod, _effective(pod, link.index_of(rt, pod.vth), mode))
-    pod.mode = mode
+        _install(rt, pod, installed)
 
 
 def disengage(pod: state.Pod, state_dir: str) -> None:
