@@ -56,3 +56,21 @@ def test_dual_stack_leases_in_etcd(tmp_path):
             assert again == got[0] and reg.snapshot().revision == snap.revision     # nothing written
         finally:
             reg.close()
+
+
+def test_ipv6_only_leases_in_etcd(tmp_path):
+    with EtcdCluster(tmp_path / "etcd", members=1) as etcd, etcd.inside():
+        reg = open_registry("etcd", etcd.registry_conf(prefix="/pycni/v6/"), 0)
+        try:
+            got = []
+            for i, name in enumerate(("a", "b"), 1):
+                cfg = node(tmp_path, name)
+                cfg.network = None
+                got.append(lease.acquire(reg, cfg, None, public_ip6=ipaddress.IPv6Address(f"fd00:198:18::{i}"))[0])
+            assert [(x.subnet, str(x.subnet6)) for x in got] == [(None, "fd00:10:244:1::/64"),
+                                                                 (None, "fd00:10:244:2::/64")]
+            snap = reg.snapshot()
+            assert snap.network.network is None and snap.leases["b"] == got[1]
+            assert "subnet" not in snap.leases["a"].to_json()
+        finally:
+            reg.close()
