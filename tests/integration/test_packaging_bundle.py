@@ -317,3 +317,35 @@ def test_bundled_code_needs_no_dropped_runtime_hook():
                     if NEEDS_DROPPED_HOOK.search(line.split("#")[0]):
                         offenders.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_frozen_doctor_without_python(installed, netns):
+    """The install's pycni-doctor, no Python on the host: --json --list-checks, then every check in
+    a test netns holding an NFQUEUE rule with no reader (found, the only finding: pyroute2, the
+    forked child, iptables-save and nft all work frozen), and the table of a healthy namespace."""
+    from plugins.doctor.runner import NAMES
+    from tests.kit.bundle import HOST_PATH, without_python
+    exe = str(installed / "pycni-doctor")
+    env = {"PATH": HOST_PATH}
+
+    def doctor(*args: str) -> subprocess.CompletedProcess:
+        p = run(without_python([exe, *args], env), timeout=120)
+        assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+        return p
+
+    p = doctor("--json", "--list-checks")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [c["name"] for c in json.loads(p.stdout)["checks"]] == NAMES
+    healthy, broken = netns("pkdoch"), netns("pkdocb")
+    broken.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "NFQUEUE", "--queue-num", "5")
+    p = doctor("--json", "--netns", broken.path, "--conf-dir", "/nonexistent-net.d")
+    assert p.returncode == 2 and json.loads(p.stdout)["code"] == 165, p.stdout       # a given dir must exist
+    p = doctor("--json", "--netns", broken.path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["errors"] == [] and out["namespaces"] == [{"where": f"netns {broken.name}", "netns": broken.path}]
+    [f] = out["findings"]
+    assert f["check"] == "nfqueue-no-reader" and "queue 5" in f["what"], f
+    p = doctor("--netns", healthy.path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.splitlines()[-1].endswith("in 1 namespace(s): no problems found"), p.stdout
