@@ -1,6 +1,8 @@
 """The IPv6 overlay between test hosts: the vxlan-v6 device and its per-peer trio (route, NDP,
 FDB), beside the IPv4 one; IPv6-only; a mixed cluster with an IPv4-only node; directRouting."""
+import ipaddress
 import json
+import os
 
 import pytest
 
@@ -9,6 +11,7 @@ from plugins.main.vxlan import errors as codes
 from tests.kit.vxlan_dual import DualCluster, dumps6, ping
 
 pytestmark = pytest.mark.root
+PRE_IPV6 = "783cef0"          # the last commit before IPv6 leases
 
 
 def peer6_lines(d: dict, lease) -> dict:
@@ -154,3 +157,62 @@ def test_public_ipv6_change_recreates_the_device_and_replaces_only_the_fdb_entri
         assert old["neigh"] == new["neigh"] and old["route"] == new["route"]
         h.check()
         assert ping(h.path, lease.subnet6.network_address)
+
+
+@pytest.fixture
+def pre_ipv6_tree(tmp_path):
+    """The suite as of the last commit before IPv6 (`git archive`), to run a node of that version."""
+    import shutil
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(root, ".git")):
+        pytest.skip("needs the git history")
+    out = tmp_path / "pre-ipv6"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", root, "archive", PRE_IPV6, "libcni_py", "plugins"],
+                             capture_output=True, timeout=60)
+    if archive.returncode:
+        pytest.skip(f"commit {PRE_IPV6} not in this clone")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True, timeout=60)
+    return str(out)
+
+
+def old_ensure(host, tree: str) -> dict:
+    """overlay.ensure_node of the pre-IPv6 version in the host's netns (its own interpreter)."""
+    import sys
+    script = ("import json, sys\n"
+              f"sys.path.insert(0, {tree!r})\n"
+              "from plugins.main.vxlan.overlay import ensure_node, node_config\n"
+              "info = ensure_node(node_config(json.loads(sys.argv[1])))\n"
+              "print(json.dumps({'subnet': str(info.subnet), 'changes': info.changes}))\n")
+    p = host.run(sys.executable, "-c", script, json.dumps(host.conf))
+    return json.loads(p.stdout)
+
+
+def test_mixed_cluster_with_a_node_of_the_previous_version(netns, tmp_path, pre_ipv6_tree):
+    """host2 runs the code of the version before IPv6 on the same file registry: it reads the
+    dual-stack documents (no 101), programs the IPv4 trio for both dual-stack peers and is reached
+    over IPv4. Its write drops the IPv6 keys (it re-encodes what it understood); the dual-stack
+    nodes' next ensure writes them back and their IPv6 overlay is whole again."""
+    c = DualCluster(netns, tmp_path, underlays=["dual", "dual", "v4"])
+    c.hosts[0].ensure()
+    c.hosts[1].ensure()
+    old = old_ensure(c.hosts[2], pre_ipv6_tree)
+    assert old["subnet"] == "10.244.3.0/24" and old["changes"] == 6
+    assert "ipv6Subnet" not in json.dumps(c.registry())          # what the old node's write left
+    infos = [h.ensure() for h in c.hosts[:2]]                       # the dual-stack nodes restore theirs
+    infos = [h.ensure() for h in c.hosts[:2]]
+    doc = c.registry()
+    assert doc["network"]["ipv6Network"] == "fd00:10:244::/48"
+    assert all("ipv6Subnet" in doc["leases"][h.node] for h in c.hosts[:2])
+    assert old_ensure(c.hosts[2], pre_ipv6_tree)["changes"] == 0  # the old node still reads it, nothing to do
+    assert "ipv6Subnet" in json.dumps(c.registry())                # and a no-op leaves the document alone
+    for h in c.hosts[:2]:
+        assert len(h.dumps()["neigh"]) == 2 and len(dumps6(h)["neigh"]) == 1
+        h.check()
+    assert len(c.hosts[2].dumps()["neigh"]) == 2
+    third = ipaddress.IPv4Network(old["subnet"]).network_address
+    for src, me in zip(c.hosts[:2], infos):
+        assert ping(src.path, third)
+        assert ping(c.hosts[2].path, me.subnet.network_address)
+    assert ping(c.hosts[0].path, infos[1].subnet6.network_address)
