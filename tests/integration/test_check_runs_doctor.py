@@ -104,8 +104,11 @@ def test_edgemesh_check_fails_when_nothing_listens_on_the_listen_address(node, n
         assert ask(pod, "tcp", SVC).startswith("error")                # it is real: the call fails
 
         rc, out, err = run_plugin("CHECK", {**single, "checkProxy": False}, netns=pod.path, inside=node.ns.name,
-                                  args=ARGS)
+                                  args=ARGS, env={"PYTHONPROFILEIMPORTTIME": "1"})
         assert rc == 0 and "where nothing listens" in err, (out, err)  # without checkProxy: a warning
+        imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
+        assert "plugins.doctor.edgemesh_hijack" in imported                  # the doctor ran, lightly:
+        assert not {m for m in imported if m.split(".")[0] in ("pyroute2", "typing", "dataclasses")}
 
         node.serve("--listen", "169.254.96.16:40001")                   # the fix: the proxy there
         rc, out, err = run_plugin("CHECK", single, netns=pod.path, inside=node.ns.name, args=ARGS)
