@@ -216,3 +216,27 @@ def test_mixed_cluster_with_a_node_of_the_previous_version(netns, tmp_path, pre_
         assert ping(src.path, third)
         assert ping(c.hosts[2].path, me.subnet.network_address)
     assert ping(c.hosts[0].path, infos[1].subnet6.network_address)
+
+
+def test_ipv6_entries_are_created_ndp_then_fdb_then_route(netns, tmp_path):
+    import subprocess
+    import time
+    c = DualCluster(netns, tmp_path)
+    for h in c.hosts[1:]:
+        h.ensure()
+    mon = subprocess.Popen(["ip", "netns", "exec", c.hosts[0].name, "ip", "-o", "monitor", "neigh", "route"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)                     # let the monitor subscribe
+        c.hosts[0].ensure()
+        time.sleep(0.3)
+    finally:
+        mon.terminate()
+    events = [line.strip() for line in mon.communicate(timeout=5)[0].splitlines()]
+    for node in ("host1", "host2"):
+        lease = leases(c)[node]
+        net = str(lease.subnet6.network_address)
+        ndp = next(i for i, e in enumerate(events) if e.startswith(f"{net} dev vxlan-v6.1 lladdr {lease.vtep_mac}"))
+        fdb = next(i for i, e in enumerate(events) if e.startswith(f"{lease.public_ip6} dev vxlan-v6.1 lladdr"))
+        route = next(i for i, e in enumerate(events) if e.startswith(f"{lease.subnet6} via {net} dev vxlan-v6.1"))
+        assert ndp < fdb < route, events
