@@ -1,7 +1,8 @@
 """Overlay drift (the vxlan plugin's state against the kernel, as flannel's vxlan backend keeps it):
 for every lease in a vxlan network's registry, the three entries per peer (permanent ARP `N ->
 VTEP MAC`, permanent FDB `VTEP MAC -> public IP`, route `S via N onlink`; with directRouting on a
-shared subnet only `S via public IP`), present and correct on the network's device; entries left
+shared subnet only `S via public IP`), present and correct on the network's device (IPv6: NDP,
+FDB and route on vxlan-v6.<vni> over the IPv6 underlay, MTU - 70); entries left
 for peers that have no lease any more; the device's attributes (VNI, port, learning off, MTU =
 underlay - 50, VTEP MAC, up, underlay); this node's lease, and vxlan-agent alive with its state
 fresh (lease.agent_state: the rule ADD's code 11 uses).
@@ -69,7 +70,7 @@ def diagnose(ctx: Context) -> list[tuple[str, Finding]]:
 
 
 class _Kernel:
-    """The namespace's links, IPv4 addresses and main routes, as pyroute2 reads them."""
+    """The namespace's links, addresses and main routes (IPv4 and IPv6), as pyroute2 reads them."""
 
     def __init__(self, ctx: Context):
         ipr = ctx.ipr()
@@ -82,49 +83,53 @@ class _Kernel:
             name = m.get_attr("IFLA_IFNAME")
             vx = {}
             if data is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan":
-                vx = {k: data.get_attr(f"IFLA_VXLAN_{k.upper()}") for k in ("id", "port", "learning", "link", "local")}
+                vx = {k: data.get_attr(f"IFLA_VXLAN_{k.upper()}")
+                      for k in ("id", "port", "learning", "link", "local", "local6")}
             self.links[name] = {"index": m["index"], "kind": (info.get_attr("IFLA_INFO_KIND") if info is not None
                                                               else None) or "",
                                 "alias": m.get_attr("IFLA_IFALIAS") or "", "mtu": m.get_attr("IFLA_MTU"),
                                 "mac": (m.get_attr("IFLA_ADDRESS") or "").lower(), "up": bool(m["flags"] & 1),
                                 "vxlan": vx}
             self.names[m["index"]] = name
-        self.addrs: dict[int, set[ipaddress.IPv4Interface]] = {}
-        for a in ipr.get_addr(family=socket.AF_INET):
-            self.addrs.setdefault(a["index"], set()).add(
-                ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+        self.addrs: dict[int, set[Any]] = {}         # index -> IPv4Interface / IPv6Interface
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for a in ipr.get_addr(family=family):
+                self.addrs.setdefault(a["index"], set()).add(
+                    ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
         self.local = {i.ip for s in self.addrs.values() for i in s}
-        self.routes: dict[ipaddress.IPv4Network, list[dict[str, Any]]] = {}
-        for r in ipr.get_routes(family=socket.AF_INET, table=MAIN):
-            if (r.get_attr("RTA_TABLE") or r["table"]) != MAIN or not r["dst_len"]:
-                continue
-            dst = ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
-            gw = r.get_attr("RTA_GATEWAY")
-            self.routes.setdefault(dst, []).append({
-                "gateway": ipaddress.IPv4Address(gw) if gw else None, "oif": r.get_attr("RTA_OIF"),
-                "onlink": bool(r["flags"] & RTNH_F_ONLINK), "proto": r["proto"],
-                "metric": r.get_attr("RTA_PRIORITY") or 0})
+        self.routes: dict[Any, list[dict[str, Any]]] = {}      # IPv4Network / IPv6Network -> routes
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_routes(family=family, table=MAIN):
+                if (r.get_attr("RTA_TABLE") or r["table"]) != MAIN or not r["dst_len"]:
+                    continue
+                dst = ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
+                gw = r.get_attr("RTA_GATEWAY")
+                self.routes.setdefault(dst, []).append({
+                    "gateway": ipaddress.ip_address(gw) if gw else None, "oif": r.get_attr("RTA_OIF"),
+                    "onlink": bool(r["flags"] & RTNH_F_ONLINK), "proto": r["proto"],
+                    "metric": r.get_attr("RTA_PRIORITY") or 0})
 
     def dev(self, index: int | None) -> str:
         return self.names.get(index or 0, str(index))
 
-    def arp(self, index: int) -> dict[ipaddress.IPv4Address, str]:
-        """Permanent IPv4 neighbours of a device (pyroute2 0.7 does not decode NDA_PROTOCOL: on our
-        own device every permanent entry inside `network` is taken as ours, as the plugin's are)."""
+    def arp(self, index: int, version: int) -> dict[Any, str]:
+        """Permanent ARP (4) or NDP (6) neighbours of a device (pyroute2 0.7 does not decode
+        NDA_PROTOCOL: on our own device every permanent entry inside `network` is taken as ours)."""
         out = {}
-        for n in self.ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        for n in self.ipr.get_neighbours(family=family, ifindex=index):
             if n["ifindex"] == index and n["state"] & NUD_PERMANENT and n.get_attr("NDA_DST"):
-                out[ipaddress.IPv4Address(n.get_attr("NDA_DST"))] = (n.get_attr("NDA_LLADDR") or "").lower()
+                out[ipaddress.ip_address(n.get_attr("NDA_DST"))] = (n.get_attr("NDA_LLADDR") or "").lower()
         return out
 
-    def fdb(self, index: int) -> dict[str, set[ipaddress.IPv4Address]]:
+    def fdb(self, index: int) -> dict[str, set[Any]]:
         """Permanent FDB entries with a remote (NDA_DST) of a vxlan device: MAC -> remotes."""
-        out: dict[str, set[ipaddress.IPv4Address]] = {}
+        out: dict[str, set[Any]] = {}
         for n in self.ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=index):
             dst = n.get_attr("NDA_DST")
-            if n["ifindex"] != index or not n["state"] & NUD_PERMANENT or not dst or ":" in dst:
+            if n["ifindex"] != index or not n["state"] & NUD_PERMANENT or not dst:
                 continue
-            out.setdefault((n.get_attr("NDA_LLADDR") or "").lower(), set()).add(ipaddress.IPv4Address(dst))
+            out.setdefault((n.get_attr("NDA_LLADDR") or "").lower(), set()).add(ipaddress.ip_address(dst))
         return out
 
 
@@ -143,11 +148,11 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
     from plugins.main.vxlan import config, device, lease
     from plugins.main.vxlan.registry import open_registry
     n = config.load(conf, "CHECK")          # a config the plugin refuses: an error entry, not a finding
-    if n.network is None:
-        return []                           # an IPv6-only network: the IPv6 overlay is not checked here
-    link = k.links.get(n.device_name)
-    if (link is None or link["kind"] != "vxlan") and not any(
-            not ip.is_loopback and ip not in n.network for ip in k.local):
+    nets = [net for net in (n.network, getattr(n, "network6", None)) if net is not None]
+    names = [n.device_name] + ([n.device6_name] if getattr(n, "network6", None) is not None else [])
+    devices = [k.links[d] for d in names if d in k.links and k.links[d]["kind"] == "vxlan"]
+    if not devices and not any(not (ip.is_loopback or ip.is_link_local) and not any(ip in net for net in nets)
+                               for ip in k.local):
         return []       # no device and no address a node's public IP can be (a pod's): the registry is not read
     p = ctx.ns.prefix()
     where = f"vxlan network {n.name}, node {n.node_name}"
@@ -178,14 +183,18 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
         except (CNIError, KeyError, TypeError, ValueError):
             mine = None
     mark = device.mark(n.name)
-    ours = link is not None and link["kind"] == "vxlan" and (
-        link["alias"] == mark or (not link["alias"] and mine is not None and link["mac"] == mine.vtep_mac))
+
+    def ours(link: dict | None) -> bool:
+        return link is not None and link["kind"] == "vxlan" and (
+            link["alias"] == mark or (not link["alias"] and mine is not None and link["mac"] == mine.vtep_mac))
     # this node's namespace: the one holding its lease's public IP, or its device with the lease's
     # MAC (test hosts are namespaces of one machine, each with a device of the same network)
     if mine is not None:
-        here = mine.public_ip in k.local or (ours and link is not None and link["mac"] == mine.vtep_mac)
+        publics = {mine.public_ip, getattr(mine, "public_ip6", None)} - {None}
+        here = bool(publics & k.local) or any(ours(d) and d["mac"] == mine.vtep_mac for d in devices)
     else:
-        here = ours or (n.public_ip is not None and n.public_ip in k.local)
+        publics = {n.public_ip, getattr(n, "public_ip6", None)} - {None}
+        here = any(ours(d) for d in devices) or bool(publics & k.local)
     if not here:
         return []
     out: list[tuple[str, Finding]] = []
@@ -226,31 +235,41 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
         return out
     fresh, why = lease.is_fresh(mine, n.registry_ttl)
     if not fresh:
-        add("lease", "error", f"the lease of subnet {mine.subnet}: {why}",
+        add("lease", "error", f"the lease of subnet {mine.subnet or getattr(mine, 'subnet6', None)}: {why}",
             "when it expires the subnet is free for another node and every peer drops this node's entries",
             restart)
-    # the device
+    # each family's device and peers (IPv6: vxlan-v6.<vni> over the IPv6 underlay)
+    from plugins.main.vxlan import peers
     from plugins.pkg.rtnl import Rtnl      # the plugin's own underlay rule, on its raw netlink (no pyroute2)
+    halves: list[tuple[int, Any, Any]] = []          # (version, device.Want, network)
     try:
         with Rtnl() as rt:
-            underlay = device.find_underlay(rt, n)
+            underlay = device.find_underlay(rt, n) if n.network is not None else None
+            if underlay is not None:
+                halves.append((4, device.want(n, mine, underlay), n.network))
+            if getattr(n, "network6", None) is not None:
+                if getattr(mine, "subnet6", None) is None:
+                    add("lease", "error", f"the lease has no IPv6 subnet though the config has ipv6Network "
+                        f"{n.network6}", "no IPv6 peer programs entries towards this node", restart)
+                else:
+                    underlay6 = device.find_underlay6(rt, n, underlay)
+                    halves.append((6, device.want6(n, mine, underlay6), n.network6))
     except CNIError as e:
         add("device", "error", f"no underlay: {e.msg}", "VXLAN packets have no way out of this node",
             [Fix(_code_fix(e.code))])
-        return out
-    want = device.want(n, mine, underlay)
-    dev = n.device_name
-    if link is None or not ours:
-        add("device", "error", f"device {dev} " + ("missing" if link is None else
-                                                   f"is not this network's (a {link['kind'] or 'device'} link"
-                                                   f"{', marked ' + repr(link['alias']) if link['alias'] else ''})"),
-            "without the vxlan device nothing reaches the other nodes' pods", restart)
-        return out
-    out += [(kind, f) for kind, f in _device(ctx, k, link, want, where, restart)]
-    # the peers
-    from plugins.main.vxlan import peers
-    wanted = peers.desired(snap.leases.values(), n.node_name, link["index"], underlay, n.direct_routing)
-    out += [("peer", f) for f in _peers(ctx, k, link["index"], dev, n.cluster, wanted, where)]
+    for version, want, network in halves:
+        link = k.links.get(want.name)
+        if link is None or not ours(link):
+            add("device", "error", f"device {want.name} " + (
+                "missing" if link is None else f"is not this network's (a {link['kind'] or 'device'} link"
+                f"{', marked ' + repr(link['alias']) if link['alias'] else ''})"),
+                "without the vxlan device nothing reaches the other nodes' pods", restart)
+            continue
+        out += [(kind, f) for kind, f in _device(ctx, k, link, want, where, restart)]
+        kw = {"family": 6} if version == 6 else {}
+        wanted = peers.desired(snap.leases.values(), n.node_name, link["index"], want.underlay, n.direct_routing,
+                               **kw)
+        out += [("peer", f) for f in _peers(ctx, k, link["index"], want.name, network, wanted, where, version)]
     return out
 
 
@@ -278,8 +297,9 @@ def _device(ctx: Context, k: _Kernel, link: dict, want, where: str, restart: lis
     if vx.get("port") != want.port:
         add(f"uses UDP port {vx.get('port')}, the config says {want.port}",
             f"the other nodes send to port {want.port}: nothing listens there, every packet is dropped", recreate)
-    if vx.get("link") != want.underlay.index or str(vx.get("local")) != str(want.underlay.local):
-        add(f"is bound to {k.dev(vx.get('link'))} {vx.get('local')}, the underlay is {want.underlay.name} "
+    local = vx.get("local6") if want.underlay.local.version == 6 else vx.get("local")
+    if vx.get("link") != want.underlay.index or str(local) != str(want.underlay.local):
+        add(f"is bound to {k.dev(vx.get('link'))} {local}, the underlay is {want.underlay.name} "
             f"{want.underlay.local}", "VXLAN packets leave by the wrong device or source address: peers "
             "drop them or answer elsewhere", recreate)
     if vx.get("learning"):
@@ -288,8 +308,9 @@ def _device(ctx: Context, k: _Kernel, link: dict, want, where: str, restart: lis
             "spoofed or misrouted packet steers this node's traffic for that MAC to another host",
             [Fix("turn learning off", f"{p}ip link set dev {dev} type vxlan nolearning")])
     if link["mtu"] != want.mtu:
-        add(f"has MTU {link['mtu']}, want {want.mtu} (underlay {want.underlay.name} {want.underlay.mtu} - 50)",
-            "VXLAN adds 50 bytes: larger packets are dropped by the underlay (or fragmented), smaller ones "
+        over = want.underlay.mtu - want.mtu
+        add(f"has MTU {link['mtu']}, want {want.mtu} (underlay {want.underlay.name} {want.underlay.mtu} - {over})",
+            f"VXLAN adds {over} bytes: larger packets are dropped by the underlay (or fragmented), smaller ones "
             "waste the path; pods' large TCP segments and UDP datagrams go missing",
             [Fix("set the MTU", f"{p}ip link set dev {dev} mtu {want.mtu}")])
     if link["mac"] != want.mac:
@@ -307,11 +328,12 @@ def _device(ctx: Context, k: _Kernel, link: dict, want, where: str, restart: lis
     return out
 
 
-def _peers(ctx: Context, k: _Kernel, index: int, dev: str, network: ipaddress.IPv4Network, wanted: list,
-           where: str) -> list[Finding]:
+def _peers(ctx: Context, k: _Kernel, index: int, dev: str, network, wanted: list, where: str,
+           version: int = 4) -> list[Finding]:
     from plugins.main.vxlan.peers import RTPROT
     p = ctx.ns.prefix()
-    arp, fdb = k.arp(index), k.fdb(index)
+    arp, fdb = k.arp(index, version), k.fdb(index)
+    nd = "ARP" if version == 4 else "NDP"
     out: list[Finding] = []
 
     def add(severity: str, what: str, why: str, fixes: list[Fix]) -> None:
@@ -321,7 +343,7 @@ def _peers(ctx: Context, k: _Kernel, index: int, dev: str, network: ipaddress.IP
         if peer.mac:
             have = arp.get(peer.anchor)
             if have != peer.mac:
-                add("error", f"{tag}: ARP {peer.anchor} -> {peer.mac} on {dev} "
+                add("error", f"{tag}: {nd} {peer.anchor} -> {peer.mac} on {dev} "
                     + ("missing" if have is None else f"is {have}"), WHY_PEER,
                     [Fix("put the entry back (permanent, with the plugin's protocol)",
                          f"{p}ip neigh replace {peer.anchor} lladdr {peer.mac} dev {dev} nud permanent "
@@ -330,10 +352,11 @@ def _peers(ctx: Context, k: _Kernel, index: int, dev: str, network: ipaddress.IP
             if peer.public_ip not in dsts:
                 verb = "replace" if dsts else "append"
                 add("error", f"{tag}: FDB {peer.mac} dst {peer.public_ip} on {dev} "
-                    + ("missing" if not dsts else f"is dst {', '.join(map(str, sorted(dsts)))}"), WHY_PEER,
+                    + ("missing" if not dsts else f"is dst {', '.join(sorted(map(str, dsts)))}"), WHY_PEER,
                     [Fix("put the entry back" if not dsts else "point it at the peer's public IP",
                          f"{p}bridge fdb {verb} {peer.mac} dev {dev} dst {peer.public_ip} self permanent")])
-            for extra in sorted(dsts - {peer.public_ip}) if peer.public_ip in dsts else []:
+            extras = dsts - {peer.public_ip} if peer.public_ip in dsts else set()
+            for extra in sorted(extras, key=lambda a: (a.version, a)):
                 add("error", f"{tag}: FDB {peer.mac} on {dev} also sends to {extra}", WHY_PEER,
                     [Fix("remove the extra remote", f"{p}bridge fdb del {peer.mac} dev {dev} dst {extra} self")])
         r = peer.route
@@ -355,22 +378,22 @@ def _peers(ctx: Context, k: _Kernel, index: int, dev: str, network: ipaddress.IP
                      f"{p}ip route replace {peer.subnet} {via} proto {RTPROT}")])
     # entries for peers that have no lease (vanished nodes)
     subnets = {peer.subnet for peer in wanted}
-    for dst, routes in sorted(k.routes.items()):
+    for dst, routes in sorted(k.routes.items(), key=lambda item: (item[0].version, item[0])):
         for x in routes:
-            if x["proto"] == RTPROT and dst.subnet_of(network) and dst not in subnets:
+            if x["proto"] == RTPROT and dst.version == version and dst.subnet_of(network) and dst not in subnets:
                 add("warning", f"stale route {dst} via {x['gateway']} dev {k.dev(x['oif'])}: no node holds a lease "
                     "of it", WHY_STALE,
                     [Fix("remove it", f"{p}ip route del {dst} dev {k.dev(x['oif'])} proto {RTPROT}")])
     anchors = {peer.anchor for peer in wanted if peer.mac}
     for ip, mac in sorted(arp.items()):
         if ip in network and ip not in anchors:
-            add("warning", f"stale ARP {ip} -> {mac} on {dev}: no node holds a lease of it", WHY_STALE,
+            add("warning", f"stale {nd} {ip} -> {mac} on {dev}: no node holds a lease of it", WHY_STALE,
                 [Fix("remove it", f"{p}ip neigh del {ip} dev {dev}")])
     macs = {peer.mac for peer in wanted if peer.mac}
     for mac, dsts in sorted(fdb.items()):
         if mac in macs:
             continue
-        for d in sorted(dsts):
+        for d in sorted(dsts, key=lambda a: (a.version, a)):
             add("warning", f"stale FDB {mac} dst {d} on {dev}: no lease has VTEP MAC {mac}", WHY_STALE,
                 [Fix("remove it", f"{p}bridge fdb del {mac} dev {dev} dst {d} self")])
     return out

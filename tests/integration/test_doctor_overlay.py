@@ -316,3 +316,39 @@ def test_deleted_device_found_by_the_nodes_public_ip_and_the_agent_recreates_it(
         assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
     finally:
         agent.kill()
+
+
+@pytest.mark.parametrize("stacks", [("dual", "dual"), ("v6", "v6")], ids=["dual-stack", "ipv6-only"])
+def test_ipv6_overlay_entries_found_and_fixed(netns, tmp_path, stacks):
+    """The IPv6 half (vxlan-v6.1 over the IPv6 underlay): healthy gives nothing; its NDP, FDB and
+    route entries of a peer deleted are found with IPv6 commands, applied as printed: gone, the peer's
+    IPv6 overlay address answers again, and the plugin's own CHECK agrees."""
+    from tests.kit.vxlan_dual import DualCluster, ping
+    cluster = DualCluster(netns, tmp_path, underlays=list(stacks))
+    cluster.ensure_all()
+    cluster.ensure_all()
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    assert findings(h0, conf) == []
+    peer = lease_of(cluster, "host1")
+    subnet6 = peer["ipv6Subnet"]
+    anchor6 = subnet6.split("/")[0]
+    dev6 = "vxlan-v6.1"
+    assert ping(h0.path, anchor6)
+    h0.run("bridge", "fdb", "del", peer["vtepMAC"], "dev", dev6, "dst", peer["publicIPv6"], "self")
+    h0.run("ip", "-6", "neigh", "del", anchor6, "dev", dev6)
+    h0.run("ip", "-6", "route", "del", subnet6, "dev", dev6)
+    found = findings(h0, conf)
+    assert len(found) == 3, [f["what"] for f in found]
+    prefix = f"ip netns exec {h0.name} "
+    assert one(found, "NDP", anchor6, "missing")["fixes"][0]["command"] == (
+        f"{prefix}ip neigh replace {anchor6} lladdr {peer['vtepMAC']} dev {dev6} nud permanent proto 118")
+    assert one(found, "FDB", peer["publicIPv6"], "missing")["fixes"][0]["command"] == (
+        f"{prefix}bridge fdb append {peer['vtepMAC']} dev {dev6} dst {peer['publicIPv6']} self permanent")
+    assert one(found, "route", subnet6, "missing")["fixes"][0]["command"] == (
+        f"{prefix}ip route replace {subnet6} via {anchor6} dev {dev6} onlink proto 118")
+    for f in found:
+        apply(f["fixes"][0]["command"])
+    assert findings(h0, conf) == []
+    assert ping(h0.path, anchor6)
+    h0.check()
