@@ -1,7 +1,8 @@
 """vxlan: a pod on a bridge behind a flannel-style VXLAN overlay.
 
 ADD    ensure the node (lease, device, peers: one reconcile) -> IPAM -> bridge + veth -> masq
-CHECK  the node's device and peer entries, IPAM, the pod's interface, addresses, routes, masq
+CHECK  pycni-doctor's policy-route-steals-replies, overlay-drift, rp-filter-forwarding (imported in
+       CHECK only), the node's device and peer entries, IPAM, the pod's interface, addresses, routes, masq
 DEL    masq rules, veth, IPAM allocation; idempotent, fine when the netns is gone
 GC     the same for every attachment of this network the runtime no longer lists
 STATUS the registry can be read (code 50 otherwise)
