@@ -122,3 +122,23 @@ def test_mixed_cluster_pods_reach_the_ipv4_only_node_over_ipv4(netns, tmp_path):
     for pod in attached:
         pods.check(pod)
         pods.delete(pod)
+
+
+def test_a_new_ipv6_subnet_while_pods_use_the_old_one_is_117_then_moves_once_they_are_gone(netns, tmp_path):
+    c = DualCluster(netns, tmp_path, underlays=["dual"])
+    host = c.hosts[0]
+    pods = Pods(c, netns, tmp_path)
+    first = pods.add(host, "old")
+    old_gw = first.result.ips[1].gateway
+    with pytest.raises(CNIError) as e:
+        pods.add(host, "new", ipv6SubnetLen=80)
+    assert e.value.code == codes.SUBNET_IN_USE and "old/eth0" in e.value.msg
+    assert json.loads(host.run("cat", f"{host.conf['stateDir']}/lease.json").stdout)["ipv6Subnet"].endswith("/64")
+    pods.delete(first)
+    moved = pods.add(host, "new", ipv6SubnetLen=80)
+    six = addr(moved, 6)
+    assert six.network.prefixlen == 80 and moved.result.ips[1].gateway != old_gw
+    br = host.run("ip", "-6", "addr", "show", "dev", "cni0", "scope", "global").stdout
+    assert old_gw not in br and moved.result.ips[1].gateway in br
+    pods.check(moved, ipv6SubnetLen=80)
+    pods.delete(moved, ipv6SubnetLen=80)
