@@ -712,6 +712,12 @@ class EtcdRegistry(Registry):
                     return self.snapshot()
                 self._stream = self._open_stream(deadline)
                 self._stream_rev = self._rev
+                # a compaction between the probe and the watch's creation (etcd cancels the watch
+                # with compact_revision, which etcd3gw drops): asked once more, now it exists
+                if self._compacted(self._rev + 1):
+                    self._close_stream()
+                    self.relists += 1
+                    return self.snapshot()
             try:
                 events = [self._stream.events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))]
             except queue.Empty:
