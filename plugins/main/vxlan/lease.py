@@ -6,6 +6,10 @@ of subnet and MAC is kept in `<stateDir>/lease.json`; when the registry lost the
 lease (TTL expired, registry recreated) the node asks for that subnet again if it is
 still free. The MAC needs no state: it is derived from (network name, node name),
 locally administered and unicast, so it is stable even when everything else is lost.
+
+With `ipv6Network` the lease also carries an IPv6 subnet carved from it (`ipv6SubnetLen`) and the
+node's IPv6 underlay address, taken in the same registry update (registry/base.py: Lease,
+NetworkRecord.compatible); the local copy keeps it too. The one VTEP MAC serves both devices.
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ class NetworkRecord:
         if self.network is not None and self.subnet_len != want.subnet_len:
             return False
         if self.network6 is None or want.network6 is None:
-            return want.network is not None or self.network6 is None
+            return True          # the record gets the node's IPv6 half, or the node is IPv4-only
         return (self.network6, self.subnet_len6) == (want.network6, want.subnet_len6)
 
     def merged(self, want: NetworkRecord) -> NetworkRecord:
