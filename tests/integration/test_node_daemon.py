@@ -602,7 +602,8 @@ def test_the_bundle_serves_its_own_plugins_and_not_the_venvs(bundle, netns, tmp_
         assert n.served() == 3, n.log()
         assert [r[:2] for r in daemon] == [r[:2] for r in inproc] and [r[0] for r in inproc] == [0, 0, 0], inproc
         rc, out, err = execp("pycni-passthrough", "ADD", {"cniVersion": "1.0.0", "name": "pt",
-                                                          "type": "pycni-passthrough"}, sock=n.path, inside=host.path)
+                                                          "type": "pycni-passthrough"}, sock=n.path, inside=host.path,
+                             netns=host.path)
         assert rc == 0 and n.served() == 3 and "is not this daemon's" in n.log(), (out, err, n.log())
     finally:
         n.stop()
