@@ -142,3 +142,27 @@ def test_a_new_ipv6_subnet_while_pods_use_the_old_one_is_117_then_moves_once_the
     assert old_gw not in br and moved.result.ips[1].gateway in br
     pods.check(moved, ipv6SubnetLen=80)
     pods.delete(moved, ipv6SubnetLen=80)
+
+
+def test_gc_and_status_on_a_dual_stack_node(netns, tmp_path):
+    import os
+    import shutil
+
+    from plugins.pkg import ns
+    c = DualCluster(netns, tmp_path, underlays=["dual"])
+    host = c.hosts[0]
+    pods = Pods(c, netns, tmp_path, version="1.1.0", ipMasq=True)
+    keep, stale = pods.add(host, "keep"), pods.add(host, "stale")
+    shutil.rmtree(os.path.join(str(tmp_path), "cache"))        # only the plugin's records know `stale`
+    lst = pods.conflist(host)
+    with ns.enter(host.path):
+        pods.cni(host).get_status_network_list(lst)
+        pods.cni(host).gc_network_list(lst, valid_attachments=[{"containerID": "keep", "ifname": "eth0"}])
+    nat6 = host.run("ip6tables-save", "-t", "nat").stdout
+    assert "id=keep " in nat6 and "id=stale " not in nat6
+    assert stale.veth not in host.run("ip", "-o", "link").stdout
+    assert sorted(pods.allocations(host)) == sorted(str(addr(keep, v).ip) for v in (4, 6))
+    host.run("ip", "link", "del", "vxlan-v6.1")
+    with ns.enter(host.path), pytest.raises(CNIError) as e:
+        pods.cni(host).get_status_network_list(lst)
+    assert e.value.code == 50 and "vxlan-v6.1 missing" in e.value.msg
