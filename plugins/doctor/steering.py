@@ -6,8 +6,8 @@ dp_missing: what dp-steering CHECK runs, one source of truth): the pod's interfa
 vin and the shared vbr/vth pair in the enforcer netns, the tc filters of the installed mode,
 the installed mode against the wanted one, and, for a pod steered inline, a dp reading vth (an
 AF_PACKET socket bound to vth's ifindex in the enforcer netns, and an answer on dpSocket when
-the pod has one). An inline pod with no dp is blackholed: its unicast frames are mirrored to
-vth and nothing takes them.
+the pod has one). An inline pod with no dp is blackholed: its unicast frames are redirected
+to vth and nothing takes them.
 
 Which stateDirs: that of each dp-steering config in ctx.confs (--conf, or the runtime's config
 dir: main.py), the plugin's default /var/lib/cni/pycni/dp-steering when a config sets none (a
@@ -138,7 +138,8 @@ def pod_problems(pod: Pod, state_dir: str, config_mode: str | None = None) -> li
         fixes.append(Fix("or DEL and ADD the pod (restart its sandbox in the runtime)", None))
         return [(MISMATCH, Finding(
             NAME, "error", where, pod.netns if pod_side else pod.enforcer,
-            f"{pod.key}{net} is steered {pod.installed} ({pod.datapath}) but {problem}", WHY_DEVICES, fixes))]
+            f"{pod.key}{net} is steered {pod.installed} ({pod.datapath}) but the kernel differs from its "
+            f"record: {problem}", WHY_DEVICES, fixes))]
     out: list[tuple[str, Finding]] = []
     try:
         problem = steering.mode_problem(pod, config_mode or pod.mode)
