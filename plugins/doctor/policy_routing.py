@@ -3,14 +3,15 @@
 traffic by its source (a pod's address or subnet, or a node address replying to pods) and sends it
 to a table whose route leaves by another interface than main's route. The kernel is asked
 (RTM_GETROUTE with the source, and the pod's device as iif when the source is a pod) where the
-packet would really go."""
+packet would really go. IPv4 and IPv6 alike: `ip -6 rule` and the IPv6 main routes are judged the
+same way (RTM_GETROUTE for IPv6), and the fix printed is an `ip -6 rule`."""
 from __future__ import annotations
 
 import ipaddress
 from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
-from .net import DEFAULT, LOCAL, MAIN, View
+from .net import AF_INET, AF_INET6, DEFAULT, LOCAL, MAIN, View
 
 if TYPE_CHECKING:
     from .runner import Context
@@ -28,7 +29,7 @@ WHY = ("a rule ahead of `main` matches on the source address only, so the pod's 
 
 def _rules(view: View):
     """(priority, table, from-prefix, to-prefix or None) of rules ahead of main's."""
-    rules = view.ipr.get_rules(family=2)
+    rules = view.ipr.get_rules(family=view.family)
     # where `from all lookup main` is: narrower main rules (the fixes this check prints) do not count
     main_pref = min((r.get_attr("FRA_PRIORITY") or 0 for r in rules
                      if (r.get_attr("FRA_TABLE") or r["table"]) == MAIN and not r["src_len"] and not r["dst_len"]
@@ -57,24 +58,28 @@ def _free_pref(pref: int, used: set[int]) -> int:
 
 
 def check(ctx: Context) -> list[Finding]:
-    view = View(ctx)
+    return _check(ctx, View(ctx)) + _check(ctx, View(ctx, AF_INET6))
+
+
+def _check(ctx: Context, view: View) -> list[Finding]:
     pods = view.pod_routes()
     if not pods:
         return []
+    ip = "ip" if view.family == AF_INET else "ip -6"
     rules, used = _rules(view)
     findings = []
     for pref, table, src, to in rules:
         # the source is a pod of this node: behind a bridge or veth (remote pods' subnets on the overlay
         # are destinations, not sources: their traffic is judged on their own node)
         inside = [p for p in pods if p.dst.overlaps(src) and p.kind != "vxlan"]
-        sources: list[tuple[ipaddress.IPv4Address, int | None, str]] = []   # (source, iif or None, who)
+        sources: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None, str]] = []   # (src, iif, who)
         for p in inside:                    # the source is a pod behind p: its packets arrive on p's device
             net = p.dst if p.dst.prefixlen >= src.prefixlen else src
             s = view.sample(net)
             if s is not None:
                 sources.append((s, p.oif, f"pod {s} (behind {p.dev})"))
         if not any(p.dst.overlaps(src) for p in pods):    # a node address or a far host replying to pods
-            s = src.network_address if src.prefixlen >= 31 else src.network_address + 1
+            s = src.network_address if src.prefixlen >= src.max_prefixlen - 1 else src.network_address + 1
             if s in view.local:
                 sources.append((s, None, f"{s} (this node)"))
             else:
@@ -93,11 +98,11 @@ def check(ctx: Context) -> list[Finding]:
                     continue
                 findings.append(Finding(
                     NAME, "error", ctx.ns.label, ctx.ns.path,
-                    f"ip rule {pref} `from {src} lookup {table}` sends traffic from {who} to {q.dst} "
+                    f"{ip} rule {pref} `from {src} lookup {table}` sends traffic from {who} to {q.dst} "
                     f"out of {view.dev(got)} (kernel's route lookup for {d}); main routes {q.dst} via {q.dev}",
                     WHY,
                     [Fix(f"let traffic from {src} to {q.dst} use main, ahead of rule {pref} (the rule stays "
                          f"for everything else)",
-                         f"{ctx.ns.prefix()}ip rule add from {src} to {q.dst} lookup main "
+                         f"{ctx.ns.prefix()}{ip} rule add from {src} to {q.dst} lookup main "
                          f"pref {_free_pref(pref, used)}")]))
     return findings
