@@ -215,8 +215,9 @@ def check(rt_host: Rtnl, net: PodNet, att: Attachment) -> None:
         for ip in att.ips:
             if _canonical(ip.address, ipaddress.ip_interface) not in have:
                 _drift(f"address {ip.address} missing on pod interface {att.ifname} (has {have or 'none'})")
+        v6 = any(":" in str(r.dst) for r in att.routes)        # no IPv6 dump on an IPv4-only pod
         routes = {(str(r.dst), str(r.gateway) if r.gateway else None)
-                  for r in [*rt_pod.routes(), *nl.routes6(rt_pod)] if r.oif == pod.index}
+                  for r in [*rt_pod.routes(), *(nl.routes6(rt_pod) if v6 else ())] if r.oif == pod.index}
         for r in att.routes:
             if (_canonical(r.dst, ipaddress.ip_network), _canonical_ip(r.gw) if r.gw else None) not in routes:
                 _drift(f"route {r.dst} via {r.gw} missing on pod interface {att.ifname}")
