@@ -97,17 +97,29 @@ class _Kernel:
                 self.addrs.setdefault(a["index"], set()).add(
                     ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
         self.local = {i.ip for s in self.addrs.values() for i in s}
-        self.routes: dict[Any, list[dict[str, Any]]] = {}      # IPv4Network / IPv6Network -> routes
+        self._routes: dict[Any, list[dict[str, Any]]] | None = None
+
+    @property
+    def routes(self) -> dict[Any, list[dict[str, Any]]]:
+        """Main-table routes, IPv4Network / IPv6Network -> routes (dumped when first asked)."""
+        if self._routes is None:
+            self._routes = self._dump_routes()
+        return self._routes
+
+    def _dump_routes(self) -> dict[Any, list[dict[str, Any]]]:
+        ipr = self.ipr
+        routes: dict[Any, list[dict[str, Any]]] = {}
         for family in (socket.AF_INET, socket.AF_INET6):
             for r in ipr.get_routes(family=family, table=MAIN):
                 if (r.get_attr("RTA_TABLE") or r["table"]) != MAIN or not r["dst_len"]:
                     continue
                 dst = ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
                 gw = r.get_attr("RTA_GATEWAY")
-                self.routes.setdefault(dst, []).append({
+                routes.setdefault(dst, []).append({
                     "gateway": ipaddress.ip_address(gw) if gw else None, "oif": r.get_attr("RTA_OIF"),
                     "onlink": bool(r["flags"] & RTNH_F_ONLINK), "proto": r["proto"],
                     "metric": r.get_attr("RTA_PRIORITY") or 0})
+        return routes
 
     def dev(self, index: int | None) -> str:
         return self.names.get(index or 0, str(index))
