@@ -30,8 +30,7 @@ class Host:
 
     def __init__(self, ns, tmp):
         self.ns, self.tmp, self.pods = ns, tmp, 0
-        self.node = Node.__new__(Node)           # only for serve()/stop(): no bridges wanted here
-        self.node.ns, self.node.tmp, self.node.procs = ns, tmp, []
+        self.node = Node(ns, tmp)                # for serve()/stop() (its bridges stay unused)
 
     def pod(self, netns, v4=True, v6=True):
         """A pod netns on veth vh<n>: 10.2<n>.0.5/24 and fd00:2<n>::5/64, default routes to the host."""
@@ -173,6 +172,9 @@ def test_dual_stack_pods_ipv6_services_reach_the_proxy_with_their_original_desti
     assert len(line) == 1 and f"{LISTEN6}/128" in line[0] and "tentative" not in line[0], line    # nodad
     host.ok("CHECK", conf, "c1", pod)
     host.ok("CHECK", conf2, "c2", pod2)
+    status = dict(conf, cniVersion="1.1.0")
+    del status["prevResult"]
+    assert host.run("STATUS", status, "", pod)[0] == 0
 
     host.ok("DEL", conf, "c1", pod)
     assert ask(pod, "tcp", SVC6) == f"real={SVC6}:80"          # its rules gone, both families
