@@ -352,3 +352,29 @@ def test_ipv6_overlay_entries_found_and_fixed(netns, tmp_path, stacks):
     assert findings(h0, conf) == []
     assert ping(h0.path, anchor6)
     h0.check()
+
+
+def test_device_with_the_wrong_port_is_recreated_by_the_agent(overlay, tmp_path):
+    """Our device (mark, MAC) made again by hand with UDP port 4789 and learning on: the port cannot be
+    changed in place, so the fix is the agent, which deletes and recreates it as the config says."""
+    cluster, _, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    mac = lease_of(cluster, "host0")["vtepMAC"]
+    h0.run("ip", "link", "del", DEV)
+    h0.run("ip", "link", "add", DEV, "address", mac, "type", "vxlan", "id", "1", "dstport", "4789", "dev", "eth0",
+           "local", str(h0.ip.ip))
+    h0.run("ip", "link", "set", DEV, "alias", "pycni-vxlan network=vxtest", "up")
+    found = findings(h0, conf)
+    port = one(found, "uses UDP port 4789", "the config says 8472")
+    assert port["fixes"][0]["command"] == "systemctl restart vxlan-agent" and "cannot be changed in place" in \
+        port["fixes"][0]["how"]
+    one(found, "learning on")
+    assert any("ARP" in f["what"] for f in found)           # the peer entries went with the old device
+    agent = h0.start_agent()
+    try:
+        agent.wait_ready()
+        assert findings(h0, conf) == []
+        assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
+    finally:
+        agent.kill()
