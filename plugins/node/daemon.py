@@ -322,12 +322,12 @@ class Daemon:
             _close(fd)
         started = time.monotonic()
         status, out = self._run(plugin, argv, env, umask, encodings, stdin, stderr_fd)
-        P.send_all(conn, P.frame(status.to_bytes(4, "big", signed=True) + out))
-        if self.debug:
+        if self.debug:                  # before the reply: whoever got the answer finds the line
             name = hello.rpartition(b"\0")[2].decode(errors="replace")
             _log_fd(f"pycni-node: served {name} "
                     f"{env.get(b'CNI_COMMAND', b'').decode(errors='replace')} pid {P.peer_pid(conn)}: "
                     f"status {status} in {(time.monotonic() - started) * 1000:.1f} ms\n")
+        P.send_all(conn, P.frame(status.to_bytes(4, "big", signed=True) + out))
 
     def _check_hello(self, hello: bytes, fds: list[int]) -> tuple[str, object]:
         if not hello.startswith(P.MAGIC) or hello.count(b"\0") < 2:
@@ -543,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-workers", type=int, default=MAX_WORKERS, help="requests served at once (more: in-process)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
+    if os.environ.get("CNI_COMMAND"):
+        # exec'd as a CNI plugin (a conf naming it, a runtime's VERSION probe): never start a daemon there
+        sys.stderr.write("pycni-node is the node daemon, not a CNI plugin: run it as a service\n")
+        return EXIT_USAGE
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s pycni-node %(levelname)s %(message)s"))
     log.addHandler(handler)

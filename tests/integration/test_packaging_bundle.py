@@ -258,6 +258,9 @@ EXIT_CASES: dict[str, list[tuple[str, list[str], dict[str, str], str, bool]]] = 
     "vxlan-agent": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False),
                     ("missing conf", ["--conf", "/nonexistent/vx.conflist"], {}, "", False)],
     "pycni-dp": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False)],
+    # never a bare run: that would serve on /run/pycni/node.sock
+    "pycni-node": [("--help", ["--help"], {}, "", True), ("bad flag", ["--bogus"], {}, "", False),
+                   ("missing conf", ["--conf", "/nonexistent/x.conflist"], {}, "", False)],
     "dp-steering": [("mode without args", ["mode"], {}, "", False)],
     "edgemesh": [("sync without args", ["sync"], {}, "", False)],
     "pycni-doctor": [("--list-checks", ["--list-checks"], {}, "", True),

@@ -154,6 +154,7 @@ TOOLS = {   # console scripts that are not CNI plugins: argv, and the exit statu
     "vxlan-agent": (["--help"], 0),
     "pycni-dp": (["--help"], 0),
     "pycni-doctor": (["--help"], 0),
+    "pycni-node": (["--help"], 0),
 }
 
 
