@@ -98,7 +98,15 @@ def pod_problems(pod: Pod, state_dir: str, config_mode: str | None = None) -> li
     """What is wrong with one steered pod, each as (kind, finding): kind MISMATCH (devices,
     MACs, filters), MODE (installed mode not the wanted one), NO_DP (inline, no dp: blackholed),
     STALE (a dead ADD's journal, a pod netns gone). `config_mode`: the config's mode (None:
-    the one recorded). dp-steering CHECK calls this for its pod, under its state lock."""
+    the one recorded)."""
+    found = record_problems(pod, state_dir, config_mode)
+    if any(kind != MODE for kind, _ in found):
+        return found
+    return found + dp_problems(pod, state_dir)
+
+
+def record_problems(pod: Pod, state_dir: str, config_mode: str | None = None) -> list[tuple[str, Finding]]:
+    """pod_problems but NO_DP: the kernel against the record (dp-steering CHECK, under its lock)."""
     from plugins.meta.dp_steering import steering
     where = f"dp-steering {pod.key}"
     net = f" (network {pod.network})"
@@ -150,6 +158,15 @@ def pod_problems(pod: Pod, state_dir: str, config_mode: str | None = None) -> li
         out.append((MODE, Finding(
             NAME, "warning", where, pod.enforcer, f"{pod.key}{net}: {problem}", WHY_MODE,
             [Fix(f"switch it to {wanted} in place", _mode_cmd(pod, state_dir, wanted))])))
+    return out
+
+
+def dp_problems(pod: Pod, state_dir: str) -> list[tuple[str, Finding]]:
+    """NO_DP: an inline pod with no dp to take its frames (asks the dp's socket and the enforcer
+    netns; dp-steering CHECK calls it with the state lock released, as ADD waits for a dp)."""
+    from plugins.meta.dp_steering import steering
+    where, net = f"dp-steering {pod.key}", f" (network {pod.network})"
+    out: list[tuple[str, Finding]] = []
     if pod.installed == "inline":
         try:
             why = steering.dp_missing(pod.enforcer, pod.vth, pod.dp_socket, need_vth=True)

@@ -161,9 +161,10 @@ def cmd_check(args: CmdArgs):
         _say_runtime(pod)
         from plugins.doctor import checkctx, nfqueue
         from plugins.doctor import steering as integrity
-        for kind, finding in integrity.pod_problems(pod, cfg.state_dir, cfg.mode):
-            code = errors.NO_DP if kind == integrity.NO_DP else errors.CHECK_MISMATCH
-            raise CNIError(code, f"dp-steering CHECK {checkctx.text(finding, where=False)}", finding.why)
+        problems = integrity.record_problems(pod, cfg.state_dir, cfg.mode)
+    for kind, finding in problems or integrity.dp_problems(pod, cfg.state_dir):     # the dp asked unlocked
+        code = errors.NO_DP if kind == integrity.NO_DP else errors.CHECK_MISMATCH
+        raise CNIError(code, f"dp-steering CHECK {checkctx.text(finding, where=False)}", finding.why)
     for path in (pod.netns, pod.enforcer):
         found, failed = checkctx.run_in(path, [nfqueue])
         for text in failed:
