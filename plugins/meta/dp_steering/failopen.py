@@ -93,12 +93,15 @@ class FailOpenWatcher:
         """poll_once() every `interval` until `stop_event` is set. A bug in one look is logged,
         never the end of the watcher."""
         log.info("watching the dps of the pods steered under %s", ", ".join(self.state_dirs))
+        last, again = "", 0.0
         while not stop_event.is_set():
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - a daemon's thread: log it and look again
-                import logging
-                logging.getLogger("pycni.dp-steering.failopen").exception("fail-open watcher: look failed")
+            except Exception as e:  # noqa: BLE001 - a daemon's thread: log it (once a minute) and look again
+                if repr(e) != last or time.monotonic() >= again:
+                    import logging
+                    logging.getLogger("pycni.dp-steering.failopen").exception("fail-open watcher: look failed")
+                    last, again = repr(e), time.monotonic() + 60
             stop_event.wait(self.interval)
 
     def poll_once(self) -> list[dict]:
