@@ -32,17 +32,17 @@ N_FDS = 4                          # netns, mntns, cwd, stderr
 
 
 def identity() -> str:
-    """Who may serve whom: the protocol, the package version and, for the PyInstaller bundle, the
-    executable file itself (an installed upgrade is another file: a daemon still running the old
-    one is another version, and plugins run in-process until it restarts)."""
-    ident = f"{PROTOCOL}/{VERSION}"
-    if getattr(sys, "frozen", False):
-        try:
-            st = os.stat(sys.executable)
-            ident += f"/{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
-        except OSError:
-            ident += "/?"
-    return ident
+    """Who may serve whom: the protocol, the package version and the file the code runs from: the
+    PyInstaller bundle's executable, else this module's file. An installed upgrade is another file
+    (a daemon still running the old one is another version: plugins run in-process until it
+    restarts), and so is another installation of the same version (a wheel's venv next to a
+    checkout): each installation's plugins talk only to its own daemon."""
+    where = sys.executable if getattr(sys, "frozen", False) else __file__
+    try:
+        st = os.stat(where)
+        return f"{PROTOCOL}/{VERSION}/{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+    except OSError:
+        return f"{PROTOCOL}/{VERSION}/?"
 
 
 def socket_path(environ=None) -> str:
