@@ -333,3 +333,13 @@ def test_go_bridge_and_host_local_dual_stack_chain_then_edgemesh(netns, tmp_path
         assert "edgemesh" not in ruleset(node.ns)
     finally:
         node.stop()
+
+
+def test_ipv6_disabled_on_the_node_is_143_and_leaves_nothing(host, netns):
+    """A dual-stack pod on a node whose IPv6 is off: listenAddress6 cannot be put on edgemesh0."""
+    pod, prev = host.pod(netns("pod"))
+    host.ns.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    rc, out, err = host.run("ADD", host.conf(prev), "c1", pod)
+    assert rc == 1 and out["code"] == 143 and LISTEN6 in out["msg"], (out, err)
+    assert "Traceback" not in err
+    zero_residue(host)
