@@ -118,3 +118,30 @@ def test_edgemesh_check_fails_when_nothing_listens_on_the_listen_address(node, n
     finally:
         node.stop()
         node.delete(mesh, pod, "c1")
+
+
+def test_listeners_from_proc_are_what_sock_diag_says(netns):
+    """checkctx.listening_proc (edgemesh CHECK, no pyroute2) against edgemesh_hijack.listening
+    (sock_diag, the doctor): TCP in LISTEN and bound UDP, wildcard and exact, one answer."""
+    from plugins.doctor import checkctx
+    from plugins.doctor import edgemesh_hijack as eh
+    from plugins.pkg import ns as nsmod
+    n = netns("chklis")
+    n.run("ip", "addr", "add", "198.18.7.1/32", "dev", "lo")
+    code = ("import socket, time\n"
+            "t = socket.socket(); t.bind(('198.18.7.1', 40001)); t.listen()\n"
+            "w = socket.socket(); w.bind(('0.0.0.0', 40002)); w.listen()\n"
+            "c = socket.socket(); c.bind(('127.0.0.1', 40003))\n"          # bound, not listening: no
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('198.18.7.1', 40004))\n"
+            "print('ok', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen(["ip", "netns", "exec", n.name, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ok"
+        with nsmod.enter(n.path):
+            for proto in ("tcp", "udp"):
+                assert checkctx.listening_proc(proto) == eh.listening(proto), proto
+            assert checkctx.listening_proc("tcp") == {("198.18.7.1", 40001), ("0.0.0.0", 40002)}
+            assert checkctx.listening_proc("udp") == {("198.18.7.1", 40004)}
+    finally:
+        p.kill()
+        p.wait()

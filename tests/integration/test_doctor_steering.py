@@ -193,3 +193,18 @@ def test_a_pod_of_another_network_in_the_same_state_dir_is_not_judged(netns, tmp
     rc, out = doctor("--check", CHECK, "--conf", path)
     assert (rc, out["findings"], out["errors"]) == (0, [], []), out
     w.delete(pod)
+
+
+def test_a_record_whose_pod_netns_is_gone_is_a_warning_gc_removes(netns, tmp_path):
+    w = World(netns, tmp_path)
+    keep, gone = w.add("c1"), w.add("c2")
+    with w.dp():
+        gone.ns.close()                              # the runtime lost the sandbox, no DEL came
+        [f] = steering(w)
+        assert f["severity"] == "warning" and f["where"] == "dp-steering c2/eth0", f
+        assert f"its netns {gone.ns.path} is gone" in f["what"] and "GC" in f["fixes"][0]["how"], f
+        rc, out, err = w.gc([keep])                  # the fix: the runtime's GC
+        assert rc == 0, (out, err)
+        assert steering(w) == []
+        assert reaches(w, keep)
+    w.delete(keep)
