@@ -188,7 +188,8 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
                 reg.close()
     except CNIError as e:
         reg_error = e
-    mine = snap.leases.get(n.node_name) if snap is not None else None
+    held = snap.leases.get(n.node_name) if snap is not None else None
+    mine = held                 # to tell where the node is, the agent's last word will do
     if mine is None and last is not None and last.get("node") == n.node_name:
         try:
             mine = lease.agent_lease(last)
@@ -240,11 +241,12 @@ def _network(ctx: Context, k: _Kernel, conf: dict) -> list[tuple[str, Finding]]:
             "without the registry no peer is known: pods of other nodes are unreachable from here, and ADD "
             "fails", [Fix(_code_fix(reg_error.code))])
         return out
-    if snap is None or mine is None:
+    if snap is None or held is None:
         add("lease", "error", f"this node holds no lease in {source}",
             "without a lease the node has no subnet and other nodes program no entries towards it: its pods "
             "are reachable from nowhere", restart)
         return out
+    mine = held
     fresh, why = lease.is_fresh(mine, n.registry_ttl)
     if not fresh:
         add("lease", "error", f"the lease of subnet {mine.subnet or getattr(mine, 'subnet6', None)}: {why}",

@@ -378,3 +378,29 @@ def test_device_with_the_wrong_port_is_recreated_by_the_agent(overlay, tmp_path)
         assert reaches(a.ns.path, b.ip) and reaches(b.ns.path, a.ip)
     finally:
         agent.kill()
+
+
+def test_lost_lease_found_where_the_device_is_and_the_agent_takes_it_again(overlay, tmp_path):
+    """host0's lease removed from the registry (an operator's cleanup, or a TTL): the node is still found
+    by its device (mark and VTEP MAC), the lost lease is an error, vxlan CHECK fails with 111; the agent
+    takes the lease again (same subnet, from the local copy): clean, CHECK passes."""
+    from plugins.main.vxlan.lease import release
+    from plugins.main.vxlan.overlay import _registry
+    cluster, pods, a, b = overlay
+    h0 = cluster.hosts[0]
+    conf = write_conf(h0, tmp_path)
+    subnet = lease_of(cluster, "host0")["subnet"]
+    release(_registry(h0.cfg()), h0.cfg())
+    [f] = findings(h0, conf)
+    assert f["severity"] == "error" and "this node holds no lease in registry" in f["what"], f
+    with pytest.raises(CNIError) as e:
+        pods.check(a)
+    assert e.value.code == 111 and "holds no lease" in e.value.msg
+    agent = h0.start_agent()
+    try:
+        agent.wait_ready()
+        assert lease_of(cluster, "host0")["subnet"] == subnet
+        assert findings(h0, conf) == []
+        pods.check(a)
+    finally:
+        agent.kill()
