@@ -6,8 +6,10 @@
 Keys under `prefix` (default `/pycni/<network name>/`):
 
     <prefix>network          {"network", "subnetLen", "vni"}: written once, create-if-absent
-    <prefix>leases/<node>    {"subnet", "publicIP", "vtepMAC", "vni"}: bound to an etcd lease (TTL)
-    <prefix>subnets/<a.b.c.d>-<len>   the node holding that subnet, bound to the same etcd lease
+    <prefix>leases/<node>    Lease.to_json() as the lease layer makes it ({"subnet", "publicIP",
+                             "vtepMAC", "vni"}, the IPv6 half when it has one): bound to an etcd lease (TTL)
+    <prefix>subnets/<addr>-<len>   the node holding that subnet (one key per family the lease
+                             holds, IPv4 and IPv6), bound to the same etcd lease
 
 `update(mutate)` runs `mutate` on what this process knows of the prefix (a list, the watch's
 events since, its own writes) and commits the difference in ONE transaction whose compares are:
