@@ -391,3 +391,44 @@ def test_a_write_on_a_stale_view_loses_and_is_decided_again_on_a_list(etcd):
         finally:
             a.close()
             b.close()
+
+
+def test_a_dual_stack_lease_holds_a_subnet_key_per_family(etcd):
+    """The lease document is stored as the lease layer makes it (its IPv6 half too), and each
+    family's subnet has its compare-create key: a second node wanting the same IPv6 subnet loses."""
+    net6 = ipaddress.IPv6Network("fd10:244::/48")
+
+    def dual(name: str, third: int, sixth: int) -> Lease:
+        return Lease(name, ipaddress.IPv4Network(f"10.244.{third}.0/24"), ipaddress.IPv4Address(f"198.18.0.{third}"),
+                     f"02:00:00:00:00:{third:02x}", 1, subnet6=ipaddress.IPv6Network(f"fd10:244:0:{sixth:x}::/64"),
+                     public_ip6=ipaddress.IPv6Address(f"fd00::{third:x}"))
+    with etcd.inside():
+        a = EtcdRegistry(etcd.options("dual"))
+        b = EtcdRegistry(etcd.options("dual"))
+        try:
+            a.update(lambda d: d.leases.__setitem__("a", dual("a", 1, 1)))
+            b.snapshot()
+            assert sorted(k for k in b._kvs if "/subnets/" in k) == [
+                "/pycni/dual/subnets/10.244.1.0-24", "/pycni/dual/subnets/fd10:244:0:1::-64"]
+            assert b.snapshot().leases["a"] == dual("a", 1, 1) and dual("a", 1, 1).subnet6.subnet_of(net6)
+            c = EtcdRegistry(etcd.options("dual"))
+            c.snapshot()
+            b.update(lambda d: d.leases.__setitem__("b", dual("b", 2, 2)))     # c does not know it
+            tries = []
+
+            def want_six_2(d):
+                taken = {lz.subnet6 for lz in d.leases.values()}
+                tries.append(len(d.leases))
+                six = 2 if ipaddress.IPv6Network("fd10:244:0:2::/64") not in taken else 3
+                d.leases["c"] = dual("c", 3, six)
+            snap = c.update(want_six_2)
+            assert tries == [1, 2]                  # lost on fd10:244:0:2::/64's key, decided again
+            assert snap.leases["c"].subnet6 == ipaddress.IPv6Network("fd10:244:0:3::/64")
+            a.update(lambda d: d.leases.__setitem__("a", dual("a", 1, 9)))       # a moves its IPv6 subnet
+            assert sorted(k for k in (b.snapshot() and b._kvs) if "/subnets/fd10:244:0:" in k and "-64" in k) == [
+                "/pycni/dual/subnets/fd10:244:0:2::-64", "/pycni/dual/subnets/fd10:244:0:3::-64",
+                "/pycni/dual/subnets/fd10:244:0:9::-64"]
+            c.close()
+        finally:
+            a.close()
+            b.close()
