@@ -80,7 +80,8 @@ def assert_add_del_stay_off_etcd(host, netns) -> None:
             "    out = io.StringIO()\n"
             "    assert skel.run(cmd.PLUGIN, {**os.environ, 'CNI_COMMAND': verb}, io.BytesIO(conf), out, sys.stderr)"
             " == 0, out.getvalue()\n"
-            "print(sorted(m for m in sys.modules if m in ('http.client', 'ssl', 'urllib.request', 'etcd3gw', 'requests')))\n")
+            "print(sorted(m for m in sys.modules if m in ('http.client', 'ssl', 'urllib.request', 'etcd3gw',"
+            " 'requests')))\n")
     env = dict(os.environ, CNI_CONTAINERID="offetcd", CNI_NETNS=pod_ns.path, CNI_IFNAME="eth0",
                CNI_PATH=":".join(CNI_PATH))
     with nsmod.enter(host.path):
