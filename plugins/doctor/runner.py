@@ -158,9 +158,10 @@ class Context:
         return None
 
     def ipr(self) -> Any:
+        """Netlink in this namespace (pyroute2's IPRoute); its dumps answered once per namespace."""
         if self._ipr is None:
             from pyroute2 import IPRoute
-            self._ipr = IPRoute()
+            self._ipr = _DumpsOnce(IPRoute())
         return self._ipr
 
     def error(self, text: str) -> None:
@@ -169,6 +170,35 @@ class Context:
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
+
+
+class _DumpsOnce:
+    """An IPRoute whose dumps (links, addresses, routes, rules, neighbours) are asked of the kernel
+    once per namespace and the answer shared: the diagnoses each build their view of the same
+    namespace (the routing checks twice per family), and decoding the dumps is most of their time.
+    Read-only, one look, like the tools' answers. Everything else (route get, sock_diag) goes through."""
+    DUMPS = ("get_links", "get_addr", "get_routes", "get_rules", "get_neighbours")
+
+    def __init__(self, ipr: Any):
+        self._ipr = ipr
+        self._seen: dict[str, list] = {}
+
+    def _once(self, what: str, call, args: tuple, kw: dict) -> list:
+        key = f"{what} {args!r} {sorted(kw.items())!r}"
+        if key not in self._seen:
+            self._seen[key] = list(call(*args, **kw))
+        return list(self._seen[key])
+
+    def route(self, command: str, *args: Any, **kw: Any) -> Any:
+        if command == "dump":
+            return self._once("route dump", self._ipr.route, (command, *args), kw)
+        return self._ipr.route(command, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._ipr, name)
+        if name in self.DUMPS:
+            return lambda *args, **kw: self._once(name, attr, args, kw)
+        return attr
 
 
 def run_checks(ctx: Context, checks: list, check_s: dict[str, float] | None = None
