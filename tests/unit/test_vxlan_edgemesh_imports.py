@@ -30,9 +30,10 @@ DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.sta
 
 @pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",),
                                      EDGEMESH_DEVICE, ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
-                                     ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd")],
+                                     ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd"),
+                                     ("plugins.entrypoints", "plugins.node.client")],
                          ids=["vxlan", "vxlan-add-path", "edgemesh", "edgemesh-device-path",
-                              "dp-steering", "dp-steering-add-path", "skel"])
+                              "dp-steering", "dp-steering-add-path", "skel", "node-client"])
 def test_plugin_imports_nothing_heavy(modules):
     code = (f"import sys\nimport {', '.join(modules)}\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
