@@ -197,6 +197,7 @@ def check_doctor_scale(md: str, bundle) -> str:
     total, per_ns = number(rows["4"]["total s"]), number(rows["4"]["per namespace ms"])
     assert abs(per_ns[0] - total[0] * 1000 / 20) <= total[1] * 1000 / 20 + per_ns[1], rows   # 20 namespaces
     assert_quotient(rows["4"]["of the 5 s goal"], rows["4"]["total s"], "5")
+    number(rows["4"]["CPU s"])
     parts = by_first(tables(md)["in each namespace's child"])
     for part in ("fork and setns", "nft", "child in all"):
         number(parts[part]["mean ms"])
