@@ -53,6 +53,17 @@ def run(plugin: str, command: str, conf: dict, netns: str, sock: str) -> tuple[f
     return dt, p.stdout
 
 
+def proc_usage(pid: int) -> dict:
+    """VmRSS (KiB), own CPU and reaped children's CPU (s) of a process."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"rss": rss, "cpu": (int(fields[11]) + int(fields[12])) / tick,
+            "children": (int(fields[13]) + int(fields[14])) / tick, "t": time.monotonic()}
+
+
 def main() -> int:
     ap = benchout.options(__doc__, runs=20)
     args = ap.parse_args()
@@ -94,6 +105,10 @@ def main() -> int:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"pycni-node did not start: see {tmp}/node.log")
             time.sleep(0.05)
+        time.sleep(1.0)
+        idle = proc_usage(daemon.pid)                      # after start-up, before any request
+        time.sleep(5.0)
+        idle_after = proc_usage(daemon.pid)
         with enter(host):
             for i in range(args.runs + 2):
                 for mode in MODES:
@@ -119,6 +134,7 @@ def main() -> int:
                             plugin, verb = key.rsplit(" ", 1)
                             label = "Go bridge+host-local" if plugin == "bridge" else f"{plugin}, {mode}"
                             times.setdefault(f"{label} {verb}", []).append(ms)
+        busy = proc_usage(daemon.pid)                       # workers reaped: their CPU is in cutime/cstime
         with open(os.path.join(tmp, "node.log")) as f:       # the worker's own time per request
             for line in f:
                 m = re.match(r"pycni-node: served (\S+) (\S+) pid \d+: status \d+ in ([\d.]+) ms", line)
@@ -149,12 +165,22 @@ def main() -> int:
         wa, wd = (statistics.median(worker[f"{p} {v}"]) for v in ("ADD", "DEL"))
         speed.append(f"| {p} | {ia / da:.2f}x | {idl / dd:.2f}x | {wa:.1f} | {wd:.1f} |")
     floor = statistics.median(start_ms)
+    served = sum(len(v) for v in worker.values())
+    idle_s = idle_after["t"] - idle["t"]
+    usage = ["| pycni-node | value |", "|---|---:|",
+             f"| VmRSS idle (MiB) | {idle['rss'] / 1024:.1f} |",
+             f"| CPU while idle over {idle_s:.0f} s (ms; clock ticks of {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms) | "
+             f"{1000 * (idle_after['cpu'] - idle['cpu']):.0f} |",
+             f"| VmRSS after {served} requests (MiB) | {busy['rss'] / 1024:.1f} |",
+             f"| main process CPU per request (ms) | {1000 * (busy['cpu'] - idle_after['cpu']) / served:.2f} |",
+             f"| workers' CPU per request (ms) | {1000 * (busy['children'] - idle_after['children']) / served:.1f} |"]
     text = ("# pycni-node: each plugin's ADD/DEL in-process and through the daemon, against Go bridge+host-local\n\n"
-            + "\n".join(rows) + "\n\n" + "\n".join(speed)
+            + "\n".join(rows) + "\n\n" + "\n".join(speed) + "\n\n" + "\n".join(usage)
             + f"\n\nThe floor of an exec through the daemon: `.venv/bin/python -c pass`, {floor:.1f} ms median in "
             "the same rounds (the venv script adds pip's `import re`). \"In the worker\" is the plugin's own run "
             "inside the daemon (after the request arrived: skel.run, the cmd_* work, its children); the rest of "
-            "a daemon exec is the client's interpreter start, the fork and the socket round trips."
+            "a daemon exec is the client's interpreter start, the fork and the socket round trips. Workers' CPU "
+            "includes what they run (iptables, tc, host-local); a pod is one request per plugin and verb."
             + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after 2 warm-up rounds "
             f"(both modes and the Go pair in every round); load average before/after {load_before:.2f} / "
             f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; the venv's console "
