@@ -607,3 +607,49 @@ def test_the_bundle_serves_its_own_plugins_and_not_the_venvs(bundle, netns, tmp_
         assert rc == 0 and n.served() == 3 and "is not this daemon's" in n.log(), (out, err, n.log())
     finally:
         n.stop()
+
+
+@root
+def test_a_full_daemon_sends_the_exec_in_process(node, netns, tmp_path):
+    """--max-workers 1 with its one worker waiting on edgemesh's lock: the next exec is closed
+    before its hello is answered and runs in-process."""
+    from plugins.meta.edgemesh import config as emconfig
+    n, host, pod = node("--max-workers", "1"), netns("emh"), netns("emp")
+    conf = _edgemesh_conf(tmp_path, pod.path)
+    lock_path = emconfig.load(conf, "ADD").lock_path
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.update(r=execp("edgemesh", "ADD", conf, sock=n.path,
+                                                             inside=host.path, netns=pod.path)))
+    try:
+        t.start()
+        _wait_lock_waiter(lock_path)
+        pt = {"cniVersion": "1.0.0", "name": "pt", "type": "pycni-passthrough"}
+        rc, out, err = execp("pycni-passthrough", "ADD", pt, sock=n.path, inside=host.path, netns=host.path)
+        assert rc == 0 and json.loads(out) == {"cniVersion": "1.0.0", "dns": {}}, (out, err)
+        assert n.served() == 0                      # the edgemesh ADD is still waiting
+    finally:
+        os.close(fd)
+    t.join(60)
+    assert done["r"][0] == 0 and n.served() == 1, (done, n.log())
+    assert execp("edgemesh", "DEL", conf, sock=n.path, inside=host.path, netns=pod.path)[0] == 0
+
+
+@root
+def test_dp_steering_conf_starts_the_failopen_watcher(node, netns, tmp_path):
+    """--conf with dp-steering: the fail-open watcher runs as the daemon's child over its stateDir
+    (what it does is tests/integration/test_dp_steering_failopen_runtime.py's)."""
+    conf_path = tmp_path / "dp.conflist"
+    conf_path.write_text(json.dumps({"cniVersion": "1.0.0", "name": "dpnet", "plugins": [
+        {"type": "bridge", "bridge": "cni-dp0"},
+        {"type": "dp-steering", "enforcerNetns": "/run/netns/none", "stateDir": str(tmp_path / "dpstate")}]}))
+    n = node("--conf", str(conf_path))
+    deadline = time.monotonic() + 30
+    while "service dp-failopen started" not in n.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(re.search(r"service dp-failopen started \(pid (\d+)\)", n.log()).group(1))
+    time.sleep(1.0)
+    assert _alive(pid), n.log()                     # running, not exiting and restarted
+    assert "exited" not in n.log(), n.log()
