@@ -8,9 +8,10 @@ underlay - 50, VTEP MAC, up, underlay); this node's lease, and vxlan-agent alive
 fresh (lease.agent_state: the rule ADD's code 11 uses).
 
 What should be is computed by the vxlan plugin's own code (config.load, device.find_underlay and
-device.want, peers.desired, lease.agent_state and is_fresh); what is, is asked of the kernel with
-pyroute2 (ctx.ipr()). Leases: the file registry is read; with an etcd registry the agent's state
-files under stateDir (agent.json, agent-peers.json): the doctor never talks to etcd.
+device.want, peers.desired, lease.agent_state and is_fresh); what is, is asked of the kernel through
+ctx.kernel() (netlink.py: pyroute2 in the doctor, plugins.pkg.rtnl inside vxlan's CHECK). Leases:
+the file registry is read; with an etcd registry the agent's state files
+under stateDir (agent.json, agent-peers.json): the doctor never talks to etcd.
 
 Where: the vxlan device lives in the network namespace the plugin ran in (the host's). A network
 is checked in the namespace that holds this node's lease's public IP, or its device (marked
@@ -21,17 +22,18 @@ config the check is skipped (CONF_TYPE), since the registry and stateDir are in 
 """
 from __future__ import annotations
 
-import ipaddress
 import shlex
 import socket
-from typing import TYPE_CHECKING, Any
 
 from libcni_py.errors import CNIError
 
 from .finding import Finding, Fix
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path
 if TYPE_CHECKING:
-    from .runner import Context
+    from typing import Any
+
+    from .checkctx import PluginContext as Context
 
 NAME = "overlay-drift"
 PER_NAMESPACE = True
@@ -55,9 +57,8 @@ def check(ctx: Context) -> list[Finding]:
 
 def diagnose(ctx: Context) -> list[tuple[str, Finding]]:
     """(kind, finding): kind device, peer, lease, agent or registry (vxlan CHECK maps it to a code)."""
-    from .runner import confs_of
     out: list[tuple[str, Finding]] = []
-    confs = confs_of(ctx, "vxlan")
+    confs = [c for c in ctx.confs if c.get("type") == CONF_TYPE]
     if not confs:
         return out
     kernel = _Kernel(ctx)
@@ -70,32 +71,21 @@ def diagnose(ctx: Context) -> list[tuple[str, Finding]]:
 
 
 class _Kernel:
-    """The namespace's links, addresses and main routes (IPv4 and IPv6), as pyroute2 reads them."""
+    """The namespace's links (by name), addresses and main routes (IPv4 and IPv6), and a device's
+    permanent ARP/NDP and FDB entries, from ctx.kernel()."""
 
     def __init__(self, ctx: Context):
-        ipr = ctx.ipr()
-        self.ipr = ipr
+        self.kernel = kernel = ctx.kernel()
         self.links: dict[str, dict[str, Any]] = {}
         self.names: dict[int, str] = {}
-        for m in ipr.get_links():
-            info = m.get_attr("IFLA_LINKINFO")
-            data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-            name = m.get_attr("IFLA_IFNAME")
-            vx = {}
-            if data is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan":
-                vx = {k: data.get_attr(f"IFLA_VXLAN_{k.upper()}")
-                      for k in ("id", "port", "learning", "link", "local", "local6")}
-            self.links[name] = {"index": m["index"], "kind": (info.get_attr("IFLA_INFO_KIND") if info is not None
-                                                              else None) or "",
-                                "alias": m.get_attr("IFLA_IFALIAS") or "", "mtu": m.get_attr("IFLA_MTU"),
-                                "mac": (m.get_attr("IFLA_ADDRESS") or "").lower(), "up": bool(m["flags"] & 1),
-                                "vxlan": vx}
-            self.names[m["index"]] = name
+        for lk in kernel.links():
+            self.links[lk.name] = {"index": lk.index, "kind": lk.kind, "alias": lk.alias, "mtu": lk.mtu,
+                                   "mac": lk.mac, "up": lk.up, "vxlan": lk.vxlan}
+            self.names[lk.index] = lk.name
         self.addrs: dict[int, set[Any]] = {}         # index -> IPv4Interface / IPv6Interface
         for family in (socket.AF_INET, socket.AF_INET6):
-            for a in ipr.get_addr(family=family):
-                self.addrs.setdefault(a["index"], set()).add(
-                    ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+            for a in kernel.addrs(family):
+                self.addrs.setdefault(a.index, set()).add(a.interface)
         self.local = {i.ip for s in self.addrs.values() for i in s}
         self._routes: dict[Any, list[dict[str, Any]]] | None = None
 
@@ -103,45 +93,32 @@ class _Kernel:
     def routes(self) -> dict[Any, list[dict[str, Any]]]:
         """Main-table routes, IPv4Network / IPv6Network -> routes (dumped when first asked)."""
         if self._routes is None:
-            self._routes = self._dump_routes()
+            self._routes = {}
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in self.kernel.routes(family):
+                    if r.table != MAIN or not r.dst.prefixlen:
+                        continue
+                    self._routes.setdefault(r.dst, []).append({
+                        "gateway": r.gateway, "oif": r.oif, "onlink": r.onlink, "proto": r.protocol,
+                        "metric": r.metric})
         return self._routes
-
-    def _dump_routes(self) -> dict[Any, list[dict[str, Any]]]:
-        ipr = self.ipr
-        routes: dict[Any, list[dict[str, Any]]] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for r in ipr.get_routes(family=family, table=MAIN):
-                if (r.get_attr("RTA_TABLE") or r["table"]) != MAIN or not r["dst_len"]:
-                    continue
-                dst = ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
-                gw = r.get_attr("RTA_GATEWAY")
-                routes.setdefault(dst, []).append({
-                    "gateway": ipaddress.ip_address(gw) if gw else None, "oif": r.get_attr("RTA_OIF"),
-                    "onlink": bool(r["flags"] & RTNH_F_ONLINK), "proto": r["proto"],
-                    "metric": r.get_attr("RTA_PRIORITY") or 0})
-        return routes
 
     def dev(self, index: int | None) -> str:
         return self.names.get(index or 0, str(index))
 
     def arp(self, index: int, version: int) -> dict[Any, str]:
-        """Permanent ARP (4) or NDP (6) neighbours of a device (pyroute2 0.7 does not decode
-        NDA_PROTOCOL: on our own device every permanent entry inside `network` is taken as ours)."""
-        out = {}
+        """Permanent ARP (4) or NDP (6) neighbours of a device (on our own device every permanent
+        entry inside `network` is taken as ours, whatever its protocol)."""
         family = socket.AF_INET if version == 4 else socket.AF_INET6
-        for n in self.ipr.get_neighbours(family=family, ifindex=index):
-            if n["ifindex"] == index and n["state"] & NUD_PERMANENT and n.get_attr("NDA_DST"):
-                out[ipaddress.ip_address(n.get_attr("NDA_DST"))] = (n.get_attr("NDA_LLADDR") or "").lower()
-        return out
+        return {n.dst: n.lladdr or "" for n in self.kernel.neighbours(family, index)
+                if n.state & NUD_PERMANENT and n.dst is not None}
 
     def fdb(self, index: int) -> dict[str, set[Any]]:
         """Permanent FDB entries with a remote (NDA_DST) of a vxlan device: MAC -> remotes."""
         out: dict[str, set[Any]] = {}
-        for n in self.ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=index):
-            dst = n.get_attr("NDA_DST")
-            if n["ifindex"] != index or not n["state"] & NUD_PERMANENT or not dst:
-                continue
-            out.setdefault((n.get_attr("NDA_LLADDR") or "").lower(), set()).add(ipaddress.ip_address(dst))
+        for n in self.kernel.neighbours(socket.AF_BRIDGE, index):
+            if n.state & NUD_PERMANENT and n.dst is not None:
+                out.setdefault(n.lladdr or "", set()).add(n.dst)
         return out
 
 

@@ -8,45 +8,37 @@ same way (RTM_GETROUTE for IPv6), and the fix printed is an `ip -6 rule`."""
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
 from .net import AF_INET, AF_INET6, DEFAULT, LOCAL, MAIN, View
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path
 if TYPE_CHECKING:
-    from .runner import Context
+    from .checkctx import PluginContext as Context
 
 NAME = "policy-route-steals-replies"
 PER_NAMESPACE = True
 FR_ACT_TO_TBL = 1
-# rule selectors we cannot reproduce in a route lookup: such rules are not judged
-_OTHER_SELECTORS = ("FRA_FWMARK", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_L3MDEV", "FRA_UID_RANGE", "FRA_IP_PROTO",
-                    "FRA_SPORT_RANGE", "FRA_DPORT_RANGE", "FRA_TUN_ID")
 WHY = ("a rule ahead of `main` matches on the source address only, so the pod's traffic (replies included) "
        "is routed by that table and leaves by the wrong interface: the other end never sees it, and on the "
        "way back rp_filter or a firewall drops what does arrive")
 
 
 def _rules(view: View):
-    """(priority, table, from-prefix, to-prefix or None) of rules ahead of main's."""
-    rules = view.ipr.get_rules(family=view.family)
+    """(priority, table, from-prefix, to-prefix or None) of rules ahead of main's; rules that also
+    select on something a route lookup cannot reproduce (fwmark, iif, uid ...) are not judged."""
+    rules = view.kernel.rules(view.family)
     # where `from all lookup main` is: narrower main rules (the fixes this check prints) do not count
-    main_pref = min((r.get_attr("FRA_PRIORITY") or 0 for r in rules
-                     if (r.get_attr("FRA_TABLE") or r["table"]) == MAIN and not r["src_len"] and not r["dst_len"]
-                     and not any(r.get_attr(a) is not None for a in _OTHER_SELECTORS)), default=32766)
-    prefs = {r.get_attr("FRA_PRIORITY") or 0 for r in rules}
+    main_pref = min((r.priority for r in rules if r.table == MAIN and r.src is None and r.dst is None
+                     and not r.selectors), default=32766)
+    prefs = {r.priority for r in rules}
     out = []
     for r in rules:
-        pref = r.get_attr("FRA_PRIORITY") or 0
-        table = r.get_attr("FRA_TABLE") or r["table"]
-        if pref >= main_pref or r["action"] != FR_ACT_TO_TBL or table in (MAIN, LOCAL, DEFAULT):
+        if r.priority >= main_pref or r.action != FR_ACT_TO_TBL or r.table in (MAIN, LOCAL, DEFAULT):
             continue
-        if not r["src_len"] or any(r.get_attr(a) is not None for a in _OTHER_SELECTORS) or r["tos"]:
+        if r.src is None or r.selectors or r.tos:
             continue
-        src = ipaddress.ip_network(f"{r.get_attr('FRA_SRC')}/{r['src_len']}", strict=False)
-        dst = (ipaddress.ip_network(f"{r.get_attr('FRA_DST')}/{r['dst_len']}", strict=False)
-               if r["dst_len"] else None)
-        out.append((pref, table, src, dst))
+        out.append((r.priority, r.table, r.src, r.dst))
     return out, prefs
 
 

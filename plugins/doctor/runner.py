@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
-import subprocess
 import time
 from typing import Any
 
 from . import edgemesh_hijack, kernel, marks, nfqueue, overlay, policy_routing, steering, sysctl
+from .checkctx import PluginContext
 from .finding import Finding, Namespace, finding_from_dict
+from .netlink import Kernel, Pyroute2Kernel
 
 # the order they run and report in
 CHECKS = [nfqueue, marks, policy_routing, sysctl, kernel, edgemesh_hijack, overlay, steering]
@@ -23,10 +23,7 @@ NAMES = [c.NAME for c in CHECKS]
 # A check module may say it itself: CONF_TYPE = "vxlan".
 CONF_CHECKS = {"overlay-drift": "vxlan", "steering-integrity": "dp-steering"}
 RUN_DIR = "/run/netns"
-TOOL_TIMEOUT = 20.0
 NS_TIMEOUT = 60.0
-NFT_SAVE_FAMILY = {"iptables-nft-save": "ip", "ip6tables-nft-save": "ip6"}
-LEGACY_TABLE_NAMES = {"iptables-legacy-save": "ip_tables_names", "ip6tables-legacy-save": "ip6_tables_names"}
 PARALLEL = 4            # namespaces checked at once (each child mostly waits for iptables-save, nft)
 
 
@@ -79,83 +76,13 @@ def namespace_for(path: str) -> Namespace:
     return Namespace(path)
 
 
-class Context:
-    """What a diagnosis gets: the namespace, a way to run a tool in it, netlink, error notes."""
+class Context(PluginContext):
+    """What a diagnosis gets when the doctor runs as a tool: PluginContext's tools (and their
+    shortcuts), with netlink through pyroute2 (ctx.ipr(), and ctx.kernel() read through it)."""
 
     def __init__(self, ns: Namespace, kernel_release: str | None = None, confs: list[dict] | None = None):
-        self.ns, self.kernel_release = ns, kernel_release
-        self.confs: list[dict] = confs or []     # our plugins' configs (--conf): each with name, cniVersion
-        self.errors: list[str] = []
+        super().__init__(ns, kernel_release, confs)
         self._ipr: Any = None
-        self._ran: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
-        self.tool_s: dict[str, float] = {}      # seconds spent in each tool (argv[0]), for --profile
-
-    def run(self, argv: list[str]) -> subprocess.CompletedProcess:
-        """The tool's answer; the same argv is run once per namespace (the diagnoses share
-        iptables-save and nft listings: read-only, one look)."""
-        key = tuple(argv)
-        if key not in self._ran:
-            known = self._known(argv)
-            if known is not None:
-                self._ran[key] = known
-                return known
-            start = time.monotonic()
-            try:
-                self._ran[key] = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._ran[key] = subprocess.CompletedProcess(argv, 124, "", f"timed out after {TOOL_TIMEOUT:.0f} s")
-            tool = os.path.basename(argv[0])
-            self.tool_s[tool] = self.tool_s.get(tool, 0.0) + time.monotonic() - start
-        return self._ran[key]
-
-    def _known(self, argv: list[str]) -> subprocess.CompletedProcess | None:
-        """The answer of a tool run we need not fork for (each fork costs a namespace ~5-8 ms):
-        a legacy iptables-save where the namespace has no legacy table (it prints the tables
-        /proc/net/ip{,6}_tables_names lists: nothing), an iptables-nft-save where the nft ruleset
-        holds no table of its family (ip, ip6: nothing either), and `nft -j list table F T` once
-        the whole ruleset was listed (that table's objects from it, or nft's own "No such file")."""
-        tool = os.path.basename(argv[0])
-        if len(argv) == 1 and tool in LEGACY_TABLE_NAMES:
-            try:
-                with open(f"/proc/thread-self/net/{LEGACY_TABLE_NAMES[tool]}") as f:
-                    names = f.read()
-            except FileNotFoundError:           # the x_tables module is not even loaded: no table anywhere
-                names = ""
-            except OSError:
-                return None
-            return subprocess.CompletedProcess(argv, 0, "", "") if not names.strip() else None
-        if len(argv) == 1 and tool in NFT_SAVE_FAMILY and shutil.which("nft"):
-            listed = self.run(["nft", "-j", "list", "ruleset"])      # the checks list it anyway, once
-            try:
-                items = json.loads(listed.stdout or "{}").get("nftables", []) if listed.returncode == 0 else None
-            except ValueError:
-                items = None
-            if items is not None and not any(isinstance(i, dict) and isinstance(i.get("table"), dict)
-                                             and i["table"].get("family") == NFT_SAVE_FAMILY[tool] for i in items):
-                return subprocess.CompletedProcess(argv, 0, "", "")   # no table of its family: it prints nothing
-            return None
-        ruleset = self._ran.get(("nft", "-j", "list", "ruleset"))
-        if tool == "nft" and argv[1:4] == ["-j", "list", "table"] and len(argv) == 6 and ruleset is not None \
-                and ruleset.returncode == 0:
-            family, table = argv[4], argv[5]
-            try:
-                items = json.loads(ruleset.stdout or "{}").get("nftables", [])
-            except ValueError:
-                return None
-            kept, found = [], False
-            for item in items:
-                kind, obj = next(iter(item.items())) if isinstance(item, dict) and item else ("", {})
-                if kind == "metainfo":
-                    kept.append(item)
-                elif kind == "table" and obj.get("family") == family and obj.get("name") == table:
-                    kept.append(item)
-                    found = True
-                elif isinstance(obj, dict) and obj.get("family") == family and obj.get("table") == table:
-                    kept.append(item)
-            if not found:
-                return subprocess.CompletedProcess(argv, 1, "", "Error: No such file or directory\n")
-            return subprocess.CompletedProcess(argv, 0, json.dumps({"nftables": kept}), "")
-        return None
 
     def ipr(self) -> Any:
         """Netlink in this namespace (pyroute2's IPRoute); its dumps answered once per namespace."""
@@ -164,12 +91,16 @@ class Context:
             self._ipr = _DumpsOnce(IPRoute())
         return self._ipr
 
-    def error(self, text: str) -> None:
-        self.errors.append(text)
+    def kernel(self) -> Kernel:
+        if self._kernel is None:
+            self._kernel = Pyroute2Kernel(self.ipr())
+        return self._kernel
 
     def close(self) -> None:
+        super().close()
         if self._ipr is not None:
             self._ipr.close()
+            self._ipr = None
 
 
 class _DumpsOnce:

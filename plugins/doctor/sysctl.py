@@ -15,17 +15,16 @@ packet came in on) or loose (`--loose`, or no `. iif`: any route back)."""
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import os
 import shlex
-from typing import TYPE_CHECKING
 
 from .finding import Finding, Fix
 from .net import AF_INET6, View
 
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path
 if TYPE_CHECKING:
-    from .runner import Context
+    from .checkctx import PluginContext as Context
 
 NAME = "rp-filter-forwarding"
 PER_NAMESPACE = True
@@ -46,13 +45,13 @@ def overlay_devices(view: View) -> dict[int, int | None]:
     holding the vxlan's local address), None when it cannot be told."""
     out: dict[int, int | None] = {}
     routed = {r.oif for r in view.routes}
-    for index, (_, kind, data) in view.links.items():
-        if kind != "vxlan" or index not in routed:
+    for index, link in view.links.items():
+        if link.kind != "vxlan" or index not in routed:
             continue
-        under = data.get_attr("IFLA_VXLAN_LINK") if data is not None else None
-        local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") if data is not None else None
+        under = link.vxlan.get("link")
+        local = link.vxlan.get("local") or link.vxlan.get("local6")
         if not under and local:
-            under = view.local.get(ipaddress.ip_address(local))
+            under = view.local.get(local)
         out[index] = under or None
     return out
 

@@ -447,3 +447,99 @@ def vxlan6_link_msg(name: str, vni: int, port: int, underlay: int, local6, mac: 
             + nla(IFLA_MTU, struct.pack("=I", mtu)) + nla(IFLA_ADDRESS, mac_bytes(mac))
             + nla(IFLA_LINKINFO, info))
     return RTM_NEWLINK, F_CREATE | F_EXCL, body
+
+
+# -- routes of every table, policy rules, route lookups (pycni-doctor inside a plugin's CHECK) ----
+RTM_GETRULE = 34
+RTA_SRC, RTA_IIF, RTA_MULTIPATH = 2, 3, 9
+FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE = 1, 2, 6, 15
+# what a rule selects on besides its source, destination and tos (linux/fib_rules.h), by name
+FRA_SELECTORS = {3: "iifname", 10: "fwmark", 12: "tun_id", 17: "oifname", 19: "l3mdev", 20: "uid_range",
+                 22: "ip_proto", 23: "sport_range", 24: "dport_range"}
+IFLA_IFALIAS = 20
+_RTNH = struct.Struct("=HBBi")
+
+# AnyRoute: a route of any table and type; oif None when it has none (multipath: the nexthops'
+# oifs in `multipath`). Rule: an `ip rule`; src/dst networks or None, selectors the FRA_SELECTORS
+# names it has. Lookup: the kernel's answer to RTM_GETROUTE (rtm type and output ifindex).
+AnyRoute = namedtuple("AnyRoute", "dst gateway oif protocol priority flags table type multipath")
+Rule = namedtuple("Rule", "priority table action src dst tos selectors")
+Lookup = namedtuple("Lookup", "oif type")
+
+
+def _net(raw: bytes | None, plen: int, family: int):
+    size = 16 if family == socket.AF_INET6 else 4
+    return ipaddress.ip_network((raw if raw is not None and len(raw) == size else b"\0" * size, plen))
+
+
+def routes_all(rt: Rtnl, family: int) -> list[AnyRoute]:
+    """Every route of `family` (AF_INET, AF_INET6) in every table, of every type (`ip route show table all`)."""
+    out = []
+    for _, p in rt.dump(RTM_GETROUTE, _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        fam, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
+        if fam != family:
+            continue
+        a = nla_parse(p, _RTM.size, len(p))
+        hops = []
+        mp = a.get(RTA_MULTIPATH, b"")
+        off = 0
+        while off + _RTNH.size <= len(mp):
+            n, _, _, ifindex = _RTNH.unpack_from(mp, off)
+            if n < _RTNH.size:
+                break
+            hops.append(ifindex)
+            off += (n + 3) & ~3
+        out.append(AnyRoute(_net(a.get(RTA_DST), dlen, fam), _ip(a.get(RTA_GATEWAY)),
+                            _u32(a.get(RTA_OIF)) if RTA_OIF in a else None, proto, _u32(a.get(RTA_PRIORITY)),
+                            flags, _u32(a[RTA_TABLE]) if RTA_TABLE in a else tbl, rtype, tuple(hops)))
+    return out
+
+
+def rules(rt: Rtnl, family: int) -> list[Rule]:
+    """The policy rules of `family` (`ip rule` / `ip -6 rule`), in the kernel's order."""
+    out = []
+    for _, p in rt.dump(RTM_GETRULE, _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        fam, dlen, slen, tos, tbl, _, _, action, _ = _RTM.unpack_from(p)
+        if fam != family:
+            continue
+        a = nla_parse(p, _RTM.size, len(p))
+        out.append(Rule(_u32(a.get(FRA_PRIORITY)), _u32(a[FRA_TABLE]) if FRA_TABLE in a else tbl, action,
+                        _net(a.get(FRA_SRC), slen, fam) if slen else None,
+                        _net(a.get(FRA_DST), dlen, fam) if dlen else None, tos,
+                        frozenset(name for kind, name in FRA_SELECTORS.items() if kind in a)))
+    return out
+
+
+def route_get(rt: Rtnl, dst, src=None, iif: int | None = None) -> Lookup:
+    """The kernel's route for a packet to `dst` [from `src` [arriving on ifindex `iif`]]
+    (`ip route get DST from SRC iif DEV`); NetlinkError with the kernel's errno when it refuses
+    (EXDEV, EINVAL: reverse-path filtering; ENETUNREACH ...)."""
+    d = _packed(dst)
+    family = socket.AF_INET6 if len(d) == 16 else socket.AF_INET
+    body = nla(RTA_DST, d)
+    if src is not None:
+        body += nla(RTA_SRC, _packed(src))
+    if iif is not None:
+        body += nla(RTA_IIF, struct.pack("=I", iif))
+    seq, msg = rt._msg(RTM_GETROUTE, F_REQUEST,
+                       _RTM.pack(family, len(d) * 8, len(d) * 8 if src is not None else 0, 0, 0, 0, 0, 0, 0) + body)
+    rt.sock.send(msg)
+    while True:
+        for kind, _, rseq, p in rt._recv():
+            if rseq != seq:
+                continue
+            if kind == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", p)[0]
+                raise NetlinkError(err, os.strerror(err))
+            rtype = _RTM.unpack_from(p)[7]
+            a = nla_parse(p, _RTM.size, len(p))
+            return Lookup(_u32(a.get(RTA_OIF)) if RTA_OIF in a else None, rtype)
+
+
+def links_with_alias(rt: Rtnl) -> list[tuple[Link, str]]:
+    """Every link with its alias (IFLA_IFALIAS, `ip link set DEV alias TEXT`; "" when none)."""
+    out = []
+    for _, p in rt.dump(RTM_GETLINK, _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        alias = nla_parse(p, _IFI.size, len(p)).get(IFLA_IFALIAS, b"")
+        out.append((_parse_link(p), alias.rstrip(b"\0").decode(errors="replace")))
+    return out

@@ -154,24 +154,25 @@ def cmd_check(args: CmdArgs) -> None:
 def _diagnose(n: NetConf) -> None:
     """pycni-doctor's policy-route-steals-replies, overlay-drift and rp-filter-forwarding for this
     network, in this (the host's) namespace; imported here only, so no other verb loads the doctor
-    or pyroute2. The first finding of severity error is CHECK's error, with its why and fix: the
-    overlay's device 109, peer entries 110, lease 111, registry 100, a dead agent (etcd) 11; a policy
-    route or sysctl dropping traffic of this network's bridge or device 116. Warnings are logged."""
+    (which reads the kernel through plugins.pkg.rtnl here: no pyroute2). The first finding of
+    severity error is CHECK's error, with its why and fix: the overlay's device 109, peer entries
+    110, lease 111, registry 100, a dead agent (etcd) 11; a policy route or sysctl dropping traffic
+    of this network's bridge or device 116. Warnings are logged."""
     from libcni_py.errors import TRY_AGAIN_LATER
-    from plugins.doctor import incheck, overlay as drift, policy_routing, sysctl
-    found, failed = incheck.run_here([policy_routing, drift, sysctl], [n.raw])
+    from plugins.doctor import checkctx, overlay as drift, policy_routing, sysctl
+    found, failed = checkctx.diagnoses_in(None, [policy_routing, drift, sysctl], confs=[n.raw])
     for text in failed:
         log.warning("CHECK: pycni-doctor could not finish %s", text)
     codes = {"device": errors.DEVICE_DRIFT, "peer": errors.PEER_DRIFT, "lease": errors.LEASE_LOST,
              "registry": errors.REGISTRY_UNREADABLE, "agent": TRY_AGAIN_LATER}
-    ours = incheck.naming(n.bridge, n.device_name)
+    ours = checkctx.naming(n.bridge, n.device_name)
     for kind, f in found:
         if f.check != drift.NAME and not ours(f):
             continue                    # another network's bridge or device
         if f.severity != "error":
             log.warning("CHECK: %s (pycni-doctor %s): %s", f.what, f.check, f.why)
             continue
-        raise CNIError(codes.get(kind, POD_DRIFT), *incheck.text(f))
+        raise CNIError(codes.get(kind, POD_DRIFT), *checkctx.cni_error(f))
 
 
 def cmd_del(args: CmdArgs) -> None:
