@@ -2,7 +2,8 @@
 finding's text: dp-steering nfqueue-no-reader in the pod's and the enforcer netns (137) after its
 steering-integrity (127/131, tests/integration/test_doctor_steering.py and the dp-steering tests);
 edgemesh edgemesh-hijack in the node's netns (151: a DNAT to a listen address where nothing
-listens). Healthy, both pass; the printed fix makes CHECK pass again and traffic flow."""
+listens). Healthy, both pass; the printed fix makes CHECK pass again and traffic flow. vxlan CHECK
+runs 3, 5 and 8 (test_doctor_overlay.py has its findings) with no pyroute2 in the exec."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,8 @@ import pytest
 from plugins.meta.dp_steering import errors as dp_errors
 from plugins.pkg import probe
 from tests.integration.test_doctor import READER
+from tests.integration.test_doctor_overlay import lease_of
+from tests.integration.test_doctor_overlay import overlay as overlay  # noqa: F401 - the fixture
 from tests.integration.test_doctor_steering import apply
 from tests.kit.dp_steering import World
 
@@ -145,3 +148,50 @@ def test_listeners_from_proc_are_what_sock_diag_says(netns):
     finally:
         p.kill()
         p.wait()
+
+
+def exec_vxlan(verb: str, pods, pod, env: dict | None = None) -> tuple[int, dict | None, str]:
+    """Exec the vxlan plugin directly (as a runtime does) in its host's netns; (rc, json, stderr)."""
+    import json
+    import os
+
+    from tests.kit.vxlan_pods import CNI_PATH
+    host = pod.host
+    conf = {"cniVersion": "1.0.0", "name": pods.cluster.network_name, **host.conf,
+            "prevResult": pod.result.encode("1.0.0")}
+    env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=pod.cid, CNI_NETNS=pod.ns.path, CNI_IFNAME=pod.ifname,
+               CNI_ARGS=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod.cid}",
+               CNI_PATH=":".join(CNI_PATH), **(env or {}))
+    p = subprocess.run(["ip", "netns", "exec", host.name, os.path.join(CNI_PATH[0], "vxlan")], input=json.dumps(conf),
+                       env=env, capture_output=True, text=True, timeout=60)
+    return p.returncode, json.loads(p.stdout) if p.stdout.strip() else None, p.stderr
+
+
+def imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_vxlan_check_runs_diagnoses_3_5_8_without_pyroute2(overlay):
+    """vxlan's CHECK runs policy-route-steals-replies, overlay-drift and rp-filter-forwarding through
+    plugins.pkg.rtnl (the doctor's netlink seam, plugins/doctor/netlink.py): healthy and with a
+    finding (116, a policy route stealing the pods' traffic), the exec imports the diagnoses and
+    neither pyroute2 nor typing."""
+    cluster, pods, a, _ = overlay
+    h0 = cluster.hosts[0]
+    timing = {"PYTHONPROFILEIMPORTTIME": "1"}
+    rc, out, err = exec_vxlan("CHECK", pods, a, timing)
+    assert rc == 0, (out, err)
+    healthy = imported(err)
+    assert {"plugins.doctor.overlay", "plugins.doctor.policy_routing", "plugins.doctor.sysctl",
+            "plugins.doctor.netlink", "plugins.pkg.rtnl"} <= healthy, sorted(m for m in healthy if "doctor" in m)
+    mine = lease_of(cluster, "host0")["subnet"]
+    h0.run("ip", "route", "add", "default", "via", h0.router, "dev", "eth0", "table", "100")
+    h0.run("ip", "rule", "add", "from", mine, "lookup", "100", "pref", "100")
+    rc, out, err = exec_vxlan("CHECK", pods, a, timing)
+    assert rc == 1 and out is not None and out["code"] == 116, (out, err)
+    assert f"ip rule 100 `from {mine} lookup 100`" in out["msg"] and "lookup main pref 99" in out["details"]
+    for modules in (healthy, imported(err)):
+        assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "typing", "dataclasses", "logging")}, \
+            sorted(modules)
+    h0.run("ip", "rule", "del", "pref", "100")
+    assert exec_vxlan("CHECK", pods, a)[0] == 0

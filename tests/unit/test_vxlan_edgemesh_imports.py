@@ -22,17 +22,23 @@ VXLAN_ADD = ("plugins.main.vxlan.cmd", "plugins.main.vxlan.lease", "plugins.main
 EDGEMESH_DEVICE = ("plugins.meta.edgemesh.cmd", "plugins.meta.edgemesh.listen", "plugins.meta.edgemesh.conflict",
                    "plugins.meta.edgemesh.backends", "plugins.pkg.link", "plugins.pkg.rtnl", "plugins.pkg.lock",
                    "libcni_py.records")
+# vxlan's CHECK: the doctor's diagnoses 3, 5, 8 with their light context and the rtnl backend of
+# plugins/doctor/netlink.py (the execs: tests/integration/test_check_runs_doctor.py::test_vxlan_check_runs_...)
+VXLAN_CHECK = ("plugins.main.vxlan.cmd", "plugins.doctor.checkctx", "plugins.doctor.netlink", "plugins.doctor.net",
+               "plugins.doctor.overlay", "plugins.doctor.policy_routing", "plugins.doctor.sysctl",
+               "plugins.doctor.nfqueue", "plugins.main.vxlan.registry.file")
 DP_STEERING_ADD = ("plugins.meta.dp_steering.cmd", "plugins.meta.dp_steering.state",
                    "plugins.meta.dp_steering.steering", "plugins.meta.dp_steering.datapath_ebpf",
                    "plugins.meta.dp_steering.datapath_pedit", "plugins.meta.dp_steering.dpctl",
                    "plugins.pkg.tc", "plugins.pkg.link", "plugins.pkg.lock", "plugins.pkg.ns")
 
 
-@pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, ("plugins.meta.edgemesh.cmd",),
-                                     EDGEMESH_DEVICE, ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
+@pytest.mark.parametrize("modules", [("plugins.main.vxlan.cmd",), VXLAN_ADD, VXLAN_CHECK,
+                                     ("plugins.meta.edgemesh.cmd",), EDGEMESH_DEVICE,
+                                     ("plugins.meta.dp_steering.cmd",), DP_STEERING_ADD,
                                      ("libcni_py.skel", "libcni_py.types", "plugins.meta.passthrough.cmd"),
                                      ("plugins.entrypoints", "plugins.node.client")],
-                         ids=["vxlan", "vxlan-add-path", "edgemesh", "edgemesh-device-path",
+                         ids=["vxlan", "vxlan-add-path", "vxlan-check-path", "edgemesh", "edgemesh-device-path",
                               "dp-steering", "dp-steering-add-path", "skel", "node-client"])
 def test_plugin_imports_nothing_heavy(modules):
     code = (f"import sys\nimport {', '.join(modules)}\n"
