@@ -460,7 +460,8 @@ def test_socket_mode_and_non_root_peer_refused(node):
         assert as_nobody() == "EACCES"
         os.chmod(d, 0o755)
         os.chmod(n.path, 0o666)
-        assert as_nobody() == "NO\0peer uid 65534 is not root"
+        got = as_nobody()
+        assert got == "NO\0peer uid 65534 is not root", (got, n.log())
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
