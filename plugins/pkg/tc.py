@@ -23,7 +23,8 @@ TCA_BPF_FLAG_ACT_DIRECT = 1
 INGRESS = 0xFFFF0000           # the ingress qdisc's handle, the parent of its filters
 TC_H_INGRESS = 0xFFFFFFF1      # where the ingress qdisc hangs
 ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
-PROTOCOLS = {"all": ETH_P_ALL, "ip": ETH_P_IP}
+ETH_P_IPV6 = 0x86DD
+PROTOCOLS = {"all": ETH_P_ALL, "ip": ETH_P_IP, "ipv6": ETH_P_IPV6}
 _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 _TCM = struct.Struct("=BxxxiIII")        # family, ifindex, handle, parent, info
 

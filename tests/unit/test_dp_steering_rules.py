@@ -55,8 +55,8 @@ tc filter add dev vbr pref 172 parent ffff: protocol all u32 match u32 0x4e65755
 """)
 
 
-def commands(mode: str) -> list[str]:
-    return ["tc " + " ".join(P.filter_argv(r)) for r in R.rules_for(mode, ARTICLE_PORT)]
+def commands(mode: str, protocols=("ip", "all")) -> list[str]:
+    return ["tc " + " ".join(P.filter_argv(r)) for r in R.rules_for(mode, ARTICLE_PORT) if r.protocol in protocols]
 
 
 def test_inline_commands_are_the_articles():
@@ -71,7 +71,8 @@ def test_every_device_and_pref_appears_once_per_mode():
     for mode in ("inline", "tap"):
         keys = [(r.dev, r.pref) for r in R.rules_for(mode, ARTICLE_PORT)]
         assert sorted(keys) == sorted({("vex", 10001), ("vex", 10002), ("vin", 10001), ("vin", 10002),
-                                       ("vbr", 5), ("vbr", 172)})
+                                       ("vbr", 5), ("vbr", 172), ("vex", 9997), ("vex", 9998), ("vex", 9999),
+                                       ("vin", 9997), ("vin", 9998), ("vin", 9999)})
 
 
 def test_inline_rules_send_the_pods_frames_to_vbr_and_the_rest_across():
@@ -117,3 +118,40 @@ def test_pedit_keys_are_the_articles_munges():
     assert P._munges(by["vex", 10001]) == [(-16, 0xFFFF0000, 0x00004E65), (-12, 0, 0x755600B4)]
     # `munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set 0x00b4`
     assert P._munges(by["vin", 10001]) == [(-8, 0, 0x4E657556), (-4, 0x0000FFFF, 0x00B40000)]
+
+
+IPV6 = tc_commands("""
+tc filter add dev vex pref 9997 parent ffff: protocol ipv6 u32 match u8 58 0xff at 6 match u8 132 0xfc at 40
+    action mirred egress mirror dev vin
+tc filter add dev vex pref 9998 parent ffff: protocol ipv6 u32 match u8 58 0xff at 6 match u8 136 0xfe at 40
+    action mirred egress mirror dev vin
+tc filter add dev vin pref 9997 parent ffff: protocol ipv6 u32 match u8 58 0xff at 6 match u8 132 0xfc at 40
+    action mirred egress mirror dev vex
+tc filter add dev vin pref 9998 parent ffff: protocol ipv6 u32 match u8 58 0xff at 6 match u8 136 0xfe at 40
+    action mirred egress mirror dev vex
+tc filter add dev vex pref 9999 parent ffff: protocol ipv6 u32 match u8 0 1 at -14 match u16 0x1a27 0xffff at -14
+    match u32 0xf3873a27 0xffffffff at -12 action pedit munge offset -14 u16 set 0x4e65 munge offset -12 u32 set
+    0x755600b4 pipe action mirred egress mirror dev vbr
+tc filter add dev vin pref 9999 parent ffff: protocol ipv6 u32 match u8 0 1 at -14 match u32 0x1a27f387 0xffffffff
+    at -8 match u16 0x3a27 0xffff at -4 action pedit munge offset -8 u32 set 0x4e657556 munge offset -4 u16 set
+    0x00b4 pipe action mirred egress mirror dev vbr
+""")
+
+
+def test_ipv6_is_steered_as_ipv4_and_neighbour_discovery_goes_across():
+    assert commands("inline", ("ipv6",)) == IPV6
+    tap = commands("tap", ("ipv6",))
+    assert tap[:4] == IPV6[:4]                      # ND across in tap too, never copied to vbr
+    assert "mirror dev vin action pedit" in tap[4] and "mirror dev vex action pedit" in tap[5]
+    prefs = {r.pref for r in R.rules_for("inline", ARTICLE_PORT) if r.dev == "vex"}
+    assert prefs == set(R.PORT_PREFS) and max(prefs) == R.REST_PREF    # all in front of the rest
+
+
+def test_icmp6_keys_are_next_header_and_type_words():
+    by = {(r.dev, r.pref): r for r in R.rules_for("inline", ARTICLE_PORT)}
+    # next header (byte 6 of the IPv6 header) in word 4; the ICMPv6 type (byte 40) in word 40
+    assert P._keys(by["vex", 9997]) == {4: (0x0000FF00, 0x00003A00), 40: (0xFC000000, 0x84000000)}
+    assert P._keys(by["vin", 9998]) == {4: (0x0000FF00, 0x00003A00), 40: (0xFE000000, 0x88000000)}
+    # 132-135 and 136-137: NS (135) and NA (136) across, echo (128/129) not
+    covered = {t for v, m in R.ND_TYPES for t in range(256) if t & m == v}
+    assert covered == {132, 133, 134, 135, 136, 137}

@@ -1,6 +1,6 @@
 """A tiny eBPF assembler and a bpf(2) loader (ctypes, no compiler, no libbpf).
 
-Just what the steering classifier needs: 64-bit moves and adds, loads and stores
+Just what the steering classifier needs: 64-bit moves, adds and ands, loads and stores
 on the stack, a context load, compare-and-jump to labels, helper calls and exit.
 `Asm` collects instructions, `Asm.assemble()` resolves labels and returns the
 bytecode, `load_sched_cls()` hands it to the kernel and returns the program fd.
@@ -16,7 +16,7 @@ _LDX, _ST, _STX, _JMP, _ALU64 = 0x01, 0x02, 0x03, 0x05, 0x07
 _MEM, _IMM_DW = 0x60, 0x18
 _K, _X = 0x00, 0x08
 _SIZE = {1: 0x10, 2: 0x08, 4: 0x00, 8: 0x18}
-_MOV, _ADD = 0xB0, 0x00
+_MOV, _ADD, _AND = 0xB0, 0x00, 0x50
 _JSET, _JNE, _CALL, _EXIT = 0x40, 0x50, 0x80, 0x90
 _INSN = struct.Struct("<BBhi")
 
@@ -64,6 +64,9 @@ class Asm:
 
     def add_imm(self, dst: int, imm: int):
         return self._emit(_ALU64 | _ADD | _K, dst, 0, 0, _s32(imm))
+
+    def and_imm(self, dst: int, imm: int):
+        return self._emit(_ALU64 | _AND | _K, dst, 0, 0, _s32(imm))
 
     def ld_imm64(self, dst: int, value: int):
         value &= (1 << 64) - 1

@@ -1,7 +1,8 @@
 """The eBPF datapath: one cls_bpf direct-action classifier per rule, same device and
 priority as the tc-pedit filter it stands for, and the same bytes on the wire.
 
-Each program: no match -> TC_ACT_UNSPEC (the next filter runs, as a u32 miss); match ->
+Each program (an `icmp6` rule first checks next header 58 and the ICMPv6 type under its mask
+at fixed offsets behind a bare IPv6 header): no match -> TC_ACT_UNSPEC (the next filter runs, as a u32 miss); match ->
 optional bpf_clone_redirect of the untouched frame (tap), bpf_skb_store_bytes of the
 new MAC, bpf_redirect to the target's egress (or TC_ACT_SHOT). Protocol selection is
 the filter's, as for u32. Programs are assembled here and loaded with bpf(2); the
@@ -20,6 +21,7 @@ from .rules import Rule
 
 NAME = "ebpf"
 _OFF = {"dst": 0, "src": 6}
+_NEXTHDR, _ICMP6_TYPE, _ICMPV6 = 14 + 6, 14 + 40, 58     # frame offsets: IPv6 next header, ICMPv6 type
 
 
 def available() -> bool:
@@ -40,7 +42,13 @@ def _mac_u64(mac: str) -> int:
 def program(r: Rule, index: dict[str, int]) -> bytes:
     a = B.Asm()
     a.mov(B.R6, B.R1)
-    if r.field is not None:
+    if r.icmp6 is not None:                          # ICMPv6 of a type: next header, then type
+        value, mask = r.icmp6
+        for offset, want, bits in ((_NEXTHDR, _ICMPV6, 0xFF), (_ICMP6_TYPE, value, mask)):
+            a.st_imm(8, B.R10, -32, 0)
+            _load(a, offset, -32, 1)
+            a.ldx(1, B.R1, B.R10, -32).and_imm(B.R1, bits).jne_imm(B.R1, want, "miss")
+    elif r.field is not None:
         a.st_imm(8, B.R10, -8, 0)
         _load_mac(a, 0, -8)                          # destination MAC at fp-8
         if r.unicast:
@@ -61,13 +69,18 @@ def program(r: Rule, index: dict[str, int]) -> bytes:
         a.mov_imm(B.R1, index[r.to]).mov_imm(B.R2, 0).call(B.REDIRECT).exit()
     if r.rewrite or not r.to:
         a.label("drop").mov_imm(B.R0, B.TC_ACT_SHOT).exit()
-    if r.field is not None:
+    if r.field is not None or r.icmp6 is not None:
         a.label("miss").mov_imm(B.R0, B.TC_ACT_UNSPEC).exit()
     return a.assemble()
 
 
 def _load_mac(a: B.Asm, offset: int, to: int) -> None:
-    a.mov(B.R1, B.R6).mov_imm(B.R2, offset).mov(B.R3, B.R10).add_imm(B.R3, to).mov_imm(B.R4, 6)
+    _load(a, offset, to, 6)
+
+
+def _load(a: B.Asm, offset: int, to: int, length: int) -> None:
+    """`length` bytes of the frame at `offset` to the stack at fp`to` (a short frame: miss)."""
+    a.mov(B.R1, B.R6).mov_imm(B.R2, offset).mov(B.R3, B.R10).add_imm(B.R3, to).mov_imm(B.R4, length)
     a.call(B.SKB_LOAD_BYTES).jne_imm(B.R0, 0, "miss")
 
 

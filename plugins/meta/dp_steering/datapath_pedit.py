@@ -18,6 +18,7 @@ from .rules import Rule
 NAME = "tc-pedit"
 # byte offsets from the network header (u32 at ingress sees the MAC header at -14)
 _DST, _SRC = -14, -8
+_NEXTHDR, _ICMP6_TYPE, _ICMPV6 = 6, 40, 58      # IPv6 next header; the ICMPv6 type behind a bare header
 # netlink attributes read back (linux/pkt_cls.h, tc_act/tc_mirred.h, tc_act/tc_pedit.h)
 TCA_U32_SEL, TCA_U32_ACT = 5, 7
 TCA_ACT_KIND, TCA_ACT_OPTIONS = 1, 2
@@ -60,7 +61,10 @@ def _mac_words(field: str, mac: str) -> list[tuple[str, bytes, int]]:
 
 def filter_argv(r: Rule) -> list[str]:
     a = ["filter", "add", "dev", r.dev, "pref", str(r.pref), "parent", "ffff:", "protocol", r.protocol, "u32"]
-    if r.field is None:
+    if r.icmp6 is not None:
+        for size, value, mask, off in _icmp6_matches(r):
+            a += ["match", size, str(value), hex(mask), "at", str(off)]
+    elif r.field is None:
         a += ["match", "u8", "0", "0"]
     else:
         if r.unicast:
@@ -96,8 +100,17 @@ def _words(pairs) -> dict[int, tuple[int, int]]:
     return keys
 
 
+def _icmp6_matches(r: Rule) -> list[tuple[str, int, int, int]]:
+    """(size, value, mask, offset) matching ICMPv6 (next header 58 right after the IPv6 header)
+    of the rule's type/mask."""
+    value, mask = r.icmp6
+    return [("u8", _ICMPV6, 0xFF, _NEXTHDR), ("u8", value, mask, _ICMP6_TYPE)]
+
+
 def _keys(r: Rule) -> dict[int, tuple[int, int]]:
     """The u32 selector the kernel keeps for a rule."""
+    if r.icmp6 is not None:
+        return _words([(off, 1, value, mask) for _size, value, mask, off in _icmp6_matches(r)])
     if r.field is None:
         return {0: (0, 0)}
     pairs = [(_DST, 1, 0, 1)] if r.unicast else []

@@ -363,8 +363,7 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
 
 def _remove_rules(rt, pod: state.Pod) -> None:
     for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref)),
-                        (pod.vex, (rules.POD_PREF, rules.REST_PREF)),
-                        (pod.vin, (rules.POD_PREF, rules.REST_PREF))):
+                        (pod.vex, rules.PORT_PREFS), (pod.vin, rules.PORT_PREFS)):
         index = link.index_of(rt, name)
         if index is None:          # gone, and its filters with it
             continue
