@@ -1,4 +1,5 @@
-"""Reachability probes run from inside a namespace: ICMP echo and a TCP exchange.
+"""Reachability probes run from inside a namespace: ICMP echo and a TCP exchange, over IPv4 or
+IPv6 (by the address given: one with a colon is IPv6).
 
 In-process (sockets opened in the target netns stay there), so they need no `ping`
 binary on the machine. For tests, demos and diagnoses; needs CAP_NET_RAW for ICMP.
@@ -29,18 +30,27 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def ping(netns_path: str | None, dst: str, count: int = 1, timeout: float = 2.0,
          interval: float = 0.2) -> list[int]:
-    """Send `count` echo requests to IPv4 `dst`; return the sequence numbers answered."""
+    """Send `count` echo requests to `dst` (IPv4, or IPv6: ICMPv6, whose checksum the kernel
+    fills in); return the sequence numbers answered."""
+    v6 = _family(dst) == socket.AF_INET6
     with _in(netns_path):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 else \
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
     answered: set[int] = set()
+    request = 128 if v6 else 8
     try:
         for seq in range(count):
-            hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            hdr = struct.pack("!BBHHH", request, 0, 0, ident, seq)
             payload = struct.pack("!d", time.time())
-            sock.sendto(struct.pack("!BBHHH", 8, 0, _checksum(hdr + payload), ident, seq) + payload, (dst, 0))
+            csum = 0 if v6 else _checksum(hdr + payload)
+            sock.sendto(struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload, (dst, 0))
             last = seq == count - 1
             _collect(sock, dst, ident, answered, time.monotonic() + (timeout if last else interval),
                      done=(lambda: len(answered) == count) if last else (lambda: False))
@@ -54,10 +64,16 @@ def _collect(sock, dst: str, ident: int, answered: set[int], deadline: float, do
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([sock], [], [], left)[0]:
             return
-        pkt, (src, _) = sock.recvfrom(2048)
+        pkt, peer = sock.recvfrom(2048)
+        if sock.family == socket.AF_INET6:        # no IP header on an ICMPv6 raw socket
+            typ, _, _, rid, rseq = struct.unpack_from("!BBHHH", pkt, 0)
+            if typ == 129 and rid == ident and socket.inet_pton(socket.AF_INET6, peer[0]) == \
+                    socket.inet_pton(socket.AF_INET6, dst):
+                answered.add(rseq)
+            continue
         ihl = (pkt[0] & 0x0F) * 4
         typ, _, _, rid, rseq = struct.unpack_from("!BBHHH", pkt, ihl)
-        if typ == 0 and rid == ident and src == dst:
+        if typ == 0 and rid == ident and peer[0] == dst:
             answered.add(rseq)
 
 
@@ -66,7 +82,7 @@ class TCPEcho:
 
     def __init__(self, netns_path: str | None, addr: str = "0.0.0.0", port: int = 0):
         with _in(netns_path):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock = socket.socket(_family(addr), socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((addr, port))
         self.sock.listen(64)
@@ -107,7 +123,7 @@ def tcp_exchange(netns_path: str | None, dst: str, port: int, payload: bytes = b
                  timeout: float = 5.0) -> bytes:
     """Connect from the namespace, send `payload`, return the answer."""
     with _in(netns_path):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(_family(dst), socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
         sock.connect((dst, port))

@@ -151,10 +151,11 @@ def _not_the_host(netns: str, enforcer_ns: str, ifname: str) -> None:
 def cmd_check(args: CmdArgs):
     """The record against the config, then pycni-doctor's steering-integrity for this pod (devices,
     MACs, filters, mode: 127; inline with no dp: 131) and nfqueue-no-reader in the pod's and the
-    enforcer netns (137); a finding's text is the error. The doctor's code is imported here only."""
-    from . import state
+    enforcer netns (137); a finding's text is the error. The doctor's code is imported here only.
+    Then the pod's interface must still carry prevResult's addresses and routes (127)."""
+    from . import state, triad
     cfg = config.load(args.conf, "CHECK")
-    _prev_result(args)
+    prev = _prev_result(args)
     with state.lock(cfg.state_dir):
         pod = _recorded(cfg.state_dir, args.container_id, args.ifname)
         _same_config(pod, cfg)
@@ -165,6 +166,10 @@ def cmd_check(args: CmdArgs):
     for kind, finding in problems or integrity.dp_problems(pod, cfg.state_dir):     # the dp asked unlocked
         code = errors.NO_DP if kind == integrity.NO_DP else errors.CHECK_MISMATCH
         raise CNIError(code, f"dp-steering CHECK {checkctx.text(finding, where=False)}", finding.why)
+    gone = triad.lost(pod.netns, pod.ifname, prev) if os.path.exists(pod.netns) else None
+    if gone is not None:                                # prevResult's addresses/routes, both families
+        raise CNIError(errors.CHECK_MISMATCH, f"dp-steering CHECK {pod.key}: {gone}",
+                       "the pod's interface must keep what prevResult gave it; DEL and ADD the pod again")
     for path in (pod.netns, pod.enforcer):
         found, failed = checkctx.run_in(path, [nfqueue])
         for text in failed:

@@ -30,8 +30,10 @@ IFA_F_NODAD = 0x02
 
 
 # What the pod's interface carries that must survive the swap: its MAC, MTU, txqlen, the
-# veth peer's ifindex (host side), its addresses (IPv6 link-local left out: made again from
-# the MAC), routes (local table and kernel routes left out) and permanent ARP/NDP entries.
+# veth peer's ifindex (host side), its addresses (IPv6 link-local included: added before the
+# link goes up, without DAD, it is usable at once, where the one the kernel would make from the
+# MAC is tentative for a second), routes (local table and kernel routes left out) and permanent
+# ARP/NDP entries.
 Snapshot = namedtuple("Snapshot", "mac mtu txqlen peer addrs routes neighs")
 
 
@@ -52,8 +54,7 @@ def snapshot(rt: nl.Rtnl, index: int) -> Snapshot:
         raise FileNotFoundError(errno.ENODEV, f"link {index} is gone")
     return Snapshot(
         mac=have.mac, mtu=have.mtu, txqlen=have.txqlen, peer=have.peer,
-        addrs=[a for a in rt.addrs(index, socket.AF_UNSPEC)
-               if not (a.address.version == 6 and a.address.is_link_local)],
+        addrs=rt.addrs(index, socket.AF_UNSPEC),
         routes=[r for r in link.routes_through(rt, index)
                 if r.table != RT_TABLE_LOCAL and r.protocol != RTPROT_KERNEL],
         neighs=[n for n in rt.neighs(socket.AF_UNSPEC, index)
@@ -62,9 +63,12 @@ def snapshot(rt: nl.Rtnl, index: int) -> Snapshot:
 
 def apply(rt: nl.Rtnl, index: int, snap: Snapshot) -> None:
     """Give link `index` the snapshot's addresses, bring it up, add routes and neighbours."""
-    _batch(rt, [nl.addr_msg(True, index, a.address, a.broadcast,
-                            a.flags | IFA_F_NODAD if a.address.version == 6 else 0)
-                for a in snap.addrs], "add address", (errno.EEXIST,))
+    # IPv6 addresses with no DAD (the pod had them already) and newest first, as the kernel
+    # lists them: added in reverse, they list (and are chosen as sources) in the order they had
+    v4 = [a for a in snap.addrs if a.address.version == 4]
+    v6 = [a for a in snap.addrs if a.address.version == 6]
+    _batch(rt, [nl.addr_msg(True, index, a.address, a.broadcast, a.flags | IFA_F_NODAD if a.address.version == 6 else 0)
+                for a in v4 + v6[::-1]], "add address", (errno.EEXIST,))
     link.set_link(rt, index, up=True)
     pending = sorted(snap.routes, key=lambda r: r.gateway)     # direct routes first
     for attempt in range(3):             # a gateway may need a route added later in the list
@@ -204,3 +208,49 @@ def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin
         apply(pod, vex_idx, snap)
     else:
         link.set_link(pod, vex_idx, up=True)
+
+
+def lost(pod_ns: str, ifname: str, prev) -> str | None:
+    """CHECK: the first address or route of prevResult (either family) that `ifname` in the pod
+    lost, or None. Addresses: prevResult's IPs of that interface (by index, or all when none
+    names one); routes: those whose gateway lies in one of its subnets (by destination and
+    gateway), or with no gateway of a family it has an address of (by destination), among the
+    routes through it (the pull re-binds all of them)."""
+    import ipaddress
+    ifaces = prev.interfaces
+    mine = [ip for ip in prev.ips
+            if ip.interface is None or (0 <= ip.interface < len(ifaces) and ifaces[ip.interface].name == ifname)]
+    want = [ipaddress.ip_interface(ip.address) for ip in mine]
+    with link.open_rtnl(pod_ns) as rt:
+        index = link.index_of(rt, ifname)
+        if index is None:
+            return f"{ifname} is missing in the pod netns"
+        have = {a.address for a in rt.addrs(index, socket.AF_UNSPEC)}
+        for w in want:
+            if w not in have:
+                return f"{ifname} lost its address {w} (prevResult has it)"
+        routes = {(r.family, _route_dst(r), _route_gw(r)) for r in link.routes_through(rt, index)}
+    for r in prev.routes:
+        dst = ipaddress.ip_network(r.dst, strict=False)
+        gw = ipaddress.ip_address(r.gw) if r.gw else None
+        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+        if gw is None:             # through this interface when it has an address of the family
+            if any(w.version == dst.version for w in want) and \
+                    not any(f == family and d == dst for f, d, _ in routes):
+                return f"{ifname} lost its route to {dst} (prevResult has it)"
+        elif any(gw in w.network for w in want if w.version == gw.version) and (family, dst, gw) not in routes:
+            return f"{ifname} lost its route to {dst} via {gw} (prevResult has it)"
+    return None
+
+
+def _route_dst(r: link.LinkRoute):
+    import ipaddress
+    size = 16 if r.family == socket.AF_INET6 else 4
+    raw = r.attrs.get(nl.RTA_DST, b"\0" * size)
+    return ipaddress.ip_network((raw, r.dst_len))       # packed: 4 or 16 bytes say the family
+
+
+def _route_gw(r: link.LinkRoute):
+    import ipaddress
+    raw = r.attrs.get(nl.RTA_GATEWAY)
+    return ipaddress.ip_address(raw) if raw else None
