@@ -9,8 +9,8 @@ groups the steered pods by their dp: (enforcerNetns, vthName, dpSocket). Every `
 - a dp is *there* when an AF_PACKET socket in the enforcer netns is bound to vth
   (/proc/net/packet, as ADD and CHECK judge it: enforcer.reader_on) and, with dpSocket,
   that socket takes a connection (a dead dp's socket file refuses: ECONNREFUSED, the test
-  pycni-dp itself makes before it replaces a stale one). A kill -9 closes the dp's sockets
-  at once, so both are seen on the next look;
+  pycni-dp makes too before it replaces a stale one; nothing is sent). A kill -9 closes the
+  dp's sockets at once, so either is seen on the next look;
 - a dp on dpSocket that is new (the socket refused since the last look, or its file is another
   one: inode and ctime, as a restarted dp binds a new one) is told every steered pod of the
   group again (ctrl_add_srvc_port, ctrl_add_mac, ctrl_cfg_mac in the mode the pod's filters
@@ -23,10 +23,12 @@ and `dp_lost_since` in its record says since when (CHECK and STATUS say so: stat
 When the dp is there again, a failOpen pod that wants inline and runs tap (failed open here,
 or at ADD because no dp was there then) goes back inline, and `dp_lost_since` is cleared.
 
-Every change is made as `dp-steering mode` makes it (steering.switch), under the stateDir's
-flock, with the pod's record read again under it and the dp's absence or presence confirmed
-there as CHECK judges it (steering.dp_missing): a watcher never races an ADD, DEL or GC, and
-a record only changes while it holds the lock. A pod's wanted mode (`mode`, `mode_by_hand`)
+Every change is made with the `dp-steering mode` code (steering.switch back inline: the dp told
+and its reader awaited; steering.refilter to tap: the filters only, nothing told to a dead dp),
+under the stateDir's flock, with the pod's record read again under it and the dp's state
+confirmed there (gone: a fresh look, which never waits for a dying dp's answer; there: as CHECK
+judges it, steering.dp_missing): a watcher never races an ADD, DEL or GC, and a record only
+changes while it holds the lock. A pod's wanted mode (`mode`, `mode_by_hand`)
 is never changed; a pod set to tap by hand is left alone.
 
 Not detected: a dp that hangs with its sockets open (SIGSTOP, a livelock): its pods look served.
