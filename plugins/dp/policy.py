@@ -6,8 +6,11 @@
 
 Rule keys (all but `action` optional, an absent key matches everything):
   action     "allow" | "deny"
-  proto      "tcp" | "udp" | "icmp" | "icmpv6" | "sctp" | "any" | 0-255
-  src, dst   an address or CIDR (IPv4 or IPv6), or a list of them
+  proto      "tcp" | "udp" | "icmp" | "icmpv6" | "sctp" | "any" | 0-255; for IPv6 the next header
+             after any extension headers (hop-by-hop, routing, destination options, fragment)
+  family     4 | 6 | "ipv4" | "ipv6" | "any": the frame's IP version (a rule with src/dst of one
+             family matches only that family anyway)
+  src, dst   an address or CIDR (IPv4 or IPv6), or a list of them (both families may be mixed)
   sport, dport  a port, "lo-hi", or a list of those (a rule with ports matches TCP/UDP/SCTP only)
   direction  "ingress" (towards the pod) | "egress" (from the pod) | "any"
   pod        a pod's name, MAC or UCMAC as the control socket registered it, or a list
@@ -22,9 +25,10 @@ import json
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 PORT_PROTOS = frozenset((6, 17, 132))
 DIRECTIONS = {"ingress": True, "egress": False}
-RULE_KEYS = {"action", "proto", "src", "dst", "sport", "dport", "direction", "pod", "comment"}
+RULE_KEYS = {"action", "proto", "family", "src", "dst", "sport", "dport", "direction", "pod", "comment"}
+FAMILIES = {4: 4, 6: 6, "4": 4, "6": 6, "ipv4": 4, "ipv6": 6, "any": None}
 
-# A compiled rule: (allow, proto, src_nets, dst_nets, sport_ranges, dport_ranges, ingress, pods)
+# A compiled rule: (allow, proto, src_nets, dst_nets, sport_ranges, dport_ranges, ingress, pods, family)
 # where nets are tuples of (family, network, mask) and ranges tuples of (lo, hi).
 
 
@@ -51,8 +55,10 @@ class Policy:
 def verdict(rules: tuple, default_allow: bool, ingress: bool, family: int, proto: int,
             src: int, dst: int, sport: int, dport: int) -> bool:
     """True to allow. `family` is 0 for non-IP frames, ports are -1 when absent."""
-    for allow, r_proto, r_src, r_dst, r_sport, r_dport, r_ingress, _ in rules:
+    for allow, r_proto, r_src, r_dst, r_sport, r_dport, r_ingress, _, r_family in rules:
         if r_ingress is not None and r_ingress != ingress:
+            continue
+        if r_family is not None and r_family != family:
             continue
         if r_proto is not None and r_proto != proto:
             continue
@@ -129,7 +135,8 @@ def _compile_rule(rule, where: str) -> tuple:
         raise PolicyError(f"{where}.direction: must be ingress, egress or any")
     return (action == "allow", proto, _nets(rule.get("src"), f"{where}.src"),
             _nets(rule.get("dst"), f"{where}.dst"), sport, dport,
-            DIRECTIONS.get(direction), _pods(rule.get("pod"), f"{where}.pod"))
+            DIRECTIONS.get(direction), _pods(rule.get("pod"), f"{where}.pod"),
+            _family(rule.get("family", "any"), f"{where}.family"))
 
 
 def _proto(value, where: str):
@@ -140,6 +147,13 @@ def _proto(value, where: str):
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return value
     raise PolicyError(f"{where}: must be one of {sorted(PROTOS)}, \"any\" or 0-255")
+
+
+def _family(value, where: str):
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+            (value.lower() if isinstance(value, str) else value) not in FAMILIES:
+        raise PolicyError(f"{where}: must be 4, 6, \"ipv4\", \"ipv6\" or \"any\"")
+    return FAMILIES[value.lower() if isinstance(value, str) else value]
 
 
 def _as_list(value) -> list:

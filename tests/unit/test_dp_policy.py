@@ -58,6 +58,25 @@ def test_ipv6_and_family_never_crosses():
                   src="fd00::1", dst="fd00::2") is True
 
 
+def test_ipv6_next_header_ports_and_family():
+    six = {"family": 6, "src": "fd00::1", "dst": "fd00::2"}
+    rules = [{"action": "deny", "proto": "udp", "dst": "fd00::/64"},                 # next header 17
+             {"action": "deny", "proto": 6, "dport": "5200-5201", "dst": ["10.0.0.0/8", "fd00::/64"]},
+             {"action": "deny", "family": "ipv6", "proto": 132}]
+    assert decide({"rules": rules}, proto=17, **six) is False
+    assert decide({"rules": rules}, proto=6, dport=5201, **six) is False
+    assert decide({"rules": rules}, proto=6, dport=5201) is False                   # the IPv4 half of the list
+    assert decide({"rules": rules}, proto=6, dport=80, **six) is True
+    assert decide({"rules": rules}, proto=58, dport=-1, sport=-1, **six) is True     # ICMPv6 allowed
+    assert decide({"rules": rules}, proto=132, **six) is False
+    assert decide({"rules": rules}, proto=132) is True                                # family 6 only
+    assert decide({"rules": [{"action": "deny", "family": 4}]}, **six) is True
+    assert decide({"rules": [{"action": "deny", "family": "any"}]}, **six) is False
+    for bad in (5, "ip6", True, None, [6]):
+        with pytest.raises(PolicyError, match=r"rules\[0\]\.family"):
+            compile_policy({"rules": [{"action": "deny", "family": bad}]})
+
+
 def test_port_ranges_and_portless_packets():
     rule = {"action": "deny", "proto": "tcp", "dport": ["8000-8099", 443]}
     assert decide({"rules": [rule]}, dport=8050) is False
