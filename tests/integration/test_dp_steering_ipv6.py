@@ -335,3 +335,59 @@ def _pull_check_del(w, pod, prev, view):
     assert w.enforcer_links() == ["lo"]
     assert probe.ping(w.host.path, ip6(pod), count=1, timeout=3) == [0]
     assert not os.path.exists(os.path.join(w.state_dir, "pods", pod.cid, "eth0.json"))
+
+
+def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, tmp_path):
+    """The real Go libcni (tests/golibcni) runs Debian's Go bridge + host-local with a range per
+    family, then our dp-steering: ADD steers the pod (ping and TCP over both families through the
+    dp), Go's CHECK passes (and fails once the pod lost its IPv6 route), DEL leaves nothing."""
+    import json
+    import subprocess
+
+    from tests.conftest import GO_CNI_DIR, VENV_BIN
+    from tests.golibcni.build import GoUnavailable, driver_path
+    try:
+        exe = driver_path()
+    except GoUnavailable as e:
+        pytest.skip(str(e))
+    w = DualWorld(netns, tmp_path, datapath="ebpf" if datapath_ebpf.available() else "tc-pedit",
+                  dpSocket=str(tmp_path / "dp.sock"))
+    pod = Pod("g1", netns("pod"))
+    conflist = tmp_path / "go.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "dpnet",
+                                    "plugins": [w.bridge(), w.steer]}))
+
+    def go(verb: str) -> subprocess.CompletedProcess:
+        argv = [exe, verb, "-conflist", str(conflist), "-netns", pod.ns.path, "-cid", pod.cid, "-ifname", "eth0",
+                "-cache", str(tmp_path / "gocache"), "-path", f"{VENV_BIN}:{GO_CNI_DIR}",
+                "-args", "IgnoreUnknown=1;K8S_POD_NAME=g1"]
+        with ns.enter(w.host.path):
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    with w.dp() as dp:
+        added = go("add")
+        assert added.returncode == 0, added.stdout + added.stderr
+        res = json.loads(added.stdout)
+        addrs = {i["address"].split("/")[0] for i in res["ips"]}
+        a6 = next(a for a in addrs if ":" in a)
+        a4 = next(a for a in addrs if ":" not in a)
+        settle(w.host)
+        mac = w.record(pod)["mac"]
+        assert w.record(pod)["installed"] == "inline"
+        for dst in (a4, a6):
+            assert probe.ping(w.host.path, dst, count=1, timeout=3) == [0], dst
+        with probe.TCPEcho(pod.ns.path, addr="::", port=8080):
+            assert tcp_ok(w.host.path, a6, 8080) and tcp_ok(w.host.path, a4, 8080)
+        assert allowed(dp, mac) >= 8
+        checked = go("check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        pod.ns.run("ip", "-6", "route", "del", "::/0")
+        checked = go("check")
+        # the Go bridge's CHECK, first in the chain, finds it (ours does too: the test above)
+        assert checked.returncode != 0 and "not found in routing table" in checked.stdout, checked.stdout
+        deleted = go("del")
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+    assert pod.ns.run("ip", "link", "show", "eth0", check=False).returncode != 0     # the Go bridge's DEL
+    host = [ln.split(":")[1].strip() for ln in w.host.run("ip", "-o", "link", "show").stdout.splitlines()]
+    assert sorted(host) == ["cni-dp0", "lo"]          # the pod's original veth went, its host end with it
