@@ -4,7 +4,8 @@ kernel that has act_pedit.
 Where the running kernel has it, the end-to-end test runs here. Where it does not (this
 project's CI machine), test_tc_pedit_in_stock_kernel_vm boots Debian's stock kernel under
 qemu over this filesystem (tests/kit/stock_kernel_vm) and runs the end-to-end test and
-the bytes-on-vth test there, in one boot: about a minute under software emulation on 2
+the bytes-on-vth test there, and the dual-stack traffic and IPv6 bytes-on-vth tests of
+test_dp_steering_ipv6.py, in one boot: about a minute under software emulation on 2
 shared cores. It runs whenever the VM is set up (`./build.sh test` sets it up on Debian);
 PYCNI_STOCK_KERNEL_VM=0 skips it, =1 makes a missing setup a failure instead of a skip.
 """
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.root
 IN_VM = [
     "tests/integration/test_dp_steering_pedit.py::test_tc_pedit_datapath_end_to_end",
     "tests/integration/test_dp_steering_traffic.py::test_frames_on_vth_carry_the_ucmac_and_nothing_else_changes[pedit]",
+    "tests/integration/test_dp_steering_ipv6.py::test_dual_stack_inline_both_families_through_the_dp_and_nd_goes_across[pedit]",
+    "tests/integration/test_dp_steering_ipv6.py::test_ipv6_frames_on_vth_carry_the_ucmac_and_nd_never_reaches_vth[pedit]",
 ]
 GUEST_TIMEOUT = 300       # s; the run takes ~1 min, up to ~2 when the machine is busy
 
