@@ -1,5 +1,5 @@
 """pycni-doctor [--json] [--check NAME] [--netns PATH]... [--conf FILE]... [--conf-dir DIR]
-             [--kernel-release REL] [--list-checks]
+             [--kernel-release REL] [--list-checks] [--profile] [--parallel N]
 pycni-doctor --conn ADDR:PORT [--watch SECONDS] [--json] [--netns PATH]   (who owns a connection)
 
 Exit status: 0 healthy, 1 problems found, 2 the doctor could not run (or a diagnosis could not
@@ -104,7 +104,7 @@ def _main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         raise Failed(NOT_ROOT, NOT_ROOT.meaning)
     if not 0 <= args.parallel <= 64:
-        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--parallel: 1 to 64 namespaces at once")
+        raise Failed(BAD_ARGUMENTS, BAD_ARGUMENTS.meaning, "--parallel: 1 to 64 namespaces at once (0: the default)")
     started = time.monotonic()
     namespaces = _namespaces(args)
     discovered = time.monotonic()
