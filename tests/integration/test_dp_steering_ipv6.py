@@ -9,6 +9,7 @@ swapped in, the pod keeps its IPv6 addresses, routes and permanent neighbours ac
 and gets them back on DEL, CHECK sees a lost IPv6 address or route, and the reference dp's
 policy drops by IPv6 destination, next header and port and lets the rest through.
 """
+import json
 import os
 import socket
 import struct
@@ -337,11 +338,9 @@ def _pull_check_del(w, pod, prev, view):
     assert not os.path.exists(os.path.join(w.state_dir, "pods", pod.cid, "eth0.json"))
 
 
-def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, tmp_path):
-    """The real Go libcni (tests/golibcni) runs Debian's Go bridge + host-local with a range per
-    family, then our dp-steering: ADD steers the pod (ping and TCP over both families through the
-    dp), Go's CHECK passes (and fails once the pod lost its IPv6 route), DEL leaves nothing."""
-    import json
+def go_runner(w: World, pod: Pod, tmp_path, plugins: list):
+    """go(verb): the real Go libcni (tests/golibcni) runs `plugins` as one list for `pod`, in the
+    world's host netns (where the Go bridge makes its bridge); skips without Go."""
     import subprocess
 
     from tests.conftest import GO_CNI_DIR, VENV_BIN
@@ -350,19 +349,26 @@ def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, t
         exe = driver_path()
     except GoUnavailable as e:
         pytest.skip(str(e))
-    w = DualWorld(netns, tmp_path, datapath="ebpf" if datapath_ebpf.available() else "tc-pedit",
-                  dpSocket=str(tmp_path / "dp.sock"))
-    pod = Pod("g1", netns("pod"))
     conflist = tmp_path / "go.conflist"
-    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "dpnet",
-                                    "plugins": [w.bridge(), w.steer]}))
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "dpnet", "plugins": plugins}))
 
     def go(verb: str) -> subprocess.CompletedProcess:
         argv = [exe, verb, "-conflist", str(conflist), "-netns", pod.ns.path, "-cid", pod.cid, "-ifname", "eth0",
                 "-cache", str(tmp_path / "gocache"), "-path", f"{VENV_BIN}:{GO_CNI_DIR}",
-                "-args", "IgnoreUnknown=1;K8S_POD_NAME=g1"]
+                "-args", f"IgnoreUnknown=1;K8S_POD_NAME={pod.cid};K8S_POD_NAMESPACE=default"]
         with ns.enter(w.host.path):
             return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    return go
+
+
+def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, tmp_path):
+    """The real Go libcni (tests/golibcni) runs Debian's Go bridge + host-local with a range per
+    family, then our dp-steering: ADD steers the pod (ping and TCP over both families through the
+    dp), Go's CHECK passes (and fails once the pod lost its IPv6 route), DEL leaves nothing."""
+    w = DualWorld(netns, tmp_path, datapath="ebpf" if datapath_ebpf.available() else "tc-pedit",
+                  dpSocket=str(tmp_path / "dp.sock"))
+    pod = Pod("g1", netns("pod"))
+    go = go_runner(w, pod, tmp_path, [w.bridge(), w.steer])
 
     with w.dp() as dp:
         added = go("add")
@@ -391,3 +397,53 @@ def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, t
     assert pod.ns.run("ip", "link", "show", "eth0", check=False).returncode != 0     # the Go bridge's DEL
     host = [ln.split(":")[1].strip() for ln in w.host.run("ip", "-o", "link", "show").stdout.splitlines()]
     assert sorted(host) == ["cni-dp0", "lo"]          # the pod's original veth went, its host end with it
+
+
+def test_go_libcni_dual_stack_chain_with_dp_steering_then_edgemesh(netns, tmp_path):
+    """Go bridge + host-local (both families), dp-steering inline, then edgemesh, under the real Go
+    libcni: the pod's IPv4 and IPv6 service traffic crosses the dp and is hijacked to the mesh
+    proxy on the host with its original destination; an ignored IPv6 service is not; CHECK
+    passes; DEL leaves no rule, device or record."""
+    from tests.integration.test_edgemesh_ipv6 import CIDR4, CIDR6, IGN6, IGNORED, LISTEN6, SVC4, SVC6
+    from tests.integration.test_edgemesh_kit import Node, ask
+    w = DualWorld(netns, tmp_path, datapath="ebpf" if datapath_ebpf.available() else "tc-pedit",
+                  dpSocket=str(tmp_path / "dp.sock"))
+    pod = Pod("g1", netns("pod"))
+    mesh = {"type": "edgemesh", "serviceCIDR": [CIDR4, CIDR6], "protocols": ["tcp", "udp"],
+            "ignoredServices": IGNORED, "ensureListenDevice": True, "stateDir": str(tmp_path / "emstate")}
+    go = go_runner(w, pod, tmp_path, [w.bridge(), w.steer, mesh])
+    node = Node(w.host, str(tmp_path))
+    try:
+        with w.dp() as dp:
+            added = go("add")
+            assert added.returncode == 0, added.stdout + added.stderr
+            assert {i["address"].split("/")[0] for i in json.loads(added.stdout)["ips"]} == \
+                {a.split("/")[0] for a in (pod_addr(pod, 4), pod_addr(pod, 6))}
+            settle(w.host)
+            mac = w.record(pod)["mac"]
+            w.host.run("ip", "addr", "add", f"{IGN6}/128", "dev", "lo")
+            node.serve("--real", "--listen", f"[{IGN6}]:80")
+            node.serve("--listen", "169.254.96.16:40001", "--listen", f"[{LISTEN6}]:40001")
+            base = allowed(dp, mac)
+            assert ask(pod.ns, "tcp", SVC6) == f"orig={SVC6}:80"       # through the dp, then hijacked
+            assert ask(pod.ns, "tcp", SVC4) == f"orig={SVC4}:80"
+            assert ask(pod.ns, "tcp", IGN6) == f"real={IGN6}:80"       # ignored: reaches the real one
+            assert allowed(dp, mac) > base
+            checked = go("check")
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            deleted = go("del")
+            assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    finally:
+        node.stop()
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+    for binary in ("iptables-save", "ip6tables-save"):
+        assert "EDGE-MESH" not in w.host.run(binary).stdout
+    assert "edgemesh" not in w.host.run("nft", "list", "ruleset").stdout
+    assert w.host.run("ip", "link", "show", "edgemesh0", check=False).returncode != 0
+
+
+def pod_addr(pod: Pod, family: int) -> str:
+    """The pod's eth0 address of `family` as the kernel has it (global scope)."""
+    flag = "-6" if family == 6 else "-4"
+    line = pod.ns.run("ip", flag, "-o", "addr", "show", "dev", "eth0", "scope", "global").stdout.split()
+    return line[line.index("inet6" if family == 6 else "inet") + 1]
