@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -79,6 +78,7 @@ class PluginContext:
         if _no_legacy_table(argv):
             return subprocess.CompletedProcess(argv, 0, "", "")
         if len(argv) == 1 and tool in NFT_FAMILY:
+            import shutil               # not at the top: bz2 and lzma come with it (~5 ms of a CHECK)
             items = self._nft_items(self.run(list(NFT_RULESET)) if shutil.which("nft") else None)
             if items is not None and not any(isinstance(i, dict) and isinstance(i.get("table"), dict)
                                              and i["table"].get("family") == NFT_FAMILY[tool] for i in items):
