@@ -109,8 +109,21 @@ def pytest_sessionfinish(session, exitstatus):
 # ---- PYCNI_TEST_DAEMON=1: the plugin tests in daemon mode ---------------------------------
 # One pycni-node for the session (socket in a temp dir); PYCNI_NODE_SOCKET in this process's
 # environment reaches every plugin exec that inherits it (libcni_py's CNIConfig, the kits that
-# copy os.environ), so those go through the daemon. tests/integration/test_node_daemon.py runs
-# both modes itself. Execs with an environment of their own stay in-process.
+# copy os.environ, tests/kit/plugin_env.py's plugin_env for the environments kits build), so those
+# go through the daemon. tests/integration/test_node_daemon.py runs both modes itself. The end of
+# the session prints how many requests the daemon served, per plugin (its debug log).
+_NODE_LOG: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NODE_LOG:
+        from tests.kit.plugin_env import served_in
+        counts = served_in(_NODE_LOG[0])
+        terminalreporter.write_line(
+            "PYCNI_TEST_DAEMON=1: pycni-node served " + str(sum(counts.values())) + " requests ("
+            + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none") + f"); log {_NODE_LOG[0]}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _node_daemon_mode(tmp_path_factory):
     if os.environ.get("PYCNI_TEST_DAEMON") != "1" or os.geteuid() != 0:
@@ -130,8 +143,11 @@ def _node_daemon_mode(tmp_path_factory):
             pytest.exit(f"PYCNI_TEST_DAEMON=1: pycni-node did not start (see {d / 'node.log'})", returncode=1)
         time.sleep(0.05)
     os.environ["PYCNI_NODE_SOCKET"] = sock
+    os.environ["PYCNI_TEST_DAEMON_LOG"] = str(d / "node.log")
+    _NODE_LOG[:] = [str(d / "node.log")]
     yield sock
     del os.environ["PYCNI_NODE_SOCKET"]
+    del os.environ["PYCNI_TEST_DAEMON_LOG"]
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(60)

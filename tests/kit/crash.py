@@ -44,6 +44,8 @@ import struct
 import subprocess
 import time
 
+from tests.kit.plugin_env import plugin_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 CNI_PATH = f"{VENV_BIN}:/usr/lib/cni"
@@ -82,7 +84,10 @@ class Result:
 
 
 def start(target: Target, verb: str) -> subprocess.Popen:
-    env = target.env(verb)
+    # In-process in both modes: the SIGKILL must land on the process doing the work (a daemon's
+    # worker would finish the ADD the killed client handed it), and the kill delays follow the
+    # clean ADDs' durations, which must be the killed ADDs' kind.
+    env = plugin_env(target.env(verb), daemon=False)
     conf = target.conf(verb)
     p = subprocess.Popen([os.path.join(VENV_BIN, target.plugin)], env=env, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,

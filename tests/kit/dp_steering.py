@@ -22,6 +22,7 @@ from libcni_py.types import Result
 from plugins.pkg import ns as nsmod
 from tests.kit.dp import DP
 from tests.kit.netns import NetNS
+from tests.kit.plugin_env import plugin_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CNI_PATH = [os.path.join(ROOT, ".venv", "bin"), "/usr/lib/cni"]
@@ -119,8 +120,9 @@ class World:
         conf = {k: v for k, v in conf.items() if v is not None}
         if prev is not None:
             conf["prevResult"] = prev
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.ns.path if netns is None else netns,
-               "CNI_IFNAME": ifname or pod.ifname, "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
+        env = plugin_env(CNI_COMMAND=command, CNI_CONTAINERID=pod.cid,
+                         CNI_NETNS=pod.ns.path if netns is None else netns, CNI_IFNAME=ifname or pod.ifname,
+                         CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         if not env["CNI_NETNS"]:
             del env["CNI_NETNS"]
         argv = ([STEERING] if inside is None else ["ip", "netns", "exec", inside, STEERING])
@@ -130,7 +132,7 @@ class World:
         """Exec dp-steering GC (cniVersion 1.1.0) with `valid` as cni.dev/valid-attachments."""
         conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides,
                 "cni.dev/valid-attachments": [{"containerID": p.cid, "ifname": p.ifname} for p in valid]}
-        env = {"CNI_COMMAND": "GC", "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
+        env = plugin_env(CNI_COMMAND="GC", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
@@ -149,7 +151,7 @@ class World:
     def status(self, **overrides) -> tuple[int, dict, str]:
         """Exec dp-steering STATUS (cniVersion 1.1.0) with the world's config: (status, JSON, stderr)."""
         conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides}
-        env = {"CNI_COMMAND": "STATUS", "CNI_PATH": ":".join(CNI_PATH), "PATH": os.environ["PATH"]}
+        env = plugin_env(CNI_COMMAND="STATUS", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from tests.kit.plugin_env import plugin_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 CNI_PATH = f"{VENV_BIN}:/usr/lib/cni"
@@ -194,6 +196,7 @@ def run_exec(plugin: str, env: dict, stdin: bytes, host_ns: str, scratch: str,
              timeout: float = EXEC_TIMEOUT) -> Outcome:
     """The venv console script, exec'd as a runtime does, in the same namespaces."""
     started = time.monotonic()
+    env = plugin_env(env)                       # PYCNI_TEST_DAEMON=1: through the session's daemon
     benv = {os.fsencode(k): os.fsencode(v) for k, v in env.items() if "\0" not in k + v}
     try:
         p = subprocess.Popen([os.path.join(VENV_BIN, plugin)], env=benv, stdin=subprocess.PIPE,
