@@ -207,6 +207,24 @@ def check_doctor_scale(md: str, bundle) -> str:
     return "| parallel |"
 
 
+def check_vxlan_ipv6_iperf(md: str, bundle) -> str:
+    rows = by_first(tables(md)["datapath"])
+    assert len(rows) == 6, rows
+    for row in rows.values():
+        for cell in [row["median Gbit/s"], row["sender CPU %"], row["receiver CPU %"], row["Gbit per CPU-second"],
+                     *row["rounds"].split(", ")]:
+            number(cell)
+    ratios = by_first(tables(md)["ratio"])
+    pairs = {"IPv6 pods: pycni / hand-made": ("pycni pods, IPv6 overlay", "hand-made pods, IPv6 vxlan"),
+             "IPv4 pods: pycni / hand-made (reference)": ("pycni pods, IPv4 overlay", "hand-made pods, IPv4 vxlan")}
+    for label, (a, b) in pairs.items():
+        assert_quotient(ratios[label]["of medians"], rows[a]["median Gbit/s"], rows[b]["median Gbit/s"])
+    head = re.search(r"^\*\*IPv6 overlay / hand-built IPv6 VXLAN: (\S+)\*\*", md, re.M)
+    assert head and head.group(1) == ratios["IPv6 pods: pycni / hand-made"]["per-round median"], md
+    number(ratios["IPv6 pods: pycni / hand-made"]["per CPU-second, per-round median"])
+    return "| datapath |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -226,6 +244,7 @@ QUICK = {
     "node_daemon.py": (["--runs", "2"], "node_daemon", None, check_node_daemon),
     "doctor_scale.py": (["--namespaces", "20", "--runs", "1", "--parallel", "4"], "doctor_scale", None,
                         check_doctor_scale),
+    "vxlan_ipv6_iperf.py": (["--runs", "1", "--seconds", "1"], "vxlan_ipv6_iperf", None, check_vxlan_ipv6_iperf),
 }
 
 
