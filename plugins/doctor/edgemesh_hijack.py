@@ -17,7 +17,7 @@ import socket
 from .finding import Finding, Fix
 from .nfqueue import save_tools
 
-TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (checkctx.py)
 if TYPE_CHECKING:
     from .runner import Context
 
@@ -137,7 +137,7 @@ def dnats(ctx: Context) -> list[tuple[str, str, str, str, int]]:
 
 
 def check(ctx: Context, listening=listening) -> list[Finding]:
-    """`listening`: how the namespace's listeners are read (edgemesh CHECK: incheck.listening_proc)."""
+    """`listening`: how the namespace's listeners are read (edgemesh CHECK: checkctx.listening_proc)."""
     findings: list[Finding] = []
     saves, found = _read(ctx)
     socks: dict[str, set[tuple[str, int]]] = {}

@@ -7,7 +7,7 @@ from plugins.meta.edgemesh import kernel as edgemesh_kernel
 
 from .finding import Finding, Fix
 
-TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (checkctx.py)
 if TYPE_CHECKING:
     from .runner import Context
 

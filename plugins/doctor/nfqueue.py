@@ -12,7 +12,7 @@ import shutil
 
 from .finding import Finding, Fix
 
-TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (incheck.py)
+TYPE_CHECKING = False          # typing stays off the plugins' CHECK path (checkctx.py)
 if TYPE_CHECKING:
     from .runner import Context
 
