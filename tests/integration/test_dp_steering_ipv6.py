@@ -447,3 +447,28 @@ def pod_addr(pod: Pod, family: int) -> str:
     flag = "-6" if family == 6 else "-4"
     line = pod.ns.run("ip", flag, "-o", "addr", "show", "dev", "eth0", "scope", "global").stdout.split()
     return line[line.index("inet6" if family == 6 else "inet") + 1]
+
+
+def test_dual_stack_pod_switched_off_tap_and_inline_in_place_keeps_both_families(netns, tmp_path, datapath):
+    """`dp-steering mode` on a dual-stack pod: off gives the pod its own interface back with its IPv6
+    config, tap and inline steer it again; ping6 and TCP over IPv6 in every mode, CHECK passes."""
+    w = DualWorld(netns, tmp_path, datapath=datapath, dpSocket=str(tmp_path / "dp.sock"))
+    with w.dp() as dp:
+        pod = w.add("c1")
+        a6 = ip6(pod)
+        view = view6(pod)
+        with probe.TCPEcho(pod.ns.path, addr="::", port=8080):
+            for mode in ("off", "tap", "inline", "off", "inline"):
+                assert w.mode(pod, mode)["installed"] == mode
+                assert view6(pod) == view, mode
+                assert pod.ns.run("ip", "-6", "-o", "addr", "show", "tentative").stdout == "", mode
+                assert probe.ping(w.host.path, a6, count=1, timeout=3) == [0], mode
+                assert tcp_ok(w.host.path, a6, 8080), mode
+                if mode == "inline":
+                    mac = w.record(pod)["mac"]
+                    base = allowed(dp, mac)
+                    assert probe.ping(w.host.path, a6, count=2, timeout=3) == [0, 1]
+                    dp.wait(lambda s, m=mac, b=base: s["pods"][m]["allowed"] >= b + 4, "4 more allowed frames")
+        w.check(pod)
+        w.delete(pod)
+    assert w.enforcer_links() == ["lo"]
