@@ -472,3 +472,21 @@ def test_dual_stack_pod_switched_off_tap_and_inline_in_place_keeps_both_families
         w.check(pod)
         w.delete(pod)
     assert w.enforcer_links() == ["lo"]
+
+
+def test_a_pod_steered_before_ipv6_steering_is_named_by_check_and_mode_upgrades_it(netns, tmp_path, datapath):
+    """A pod whose filters are those of the version before IPv6 steering (no IPv6 rule on vex/vin):
+    CHECK says so (127) and names the command; `dp-steering mode` installs them in place."""
+    w = DualWorld(netns, tmp_path, datapath=datapath, mode="tap")
+    pod = w.add("c1")
+    rec = w.record(pod)
+    for dev in (rec["vex"], rec["vin"]):
+        for pref in ("9997", "9998", "9999"):
+            w.enf.run("tc", "filter", "del", "dev", dev, "ingress", "pref", pref)
+    status, out, _ = w.plugin("CHECK", pod, pod.added.encode(), mode="tap")
+    assert (status, out.get("code")) == (1, 127), out
+    assert "none of the IPv6 filters is there" in out["msg"] and "dp-steering mode c1 eth0 tap" in out["msg"], out
+    assert w.mode(pod, "tap")["installed"] == "tap"
+    w.check(pod, mode="tap")
+    assert probe.ping(w.host.path, ip6(pod), count=1, timeout=3) == [0]
+    w.delete(pod, mode="tap")

@@ -403,4 +403,9 @@ def verify(pod: state.Pod) -> str | None:
         for name in (pod.vex, pod.vin, pod.vbr):
             for f in tc.filters(rt, index[name]):
                 found.setdefault((name, f.pref), []).append(f)
-    return datapath(pod.datapath).differences(found, rules.rules_for(pod.installed, port(pod)), index)
+    why = datapath(pod.datapath).differences(found, rules.rules_for(pod.installed, port(pod)), index)
+    v6 = (rules.ND_PREF, rules.ND2_PREF, rules.POD6_PREF)
+    if why and not any((name, pref) in found for name in (pod.vex, pod.vin) for pref in v6):
+        why += (f" (none of the IPv6 filters is there: steered before IPv6 steering? `dp-steering mode "
+                f"{pod.container_id} {pod.ifname} {pod.installed}` installs them in place)")
+    return why
