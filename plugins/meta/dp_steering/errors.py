@@ -29,7 +29,8 @@ NO_STATE = CODES.add(
     126, "no (or a corrupt) record of the pod; for `mode`, its netns is gone",
     "ADD the pod; remove the corrupt file")
 CHECK_MISMATCH = CODES.add(
-    127, "CHECK found a difference (names the device, priority or mode)",
+    127, "CHECK found a difference (names the device, priority or mode, or an address or route of "
+         "prevResult the pod's interface lost)",
     "DEL+ADD, or `dp-steering mode` as suggested")
 INDEX_CLASH = CODES.add(
     128, "no free UCMAC / vbr priority (65535 pods on one vbr)", "spread pods over enforcers")
