@@ -401,7 +401,7 @@ def test_go_libcni_runs_the_dual_stack_go_bridge_chain_with_dp_steering(netns, t
 
 def test_go_libcni_dual_stack_chain_with_dp_steering_then_edgemesh(netns, tmp_path):
     """Go bridge + host-local (both families), dp-steering inline, then edgemesh, under the real Go
-    libcni: the pod's IPv4 and IPv6 service traffic crosses the dp and is hijacked to the mesh
+    libcni: the pod's IPv4 and IPv6 service traffic (TCP, and UDP over IPv6) crosses the dp and is hijacked to the mesh
     proxy on the host with its original destination; an ignored IPv6 service is not; CHECK
     passes; DEL leaves no rule, device or record."""
     from tests.integration.test_edgemesh_ipv6 import CIDR4, CIDR6, IGN6, IGNORED, LISTEN6, SVC4, SVC6
@@ -423,10 +423,11 @@ def test_go_libcni_dual_stack_chain_with_dp_steering_then_edgemesh(netns, tmp_pa
             mac = w.record(pod)["mac"]
             w.host.run("ip", "addr", "add", f"{IGN6}/128", "dev", "lo")
             node.serve("--real", "--listen", f"[{IGN6}]:80")
-            node.serve("--listen", "169.254.96.16:40001", "--listen", f"[{LISTEN6}]:40001")
+            node.serve("--listen", "169.254.96.16:40001", "--listen", f"[{LISTEN6}]:40001", "--udp")
             base = allowed(dp, mac)
             assert ask(pod.ns, "tcp", SVC6) == f"orig={SVC6}:80"       # through the dp, then hijacked
             assert ask(pod.ns, "tcp", SVC4) == f"orig={SVC4}:80"
+            assert ask(pod.ns, "udp", SVC6) == f"orig={SVC6}:80"
             assert ask(pod.ns, "tcp", IGN6) == f"real={IGN6}:80"       # ignored: reaches the real one
             assert allowed(dp, mac) > base
             checked = go("check")
