@@ -223,19 +223,86 @@ def naming(*devices: str) -> Callable[[Finding], bool]:
 
 
 def listening_proc(proto: str) -> set[tuple[str, int]]:
-    """(address, port) of the IPv4 sockets that accept `proto` traffic in this thread's netns
-    (TCP in LISTEN, UDP bound), from /proc/thread-self/net/{tcp,udp}: what
-    edgemesh_hijack.listening asks sock_diag, without pyroute2's import (~130-250 ms)."""
+    """(address, port) of the sockets of both families that accept `proto` traffic in this
+    thread's netns (TCP in LISTEN, UDP bound), from /proc/thread-self/net/{tcp,udp,tcp6,udp6}:
+    what edgemesh_hijack.listening asks sock_diag, without pyroute2's import (~130-250 ms). An
+    AF_INET6 socket is given as the addresses it accepts (edgemesh_hijack.accepting); /proc does
+    not show IPV6_V6ONLY, so for a socket on `::` it is asked of sock_diag by inode (v6only())."""
+    from .edgemesh_hijack import accepting
     out: set[tuple[str, int]] = set()
-    try:
-        with open(f"/proc/thread-self/net/{proto}") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        cols = line.split()
-        if len(cols) < 4 or (proto == "tcp" and cols[3] != "0A"):      # 0A: TCP_LISTEN
+    wild6: list[tuple[int, int]] = []           # (inode, port) of AF_INET6 sockets on ::
+    for name, size in ((proto, 4), (f"{proto}6", 16)):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:                         # no IPv6 in this kernel: no tcp6
             continue
-        addr, _, port = cols[1].partition(":")
-        out.add((socket.inet_ntoa(int(addr, 16).to_bytes(4, sys.byteorder)), int(port, 16)))
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or (proto == "tcp" and cols[3] != "0A"):      # 0A: TCP_LISTEN
+                continue
+            hexaddr, _, hexport = cols[1].partition(":")
+            port = int(hexport, 16)
+            raw = bytes.fromhex(hexaddr)        # the kernel prints each 32-bit word in host order
+            packed = b"".join(int.from_bytes(raw[i:i + 4], "big").to_bytes(4, sys.byteorder)
+                              for i in range(0, size, 4))
+            if size == 4:
+                out.add((socket.inet_ntop(socket.AF_INET, packed), port))
+            elif not any(packed):
+                wild6.append((int(cols[9]), port))
+            else:
+                out |= accepting(socket.inet_ntop(socket.AF_INET6, packed), port, True)
+    if wild6:
+        only = v6only(proto)
+        default = _sysctl("net/ipv6/bindv6only") == "1"
+        for inode, port in wild6:
+            out |= accepting("::", port, only.get(inode, default))
     return out
+
+
+SOCK_DIAG_BY_FAMILY, NETLINK_SOCK_DIAG, INET_DIAG_SKV6ONLY = 20, 4, 11
+
+
+def v6only(proto: str) -> dict[int, bool]:
+    """inode -> IPV6_V6ONLY of this netns' AF_INET6 `proto` sockets, from one sock_diag
+    (inet_diag) dump over a raw netlink socket: the kernel puts INET_DIAG_SKV6ONLY on every
+    AF_INET6 socket it reports. {} when sock_diag cannot answer (the caller then takes the
+    netns' net.ipv6.bindv6only, the default of a socket that did not set it)."""
+    import struct
+    number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
+    states = 1 << 10 if proto == "tcp" else 0xFFFFFFFF
+    req = struct.pack("=BBBBI48x", socket.AF_INET6, number, 0, 0, states)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 0x301, 1, 0) + req  # REQUEST|DUMP
+    out: dict[int, bool] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as s:
+            s.settimeout(2.0)
+            s.sendto(msg, (0, 0))
+            while True:
+                data, off = s.recv(65536), 0
+                while off + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, off)
+                    if kind == 3 or kind == 2 or length < 16:       # NLMSG_DONE, NLMSG_ERROR
+                        return out
+                    body = data[off + 16:off + length]
+                    if len(body) >= 72:
+                        inode = struct.unpack_from("=I", body, 68)[0]
+                        at = 72
+                        while at + 4 <= len(body):
+                            alen, atype = struct.unpack_from("=HH", body, at)
+                            if alen < 4:
+                                break
+                            if atype == INET_DIAG_SKV6ONLY and alen >= 5:
+                                out[inode] = bool(body[at + 4])
+                            at += (alen + 3) & ~3
+                    off += (length + 3) & ~3
+    except OSError:
+        return {}
+
+
+def _sysctl(name: str) -> str:
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

@@ -1,7 +1,8 @@
 """Who owns this connection (the article on mapping connections to processes by polling /proc/net/tcp and
 /proc/PID/fd): `pycni-doctor --conn ADDR:PORT
-[--watch SECONDS]` names the process, PID and executable behind every IPv4 TCP/UDP socket to or
-from ADDR:PORT (and listeners on the wildcard address at PORT), in every network namespace;
+[--watch SECONDS]` names the process, PID and executable behind every TCP/UDP socket of either family
+to or from ADDR:PORT (`[V6ADDR]:PORT` for IPv6; and listeners on the wildcard address at PORT), in every
+network namespace;
 `--conn mesh` watches the listen addresses edgemesh's rules DNAT service traffic to.
 
 The kernel is asked, not /proc/net/tcp: one sock_diag (inet_diag) netlink socket is opened inside
@@ -30,18 +31,46 @@ STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FI
 
 
 def parse_target(text: str) -> tuple[str, int]:
-    """'ADDR:PORT' -> (address, port); ValueError when it is not one (IPv4 only)."""
-    addr, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not ADDR:PORT")
-    return str(ipaddress.IPv4Address(addr)), int(port)
+    """'ADDR:PORT' or '[V6ADDR]:PORT' (also 'V6ADDR:PORT', the last colon the port's) -> (address
+    as sock_diag prints it, port); ValueError when it is not one."""
+    bracketed = text.startswith("[")
+    if bracketed:
+        addr, _, rest = text[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+    else:
+        addr, sep, port = text.rpartition(":")
+    if sep != ":" or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not ADDR:PORT or [IPV6]:PORT")
+    ip = ipaddress.IPv6Address(addr) if bracketed else ipaddress.ip_address(addr)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped                 # the IPv4 peer of a dual-stack socket: matched as IPv4
+    return str(ip), int(port)
+
+
+def show(addr: str, port: int) -> str:
+    """addr:port, [v6]:port."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _plain(addr: str) -> str:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d, an IPv4 peer of a dual-stack socket) as IPv4."""
+    if addr.startswith("::ffff:") and "." in addr:
+        return addr[7:]
+    return addr
 
 
 def matches(m: Any, addr: str, port: int) -> bool:
-    src, sport, dst, dport = m["idiag_src"], m["idiag_sport"], m["idiag_dst"], m["idiag_dport"]
+    src, sport, dst, dport = _plain(m["idiag_src"]), m["idiag_sport"], _plain(m["idiag_dst"]), m["idiag_dport"]
     if (src, sport) == (addr, port) or (dst, dport) == (addr, port):
         return True
-    return sport == port and src == "0.0.0.0" and dport == 0       # a wildcard listener / unconnected UDP
+    if sport != port or dport != 0:
+        return False
+    # a wildcard listener / unconnected UDP: 0.0.0.0 for IPv4, :: for IPv6, and for IPv4 an
+    # AF_INET6 socket on :: without IPV6_V6ONLY (it takes IPv4 too, as the kernel's lookup does)
+    if ":" in addr:
+        return src == "::"
+    return src == "0.0.0.0" or (src == "::" and m["idiag_family"] == socket.AF_INET6
+                                and not m.get_attr("INET_DIAG_SKV6ONLY"))
 
 
 def mesh_targets(namespaces: list[Namespace]) -> set[tuple[str, int]]:
@@ -123,9 +152,12 @@ class Watcher:
     def look(self, targets: list[tuple[str, int]]) -> None:
         new: list[tuple[Any, dict]] = []
         for n, ds in self.socks:
-            for proto, number in (("tcp", socket.IPPROTO_TCP), ("udp", socket.IPPROTO_UDP)):
+            for proto, number, family in (("tcp", socket.IPPROTO_TCP, socket.AF_INET),
+                                          ("udp", socket.IPPROTO_UDP, socket.AF_INET),
+                                          ("tcp", socket.IPPROTO_TCP, socket.AF_INET6),
+                                          ("udp", socket.IPPROTO_UDP, socket.AF_INET6)):
                 try:
-                    msgs = ds.get_sock_stats(family=socket.AF_INET, protocol=number)
+                    msgs = ds.get_sock_stats(family=family, protocol=number)
                 except Exception:  # noqa: BLE001 - a namespace that went away while we watch
                     continue
                 for m in msgs:
@@ -139,8 +171,8 @@ class Watcher:
                     if proto == "udp":
                         state = "UNCONNECTED" if m["idiag_dport"] == 0 else "CONNECTED"
                     rec = {"where": n.label, "netns": n.path, "proto": proto, "state": state,
-                           "local": f"{m['idiag_src']}:{m['idiag_sport']}",
-                           "remote": f"{m['idiag_dst']}:{m['idiag_dport']}", "inode": m["idiag_inode"],
+                           "local": show(m["idiag_src"], m["idiag_sport"]),
+                           "remote": show(m["idiag_dst"], m["idiag_dport"]), "inode": m["idiag_inode"],
                            "uid": m["idiag_uid"], "processes": []}
                     self.seen[key] = rec
                     if m["idiag_inode"]:

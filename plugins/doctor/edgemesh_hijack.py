@@ -1,13 +1,17 @@
 """edgemesh hijack health (the KubeEdge article on edgemesh hijacking service traffic with iptables):
-service traffic DNATed by edgemesh's rules (iptables chains
-EDGE-MESH-TCP/EDGE-MESH-UDP, nft table `ip edgemesh` chains proxy_tcp/proxy_udp) to a listen
-address and port where nothing listens in that namespace: every hijacked connection is refused
-(TCP) or lost (UDP). The kernel is asked through sock_diag (pyroute2's DiagSocket) in the
-namespace being checked. And iptables-legacy and iptables-nft both holding rules: the kernel runs
-both rule sets, each tool shows only its own, and an operator (or edgemesh, kube-proxy) reading
-one never sees what the other does to the same packets."""
+service traffic DNATed by edgemesh's rules (iptables and ip6tables chains
+EDGE-MESH-TCP/EDGE-MESH-UDP, nft tables `ip edgemesh` and `ip6 edgemesh` chains proxy_tcp/proxy_udp)
+to a listen address and port where nothing listens in that namespace: every hijacked connection is
+refused (TCP) or lost (UDP). The kernel is asked through sock_diag (pyroute2's DiagSocket, AF_INET
+and AF_INET6) in the namespace being checked, and a socket counts as the kernel's lookup counts it:
+bound to the address itself, to the family's wildcard, or (IPv4) an AF_INET6 socket bound to `::`
+without IPV6_V6ONLY or to the IPv4-mapped address (`::ffff:a.b.c.d`). And iptables-legacy and
+iptables-nft (or ip6tables-legacy and ip6tables-nft) both holding rules: the kernel runs both rule
+sets, each tool shows only its own, and an operator (or edgemesh, kube-proxy) reading one never sees
+what the other does to the same packets."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -25,6 +29,7 @@ NAME = "edgemesh-hijack"
 PER_NAMESPACE = True
 XT_CHAINS = {"EDGE-MESH-TCP": "tcp", "EDGE-MESH-UDP": "udp"}
 NFT_TABLE, NFT_CHAINS = ("ip", "edgemesh"), {"proxy_tcp": "tcp", "proxy_udp": "udp"}
+NFT_TABLES = (NFT_TABLE, ("ip6", "edgemesh"))
 TCP_LISTEN = 10
 WHY_DNAT = ("edgemesh rewrites the destination of every hijacked service connection to its proxy's listen "
             "address; with no socket there the kernel answers TCP with a reset (connection refused) and "
@@ -35,8 +40,23 @@ WHY_BOTH = ("the kernel runs the legacy (x_tables) and the nf_tables rule sets o
             "the host and a container image use different iptables backends")
 
 
+def target(spec: str) -> tuple[str, int] | None:
+    """`a.b.c.d:port` or `[v6]:port` (iptables' --to-destination) -> (address, port)."""
+    if spec.startswith("["):
+        addr, _, rest = spec[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        addr, _, port = spec.partition(":")
+    return (addr, int(port)) if addr and port.isdigit() else None
+
+
+def endpoint(addr: str, port: int) -> str:
+    """addr:port as a user writes it: [v6]:port."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 def xt_dnats(save_output: str) -> list[tuple[str, str, str, int]]:
-    """(chain, proto, address, port) of every DNAT in edgemesh's iptables chains."""
+    """(chain, proto, address, port) of every DNAT in edgemesh's iptables (or ip6tables) chains."""
     out = []
     for line in save_output.splitlines():
         if not line.startswith("-A "):
@@ -45,18 +65,18 @@ def xt_dnats(save_output: str) -> list[tuple[str, str, str, int]]:
         chain = tokens[1]
         if chain not in XT_CHAINS or "--to-destination" not in tokens:
             continue
-        addr, _, port = tokens[tokens.index("--to-destination") + 1].partition(":")
-        if port.isdigit():
-            out.append((chain, XT_CHAINS[chain], addr, int(port)))
+        to = target(tokens[tokens.index("--to-destination") + 1])
+        if to is not None:
+            out.append((chain, XT_CHAINS[chain], *to))
     return out
 
 
-def nft_dnats(ruleset: dict) -> list[tuple[str, str, str, int]]:
-    """(chain, proto, address, port) of every dnat in nft table ip edgemesh's proxy chains."""
+def nft_dnats(ruleset: dict, table: tuple[str, str] = NFT_TABLE) -> list[tuple[str, str, str, int]]:
+    """(chain, proto, address, port) of every dnat in nft table `table` (ip or ip6 edgemesh)'s proxy chains."""
     out = []
     for item in ruleset.get("nftables", []):
         rule = item.get("rule")
-        if not rule or (rule.get("family"), rule.get("table")) != NFT_TABLE or rule.get("chain") not in NFT_CHAINS:
+        if not rule or (rule.get("family"), rule.get("table")) != table or rule.get("chain") not in NFT_CHAINS:
             continue
         for expr in rule.get("expr", []):
             d = expr.get("dnat") if isinstance(expr, dict) else None
@@ -66,19 +86,44 @@ def nft_dnats(ruleset: dict) -> list[tuple[str, str, str, int]]:
 
 
 def listening(proto: str) -> set[tuple[str, int]]:
-    """(address, port) of the IPv4 sockets that accept `proto` traffic in this namespace (TCP in
-    LISTEN, UDP bound), asked of the kernel through sock_diag."""
+    """(address, port) of the sockets of both families that accept `proto` traffic in this
+    namespace (TCP in LISTEN, UDP bound), asked of the kernel through sock_diag; an AF_INET6
+    socket is given as the addresses it accepts (see accepting())."""
     from pyroute2 import DiagSocket
+    out: set[tuple[str, int]] = set()
     with DiagSocket() as ds:
         ds.bind()
-        if proto == "tcp":
-            msgs = ds.get_sock_stats(family=socket.AF_INET, protocol=socket.IPPROTO_TCP, states=1 << TCP_LISTEN)
-        else:
-            msgs = ds.get_sock_stats(family=socket.AF_INET, protocol=socket.IPPROTO_UDP)
-        return {(m["idiag_src"], m["idiag_sport"]) for m in msgs}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            if proto == "tcp":
+                msgs = ds.get_sock_stats(family=family, protocol=socket.IPPROTO_TCP, states=1 << TCP_LISTEN)
+            else:
+                msgs = ds.get_sock_stats(family=family, protocol=socket.IPPROTO_UDP)
+            for m in msgs:
+                if family == socket.AF_INET:
+                    out.add((m["idiag_src"], m["idiag_sport"]))
+                else:
+                    out |= accepting(m["idiag_src"], m["idiag_sport"], bool(m.get_attr("INET_DIAG_SKV6ONLY")))
+    return out
+
+
+def accepting(addr: str, port: int, v6only: bool) -> set[tuple[str, int]]:
+    """What an AF_INET6 socket bound to addr:port accepts, as the kernel's lookups match it
+    (inet_lookup_listener, udp4_lib_lookup: an AF_INET6 socket is an IPv4 candidate unless
+    IPV6_V6ONLY, by its IPv4 receive address: 0.0.0.0 for `::`, a.b.c.d for ::ffff:a.b.c.d):
+    `::` -> (::, port), and (0.0.0.0, port) without V6ONLY; ::ffff:a.b.c.d -> (a.b.c.d, port)
+    only (it takes no native IPv6 packet); any other address -> itself."""
+    ip = ipaddress.IPv6Address(addr)
+    if ip.ipv4_mapped is not None:
+        return {(str(ip.ipv4_mapped), port)}
+    if ip.is_unspecified and not v6only:
+        return {("::", port), ("0.0.0.0", port)}
+    return {(str(ip), port)}
 
 
 def accepts(socks: set[tuple[str, int]], addr: str, port: int) -> bool:
+    if ":" in addr:
+        addr = str(ipaddress.IPv6Address(addr))        # as sock_diag and /proc give it: compressed
+        return (addr, port) in socks or ("::", port) in socks
     return (addr, port) in socks or ("0.0.0.0", port) in socks
 
 
@@ -120,14 +165,14 @@ def _read(ctx: Context) -> tuple[dict[str, str], list[tuple[str, str, str, str, 
             ctx.error(f"{save} failed: {p.stderr.strip()[:300]}")
             continue
         saves[tool] = p.stdout
-        if tool.startswith("iptables"):
-            dnats += [(f"{tool} -t nat", *d) for d in xt_dnats(p.stdout)]
+        dnats += [(f"{tool} -t nat", *d) for d in xt_dnats(p.stdout)]       # iptables and ip6tables
     if shutil.which("nft"):
-        p = ctx.run(["nft", "-j", "list", "table", *NFT_TABLE])
-        if p.returncode == 0:
-            dnats += [(f"nft table {' '.join(NFT_TABLE)}", *d) for d in nft_dnats(json.loads(p.stdout or "{}"))]
-        elif "No such file or directory" not in p.stderr:
-            ctx.error(f"nft -j list table {' '.join(NFT_TABLE)} failed: {p.stderr.strip()[:300]}")
+        for table in NFT_TABLES:
+            p = ctx.run(["nft", "-j", "list", "table", *table])
+            if p.returncode == 0:
+                dnats += [(f"nft table {' '.join(table)}", *d) for d in nft_dnats(json.loads(p.stdout or "{}"), table)]
+            elif "No such file or directory" not in p.stderr:
+                ctx.error(f"nft -j list table {' '.join(table)} failed: {p.stderr.strip()[:300]}")
     return saves, dnats
 
 
@@ -150,9 +195,9 @@ def check(ctx: Context, listening=listening) -> list[Finding]:
         extra = "" if local else f" ({addr} is not even an address of this namespace)"
         findings.append(Finding(
             NAME, "error", ctx.ns.label, ctx.ns.path,
-            f"{where} chain {chain} DNATs {proto} service traffic to {addr}:{port}, where nothing "
+            f"{where} chain {chain} DNATs {proto} service traffic to {endpoint(addr, port)}, where nothing "
             f"listens in this namespace{extra}: hijacked {proto} service connections fail", WHY_DNAT,
-            [Fix(f"start the mesh proxy in {ctx.ns.label}, listening on {addr}:{port} ({proto})"
+            [Fix(f"start the mesh proxy in {ctx.ns.label}, listening on {endpoint(addr, port)} ({proto})"
                  + ("" if local else f"; {addr} must be on a device here (edgemesh ensureListenDevice)"), None),
              Fix("or remove edgemesh from the pods' network config (its last DEL removes the hijack)", None)]))
     for fam in ("iptables", "ip6tables"):

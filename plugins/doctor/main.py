@@ -60,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    "`profile`, else a summary on stderr)")
     p.add_argument("--conn", metavar="ADDR:PORT",
                    help="name the process, PID and executable behind every TCP/UDP socket to or from ADDR:PORT "
-                   "(IPv4), in every namespace (the conn-owner check; exit 0 found, 1 none); `mesh`: the "
-                   "addresses edgemesh's rules DNAT service traffic to")
+                   "([V6ADDR]:PORT for IPv6), in every namespace (the conn-owner check; exit 0 found, 1 none); "
+                   "`mesh`: the addresses edgemesh's rules DNAT service traffic to")
     p.add_argument("--watch", metavar="SECONDS", type=float, default=0.0,
                    help="with --conn: keep asking the kernel for SECONDS, catching short-lived connections")
     return p
@@ -272,7 +272,7 @@ def _conn(args) -> int:
     namespaces = _namespaces(args)
     if args.conn == "mesh":
         targets = sorted(conn.mesh_targets(namespaces))
-    shown = ", ".join(f"{a}:{p}" for a, p in targets) or "no edgemesh listen address"
+    shown = ", ".join(conn.show(a, p) for a, p in targets) or "no edgemesh listen address"
     def ready() -> None:            # on stderr: stdout stays the report
         if args.watch:
             sys.stderr.write(f"pycni-doctor: watching {shown} for {args.watch:g} s\n")
@@ -281,7 +281,7 @@ def _conn(args) -> int:
     for err in errors:
         err["code"] = int(CHECK_FAILED)
     if args.json:
-        print(json.dumps({"check": conn.NAME, "conn": args.conn, "targets": [f"{a}:{p}" for a, p in targets],
+        print(json.dumps({"check": conn.NAME, "conn": args.conn, "targets": [conn.show(a, p) for a, p in targets],
                           "watch": args.watch,
                           "namespaces": [{"where": n.label, "netns": n.path} for n in namespaces],
                           "connections": found, "errors": errors}, indent=2))
