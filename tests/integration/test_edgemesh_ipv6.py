@@ -371,7 +371,8 @@ def test_concurrent_dual_stack_adds_then_dels_restore_the_node(netns, tmp_path, 
                                 if not x.startswith("#"))
         before = (node.nat(), save6(), ruleset(node.ns))
         em = {"type": "edgemesh", "serviceCIDR": [CIDR4, CIDR6], "ensureListenDevice": True, "backend": backend,
-              "protocols": ["tcp", "udp"], "ignoredServices": IGNORED, "stateDir": str(tmp_path / "state")}
+              "protocols": ["tcp", "udp"], "ignoredServices": IGNORED, "stateDir": str(tmp_path / "state"),
+              "checkProxy": False}                      # rules under concurrency, no proxy
         lst = {"cniVersion": "1.0.0", "name": "emnet", "plugins": [
             {"type": "bridge", "bridge": "cni0", "isDefaultGateway": True, "ipMasq": False,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.22.0.0/24"}], [{"subnet": "fd00:22::/64"}]],

@@ -23,6 +23,7 @@ class Host:
     def conf(self, name="neta", ip="10.22.0.5", version="1.1.0", **keys) -> dict:
         c = {"cniVersion": version, "name": name, "type": "edgemesh", "serviceCIDR": "10.96.0.0/12",
              "protocols": ["tcp", "udp"], "ignoredServices": [DNS], "stateDir": f"{self.tmp}/state",
+             "checkProxy": False,    # about the shared chains and the records: no proxy, no listen device
              "prevResult": prev_result(ip, self.ns.path, version)}
         c.update(keys)
         return {k: v for k, v in c.items() if v is not None}

@@ -184,7 +184,8 @@ def test_passthrough_byte_for_byte(node, netns):
 def _edgemesh_conf(tmp, pod_ns: str, ip="10.22.0.5") -> dict:
     from tests.integration.test_edgemesh_kit import prev_result
     return {"cniVersion": "1.0.0", "name": "emnet", "type": "edgemesh", "serviceCIDR": "10.96.0.0/12",
-            "ensureListenDevice": True, "stateDir": f"{tmp}/emstate", "prevResult": prev_result(ip, pod_ns)}
+            "ensureListenDevice": True, "stateDir": f"{tmp}/emstate", "prevResult": prev_result(ip, pod_ns),
+            "checkProxy": False}        # the daemon's transport and the rules, no proxy
 
 
 def _nat(ns) -> str:

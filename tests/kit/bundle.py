@@ -192,7 +192,7 @@ def case_edgemesh(tool: Tool, netns, tmp: str) -> None:
     """Go bridge + host-local, then edgemesh (tests/integration/test_edgemesh_kit.py)."""
     from tests.integration.test_edgemesh_kit import Node, conflist, edgemesh_conf
     node, pod, cid = Node(netns("pkeh"), tmp), netns("pkep"), "pkg-em1"
-    lst = conflist(tmp, edgemesh=edgemesh_conf(tmp))
+    lst = conflist(tmp, edgemesh=edgemesh_conf(tmp, checkProxy=False))    # the frozen binary's verbs, no proxy
     before = node.nat()
     res = tool.add(node.ns, lst, pod, cid)
     assert res["ips"][0]["address"].startswith("10.22.0."), res

@@ -64,9 +64,10 @@ def cmd_check(args: CmdArgs):
 
 def doctor_check(conf: config.NetConf) -> None:
     """pycni-doctor's edgemesh-hijack in the node's netns (where the DNATs are; the listeners read
-    from /proc, no pyroute2), failing with the finding's text: a DNAT to a listen address nothing
-    listens on is 151 with checkProxy (else a warning: a node may run its proxy later than its
-    pods), iptables-legacy and iptables-nft both holding rules with edgemesh's among them 152.
+    from /proc, no pyroute2), failing with the finding's text: a DNAT (either family) to a listen
+    address nothing listens on is 151, the pod's service traffic going nowhere (checkProxy false:
+    a warning, for a node whose proxy starts after its pods), iptables-legacy and iptables-nft
+    both holding rules with edgemesh's among them 152.
     kernel-hazards is refuse_known_bad_kernel's table, checked above (140). Imported here only."""
     from plugins.doctor import checkctx, edgemesh_hijack
     found, failed = checkctx.run_in(None, [edgemesh_hijack], listening=checkctx.listening_proc)

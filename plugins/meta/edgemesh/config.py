@@ -58,7 +58,7 @@ class NetConf:
     backend: str
     ensure_listen_device: bool
     allow_known_bad_kernel: bool
-    check_proxy: bool              # CHECK fails (151) when nothing listens on the listen address
+    check_proxy: bool              # CHECK fails (151) when nothing listens on a listen address (false: warns)
     kernel_release: str
     state_dir: str
 
@@ -142,7 +142,7 @@ def load(conf: dict, command: str = "ADD") -> NetConf:
     c.backend = conf.get("backend", "auto")
     c.ensure_listen_device = bool(conf.get("ensureListenDevice", False))
     c.allow_known_bad_kernel = bool(conf.get("allowKnownBadKernel", False))
-    c.check_proxy = bool(conf.get("checkProxy", False))
+    c.check_proxy = bool(conf.get("checkProxy", True))
     c.kernel_release = field(lambda: _release(conf.get("kernelRelease", "")), "")
     return c
 

@@ -44,10 +44,10 @@ TIMED_OUT = CODES.add(
     150, "an operation timed out (a lock, iptables or nft did not answer)",
     "retry; look for a hung iptables, nft or edgemesh process holding the lock in stateDir")
 NO_LISTENER = CODES.add(
-    151, "CHECK with checkProxy: edgemesh's rules DNAT service traffic to a listen address and port where "
+    151, "CHECK: edgemesh's rules DNAT service traffic to a listen address and port where "
     "nothing listens (no mesh proxy): every hijacked service connection fails (pycni-doctor edgemesh-hijack)",
-    "start the mesh proxy on listenAddress:listenPort (each hijacked protocol), or remove edgemesh from the "
-    "network's config")
+    "start the mesh proxy on listenAddress:listenPort and [listenAddress6]:listenPort (each hijacked protocol), "
+    "or remove edgemesh from the network's config; checkProxy: false where the proxy starts after the pods")
 TWO_BACKENDS = CODES.add(
     152, "CHECK: iptables-legacy and iptables-nft both hold rules in the node's netns, edgemesh's in one of "
     "them: each tool shows only its own, the kernel runs both (pycni-doctor edgemesh-hijack)",
