@@ -19,6 +19,7 @@ from tests.integration.test_doctor_overlay import lease_of
 from tests.integration.test_doctor_overlay import overlay as overlay  # noqa: F401 - the fixture
 from tests.integration.test_doctor_steering import apply
 from tests.kit.dp_steering import World
+from tests.kit.plugin_env import plugin_env
 
 pytestmark = pytest.mark.root
 
@@ -107,7 +108,7 @@ def test_edgemesh_check_fails_when_nothing_listens_on_the_listen_address(node, n
         assert ask(pod, "tcp", SVC).startswith("error")                # it is real: the call fails
 
         rc, out, err = run_plugin("CHECK", {**single, "checkProxy": False}, netns=pod.path, inside=node.ns.name,
-                                  args=ARGS, env={"PYTHONPROFILEIMPORTTIME": "1"})
+                                  args=ARGS, env=plugin_env(PYTHONPROFILEIMPORTTIME="1", daemon=False))
         assert rc == 0 and "where nothing listens" in err, (out, err)  # without checkProxy: a warning
         imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
         assert "plugins.doctor.edgemesh_hijack" in imported                  # the doctor ran, lightly:
@@ -178,7 +179,7 @@ def test_vxlan_check_runs_diagnoses_3_5_8_without_pyroute2(overlay):
     neither pyroute2 nor typing."""
     cluster, pods, a, _ = overlay
     h0 = cluster.hosts[0]
-    timing = {"PYTHONPROFILEIMPORTTIME": "1"}
+    timing = plugin_env(PYTHONPROFILEIMPORTTIME="1", daemon=False)     # what the exec itself imports
     rc, out, err = exec_vxlan("CHECK", pods, a, timing)
     assert rc == 0, (out, err)
     healthy = imported(err)

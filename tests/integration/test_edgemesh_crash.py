@@ -17,6 +17,7 @@ from plugins.pkg import link
 from plugins.pkg import ns as nsmod
 from plugins.pkg import rtnl as nl
 from tests.kit.crash import group_members
+from tests.kit.plugin_env import plugin_env
 from tests.integration.test_edgemesh_kit import EDGEMESH, chains, prev_result, ruleset, run_plugin
 
 pytestmark = pytest.mark.root
@@ -206,7 +207,7 @@ def test_sigkill_during_add_then_del_and_gc_leave_nothing(host):
 def test_first_and_last_pod_import_no_pyroute2(host):
     """The first pod's ADD creates edgemesh0 and the last pod's DEL removes it through
     plugins.pkg's raw rtnetlink: neither exec imports pyroute2 (-X importtime lists every import)."""
-    trace = {"PYTHONPROFILEIMPORTTIME": "1"}
+    trace = plugin_env(PYTHONPROFILEIMPORTTIME="1", daemon=False)      # what the exec itself imports
     rc, out, err = host.run("ADD", host.conf(), env=trace)
     assert rc == 0, out
     assert host.device() is not None
