@@ -40,3 +40,16 @@ def test_every_plugin_goes_through_the_daemon(plugin):
     local = _exec(plugin, plugin_env(base, daemon=False))
     assert node_served().get(plugin, 0) == before + 2, "daemon=False reached the daemon"
     assert kit[:2] == inherited[:2] == local[:2] and kit[0] == 0, (kit, inherited, local)
+
+
+@pytest.mark.parametrize("plugin", P.SERVED)
+def test_an_error_is_byte_identical_in_both_modes(plugin):
+    """ADD without CNI_CONTAINERID (refused before the plugin acts): status, stdout and stderr the same."""
+    base = {"CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent",
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    before = node_served().get(plugin, 0)
+    remote = _exec(plugin, plugin_env(base))
+    assert node_served().get(plugin, 0) == before + 1, node_served()
+    local = _exec(plugin, plugin_env(base, daemon=False))
+    assert remote[0] == 1 and b'"code"' in remote[1], remote
+    assert remote == local
