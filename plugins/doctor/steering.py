@@ -181,7 +181,15 @@ def dp_problems(pod: Pod, state_dir: str) -> list[tuple[str, Finding]]:
                                  "steered in tap mode while no dp is there) and ADD the pod again", None))
             out.append((NO_DP, Finding(
                 NAME, "error", where, pod.enforcer,
-                f"{pod.key}{net} is steered inline but {why}: its unicast traffic is blackholed", WHY_NO_DP,
-                fixes)))
+                f"{pod.key}{net} is steered inline but {why}: its unicast traffic is blackholed "
+                f"{without_dp_since(pod)}", WHY_NO_DP, fixes)))
     return out
 
+
+def without_dp_since(pod: Pod) -> str:
+    """Since when the inline pod has had no dp, from its record: dp_lost_since, stamped by the
+    watcher (pycni-node's fail-open watch) that saw its dp go; none recorded when no watcher saw it."""
+    if pod.dp_lost_since:
+        from plugins.meta.dp_steering.state import stamp
+        return f"since {stamp(pod.dp_lost_since)} (when the fail-open watcher saw its dp go)"
+    return "since a time nothing recorded (no fail-open watcher saw its dp go)"

@@ -265,6 +265,8 @@ def test_kill_and_restart_the_dp_under_probes(netns, tmp_path, datapath, ctl):  
         status, out, err = w.plugin("CHECK", closed, closed.added.encode())
         assert status == 1 and out["code"] == 131, out
         assert "fail closed since" in out["msg"] + err, (out, err)
+        from plugins.meta.dp_steering.state import stamp                # the 131 itself says since when
+        assert f"blackholed since {stamp(rec['dp_lost_since'])} (when the fail-open watcher" in out["msg"], out
         status, out, err = w.status()
         assert status == 1 and out["code"] == 50 and "1 running pod(s) fail closed" in out["msg"], (out, err)
         status, out, err = w.status(failOpen=True)
