@@ -305,13 +305,14 @@ def test_exit_status_is_the_venv_scripts(installed, tmp_path, name, what, argv, 
 
 # What the runtime hooks pycni.spec drops would be needed for (see the spec).
 NEEDS_DROPPED_HOOK = re.compile(r"\bpkgutil\b|\bgetsource(file|lines)?\b|set_start_method|get_context\(|"
-                                r"freeze_support|[\"']forkserver[\"']|[\"']spawn[\"']")
+                                r"freeze_support|[\"']forkserver[\"']|[\"']spawn[\"']|\bpkg_resources\b|"
+                                r"\bsetuptools\b|\bdistutils\b")
 
 
 def test_bundled_code_needs_no_dropped_runtime_hook():
-    """pycni.spec drops pyi_rth_pkgutil, pyi_rth_inspect and pyi_rth_multiprocessing for
-    start-up time; code in the bundle must not list modules, read its own source, or start
-    multiprocessing children by spawn/forkserver."""
+    """pycni.spec drops pyi_rth_pkgutil, pyi_rth_inspect, pyi_rth_multiprocessing, pyi_rth_pkgres
+    and pyi_rth_setuptools for start-up time; code in the bundle must not list modules, read its
+    own source, start multiprocessing children by spawn/forkserver, or use pkg_resources/setuptools."""
     offenders = []
     for top in ("plugins", "libcni_py"):
         for path in glob.glob(os.path.join(ROOT, top, "**", "*.py"), recursive=True):
