@@ -224,7 +224,7 @@ def naming(*devices: str) -> Callable[[Finding], bool]:
 
 def listening_proc(proto: str) -> set[tuple[str, int]]:
     """(address, port) of the sockets of both families that accept `proto` traffic in this
-    thread's netns (TCP in LISTEN, UDP bound), from /proc/thread-self/net/{tcp,udp,tcp6,udp6}:
+    thread's netns (TCP in LISTEN, UDP bound and not connected), from /proc/thread-self/net/{tcp,udp,tcp6,udp6}:
     what edgemesh_hijack.listening asks sock_diag, without pyroute2's import (~130-250 ms). An
     AF_INET6 socket is given as the addresses it accepts (edgemesh_hijack.accepting); /proc does
     not show IPV6_V6ONLY, so for a socket on `::` it is asked of sock_diag by inode (v6only())."""
@@ -241,6 +241,8 @@ def listening_proc(proto: str) -> set[tuple[str, int]]:
             cols = line.split()
             if len(cols) < 10 or (proto == "tcp" and cols[3] != "0A"):      # 0A: TCP_LISTEN
                 continue
+            if proto == "udp" and not cols[2].endswith(":0000"):
+                continue                        # a connected UDP socket takes datagrams from its peer only
             hexaddr, _, hexport = cols[1].partition(":")
             port = int(hexport, 16)
             raw = bytes.fromhex(hexaddr)        # the kernel prints each 32-bit word in host order

@@ -87,7 +87,7 @@ def nft_dnats(ruleset: dict, table: tuple[str, str] = NFT_TABLE) -> list[tuple[s
 
 def listening(proto: str) -> set[tuple[str, int]]:
     """(address, port) of the sockets of both families that accept `proto` traffic in this
-    namespace (TCP in LISTEN, UDP bound), asked of the kernel through sock_diag; an AF_INET6
+    namespace (TCP in LISTEN, UDP bound and not connected), asked of the kernel through sock_diag; an AF_INET6
     socket is given as the addresses it accepts (see accepting())."""
     from pyroute2 import DiagSocket
     out: set[tuple[str, int]] = set()
@@ -99,6 +99,8 @@ def listening(proto: str) -> set[tuple[str, int]]:
             else:
                 msgs = ds.get_sock_stats(family=family, protocol=socket.IPPROTO_UDP)
             for m in msgs:
+                if proto == "udp" and m["idiag_dport"]:
+                    continue            # a connected UDP socket takes datagrams from its peer only
                 if family == socket.AF_INET:
                     out.add((m["idiag_src"], m["idiag_sport"]))
                 else:
