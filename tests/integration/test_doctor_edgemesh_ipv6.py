@@ -240,3 +240,32 @@ def test_parsing_ipv6_dnats_and_targets():
     for bad in ("[fd00::1]80", "[fd00::1]:", "fd00::1", "[10.0.0.1:80", "[10.0.0.1]:80"):
         with pytest.raises(ValueError):
             conn.parse_target(bad)
+
+
+UDP = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("fd00::1", 40002))
+if sys.argv[1] == "connected":
+    s.connect(("fd00::1", 9))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_connected_udp_socket_is_no_listener(netns, spawn):
+    """A UDP socket connected to a peer takes datagrams from that peer only: not the proxy's."""
+    ns = netns("dem6u")
+    ns.run("ip", "link", "set", "lo", "up")
+    ns.run("ip", "-6", "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+    ns.run("ip6tables", "-t", "nat", "-N", "EDGE-MESH-UDP")
+    ns.run("ip6tables", "-t", "nat", "-A", "EDGE-MESH-UDP", "-p", "udp", "-j", "DNAT", "--to-destination",
+           "[fd00::1]:40002")
+    p = spawn(ns, UDP, "connected")
+    [f] = findings(ns, CHECK)
+    assert "DNATs udp service traffic to [fd00::1]:40002, where nothing listens" in f["what"]
+    assert [g.what for g in in_plugin_check(ns)] == [f["what"]]
+    p.kill()
+    p.wait()
+    spawn(ns, UDP, "bound")
+    assert findings(ns, CHECK) == [] and in_plugin_check(ns) == []
