@@ -13,11 +13,18 @@ import pytest
 
 from plugins.meta.dp_steering import errors
 from plugins.pkg import probe
-from tests.kit.dp_steering import World, pod_view
+from tests.kit import dp_steering
+from tests.kit.dp_steering import pod_view
 
 pytestmark = pytest.mark.root
 
 KILLS = int(os.environ.get("DP_STEERING_KILLS", "30"))        # per mode; more in a local run
+
+
+def World(*args, **kw):
+    """The kit's World with every exec in-process in both modes (PYCNI_TEST_DAEMON=1 too): these
+    tests kill the exec'd plugin and read its pid from the journal; a daemon's worker would go on."""
+    return dp_steering.World(*args, daemon=False, **kw)
 
 
 def journal(w, pod) -> dict | None:

@@ -144,8 +144,9 @@ def test_device_stays_while_the_other_backend_holds_rules(host):
 def _killed_add(host, conf, delay: float) -> bool:
     """ADD, SIGKILLed after `delay` s; what it forked (iptables-restore, nft) may finish, as in a
     runtime. True when the plugin was still running at the kill."""
-    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="c1", CNI_NETNS=host.ns.path, CNI_IFNAME="eth0",
-               CNI_ARGS="K8S_POD_NAMESPACE=default", CNI_PATH="/usr/lib/cni")
+    env = plugin_env(dict(os.environ), CNI_COMMAND="ADD", CNI_CONTAINERID="c1", CNI_NETNS=host.ns.path,
+                     CNI_IFNAME="eth0", CNI_ARGS="K8S_POD_NAMESPACE=default", CNI_PATH="/usr/lib/cni",
+                     daemon=False)                    # the kill must land on the process doing the ADD
     p = subprocess.Popen(["ip", "netns", "exec", host.ns.name, EDGEMESH], env=env, stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     assert p.stdin is not None                        # a pipe
@@ -172,7 +173,7 @@ def test_sigkill_during_add_then_del_and_gc_leave_nothing(host):
     durations = []
     for backend in ("iptables", "nftables", "iptables", "nftables"):   # iptables-nft leaves `ip nat` once
         t0 = time.monotonic()
-        assert host.run("ADD", host.conf(backend))[0] == 0
+        assert host.run("ADD", host.conf(backend), env=plugin_env(daemon=False))[0] == 0   # as the killed ones
         durations.append(time.monotonic() - t0)
         assert host.run("DEL", host.conf(backend))[0] == 0
     typical = sorted(durations)[len(durations) // 2]

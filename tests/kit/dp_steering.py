@@ -55,8 +55,10 @@ class Pod:
 
 
 class World:
-    def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", stderr=None, **steer):
+    def __init__(self, netns_factory, tmp_path, version: str = "1.0.0", stderr=None, daemon: bool = True,
+                 **steer):
         self.netns_factory, self.tmp, self.version = netns_factory, str(tmp_path), version
+        self.daemon = daemon         # False: plugin/spawn/gc/status in-process in both modes (plugin_env)
         self.host, self.enf = netns_factory("host"), netns_factory("enf")
         self.host.fixed_mac_bridge("cni-dp0", "02:00:00:00:0d:01")
         self.state_dir = os.path.join(self.tmp, "state")
@@ -120,7 +122,7 @@ class World:
         conf = {k: v for k, v in conf.items() if v is not None}
         if prev is not None:
             conf["prevResult"] = prev
-        env = plugin_env(CNI_COMMAND=command, CNI_CONTAINERID=pod.cid,
+        env = plugin_env(daemon=self.daemon, CNI_COMMAND=command, CNI_CONTAINERID=pod.cid,
                          CNI_NETNS=pod.ns.path if netns is None else netns, CNI_IFNAME=ifname or pod.ifname,
                          CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         if not env["CNI_NETNS"]:
@@ -132,7 +134,7 @@ class World:
         """Exec dp-steering GC (cniVersion 1.1.0) with `valid` as cni.dev/valid-attachments."""
         conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides,
                 "cni.dev/valid-attachments": [{"containerID": p.cid, "ifname": p.ifname} for p in valid]}
-        env = plugin_env(CNI_COMMAND="GC", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
+        env = plugin_env(daemon=self.daemon, CNI_COMMAND="GC", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
@@ -151,7 +153,7 @@ class World:
     def status(self, **overrides) -> tuple[int, dict, str]:
         """Exec dp-steering STATUS (cniVersion 1.1.0) with the world's config: (status, JSON, stderr)."""
         conf = {"cniVersion": "1.1.0", "name": "dpnet", **self.steer, **overrides}
-        env = plugin_env(CNI_COMMAND="STATUS", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
+        env = plugin_env(daemon=self.daemon, CNI_COMMAND="STATUS", CNI_PATH=":".join(CNI_PATH), PATH=os.environ["PATH"])
         p = subprocess.run([STEERING], input=json.dumps(conf), env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
