@@ -119,9 +119,13 @@ def pytest_terminal_summary(terminalreporter):
     if _NODE_LOG:
         from tests.kit.plugin_env import served_in
         counts = served_in(_NODE_LOG[0])
+        refused = {k: v for k, v in counts.items() if k.startswith("refused: ")}
+        served = {k: v for k, v in counts.items() if k not in refused}
         terminalreporter.write_line(
-            "PYCNI_TEST_DAEMON=1: pycni-node served " + str(sum(counts.values())) + " requests ("
-            + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none") + f"); log {_NODE_LOG[0]}")
+            "PYCNI_TEST_DAEMON=1: pycni-node served " + str(sum(served.values())) + " requests ("
+            + (", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none") + f"); log {_NODE_LOG[0]}")
+        for why, n in sorted(refused.items()):       # those execs ran in-process
+            terminalreporter.write_line(f"PYCNI_TEST_DAEMON=1: {n} x {why}", yellow=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,8 @@ in-process (PYCNI_NODE_SOCKET=off) in both modes: for a kit whose test is the ex
 (tests/kit/crash.py kills it; a daemon's worker would go on and finish the ADD).
 
 node_served(): how many requests the session's daemon served so far, per plugin name (its debug
-log's "served" lines); {} without a daemon.
+log's "served" lines), and the ones it refused ("refused: <why>": that exec ran in-process); {}
+without a daemon.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def daemon_mode() -> bool:
 
 
 _SERVED = re.compile(r"^pycni-node: served (\S+) ", re.M)
+_REFUSED = re.compile(r"^pycni-node: (?:refused a request|request refused or cut short): (.*)$", re.M)
 
 
 def node_served() -> dict[str, int]:
@@ -53,6 +55,8 @@ def served_in(path: str) -> dict[str, int]:
     except OSError:
         return {}
     counts: dict[str, int] = {}
+    for why in _REFUSED.findall(text):           # execs that fell back to in-process: a gap in the pass
+        counts["refused: " + why] = counts.get("refused: " + why, 0) + 1
     for name in _SERVED.findall(text):
         counts[name] = counts.get(name, 0) + 1
     return counts
