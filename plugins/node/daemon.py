@@ -171,6 +171,8 @@ class Daemon:
             self._reap()
             if len(self.workers) >= self.max_workers:
                 conn.close()             # before OK: the client runs in-process
+                if self.debug:
+                    _log_fd(f"pycni-node: refused a request: {len(self.workers)} requests in flight (--max-workers)\n")
                 continue
             try:
                 pid = os.fork()

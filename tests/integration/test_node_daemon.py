@@ -635,6 +635,7 @@ def test_a_full_daemon_sends_the_exec_in_process(node, netns, tmp_path):
         rc, out, err = execp("pycni-passthrough", "ADD", pt, sock=n.path, inside=host.path, netns=host.path)
         assert rc == 0 and json.loads(out) == {"cniVersion": "1.0.0", "dns": {}}, (out, err)
         assert n.served() == 0                      # the edgemesh ADD is still waiting
+        assert "refused a request: 1 requests in flight (--max-workers)" in n.log()
     finally:
         os.close(fd)
     t.join(60)
