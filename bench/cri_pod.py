@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -81,7 +82,10 @@ def plot(med: dict, samples: dict, path: str, title: str) -> None:
 
 
 def main() -> int:
-    args = benchout.options(__doc__, runs=10).parse_args()
+    ap = benchout.options(__doc__, runs=10)
+    ap.add_argument("--bundle", metavar="DIST", help="our plugins and pycni-node from this PyInstaller build "
+                    "(DIST/bin, as ./build.sh bin makes it) instead of the venv's console scripts")
+    args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("cri_pod: run as root (network namespaces, containerd)")
     missing = runtimes.missing_binaries()
@@ -104,13 +108,21 @@ def main() -> int:
     samples: dict[tuple[str, str], list[float]] = {(m, s): [] for m in MODES for s in STEPS}
     saved_env = os.environ.get(P.SOCKET_ENV)
     left: list[str] = []
+    worker: dict[str, list[float]] = {}
     try:
         chain, host, _client = runtimes.test_hosts(netns, tmp)
+        node_exe = os.path.join(runtimes.VENV_BIN, "pycni-node")
+        if args.bundle:                                    # the chain's bin dir: the bundle's names
+            bindir = os.path.join(os.path.abspath(args.bundle), "bin")
+            for name in runtimes.OUR_PLUGINS:
+                os.unlink(os.path.join(chain.bin_dir, name))
+                os.symlink(os.path.join(bindir, name), os.path.join(chain.bin_dir, name))
+            node_exe = os.path.join(bindir, "pycni-node")
         sockdir = os.path.join(tmp, "node")
         os.makedirs(sockdir, mode=0o700)
         sock = os.path.join(sockdir, "node.sock")
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host.path):
-            daemon = subprocess.Popen([os.path.join(runtimes.VENV_BIN, "pycni-node"), "--socket", sock],
+            daemon = subprocess.Popen([node_exe, "--socket", sock, "--log-level", "debug"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while not os.path.exists(sock):
@@ -184,6 +196,11 @@ def main() -> int:
                     for s, ms in t.items():
                         samples[(mode, s)].append(ms)
         busy = proc_usage(daemon.pid)
+        with open(os.path.join(tmp, "node.log")) as f:       # each plugin's own run in its worker
+            for line in f:
+                m = re.match(r"pycni-node: served (\S+) (\S+) pid \d+: status \d+ in ([\d.]+) ms", line)
+                if m:
+                    worker.setdefault(f"{m.group(1)} {m.group(2)}", []).append(float(m.group(3)))
         for mode in MODES[1:]:
             left += chain.leftovers(cds[mode].cni_cache)
     finally:
@@ -231,10 +248,25 @@ def main() -> int:
              f"| VmRSS after {daemon_pods} pods (MiB) | {busy['rss'] / 1024:.1f} |",
              f"| main process CPU per pod (ms) | {cpu_main:.1f} |",
              f"| workers' CPU per pod (ms, with what they run) | {cpu_workers:.1f} |"]
+    where = ["| ours, daemon: where the chain's time goes | ADD ms | DEL ms |", "|---|---:|---:|"]
+    inner = {"ADD": 0.0, "DEL": 0.0}
+    for plugin in ("vxlan", "dp-steering", "edgemesh"):
+        cells = []
+        for verb in ("ADD", "DEL"):
+            got = worker.get(f"{plugin} {verb}") or [0.0]
+            inner[verb] += statistics.median(got)
+            cells.append(f"{statistics.median(got):.1f}")
+        where.append(f"| {plugin}, its run in the worker (median) | " + " | ".join(cells) + " |")
+    rest = {v: med[(MODES[2], f"chain {v}")] - inner[v] for v in ("ADD", "DEL")}
+    where.append(f"| the rest: 3 client execs, fork + setns + round trips, Go portmap, libcni_py | {rest['ADD']:.1f} | "
+                 f"{rest['DEL']:.1f} |")
+    where.append(f"| chain through the daemon (median, as above) | {med[(MODES[2], 'chain ADD')]:.1f} | "
+                 f"{med[(MODES[2], 'chain DEL')]:.1f} |")
     d_run = med[(MODES[2], "RunPodSandbox")] / med[(go, "RunPodSandbox")]
     d_stop = med[(MODES[2], "Stop+Remove")] / med[(go, "Stop+Remove")]
     verdict = "met" if max(d_run, d_stop) <= 1.5 else "not met"
     load_after = os.getloadavg()[0]
+    what_bin = f"the PyInstaller bundle {args.bundle}" if args.bundle else "the venv's console scripts"
     title = (f"containerd CRI pod and chain, {args.runs} interleaved rounds, load {load_before:.1f}/{load_after:.1f}")
     plot_path = os.path.join(os.path.dirname(benchout.target("cri_pod")), "cri_pod.png")
     os.makedirs(os.path.dirname(plot_path), exist_ok=True)
@@ -243,7 +275,8 @@ def main() -> int:
             + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n\n"
             + f"**Goal, through pycni-node within 1.5x of Go: {verdict}** (RunPodSandbox {d_run:.2f}x, "
               f"Stop+Remove {d_stop:.2f}x)\n\n"
-            + "\n".join(spread) + "\n\n" + "\n".join(usage) + "\n\n![containerd CRI pod times](cri_pod.png)\n\n"
+            + "\n".join(spread) + "\n\n" + "\n".join(where) + "\n\n" + "\n".join(usage)
+            + "\n\n![containerd CRI pod times](cri_pod.png)\n\n"
             + "Our chain is vxlan + dp-steering (tap, failOpen: no dp) + edgemesh (iptables) + Go portmap "
               "(conf/runtime-chain.conflist made local by tests/kit/runtimes.py); the Go chain is bridge + "
               "host-local + portmap. Every pod has a hostPort. \"chain ADD/DEL\" is libcni_py's "
@@ -255,7 +288,7 @@ def main() -> int:
             + f"Run {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} rounds after {WARMUP} warm-up (the mode order "
               f"rotates each round); load average before/after {load_before:.2f} / {load_after:.2f} (other "
               f"tests ran on the machine); {os.cpu_count()} CPUs, kernel {os.uname().release}, "
-              f"{containerd_version()}, python {sys.version.split()[0]}; the venv's console scripts.\n")
+              f"{containerd_version()}, python {sys.version.split()[0]}; our plugins: {what_bin}.\n")
     print(text)
     print(f"written to {benchout.write('cri_pod', text)} and {plot_path}")
     return 0

@@ -75,6 +75,43 @@ VARIANTS: dict[str, tuple[str, bool, int, bool, list]] = {
 PROFILE_VARIANT = ("thin-importtime", True, 0, False, [("X importtime", None, "OPTION")])
 QUICK_VARIANTS = ("thin", "empty")
 
+NOTES = """
+## Where a thin-client exec's milliseconds go
+
+Read the phase table as shares (strace stops the process at every syscall; the syscall-heavy
+phases are inflated most), the case table for absolute time.
+
+- **exec + the bootloader**: execve of `bin/<plugin>` (a symlink to the onedir `pycni/pycni`),
+  ld.so for the bootloader, then the bootloader opens its own executable, reads the cookie and
+  TOC of the archive appended to it, sets LD_LIBRARY_PATH and the `_PYI_*` markers, and dlopens
+  `_internal/libpython3.11.so.1.0` (onedir: nothing is extracted, no second process).
+- **libpython**: mapping and relocating libpython (23 MB unstripped; the thin-strip variant shows
+  what stripping buys) and `Py_InitializeFromConfig` up to the first stdlib lookup. The frozen
+  interpreter imports no `site` (no .pth scan: PYTHONNOUSERSITE and `-s` change nothing for it),
+  and with noarchive there is no base_library.zip (its stat is an ENOENT): the stdlib is .pyc on disk.
+- **interpreter init + PyInstaller's bootstrap**: encodings, io, abc... then pyimod01_archive,
+  pyimod02_importers (the frozen importer: PyiFrozenImporter on sys.meta_path, which reads the
+  PYZ's TOC), pyimod03_ctypes (imports ctypes, for the bundle's library paths), pyiboot01_bootstrap
+  and the runtime hooks pycni.spec keeps. Most stat calls happen here and in the next phase:
+  the path finder looking modules up in `_internal/`.
+- **our imports**: plugins.entrypoints (bundle) and plugins.node.client + protocol (os, sys,
+  _socket only); the frozen `-X importtime` table lists them.
+- **the round trip**: connect, SO_PEERCRED, the hello with 4 fds by SCM_RIGHTS, the request and
+  stdin frames, the reply; the stand-in daemon answers at once (pycni-node forks a worker per
+  request: that is in bench/node_daemon.md's "in the worker" column, not here).
+- **exit**: the client leaves by os._exit (no interpreter finalization); the `empty` variant
+  exits normally and pays finalization, so it is no lower bound on the thin client.
+
+Build options tried (each a PyInstaller onedir of the minimal entry script, timed in the same
+rounds): the PYZ archive vs .pyc files on disk (noarchive, what build.sh does), bytecode
+optimize=2, strip. UPX is not installed here and would make every exec decompress the libraries:
+never for a per-exec binary. What matters is what runs before the entry script: runtime hooks.
+pyi_rth_pkgres and pyi_rth_setuptools (etcd3gw's pbr pulls setuptools and pkg_resources into the
+analysis) imported pkg_resources at every start, 0.3-0.5 s; pycni.spec drops them (with inspect,
+multiprocessing and pkgutil), and tests/integration/test_packaging_bundle.py fails if our code
+starts to need them.
+"""
+
 
 class StandIn(threading.Thread):
     """A daemon that accepts everything and answers status 0, {} at once."""
@@ -220,6 +257,7 @@ def main() -> int:
     ap.add_argument("--variants", choices=("all", "quick"), default="all",
                     help="which bundle variants to build (quick: thin only)")
     ap.add_argument("--old-dist", metavar="DIR", help="also time this older build's bin/pycni-passthrough")
+    ap.add_argument("--old-label", default="an older build", help="what --old-dist is, for the table")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("startup_floor: run as root (the client talks only to a root-owned socket)")
@@ -265,7 +303,7 @@ def main() -> int:
             ("bundle-inproc", "bundle as built today, in-process ADD (no daemon)", [bundle_bin], inproc, 0),
         ]
         if args.old_dist:
-            cases.append(("old-client", f"bundle built at {args.old_dist}, through the daemon",
+            cases.append(("old-client", f"bundle: {args.old_label}, through the daemon",
                           [os.path.join(args.old_dist, "bin", "pycni-passthrough")], client, 0))
         cases += [(f"{n}-client", f"bundle variant {n}: {VARIANTS[n][0]}, through the daemon", [built[n]], client, 0)
                   for n in names if n != "empty"]
@@ -323,7 +361,8 @@ def main() -> int:
             + f"Run {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after {WARMUP} warm-up "
               f"rounds, {served} requests answered by the stand-in daemon; load average before/after "
               f"{load_before:.2f} / {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}, "
-              f"python {sys.version.split()[0]}, PyInstaller {pyinstaller_version()}; variant builds: {builds}.\n")
+              f"python {sys.version.split()[0]}, PyInstaller {pyinstaller_version()}; variant builds: {builds}.\n"
+            + NOTES)
     print(text)
     print(f"written to {benchout.write('startup_floor', text)}")
     return 0
