@@ -225,6 +225,54 @@ def check_vxlan_ipv6_iperf(md: str, bundle) -> str:
     return "| datapath |"
 
 
+def check_startup_floor(md: str, bundle) -> str:
+    rows = by_first(tables(md)["case"])
+    assert {"Go bridge VERSION (reference)", "venv python -I -S -c pass", "venv console script, through the daemon",
+            "bundle as built today, through the daemon"} <= set(rows), rows
+    assert any(k.startswith("bundle variant thin:") for k in rows), rows
+    go = rows["Go bridge VERSION (reference)"]["median ms"]
+    for row in rows.values():
+        assert_quotient(row["x Go bridge VERSION"], row["median ms"], go)
+        low, high = (number(x)[0] for x in row["p10-p90 ms"].split("-"))
+        assert low <= number(row["median ms"])[0] <= high, row
+    phases = next(v for k, v in tables(md).items() if k.startswith("phase (strace"))
+    assert by_first(phases)["total under strace"], phases
+    for row in phases:
+        for cell in list(row.values())[1:]:
+            assert cell == "-" or number(cell), row
+    counts = by_first(tables(md)["syscalls per exec (median)"])
+    number(counts["syscalls"]["bundle today"])
+    assert "plugins.node.client" in by_first(tables(md)["frozen import (thin variant, -X importtime)"])
+    assert re.search(r"^Fastest client exec: \*\*.+, [\d.]+ ms \([\d.]+x Go bridge VERSION\)\*\*", md, re.M), md
+    return "| case |"
+
+
+def check_cri_pod(md: str, bundle) -> str:
+    rows = by_first(tables(md)["mode"])
+    go = "Go bridge+host-local+portmap"
+    assert set(rows) == {go, "ours, in-process", "ours, daemon"}, rows
+    for row in rows.values():
+        for cell in list(row.values())[1:]:
+            number(cell)
+        stop, remove, both = (number(row[f"{s} ms"]) for s in ("StopPodSandbox", "RemovePodSandbox", "Stop+Remove"))
+        assert abs(stop[0] + remove[0] - both[0]) <= stop[1] + remove[1] + both[1], row
+    ratios = by_first(tables(md)["ours / Go"])
+    assert set(ratios) == {"ours, in-process", "ours, daemon"}, ratios
+    for mode, row in ratios.items():
+        for step in ("chain ADD", "chain DEL", "RunPodSandbox", "Stop+Remove"):
+            assert_quotient(row[step], rows[mode][f"{step} ms"], rows[go][f"{step} ms"])
+    goal = re.search(r"^\*\*Goal, through pycni-node within 1.5x of Go: (met|not met)\*\* \(RunPodSandbox (\S+)x, "
+                     r"Stop\+Remove (\S+)x\)", md, re.M)
+    assert goal, md
+    assert_quotient(goal.group(2), rows["ours, daemon"]["RunPodSandbox ms"], rows[go]["RunPodSandbox ms"])
+    usage = by_first(tables(md)["pycni-node"])
+    number(usage["VmRSS idle (MiB)"]["value"])
+    for row in usage.values():
+        assert re.fullmatch(r"\d+(\.\d+)?", row["value"]), row
+    assert "![containerd CRI pod times](cri_pod.png)" in md
+    return "| mode |"
+
+
 # script: (quick options, figures file, sections it writes (None: the whole file), check)
 QUICK = {
     "foundation_startup.py": (["--runs", "3"], "foundation", None, check_foundation),
@@ -245,6 +293,8 @@ QUICK = {
     "doctor_scale.py": (["--namespaces", "20", "--runs", "1", "--parallel", "4"], "doctor_scale", None,
                         check_doctor_scale),
     "vxlan_ipv6_iperf.py": (["--runs", "1", "--seconds", "1"], "vxlan_ipv6_iperf", None, check_vxlan_ipv6_iperf),
+    "startup_floor.py": (["--runs", "3", "--variants", "quick"], "startup_floor", None, check_startup_floor),
+    "cri_pod.py": (["--runs", "2"], "cri_pod", None, check_cri_pod),
 }
 
 
