@@ -33,6 +33,8 @@ import socket
 import sys
 import time
 
+from plugins.pkg import ns
+
 from . import protocol as P
 
 log = logging.getLogger("pycni-node")
@@ -300,10 +302,10 @@ class Daemon:
                 _refuse(conn, why)
                 return
             try:                        # the namespaces the runtime called the plugin in
-                st = os.fstat(fds[1])
-                if (st.st_dev, st.st_ino) != self.mntns:
-                    _setns(fds[1], CLONE_NEWNS)      # (ip netns exec, a runtime's private mounts)
-                _setns(fds[0], CLONE_NEWNET)
+                st = os.fstat(fds[1])       # (a worker is single-threaded: the main process never
+                if (st.st_dev, st.st_ino) != self.mntns:    # starts a thread; a mount ns needs it)
+                    ns._setns(fds[1], ns.CLONE_NEWNS)    # (ip netns exec, a runtime's private mounts)
+                ns._setns(fds[0], ns.CLONE_NEWNET)
             except OSError as e:
                 _refuse(conn, f"setns into the client's namespaces: {e}")
                 return
@@ -399,33 +401,10 @@ def _fresh_logging() -> None:
     skel._deferred_log_stderr = None
 
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-_libc = None
-
-
-def _setns(fd: int, kind: int) -> None:
-    """setns(2): a worker is single-threaded (the main process never starts a thread), which a
-    mount namespace needs."""
-    if hasattr(os, "setns"):                         # Python >= 3.12
-        os.setns(fd, kind)
-        return
-    global _libc
-    import ctypes
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, kind) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def _die_with_parent(parent: int) -> None:
     """PR_SET_PDEATHSIG: SIGTERM when the daemon is gone (systemd would stop its cgroup; a daemon
     run by hand and killed -9 would otherwise leave its services running, then start second ones)."""
-    import ctypes
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
+    ns.libc().prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
     if os.getppid() != parent:                         # it died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
 

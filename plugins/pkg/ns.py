@@ -6,19 +6,25 @@ from contextlib import contextmanager
 
 from libcni_py.netns import NetnsError, check_netns, is_current, open_netns  # noqa: F401 - re-exported
 
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 _libc = None
 
 
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):          # Python >= 3.12
-        os.setns(fd, CLONE_NEWNET)
-        return
+def libc():
+    """The C library (ctypes, loaded once), for the calls Python has no wrapper of."""
     global _libc
     if _libc is None:
         import ctypes
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    return _libc
+
+
+def _setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """setns(2) of this thread (a mount namespace, CLONE_NEWNS, wants a single-threaded process)."""
+    if hasattr(os, "setns"):          # Python >= 3.12
+        os.setns(fd, nstype)
+        return
+    if libc().setns(fd, nstype) != 0:
         import ctypes
         err = ctypes.get_errno()
         raise NetnsError(err, f"setns: {os.strerror(err)}")
