@@ -78,12 +78,15 @@ def _collect(sock, dst: str, ident: int, answered: set[int], deadline: float, do
 
 
 class TCPEcho:
-    """A TCP server in a namespace that answers each connection with what it read, reversed."""
+    """A TCP server in a namespace that answers each connection with what it read, reversed
+    (bound to "::": dual-stack, IPv4 clients as mapped addresses)."""
 
     def __init__(self, netns_path: str | None, addr: str = "0.0.0.0", port: int = 0):
         with _in(netns_path):
             self.sock = socket.socket(_family(addr), socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if addr == "::":
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self.sock.bind((addr, port))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]

@@ -6,19 +6,14 @@
 The switch's segment bridges hold 198.18.<seg>.254/24 and fd00:198:18:<seg>::fe/64 and forward
 both families; host i is eth0 198.18.<seg>.<i+1>/24 and/or fd00:198:18:<seg>::<i+1>/64 (nodad)
 with default routes via the router, as its underlay says ("dual", "v4", "v6").
-Plus ICMPv6 echo and a TCP exchange over either family (plugins.pkg.probe speaks IPv4 only).
+Plus ping / TCP echo / TCP exchange over either family with the signatures these tests use
+(plugins.pkg.probe does the work).
 """
 from __future__ import annotations
 
 import ipaddress
-import os
-import select
-import socket
-import struct
-import threading
-import time
 
-from plugins.pkg import ns as nsmod
+from plugins.pkg import probe
 from tests.kit.vxlan_hosts import Cluster, Host
 
 NETWORK6 = "fd00:10:244::/48"
@@ -72,73 +67,13 @@ def dumps6(host, dev: str = "vxlan-v6.1") -> dict[str, list[str]]:
 
 def ping(ns_path: str, dst, tries: int = 3, timeout: float = 1.0) -> bool:
     """One ICMP (IPv4) or ICMPv6 echo answered out of `tries`."""
-    dst = ipaddress.ip_address(str(dst))
-    if dst.version == 4:
-        from plugins.pkg import probe
-        return any(probe.ping(ns_path, str(dst), count=1, timeout=timeout) for _ in range(tries))
-    with nsmod.enter(ns_path):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-    ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
-    try:
-        for seq in range(tries):
-            sock.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq) + b"pycni-v6", (str(dst), 0))
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0 and select.select([sock], [], [], left)[0]:
-                pkt, addr = sock.recvfrom(2048)
-                typ, _, _, rid, _ = struct.unpack_from("!BBHHH", pkt)
-                if typ == 129 and rid == ident and ipaddress.ip_address(addr[0].split("%")[0]) == dst:
-                    return True
-    finally:
-        sock.close()
-    return False
+    return any(probe.ping(ns_path, str(dst), count=1, timeout=timeout) for _ in range(tries))
 
 
-class TCPEcho:
+def TCPEcho(ns_path: str) -> probe.TCPEcho:
     """A dual-stack TCP server in a namespace ([::], IPv4 mapped) answering with what it read, reversed."""
-
-    def __init__(self, ns_path: str):
-        with nsmod.enter(ns_path):
-            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.sock.bind(("::", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.sendall(conn.recv(4096)[::-1])
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(timeout=2)
+    return probe.TCPEcho(ns_path, addr="::")
 
 
 def tcp_exchange(ns_path: str, dst, port: int, payload: bytes, timeout: float = 5.0) -> bytes:
-    dst = ipaddress.ip_address(str(dst))
-    with nsmod.enter(ns_path):
-        sock = socket.socket(socket.AF_INET6 if dst.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(timeout)
-        sock.connect((str(dst), port))
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(4096):
-            chunks.append(data)
-        return b"".join(chunks)
+    return probe.tcp_exchange(ns_path, str(dst), port, payload, timeout)
