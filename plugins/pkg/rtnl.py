@@ -336,10 +336,11 @@ def fdb_msg(add: bool, index: int, mac: str, dst) -> tuple[int, int, bytes]:
     return RTM_DELNEIGH, 0, body
 
 
-def route_msg(op: str, dst: ipaddress.IPv4Network, gateway, oif: int, protocol: int,
+def route_msg(op: str, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, gateway, oif: int, protocol: int,
               onlink: bool = False) -> tuple[int, int, bytes]:
-    """op: 'add' (fails if present), 'replace' or 'del'; a main-table unicast route."""
-    body = _RTM.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
+    """op: 'add' (fails if present), 'replace' or 'del'; a main-table unicast route (an IPv6
+    `dst` makes an IPv6 one: route6_msg)."""
+    body = _RTM.pack(_family(dst.network_address), dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
                      RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
     body += nla(RTA_DST, dst.network_address.packed)
     if gateway is not None:
@@ -366,8 +367,13 @@ def addr_msg(add: bool, index: int, iface, broadcast=None, flags: int = 0) -> tu
 def vxlan_link_msg(name: str, vni: int, port: int, underlay: int, local, mac: str,
                    mtu: int) -> tuple[int, int, bytes]:
     """Create a vxlan device with learning off (`ip link add NAME type vxlan ... nolearning`)."""
+    return _vxlan_msg(name, vni, port, underlay, 4, local, mac, mtu)          # IFLA_VXLAN_LOCAL
+
+
+def _vxlan_msg(name: str, vni: int, port: int, underlay: int, local_attr: int, local, mac: str,
+               mtu: int) -> tuple[int, int, bytes]:
     data = (nla(1, struct.pack("=I", vni)) + nla(3, struct.pack("=I", underlay))
-            + nla(4, _packed(local)) + nla(7, b"\0")
+            + nla(local_attr, _packed(local)) + nla(7, b"\0")
             + nla(15, struct.pack("!H", port)))
     info = nla(IFLA_INFO_KIND, b"vxlan") + nla(IFLA_INFO_DATA, data)
     body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nla(IFLA_IFNAME, name.encode() + b"\0")
@@ -418,15 +424,7 @@ def route6_msg(op: str, dst: ipaddress.IPv6Network, gateway, oif: int, protocol:
                onlink: bool = False) -> tuple[int, int, bytes]:
     """route_msg for IPv6: op 'add' (fails if present), 'replace' or 'del'; a main-table unicast
     route (the kernel gives it metric 1024, `ip -6 route`'s default; del matches any metric)."""
-    body = _RTM.pack(socket.AF_INET6, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
-                     RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
-    body += nla(RTA_DST, dst.network_address.packed)
-    if gateway is not None:
-        body += nla(RTA_GATEWAY, _packed(gateway))
-    body += nla(RTA_OIF, struct.pack("=I", oif))
-    if op == "del":
-        return RTM_DELROUTE, 0, body
-    return RTM_NEWROUTE, F_CREATE | (F_REPLACE if op == "replace" else F_EXCL), body
+    return route_msg(op, dst, gateway, oif, protocol, onlink)
 
 
 def route_any_msg(op: str, dst, gateway, oif: int, protocol: int, onlink: bool = False) -> tuple[int, int, bytes]:
@@ -439,14 +437,7 @@ def route_any_msg(op: str, dst, gateway, oif: int, protocol: int, onlink: bool =
 def vxlan6_link_msg(name: str, vni: int, port: int, underlay: int, local6, mac: str,
                     mtu: int) -> tuple[int, int, bytes]:
     """vxlan_link_msg over an IPv6 underlay: source address IFLA_VXLAN_LOCAL6, learning off."""
-    data = (nla(1, struct.pack("=I", vni)) + nla(3, struct.pack("=I", underlay))
-            + nla(IFLA_VXLAN_LOCAL6, _packed(local6)) + nla(7, b"\0")
-            + nla(15, struct.pack("!H", port)))
-    info = nla(IFLA_INFO_KIND, b"vxlan") + nla(IFLA_INFO_DATA, data)
-    body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + nla(IFLA_IFNAME, name.encode() + b"\0")
-            + nla(IFLA_MTU, struct.pack("=I", mtu)) + nla(IFLA_ADDRESS, mac_bytes(mac))
-            + nla(IFLA_LINKINFO, info))
-    return RTM_NEWLINK, F_CREATE | F_EXCL, body
+    return _vxlan_msg(name, vni, port, underlay, IFLA_VXLAN_LOCAL6, local6, mac, mtu)
 
 
 # -- routes of every table, policy rules, route lookups (pycni-doctor inside a plugin's CHECK) ----
