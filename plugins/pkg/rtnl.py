@@ -402,14 +402,19 @@ IFLA_VXLAN_LOCAL6 = 17
 IFLA_VXLAN[IFLA_VXLAN_LOCAL6] = "local6"      # Link.vxlan["local6"]: an IPv6Address
 
 
+def _rtm_dump(rt: Rtnl, kind: int, family: int):
+    """(the rtmsg header's fields, the attributes) of each message of `family` in a dump of `kind`
+    (RTM_GETROUTE, RTM_GETRULE: both answer with an rtmsg)."""
+    for _, p in rt.dump(kind, _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        head = _RTM.unpack_from(p)
+        if head[0] == family:
+            yield head, nla_parse(p, _RTM.size, len(p))
+
+
 def routes6(rt: Rtnl, table: int = RT_TABLE_MAIN) -> list[Route]:
     """The IPv6 unicast routes of `table` (Rtnl.routes is IPv4); Route.dst an IPv6Network."""
     out = []
-    for _, p in rt.dump(RTM_GETROUTE, _RTM.pack(socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)):
-        fam, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
-        if fam != socket.AF_INET6:
-            continue
-        a = nla_parse(p, _RTM.size, len(p))
+    for (_, dlen, _, _, tbl, proto, _, rtype, flags), a in _rtm_dump(rt, RTM_GETROUTE, socket.AF_INET6):
         tbl = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else tbl
         if tbl != table or rtype != RTN_UNICAST:
             continue
@@ -466,11 +471,7 @@ def _net(raw: bytes | None, plen: int, family: int):
 def routes_all(rt: Rtnl, family: int) -> list[AnyRoute]:
     """Every route of `family` (AF_INET, AF_INET6) in every table, of every type (`ip route show table all`)."""
     out = []
-    for _, p in rt.dump(RTM_GETROUTE, _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-        fam, dlen, _, _, tbl, proto, _, rtype, flags = _RTM.unpack_from(p)
-        if fam != family:
-            continue
-        a = nla_parse(p, _RTM.size, len(p))
+    for (fam, dlen, _, _, tbl, proto, _, rtype, flags), a in _rtm_dump(rt, RTM_GETROUTE, family):
         hops = []
         mp = a.get(RTA_MULTIPATH, b"")
         off = 0
@@ -489,11 +490,7 @@ def routes_all(rt: Rtnl, family: int) -> list[AnyRoute]:
 def rules(rt: Rtnl, family: int) -> list[Rule]:
     """The policy rules of `family` (`ip rule` / `ip -6 rule`), in the kernel's order."""
     out = []
-    for _, p in rt.dump(RTM_GETRULE, _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-        fam, dlen, slen, tos, tbl, _, _, action, _ = _RTM.unpack_from(p)
-        if fam != family:
-            continue
-        a = nla_parse(p, _RTM.size, len(p))
+    for (fam, dlen, slen, tos, tbl, _, _, action, _), a in _rtm_dump(rt, RTM_GETRULE, family):
         out.append(Rule(_u32(a.get(FRA_PRIORITY)), _u32(a[FRA_TABLE]) if FRA_TABLE in a else tbl, action,
                         _net(a.get(FRA_SRC), slen, fam) if slen else None,
                         _net(a.get(FRA_DST), dlen, fam) if dlen else None, tos,
