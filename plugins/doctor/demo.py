@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 
-from plugins.main.vxlan.demo import Demo, pod_ip, sh
+from plugins.main.vxlan.demo import Demo, pod_ip, run, sh
 from plugins.pkg import probe
 
 DOCTOR = os.path.join(os.path.dirname(sys.executable), "pycni-doctor")
@@ -53,77 +51,66 @@ def traffic(src: str, dst_ns: str, dst_ip: str, port: int) -> tuple[int, bool]:
     return len(answered), reply == b"rotcod olleh"
 
 
+def _demo(demo: Demo) -> None:
+    print("== doctor: three vxlan test hosts, a pod on each (the vxlan demo's world)")
+    hosts = demo.underlay()
+    pods = [demo.attach(i, h) for i, h in enumerate(hosts)]
+    for i, h in enumerate(hosts):
+        demo.reconcile(i, h)
+    conf = os.path.join(demo.tmp, "host0.conflist")
+    with open(conf, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "demo", "plugins": [demo.conflist(0).plugins[0].network]}, f)
+    ips = [pod_ip(p) for p in pods]
+    argv = ["--netns", f"/run/netns/{hosts[0]}", "--netns", f"/run/netns/{pods[0]}", "--conf", conf]
+    with probe.TCPEcho(f"/run/netns/{pods[0]}") as srv:
+        def show(when: str) -> tuple[int, bool]:
+            echoes, tcp = traffic(pods[1], pods[0], ips[0], srv.port)
+            print(f"  {when}: pod on host1 -> pod on host0 ({ips[0]}): ping {echoes}/3 answered, "
+                  f"TCP :{srv.port} {'answered' if tcp else 'no answer'}")
+            return echoes, tcp
+
+        print("== doctor: a clean report (host0 and its pod)")
+        if show("traffic") != (3, True):
+            raise RuntimeError("the overlay does not work before the breakage")
+        rc, _ = doctor(argv)
+        if rc != 0:
+            raise RuntimeError("the doctor found problems on a healthy overlay")
+
+        print("== doctor: broken on purpose")
+        print(f"  host0: table 100 sends everything out of eth0; `ip rule add from {ips[0]} lookup 100` "
+              "(replies of host0's pod now leave by the underlay)")
+        sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "table", "100", netns=hosts[0])
+        sh("ip", "rule", "add", "from", ips[0], "lookup", "100", "pref", "32000", netns=hosts[0])
+        print(f"  pod on host0: TCP to :{srv.port} goes to NFQUEUE {QUEUE}, and nothing in the pod's namespace "
+              "reads that queue")
+        sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(srv.port), "-j", "NFQUEUE",
+           "--queue-num", str(QUEUE), netns=pods[0])
+        if show("traffic") != (0, False):
+            raise RuntimeError("the breakage did not break the traffic")
+
+        print("== doctor: the findings")
+        rc, report = doctor(argv)
+        commands = fix_commands(report)
+        if rc != 1 or "policy-route-steals-replies" not in report or "nfqueue-no-reader" not in report:
+            raise RuntimeError("the doctor did not find both breakages")
+
+        print("== doctor: the fix, the commands it printed, run as printed")
+        for command in commands:
+            print(f"  $ {command}")
+            subprocess.run(shlex.split(command), check=True, capture_output=True, text=True, timeout=60)
+        if show("traffic") != (3, True):
+            raise RuntimeError("the printed fixes did not bring the traffic back")
+
+        print("== doctor: a clean report again")
+        rc, _ = doctor(argv)
+        if rc != 0:
+            raise RuntimeError("problems left after the fixes")
+    for i, (h, p) in enumerate(zip(hosts, pods)):
+        demo.detach(i, h, p)
+
+
 def main() -> int:
-    if os.geteuid() != 0:
-        print("the demo needs root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    tmp = tempfile.mkdtemp(prefix="pycni-doctor-demo-")
-    demo = Demo(tmp)
-    ok = False
-    try:
-        print("== doctor: three vxlan test hosts, a pod on each (the vxlan demo's world)")
-        hosts = demo.underlay()
-        pods = [demo.attach(i, h) for i, h in enumerate(hosts)]
-        for i, h in enumerate(hosts):
-            demo.reconcile(i, h)
-        conf = os.path.join(tmp, "host0.conflist")
-        with open(conf, "w") as f:
-            json.dump({"cniVersion": "1.0.0", "name": "demo", "plugins": [demo.conflist(0).plugins[0].network]}, f)
-        ips = [pod_ip(p) for p in pods]
-        argv = ["--netns", f"/run/netns/{hosts[0]}", "--netns", f"/run/netns/{pods[0]}", "--conf", conf]
-        with probe.TCPEcho(f"/run/netns/{pods[0]}") as srv:
-            def show(when: str) -> tuple[int, bool]:
-                echoes, tcp = traffic(pods[1], pods[0], ips[0], srv.port)
-                print(f"  {when}: pod on host1 -> pod on host0 ({ips[0]}): ping {echoes}/3 answered, "
-                      f"TCP :{srv.port} {'answered' if tcp else 'no answer'}")
-                return echoes, tcp
-
-            print("== doctor: a clean report (host0 and its pod)")
-            if show("traffic") != (3, True):
-                raise RuntimeError("the overlay does not work before the breakage")
-            rc, _ = doctor(argv)
-            if rc != 0:
-                raise RuntimeError("the doctor found problems on a healthy overlay")
-
-            print("== doctor: broken on purpose")
-            print(f"  host0: table 100 sends everything out of eth0; `ip rule add from {ips[0]} lookup 100` "
-                  "(replies of host0's pod now leave by the underlay)")
-            sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "table", "100", netns=hosts[0])
-            sh("ip", "rule", "add", "from", ips[0], "lookup", "100", "pref", "32000", netns=hosts[0])
-            print(f"  pod on host0: TCP to :{srv.port} goes to NFQUEUE {QUEUE}, and nothing in the pod's namespace "
-                  "reads that queue")
-            sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(srv.port), "-j", "NFQUEUE",
-               "--queue-num", str(QUEUE), netns=pods[0])
-            if show("traffic") != (0, False):
-                raise RuntimeError("the breakage did not break the traffic")
-
-            print("== doctor: the findings")
-            rc, report = doctor(argv)
-            commands = fix_commands(report)
-            if rc != 1 or "policy-route-steals-replies" not in report or "nfqueue-no-reader" not in report:
-                raise RuntimeError("the doctor did not find both breakages")
-
-            print("== doctor: the fix, the commands it printed, run as printed")
-            for command in commands:
-                print(f"  $ {command}")
-                subprocess.run(shlex.split(command), check=True, capture_output=True, text=True, timeout=60)
-            if show("traffic") != (3, True):
-                raise RuntimeError("the printed fixes did not bring the traffic back")
-
-            print("== doctor: a clean report again")
-            rc, _ = doctor(argv)
-            if rc != 0:
-                raise RuntimeError("problems left after the fixes")
-        for i, (h, p) in enumerate(zip(hosts, pods)):
-            demo.detach(i, h, p)
-        ok = True
-    except Exception as e:  # noqa: BLE001 - a demo reports and cleans up
-        print(f"demo failed: {e}", file=sys.stderr)
-    finally:
-        demo.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
-        print("== doctor: cleaned up: namespaces and temporary files removed")
-    return 0 if ok else 1
+    return run("pycni-doctor-demo-", "doctor: ", _demo)
 
 
 if __name__ == "__main__":

@@ -102,50 +102,60 @@ def pod_ip(pod: str) -> str:
     return json.loads(sh("ip", "-j", "-4", "addr", "show", "eth0", netns=pod))[0]["addr_info"][0]["local"]
 
 
-def main() -> int:
+def run(tmp_prefix: str, tag: str, body) -> int:
+    """As root, `body(demo)` on a fresh Demo (a temporary directory from `tmp_prefix`): a failure
+    is reported, not raised; namespaces and files always go. The exit status of a demo."""
     if os.geteuid() != 0:
         print("the demo needs root (it creates network namespaces)", file=sys.stderr)
         return 1
-    tmp = tempfile.mkdtemp(prefix="pycni-vxlan-demo-")
+    tmp = tempfile.mkdtemp(prefix=tmp_prefix)
     demo = Demo(tmp)
     ok = False
     try:
-        print(f"== {HOSTS} test hosts on an underlay switch (198.18.0.0/24), registry {demo.registry}")
-        hosts = demo.underlay()
-        print("== a pod on each host: ADD of the vxlan conflist through libcni_py (IPAM: Go host-local)")
-        pods = [demo.attach(i, h) for i, h in enumerate(hosts)]
-        print("== one reconcile per host, so earlier hosts learn the later ones "
-              "(vxlan-agent does this on every change)")
-        for i, h in enumerate(hosts):
-            demo.reconcile(i, h)
-        ips = [pod_ip(p) for p in pods]
-        print("== across the overlay, from the pod on host0")
-        with probe.TCPEcho(f"/run/netns/{pods[1]}") as srv1, probe.TCPEcho(f"/run/netns/{pods[2]}") as srv2:
-            for j, srv in ((1, srv1), (2, srv2)):
-                answered = probe.ping(f"/run/netns/{pods[0]}", ips[j], count=3, interval=0.2)
-                reply = probe.tcp_exchange(f"/run/netns/{pods[0]}", ips[j], srv.port, b"hello over vxlan")
-                print(f"  ping {ips[j]} (pod on host{j}): {len(answered)}/3 replies; "
-                      f"TCP {ips[j]}:{srv.port}: sent 'hello over vxlan', got {reply.decode()!r}")
-                if len(answered) != 3 or reply != b"nalxv revo olleh":
-                    raise RuntimeError(f"no connectivity to the pod on host{j}")
-        print("== per-peer entries on host0: one route, one ARP and one FDB entry per remote host")
-        for what, argv in (("routes", ["ip", "route", "show", "dev", "vxlan.1"]),
-                           ("ARP", ["ip", "neigh", "show", "dev", "vxlan.1", "nud", "permanent"]),
-                           ("FDB", ["bridge", "fdb", "show", "dev", "vxlan.1"])):
-            print(f"  {what}:")
-            for line in sh(*argv, netns=hosts[0]).splitlines():
-                print(f"    {line}")
-        print("== DEL of every pod")
-        for i, (h, p) in enumerate(zip(hosts, pods)):
-            demo.detach(i, h, p)
+        body(demo)
         ok = True
     except Exception as e:  # noqa: BLE001 - a demo reports and cleans up
         print(f"demo failed: {e}", file=sys.stderr)
     finally:
         demo.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
-        print("== cleaned up: namespaces and temporary files removed")
+        print(f"== {tag}cleaned up: namespaces and temporary files removed")
     return 0 if ok else 1
+
+
+def _demo(demo: Demo) -> None:
+    print(f"== {HOSTS} test hosts on an underlay switch (198.18.0.0/24), registry {demo.registry}")
+    hosts = demo.underlay()
+    print("== a pod on each host: ADD of the vxlan conflist through libcni_py (IPAM: Go host-local)")
+    pods = [demo.attach(i, h) for i, h in enumerate(hosts)]
+    print("== one reconcile per host, so earlier hosts learn the later ones "
+          "(vxlan-agent does this on every change)")
+    for i, h in enumerate(hosts):
+        demo.reconcile(i, h)
+    ips = [pod_ip(p) for p in pods]
+    print("== across the overlay, from the pod on host0")
+    with probe.TCPEcho(f"/run/netns/{pods[1]}") as srv1, probe.TCPEcho(f"/run/netns/{pods[2]}") as srv2:
+        for j, srv in ((1, srv1), (2, srv2)):
+            answered = probe.ping(f"/run/netns/{pods[0]}", ips[j], count=3, interval=0.2)
+            reply = probe.tcp_exchange(f"/run/netns/{pods[0]}", ips[j], srv.port, b"hello over vxlan")
+            print(f"  ping {ips[j]} (pod on host{j}): {len(answered)}/3 replies; "
+                  f"TCP {ips[j]}:{srv.port}: sent 'hello over vxlan', got {reply.decode()!r}")
+            if len(answered) != 3 or reply != b"nalxv revo olleh":
+                raise RuntimeError(f"no connectivity to the pod on host{j}")
+    print("== per-peer entries on host0: one route, one ARP and one FDB entry per remote host")
+    for what, argv in (("routes", ["ip", "route", "show", "dev", "vxlan.1"]),
+                       ("ARP", ["ip", "neigh", "show", "dev", "vxlan.1", "nud", "permanent"]),
+                       ("FDB", ["bridge", "fdb", "show", "dev", "vxlan.1"])):
+        print(f"  {what}:")
+        for line in sh(*argv, netns=hosts[0]).splitlines():
+            print(f"    {line}")
+    print("== DEL of every pod")
+    for i, (h, p) in enumerate(zip(hosts, pods)):
+        demo.detach(i, h, p)
+
+
+def main() -> int:
+    return run("pycni-vxlan-demo-", "", _demo)
 
 
 if __name__ == "__main__":
