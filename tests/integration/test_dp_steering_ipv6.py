@@ -19,7 +19,7 @@ import pytest
 
 from plugins.meta.dp_steering import datapath_ebpf, datapath_pedit
 from plugins.pkg import ns, probe
-from tests.kit.dp_steering import GATEWAY, SUBNET, Pod, World, pod_view
+from tests.kit.dp_steering import GATEWAY, SUBNET, Pod, World, allowed, pod_view, tcp_ok
 
 pytestmark = pytest.mark.root
 AVAILABLE = {"ebpf": datapath_ebpf.available, "pedit": datapath_pedit.available}
@@ -72,17 +72,6 @@ def settle(netns, within: float = 10.0) -> None:
             raise AssertionError("IPv6 addresses still tentative: " +
                                  netns.run("ip", "-6", "-o", "addr", "show").stdout)
         time.sleep(0.05)
-
-
-def tcp_ok(src_ns, ip, port, timeout=5.0) -> bool:
-    try:
-        return probe.tcp_exchange(src_ns, ip, port, b"steer me", timeout=timeout) == b"em reets"
-    except OSError:
-        return False
-
-
-def allowed(dp, mac: str) -> int:
-    return dp.stats()["pods"].get(mac, {}).get("allowed", 0)
 
 
 def icmp6_in_echos(pod: Pod) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from plugins.meta.dp_steering import datapath_ebpf, datapath_pedit
 from plugins.pkg import probe
-from tests.kit.dp_steering import GATEWAY, World
+from tests.kit.dp_steering import GATEWAY, World, allowed, tcp_ok
 
 pytestmark = pytest.mark.root
 AVAILABLE = {"ebpf": datapath_ebpf.available, "pedit": datapath_pedit.available}
@@ -23,17 +23,6 @@ def datapath(request):
         pytest.skip(f"this kernel cannot run the {NAMES[request.param]} datapath "
                     "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM)")
     return NAMES[request.param]
-
-
-def tcp_ok(src_ns, ip, port, timeout=5.0) -> bool:
-    try:
-        return probe.tcp_exchange(src_ns, ip, port, b"steer me", timeout=timeout) == b"em reets"
-    except OSError:
-        return False
-
-
-def allowed(dp, mac: str) -> int:
-    return dp.stats()["pods"].get(mac, {}).get("allowed", 0)
 
 
 def test_inline_host_and_pods_talk_through_the_dp_and_policy_blocks_one_port(netns, tmp_path, datapath):

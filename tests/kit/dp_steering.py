@@ -20,6 +20,7 @@ from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
 from libcni_py.types import Result
 from plugins.pkg import ns as nsmod
+from plugins.pkg import probe
 from tests.kit.dp import DP
 from tests.kit.netns import NetNS
 from tests.kit.plugin_env import plugin_env
@@ -190,3 +191,17 @@ def _strip_link_ids(line: str) -> str:
     line = re.sub(r"@if\d+", "", line)
     line = re.sub(r" link-netns\S* \S+", "", line)
     return re.sub(r"\\\s+valid_lft.*$", "", line)
+
+
+def tcp_ok(src_ns, ip, port, timeout=5.0) -> bool:
+    """A TCP exchange with a probe.TCPEcho at ip:port from netns `src_ns` answered (not refused,
+    dropped or timed out)."""
+    try:
+        return probe.tcp_exchange(src_ns, ip, port, b"steer me", timeout=timeout) == b"em reets"
+    except OSError:
+        return False
+
+
+def allowed(dp, mac: str) -> int:
+    """The reference dp's count of frames it let through for the pod of `mac`."""
+    return dp.stats()["pods"].get(mac, {}).get("allowed", 0)
