@@ -9,6 +9,7 @@ import pytest
 from libcni_py.errors import CNIError
 from plugins.main.vxlan import errors as codes
 from tests.kit.vxlan_dual import DualCluster, dumps6, ping
+from tests.kit.vxlan_hosts import monitor_events
 
 pytestmark = pytest.mark.root
 PRE_IPV6 = "783cef0"          # the last commit before IPv6 leases
@@ -219,20 +220,10 @@ def test_mixed_cluster_with_a_node_of_the_previous_version(netns, tmp_path, pre_
 
 
 def test_ipv6_entries_are_created_ndp_then_fdb_then_route(netns, tmp_path):
-    import subprocess
-    import time
     c = DualCluster(netns, tmp_path)
     for h in c.hosts[1:]:
         h.ensure()
-    mon = subprocess.Popen(["ip", "netns", "exec", c.hosts[0].name, "ip", "-o", "monitor", "neigh", "route"],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.3)                     # let the monitor subscribe
-        c.hosts[0].ensure()
-        time.sleep(0.3)
-    finally:
-        mon.terminate()
-    events = [line.strip() for line in mon.communicate(timeout=5)[0].splitlines()]
+    events = monitor_events(c.hosts[0], c.hosts[0].ensure)
     for node in ("host1", "host2"):
         lease = leases(c)[node]
         net = str(lease.subnet6.network_address)

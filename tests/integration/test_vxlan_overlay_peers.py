@@ -1,13 +1,11 @@
 """The overlay between test hosts: per-peer entries, leaving, IP changes, directRouting, drift."""
 import json
-import subprocess
-import time
 
 import pytest
 
 from libcni_py.errors import CNIError
 from plugins.main.vxlan import errors as codes
-from tests.kit.vxlan_hosts import Cluster, reaches
+from tests.kit.vxlan_hosts import Cluster, monitor_events, reaches
 
 pytestmark = pytest.mark.root
 
@@ -57,15 +55,7 @@ def test_three_hosts_exactly_three_entries_per_remote_lease(netns, tmp_path):
 def test_entries_are_created_arp_then_fdb_then_route(netns, tmp_path):
     c = Cluster(netns, tmp_path)
     others = [h.ensure() for h in c.hosts[1:]]
-    mon = subprocess.Popen(["ip", "netns", "exec", c.hosts[0].name, "ip", "-o", "monitor", "neigh", "route"],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.3)                     # let the monitor subscribe
-        c.hosts[0].ensure()
-        time.sleep(0.3)
-    finally:
-        mon.terminate()
-    events = [line.strip() for line in mon.communicate(timeout=5)[0].splitlines()]
+    events = monitor_events(c.hosts[0], c.hosts[0].ensure)
     for lease in others:
         net = overlay_ip(lease)
         arp = events.index(f"{net} dev vxlan.1 lladdr {lease.vtep_mac} PERMANENT proto 118")

@@ -170,6 +170,20 @@ class Cluster:
 
 
 
+def monitor_events(host: Host, during) -> list[str]:
+    """The `ip -o monitor neigh route` lines in `host`'s namespace while `during()` runs (the order
+    in which the kernel made the entries)."""
+    mon = subprocess.Popen(["ip", "netns", "exec", host.name, "ip", "-o", "monitor", "neigh", "route"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)                     # let the monitor subscribe
+        during()
+        time.sleep(0.3)
+    finally:
+        mon.terminate()
+    return [line.strip() for line in mon.communicate(timeout=5)[0].splitlines()]
+
+
 def reaches(ns_path: str, dst, tries: int = 3, timeout: float = 1.0) -> bool:
     """True when one of `tries` ICMP echoes to `dst` is answered (stops at the first answer)."""
     return any(probe.ping(ns_path, str(dst), count=1, timeout=timeout) for _ in range(tries))
