@@ -263,14 +263,7 @@ def _network(value, field: str) -> str:
                        "an IPv4 or IPv6 CIDR, e.g. 10.96.0.0/12 or fd00:10:96::/112")
     if ":" not in value:
         return _ipv4_network(value, field)
-    try:
-        if not value.isprintable() or value != value.strip() or "%" in value:
-            raise ValueError(value)
-        net = ipaddress.IPv6Network(value, strict=False)
-    except ValueError:
-        raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {value[:60]!r} is not an IPv6 CIDR",
-                       "e.g. fd00:10:96::/112") from None
-    return str(net)
+    return _cidr(value, field, ipaddress.IPv6Network, "IPv6", "fd00:10:96::/112")
 
 
 def _ipv6_address(value, field: str) -> str:
@@ -292,13 +285,19 @@ def _ipv6_address(value, field: str) -> str:
 def _ipv4_network(value, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise CNIError(INVALID_CONFIG, f"missing config field {field!r}", "an IPv4 CIDR, e.g. 10.96.0.0/12")
+    return _cidr(value, field, ipaddress.IPv4Network, "IPv4", "10.96.0.0/12")
+
+
+def _cidr(value: str, field: str, cls, family: str, example: str) -> str:
+    """`value` as a `cls` (IPv4Network, IPv6Network; host bits dropped), normalised; no zone, no
+    surrounding or unprintable characters."""
     try:
-        if not value.isprintable() or value != value.strip():
+        if not value.isprintable() or value != value.strip() or "%" in value:
             raise ValueError(value)
-        net = ipaddress.IPv4Network(value, strict=False)
+        net = cls(value, strict=False)
     except ValueError:
-        raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {value[:60]!r} is not an IPv4 CIDR",
-                       "e.g. 10.96.0.0/12") from None
+        raise CNIError(INVALID_CONFIG, f"invalid config field {field!r}: {value[:60]!r} is not an {family} CIDR",
+                       f"e.g. {example}") from None
     return str(net)
 
 
