@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench import benchout  # noqa: E402
-from bench.node_daemon import proc_usage  # noqa: E402
+from bench.node_daemon import proc_usage, stop, wait_listening, worker_times  # noqa: E402
 from libcni_py.api import CNIConfig, RuntimeConf  # noqa: E402
 from libcni_py.conf import conflist_from_dict  # noqa: E402
 from plugins.node import protocol as P  # noqa: E402
@@ -125,11 +123,7 @@ def main() -> int:
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host.path):
             daemon = subprocess.Popen([node_exe, "--socket", sock, "--log-level", "debug"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sock):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pycni-node did not start: see {tmp}/node.log")
-            time.sleep(0.05)
+        wait_listening(daemon, sock, f"{tmp}/node.log")
         images = runtimes.build_images(tmp)
         envs = {MODES[0]: "off", MODES[1]: "off", MODES[2]: sock}
         for mode in MODES:
@@ -210,11 +204,7 @@ def main() -> int:
                     for s, ms in t.items():
                         samples[(mode, s)].append(ms)
         busy = proc_usage(daemon.pid)
-        with open(os.path.join(tmp, "node.log")) as f:       # each plugin's own run in its worker
-            for line in f:
-                m = re.match(r"pycni-node: served (\S+) (\S+) pid \d+: status \d+ in ([\d.]+) ms", line)
-                if m:
-                    worker.setdefault(f"{m.group(1)} {m.group(2)}", []).append(float(m.group(3)))
+        worker = worker_times(os.path.join(tmp, "node.log"))   # each plugin's own run in its worker
         for mode in MODES[1:]:
             left += chain.leftovers(cds[mode].cni_cache)
     finally:
@@ -223,11 +213,7 @@ def main() -> int:
         for parent in parents.values():
             left += runtimes.remove_cgroups(parent)
         if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
+            stop(daemon)
         for ns in reversed(made):
             ns.close()
         if saved_env is None:

@@ -64,6 +64,35 @@ def proc_usage(pid: int) -> dict:
             "children": (int(fields[13]) + int(fields[14])) / tick, "t": time.monotonic()}
 
 
+def wait_listening(daemon: subprocess.Popen, sock: str, log_path: str, within: float = 60) -> None:
+    """Until pycni-node has made its socket; RuntimeError if it exits or takes longer."""
+    deadline = time.monotonic() + within
+    while not os.path.exists(sock):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"pycni-node did not start: see {log_path}")
+        time.sleep(0.05)
+
+
+def worker_times(log_path: str) -> dict[str, list[float]]:
+    """Each plugin's own run in its worker, ms by "plugin VERB", from pycni-node's debug log."""
+    out: dict[str, list[float]] = {}
+    with open(log_path) as f:
+        for line in f:
+            m = re.match(r"pycni-node: served (\S+) (\S+) pid \d+: status \d+ in ([\d.]+) ms", line)
+            if m:
+                out.setdefault(f"{m.group(1)} {m.group(2)}", []).append(float(m.group(3)))
+    return out
+
+
+def stop(daemon: subprocess.Popen) -> None:
+    """SIGTERM (requests in flight finish), 30 s, then SIGKILL to its session."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, signal.SIGKILL)
+
+
 def main() -> int:
     ap = benchout.options(__doc__, runs=20)
     args = ap.parse_args()
@@ -100,11 +129,7 @@ def main() -> int:
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host):
             daemon = subprocess.Popen([os.path.join(VENV_BIN, "pycni-node"), "--socket", sock, "--log-level", "debug"],
                                       stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sock):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pycni-node did not start: see {tmp}/node.log")
-            time.sleep(0.05)
+        wait_listening(daemon, sock, f"{tmp}/node.log")
         time.sleep(1.0)
         idle = proc_usage(daemon.pid)                      # after start-up, before any request
         time.sleep(5.0)
@@ -135,18 +160,10 @@ def main() -> int:
                             label = "Go bridge+host-local" if plugin == "bridge" else f"{plugin}, {mode}"
                             times.setdefault(f"{label} {verb}", []).append(ms)
         busy = proc_usage(daemon.pid)                       # workers reaped: their CPU is in cutime/cstime
-        with open(os.path.join(tmp, "node.log")) as f:       # the worker's own time per request
-            for line in f:
-                m = re.match(r"pycni-node: served (\S+) (\S+) pid \d+: status \d+ in ([\d.]+) ms", line)
-                if m:
-                    worker.setdefault(f"{m.group(1)} {m.group(2)}", []).append(float(m.group(3)))
+        worker = worker_times(os.path.join(tmp, "node.log"))   # the worker's own time per request
     finally:
         if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
+            stop(daemon)
         for n in names.values():
             subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
