@@ -17,22 +17,18 @@ import time
 
 import pytest
 
-from plugins.meta.dp_steering import datapath_ebpf, datapath_pedit
+from plugins.meta.dp_steering import datapath_ebpf
 from plugins.pkg import ns, probe
-from tests.kit.dp_steering import GATEWAY, SUBNET, Pod, World, allowed, pod_view, tcp_ok
+from tests.kit.dp_steering import (DATAPATHS, GATEWAY, SUBNET, Pod, World, allowed, datapath_or_skip, pod_view,
+                                   tcp_ok)
 
 pytestmark = pytest.mark.root
-AVAILABLE = {"ebpf": datapath_ebpf.available, "pedit": datapath_pedit.available}
-NAMES = {"ebpf": "ebpf", "pedit": "tc-pedit"}
 SUBNET6, GATEWAY6 = "fd44::/64", "fd44::1"
 
 
-@pytest.fixture(params=["ebpf", "pedit"])
+@pytest.fixture(params=DATAPATHS)
 def datapath(request):
-    if not AVAILABLE[request.param]():
-        pytest.skip(f"this kernel cannot run the {NAMES[request.param]} datapath "
-                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM)")
-    return NAMES[request.param]
+    return datapath_or_skip(request.param)
 
 
 class DualWorld(World):

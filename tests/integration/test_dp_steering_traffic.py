@@ -8,21 +8,15 @@ import socket
 
 import pytest
 
-from plugins.meta.dp_steering import datapath_ebpf, datapath_pedit
 from plugins.pkg import probe
-from tests.kit.dp_steering import GATEWAY, World, allowed, tcp_ok
+from tests.kit.dp_steering import DATAPATHS, GATEWAY, World, allowed, datapath_or_skip, tcp_ok
 
 pytestmark = pytest.mark.root
-AVAILABLE = {"ebpf": datapath_ebpf.available, "pedit": datapath_pedit.available}
-NAMES = {"ebpf": "ebpf", "pedit": "tc-pedit"}
 
 
-@pytest.fixture(params=["ebpf", "pedit"])
+@pytest.fixture(params=DATAPATHS)
 def datapath(request):
-    if not AVAILABLE[request.param]():
-        pytest.skip(f"this kernel cannot run the {NAMES[request.param]} datapath "
-                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM)")
-    return NAMES[request.param]
+    return datapath_or_skip(request.param)
 
 
 def test_inline_host_and_pods_talk_through_the_dp_and_policy_blocks_one_port(netns, tmp_path, datapath):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
 from libcni_py.types import Result
+from plugins.meta.dp_steering import datapath_ebpf, datapath_pedit
 from plugins.pkg import ns as nsmod
 from plugins.pkg import probe
 from tests.kit.dp import DP
@@ -205,3 +206,18 @@ def tcp_ok(src_ns, ip, port, timeout=5.0) -> bool:
 def allowed(dp, mac: str) -> int:
     """The reference dp's count of frames it let through for the pod of `mac`."""
     return dp.stats()["pods"].get(mac, {}).get("allowed", 0)
+
+
+DATAPATHS = ("ebpf", "pedit")        # the params of a test module's `datapath` fixture
+_AVAILABLE = {"ebpf": datapath_ebpf.available, "pedit": datapath_pedit.available}
+_NAMES = {"ebpf": "ebpf", "pedit": "tc-pedit"}
+
+
+def datapath_or_skip(param: str) -> str:
+    """The `datapath` config value for a DATAPATHS param; the test is skipped when this kernel
+    cannot run that datapath."""
+    if not _AVAILABLE[param]():
+        import pytest
+        pytest.skip(f"this kernel cannot run the {_NAMES[param]} datapath "
+                    "(test_dp_steering_pedit.py runs tc-pedit in a stock-kernel VM)")
+    return _NAMES[param]
