@@ -225,16 +225,24 @@ class Rtnl:
         body = _IFI.pack(socket.AF_UNSPEC, 0, index, 0, 0)
         if name is not None:
             body += nla(IFLA_IFNAME, name.encode() + b"\0")
-        seq, msg = self._msg(RTM_GETLINK, F_REQUEST, body)
+        try:
+            return self.get(RTM_GETLINK, body)
+        except NetlinkError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+
+    def get(self, kind: int, body: bytes):
+        """One request (RTM_GET*, no dump) and its answer's payload; NetlinkError with the
+        kernel's errno when it answers with an error."""
+        seq, msg = self._msg(kind, F_REQUEST, body)
         self.sock.send(msg)
         while True:
-            for kind, _, rseq, p in self._recv():
+            for rkind, _, rseq, p in self._recv():
                 if rseq != seq:
                     continue
-                if kind == NLMSG_ERROR:
+                if rkind == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", p)[0]
-                    if err == errno.ENODEV:
-                        return None
                     raise NetlinkError(err, os.strerror(err))
                 return p
 
@@ -509,19 +517,10 @@ def route_get(rt: Rtnl, dst, src=None, iif: int | None = None) -> Lookup:
         body += nla(RTA_SRC, _packed(src))
     if iif is not None:
         body += nla(RTA_IIF, struct.pack("=I", iif))
-    seq, msg = rt._msg(RTM_GETROUTE, F_REQUEST,
-                       _RTM.pack(family, len(d) * 8, len(d) * 8 if src is not None else 0, 0, 0, 0, 0, 0, 0) + body)
-    rt.sock.send(msg)
-    while True:
-        for kind, _, rseq, p in rt._recv():
-            if rseq != seq:
-                continue
-            if kind == NLMSG_ERROR:
-                err = -struct.unpack_from("=i", p)[0]
-                raise NetlinkError(err, os.strerror(err))
-            rtype = _RTM.unpack_from(p)[7]
-            a = nla_parse(p, _RTM.size, len(p))
-            return Lookup(_u32(a.get(RTA_OIF)) if RTA_OIF in a else None, rtype)
+    p = rt.get(RTM_GETROUTE, _RTM.pack(family, len(d) * 8, len(d) * 8 if src is not None else 0, 0, 0, 0, 0, 0, 0)
+               + body)
+    a = nla_parse(p, _RTM.size, len(p))
+    return Lookup(_u32(a.get(RTA_OIF)) if RTA_OIF in a else None, _RTM.unpack_from(p)[7])
 
 
 def links_with_alias(rt: Rtnl) -> list[tuple[Link, str]]:
