@@ -301,9 +301,11 @@ class Daemon:
             if why:
                 _refuse(conn, why)
                 return
-            try:                        # the namespaces the runtime called the plugin in
-                st = os.fstat(fds[1])       # (a worker is single-threaded: the main process never
-                if (st.st_dev, st.st_ino) != self.mntns:    # starts a thread; a mount ns needs it)
+            # the namespaces the runtime called the plugin in; a mount namespace can be entered
+            # because a worker is single-threaded (the main process never starts a thread)
+            try:
+                st = os.fstat(fds[1])
+                if (st.st_dev, st.st_ino) != self.mntns:
                     ns._setns(fds[1], ns.CLONE_NEWNS)    # (ip netns exec, a runtime's private mounts)
                 ns._setns(fds[0], ns.CLONE_NEWNET)
             except OSError as e:
