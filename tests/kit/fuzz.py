@@ -670,6 +670,12 @@ def _get(tree, path):
     return node
 
 
+def _first_dict(items, index: int) -> bool:
+    """Whether items[index] is an object a mutation can set a key of (an earlier mutation of the
+    same case may have retyped the list or its members)."""
+    return isinstance(items, list) and bool(items) and isinstance(items[index], dict)
+
+
 def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[dict, bytes, list[str]]:
     """A mutated (env, stdin) from the world's valid case and what was done to it."""
     import copy
@@ -727,9 +733,9 @@ def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[di
             op = rng.choice(["deep", "iface", "ip", "many", "drop", "version", "sandbox"])
             if op == "deep":
                 conf["prevResult"] = Pairs(list(prev.items()) + [("x", deep(rng.choice([990, 2000, 100000])))])
-            elif op == "iface" and prev.get("ips"):
+            elif op == "iface" and _first_dict(prev.get("ips"), 0):
                 prev["ips"][0]["interface"] = rng.choice([-1, 99, 2**63, "1", None, 1.0])
-            elif op == "ip" and prev.get("ips"):
+            elif op == "ip" and _first_dict(prev.get("ips"), 0):
                 prev["ips"][0]["address"] = rng.choice(["10.22.0.300/24", "10.22.0.5", "fd00::5/64", "", "x/y",
                                                         "10.22.0.5/33", None, 5])
             elif op == "many":
@@ -739,7 +745,7 @@ def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[di
                 prev.pop(rng.choice(["interfaces", "ips", "routes", "cniVersion", "dns"]), None)
             elif op == "version":
                 prev["cniVersion"] = rng.choice(["0.1.0", "0.3.1", "0.4.0", "1.0.0", "9.9.9", "", None])
-            elif op == "sandbox" and prev.get("interfaces"):
+            elif op == "sandbox" and _first_dict(prev.get("interfaces"), -1):
                 prev["interfaces"][-1]["sandbox"] = rng.choice(["", "/nonexistent", paths["fifo"], None, 1])
             done.append(f"prevResult {op}")
         elif r < 0.70:                                 # cniVersion / name / type
