@@ -162,11 +162,11 @@ cmd_test() {
         exec "$PY" -m pytest -q "$@" </dev/null
     fi
     local rc=0
-    "$PY" -m pytest -q </dev/null || rc=1
+    "$PY" -m pytest -q --durations=40 </dev/null || rc=1
     # The second pass: the plugin tests again, every plugin exec served by one pycni-node
     # (tests/conftest.py, PYCNI_TEST_DAEMON=1); the results must be the same in both modes.
     log "pytest, daemon mode: PYCNI_TEST_DAEMON=1 over the plugin tests"
-    PYCNI_TEST_DAEMON=1 "$PY" -m pytest -q "${DAEMON_PASS[@]/#/tests/integration/}" </dev/null || rc=1
+    PYCNI_TEST_DAEMON=1 "$PY" -m pytest -q --durations=20 "${DAEMON_PASS[@]/#/tests/integration/}" </dev/null || rc=1
     return $rc
 }
 
