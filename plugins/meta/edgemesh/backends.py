@@ -84,15 +84,36 @@ def for_add(choice: str):
 def holding_rules(choice: str, families: tuple[str, ...] = FAMILIES) -> list:
     """Backend instances (one per family) that hold our rules (DEL, GC, CHECK, sync): with an
     explicit choice, that one's (a DEL must succeed even where its tools are missing)."""
+    return [b for b, _ in holding_rules_read(choice, families)]
+
+
+def holding_rules_read(choice: str, families: tuple[str, ...] = FAMILIES) -> list[tuple]:
+    """holding_rules, each with what its read() gave when finding out (iptables: the rules, read
+    once) or None (nftables: found from the table list; read it when needed)."""
     if choice == "auto":
-        return footprints(families=families)
-    return [b for b in (get(choice, f) for f in families) if b.available() and _holds(b)]
+        return _footprints(families=families)
+    tables: list = []
+    out = []
+    for b in (get(choice, f) for f in families):
+        if not b.available():
+            continue
+        if b.name == "nftables" and not tables:
+            tables = [_nft_tables()]                # one `nft list tables` for both families
+        held, current = _held(b, tables[0] if tables else None)
+        if held:
+            out.append((b, current))
+    return out
 
 
 def footprints(skip: tuple[tuple[str, str], ...] = (), families: tuple[str, ...] = FAMILIES) -> list:
     """The backend instances holding our rules, nftables first (its table is a footprint
     iptables-nft cannot leave behind), IPv4 before IPv6; the (name, family) pairs in `skip`
     are not looked at."""
+    return [b for b, _ in _footprints(skip, families)]
+
+
+def _footprints(skip: tuple[tuple[str, str], ...] = (), families: tuple[str, ...] = FAMILIES) -> list[tuple]:
+    """footprints, each with its read() as _held gave it."""
     out, tables = [], None
     for name in ("nftables", "iptables"):
         for family in families:
@@ -101,8 +122,9 @@ def footprints(skip: tuple[tuple[str, str], ...] = (), families: tuple[str, ...]
                 continue
             if b.name == "nftables" and tables is None:
                 tables = _nft_tables()              # one `nft list tables` for both families
-            if _holds(b, tables):
-                out.append(b)
+            held, current = _held(b, tables)
+            if held:
+                out.append((b, current))
     return out
 
 
@@ -115,10 +137,13 @@ def rules_left(choice: str, emptied: list) -> bool:
     return bool(footprints(skip=tuple((b.name, b.family) for b in emptied)))
 
 
-def _holds(backend, tables: list | None = None) -> bool:
+def _held(backend, tables: list | None = None) -> tuple[bool, dict | None]:
+    """(does `backend` hold our rules, its read() when that was how we found out): nftables by
+    its table in `tables` (`nft list tables`), iptables by one read of its nat table."""
     if backend.name == "nftables":
-        return (backend.table_family, backend_nft.TABLE) in (_nft_tables() if tables is None else tables)
-    return any(c in backend.read() for c in R.CHAINS)
+        return (backend.table_family, backend_nft.TABLE) in (_nft_tables() if tables is None else tables), None
+    current = backend.read()
+    return any(c in current for c in R.CHAINS), current
 
 
 def converge(backend, current: dict | None = None, **plan_args) -> R.Plan:

@@ -85,11 +85,12 @@ def doctor_check(conf: config.NetConf) -> None:
 def check_family(conf: config.NetConf, family: str, shared: dict[str, list[R.Item]],
                  pods: list[R.PodMatch]) -> None:
     """CHECK of one family's rules: CNIError(145) listing what differs."""
-    holders = backends.holding_rules(conf.backend, (family,))
+    found = backends.holding_rules_read(conf.backend, (family,))
     where = "" if family == "4" else "IPv6 "
-    if not holders:
+    if not found:
         raise CNIError(RULES_DIFFER, f"no {where}edgemesh rules found on this node")
-    current = holders[0].read()
+    holders = [b for b, _ in found]
+    current = found[0][1] if found[0][1] is not None else holders[0].read()
     conflict.check(conf, holders[0], current, shared)
     plan = R.plan(current, holders[0].render, shared=shared, pods=pods)
     if not plan.empty():
@@ -172,9 +173,11 @@ def remove_pods(conf: config.NetConf, drop) -> None:
     applied leaves only the device, and its DEL or a GC must remove it."""
     with locked(conf.lock_path):
         torn, left = [], set()
-        held = backends.holding_rules(conf.backend)
-        for b in held:
-            current = b.read()
+        found = backends.holding_rules_read(conf.backend)
+        held = [b for b, _ in found]
+        for b, current in found:
+            if current is None:
+                current = b.read()
             left |= conflict.networks_in(current, drop)
             torn.append(backends.converge(b, current, shared=None, drop=drop, teardown_when_empty=True).teardown)
         if all(torn) and listen.present() and not backends.rules_left(conf.backend, held):
