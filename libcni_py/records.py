@@ -95,9 +95,11 @@ def read_or(path: str, default=None, max_bytes: int = MAX_BYTES):
         return default
 
 
-def write(path: str, obj, mode: int = 0o600, text: str | None = None) -> None:
+def write(path: str, obj, mode: int = 0o600, text: str | None = None, sync: bool = True) -> None:
     """Write `obj` (or the ready `text`) as the record at `path`, atomically. The directory must
-    exist. Stale temp files of dead writers in that directory are removed first."""
+    exist. Stale temp files of dead writers in that directory are removed first. `sync=False`
+    leaves out the fsync, for a record of state that dies with the machine (a process's crash
+    still leaves the old or the new document; after a power loss it may be empty: unreadable)."""
     directory = os.path.dirname(path) or "."
     check_private(directory)
     clean_stale(directory)
@@ -113,7 +115,8 @@ def write(path: str, obj, mode: int = 0o600, text: str | None = None) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
