@@ -111,13 +111,13 @@ Route = namedtuple("Route", "dst gateway oif protocol priority flags table")
 
 
 class Rtnl:
-    """One NETLINK_ROUTE socket in the netns current at construction."""
+    """One NETLINK_ROUTE socket in the netns current at construction (`protocol`: another netlink
+    family's, e.g. NETLINK_NETFILTER for plugins.pkg.iptables; dump and batch work the same)."""
 
     CHUNK = 256          # messages per sendmsg()
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  socket.NETLINK_ROUTE)
+    def __init__(self, protocol: int = socket.NETLINK_ROUTE):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         try:
             self.sock.setsockopt(270, NETLINK_CAP_ACK, 1)   # SOL_NETLINK: short ACKs
