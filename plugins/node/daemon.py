@@ -28,6 +28,8 @@ import io
 import json
 import logging
 import os
+import resource
+import select
 import signal
 import socket
 import sys
@@ -62,8 +64,15 @@ PRELOAD = (
     "ipaddress", "json", "subprocess", "fcntl", "ctypes",
 )
 REQUEST_TIMEOUT = 60.0     # the request and stdin after OK (the client sends them at once)
+# The debug line's phases of a request (ms): accepted -> a worker runs it (a spare: at once; at
+# --max-workers: the fork and set-up), the client's hello came (the client's time), hello checked, mount and
+# network namespaces entered, OK sent, request + stdin read, the exec's process state set up,
+# the plugin (skel.run), its stdout collected.
+PHASES = ("start", "hello", "check", "mntns", "netns", "ok", "request", "setup", "plugin", "output")
 RESTART_PAUSE = 2.0        # a service that exited is started again after this
 MAX_WORKERS = 256
+SPARE_WORKERS = 2          # forked ahead, waiting in accept() (within --max-workers)
+PR_SET_PDEATHSIG = 1
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
 
@@ -91,6 +100,13 @@ class Daemon:
         self.mntns = (st.st_dev, st.st_ino)
         self.plugins: dict[bytes, object] = {}
         self.debug = False             # a line per request served on the daemon's stderr
+        self.stamps: list[int] = []    # a worker's phase ends (time.monotonic_ns), from the accept
+        self.idle: set[int] = set()    # spare workers waiting in accept()
+        self.fork_failed = 0.0         # until then (monotonic) no fork is tried
+        self.wake_r = self.wake_w = self.taken_r = self.taken_w = self.stop_r = self.stop_w = -1
+        self.out_fd = self.null_fd = -1
+        self.faults = 0                # a spare's minor faults before its accept
+        self.entered_mntns = False
 
     # ---- start-up -------------------------------------------------------------------
     def preload(self) -> None:
@@ -107,6 +123,12 @@ class Daemon:
                 import_module(module)
             except ImportError:
                 pass
+        from plugins.pkg import schema
+        for name in sorted(os.listdir(schema.schema_dir())):   # what each plugin's validate reads
+            if name.endswith(".json"):
+                schema.load(name[:-5])
+        libc = ns.libc()
+        _ = (libc.setns, libc.prctl)             # ctypes makes a function on its first lookup: here, once
         import gc
         gc.collect()
         gc.freeze()              # workers' collections leave the preloaded heap (and its pages) alone
@@ -153,40 +175,84 @@ class Daemon:
         self.listener = lst
 
     # ---- the main loop ----------------------------------------------------------------
+    # Spare workers are forked ahead of requests (SPARE_WORKERS, within --max-workers): each waits
+    # in accept() on the listener itself, so a request meets a worker that is already running,
+    # the fork and the request-independent set-up are off the exec's path. A spare that took a
+    # connection writes its pid on the `taken` pipe and the main process forks the next one. With
+    # --max-workers reached and no spare waiting, the main process accepts and closes (before OK:
+    # the client runs in-process), or forks a worker for that connection if one has ended since.
     def serve(self) -> int:
         assert self.listener is not None
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        self.taken_r, self.taken_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.taken_r, False)
+        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)   # its EOF: spares leave (shutdown, or the daemon died)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.signal(signal.SIGCHLD, _ignore)             # a child's end wakes the select below
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         log.info("listening on %s (%s), %d plugins loaded", self.path, self.identity.decode(), len(self.plugins))
         while not self.stopping:
             self._housekeeping()
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept: %s", e)
-                    time.sleep(0.1)
-                    continue
-                raise
-            self._reap()
-            if len(self.workers) >= self.max_workers:
-                conn.close()             # before OK: the client runs in-process
-                if self.debug:
-                    _log_fd(f"pycni-node: refused a request: {len(self.workers)} requests in flight (--max-workers)\n")
-                continue
-            try:
-                pid = os.fork()
-            except OSError as e:
-                log.error("fork: %s", e)
-                conn.close()
-                continue
-            if pid == 0:
-                self._worker(conn)       # never returns
-            self.workers.add(pid)
-            conn.close()
+            self._read_taken()
+            self._fork_spares()
+            full = not self.idle and (len(self.workers) >= self.max_workers or time.monotonic() < self.fork_failed)
+            ready, _, _ = select.select([self.wake_r, self.taken_r] + ([self.listener] if full else []), [], [], 0.5)
+            if self.wake_r in ready:
+                _drain(self.wake_r)
+            if self.listener in ready and not self.stopping:
+                self._accept_full()
         return self._shutdown()
+
+    def _read_taken(self) -> None:
+        try:
+            data = os.read(self.taken_r, 4096)
+        except BlockingIOError:
+            return
+        for i in range(0, len(data) - 3, 4):
+            self.idle.discard(int.from_bytes(data[i:i + 4], sys.byteorder))
+
+    def _fork_spares(self) -> None:
+        while (len(self.idle) < SPARE_WORKERS and len(self.workers) < self.max_workers and not self.stopping
+               and time.monotonic() >= self.fork_failed):
+            pid = self._fork(None)
+            if pid:
+                self.idle.add(pid)
+
+    def _fork(self, conn: socket.socket | None) -> int:
+        """A worker: a spare (conn None) or one for a connection the main process accepted."""
+        parent = os.getpid()
+        stamp = time.monotonic_ns()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("fork: %s", e)
+            self.fork_failed = time.monotonic() + 0.5      # meanwhile requests are sent in-process
+            return 0
+        if pid == 0:
+            self._worker(conn, parent, stamp)             # never returns
+        self.workers.add(pid)
+        return pid
+
+    def _accept_full(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except (TimeoutError, BlockingIOError):
+            return                                   # a spare forked meanwhile took it
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("accept: %s", e)
+                time.sleep(0.1)
+                return
+            raise
+        self._reap()
+        if len(self.workers) < self.max_workers and self._fork(conn):
+            conn.close()
+            return
+        conn.close()                 # before OK: the client runs in-process
+        if self.debug:
+            _log_fd(f"pycni-node: refused a request: {len(self.workers)} requests in flight (--max-workers)\n")
 
     def _stop(self, *_):
         self.stopping = True
@@ -201,6 +267,12 @@ class Daemon:
                 return
             if pid in self.workers:
                 self.workers.discard(pid)
+                if pid in self.idle:               # a spare that never took a request
+                    self.idle.discard(pid)
+                    if not self.stopping:
+                        log.warning("spare worker %d ended (status %d) before it took a request", pid,
+                                    os.waitstatus_to_exitcode(status))
+                    continue
                 if os.WIFSIGNALED(status):
                     log.warning("worker %d killed by signal %d: its client answered code 11", pid,
                                 os.WTERMSIG(status))
@@ -248,6 +320,7 @@ class Daemon:
             pass
         if self.listener is not None:
             self.listener.close()
+        _close(self.stop_w)                              # the spares waiting leave
         for svc in self.services:
             if svc.pid:
                 _kill(svc.pid, signal.SIGTERM)
@@ -260,25 +333,77 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _child_reset(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    def _child_reset(self, spare: bool = False) -> None:
+        """A child of the main process: signals as an exec has them, none of the main's fds (a
+        spare keeps the listener and the write end of `taken`)."""
+        if self.wake_r >= 0:
+            signal.set_wakeup_fd(-1)
+            for fd in (self.wake_r, self.wake_w, self.taken_r, self.stop_w,
+                       *(() if spare else (self.taken_w, self.stop_r))):
+                _close(fd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        if self.listener is not None:
+        if self.listener is not None and not spare:
             self.listener.close()
 
     # ---- a worker: one request ----------------------------------------------------------
-    def _worker(self, conn: socket.socket) -> None:
+    def _worker(self, conn: socket.socket | None, parent: int, forked: int) -> None:
         global _LOG_FD
         code = 0
         try:
             _LOG_FD = os.dup(2)          # the daemon's log; fd 2 becomes the client's stderr
-            self._child_reset()
+            if conn is None:
+                self._child_reset(spare=True)
+                self._prepare()
+                conn = self._accept()
+                if conn is None:
+                    return
+            else:
+                self.stamps, self.faults = [forked], 0
+                self._child_reset()
+                self._prepare()
+            self.stamps.append(time.monotonic_ns())      # a worker set up runs the request
             self._serve_one(conn)
         except BaseException as e:  # noqa: BLE001 - the client answers 11 on a reply that never came
             _log_fd(f"pycni-node: worker: {type(e).__name__}: {e}\n")
             code = 1
         finally:
             os._exit(code)
+
+    def _accept(self) -> socket.socket | None:
+        """A spare's wait for its connection; None when the stop pipe ends (the daemon stops or
+        died: a spare never outlives it). The listener stays non-blocking (the main process
+        shares it): another spare may win the accept."""
+        assert self.listener is not None
+        while True:
+            ready, _, _ = select.select([self.listener, self.stop_r], [], [])
+            if self.stop_r in ready:
+                return None
+            try:
+                conn, _ = self.listener.accept()
+                break
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.1)
+                    continue
+                raise
+        self.stamps = [time.monotonic_ns()]
+        self.faults = _minflt()
+        os.write(self.taken_w, os.getpid().to_bytes(4, sys.byteorder))   # the main forks the next spare
+        for fd in (self.taken_w, self.stop_r):
+            _close(fd)
+        self.listener.close()
+        return conn
+
+    def _prepare(self) -> None:
+        """What a request's process state needs and no request decides: done before the accept."""
+        self.out_fd = os.memfd_create("pycni-node-stdout", os.MFD_CLOEXEC)
+        self.null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.environ.clear()
+        sys.stdin = None                             # skel reads the request's stdin, given to it
+        _fresh_logging()
 
     def _serve_one(self, conn: socket.socket) -> None:
         conn.settimeout(P.HELLO_TIMEOUT)
@@ -289,6 +414,7 @@ class Daemon:
                 _refuse(conn, f"peer uid {uid} is not root")
                 return
             data, anc, flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * P.N_FDS))
+            self.stamps.append(time.monotonic_ns())      # the client's hello came
             fds = P.unpack_fds(anc)
             if flags & socket.MSG_CTRUNC or len(fds) != P.N_FDS:
                 _refuse(conn, f"hello with {len(fds)} file descriptors")
@@ -301,17 +427,22 @@ class Daemon:
             if why:
                 _refuse(conn, why)
                 return
+            self.stamps.append(time.monotonic_ns())      # hello read and checked
             # the namespaces the runtime called the plugin in; a mount namespace can be entered
             # because a worker is single-threaded (the main process never starts a thread)
             try:
                 st = os.fstat(fds[1])
-                if (st.st_dev, st.st_ino) != self.mntns:
+                self.entered_mntns = (st.st_dev, st.st_ino) != self.mntns
+                if self.entered_mntns:
                     ns._setns(fds[1], ns.CLONE_NEWNS)    # (ip netns exec, a runtime's private mounts)
+                self.stamps.append(time.monotonic_ns())
                 ns._setns(fds[0], ns.CLONE_NEWNET)
+                self.stamps.append(time.monotonic_ns())
             except OSError as e:
                 _refuse(conn, f"setns into the client's namespaces: {e}")
                 return
             P.send_all(conn, P.frame(b"OK"))
+            self.stamps.append(time.monotonic_ns())
             conn.settimeout(REQUEST_TIMEOUT)
             request = P.recv_frame(conn)
             stdin = P.recv_frame(conn)
@@ -326,13 +457,20 @@ class Daemon:
             return
         for fd in fds[:3]:
             _close(fd)
-        started = time.monotonic()
+        self.stamps.append(time.monotonic_ns())          # the request and its stdin read
+        faults = _minflt()
+        modules = set(sys.modules) if self.debug else set()
         status, out = self._run(plugin, argv, env, umask, encodings, stdin, stderr_fd)
         if self.debug:                  # before the reply: whoever got the answer finds the line
             name = hello.rpartition(b"\0")[2].decode(errors="replace")
+            t = self.stamps
+            new = sorted(set(sys.modules) - modules - {"logging"})   # what the plugin imported itself
             _log_fd(f"pycni-node: served {name} "
                     f"{env.get(b'CNI_COMMAND', b'').decode(errors='replace')} pid {P.peer_pid(conn)}: "
-                    f"status {status} in {(time.monotonic() - started) * 1000:.1f} ms\n")
+                    f"status {status} in {(t[-1] - t[-4]) / 1e6:.1f} ms; accepted at {t[0] / 1e9:.6f}; "
+                    + " ".join(f"{k} {(b - a) / 1e6:.2f}" for k, a, b in zip(PHASES, t, t[1:]))
+                    + f"; mntns {'entered' if self.entered_mntns else 'same'}; faults {self.faults} + "
+                      f"{faults - self.faults} + {_minflt() - faults}; imported {len(new)} {','.join(new)}\n")
         P.send_all(conn, P.frame(status.to_bytes(4, "big", signed=True) + out))
 
     def _check_hello(self, hello: bytes, fds: list[int]) -> tuple[str, object]:
@@ -349,23 +487,20 @@ class Daemon:
     def _run(self, plugin, argv, env, umask, encodings, stdin: bytes, stderr_fd: int) -> tuple[int, bytes]:
         """The plugin as its exec would run it: skel.run + what skel.plugin_main does after it."""
         os.umask(umask)
-        os.environ.clear()
         for k, v in env.items():
             os.environb[k] = v
         sys.argv = [os.fsdecode(a) for a in argv]
-        out_fd = os.memfd_create("pycni-node-stdout", os.MFD_CLOEXEC)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
+        out_fd = self.out_fd
+        os.dup2(self.null_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(stderr_fd, 2)
-        for fd in (null, stderr_fd):
+        for fd in (self.null_fd, stderr_fd):
             os.close(fd)
-        sys.stdin = None                             # skel reads the request's stdin, given below
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding=encodings[0], errors=encodings[1])
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=encodings[2], errors=encodings[3],
                                       line_buffering=True)
-        _fresh_logging()
         from libcni_py import skel
+        self.stamps.append(time.monotonic_ns())          # the plugin's process set up as an exec's
         try:
             code = skel.run(plugin, os.environ, io.BytesIO(stdin), sys.stdout, sys.stderr)
         except SystemExit as e:                      # what the interpreter would make of it
@@ -386,9 +521,16 @@ class Daemon:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        self.stamps.append(time.monotonic_ns())          # skel.run and the flushes done
         size = os.fstat(out_fd).st_size
         out = os.pread(out_fd, size, 0) if size else b""
+        self.stamps.append(time.monotonic_ns())
         return code, out
+
+
+def _minflt() -> int:
+    """Minor page faults of this process so far (a worker: since its fork, mostly copy-on-write)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _fresh_logging() -> None:
@@ -403,12 +545,24 @@ def _fresh_logging() -> None:
     skel._deferred_log_stderr = None
 
 
-def _die_with_parent(parent: int) -> None:
-    """PR_SET_PDEATHSIG: SIGTERM when the daemon is gone (systemd would stop its cgroup; a daemon
+def _die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """PR_SET_PDEATHSIG: `sig` when the daemon is gone (systemd would stop its cgroup; a daemon
     run by hand and killed -9 would otherwise leave its services running, then start second ones)."""
-    ns.libc().prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
+    ns.libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent:                         # it died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
+
+
+def _ignore(*_) -> None:
+    pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _refuse(conn: socket.socket, why: str) -> None:
