@@ -7,7 +7,9 @@ callers checking their other tokens too).
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
@@ -79,6 +81,46 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
     p = _run(argv, text)
     if p.returncode != 0:
         raise _failed(f"{binary}-restore failed", p.stderr + "\ninput:\n" + text)
+
+
+# nf_tables over netfilter netlink (linux/netfilter/nfnetlink.h, nf_tables.h)
+NETLINK_NETFILTER = 12
+_NFT_MSG_NEWCHAIN, _NFT_MSG_GETCHAIN = (10 << 8) | 3, (10 << 8) | 4       # NFNL_SUBSYS_NFTABLES << 8
+_NFTA_CHAIN_TABLE, _NFTA_CHAIN_NAME = 1, 3
+_NFPROTO = {"iptables": 2, "ip6tables": 10}                                # NFPROTO_IPV4, NFPROTO_IPV6
+
+
+def nft_backed(binary: str = "iptables") -> bool:
+    """Is `binary`-save iptables-nft (xtables-nft-multi: its tables and chains are nf_tables ones of
+    the same names, family ip or ip6)? Read from the path alone, no exec."""
+    path = shutil.which(f"{binary}-save")
+    return path is not None and "nft" in os.path.basename(os.path.realpath(path))
+
+
+def chains(table: str, binary: str = "iptables") -> set[str] | None:
+    """The chains of `table` that exist in the kernel, asked in one netfilter netlink dump instead
+    of an iptables-save exec: every user chain `binary`-save lists is there (iptables-nft makes a
+    built-in chain only when a rule needs it; iptables-save lists the built-ins always); None when
+    that answer cannot be had so (iptables-legacy or a wrapper, any netlink refusal): the caller
+    reads iptables-save then. A table that does not exist has no chains (an empty set)."""
+    if table not in TABLES:
+        raise ValueError(table)
+    if binary not in _NFPROTO or not nft_backed(binary):
+        return None
+    from plugins.pkg import rtnl as nl
+    want = table.encode() + b"\0"
+    body = bytes((_NFPROTO[binary], 0, 0, 0)) + nl.nla(_NFTA_CHAIN_TABLE, want)
+    try:
+        with nl.Rtnl(NETLINK_NETFILTER) as rt:
+            found = rt.dump(_NFT_MSG_GETCHAIN, body)
+    except OSError:
+        return None
+    out = set()
+    for kind, payload in found:
+        attrs = nl.nla_parse(payload, 4)
+        if kind == _NFT_MSG_NEWCHAIN and attrs.get(_NFTA_CHAIN_TABLE, b"").rstrip(b"\0") == want[:-1]:
+            out.add(attrs.get(_NFTA_CHAIN_NAME, b"").rstrip(b"\0").decode(errors="replace"))
+    return out
 
 
 def save_all(binary: str = "iptables") -> str:

@@ -58,8 +58,16 @@ def setup(network: str, container_id: str, ifname: str, pod_ips: list[str], clus
 
 
 def teardown(network: str, container_id: str, ifname: str, family: int = 4) -> bool:
-    """Remove the attachment's rules and chain. False when there was nothing to remove."""
+    """Remove the attachment's rules and chain. False when there was nothing to remove.
+
+    Its chain missing (one netfilter netlink dump with iptables-nft) means nothing to remove:
+    setup makes the chain and its jumps in one transaction, and iptables deletes no chain a rule
+    still jumps to; so no iptables-save then (the exec a DEL of an ipMasq-off pod paid)."""
     binary = _binary(family)
+    comment(network, container_id, ifname)            # the names checked as the save path checks them
+    found = iptables.chains(TABLE, binary)
+    if found is not None and chain_name(network, container_id, ifname) not in found:
+        return False
     lines = _teardown_lines(iptables.save(TABLE, binary), network, container_id, ifname)
     if lines:
         iptables.restore(TABLE, lines, binary)
