@@ -57,6 +57,24 @@ def ensure_ingress(rt: nl.Rtnl, index: int) -> None:
         raise nl.NetlinkError(err, f"ingress qdisc on link {index}: {os.strerror(err)}")
 
 
+def ensure_ingress_all(rt: nl.Rtnl, indexes: list[int]) -> None:
+    """ensure_ingress on each link, in one round trip (the first refusal raises, as ensure_ingress)."""
+    msgs = [(RTM_NEWQDISC, nl.F_CREATE | nl.F_EXCL, _tcm(i, INGRESS, TC_H_INGRESS) + nl.nla(TCA_KIND, b"ingress\0"))
+            for i in indexes]
+    for index, err in zip(indexes, rt.batch(msgs)):
+        if err and err != errno.EEXIST:
+            raise nl.NetlinkError(err, f"ingress qdisc on link {index}: {os.strerror(err)}")
+
+
+def delete_filters(rt: nl.Rtnl, prefs: list[tuple[int, int]], parent: int = INGRESS) -> list[bool]:
+    """delete_filter for each (ifindex, pref), in one round trip; the first refusal raises."""
+    errs = rt.batch([(RTM_DELTFILTER, 0, _tcm(index, 0, parent, (pref & 0xFFFF) << 16)) for index, pref in prefs])
+    for (index, pref), err in zip(prefs, errs):
+        if err and err not in _GONE:
+            raise nl.NetlinkError(err, f"delete filter pref {pref} on link {index}: {os.strerror(err)}")
+    return [not err for err in errs]
+
+
 def delete_filter(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> bool:
     """Remove the filters at priority `pref` (any protocol); False when there were none."""
     err = _one(rt, (RTM_DELTFILTER, 0, _tcm(index, 0, parent, (pref & 0xFFFF) << 16)))
@@ -91,14 +109,24 @@ def add_bpf_filter(rt: nl.Rtnl, index: int, pref: int, protocol: int, prog_fd: i
                    parent: int = INGRESS, classid: int = 1) -> None:
     """Attach a loaded SCHED_CLS program as a direct-action cls_bpf filter
     (`tc filter add dev ... pref P protocol X bpf da fd FD name NAME classid 1`)."""
-    options = (nl.nla(TCA_BPF_FD, struct.pack("=I", prog_fd)) + nl.nla(TCA_BPF_NAME, name.encode() + b"\0")
-               + nl.nla(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
-               + nl.nla(TCA_BPF_CLASSID, struct.pack("=I", classid)))
-    body = (_tcm(index, 1, parent, (pref & 0xFFFF) << 16 | socket.htons(protocol))
-            + nl.nla(TCA_KIND, b"bpf\0") + nl.nla(TCA_OPTIONS, options))
-    err = _one(rt, (RTM_NEWTFILTER, nl.F_CREATE | nl.F_EXCL, body))
-    if err:
-        raise nl.NetlinkError(err, f"bpf filter pref {pref} on link {index}: {os.strerror(err)}")
+    add_bpf_filters(rt, [(index, pref, protocol, prog_fd, name)], parent, classid)
+
+
+def add_bpf_filters(rt: nl.Rtnl, filters: list[tuple[int, int, int, int, str]], parent: int = INGRESS,
+                    classid: int = 1) -> None:
+    """add_bpf_filter for each (ifindex, pref, protocol, prog_fd, name), in order, in one round
+    trip; the first refusal raises (the kernel went on with the ones after it)."""
+    msgs = []
+    for index, pref, protocol, prog_fd, name in filters:
+        options = (nl.nla(TCA_BPF_FD, struct.pack("=I", prog_fd)) + nl.nla(TCA_BPF_NAME, name.encode() + b"\0")
+                   + nl.nla(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
+                   + nl.nla(TCA_BPF_CLASSID, struct.pack("=I", classid)))
+        body = (_tcm(index, 1, parent, (pref & 0xFFFF) << 16 | socket.htons(protocol))
+                + nl.nla(TCA_KIND, b"bpf\0") + nl.nla(TCA_OPTIONS, options))
+        msgs.append((RTM_NEWTFILTER, nl.F_CREATE | nl.F_EXCL, body))
+    for (index, pref, *_), err in zip(filters, rt.batch(msgs)):
+        if err:
+            raise nl.NetlinkError(err, f"bpf filter pref {pref} on link {index}: {os.strerror(err)}")
 
 
 def run_batch(lines: list[list[str]], netns: str | None = None, binary: str = "tc") -> None:

@@ -58,7 +58,8 @@ def cmd_add(args: CmdArgs):
             log.warning("ADD %s: an earlier ADD (pid %s) died half-way; undoing its steps %s first",
                         pod.key, have.adder[0] if have.adder else "?", have.steps)
             _undo(have, cfg.state_dir, args.netns)
-        note(None)                            # the journal: this ADD, nothing done yet
+        # the journal's first write is the pull's (with its snapshot), before the first change:
+        # nothing before it changes the kernel, and the lock is held until it is written
         _guarded(pod, cfg.state_dir, steering.prepare, pod, cfg.state_dir, note)
     try:
         installed = steering.settle(pod, cfg.mode)      # unlocked: may wait dpWaitMs

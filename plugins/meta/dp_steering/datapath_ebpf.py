@@ -89,12 +89,17 @@ def filter_name(r: Rule, code: bytes) -> str:
 
 
 def install(rt, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
-    for r in rules:
-        code = program(r, index)
-        fd = B.load_sched_cls(code, f"dpst_{r.pref}")
-        try:
-            tc.add_bpf_filter(rt, index[r.dev], r.pref, tc.PROTOCOLS[r.protocol], fd, filter_name(r, code))
-        finally:
+    """Load every rule's program, then attach them all, in order, in one netlink round trip."""
+    fds: list[int] = []
+    try:
+        attach = []
+        for r in rules:
+            code = program(r, index)
+            fds.append(B.load_sched_cls(code, f"dpst_{r.pref}"))
+            attach.append((index[r.dev], r.pref, tc.PROTOCOLS[r.protocol], fds[-1], filter_name(r, code)))
+        tc.add_bpf_filters(rt, attach)
+    finally:
+        for fd in fds:
             os.close(fd)
 
 

@@ -32,8 +32,7 @@ def ensure_pair(rt, netns: str, vbr: str, vth: str, mtu: int) -> bool:
     index = link.create_veth(rt, vbr, vth, mtu=mtu, index=PAIR_INDEX if free[0] else 0,
                              peer_index=PAIR_INDEX + 1 if free[1] else 0)
     try:
-        for name in (vth, vbr):
-            triad.quiet_up(rt, netns, name)
+        triad.quiet_up(rt, netns, vth, vbr)
         tc.ensure_ingress(rt, index)
     except BaseException:
         link.delete_if_exists(rt, vbr)
@@ -61,14 +60,16 @@ def acquire(rt, pod: state.Pod, state_dir: str, mtu: int) -> bool:
         raise
 
 
-def release(rt, pod: state.Pod, state_dir: str) -> bool:
+def release(rt, pod: state.Pod, state_dir: str, keys: list[str] | None = None, deleted: bool = False) -> bool:
     """Forget the pod as a user; delete the pair when no user that still exists is left.
-    True if deleted."""
-    keys = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key)
+    True if deleted. `keys`: those users, when the caller read them already; `deleted`: the
+    caller deleted the pair already (with the pod's port, triad.restore's `also`)."""
+    if keys is None:
+        keys = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key)
     state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
     if keys:
         return False
-    return drop_pair(rt, pod.vbr, pod.vth)
+    return deleted or drop_pair(rt, pod.vbr, pod.vth)
 
 
 def drop_pair(rt, vbr: str, vth: str) -> bool:

@@ -116,9 +116,9 @@ def _pod_path(state_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(state_dir, "pods", container_id, ifname + ".json")
 
 
-def _write(path: str, data: dict) -> None:
+def _write(path: str, data: dict, sync: bool = True) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    records.write(path, data)
+    records.write(path, data, sync=sync)
 
 
 def _read(path: str, what: str):
@@ -161,7 +161,11 @@ def all_pods(state_dir: str, skip_corrupt: bool = True) -> list[Pod]:
 
 
 def save_pod(state_dir: str, pod: Pod) -> None:
-    _write(_pod_path(state_dir, pod.container_id, pod.ifname), pod.record())
+    """Not fsync'd: what a journal or record describes (links, filters in netns) dies with the
+    machine, a process's crash leaves the old or the new one, and a record a power loss emptied
+    is a corrupt one (DEL sweeps by name, GC skips it). The shared-pair records are synced (every
+    ADD reads its pair's)."""
+    _write(_pod_path(state_dir, pod.container_id, pod.ifname), pod.record(), sync=False)
 
 
 def remove_pod(state_dir: str, container_id: str, ifname: str) -> None:

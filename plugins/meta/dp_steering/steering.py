@@ -185,18 +185,33 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
             with link.open_rtnl(pod.enforcer) as rt:
                 if "rules" in steps:
                     _remove_rules(rt, pod)
+                # the pod's other users, once: with none left the pair goes in vin's deletion
+                others = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps else None
+                last = "pull" in steps and others == [] and enforcer.is_pair(rt, pod.vbr, pod.vth)
                 if "pull" in steps:
-                    triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin,
-                                  pod.mac or None, before)
-                if "pair" in steps and enforcer.release(rt, pod, state_dir) and pod.dp_socket:
                     try:
-                        dpctl.del_srvc_port(pod.dp_socket, pod.vth)
-                    except dpctl.DpError as e:     # the dp's table is the dp's (as forget)
-                        log.warning("the dp on %s refused to stop reading %s: %s", pod.dp_socket, pod.vth, e)
+                        triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin,
+                                      pod.mac or None, before, also=(pod.vbr,) if last else ())
+                    except OSError:
+                        if last and link.find(rt, pod.vbr) is None:
+                            _stop_reading(pod)     # the pair went before the pod's port failed to
+                        raise
+                if others is not None and enforcer.release(rt, pod, state_dir, others, deleted=last):
+                    _stop_reading(pod)
         except OSError as e:
             raise CNIError(errors.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
     pod.steps = []
     pod.installed = "off"
+
+
+def _stop_reading(pod: state.Pod) -> None:
+    """The pod's pair is gone: its dp (if any) stops reading vth."""
+    if not pod.dp_socket:
+        return
+    try:
+        dpctl.del_srvc_port(pod.dp_socket, pod.vth)
+    except dpctl.DpError as e:     # the dp's table is the dp's (as forget)
+        log.warning("the dp on %s refused to stop reading %s: %s", pod.dp_socket, pod.vth, e)
 
 
 def drop_dead_users(state_dir: str) -> None:
@@ -352,8 +367,7 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
     index = {name: triad.must_index(rt, name, pod.enforcer) for name in (p.vex, p.vin, p.vbr)}
     want = sorted(rules.rules_for(mode, p), key=lambda r: r.dev != p.vbr)   # return path first
     try:
-        for name in (p.vex, p.vin, p.vbr):
-            tc.ensure_ingress(rt, index[name])
+        tc.ensure_ingress_all(rt, [index[name] for name in (p.vex, p.vin, p.vbr)])
         datapath(pod.datapath).install(rt, pod.enforcer, want, index)
     except (OSError, tc.TCError) as e:
         _remove_rules(rt, pod)
@@ -362,14 +376,14 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
 
 
 def _remove_rules(rt, pod: state.Pod) -> None:
+    """The pod's filters, in one round trip (a device that is gone took its filters with it)."""
+    gone = []
     for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref)),
                         (pod.vex, rules.PORT_PREFS), (pod.vin, rules.PORT_PREFS)):
         index = link.index_of(rt, name)
-        if index is None:          # gone, and its filters with it
-            continue
-        for pref in prefs:
-            if pref:
-                tc.delete_filter(rt, index, pref)
+        if index is not None:
+            gone += [(index, pref) for pref in prefs if pref]
+    tc.delete_filters(rt, gone)
 
 
 def forget(pod: state.Pod) -> None:

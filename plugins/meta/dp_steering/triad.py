@@ -148,35 +148,38 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
                 index=vex_index if pod.link(index=vex_index) is None else 0,
                 peer_index=snap.peer if snap.peer and enf.link(index=snap.peer) is None else 0)
             apply(pod, new, snap)
-            for name in (vex, vin):
-                quiet_up(enf, enf_ns, name)
+            quiet_up(enf, enf_ns, vex, vin)
         except BaseException:
             _restore(pod, enf, pod_ns, ifname, vex, vin, snap.mac, snap)
             raise
     return snap
 
 
-def quiet_up(rt: nl.Rtnl, netns: str, name: str) -> None:
-    """Bring a port of ours up in `netns` with IPv6 off first (no autoconf chatter)."""
+def quiet_up(rt: nl.Rtnl, netns: str, *names: str) -> None:
+    """Bring ports of ours up in `netns` with IPv6 off first (no autoconf chatter), in order:
+    each one's sysctl, then each one up (the netns entered once)."""
     from plugins.pkg import ns
     with ns.enter(netns):
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{check_ifname(name)}/disable_ipv6", "w") as f:
-                f.write("1")
-        except FileNotFoundError:       # IPv6 off in this kernel or netns
-            pass
-    link.set_link(rt, must_index(rt, name, netns), up=True)
+        for name in names:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{check_ifname(name)}/disable_ipv6", "w") as f:
+                    f.write("1")
+            except FileNotFoundError:       # IPv6 off in this kernel or netns
+                pass
+    for name in names:
+        link.set_link(rt, must_index(rt, name, netns), up=True)
 
 
 def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
-            before: Snapshot | None = None) -> None:
+            before: Snapshot | None = None, also: tuple[str, ...] = ()) -> None:
     """Undo a pull. With the pod netns gone (None), just delete vex/vin in the enforcer.
     `before`: the snapshot a pull that did not finish took (the pod gets it back); without
-    it the pod gets what CNI_IFNAME carries now."""
+    it the pod gets what CNI_IFNAME carries now. `also`: links of the enforcer netns deleted
+    in the same kernel pass as vin (the shared pair with its last pod: one deletion's RCU
+    waits instead of two)."""
     with link.open_rtnl(enf_ns) as enf:
         if pod_ns is None or not os.path.exists(pod_ns):
-            for name in (vex, vin):
-                link.delete_if_exists(enf, name)
+            delete(enf, (vex, vin, *also))
             return
         with link.open_rtnl(pod_ns) as pod:
             snap = before
@@ -184,12 +187,21 @@ def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, ma
             pulled = link.index_of(enf, vex) is not None or link.index_of(pod, vex) is not None
             if snap is None and cur is not None and pulled:
                 snap = snapshot(pod, cur)         # the pod's live config, on our veth
-            _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap)
+            _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap, also)
+
+
+def delete(rt: nl.Rtnl, names: tuple[str, ...]) -> None:
+    """Delete the links of `names` that are here, in one kernel pass when there are several."""
+    found = [i for i in (link.index_of(rt, name) for name in names) if i is not None]
+    if len(found) > 1:
+        link.delete_together(rt, found)
+    elif found:
+        link.delete_index(rt, found[0])
 
 
 def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
-             snap: Snapshot | None) -> None:
-    link.delete_if_exists(enf, vin)              # takes our CNI_IFNAME in the pod with it
+             snap: Snapshot | None, also: tuple[str, ...] = ()) -> None:
+    delete(enf, (vin, *also))                    # vin takes our CNI_IFNAME in the pod with it
     idx = link.index_of(enf, vex)
     if idx is not None:                          # back to the pod, where its ifindex is free now
         link.set_link(enf, idx, up=False)
