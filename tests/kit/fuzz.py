@@ -808,6 +808,26 @@ def mutate(rng: random.Random, world: World, verb: str, target: str) -> tuple[di
     return env, data, done
 
 
+# The kinds of mutation mutate() makes, by the description it gives each (its `done` list).
+MUTATION_KINDS = ("standard key", "config tree", "hostile path", "prevResult", "cniVersion/name/type",
+                  "environment", "document")
+_KIND_OF = [(re.compile(r"^add [\w./]+="), "standard key"),
+            (re.compile(r"^((drop|retype|set) \(|duplicate key |unknown key )"), "config tree"),
+            (re.compile(r"^prevResult \w+$"), "prevResult"),
+            (re.compile(r"^(cniVersion|name|type)="), "cniVersion/name/type"),
+            (re.compile(r"^(unset )?CNI_[A-Z]+"), "environment"),
+            (re.compile(r"^document \w+$"), "document"),
+            (re.compile(r"^[\w.]+ = [\w ]+$"), "hostile path")]
+
+
+def mutation_kind(desc: str) -> str:
+    """The kind (MUTATION_KINDS) of one of mutate()'s descriptions; "other" if none fits."""
+    for pattern, kind in _KIND_OF:
+        if pattern.match(desc):
+            return kind
+    return "other"
+
+
 def _has_lone_surrogate(s: str) -> bool:
     try:
         s.encode("utf-8", errors="surrogateescape")
@@ -823,6 +843,8 @@ class Stats:
         self.plugin, self.verb = plugin, verb
         self.cases = self.forked = self.execd = self.ok = 0
         self.codes: dict = {}
+        self.kinds: dict = {}                   # mutation kind -> how many mutations of it
+        self.unclassified: list[str] = []       # descriptions mutation_kind() does not know
         self.problems: list[dict] = []         # each: what, env, stdin, outcome
         self.residue: list[dict] = []
         self.secs = 0.0
@@ -839,7 +861,7 @@ class Stats:
                 f"{self.ok} ok, codes {dict(sorted(self.codes.items(), key=lambda kv: str(kv[0])))}, "
                 f"999s {self.count('code 999')}, tracebacks {self.count('traceback')}, hangs {self.count('hang')}, "
                 f"other problems {self.others()}, "
-                f"residue {len(self.residue)}, {self.secs:.1f} s")
+                f"residue {len(self.residue)}, mutations {dict(sorted(self.kinds.items()))}, {self.secs:.1f} s")
 
 
 def _short(env: dict, data: bytes) -> dict:
@@ -859,9 +881,10 @@ def _diff(before: dict, after: dict) -> dict:
 
 
 def fuzz(world: World, verb: str, cases: int, seed: int, exec_share: float = 0.08,
-         check_residue: bool = True, log=None) -> Stats:
+         check_residue: bool = True, log=None, exec_first: int = 0) -> Stats:
     """`cases` mutated cases of `verb` against `world`; every outcome judged, rejected ADDs
-    checked for residue, successful ADDs DELeted again (and checked too)."""
+    checked for residue, successful ADDs DELeted again (and checked too). The first `exec_first`
+    cases are exec'd whatever the draw (a small sample still takes the exec path)."""
     rng = random.Random(f"{seed}-{world.plugin}-{verb}")
     st = Stats(world.plugin, verb)
     started = time.monotonic()
@@ -870,7 +893,12 @@ def fuzz(world: World, verb: str, cases: int, seed: int, exec_share: float = 0.0
     baseline = world.snapshot() if verb == "ADD" and check_residue else None
     for i in range(cases):
         env, data, done = mutate(rng, world, verb, target)
-        exec_ = rng.random() < exec_share
+        for d in done:
+            kind = mutation_kind(d)
+            st.kinds[kind] = st.kinds.get(kind, 0) + 1
+            if kind == "other":
+                st.unclassified.append(d)
+        exec_ = rng.random() < exec_share or i < exec_first
         o = world.run(env, data, exec_)
         st.cases += 1
         st.execd += exec_
