@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pycni build entry point.
 #   ./build.sh              create .venv and install pycni editable, with the test, build and lint extras
+#   ./build.sh launchers    write .venv/bin's per-pod plugin launchers again (after a pip install by hand)
 #   ./build.sh bin          PyInstaller: one onedir bundle, one name per plugin, into dist/cni/bin
 #   ./build.sh install [DIR] install the plugins into DIR (default /opt/cni/bin), the bundle beside it
 #   ./build.sh test [ARGS]  install the system packages the tests need, then (without ARGS) ruff + mypy, pytest ARGS
@@ -14,7 +15,7 @@ ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 cd "$ROOT"
 VENV=$ROOT/.venv
 PY=$VENV/bin/python
-DIST=${PYCNI_DIST:-$ROOT/dist/cni}
+DIST=$(realpath -m "${PYCNI_DIST:-$ROOT/dist/cni}")      # absolute: the launchers name it
 WORK=${PYCNI_WORK:-$ROOT/build/pyinstaller}
 
 # Debian packages the test suite runs against (real plugins, real netfilter, real Go libcni).
@@ -24,7 +25,7 @@ TEST_DEBS=(containernetworking-plugins iproute2 iptables nftables golang-go
 DEMOS=(plugins.meta.passthrough.demo plugins.main.vxlan.demo plugins.meta.dp_steering.demo
        plugins.meta.edgemesh.demo plugins.doctor.demo)      # doctor last: the demos end with it
 
-usage() { sed -n '2,10p' "$ROOT/build.sh" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$ROOT/build.sh" | sed 's/^# \{0,1\}//'; }
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
@@ -47,6 +48,126 @@ cmd_venv() {
     log "installing pycni (editable) with test and build extras"
     install_project
     compile_project
+    venv_launchers
+}
+
+# ---- launchers: the per-pod plugins start as a bare interpreter ----------------------------
+# The plugins pycni-node serves (plugins/node/protocol.py SERVED) are exec'd once per pod and
+# verb. pip's console script for them imports site (every .pth) and re (pip's wrapper), ~15 ms
+# of a ~32 ms exec; PyInstaller's bootloader costs ~8-10 ms before Python starts. A launcher
+# is a 5-line Python script whose shebang is an absolute interpreter run with -I -S (isolated,
+# no site): it puts our code on sys.path itself and calls plugins.entrypoints.run(name), the
+# thin client first (plugins/node/client.py), else the plugin in-process. README "Packaging".
+served_names() { "$PY" -c 'from plugins.node.protocol import SERVED; print(" ".join(SERVED))'; }
+
+# A path that may be written into a launcher (a shebang, a Python string literal) as it is.
+plain_path() { local re='^/[A-Za-z0-9._/+@,-]*$'; [[ $1 =~ $re ]]; }
+
+# write_launcher FILE INTERPRETER NAME SETUP: SETUP is one line of Python run before the import
+# (its paths checked by the caller with plain_path). Fails (nothing written) when the
+# interpreter's path is not plain or the shebang is longer than the kernel reads (255 bytes).
+write_launcher() {
+    local file=$1 interp=$2 name=$3 setup=$4 shebang
+    shebang="#!$interp -IS"
+    plain_path "$interp" && [ ${#shebang} -le 250 ] || return 1
+    printf '%s\n' "$shebang" \
+        "# pycni launcher for $name (build.sh): a bare interpreter (-I -S: no site, no .pth), our code on" \
+        "# sys.path, then plugins.entrypoints.run inlined: the thin client, else the plugin in-process." \
+        "import sys" "$setup" \
+        "from plugins.node.client import delegate" "delegate('$name')" \
+        "from plugins.entrypoints import dispatch" "dispatch('$name')" >"$file.new"
+    chmod 755 "$file.new"
+    mv -f "$file.new" "$file"
+}
+
+# .venv/bin/<served name>: replaces pip's console script (rewritten at every pip install of the
+# project, so this runs after each). The interpreter is the venv's python; with -S no .pth is
+# read, so the checkout (the editable install's source) and site-packages go on sys.path here.
+venv_launchers() {
+    local site name
+    site=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    for name in $(served_names); do
+        plain_path "$ROOT" && plain_path "$site" && write_launcher "$VENV/bin/$name" "$PY" "$name" "sys.path += ['$ROOT', '$site']" \
+            || die "cannot write the launcher $VENV/bin/$name (paths $ROOT, $site)"
+    done
+}
+
+# The bundle's launchers run on pycni/bin/python3, a copy of an interpreter that has libpython
+# linked in (nothing to find at run time; the bundle's libpython3.x.so is for the bootloader),
+# with a ._pth beside it naming the bundle's module dirs: sys.path is exactly those, isolated,
+# no site, the environment ignored. This is the build's base interpreter when it is such a
+# python, else /usr/bin/python<same minor> (Debian's is; a pyenv build with --enable-shared is
+# not), else nothing: the bundle keeps the bootloader for every name.
+bundle_python_source() {
+    local minor base cand
+    minor=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    base=$("$PY" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')
+    for cand in "$base" "/usr/bin/python$minor"; do
+        [ -x "$cand" ] || continue
+        ! ldd "$cand" 2>/dev/null | grep -q libpython || continue
+        [ "$("$cand" -I -S -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$minor" ] || continue
+        echo "$cand"
+        return 0
+    done
+    return 1
+}
+
+# What the in-process plugins need from that interpreter and the host: our served plugins'
+# modules, ctypes (libffi), json, and what they import late: etcd3gw (vxlan's etcd registry:
+# requests, ssl, libssl) and pyroute2.conntrack (edgemesh's original destination). The extension
+# modules' libraries come from the host's loader path here, not from the bundle's copies (those
+# are on the bootloader's LD_LIBRARY_PATH only): a host without them fails this probe.
+BUNDLE_PROBE='import ctypes, importlib, json, ssl, etcd3gw, pyroute2.conntrack
+from plugins.entrypoints import ENTRYPOINTS
+from plugins.node.protocol import SERVED
+for name in SERVED:
+    importlib.import_module(ENTRYPOINTS[name])'
+
+probe_bundle_python() {
+    (cd / && env -i "$1/bin/python3" -c "$BUNDLE_PROBE")
+}
+
+# add_bundle_python BUNDLE: pycni/bin/python3 and its ._pth, probed; fails (and leaves no
+# bin/) when no interpreter fits or the probe fails.
+add_bundle_python() {
+    local bundle=$1 src dynload
+    src=$(bundle_python_source) || {
+        log "no python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') with libpython linked in (the build's is shared, no /usr/bin one): the per-pod plugins keep the bootloader"
+        return 1
+    }
+    dynload=$(cd "$bundle/_internal" && find . -maxdepth 3 -type d -name lib-dynload | head -n1)
+    [ -n "$dynload" ] || { log "no lib-dynload in the bundle: the per-pod plugins keep the bootloader"; return 1; }
+    mkdir -p "$bundle/bin"
+    cp "$src" "$bundle/bin/python3"
+    # Another patch release than the build's (Debian's 3.11.2 for a pyenv 3.11.7 build): the
+    # stdlib's extension modules are built against one release's C API (3.11.7's _ssl needs
+    # _PyModule_Add, which 3.11.2 lacks), so the interpreter's own lib-dynload goes first.
+    local own=() version
+    version=$("$PY" -c 'import sys; print(sys.version.split()[0])')
+    if [ "$("$src" -I -S -c 'import sys; print(sys.version.split()[0])')" != "$version" ]; then
+        mkdir "$bundle/bin/lib-dynload"
+        find "$("$src" -I -S -c 'import sysconfig; print(sysconfig.get_config_var("DESTSHARED"))')" -maxdepth 1 \
+            -name '*.so' ! -name '_test*' ! -name 'xx*' -exec cp -t "$bundle/bin/lib-dynload" {} +
+        own=(lib-dynload)
+        log "the bundle's python is $src ($("$src" -I -S -c 'import sys; print(sys.version.split()[0])'), the build's $version): its own lib-dynload goes with it"
+    fi
+    printf '%s\n' "# sys.path of this interpreter (build.sh): the bundle's modules, .pyc on disk (pycni.spec)" \
+        "${own[@]}" "../_internal" "../_internal/${dynload#./}" >"$bundle/bin/python3._pth"
+    if ! probe_bundle_python "$bundle"; then
+        log "the bundle's python ($src) cannot load the plugins (above): the per-pod plugins keep the bootloader"
+        rm -rf "$bundle/bin"
+        return 1
+    fi
+    log "per-pod plugins: launchers on pycni/bin/python3 (a copy of $src)"
+}
+
+# bundle_launcher FILE BUNDLE NAME. sys.frozen and sys.executable as the bootloader sets them:
+# pycni-node (frozen) names the bundle's executable as its identity (plugins/node/protocol.py),
+# and the client's hello must carry the same; vxlan's self-delegation check reads them too.
+bundle_launcher() {
+    local file=$1 bundle=$2 name=$3
+    plain_path "$bundle" && write_launcher "$file" "$bundle/bin/python3" "$name" \
+        "sys.frozen = True; sys.executable = '$bundle/pycni'"
 }
 
 # For the other commands: (re)install only when missing or pyproject.toml changed.
@@ -55,6 +176,7 @@ ensure_venv() {
         cmd_venv
     else
         compile_project      # sources changed since the install: only those are redone
+        venv_launchers       # a `pip install -e .` by hand writes pip's scripts again
     fi
 }
 
@@ -64,9 +186,13 @@ cmd_bin() {
     rm -rf "$DIST"
     "$PY" -m PyInstaller --noconfirm --log-level WARN --distpath "$DIST" --workpath "$WORK" pycni.spec
     mkdir "$DIST/bin"
-    local name names
+    local name names served=" " launchers=0
     names=$("$DIST/pycni/pycni" --list)      # the plugin names this build carries
+    ! add_bundle_python "$DIST/pycni" || { launchers=1; served=" $(served_names) "; }
     for name in $names; do
+        if [ $launchers = 1 ] && [[ $served == *" $name "* ]] && bundle_launcher "$DIST/bin/$name" "$DIST/pycni" "$name"; then
+            continue
+        fi
         ln -s ../pycni/pycni "$DIST/bin/$name"
     done
     log "built: $(echo $names)"
@@ -85,9 +211,16 @@ cmd_install() {
     cp -a "$DIST/pycni" "$bundle.new"
     rm -rf "$bundle"
     mv "$bundle.new" "$bundle"
-    local path
+    # The launchers name their interpreter by absolute path: written again for this place,
+    # when the bundle's python still loads the plugins here.
+    local path name launchers=0
+    [ ! -x "$bundle/bin/python3" ] || ! probe_bundle_python "$bundle" || launchers=1
     for path in "$DIST"/bin/*; do
-        ln -sfn ../pycni/pycni "$dir/$(basename "$path")"
+        name=$(basename "$path")
+        if [ $launchers = 1 ] && [ -f "$path" ] && [ ! -L "$path" ] && bundle_launcher "$dir/$name" "$bundle" "$name"; then
+            continue
+        fi
+        ln -sfn ../pycni/pycni "$dir/$name"
     done
 }
 
@@ -239,6 +372,7 @@ main() {
     [ $# -eq 0 ] || shift
     case $cmd in
         venv) cmd_venv ;;
+        launchers) [ -x "$PY" ] || die "no $VENV: run ./build.sh first"; venv_launchers ;;
         bin) cmd_bin ;;
         install) cmd_install "$@" ;;
         test) cmd_test "$@" ;;
