@@ -85,6 +85,13 @@ class Backend:
     def available(self) -> bool:
         return shutil.which(f"{self.binary}-restore") is not None and shutil.which(f"{self.binary}-save") is not None
 
+    def none_of_ours(self) -> bool:
+        """True when the kernel says no chain of ours exists in this family's nat table (one
+        netfilter netlink dump, iptables-nft only): then read() would find nothing of ours either
+        (our root jumps go to EDGE-MESH, which a jump keeps from being deleted). False: read it."""
+        names = iptables.chains(TABLE, self.binary)
+        return names is not None and not any(NAMES[c] in names for c in R.CHAINS)
+
     def read(self, text: str | None = None) -> dict[str, list[R.Entry]]:
         """Our chains that exist (with their rules) and our jumps in PREROUTING/OUTPUT."""
         if text is None:

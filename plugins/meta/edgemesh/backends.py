@@ -139,9 +139,12 @@ def rules_left(choice: str, emptied: list) -> bool:
 
 def _held(backend, tables: list | None = None) -> tuple[bool, dict | None]:
     """(does `backend` hold our rules, its read() when that was how we found out): nftables by
-    its table in `tables` (`nft list tables`), iptables by one read of its nat table."""
+    its table in `tables` (`nft list tables`), iptables by one read of its nat table, unless the
+    kernel's chain list says none of ours is there (no iptables-save for a family without rules)."""
     if backend.name == "nftables":
         return (backend.table_family, backend_nft.TABLE) in (_nft_tables() if tables is None else tables), None
+    if backend.none_of_ours():
+        return False, None
     current = backend.read()
     return any(c in current for c in R.CHAINS), current
 
