@@ -41,8 +41,9 @@ from . import protocol as P
 
 log = logging.getLogger("pycni-node")
 
-# What a worker would otherwise import per request: each plugin's exec path and its ADD path
-# (tests/unit/test_vxlan_edgemesh_imports.py lists the same modules).
+# What a worker would otherwise import per request: each plugin's exec path and what any verb
+# imports lazily (tests/unit/test_vxlan_edgemesh_imports.py lists the same modules; the debug line's
+# "imported" names a module a worker had to import: tests/integration/test_node_daemon.py's both()).
 PLUGIN_MODULES = {
     "vxlan": "plugins.main.vxlan.cmd",
     "dp-steering": "plugins.meta.dp_steering.cmd",
@@ -61,6 +62,12 @@ PRELOAD = (
     "plugins.meta.dp_steering.dpctl",
     "plugins.pkg.tc", "plugins.pkg.link", "plugins.pkg.rtnl", "plugins.pkg.lock", "plugins.pkg.ns",
     "plugins.pkg.iptables", "plugins.pkg.nft", "plugins.pkg.schema",
+    "plugins.pkg.names", "_sha256", "_sha2", "plugins.entrypoints",    # names.sha256; vxlan's self_delegation
+    # CHECK's integrity checks (plugins/doctor, no pyroute2): edgemesh, dp-steering, vxlan
+    "plugins.doctor.checkctx", "plugins.doctor.edgemesh_hijack", "plugins.doctor.nfqueue", "plugins.doctor.steering",
+    "plugins.doctor.overlay", "plugins.doctor.policy_routing", "plugins.doctor.sysctl",
+    "plugins.meta.dp_steering.triad", "plugins.meta.dp_steering.rules", "plugins.main.vxlan.registry",
+    "difflib", "traceback", "stat",      # a config error's nearest key, a 999's traceback, skel's logFile check
     "ipaddress", "json", "subprocess", "fcntl", "ctypes",
 )
 REQUEST_TIMEOUT = 60.0     # the request and stdin after OK (the client sends them at once)
@@ -197,10 +204,11 @@ class Daemon:
             self._read_taken()
             self._fork_spares()
             full = not self.idle and (len(self.workers) >= self.max_workers or time.monotonic() < self.fork_failed)
-            ready, _, _ = select.select([self.wake_r, self.taken_r] + ([self.listener] if full else []), [], [], 0.5)
+            lfd = self.listener.fileno()
+            ready, _, _ = select.select([self.wake_r, self.taken_r, *([lfd] if full else [])], [], [], 0.5)
             if self.wake_r in ready:
                 _drain(self.wake_r)
-            if self.listener in ready and not self.stopping:
+            if lfd in ready and not self.stopping:
                 self._accept_full()
         return self._shutdown()
 
@@ -328,7 +336,10 @@ class Daemon:
         while (self.workers or any(s.pid for s in self.services)) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
-        for pid in [*self.workers, *(s.pid for s in self.services if s.pid)]:
+        left = [*self.workers, *(s.pid for s in self.services if s.pid)]
+        if left:
+            log.warning("%d workers or services still running after 30 s: killed", len(left))
+        for pid in left:
             _kill(pid, signal.SIGKILL)
         log.info("stopped")
         return 0
@@ -376,7 +387,7 @@ class Daemon:
         shares it): another spare may win the accept."""
         assert self.listener is not None
         while True:
-            ready, _, _ = select.select([self.listener, self.stop_r], [], [])
+            ready, _, _ = select.select([self.listener.fileno(), self.stop_r], [], [])
             if self.stop_r in ready:
                 return None
             try:
@@ -404,6 +415,7 @@ class Daemon:
         os.environ.clear()
         sys.stdin = None                             # skel reads the request's stdin, given to it
         _fresh_logging()
+        ns.libc().setns(-1, ns.CLONE_NEWNET)         # EBADF: ctypes' first call in this process, not on the path
 
     def _serve_one(self, conn: socket.socket) -> None:
         conn.settimeout(P.HELLO_TIMEOUT)

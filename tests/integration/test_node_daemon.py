@@ -155,6 +155,8 @@ def both(node_, run_steps) -> tuple[list, list]:
     before = node_.served()
     daemon = run_steps(node_.path)
     assert node_.served() - before == len(daemon), node_.log()      # each exec really went to the daemon
+    # the daemon preloaded what every verb imports: a worker imports nothing (a logFile's logging aside)
+    assert not re.findall(r"^pycni-node: served .*; imported [1-9].*$", node_.log(), re.M), node_.log()
     return inproc, daemon
 
 
@@ -509,8 +511,11 @@ def test_parallel_requests(node, netns, tmp_path):
 @root
 def test_sigterm_removes_the_socket_and_plugins_run_in_process(node, netns):
     n, host = node(), netns("fb")
+    spares = _wait_children(n.proc.pid)
     assert n.stop() == 0
     assert not os.path.exists(n.path)
+    assert "still running after 30 s" not in n.log(), n.log()      # the spares left on their own
+    assert not [p for p in spares if _alive(p)]
     conf = {"cniVersion": "1.0.0", "name": "pt", "type": "pycni-passthrough"}
     assert execp("pycni-passthrough", "ADD", conf, sock=n.path, inside=host.path, netns=host.path)[0] == 0
 
@@ -562,6 +567,85 @@ def test_vxlan_agent_runs_in_the_daemon(node, netns, tmp_path):
         assert not _alive(second), "the agent outlived its daemon"
     finally:
         n.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if d.isdigit() and int(f.read().rpartition(")")[2].split()[1]) == pid:
+                    out.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def _wait_children(pid: int, n: int = 2, timeout: float = 30) -> list[int]:
+    """The daemon's spare workers (its children, when it runs no service), once `n` are there."""
+    deadline = time.monotonic() + timeout
+    while len(_children(pid)) < n:
+        assert time.monotonic() < deadline, f"pycni-node {pid} has children {_children(pid)}"
+        time.sleep(0.05)
+    return _children(pid)
+
+
+@root
+def test_spares_leave_with_a_daemon_killed_9_and_execs_run_in_process(node, netns):
+    """Spare workers wait in accept() on the daemon's socket: with the main process killed -9 alone
+    they leave too (none may take a request for a dead daemon), so the stale socket refuses and
+    the next exec runs in-process."""
+    n, host = node(), netns("fb")
+    spares = _wait_children(n.proc.pid)
+    conf = {"cniVersion": "1.0.0", "name": "pt", "type": "pycni-passthrough"}
+    assert execp("pycni-passthrough", "ADD", conf, sock=n.path, inside=host.path, netns=host.path)[0] == 0
+    assert n.served() == 1
+    os.kill(n.proc.pid, signal.SIGKILL)
+    n.proc.wait(30)
+    deadline = time.monotonic() + 30
+    while [p for p in spares if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in spares if _alive(p)], spares
+    assert os.path.exists(n.path)                     # stale: nobody listens
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with pytest.raises(ConnectionRefusedError):
+        probe.connect(n.path)
+    probe.close()
+    rc, out, err = execp("pycni-passthrough", "ADD", conf, sock=n.path, inside=host.path, netns=host.path)
+    assert rc == 0 and json.loads(out) == {"cniVersion": "1.0.0", "dns": {}} and n.served() == 1, (out, err)
+
+
+@root
+def test_a_client_in_another_mount_namespace(node, netns, tmp_path):
+    """An exec in a mount namespace of its own (a tmpfs only it sees): the worker enters it, so
+    the plugin's logFile lands on that tmpfs, as in-process; the daemon's namespace sees none."""
+    n, host = node(), netns("mnt")
+    d = tmp_path / "private"
+    d.mkdir()
+    code = ("import json, os, subprocess, sys\n"
+            "d, plugin, sock = sys.argv[1:4]\n"
+            "subprocess.run(['mount', '--make-rprivate', '/'], check=True)\n"
+            "subprocess.run(['mount', '-t', 'tmpfs', 'pycni-test', d], check=True)\n"
+            "conf = {'cniVersion': '1.0.0', 'name': 'pt', 'type': 'pycni-passthrough', 'logLevel': 'debug',\n"
+            "        'logFile': d + '/plugin.log'}\n"
+            "env = dict(os.environ, CNI_COMMAND='ADD', CNI_CONTAINERID='c1', CNI_NETNS=sys.argv[4],\n"
+            "           CNI_IFNAME='eth0', CNI_PATH='/usr/lib/cni', PYCNI_NODE_SOCKET=sock)\n"
+            "p = subprocess.run([plugin], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60)\n"
+            "with open(d + '/plugin.log') as f:\n"
+            "    print(json.dumps([p.returncode, p.stdout.decode(), 'ADD' in f.read()]))\n")
+
+    def run(sock: str) -> list:
+        with nsmod.enter(host.path):
+            p = subprocess.run(["unshare", "-m", sys.executable, "-c", code, str(d),
+                                os.path.join(VENV_BIN, "pycni-passthrough"), sock, host.path],
+                               capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+    inproc = run(OFF)
+    daemon = run(n.path)
+    assert daemon == inproc and inproc[0] == 0 and inproc[2], (daemon, inproc)
+    assert n.served() == 1 and "mntns entered" in n.log(), n.log()
+    assert os.listdir(d) == []                        # the tmpfs was the client's only
 
 
 def _alive(pid: int) -> bool:
