@@ -1,6 +1,7 @@
 """The floor of a thin-client exec: how fast can an exec'd plugin that only hands its request to
-pycni-node start, as the venv's console script and as the PyInstaller bundle, and where does each
-millisecond go. All cases in one run, interleaved, medians with spread (p10-p90).
+pycni-node start, as the venv's pip console script and build.sh's launcher (`.venv/bin/python
+-IS`), as the PyInstaller bundle's bootloader and its launcher (pycni/bin/python3 with a ._pth),
+and where does each millisecond go. All cases in one run, interleaved, medians with spread (p10-p90).
 
     sudo .venv/bin/python bench/startup_floor.py [--runs 20] [--variants all|quick]
 
@@ -36,7 +37,18 @@ from plugins.node import protocol as P  # noqa: E402
 
 WARMUP = 2
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
-VENV_SCRIPT = os.path.join(ROOT, ".venv", "bin", "pycni-passthrough")
+VENV_LAUNCHER = os.path.join(ROOT, ".venv", "bin", "pycni-passthrough")     # build.sh's launcher
+# What pip writes as the console script (build.sh replaces it with the launcher): written into the
+# temp dir for the rows that compare both.
+PIP_SCRIPT = f"""#!{VENV_PY}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from plugins.entrypoints import passthrough
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(passthrough())
+"""
 GO_BRIDGE = "/usr/lib/cni/bridge"
 ADD_IN = json.dumps({
     "cniVersion": "1.0.0", "name": "bench", "type": "pycni-passthrough",
@@ -101,6 +113,15 @@ phases are inflated most), the case table for absolute time.
   request: that is in bench/node_daemon.md's "in the worker" column, not here).
 - **exit**: the client leaves by os._exit (no interpreter finalization); the `empty` variant
   exits normally and pays finalization, so it is no lower bound on the thin client.
+
+The launchers (build.sh; README "Start-up"): what every per-pod plugin name runs since the
+bootloader rows above were the floor. A launcher is a Python script whose shebang is an absolute
+interpreter with -I -S: no site (no .pth scan, no pip wrapper's `re`), no bootloader, no
+PyInstaller bootstrap; it puts our code on sys.path itself and imports the thin client first.
+The venv's runs on the venv python (a shared libpython here: pyenv); the bundle's on
+pycni/bin/python3, a copy of a python with libpython linked in (Debian's), whose ._pth makes it
+isolated with the bundle's dirs as its whole sys.path. Both end at the interpreter's own start
+plus the client's imports and the round trip: the `python -c pass` rows are their floor.
 
 Build options tried (each a PyInstaller onedir of the minimal entry script, timed in the same
 rounds): the PYZ archive vs .pyc files on disk (noarchive, what build.sh does), bytecode
@@ -270,7 +291,19 @@ def main() -> int:
             dist = os.path.join(tmp, "cni")
             subprocess.run([os.path.join(ROOT, "build.sh"), "bin"], check=True, capture_output=True, timeout=900,
                            env=dict(os.environ, PYCNI_DIST=dist, PYCNI_WORK=os.path.join(tmp, "work")))
-        bundle_bin = os.path.join(dist, "bin", "pycni-passthrough")
+        # The bootloader by a link (what every name was before the launchers) and the bundle's
+        # launcher (dist/bin/pycni-passthrough, when build.sh could give the bundle its python).
+        bundle_bin = os.path.join(tmp, "bootloader", "pycni-passthrough")
+        os.makedirs(os.path.dirname(bundle_bin))
+        os.symlink(os.path.join(dist, "pycni", "pycni"), bundle_bin)
+        bundle_launcher = os.path.join(dist, "bin", "pycni-passthrough")
+        bundle_py = os.path.join(dist, "pycni", "bin", "python3")
+        has_bundle_launcher = not os.path.islink(bundle_launcher) and os.access(bundle_py, os.X_OK)
+        venv_script = os.path.join(tmp, "pip", "pycni-passthrough")
+        os.makedirs(os.path.dirname(venv_script))
+        with open(venv_script, "w") as f:
+            f.write(PIP_SCRIPT)
+        os.chmod(venv_script, 0o755)
         names = QUICK_VARIANTS if args.variants == "quick" else tuple(VARIANTS)
         built = {}
         build_s = {}
@@ -295,13 +328,25 @@ def main() -> int:
             ("py-IS", "venv python -I -S -c pass", [VENV_PY, "-I", "-S", "-c", "pass"], {}, 0),
             ("py-IS-client", "venv python -I -S, only the client imported, through the daemon",
              [VENV_PY, "-I", "-S", "-c", thin_c], client, 0),
-            ("venv-client", "venv console script, through the daemon", [VENV_SCRIPT], client, 0),
-            ("venv-client-nous", "venv console script, PYTHONNOUSERSITE=1, through the daemon", [VENV_SCRIPT],
+            ("venv-client", "venv pip console script, through the daemon", [venv_script], client, 0),
+            ("venv-client-nous", "venv pip console script, PYTHONNOUSERSITE=1, through the daemon", [venv_script],
              {**client, "PYTHONNOUSERSITE": "1"}, 0),
-            ("venv-inproc", "venv console script, in-process ADD (no daemon)", [VENV_SCRIPT], inproc, 0),
-            ("bundle-client", "bundle as built today, through the daemon", [bundle_bin], client, 0),
-            ("bundle-inproc", "bundle as built today, in-process ADD (no daemon)", [bundle_bin], inproc, 0),
+            ("venv-inproc", "venv pip console script, in-process ADD (no daemon)", [venv_script], inproc, 0),
+            ("venv-launcher-client", "venv launcher (build.sh, python -IS), through the daemon", [VENV_LAUNCHER],
+             client, 0),
+            ("venv-launcher-inproc", "venv launcher, in-process ADD (no daemon)", [VENV_LAUNCHER], inproc, 0),
+            ("bundle-client", "bundle bootloader (a link to pycni/pycni), through the daemon", [bundle_bin], client, 0),
+            ("bundle-inproc", "bundle bootloader, in-process ADD (no daemon)", [bundle_bin], inproc, 0),
         ]
+        if has_bundle_launcher:
+            cases += [
+                ("bundle-py", "bundle's pycni/bin/python3 -c pass (._pth: isolated, no site)",
+                 [bundle_py, "-c", "pass"], {}, 0),
+                ("bundle-launcher-client", "bundle launcher (bin/<name> on pycni/bin/python3), through the daemon",
+                 [bundle_launcher], client, 0),
+                ("bundle-launcher-inproc", "bundle launcher, in-process ADD (no daemon)", [bundle_launcher],
+                 inproc, 0),
+            ]
         if args.old_dist:
             cases.append(("old-client", f"bundle: {args.old_label}, through the daemon",
                           [os.path.join(args.old_dist, "bin", "pycni-passthrough")], client, 0))
@@ -316,10 +361,14 @@ def main() -> int:
                     samples[key].append(ms)
         prof_runs = max(3, min(args.runs, 10))
         traced = {"bundle-client": [bundle_bin], "thin-client": [built["thin"]],
-                  "py-IS-client": [VENV_PY, "-I", "-S", "-c", thin_c]}
+                  "py-IS-client": [VENV_PY, "-I", "-S", "-c", thin_c], "venv-launcher-client": [VENV_LAUNCHER]}
+        if has_bundle_launcher:
+            traced["bundle-launcher-client"] = [bundle_launcher]
         ph = {k: phases(argv, client, prof_runs, tmp) for k, argv in traced.items()}
         frozen_imports, frozen_total = import_profile([profiled], client, prof_runs)
-        venv_imports, venv_total = import_profile([VENV_PY, "-X", "importtime", VENV_SCRIPT], client, prof_runs)
+        venv_imports, venv_total = import_profile([VENV_PY, "-X", "importtime", venv_script], client, prof_runs)
+        launcher_imports, launcher_total = import_profile([VENV_PY, "-I", "-S", "-X", "importtime", VENV_LAUNCHER],
+                                                          client, prof_runs)
         served = standin.served
         standin.sock.close()
     finally:
@@ -330,8 +379,9 @@ def main() -> int:
     lines = ["| case | median ms | p10-p90 ms | x Go bridge VERSION |", "|---|---:|---:|---:|"]
     for key, what, *_ in cases:
         lines.append(f"| {what} | {med[key]:.1f} | {spread(samples[key])} | {med[key] / go:.2f}x |")
-    labels = {"bundle-client": "bundle today", "thin-client": "bundle variant thin",
-              "py-IS-client": "venv python -I -S"}
+    labels = {"bundle-client": "bundle bootloader", "thin-client": "bundle variant thin",
+              "py-IS-client": "venv python -I -S", "venv-launcher-client": "venv launcher",
+              "bundle-launcher-client": "bundle launcher"}
     heads = " | ".join(f"{labels[k]} ms" for k in traced)
     phase_rows = [f"| phase (strace -f -ttt, median of {prof_runs}) | {heads} |", "|---|" + "---:|" * len(traced)]
     all_labels = [label for label, _ in MARKS] + ["total under strace"]
@@ -347,8 +397,10 @@ def main() -> int:
         count_rows.append(f"| {c} | " + " | ".join(f"{ph[k][1].get(c, 0):.0f}" for k in traced) + " |")
     imp = ["| frozen import (thin variant, -X importtime) | self ms | cumulative ms |", "|---|---:|---:|"]
     imp += [f"| {n} | {s:.2f} | {c:.2f} |" for n, s, c in frozen_imports[:12]]
-    vimp = ["| venv script import (-X importtime) | self ms | cumulative ms |", "|---|---:|---:|"]
+    vimp = ["| venv pip script import (-X importtime) | self ms | cumulative ms |", "|---|---:|---:|"]
     vimp += [f"| {n} | {s:.2f} | {c:.2f} |" for n, s, c in venv_imports[:12]]
+    limp = ["| venv launcher import (-X importtime) | self ms | cumulative ms |", "|---|---:|---:|"]
+    limp += [f"| {n} | {s:.2f} | {c:.2f} |" for n, s, c in launcher_imports[:12]]
     builds = ", ".join(f"{n} {s:.0f} s" for n, s in build_s.items())
     text = ("# The floor of a thin-client exec: venv script and PyInstaller bundle\n\n"
             + "\n".join(lines)
@@ -357,7 +409,8 @@ def main() -> int:
               f"{med['py-IS']:.1f} ms.\n\n"
             + "\n".join(phase_rows) + "\n\n" + "\n".join(count_rows) + "\n\n"
             + "\n".join(imp) + f"\n\nSum of all frozen imports' self time: {frozen_total:.1f} ms.\n\n"
-            + "\n".join(vimp) + f"\n\nSum of all the venv script's imports' self time: {venv_total:.1f} ms.\n\n"
+            + "\n".join(vimp) + f"\n\nSum of all the venv pip script's imports' self time: {venv_total:.1f} ms.\n\n"
+            + "\n".join(limp) + f"\n\nSum of all the venv launcher's imports' self time: {launcher_total:.1f} ms.\n\n"
             + f"Run {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after {WARMUP} warm-up "
               f"rounds, {served} requests answered by the stand-in daemon; load average before/after "
               f"{load_before:.2f} / {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}, "

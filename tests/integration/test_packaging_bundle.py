@@ -2,6 +2,11 @@
 running on a host where no Python can be found (every CNI plugin ADD/CHECK/DEL, driven by the
 frozen pycnitool: tests/kit/bundle.py CASES), and every name's exit status.
 
+The per-pod plugins (plugins/node/protocol.py SERVED) are launchers: scripts on the bundle's own
+interpreter, pycni/bin/python3 (a python with libpython linked in, its ._pth naming the bundle's
+module dirs), not the bootloader; the other names link to the bootloader (build.sh). They run
+in-process without a daemon and hand over to a frozen pycni-node of the same install.
+
 Built once per session into a tmp dir (about 10-30 s), never into the checkout's dist/: the
 `bundle` fixture of tests/kit/bundle.py, shared with the bench smoke test.
 """
@@ -9,13 +14,17 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
 from libcni_py.api import CNIConfig, RuntimeConf
 from libcni_py.conf import conflist_from_dict
 from plugins.entrypoints import ENTRYPOINTS
+from plugins.node.protocol import SERVED
 from plugins.pkg import ns as pkg_ns
 from tests.conftest import GO_CNI_DIR, ROOT, VENV_BIN
 
@@ -24,6 +33,42 @@ pytest_plugins = ["tests.kit.bundle"]        # the `bundle` fixture, one build p
 
 CNI_PLUGINS = {"vxlan", "dp-steering", "edgemesh", "pycni-passthrough"}   # the rest are daemons/CLI
 BUNDLE_EXE = os.path.join("..", "pycni", "pycni")
+assert CNI_PLUGINS == set(SERVED)          # the per-pod plugins are the launchers
+
+
+def static_python() -> str | None:
+    """The python build.sh gives the bundle on this machine: the build's base interpreter or
+    /usr/bin/python<minor>, whichever has libpython linked in (None: the bundle keeps the bootloader)."""
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for cand in (os.path.realpath(sys._base_executable), f"/usr/bin/python{minor}"):
+        if os.access(cand, os.X_OK) and "libpython" not in run(["ldd", cand]).stdout:
+            return cand
+    return None
+
+
+def launcher_for(path) -> str | None:
+    """The interpreter a launcher's shebang names (None: not a launcher)."""
+    if os.path.islink(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.readline().decode()
+    assert head.startswith("#!") and head.rstrip().endswith(" -IS"), head
+    return head[2:].rsplit(" ", 1)[0]
+
+
+def assert_names(bindir, bundle_dir):
+    """Each per-pod plugin a launcher on `bundle_dir`/bin/python3 (when this machine has a python
+    for it), every other name a link to the bootloader."""
+    expect_launchers = static_python() is not None
+    assert os.path.isfile(os.path.join(bundle_dir, "bin", "python3")) == expect_launchers
+    for name in names_in(bindir):
+        if name in CNI_PLUGINS and expect_launchers:
+            assert launcher_for(os.path.join(bindir, name)) == os.path.join(bundle_dir, "bin", "python3"), name
+            text = open(os.path.join(bindir, name)).read()
+            assert f"delegate({name!r})" in text and f"dispatch({name!r})" in text, text
+            assert f"sys.executable = {os.path.join(bundle_dir, 'pycni')!r}" in text, text
+        else:
+            assert os.readlink(os.path.join(bindir, name)) == BUNDLE_EXE, name
 
 
 def run(argv, env=None, timeout=600, **kw):
@@ -79,8 +124,7 @@ def assert_cni_error(p, code):
 def test_bin_holds_one_name_per_plugin_into_one_bundle(bundle):
     names = names_in(bundle / "bin")
     assert "pycni-passthrough" in names and set(names) <= set(ENTRYPOINTS), names
-    for name in names:
-        assert os.readlink(bundle / "bin" / name) == BUNDLE_EXE
+    assert_names(bundle / "bin", str(bundle / "pycni"))
     listed = run([str(bundle / "pycni" / "pycni"), "--list"]).stdout.split()
     assert sorted(listed) == names
     assert names_in(bundle) == ["bin", "pycni"]
@@ -91,8 +135,7 @@ def test_bin_holds_one_name_per_plugin_into_one_bundle(bundle):
 
 def test_install_dir_holds_only_our_names(bundle, installed):
     assert names_in(installed) == names_in(bundle / "bin")
-    for name in names_in(installed):
-        assert os.readlink(installed / name) == BUNDLE_EXE
+    assert_names(installed, str(installed.parent / "pycni"))      # the launchers name the installed bundle
     assert os.path.isfile(installed.parent / "pycni" / "pycni")
     # Installing again over a live install replaces the bundle and keeps the names.
     p = run([os.path.join(ROOT, "build.sh"), "install", str(installed)], cwd=ROOT,
@@ -100,6 +143,7 @@ def test_install_dir_holds_only_our_names(bundle, installed):
     assert p.returncode == 0, p.stderr
     assert names_in(installed) == names_in(bundle / "bin")
     assert names_in(installed.parent) == ["bin", "pycni"]
+    assert_names(installed, str(installed.parent / "pycni"))
 
 
 def test_passthrough_binary_without_python(installed, netns):
@@ -353,3 +397,73 @@ def test_frozen_doctor_without_python(installed, netns):
     p = doctor("--netns", healthy.path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.splitlines()[-1].endswith("in 1 namespace(s): no problems found"), p.stdout
+
+
+def launchers_or_skip(installed):
+    if launcher_for(installed / "pycni-passthrough") is None:
+        assert static_python() is None       # a machine with such a python gets the launchers
+        pytest.skip("no python with libpython linked in here: the bundle keeps the bootloader for every name")
+
+
+def test_bundle_python_is_static_and_isolated(installed):
+    """pycni/bin/python3 needs no libpython.so, and its ._pth makes it isolated, without site,
+    its sys.path exactly the bundle's dirs (no Python on the host)."""
+    from tests.kit.bundle import without_python
+    launchers_or_skip(installed)
+    py = installed.parent / "pycni" / "bin" / "python3"
+    assert "libpython" not in run(["ldd", str(py)]).stdout
+    p = run(without_python([py, "-c", "import sys, json; print(json.dumps([sys.path, sys.flags.isolated, "
+                                      "sys.flags.no_site, 'site' in sys.modules]))"], {"PYTHONPATH": "/nonexistent"}))
+    assert p.returncode == 0, p.stdout + p.stderr
+    path, isolated, no_site, site = json.loads(p.stdout)
+    bundle = str(installed.parent / "pycni")
+    assert path and all(d.startswith(bundle + os.sep) for d in path), path
+    assert (isolated, no_site, site) == (1, 1, False)
+
+
+def test_launchers_run_in_process_and_through_the_frozen_daemon(installed, netns, tmp_path):
+    """No Python on the host: the launcher's in-process ADD (no socket, or a path with no daemon
+    behind it), then the same ADD and every per-pod plugin's VERSION handed to the install's own
+    frozen pycni-node (its identity is the bundle's executable: the launcher's hello must match
+    it), with the same bytes out; the daemon's log shows each request served."""
+    from tests.kit.bundle import HOST_PATH, without_python
+    launchers_or_skip(installed)
+    ns = netns("pkglaunch")
+    conf = json.dumps(pod_conf(ns.path))
+    exe = installed / "pycni-passthrough"
+    d = tmp_path / "node"
+    d.mkdir(mode=0o700)
+    sock, log_path = str(d / "node.sock"), d / "node.log"
+
+    inproc = exec_without_python(exe, cni_env("ADD", ns.path, PYCNI_NODE_SOCKET="off"), conf)
+    assert inproc.returncode == 0, inproc.stdout + inproc.stderr
+    no_daemon = exec_without_python(exe, cni_env("ADD", ns.path, PYCNI_NODE_SOCKET=sock), conf)
+    assert (no_daemon.returncode, no_daemon.stdout) == (0, inproc.stdout), no_daemon.stderr
+
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen(without_python([installed / "pycni-node", "--socket", sock, "--log-level", "debug"],
+                                                 {"PATH": HOST_PATH}),
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            assert daemon.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        served = exec_without_python(exe, cni_env("ADD", ns.path, PYCNI_NODE_SOCKET=sock), conf)
+        assert (served.returncode, served.stdout) == (0, inproc.stdout), served.stderr
+        for name in sorted(CNI_PLUGINS):
+            p = exec_without_python(installed / name, {"CNI_COMMAND": "VERSION", "PYCNI_NODE_SOCKET": sock},
+                                    '{"cniVersion": "1.0.0"}')
+            assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "1.0.0", (name, p.stdout, p.stderr)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+    text = log_path.read_text()
+    assert "served pycni-passthrough ADD" in text, text
+    for name in CNI_PLUGINS:
+        assert f"served {name} VERSION" in text, text
+    assert "refused" not in text and "is not this daemon's" not in text, text
