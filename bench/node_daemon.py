@@ -39,18 +39,29 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
 
 
-def run(plugin: str, command: str, conf: dict, netns: str, sock: str) -> tuple[float, bytes]:
+def run(plugin: str, command: str, conf: dict, netns: str, sock: str,
+        execs: dict | None = None) -> tuple[float, bytes]:
+    """ms and stdout of one exec; `execs` gets {client pid: (start, end)} (time.monotonic, the
+    clock of pycni-node's "accepted at")."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
            "CNI_CONTAINERID": "c1", "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": f"{VENV_BIN}:{GO}",
            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default", "PYCNI_NODE_SOCKET": sock}
     path = os.path.join(GO if plugin == "bridge" else VENV_BIN, plugin)
     data = json.dumps(conf).encode()
-    t0 = time.perf_counter()
-    p = subprocess.run([path], input=data, env=env, capture_output=True, timeout=120)
-    dt = (time.perf_counter() - t0) * 1000
+    t0 = time.monotonic()
+    p = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = p.communicate(data, timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+    t1 = time.monotonic()
+    if execs is not None:
+        execs[p.pid] = (t0, t1)
     if p.returncode != 0:
-        raise RuntimeError(f"{plugin} {command}: {p.stdout!r} {p.stderr!r}")
-    return dt, p.stdout
+        raise RuntimeError(f"{plugin} {command}: {out!r} {err!r}")
+    return (t1 - t0) * 1000, out
 
 
 def proc_usage(pid: int) -> dict:
@@ -84,6 +95,114 @@ def worker_times(log_path: str) -> dict[str, list[float]]:
     return out
 
 
+# pycni-node's debug line per request: the phases of plugins/node/daemon.py's PHASES, in three
+# parts: the daemon's dispatch (its own work around the plugin), the client's time between the
+# frames (the worker waits: the hello after connect, the request after OK) and the plugin's run.
+DISPATCH = ("start", "check", "mntns", "netns", "ok", "setup", "output")
+CLIENT_WAIT = ("hello", "request")
+_SERVED = re.compile(r"pycni-node: served (\S+) (\S+) pid (\d+): status -?\d+ in [\d.]+ ms; accepted at ([\d.]+); "
+                     r"(.*?); mntns (\w+); faults (\d+) \+ (\d+) \+ (\d+); imported \d+ ?(\S*)")
+
+
+def served_requests(log_path: str) -> list[dict]:
+    """Each request's phases (ms), accept time (monotonic s), faults and the modules the plugin
+    imported, from pycni-node's debug log."""
+    out = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            m = _SERVED.match(line)
+            if not m:
+                continue
+            ph = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", m.group(5))}
+            out.append({"key": f"{m.group(1)} {m.group(2)}", "pid": int(m.group(3)), "accepted": float(m.group(4)),
+                        "phases": ph, "dispatch": sum(ph.get(k, 0.0) for k in DISPATCH),
+                        "client_wait": sum(ph.get(k, 0.0) for k in CLIENT_WAIT), "plugin": ph.get("plugin", 0.0),
+                        "mntns": m.group(6), "faults_path": int(m.group(8)), "faults_run": int(m.group(9)),
+                        "imported": [x for x in m.group(10).split(",") if x]})
+    return out
+
+
+def breakdown(requests: list[dict], execs: dict | None = None) -> dict[str, dict[str, float]]:
+    """Medians per "plugin VERB": the daemon's dispatch, the client's waits, the plugin's run,
+    faults on the path and in the run; with `execs` ({pid: (start, end)}) also the client's exec
+    up to its connect and the time from the plugin's end to the client's exit."""
+    by: dict[str, list[dict]] = {}
+    for r in requests:
+        by.setdefault(r["key"], []).append(r)
+    out: dict[str, dict[str, float]] = {}
+    for key, rs in by.items():
+        if execs is not None:
+            rs = [r for r in rs if r["pid"] in execs]           # the timed rounds only
+            if not rs:
+                continue
+        row = {k: statistics.median(r[k] for r in rs) for k in ("dispatch", "client_wait", "plugin", "faults_path",
+                                                                "faults_run")}
+        row["imported"] = max(len(r["imported"]) for r in rs)
+        if execs:
+            known = [(r, execs[r["pid"]]) for r in rs if r["pid"] in execs]
+            if known:
+                row["connect"] = statistics.median((r["accepted"] - t0) * 1000 for r, (t0, _) in known)
+                row["after"] = statistics.median(
+                    (t1 - r["accepted"]) * 1000 - sum(r["phases"].values()) for r, (_, t1) in known)
+        out[key] = row
+    return out
+
+
+def imported(requests: list[dict]) -> dict[str, list[str]]:
+    """The modules each "plugin VERB" imported in its worker (the daemon could preload them)."""
+    out: dict[str, set] = {}
+    for r in requests:
+        out.setdefault(r["key"], set()).update(r["imported"])
+    return {k: sorted(v) for k, v in out.items() if v}
+
+
+def spare_memory(pid: int) -> list[float]:
+    """Private memory (MiB: Private_Clean + Private_Dirty) of each child of `pid` (pycni-node's
+    spare workers waiting in accept(), when no request and no service runs)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) != pid:
+                    continue
+            with open(f"/proc/{d}/smaps_rollup") as f:
+                kib = sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+        except (OSError, ValueError, IndexError):
+            continue
+        out.append(kib / 1024)
+    return out
+
+
+def breakdown_table(bd: dict[str, dict[str, float]], keys: list[str]) -> list[str]:
+    rows = ["| through pycni-node (medians) | client exec to connect ms | client between frames ms | "
+            "daemon dispatch ms | plugin in the worker ms | reply to client exit ms | faults on the path | "
+            "faults in the run | modules imported |", "|---|" + "---:|" * 8]
+    for key in keys:
+        b = bd.get(key)
+        if b is None:
+            continue
+        cells = [f"{b[k]:.1f}" if k in b else "-" for k in ("connect", "client_wait")]
+        cells += [f"{b['dispatch']:.2f}", f"{b['plugin']:.1f}", f"{b['after']:.1f}" if "after" in b else "-",
+                  f"{b['faults_path']:.0f}", f"{b['faults_run']:.0f}", f"{b['imported']:.0f}"]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return rows
+
+
+BREAKDOWN_NOTE = (
+    "Read from pycni-node's debug line per request (plugins/node/daemon.py PHASES, CLOCK_MONOTONIC, so "
+    "comparable with the exec's start and end here): *client exec to connect* is the exec's start to the "
+    "worker's accept (interpreter start, the client's imports, connect); *client between frames* the worker "
+    "waiting for the client's hello after the connect and for its request and stdin after OK; *daemon dispatch* "
+    "the daemon's own work on the path (a spare's wake-up, SO_PEERCRED and the hello check, setns of the mount "
+    "namespace when it differs and of the network namespace, OK, the exec's process state, collecting stdout); "
+    "*plugin in the worker* skel.run with the cmd_* work and its children; *reply to client exit* the reply "
+    "frame, the client writing it out and exiting, and the wait of this process. Faults are the worker's "
+    "minor page faults (copy-on-write after the fork) after its accept up to the plugin, and in the plugin's "
+    "run; modules imported the ones the plugin imported that the daemon had not preloaded.")
+
+
 def stop(daemon: subprocess.Popen) -> None:
     """SIGTERM (requests in flight finish), 30 s, then SIGKILL to its session."""
     daemon.send_signal(signal.SIGTERM)
@@ -106,6 +225,8 @@ def main() -> int:
     times: dict[str, list[float]] = {}
     start_ms: list[float] = []
     worker: dict[str, list[float]] = {}
+    execs: dict[int, tuple[float, float]] = {}       # the timed daemon-mode execs: pid -> (start, end)
+    spares: list[float] = []
     load_before = os.getloadavg()[0]
     try:
         for n in names.values():
@@ -123,6 +244,7 @@ def main() -> int:
         em = {"cniVersion": "1.0.0", "name": "bench", "type": "edgemesh", "serviceCIDR": "10.96.0.0/12",
               "backend": "iptables", "stateDir": os.path.join(tmp, "em")}
         pt = {"cniVersion": "1.0.0", "name": "bench", "type": "pycni-passthrough"}
+        ptp = "pycni-passthrough"
         vx = {"cniVersion": "1.0.0", "name": "bench", "type": "vxlan", "network": "10.244.0.0/16",
               "registry": {"type": "file", "path": os.path.join(tmp, "registry.json")},
               "stateDir": os.path.join(tmp, "vx"), "nodeName": "n1"}
@@ -139,16 +261,17 @@ def main() -> int:
                 for mode in MODES:
                     s = sock if mode == "daemon" else os.path.join(tmp, "none", "node.sock")
                     t: dict[str, float] = {}
+                    ex = execs if mode == "daemon" and i >= 2 else None
                     t["bridge ADD"], out = run("bridge", "ADD", bridge, pod, s)
                     prev = json.loads(out)
-                    t["dp-steering ADD"], _ = run("dp-steering", "ADD", {**steer, "prevResult": prev}, pod, s)
-                    t["edgemesh ADD"], _ = run("edgemesh", "ADD", {**em, "prevResult": prev}, pod, s)
-                    t["pycni-passthrough ADD"], _ = run("pycni-passthrough", "ADD", {**pt, "prevResult": prev}, pod, s)
-                    t["vxlan ADD"], _ = run("vxlan", "ADD", vx, pod2, s)
-                    t["vxlan DEL"], _ = run("vxlan", "DEL", vx, pod2, s)
-                    t["pycni-passthrough DEL"], _ = run("pycni-passthrough", "DEL", {**pt, "prevResult": prev}, pod, s)
-                    t["edgemesh DEL"], _ = run("edgemesh", "DEL", {**em, "prevResult": prev}, pod, s)
-                    t["dp-steering DEL"], _ = run("dp-steering", "DEL", {**steer, "prevResult": prev}, pod, s)
+                    t["dp-steering ADD"], _ = run("dp-steering", "ADD", {**steer, "prevResult": prev}, pod, s, ex)
+                    t["edgemesh ADD"], _ = run("edgemesh", "ADD", {**em, "prevResult": prev}, pod, s, ex)
+                    t["pycni-passthrough ADD"], _ = run(ptp, "ADD", {**pt, "prevResult": prev}, pod, s, ex)
+                    t["vxlan ADD"], _ = run("vxlan", "ADD", vx, pod2, s, ex)
+                    t["vxlan DEL"], _ = run("vxlan", "DEL", vx, pod2, s, ex)
+                    t["pycni-passthrough DEL"], _ = run(ptp, "DEL", {**pt, "prevResult": prev}, pod, s, ex)
+                    t["edgemesh DEL"], _ = run("edgemesh", "DEL", {**em, "prevResult": prev}, pod, s, ex)
+                    t["dp-steering DEL"], _ = run("dp-steering", "DEL", {**steer, "prevResult": prev}, pod, s, ex)
                     t["bridge DEL"], _ = run("bridge", "DEL", bridge, pod, s)
                     if mode == "daemon":                          # the floor: an interpreter start
                         t0 = time.perf_counter()
@@ -161,6 +284,8 @@ def main() -> int:
                             times.setdefault(f"{label} {verb}", []).append(ms)
         busy = proc_usage(daemon.pid)                       # workers reaped: their CPU is in cutime/cstime
         worker = worker_times(os.path.join(tmp, "node.log"))   # the worker's own time per request
+        requests = served_requests(os.path.join(tmp, "node.log"))
+        spares = spare_memory(daemon.pid)
     finally:
         if daemon is not None:
             stop(daemon)
@@ -181,6 +306,9 @@ def main() -> int:
         idl, dd = med[f"{p}, in-process DEL"], med[f"{p}, daemon DEL"]
         wa, wd = (statistics.median(worker[f"{p} {v}"]) for v in ("ADD", "DEL"))
         speed.append(f"| {p} | {ia / da:.2f}x | {idl / dd:.2f}x | {wa:.1f} | {wd:.1f} |")
+    bd = breakdown(requests, execs)
+    where = breakdown_table(bd, [f"{p} {v}" for p in OURS for v in ("ADD", "DEL")])
+    lazy = imported(requests)
     floor = statistics.median(start_ms)
     served = sum(len(v) for v in worker.values())
     idle_s = idle_after["t"] - idle["t"]
@@ -190,14 +318,23 @@ def main() -> int:
              f"{1000 * (idle_after['cpu'] - idle['cpu']):.0f} |",
              f"| VmRSS after {served} requests (MiB) | {busy['rss'] / 1024:.1f} |",
              f"| main process CPU per request (ms) | {1000 * (busy['cpu'] - idle_after['cpu']) / served:.2f} |",
-             f"| workers' CPU per request (ms) | {1000 * (busy['children'] - idle_after['children']) / served:.1f} |"]
+             f"| workers' CPU per request (ms) | {1000 * (busy['children'] - idle_after['children']) / served:.1f} |",
+             f"| spare workers waiting after the run | {len(spares)} |",
+             f"| private memory of a spare (MiB, median) | "
+             f"{statistics.median(spares) if spares else 0.0:.1f} |"]
     text = ("# pycni-node: each plugin's ADD/DEL in-process and through the daemon, against Go bridge+host-local\n\n"
-            + "\n".join(rows) + "\n\n" + "\n".join(speed) + "\n\n" + "\n".join(usage)
+            + "\n".join(rows) + "\n\n" + "\n".join(speed) + "\n\n" + "\n".join(where) + "\n\n"
+            + BREAKDOWN_NOTE + " Modules imported in a worker: "
+            + ("; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(lazy.items())) or "none") + ".\n\n"
+            + "\n".join(usage)
             + f"\n\nThe floor of an exec through the daemon: `.venv/bin/python -c pass`, {floor:.1f} ms median in "
             "the same rounds (the venv script adds pip's `import re`). \"In the worker\" is the plugin's own run "
             "inside the daemon (after the request arrived: skel.run, the cmd_* work, its children); the rest of "
-            "a daemon exec is the client's interpreter start, the fork and the socket round trips. Workers' CPU "
-            "includes what they run (iptables, tc, host-local); a pod is one request per plugin and verb."
+            "a daemon exec is the client's interpreter start, the daemon's dispatch and the socket round trips "
+            "(the breakdown above). Workers' CPU "
+            "includes what they run (iptables, tc, host-local); a pod is one request per plugin and verb. "
+            "Spare workers are forked ahead of requests (a request meets one already waiting in accept()): "
+            "their fork and set-up are in the workers' CPU, not on an exec's path."
             + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after 2 warm-up rounds "
             f"(both modes and the Go pair in every round); load average before/after {load_before:.2f} / "
             f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; the venv's console "
