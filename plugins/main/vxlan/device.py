@@ -73,7 +73,7 @@ def find_underlay(rt: nl.Rtnl, cfg) -> Underlay:
     else:
         index = next((a.index for a in addrs if cfg.public_ip is not None and a.address.ip == cfg.public_ip),
                      None) or _default_route_oif(rt)
-        link = next((lk for lk in rt.links() if lk.index == index), None)
+        link = rt.link(index=index) if index else None      # one RTM_GETLINK, not a dump of every veth
         if link is None:
             raise CNIError(NO_UNDERLAY, "no underlay: no default route and no iface configured",
                            "set `iface` (or `publicIP` to a local address)")
@@ -111,7 +111,7 @@ def find_underlay6(rt: nl.Rtnl, cfg, v4: Underlay | None = None) -> Underlay:
             index = min(defaults, key=lambda r: r.priority).oif if defaults else None
         if index is None and v4 is not None:
             index = v4.index
-        link = next((lk for lk in rt.links() if lk.index == index), None) if index is not None else None
+        link = rt.link(index=index) if index else None
         if link is None:
             raise CNIError(NO_UNDERLAY, "no IPv6 underlay: no IPv6 default route, no ipv6Iface and no IPv4 "
                            "underlay with an IPv6 address", "set `ipv6Iface` (or `publicIPv6` to a local address)")
