@@ -114,10 +114,11 @@ bundle_python_source() {
 
 # What the in-process plugins need from that interpreter and the host: our served plugins'
 # modules, ctypes (libffi), json, and what they import late: etcd3gw (vxlan's etcd registry:
-# requests, ssl, libssl) and pyroute2.conntrack (edgemesh's original destination). The extension
-# modules' libraries come from the host's loader path here, not from the bundle's copies (those
-# are on the bootloader's LD_LIBRARY_PATH only): a host without them fails this probe.
-BUNDLE_PROBE='import ctypes, importlib, json, ssl, etcd3gw, pyroute2.conntrack
+# requests, ssl, libssl), jsonschema (a config the quick schema checker refuses; rpds) and
+# pyroute2.conntrack (edgemesh's original destination). The extension modules' libraries come
+# from the host's loader path here, not from the bundle's copies (those are on the bootloader's
+# LD_LIBRARY_PATH only): a host without them fails this probe.
+BUNDLE_PROBE='import ctypes, importlib, json, ssl, etcd3gw, jsonschema, pyroute2.conntrack
 from plugins.entrypoints import ENTRYPOINTS
 from plugins.node.protocol import SERVED
 for name in SERVED:
