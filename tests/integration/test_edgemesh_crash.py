@@ -21,7 +21,11 @@ from tests.kit.plugin_env import plugin_env
 from tests.integration.test_edgemesh_kit import EDGEMESH, chains, prev_result, ruleset, run_plugin
 
 pytestmark = pytest.mark.root
-KILLS = 30
+# 10 here: the 30 seeded kills per plugin that issue 9 asks of CI, each with DEL, GC, the residue
+# check and the next ADD, are test_crash.py's (edgemesh-iptables and -nftables, 30 each, plus kills
+# the moment edgemesh0 appears and gets its address). This loop adds both backends on one node and
+# the device's mark read after every kill; PYCNI_EDGEMESH_CRASH_KILLS for more.
+KILLS = int(os.environ.get("PYCNI_EDGEMESH_CRASH_KILLS", "10"))
 SEED = int(os.environ.get("PYCNI_EDGEMESH_CRASH_SEED", "9"))
 RTMGRP_LINK = 1
 
@@ -166,7 +170,7 @@ def _killed_add(host, conf, delay: float) -> bool:
 
 
 def test_sigkill_during_add_then_del_and_gc_leave_nothing(host):
-    """30 ADDs killed at seeded random points (both backends, ensureListenDevice): after each,
+    """KILLS ADDs killed at seeded random points (both backends, ensureListenDevice): after each,
     edgemesh0 is absent or marked; DEL then GC succeed and leave what a clean node has; the next
     ADD of the same pod works."""
     rng = random.Random(SEED)
@@ -203,6 +207,7 @@ def test_sigkill_during_add_then_del_and_gc_leave_nothing(host):
     print(f"edgemesh crash: {KILLS} kills (seed {SEED}), {mid} mid-ADD, {with_device} left a (marked) "
           f"{DEVICE}; typical ADD {typical * 1000:.0f} ms")
     assert mid >= KILLS // 3                     # the kills did land inside ADDs
+    assert with_device > 0                       # and some left edgemesh0: its mark was read after a kill
 
 
 def test_first_and_last_pod_import_no_pyroute2(host):
