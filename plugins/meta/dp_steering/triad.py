@@ -48,8 +48,9 @@ def must_index(rt: nl.Rtnl, name: str, netns: str) -> int:
     return index
 
 
-def snapshot(rt: nl.Rtnl, index: int) -> Snapshot:
-    have = rt.link(index=index)
+def snapshot(rt: nl.Rtnl, index: int, have: nl.Link | None = None) -> Snapshot:
+    """What link `index` carries (`have`: the link as just read, else read here)."""
+    have = have if have is not None else rt.link(index=index)
     if have is None:
         raise FileNotFoundError(errno.ENODEV, f"link {index} is gone")
     return Snapshot(
@@ -126,14 +127,15 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
     checks and before the first change (dp-steering's journal).
     """
     with link.open_rtnl(pod_ns) as pod, link.open_rtnl(enf_ns) as enf:
-        index = link.index_of(pod, ifname)
-        if index is None:
+        found = link.find(pod, ifname)
+        if found is None:
             raise FileNotFoundError(errno.ENODEV, f"no interface {ifname} in {pod_ns}")
+        index = found.index
         for rt, where in ((pod, pod_ns), (enf, enf_ns)):
             taken = [n for n in (vex, vin) if link.index_of(rt, n) is not None]
             if taken:
                 raise FileExistsError(errno.EEXIST, f"{', '.join(taken)} already in {where}")
-        snap = snapshot(pod, index)
+        snap = snapshot(pod, index, found)
         if before is not None:
             before(snap)
         try:
@@ -183,10 +185,10 @@ def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, ma
             return
         with link.open_rtnl(pod_ns) as pod:
             snap = before
-            cur = link.index_of(pod, ifname)
+            cur = link.find(pod, ifname)
             pulled = link.index_of(enf, vex) is not None or link.index_of(pod, vex) is not None
             if snap is None and cur is not None and pulled:
-                snap = snapshot(pod, cur)         # the pod's live config, on our veth
+                snap = snapshot(pod, cur.index, cur)      # the pod's live config, on our veth
             _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap, also)
 
 
