@@ -201,7 +201,6 @@ class Daemon:
         log.info("listening on %s (%s), %d plugins loaded", self.path, self.identity.decode(), len(self.plugins))
         while not self.stopping:
             self._housekeeping()
-            self._read_taken()
             self._fork_spares()
             full = not self.idle and (len(self.workers) >= self.max_workers or time.monotonic() < self.fork_failed)
             lfd = self.listener.fileno()
@@ -213,12 +212,17 @@ class Daemon:
         return self._shutdown()
 
     def _read_taken(self) -> None:
-        try:
-            data = os.read(self.taken_r, 4096)
-        except BlockingIOError:
+        if self.taken_r < 0:
             return
-        for i in range(0, len(data) - 3, 4):
-            self.idle.discard(int.from_bytes(data[i:i + 4], sys.byteorder))
+        while True:
+            try:
+                data = os.read(self.taken_r, 4096)       # whole pids: 4-byte writes are atomic
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for i in range(0, len(data) - 3, 4):
+                self.idle.discard(int.from_bytes(data[i:i + 4], sys.byteorder))
 
     def _fork_spares(self) -> None:
         while (len(self.idle) < SPARE_WORKERS and len(self.workers) < self.max_workers and not self.stopping
@@ -266,6 +270,7 @@ class Daemon:
         self.stopping = True
 
     def _reap(self) -> None:
+        self._read_taken()         # first: a spare that took a request and ended is no idle spare
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
