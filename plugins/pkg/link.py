@@ -97,8 +97,9 @@ def index_of(rt: nl.Rtnl, name: str) -> int | None:
 
 
 def free_index(rt: nl.Rtnl, base: int) -> int:
-    """The lowest ifindex from `base` up that no link here has."""
-    taken = {link.index for link in rt.links()}
+    """The lowest ifindex from `base` up that no link here has (the dump's ifindexes only: a
+    netns with many links is not parsed whole)."""
+    taken = {_IFI.unpack_from(p)[2] for _, p in rt.dump(nl.RTM_GETLINK, _ifi())}
     return next(i for i in range(base, base + len(taken) + 1) if i not in taken)
 
 
