@@ -198,7 +198,7 @@ def _native(family: str, name: str) -> bool:
 
 def _nft_tables() -> list[tuple[str, str]]:
     try:
-        return nft.list_tables()
+        return nft.tables()             # a netlink dump; `nft list tables` when the kernel will not answer so
     except nft.NftError as e:
         log.warning("%s", e)
         return []
