@@ -185,7 +185,8 @@ class Daemon:
     # Spare workers are forked ahead of requests (SPARE_WORKERS, within --max-workers): each waits
     # in accept() on the listener itself, so a request meets a worker that is already running,
     # the fork and the request-independent set-up are off the exec's path. A spare that took a
-    # connection writes its pid on the `taken` pipe and the main process forks the next one. With
+    # connection writes its pid on the `taken` pipe; the main process forks the next one when none
+    # is left waiting, else once no request runs (_fork_spares). With
     # --max-workers reached and no spare waiting, the main process accepts and closes (before OK:
     # the client runs in-process), or forks a worker for that connection if one has ended since.
     def serve(self) -> int:
@@ -225,7 +226,10 @@ class Daemon:
                 self.idle.discard(int.from_bytes(data[i:i + 4], sys.byteorder))
 
     def _fork_spares(self) -> None:
-        while (len(self.idle) < SPARE_WORKERS and len(self.workers) < self.max_workers and not self.stopping
+        """Up to SPARE_WORKERS while no request runs; while some do, only when none is left
+        waiting (a fork then would take CPU from the requests in flight)."""
+        want = SPARE_WORKERS if len(self.workers) == len(self.idle) else 1
+        while (len(self.idle) < want and len(self.workers) < self.max_workers and not self.stopping
                and time.monotonic() >= self.fork_failed):
             pid = self._fork(None)
             if pid:
