@@ -4,14 +4,17 @@
 
 The exec'd plugins (plugins/node/client.py) hand it their request over a root-only unix socket
 (mode 0600; SO_PEERCRED uid 0 checked per connection) with their network namespace as an fd.
-The daemon imports the plugins once; every connection gets a worker forked from that pristine
-state, which setns()es into the client's network namespace (and its mount namespace when that is
-not the daemon's), takes its environment, argv, cwd,
+The daemon imports the plugins (and what any of their verbs imports) once; every connection gets
+a worker forked from that pristine state (forked ahead: spare workers wait in accept(), so the
+fork is off the exec's path), which setns()es into the client's network namespace (and its mount
+namespace when that is not the daemon's), takes its environment, argv, cwd,
 umask and stderr, and runs the plugin's skel.run with the same cmd_* code, module globals as a
 fresh exec would see them, and the same flocks. Workers run in parallel; a worker's stdout (a
 memfd on fd 1, so the plugin's children write there too) goes back whole with the exit status.
 
-The main process stays single-threaded (it only accepts, forks and reaps), so forking is safe.
+The main process stays single-threaded (it forks spares, reaps, and accepts only to refuse when
+--max-workers are busy), so forking is safe. With --log-level debug each request's phases (ms),
+minor faults and the modules its worker had to import go to the log (bench/node_daemon.py).
 Services run as its supervised children (restarted after a pause when they exit):
 - the vxlan agent (plugins/main/vxlan/agent.py) for every conf given with --conf holding a
   vxlan plugin (--no-vxlan-agent: the node runs vxlan-agent.service instead; never both);
@@ -131,9 +134,12 @@ class Daemon:
             except ImportError:
                 pass
         from plugins.pkg import schema
-        for name in sorted(os.listdir(schema.schema_dir())):   # what each plugin's validate reads
-            if name.endswith(".json"):
-                schema.load(name[:-5])
+        try:
+            for name in sorted(os.listdir(schema.schema_dir())):   # what each plugin's validate reads
+                if name.endswith(".json"):
+                    schema.load(name[:-5])
+        except (OSError, ValueError) as e:       # the plugin's validate reports it, per request
+            log.warning("plugin schemas not preloaded: %s", e)
         libc = ns.libc()
         _ = (libc.setns, libc.prctl)             # ctypes makes a function on its first lookup: here, once
         import gc
