@@ -1,0 +1,148 @@
+"""The programs a pod's vxlan and edgemesh verbs exec, counted as pycni-node's worker runs them
+(the plugin's skel.run in-process, in the host's netns; an audit hook records every
+subprocess.Popen, nothing is replaced): a DEL runs no exec whose answer the kernel gives over
+netlink (iptables.chains, nft.tables), and still removes every rule when there are some.
+
+Only with iptables-nft (its chains are nf_tables ones the netlink dump lists); iptables-legacy
+keeps the iptables-save path, which the other edgemesh and vxlan tests cover.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from plugins.pkg import iptables
+from tests.kit.vxlan_hosts import Cluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CNI_PATH = f"{os.path.join(ROOT, '.venv', 'bin')}:/usr/lib/cni"
+MODULES = {"vxlan": "plugins.main.vxlan.cmd", "edgemesh": "plugins.meta.edgemesh.cmd"}
+
+# One verb in a child process as the daemon's worker: modules imported first, then the netns,
+# then skel.run with an audit hook that writes each exec's program name.
+WORKER = r"""
+import importlib, io, json, os, sys
+from libcni_py import skel
+from plugins.pkg import ns
+module, host, conf = sys.argv[1], sys.argv[2], sys.stdin.buffer.read()
+plugin = importlib.import_module(module).PLUGIN
+execs = []
+def hook(event, args):
+    if event == "subprocess.Popen":
+        execs.append([os.path.basename(os.fsdecode(args[0]))] + [os.fsdecode(a) for a in args[1][1:]])
+with ns.enter(host):
+    out, err = io.StringIO(), io.StringIO()
+    sys.addaudithook(hook)
+    rc = skel.run(plugin, dict(os.environ), io.BytesIO(conf), out, err)
+print(json.dumps({"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "execs": execs}))
+"""
+
+pytestmark = pytest.mark.skipif(not iptables.nft_backed("iptables"),
+                                reason="iptables is not iptables-nft here")
+
+
+class Node:
+    def __init__(self, netns, tmp_path):
+        self.cluster = Cluster(netns, tmp_path, segments=[0], network_name="pwexec")
+        self.host = self.cluster.hosts[0]
+        self.netns, self.tmp = netns, str(tmp_path)
+
+    def vxlan(self, **keys) -> dict:
+        return {**self.host.conf, "cniVersion": "1.0.0", **keys}
+
+    def edgemesh(self, **keys) -> dict:
+        return {"cniVersion": "1.0.0", "name": "pwexec", "type": "edgemesh", "serviceCIDR": "10.96.0.0/12",
+                "listenAddress": "169.254.96.16", "listenPort": 40001, "protocols": ["tcp"],
+                "backend": "iptables", "stateDir": os.path.join(self.tmp, "edgemesh"), **keys}
+
+    def run(self, plugin: str, verb: str, cid: str, pod, conf: dict) -> tuple[dict, list[list[str]]]:
+        env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+                   CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+                   PYCNI_NODE_SOCKET="off")
+        p = subprocess.run([sys.executable, "-c", WORKER, MODULES[plugin], self.host.path],
+                           input=json.dumps(conf).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        got = json.loads(p.stdout)
+        assert got["rc"] == 0, (plugin, verb, got["out"], got["err"])
+        return (json.loads(got["out"]) if got["out"].strip() else {}), got["execs"]
+
+    def nat(self, binary: str = "iptables") -> str:
+        return self.host.run(f"{binary}-save", "-t", "nat").stdout
+
+
+def programs(execs: list[list[str]]) -> list[str]:
+    return [e[0] for e in execs]
+
+
+@pytest.fixture
+def node(netns, tmp_path):
+    return Node(netns, tmp_path)
+
+
+@pytest.mark.parametrize("masq", [False, True], ids=["ipMasq-off", "ipMasq-on"])
+def test_vxlan_del_reads_iptables_only_when_the_pod_has_masq_rules(node, netns, masq):
+    conf = node.vxlan(ipMasq=masq)
+    pod = netns("pwx")
+    result, execs = node.run("vxlan", "ADD", "pw1", pod, conf)
+    assert programs(execs) == ["host-local"] + (["iptables-save", "iptables-restore"] if masq else [])
+    assert ("PYCNI-VX-" in node.nat()) == masq
+    _, execs = node.run("vxlan", "DEL", "pw1", pod, {**conf, "prevResult": result})
+    # ipMasq off: the chain is not in the kernel's list, so no iptables-save; on: the save and
+    # the restore that removes the rules
+    assert programs(execs) == (["iptables-save", "iptables-restore"] if masq else []) + ["host-local"]
+    assert "PYCNI-VX-" not in node.nat() and "pw1" not in node.nat()
+    _, execs = node.run("vxlan", "DEL", "pw1", pod, {**conf, "prevResult": result})     # idempotent
+    assert "iptables-save" not in programs(execs)
+
+
+def test_vxlan_dual_stack_masq_off_del_runs_neither_save(node, netns):
+    conf = node.vxlan(ipv6Network="fd00:10:244::/48")          # DEL looks in ip6tables too
+    pod = netns("pwx")
+    _, execs = node.run("vxlan", "DEL", "pw2", pod, conf)
+    assert "iptables-save" not in programs(execs) and "ip6tables-save" not in programs(execs)
+
+
+def test_edgemesh_del_reads_each_family_once_at_most(node, netns):
+    vx = node.vxlan()
+    pods = {cid: netns("pwe") for cid in ("pwa", "pwb")}
+    results = {}
+    for cid, pod in pods.items():
+        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
+        _, execs = node.run("edgemesh", "ADD", cid, pod, {**node.edgemesh(), "prevResult": results[cid]})
+        assert programs(execs) == ["iptables-save", "iptables-restore"]
+    # a pod of several: one iptables-save (no ip6tables-save: no chain of ours in ip6 nat), one restore
+    _, execs = node.run("edgemesh", "DEL", "pwb", pods["pwb"], {**node.edgemesh(), "prevResult": results["pwb"]})
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    nat = node.nat()
+    assert "id=pwb" not in nat and "id=pwa" in nat
+    # the last pod: the same two execs tear everything down
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**node.edgemesh(), "prevResult": results["pwa"]})
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    assert "EDGE-MESH" not in node.nat()
+    # nothing left: a DEL reads nothing and writes nothing
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**node.edgemesh(), "prevResult": results["pwa"]})
+    assert programs(execs) == []
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_nftables_del_lists_its_table_and_writes_once(node, netns):
+    vx, em = node.vxlan(), node.edgemesh(backend="nftables")
+    pods = {cid: netns("pwn") for cid in ("pna", "pnb")}
+    results = {}
+    for cid, pod in pods.items():
+        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
+        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": results[cid]})
+    _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], {**em, "prevResult": results["pnb"]})
+    assert execs == [["nft", "-a", "list", "table", "ip", "edgemesh"], ["nft", "-f", "-"]], execs
+    table = node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
+    assert "id=pnb" not in table and "id=pna" in table
+    _, execs = node.run("edgemesh", "DEL", "pna", pods["pna"], {**em, "prevResult": results["pna"]})
+    assert programs(execs) == ["nft", "nft"]
+    assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
