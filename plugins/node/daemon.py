@@ -243,7 +243,6 @@ class Daemon:
 
     def _fork(self, conn: socket.socket | None) -> int:
         """A worker: a spare (conn None) or one for a connection the main process accepted."""
-        parent = os.getpid()
         stamp = time.monotonic_ns()
         try:
             pid = os.fork()
@@ -252,7 +251,7 @@ class Daemon:
             self.fork_failed = time.monotonic() + 0.5      # meanwhile requests are sent in-process
             return 0
         if pid == 0:
-            self._worker(conn, parent, stamp)             # never returns
+            self._worker(conn, stamp)                     # never returns
         self.workers.add(pid)
         return pid
 
@@ -373,7 +372,7 @@ class Daemon:
             self.listener.close()
 
     # ---- a worker: one request ----------------------------------------------------------
-    def _worker(self, conn: socket.socket | None, parent: int, forked: int) -> None:
+    def _worker(self, conn: socket.socket | None, forked: int) -> None:
         global _LOG_FD
         code = 0
         try:
