@@ -20,7 +20,7 @@ pytestmark = pytest.mark.root
 
 # Per mode; more in a local run. 10 (5 of them recovered by GC alone): the 30 seeded kills per plugin
 # that issue 9 asks of CI, each followed by DEL, GC, the residue check and the next ADD, are
-# test_crash.py's (dp-steering-tap and -inline, 30 each, plus the targeted kills); this loop adds
+# test_crash.py's (dp-steering-tap 15 + -inline 15, plus the targeted kills); this loop adds
 # what that one does not do: GC alone finding a died ADD, and the journal's phase at each kill.
 KILLS = int(os.environ.get("DP_STEERING_KILLS", "10"))
 

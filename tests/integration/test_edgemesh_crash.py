@@ -22,7 +22,7 @@ from tests.integration.test_edgemesh_kit import EDGEMESH, chains, prev_result, r
 
 pytestmark = pytest.mark.root
 # 10 here: the 30 seeded kills per plugin that issue 9 asks of CI, each with DEL, GC, the residue
-# check and the next ADD, are test_crash.py's (edgemesh-iptables and -nftables, 30 each, plus kills
+# check and the next ADD, are test_crash.py's (edgemesh-iptables 15 + -nftables 15, plus kills
 # the moment edgemesh0 appears and gets its address). This loop adds both backends on one node and
 # the device's mark read after every kill; PYCNI_EDGEMESH_CRASH_KILLS for more.
 KILLS = int(os.environ.get("PYCNI_EDGEMESH_CRASH_KILLS", "10"))
