@@ -55,9 +55,9 @@ cmd_venv() {
 # The plugins pycni-node serves (plugins/node/protocol.py SERVED) are exec'd once per pod and
 # verb. pip's console script for them imports site (every .pth) and re (pip's wrapper), ~15 ms
 # of a ~32 ms exec; PyInstaller's bootloader costs ~8-10 ms before Python starts. A launcher
-# is a 5-line Python script whose shebang is an absolute interpreter run with -I -S (isolated,
-# no site): it puts our code on sys.path itself and calls plugins.entrypoints.run(name), the
-# thin client first (plugins/node/client.py), else the plugin in-process. README "Packaging".
+# is a short Python script whose shebang is an absolute interpreter run with -I -S (isolated,
+# no site): it puts our code on sys.path itself and does what plugins.entrypoints.run does, the
+# thin client first (plugins/node/client.py), else the plugin in-process. README "Start-up".
 served_names() { "$PY" -c 'from plugins.node.protocol import SERVED; print(" ".join(SERVED))'; }
 
 # A path that may be written into a launcher (a shebang, a Python string literal) as it is.
@@ -87,7 +87,8 @@ venv_launchers() {
     local site name
     site=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
     for name in $(served_names); do
-        plain_path "$ROOT" && plain_path "$site" && write_launcher "$VENV/bin/$name" "$PY" "$name" "sys.path += ['$ROOT', '$site']" \
+        plain_path "$ROOT" && plain_path "$site" \
+            && write_launcher "$VENV/bin/$name" "$PY" "$name" "sys.path += ['$ROOT', '$site']" \
             || die "cannot write the launcher $VENV/bin/$name (paths $ROOT, $site)"
     done
 }
@@ -104,7 +105,7 @@ bundle_python_source() {
     base=$("$PY" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')
     for cand in "$base" "/usr/bin/python$minor"; do
         [ -x "$cand" ] || continue
-        ! ldd "$cand" 2>/dev/null | grep -q libpython || continue
+        case $(ldd "$cand" 2>/dev/null) in *libpython*) continue ;; esac
         [ "$("$cand" -I -S -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$minor" ] || continue
         echo "$cand"
         return 0
