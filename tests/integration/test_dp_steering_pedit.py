@@ -27,6 +27,7 @@ IN_VM = [
     "tests/integration/test_dp_steering_ipv6.py::test_dual_stack_inline_both_families_through_the_dp_and_nd_goes_across[pedit]",
     "tests/integration/test_dp_steering_ipv6.py::test_ipv6_frames_on_vth_carry_the_ucmac_and_nd_never_reaches_vth[pedit]",
     "tests/integration/test_dp_steering_ipv6.py::test_dual_stack_tap_copies_every_unicast_of_both_families[pedit]",
+    "tests/integration/test_dp_steering_pedit_requests.py::test_tc_pedit_add_and_del_exec_nothing",
 ]
 GUEST_TIMEOUT = 300       # s; the run takes ~1 min, up to ~2 when the machine is busy
 

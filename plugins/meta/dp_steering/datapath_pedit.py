@@ -8,10 +8,13 @@ action kinds, the pedit keys and the mirred targets with what the rules ask for.
 """
 from __future__ import annotations
 
+import os
+import socket
 import struct
 
+from plugins.pkg import rtnl as nl
 from plugins.pkg import tc
-from plugins.pkg.rtnl import nla_parse
+from plugins.pkg.rtnl import F_CREATE, F_EXCL, nla, nla_parse
 
 from .rules import Rule
 
@@ -100,7 +103,56 @@ def filter_argv(r: Rule) -> list[str]:
 
 
 def install(rt, netns: str, rules: list[Rule], index: dict[str, int]) -> None:
-    tc.run_batch([filter_argv(r) for r in rules], netns)
+    """The rules' filters over netlink, in order, in one round trip: the very requests
+    `tc filter add` sends for filter_argv(rule) (tc -batch was an exec per ADD), the first
+    refusal raised. `netns` is rt's."""
+    rules = list(rules)
+    for r, err in zip(rules, rt.batch([filter_msg(r, index) for r in rules])):
+        if err:
+            raise nl.NetlinkError(err, f"{r.dev} pref {r.pref}: tc filter add: {os.strerror(err)}")
+
+
+# -- the request `tc filter add` (iproute2) makes of filter_argv(rule), byte for byte
+TCA_GACT_PARMS = 2
+TC_U32_TERMINAL = 1
+TC_ACT_SHOT, TC_ACT_PIPE = 2, 3
+TCA_EGRESS_MIRROR = 2
+_NESTED = 0x8000
+
+
+def filter_msg(r: Rule, index: dict[str, int]) -> tuple[int, int, bytes]:
+    """RTM_NEWTFILTER for rule `r` (devices by `index`); for Rtnl.batch."""
+    acts = []
+    if r.copy_to:
+        acts.append(_mirred(index[r.copy_to]))
+    if r.rewrite:
+        munges = b"".join(struct.pack("!II", mask, value) + struct.pack("=iIII", off, 0, 0, 0)
+                          for off, mask, value in _munges(r))
+        parms = _gen(TC_ACT_PIPE) + struct.pack("=BBxx", len(munges) // 24, 0) + munges
+        acts.append(_action(b"pedit", nla(TCA_PEDIT_PARMS, parms)))
+    acts.append(_mirred(index[r.to]) if r.to else _action(b"gact", nla(TCA_GACT_PARMS, _gen(TC_ACT_SHOT))))
+    keys = _keys(r)
+    sel = struct.pack("=BBBxHHhhI", TC_U32_TERMINAL, 0, len(keys), 0, 0, 0, 0, 0) + b"".join(
+        struct.pack("!II", mask, value) + struct.pack("=ii", off, 0) for off, (mask, value) in keys.items())
+    options = nla(TCA_U32_ACT, b"".join(nla(i, a) for i, a in enumerate(acts, 1))) + nla(TCA_U32_SEL, sel)
+    body = (struct.pack("=BxxxiIII", 0, index[r.dev], 0, tc.INGRESS,
+                        (r.pref & 0xFFFF) << 16 | socket.htons(tc.PROTOCOLS[r.protocol]))
+            + nla(tc.TCA_KIND, b"u32\0") + nla(tc.TCA_OPTIONS, options))
+    return tc.RTM_NEWTFILTER, F_CREATE | F_EXCL, body
+
+
+def _gen(action: int) -> bytes:
+    """struct tc_gen: index, capab, action, refcnt, bindcnt."""
+    return struct.pack("=IIiii", 0, 0, action, 0, 0)
+
+
+def _action(kind: bytes, options: bytes) -> bytes:
+    return nla(TCA_ACT_KIND, kind + b"\0") + nla(TCA_ACT_OPTIONS | _NESTED, options)
+
+
+def _mirred(ifindex: int) -> bytes:
+    """`mirred egress mirror dev X` (its control: pipe): struct tc_mirred, tc_gen + eaction + ifindex."""
+    return _action(b"mirred", nla(TCA_MIRRED_PARMS, _gen(TC_ACT_PIPE) + struct.pack("=iI", TCA_EGRESS_MIRROR, ifindex)))
 
 
 # -- reading back the filters' raw attributes
