@@ -1,8 +1,9 @@
 """Traffic-control helpers: ingress qdiscs, filters by priority, cls_bpf filters, `tc -batch`.
 
 Netlink over the raw rtnetlink socket of plugins.pkg.rtnl (no pyroute2) for the ingress
-qdisc, listing and deleting filters and attaching a loaded eBPF program; the `tc`
-binary, fed on stdin with `-batch -`, for filters with actions (u32 + pedit + mirred).
+qdisc, listing and deleting filters and attaching a loaded eBPF program (each also for many
+at once, in one round trip); `run_batch` feeds the `tc` binary with `-batch -` (dp-steering's
+u32 + pedit + mirred filters went that way; they are netlink requests now, datapath_pedit).
 Every netlink function takes an open `Rtnl` (plugins.pkg.link.open_rtnl). Nothing here
 knows CNI.
 """
