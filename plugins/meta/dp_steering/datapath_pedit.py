@@ -3,8 +3,9 @@ sets them up (neuvector/neuvector, agent/pipe/tc.go).
 
 `filter_argv(rule)` is the `tc filter add ...` command for a rule (without
 the leading `tc`); `filter_msg(rule)` is the netlink request tc makes of it, byte for byte,
-and `install` sends those (one round trip, no exec) in the enforcer netns; `differences` reads the filters back over netlink and compares the u32 keys, the
-action kinds, the pedit keys and the mirred targets with what the rules ask for.
+and `install` sends those (one round trip, no exec) in the enforcer netns; `differences`
+reads the filters back over netlink and compares the u32 keys, the action kinds, the pedit
+keys and the mirred targets with what the rules ask for.
 """
 from __future__ import annotations
 
