@@ -101,7 +101,7 @@ def worker_times(log_path: str) -> dict[str, list[float]]:
 DISPATCH = ("start", "check", "mntns", "netns", "ok", "setup", "output")
 CLIENT_WAIT = ("hello", "request")
 _SERVED = re.compile(r"pycni-node: served (\S+) (\S+) pid (\d+): status -?\d+ in [\d.]+ ms; accepted at ([\d.]+); "
-                     r"(.*?); mntns (\w+); faults (\d+) \+ (\d+) \+ (\d+); imported \d+ ?(\S*)")
+                     r"(.*?); mntns (\w+); faults (\d+) \+ (\d+) \+ (\d+); imported \d+ ?([^;\s]*)")
 
 
 def served_requests(log_path: str) -> list[dict]:

@@ -616,6 +616,23 @@ def test_spares_leave_with_a_daemon_killed_9_and_execs_run_in_process(node, netn
 
 
 @root
+def test_spares_copy_the_pages_requests_write_before_their_accept(node, netns):
+    """The first workers learn which of the daemon's pages requests write; the spares forked
+    after them copy those before their accept, so their requests take far fewer copy-on-write
+    faults (the debug line: faults before the accept + on the path + in the run; pretouched)."""
+    n, host = node(), netns("pt")
+    conf = {"cniVersion": "1.0.0", "name": "pt", "type": "pycni-passthrough"}
+    for _ in range(6):
+        assert execp("pycni-passthrough", "ADD", conf, sock=n.path, inside=host.path, netns=host.path)[0] == 0
+    lines = re.findall(r"^pycni-node: served .*faults \d+ \+ (\d+) \+ (\d+);.*; pretouched (\d+)$", n.log(), re.M)
+    assert len(lines) == 6, n.log()
+    cold = [int(path) + int(run) for path, run, touched in lines if touched == "0"]
+    warm = [int(path) + int(run) for path, run, touched in lines if touched != "0"]
+    assert cold and warm, n.log()                      # the first spares had nothing to copy yet
+    assert max(warm) < min(cold) / 2, n.log()
+
+
+@root
 def test_a_client_in_another_mount_namespace(node, netns, tmp_path):
     """An exec in a mount namespace of its own (a tmpfs only it sees): the worker enters it, so
     the plugin's logFile lands on that tmpfs, as in-process; the daemon's namespace sees none."""
