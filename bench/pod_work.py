@@ -3,7 +3,7 @@ do not depend on the machine's load (execs by program, child processes, netlink 
 dumps of the plugin process, fsyncs, flocks, sysctl writes) from `strace -f`, and an in-process
 cProfile of each verb (its total, and the top functions by cumulative time).
 
-    sudo .venv/bin/python bench/pod_work.py [--pods 4] [--cases chain,nft,dual] [--profile]
+    sudo .venv/bin/python bench/pod_work.py [--pods 4] [--cases chain,nft,dual] [--profile] [--before DIR]
 
 Each verb runs in a child process the way the daemon's worker does: the daemon's PRELOAD and
 plugin modules imported first, then setns into the test host, then skel.run with the request's
@@ -73,7 +73,7 @@ os._exit(0)
 """
 
 
-def step(tag: str, plugin: str, host, env: dict, conf: dict, work: str, out: str, mode: str):
+def step(tag: str, plugin: str, host, env: dict, conf: dict, work: str, out: str, mode: str, tree: str = ROOT):
     envf, inf, outf = (os.path.join(work, f"{tag}.{x}") for x in ("env", "in", "out"))
     with open(envf, "w") as f:
         json.dump(env, f)
@@ -84,7 +84,7 @@ def step(tag: str, plugin: str, host, env: dict, conf: dict, work: str, out: str
     if mode == "strace":
         argv = ["strace", "-f", "-qq", "-yy", "-e", "signal=none", "-s", "80",
                 "-o", os.path.join(out, f"{tag}.strace"), *argv]
-    p = subprocess.run(argv, capture_output=True, cwd=ROOT, timeout=300)
+    p = subprocess.run(argv, capture_output=True, cwd=tree, timeout=300)     # the tree's code: sys.path[0]
     with open(outf) as f:
         got = json.load(f)
     if got["rc"] != 0:
@@ -92,7 +92,10 @@ def step(tag: str, plugin: str, host, env: dict, conf: dict, work: str, out: str
     return json.loads(got["out"]) if got["out"].strip() else None
 
 
-def run_case(name: str, vx: dict, em: dict | None, host, factory, pods: int, work: str, out: str, mode: str):
+def run_case(name: str, vx: dict, em: dict | None, host, factory, pods: int, work: str, out: str, mode: str,
+             before: str | None = None):
+    """The sequence; with `before`, every steady pod is done twice, by this tree and by that one
+    (alternating which goes first), its tag's label ending in "b" for the older tree."""
     cni_path = f"{runtimes.VENV_BIN}:/usr/lib/cni"
 
     def env(verb, cid, pod):
@@ -100,23 +103,25 @@ def run_case(name: str, vx: dict, em: dict | None, host, factory, pods: int, wor
                 "CNI_PATH": cni_path, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
                 "PATH": os.environ["PATH"]}
     resident = None
-    for label in ["first", *(f"s{i}" for i in range(pods)), "last"]:
+    steady = [f"s{i}{t}" for i in range(pods) for t in (("", "b") if i % 2 == 0 else ("b", "")) if t == "" or before]
+    for label in ["first", *steady, "last"]:
+        tree = before if label.endswith("b") and before else ROOT
         if label == "last":
             cid, pod, res = resident
         else:
             pod, cid = factory("pwp"), f"{name}-{label}"
-            res = step(f"{name}.{label}.vxlan.ADD", "vxlan", host, env("ADD", cid, pod), vx, work, out, mode)
+            res = step(f"{name}.{label}.vxlan.ADD", "vxlan", host, env("ADD", cid, pod), vx, work, out, mode, tree)
             if em is not None:
                 step(f"{name}.{label}.edgemesh.ADD", "edgemesh", host, env("ADD", cid, pod),
-                     {**em, "prevResult": res}, work, out, mode)
+                     {**em, "prevResult": res}, work, out, mode, tree)
             if label == "first":
                 resident = (cid, pod, res)
                 continue
         if em is not None:
             step(f"{name}.{label}.edgemesh.DEL", "edgemesh", host, env("DEL", cid, pod),
-                 {**em, "prevResult": res}, work, out, mode)
+                 {**em, "prevResult": res}, work, out, mode, tree)
         step(f"{name}.{label}.vxlan.DEL", "vxlan", host, env("DEL", cid, pod), {**vx, "prevResult": res},
-             work, out, mode)
+             work, out, mode, tree)
 
 
 def counts(path: str) -> collections.Counter:
@@ -161,7 +166,7 @@ def counts(path: str) -> collections.Counter:
 
 def phase_of(tag: str) -> str:
     case, label, plugin, verb = tag.split(".")
-    kind = {"first": "first pod", "last": "last pod"}.get(label, "steady")
+    kind = {"first": "first pod", "last": "last pod"}.get(label, "steady, before" if label.endswith("b") else "steady")
     return f"{case} {plugin} {verb} ({kind})"
 
 
@@ -185,7 +190,7 @@ def report_profile(out: str, top: int) -> str:
     for what, paths in rows.items():
         lines.append(f"| {what} | {statistics.median(pstats.Stats(p).total_tt * 1000 for p in paths):.1f} |")
     for what, paths in rows.items():
-        if "steady" not in what:
+        if not what.endswith("(steady)"):
             continue
         buf = io.StringIO()
         st = pstats.Stats(*paths, stream=buf)
@@ -201,12 +206,15 @@ def main() -> int:
     ap.add_argument("--cases", default="chain,nft,dual")
     ap.add_argument("--profile", action="store_true", help="cProfile each verb instead of strace")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--before", metavar="DIR", help="an older tree (git archive REV | tar -x -C DIR): every "
+                    "steady pod is also done by its code, interleaved, rows '(steady, before)'")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     if not args.profile and shutil.which("strace") is None:
         raise SystemExit("needs strace (or --profile)")
     mode = "profile" if args.profile else "strace"
+    before = os.path.abspath(args.before) if args.before else None
     made: list[NetNS] = []
 
     def factory(tag: str = "ns") -> NetNS:
@@ -225,13 +233,13 @@ def main() -> int:
         em = {**lst["plugins"][2], "cniVersion": lst["cniVersion"], "name": lst["name"]}
         em.pop("capabilities", None)
         if "chain" in cases:
-            run_case("chain", vx, em, host, factory, args.pods, tmp, out, mode)
+            run_case("chain", vx, em, host, factory, args.pods, tmp, out, mode, before)
         if "nft" in cases:
-            run_case("nft", vx, {**em, "backend": "nftables"}, host, factory, args.pods, tmp, out, mode)
+            run_case("nft", vx, {**em, "backend": "nftables"}, host, factory, args.pods, tmp, out, mode, before)
         if "dual" in cases:
             dc = DualCluster(factory, os.path.join(tmp, "d"), underlays=["dual", "dual"], network_name="pwdual")
             run_case("dual", {**dc.hosts[0].conf, "cniVersion": "1.0.0"}, None, dc.hosts[0], factory,
-                     args.pods, tmp, out, mode)
+                     args.pods, tmp, out, mode, before)
         print(report_profile(out, args.top) if args.profile else report_counts(out))
     finally:
         for n in reversed(made):
