@@ -326,8 +326,8 @@ def delete_together(rt: nl.Rtnl, indexes: list[int]) -> None:
     for _, p in rt.dump(nl.RTM_GETLINK, _ifi()):
         raw = nl.nla_parse(p, _IFI.size).get(IFLA_GROUP)
         taken.add(struct.unpack("=I", raw)[0] if raw else 0)
-    group = 0
-    while group in taken:
+    group = 0                             # the default group: never ours (and the kernel refuses it)
+    while group == 0 or group in taken:
         group = int.from_bytes(os.urandom(4), "little") | 0x10000
     msgs = [(nl.RTM_NEWLINK, 0, _ifi(i) + nl.nla(IFLA_GROUP, _u32(group))) for i in indexes]
     errs = rt.batch(msgs + [(nl.RTM_DELLINK, 0, _ifi() + nl.nla(IFLA_GROUP, _u32(group)))])
