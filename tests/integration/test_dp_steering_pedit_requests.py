@@ -5,8 +5,8 @@ for byte, so the kernel makes the same u32 filters with the same pedit, mirred a
 What tc sends is read off the wire with strace (its write dump of tc's netlink socket), for every
 rule of both modes, both families and neighbour discovery; the kernel need not have act_pedit
 for that (tc sends the request and the kernel refuses it here). Where the kernel has act_pedit
-(the stock-kernel VM: test_dp_steering_pedit.py runs the last test there), an ADD with the
-tc-pedit datapath execs nothing.
+(the stock-kernel VM: test_dp_steering_pedit.py runs that test there), an ADD and a DEL with the
+tc-pedit datapath exec nothing; nor do they with the eBPF datapath (here).
 """
 import os
 import re
@@ -72,7 +72,19 @@ def test_filter_msg_is_what_tc_filter_add_sends(netns, tmp_path):
 def test_tc_pedit_add_and_del_exec_nothing(netns, tmp_path):
     if not P.available():
         pytest.skip("no act_pedit in this kernel: test_dp_steering_pedit.py runs this in the stock-kernel VM")
-    w = World(netns, tmp_path, datapath="tc-pedit", mode="tap", failOpen=True)
+    add_and_del_exec_nothing(netns, tmp_path, "tc-pedit")
+
+
+def test_ebpf_add_and_del_exec_nothing(netns, tmp_path):
+    from plugins.meta.dp_steering import datapath_ebpf
+    if not datapath_ebpf.available():
+        pytest.skip("this kernel loads no SCHED_CLS program")
+    add_and_del_exec_nothing(netns, tmp_path, "ebpf")
+
+
+def add_and_del_exec_nothing(netns, tmp_path, datapath: str) -> None:
+    """An exec'd ADD and DEL (in-process, as without a daemon) of a tap pod exec nothing."""
+    w = World(netns, tmp_path, datapath=datapath, mode="tap", failOpen=True)
     pod = w.add("c1", steer=False)
     log = str(tmp_path / "execs.log")
     for command in ("ADD", "DEL"):
@@ -86,7 +98,8 @@ def test_tc_pedit_add_and_del_exec_nothing(netns, tmp_path):
         assert len(execs) <= 2, execs          # the console script (and its interpreter), nothing else
         if command == "ADD":
             rec = w.record(pod)
-            assert rec["datapath"] == "tc-pedit" and rec["installed"] == "tap"
-            assert "pedit" in w.enf.run("tc", "filter", "show", "dev", rec["vex"], "ingress").stdout
+            assert rec["datapath"] == datapath and rec["installed"] == "tap"
+            shown = w.enf.run("tc", "filter", "show", "dev", rec["vex"], "ingress").stdout
+            assert ("pedit" if datapath == "tc-pedit" else "direct-action") in shown, shown
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
     os.remove(log)

@@ -185,8 +185,8 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
             with link.open_rtnl(pod.enforcer) as rt:
                 if "rules" in steps:
                     _remove_rules(rt, pod)
-                # the pod's other users, once: with none left the pair goes in vin's deletion
-                others = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps else None
+                # the pair's other users, once: with none left the pair goes in vin's deletion
+                others = state.staying_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps else None
                 last = "pull" in steps and others == [] and enforcer.is_pair(rt, pod.vbr, pod.vth)
                 if "pull" in steps:
                     try:
