@@ -467,3 +467,24 @@ def test_launchers_run_in_process_and_through_the_frozen_daemon(installed, netns
     for name in CNI_PLUGINS:
         assert f"served {name} VERSION" in text, text
     assert "refused" not in text and "is not this daemon's" not in text, text
+
+
+def test_install_keeps_the_bootloader_when_the_bundle_python_cannot_load_the_plugins(bundle, tmp_path):
+    """`./build.sh install` probes the bundle's python in its installed place (the host's libffi,
+    libssl...): when it fails there, every name is a bootloader link, as before the launchers."""
+    launchers_or_skip(bundle / "bin")
+    dist = tmp_path / "dist"
+    assert run(["cp", "-a", str(bundle), str(dist)]).returncode == 0
+    broken = dist / "pycni" / "bin" / "python3"
+    broken.unlink()
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    bindir = tmp_path / "host" / "bin"
+    p = run([os.path.join(ROOT, "build.sh"), "install", str(bindir)], cwd=ROOT,
+            env=dict(os.environ, PYCNI_DIST=str(dist)))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert names_in(bindir) == names_in(bundle / "bin")
+    for name in names_in(bindir):
+        assert os.readlink(bindir / name) == BUNDLE_EXE, name
+    v = run([str(bindir / "pycni-passthrough")], env={"CNI_COMMAND": "VERSION"}, input='{"cniVersion": "1.0.0"}')
+    assert v.returncode == 0 and json.loads(v.stdout)["cniVersion"] == "1.0.0", v.stdout + v.stderr
