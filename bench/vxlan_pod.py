@@ -420,8 +420,8 @@ helpers: deduplicating them is the next netlink cut); two route dumps of the mai
 default route, peers); the kernel's veth deletion.
 Outside this plugin (for their owners): skel.run costs ~9 ms per verb under this load around
 cmd_* (the schema check, and logging handlers set up on every request because the daemon has
-imported logging); the daemon's PRELOAD lacks `_sha256` and `plugins.entrypoints`, which every
-worker imports again (~1-2 ms each).
+imported logging); the daemon's PRELOAD lacked `_sha256` and `plugins.entrypoints`, which every
+worker imported again (~1-2 ms each; added there since).
 """
 
 if __name__ == "__main__":
