@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -188,12 +189,20 @@ def build_variant(tmp: str, name: str, noarchive: bool, optimize: int, strip: bo
 
 
 def timed(argv: list[str], env: dict, rc: int) -> float:
+    return timed_cpu(argv, env, rc)[0]
+
+
+def timed_cpu(argv: list[str], env: dict, rc: int) -> tuple[float, float]:
+    """Wall ms of one exec, and its CPU ms (user + system, from the children's rusage: what the
+    load on the machine moves least)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(argv, env=env, input=ADD_IN, capture_output=True, timeout=60)
     ms = (time.perf_counter() - t0) * 1000
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != rc:
         raise SystemExit(f"{argv}: exit {p.returncode}, wanted {rc}\n{p.stdout!r}\n{p.stderr!r}")
-    return ms
+    return ms, (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1000
 
 
 # strace markers: (phase that ends here, regex on a line of strace -f -ttt)
@@ -354,11 +363,13 @@ def main() -> int:
                   for n in names if n != "empty"]
         cases.append(("empty", f"bundle variant empty: {VARIANTS['empty'][0]}", [built["empty"]], client, 0))
         samples: dict[str, list[float]] = defaultdict(list)
+        cpu: dict[str, list[float]] = defaultdict(list)
         for rnd in range(WARMUP + args.runs):
             for key, _, argv, env, rc in cases:
-                ms = timed(argv, env, rc)
+                ms, cpu_ms = timed_cpu(argv, env, rc)
                 if rnd >= WARMUP:
                     samples[key].append(ms)
+                    cpu[key].append(cpu_ms)
         prof_runs = max(3, min(args.runs, 10))
         traced = {"bundle-client": [bundle_bin], "thin-client": [built["thin"]],
                   "py-IS-client": [VENV_PY, "-I", "-S", "-c", thin_c], "venv-launcher-client": [VENV_LAUNCHER]}
@@ -376,9 +387,11 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in samples.items()}
     go = med["go"]
     fastest = min((k for k in med if k.endswith("-client") and k != "py-IS-client"), key=lambda k: med[k])
-    lines = ["| case | median ms | p10-p90 ms | x Go bridge VERSION |", "|---|---:|---:|---:|"]
+    lines = ["| case | median ms | p10-p90 ms | x Go bridge VERSION | CPU ms (user+sys, median) |",
+             "|---|---:|---:|---:|---:|"]
     for key, what, *_ in cases:
-        lines.append(f"| {what} | {med[key]:.1f} | {spread(samples[key])} | {med[key] / go:.2f}x |")
+        lines.append(f"| {what} | {med[key]:.1f} | {spread(samples[key])} | {med[key] / go:.2f}x "
+                     f"| {statistics.median(cpu[key]):.1f} |")
     labels = {"bundle-client": "bundle bootloader", "thin-client": "bundle variant thin",
               "py-IS-client": "venv python -I -S", "venv-launcher-client": "venv launcher",
               "bundle-launcher-client": "bundle launcher"}
