@@ -73,7 +73,11 @@ write_launcher() {
     printf '%s\n' "$shebang" \
         "# pycni launcher for $name (build.sh): a bare interpreter (-I -S: no site, no .pth), our code on" \
         "# sys.path, then plugins.entrypoints.run inlined: the thin client, else the plugin in-process." \
-        "import sys" "$setup" \
+        "import os, sys" \
+        "# -I drops PYTHON* variables; the import trace (PYTHONPROFILEIMPORTTIME) is kept: run again with -X importtime" \
+        "if os.environ.get('PYTHONPROFILEIMPORTTIME') and 'importtime' not in sys._xoptions:" \
+        "    os.execv(sys.executable, [sys.executable, '-IS', '-X', 'importtime', *sys.argv])" \
+        "$setup" \
         "from plugins.node.client import delegate" "delegate('$name')" \
         "from plugins.entrypoints import dispatch" "dispatch('$name')" >"$file.new"
     chmod 755 "$file.new"
