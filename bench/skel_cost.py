@@ -14,7 +14,7 @@ does not do); "exec" imports only the plugin module. Runs each verb --runs times
 microseconds per verb; --profile prints cProfile call counts per verb instead. --before DIR: the
 same loop with an older tree's code (git archive REV | tar -x -C DIR), interleaved run by run with
 this tree's in two child processes, medians of each (for A/B on a loaded machine).
-Writes nothing.
+Writes only a log file under a temporary directory (case edgemesh+log), removed at the end.
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ import io
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +43,10 @@ PREV = {"cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "mac": "02:42:0a:f4:01:05", "sandbox": "/proc/self/ns/net"}],
         "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 0}],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}], "dns": {}}
-CASES = {"pycni-passthrough": PASSTHROUGH, "vxlan": VXLAN, "edgemesh": EDGEMESH}
+LOG_DIR = tempfile.mkdtemp(prefix="skel-cost-")
+CASES = {"pycni-passthrough": PASSTHROUGH, "vxlan": VXLAN, "edgemesh": EDGEMESH,
+         # conf/edgemesh.conflist's logging keys (its logFile under a temporary directory)
+         "edgemesh+log": {**EDGEMESH, "logLevel": "info", "logFile": os.path.join(LOG_DIR, "edgemesh.log")}}
 VERBS = ("ADD", "DEL")
 
 
@@ -64,7 +69,7 @@ def prepare(mode: str):
     from plugins.node import daemon as d
     plugins = {}
     for name in CASES:
-        real = importlib.import_module(d.PLUGIN_MODULES[name]).PLUGIN
+        real = importlib.import_module(d.PLUGIN_MODULES[name.partition("+")[0]]).PLUGIN
 
         def answer(args, _prev=PREV):
             return dict(_prev) if args.command == "ADD" else None
@@ -107,7 +112,7 @@ def forked(skel, plugin, name: str, verb: str, profile: bool):
                 st = pstats.Stats(p)
                 calls = sum(v[1] for v in st.stats.values())      # type: ignore[attr-defined]
                 buf = io.StringIO()
-                pstats.Stats(p, stream=buf).sort_stats("tottime").print_stats(10)
+                pstats.Stats(p, stream=buf).sort_stats("ncalls").print_stats(25)
                 ans: object = {"calls": calls, "top": buf.getvalue()}
             else:
                 rc, text, dt = one(skel, plugin, name, verb)
@@ -153,10 +158,17 @@ def main() -> None:
     ap.add_argument("--before", metavar="DIR")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.child:
-        sys.path.insert(0, os.getcwd())
-        child(a.mode, a.runs, a.profile)
-        return
+    try:
+        if a.child:
+            sys.path.insert(0, os.getcwd())
+            child(a.mode, a.runs, a.profile)
+            return
+        report(a)
+    finally:
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
+
+
+def report(a) -> None:
     trees = [("this tree", ROOT)] + ([("before", a.before)] if a.before else [])
     got: dict[str, dict[str, list]] = {t: {} for t, _ in trees}
     for r in range(a.rounds if a.before else 1):

@@ -344,21 +344,112 @@ def setup_deferred_logging() -> None:
         _configure_logging({}, stderr, None)
 
 
+_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+_LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL", 0: "NOTSET"}
+
+
+class _Sink:
+    """The "pycni" logger's handlers, set up without the logging module: the lines logging's
+    StreamHandlers would write (_FORMAT, stderr then the logFile, each flushed), for the records
+    of plugins/pkg/log.py and skel. Importing logging costs an exec 5-15 ms, and as much a request
+    of pycni-node's worker (it forgets the daemon's logging so that a request sees what an exec
+    does, and a config with logLevel or logFile imported it afresh every time). A record this does
+    not format as logging would (keyword arguments such as exc_info, a logger outside "pycni", a
+    message whose % formatting fails, a stream that refuses the write) goes to the real logging,
+    set up then with the same level and streams; the sink is gone from then on."""
+
+    def __init__(self, level: int, streams: list):
+        self.level, self.streams = level, streams
+
+    def emit(self, name: str, level: int, msg, args: tuple, kwargs: dict) -> None:
+        if kwargs or not (name == "pycni" or name.startswith("pycni.")):
+            return self._fallback(name, level, msg, args, kwargs, 0)
+        if level < self.level:
+            return None
+        line = None
+        try:
+            values = args[0] if len(args) == 1 and isinstance(args[0], dict) and args[0] else args   # as logging
+            text = str(msg) % values if values else str(msg)
+            line = f"{_asctime()} {name} {_LEVEL_NAMES.get(level) or f'Level {level}'} {text}\n"
+        except Exception:  # noqa: BLE001 - logging reports it its way (handleError), outside this handler
+            pass
+        if line is None:
+            return self._fallback(name, level, msg, args, kwargs, 0)
+        for i, stream in enumerate(self.streams):
+            failed = False
+            try:
+                stream.write(line)
+                stream.flush()
+            except Exception:  # noqa: BLE001 - as above, from the stream that failed on
+                failed = True
+            if failed:
+                return self._fallback(name, level, msg, args, kwargs, i)
+        return None
+
+    def _fallback(self, name: str, level: int, msg, args, kwargs: dict, first: int) -> None:
+        """This record and every later one through the real logging, its handlers on the same streams
+        (this record only through those from `first` on: the earlier ones have it)."""
+        global _sink
+        import logging
+        if _sink is self:
+            _sink = None
+        handlers = _configure_real(self.level, self.streams)
+        logger = logging.getLogger(name)
+        if first == 0 or handlers is None:
+            logger.log(level, msg, *args, stacklevel=3, **kwargs)
+            return
+        record = logger.makeRecord(name, level, "(unknown file)", 0, msg, args, None)
+        for h in handlers[first:]:
+            h.handle(record)
+
+
+_sink: _Sink | None = None
+
+
+def _asctime() -> str:
+    """logging.Formatter's default asctime: local time, milliseconds after a comma."""
+    import time
+    ct = time.time()
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ct))},{int((ct - int(ct)) * 1000):03d}"
+
+
+def log_record(name: str, level: int, msg, args: tuple, kwargs: dict) -> bool:
+    """plugins/pkg/log.py's way in: True when the sink took the record (it is set up, or a deferred
+    set-up made it now), False when the real logging is the one to ask."""
+    if _sink is None and level >= 30 and _deferred_log_stderr is not None and "logging" not in sys.modules:
+        setup_deferred_logging()          # as before the sink: a record below WARNING sets up nothing
+    if _sink is None:
+        return False
+    _sink.emit(name, level, msg, args, kwargs)
+    return True
+
+
 def _configure_logging(conf: dict, stderr, stream) -> None:
+    global _sink
+    if _sink is not None:
+        return
+    level = conf.get("logLevel", "warning")
+    value = LOG_LEVELS.get(level if isinstance(level, str) else "", 30)
+    streams = [stderr] if stream is None else [stderr, stream]
+    if "logging" in sys.modules:
+        _configure_real(value, streams)
+    else:
+        _sink = _Sink(value, streams)
+
+
+def _configure_real(level: int, streams: list):
+    """The "pycni" logger's handlers on `streams` (None when it has handlers already)."""
     import logging
     root = logging.getLogger("pycni")
     if root.handlers:
-        return
-    level = conf.get("logLevel", "warning")
-    root.setLevel(LOG_LEVELS.get(level if isinstance(level, str) else "", logging.WARNING))
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    h = logging.StreamHandler(stderr)
-    h.setFormatter(fmt)
-    root.addHandler(h)
-    if stream is not None:
-        fh = logging.StreamHandler(stream)
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
+        return None
+    root.setLevel(level)
+    fmt = logging.Formatter(_FORMAT)
+    for stream in streams:
+        h = logging.StreamHandler(stream)
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    return list(root.handlers)
 
 
 def _what(args: CmdArgs | None) -> str:
@@ -375,19 +466,28 @@ def _what(args: CmdArgs | None) -> str:
 def _log_outcome(args: CmdArgs, started: float, err: CNIError | None, result) -> None:
     """One line per command at info; what went in and out at debug. Costs nothing when the
     "pycni" logger was never set up (no logFile/logLevel): logging is not even imported."""
-    if "logging" not in sys.modules:
+    sink = _sink
+    if sink is None and "logging" not in sys.modules:
         return
-    import logging
-    log = logging.getLogger("pycni.skel")
-    ms = (_clock() - started) * 1000
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s: config %s", _what(args), args.stdin[:4096].decode(errors="replace"))
-        if result is not None:
-            log.debug("%s: result %s", _what(args), json.dumps(result))
-    if err is None:
-        log.info("%s: ok (%.1f ms)", _what(args), ms)
+    if sink is not None:
+        def enabled(level: int) -> bool:
+            return level >= sink.level
+
+        def emit(level: int, msg: str, *a) -> None:
+            sink.emit("pycni.skel", level, msg, a, {})
     else:
-        log.error("%s: failed, code %d: %s (%.1f ms)", _what(args), err.code, err, ms)
+        import logging
+        log = logging.getLogger("pycni.skel")
+        enabled, emit = log.isEnabledFor, log.log
+    ms = (_clock() - started) * 1000
+    if enabled(10):
+        emit(10, "%s: config %s", _what(args), args.stdin[:4096].decode(errors="replace"))
+        if result is not None:
+            emit(10, "%s: result %s", _what(args), json.dumps(result))
+    if err is None:
+        emit(20, "%s: ok (%.1f ms)", _what(args), ms)
+    else:
+        emit(40, "%s: failed, code %d: %s (%.1f ms)", _what(args), err.code, err, ms)
 
 
 def _log_failure(e: CNIError, args: CmdArgs | None, started: float, stderr) -> None:
@@ -395,7 +495,7 @@ def _log_failure(e: CNIError, args: CmdArgs | None, started: float, stderr) -> N
     logFile) when it is set up, else one line on stderr."""
     try:
         root = sys.modules["logging"].getLogger("pycni") if "logging" in sys.modules else None
-        if args is not None and root is not None and root.handlers:
+        if args is not None and (_sink is not None or (root is not None and root.handlers)):
             _log_outcome(args, started, e, None)
         else:
             stderr.write(f"pycni: error {e.code}: {e} [{_what(args)}]\n")

@@ -8,7 +8,9 @@ most execs never log. Use it like logging.getLogger:
 
 Until something imports logging, no handler or level exists anywhere, so the real logger would
 drop anything below WARNING: so does this one, without importing it. Anything else goes to the
-real logger, once skel's deferred set-up of the "pycni" handlers (stderr, logFile) is done.
+real logger, once skel's deferred set-up of the "pycni" handlers (stderr, logFile) is done; or,
+in a plugin run that had not imported logging, to skel's sink: the same lines on the same streams,
+without importing logging (skel._Sink).
 """
 import sys
 
@@ -22,6 +24,9 @@ class Logger:
         self.name = name
 
     def log(self, level: int, msg, *args, stacklevel: int = 1, **kwargs) -> None:
+        skel = sys.modules.get("libcni_py.skel")
+        if skel is not None and skel.log_record(self.name, level, msg, args, kwargs):
+            return                        # skel's sink wrote it, as the real logger would
         if level < WARNING and "logging" not in sys.modules:
             return
         _real(self.name).log(level, msg, *args, stacklevel=stacklevel + 1, **kwargs)
