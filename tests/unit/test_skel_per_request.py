@@ -83,3 +83,44 @@ def test_an_exec_compiles_only_the_patterns_its_config_meets():
             "print(len(schema._patterns), 'plugins.node.daemon' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60, text=True)
     assert p.stdout.split() == ["0", "False"], p.stderr
+
+
+def _random_value(rnd, depth: int = 0):
+    leaves = [lambda: rnd.choice(["", "a", "é", "\u2028", "\x00\x1f\"\\/", "😀", "10.0.0.1/24", "\ud800"]),
+              lambda: rnd.randint(-2**70, 2**70), lambda: rnd.choice([0, -1, 7]),
+              lambda: rnd.choice([0.0, -0.0, 1.5, 1e300, 1e-300, float("inf"), float("-inf"), float("nan")]),
+              lambda: rnd.choice([True, False, None])]
+    if depth > 4 or rnd.random() < 0.4:
+        return rnd.choice(leaves)()
+    if rnd.random() < 0.5:
+        return [_random_value(rnd, depth + 1) for _ in range(rnd.randint(0, 4))]
+    keys = [rnd.choice(["k", "é", "", "a\nb", 1, 2.5, True, None, "cniVersion"]) for _ in range(rnd.randint(0, 4))]
+    return {k: _random_value(rnd, depth + 1) for k in keys}
+
+
+def test_the_result_is_written_as_json_dumps_indent_4_writes_it():
+    import random
+
+    from libcni_py.skel import dumps_indented
+    rnd = random.Random(12)
+    for _ in range(3000):
+        v = _random_value(rnd)
+        assert dumps_indented(v) == json.dumps(v, indent=4), v
+    deep: list = []
+    for _ in range(500):
+        deep = [deep]
+    assert dumps_indented(deep) == json.dumps(deep, indent=4)
+    assert dumps_indented({"t": (1, "x")}) == json.dumps({"t": (1, "x")}, indent=4)
+
+    class Sub(int):
+        def __repr__(self):
+            return "sub"
+    assert dumps_indented({"s": Sub(3), "k": {Sub(4): 1}}) == json.dumps({"s": Sub(3), "k": {Sub(4): 1}}, indent=4)
+    cyclic: list = []
+    cyclic.append(cyclic)
+    for bad in ({"x": object()}, {(1, 2): 3}, cyclic, {"b": b"x"}):
+        with pytest.raises(Exception) as want:
+            json.dumps(bad, indent=4)
+        with pytest.raises(type(want.value)) as got:
+            dumps_indented(bad)
+        assert str(got.value) == str(want.value)
