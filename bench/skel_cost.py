@@ -13,7 +13,9 @@ does not do); "exec" imports only the plugin module. Runs each verb --runs times
 (CNI_NETNS is /proc/self/ns/net: a network namespace; nothing is changed in it) and prints the median
 microseconds per verb; --profile prints cProfile call counts per verb instead. --before DIR: the
 same loop with an older tree's code (git archive REV | tar -x -C DIR), interleaved run by run with
-this tree's in two child processes, medians of each (for A/B on a loaded machine).
+this tree's in two child processes, medians of each (for A/B on a loaded machine); compile DIR first
+(.venv/bin/python -m compileall -q DIR): with PYTHONDONTWRITEBYTECODE set, what "exec" imports
+lazily would be compiled from source in every run of that tree only.
 Writes only a log file under a temporary directory (case edgemesh+log), removed at the end.
 """
 from __future__ import annotations
@@ -48,6 +50,9 @@ CASES = {"pycni-passthrough": PASSTHROUGH, "vxlan": VXLAN, "edgemesh": EDGEMESH,
          # conf/edgemesh.conflist's logging keys (its logFile under a temporary directory)
          "edgemesh+log": {**EDGEMESH, "logLevel": "info", "logFile": os.path.join(LOG_DIR, "edgemesh.log")}}
 VERBS = ("ADD", "DEL")
+# plugins.node.daemon.PLUGIN_MODULES's, copied: "exec" must not import the daemon (nor its logging)
+MODULES = {"vxlan": "plugins.main.vxlan.cmd", "edgemesh": "plugins.meta.edgemesh.cmd",
+           "pycni-passthrough": "plugins.meta.passthrough.cmd"}
 
 
 def prepare(mode: str):
@@ -66,10 +71,9 @@ def prepare(mode: str):
             for name in [m for m in sys.modules if m == "logging" or m.startswith("logging.")]:
                 del sys.modules[name]
     from libcni_py import skel
-    from plugins.node import daemon as d
     plugins = {}
     for name in CASES:
-        real = importlib.import_module(d.PLUGIN_MODULES[name.partition("+")[0]]).PLUGIN
+        real = importlib.import_module(MODULES[name.partition("+")[0]]).PLUGIN
 
         def answer(args, _prev=PREV):
             return dict(_prev) if args.command == "ADD" else None
