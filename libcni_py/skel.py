@@ -281,71 +281,7 @@ def _known(v: str) -> bool:
 
 
 def _write(stdout, obj: dict) -> None:
-    stdout.write(dumps_indented(obj) + "\n")
-
-
-def dumps_indented(obj) -> str:
-    """json.dumps(obj, indent=4), the same characters, ~4x faster: with an indent json encodes in
-    Python, a generator per container level; this joins strings, its strings escaped by json's C
-    function. Anything but dict, list, tuple, str, int, float, bool and None (or a cycle, which
-    never ends here): json.dumps itself, for its answer or its error."""
-    try:
-        return _indented(obj, "\n")
-    except _NotPlain:
-        return json.dumps(obj, indent=4)
-
-
-class _NotPlain(Exception):
-    pass
-
-
-_ESCAPE = json.encoder.encode_basestring_ascii
-_FLOAT_SPECIAL = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
-
-
-def _scalar(o) -> str:
-    t = type(o)
-    if t is str:
-        return _ESCAPE(o)
-    if o is None:
-        return "null"
-    if o is True:
-        return "true"
-    if o is False:
-        return "false"
-    if t is int:
-        return int.__repr__(o)
-    if t is float:
-        if o != o:
-            return "NaN"
-        return _FLOAT_SPECIAL.get(o) or float.__repr__(o)
-    raise _NotPlain
-
-
-def _indented(o, nl: str, depth: int = 0) -> str:
-    t = type(o)
-    if t is dict:
-        if not o:
-            return "{}"
-        if depth > 200:
-            raise _NotPlain                 # json's own recursion and cycle answers
-        inner = nl + "    "
-        parts = []
-        for k, v in o.items():
-            if type(k) is not str:
-                if type(k) not in (int, float, bool) and k is not None:
-                    raise _NotPlain
-                k = _scalar(k)
-            parts.append(f"{_ESCAPE(k)}: {_indented(v, inner, depth + 1)}")
-        return "{" + inner + ("," + inner).join(parts) + nl + "}"
-    if t is list or t is tuple:
-        if not o:
-            return "[]"
-        if depth > 200:
-            raise _NotPlain
-        inner = nl + "    "
-        return "[" + inner + ("," + inner).join([_indented(v, inner, depth + 1) for v in o]) + nl + "]"
-    return _scalar(o)
+    stdout.write(json.dumps(obj, indent=4) + "\n")
 
 
 _deferred_log_stderr = None     # set-up owed to a run that logs nothing so far
