@@ -302,9 +302,29 @@ QUICK = {
 }
 
 
+# The probes: scripts that print where a plugin's own time goes (counts, profiles) and write no
+# figures file. script: (quick options, a line their table must print)
+PROBES = {
+    "pod_work.py": (["--pods", "1", "--cases", "chain"], "| chain edgemesh ADD"),
+    "skel_cost.py": (["--runs", "3"], "| edgemesh ADD"),
+}
+
+
 def test_every_bench_script_is_smoked():
     scripts = {os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "*.py"))} - {"benchout.py", "__init__.py"}
-    assert scripts == set(QUICK)
+    assert scripts == set(QUICK) | set(PROBES)
+
+
+@pytest.mark.parametrize("script", list(PROBES))
+def test_probe_runs_quick_and_prints_its_table(script, tmp_path):
+    args, line = PROBES[script]
+    before = sorted(os.listdir(BENCH))
+    p = subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(BENCH, script), *args],
+                       env=dict(os.environ, PYCNI_BENCH_OUT=str(tmp_path)), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert any(row.startswith(line) for row in p.stdout.splitlines()), p.stdout
+    assert sorted(os.listdir(BENCH)) == before and not os.listdir(tmp_path)      # it wrote nothing
 
 
 @pytest.mark.parametrize("script", list(QUICK))
