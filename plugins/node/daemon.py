@@ -102,6 +102,15 @@ class Service:
         self.next_start = 0.0
 
 
+def preload_schemas() -> None:
+    """Every plugin schema loaded and its patterns compiled, in the main: what each plugin's validate
+    reads and compiles, done once for all workers (an exec compiles only what its config meets)."""
+    from plugins.pkg import schema
+    for name in sorted(os.listdir(schema.schema_dir())):
+        if name.endswith(".json"):
+            schema.compile_patterns(schema.load(name[:-5]))
+
+
 class Daemon:
     def __init__(self, path: str, services: list[Service] | None = None, max_workers: int = MAX_WORKERS):
         self.path, self.services, self.max_workers = path, list(services or []), max_workers
@@ -139,11 +148,8 @@ class Daemon:
                 import_module(module)
             except ImportError:
                 pass
-        from plugins.pkg import schema
         try:
-            for name in sorted(os.listdir(schema.schema_dir())):   # what each plugin's validate reads
-                if name.endswith(".json"):
-                    schema.load(name[:-5])
+            preload_schemas()
         except (OSError, ValueError) as e:       # the plugin's validate reports it, per request
             log.warning("plugin schemas not preloaded: %s", e)
         libc = ns.libc()

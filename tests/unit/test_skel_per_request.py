@@ -1,7 +1,7 @@
 """What skel.run and the schema check leave to each request in pycni-node's worker (a process forked
 from the daemon's main, every plugin module and schema loaded there): nothing is compiled or built
 per request that the main could have done once. Each test runs in a fresh interpreter, the way the
-daemon's main prepares its workers (plugins.node.daemon imported, schema.load of every schema), then
+daemon's main prepares its workers (plugins.node.daemon.preload_schemas), then
 forks and counts, in the child, what one request does."""
 import json
 import os
@@ -15,10 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MAIN = r"""
 import io, json, os, re, sys
 from plugins.node import daemon
-from plugins.pkg import schema
-for name in sorted(os.listdir(schema.schema_dir())):
-    if name.endswith(".json"):
-        schema.load(name[:-5])
+daemon.preload_schemas()
 import importlib
 plugin = importlib.import_module(daemon.PLUGIN_MODULES[sys.argv[1]]).PLUGIN
 conf = json.loads(sys.argv[2])
