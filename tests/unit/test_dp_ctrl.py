@@ -343,3 +343,34 @@ def test_error_replies_do_not_flood_the_log(server, caplog):
             server.warn("bad JSON: " + "x" * 5000)
     assert len(caplog.records) <= ctrl.WARNINGS + 1
     assert all(len(r.getMessage()) < 400 for r in caplog.records)
+
+
+def test_dpctl_binds_beside_the_dp_and_leaves_nothing(server, tmp_path, monkeypatch):
+    """The client's socket is a name of this process beside the dp's socket (mode 0600), gone after
+    the call; one a killed call left (same pid and thread) is taken over; a path too long for a
+    socket address falls back to a private directory in $TMPDIR, removed as well."""
+    import _thread
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    run = os.path.dirname(server.path)
+    seen = []
+    real_bind = socket.socket.bind
+
+    def bind(sock, address):
+        real_bind(sock, address)
+        if isinstance(address, str) and address != server.path:
+            seen.append((address, os.stat(address).st_mode & 0o777))
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    assert dpctl.ping(server.path)["pid"] == os.getpid()
+    mine = os.path.join(run, f".dpctl-{os.getpid()}-{_thread.get_ident()}")
+    assert seen == [(mine, 0o600)]
+    assert os.listdir(run) == ["dp.sock"] and os.listdir(tmp_path / "tmp") == []
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)    # as a call killed mid-way leaves it
+    left.bind(mine)
+    left.close()
+    assert dpctl.ping(server.path) is not None
+    assert os.listdir(run) == ["dp.sock"]
+    monkeypatch.setattr(dpctl, "MAX_SOCKET_PATH", len(mine) - 1)
+    assert dpctl.ping(server.path) is not None
+    assert seen[-1][0].startswith(str(tmp_path / "tmp" / "pycni-dpctl-"))
+    assert os.listdir(run) == ["dp.sock"] and os.listdir(tmp_path / "tmp") == []

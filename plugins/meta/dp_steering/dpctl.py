@@ -1,14 +1,18 @@
 """Client of the reference dp's control socket (plugins/dp/ctrl.py), for dp-steering.
 
-Every call opens its own datagram socket bound to a private temporary path (the dp
-answers to the sender's bound address; abstract addresses would not cross network
-namespaces), sends the messages one by one and waits for each reply within what is
+Every call opens its own datagram socket bound to a path (the dp answers to the sender's
+bound address; abstract addresses would not cross network namespaces): a name of this
+process and thread beside the dp's socket (the dp sees that directory whatever its mount
+namespace; a call killed mid-way leaves one socket file there, which the next call of a
+process with the same pid reuses), or a private directory in $TMPDIR when that path would
+be too long for a socket address. It sends the messages one by one and waits for each reply within what is
 left of `timeout`. A dp that is not there is detected at once (no socket file, or
 connection refused) or after `timeout` (alive but not answering): the call returns
 False / None so the caller can fail open. A dp that answers with an error raises DpError.
 """
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
@@ -16,6 +20,7 @@ import time
 
 DEFAULT_TIMEOUT = 1.0
 MAX_REPLY = 1 << 20
+MAX_SOCKET_PATH = 107       # sun_path holds 108 bytes with the NUL
 
 
 class DpError(RuntimeError):
@@ -25,11 +30,23 @@ class DpError(RuntimeError):
 class _Client:
     def __init__(self, sock_path: str, timeout: float):
         self.deadline = time.monotonic() + timeout
-        self.dir = _private_dir()
-        self.path = os.path.join(self.dir, "c")
+        self.dir = ""
+        self.path = os.path.join(os.path.dirname(sock_path), f".dpctl-{os.getpid()}-{_thread.get_ident()}")
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            self.dir = _private_dir()
+            self.path = os.path.join(self.dir, "c")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.sock.bind(self.path)
+            if not self.dir:
+                try:
+                    os.unlink(self.path)     # left by a killed call of an earlier process with this pid
+                except FileNotFoundError:
+                    pass
+            mask = os.umask(0o177)           # only root sends to it, as to the dp's own socket
+            try:
+                self.sock.bind(self.path)
+            finally:
+                os.umask(mask)
             self.sock.connect(sock_path)
         except OSError:              # no dp there: nothing of ours stays behind either
             self.close()
@@ -61,7 +78,8 @@ class _Client:
         self.sock.close()
         for remove, path in ((os.unlink, self.path), (os.rmdir, self.dir)):
             try:
-                remove(path)
+                if path:
+                    remove(path)
             except OSError:
                 pass
 
