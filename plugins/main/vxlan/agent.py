@@ -104,11 +104,18 @@ class Agent:
     # -- the state file the per-pod plugin reads (lease.agent_state) --
     def publish(self) -> None:
         """Write agent.json (lease, network record, device, liveness) and, when the applied revision
-        moved, agent-peers.json. Atomic (records.write); one writer at a time (the heartbeat thread)."""
+        moved, agent-peers.json. Atomic (records.write); one writer at a time (this and the heartbeat
+        thread), each writing the newest `applied`."""
+        with self._state_lock:
+            # read under the lock: the heartbeat thread holding an older `applied` would otherwise
+            # write it over the main thread's newer one (agent-peers.json going back a revision)
+            applied = self.applied
+            if applied is None:
+                return
+            self._write_state(applied)
+
+    def _write_state(self, applied: Applied) -> None:
         from . import lease
-        applied = self.applied
-        if applied is None:
-            return
         info = applied.info
         doc = {"pid": os.getpid(), "heartbeat": round(time.time(), 3), "interval": lease.HEARTBEAT,
                "node": self.cfg.node_name, "lease": applied.lease.with_expiry(None).to_json(),
@@ -117,11 +124,10 @@ class Agent:
                "device": {"name": info.device, "index": applied.dev_index, "mtu": info.mtu}}
         if info.device6:
             doc["device6"] = {"name": info.device6, "index": applied.dev6_index, "mtu": info.mtu6}
-        with self._state_lock:
-            if self._written_peers != info.revision:
-                lease.write_agent_peers(self.cfg.state_dir, info.revision, applied.leases)
-                self._written_peers = info.revision
-            lease.write_agent_state(self.cfg.state_dir, doc)
+        if self._written_peers != info.revision:
+            lease.write_agent_peers(self.cfg.state_dir, info.revision, applied.leases)
+            self._written_peers = info.revision
+        lease.write_agent_state(self.cfg.state_dir, doc)
 
     def _heartbeat(self) -> None:
         from . import lease
@@ -162,8 +168,12 @@ class Agent:
                         continue
                     snap = None
                     if full:
+                        # only the full reconcile's clock: a reconcile does not renew an etcd lease
+                        # (acquire writes nothing while the lease is there), so the keepalive keeps
+                        # its own ttl/3 clock. Pushing it back here, as each full reconcile (every
+                        # ttl/3 too) once did, meant no keepalive ever ran: every lease expired after
+                        # its TTL and was taken again, and the peers dropped and re-added its entries
                         next_full = time.monotonic() + self.resync
-                        next_keep = time.monotonic() + self.cfg.registry_ttl / 3
                     if not ready:
                         log.info("node %s ready", self.cfg.node_name)
                         ready = True
