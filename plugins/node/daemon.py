@@ -84,6 +84,7 @@ RESTART_PAUSE = 2.0        # a service that exited is started again after this
 MAX_WORKERS = 256
 HOT_REGION_MAX = 256 << 20  # larger mappings (reservations) are left out of the hot-page bitmap
 SPARE_WORKERS = 2          # forked ahead, waiting in accept() (within --max-workers)
+READY_TAG = 1 << 30        # on the taken pipe: a spare's pid with it is "waiting in accept()", without "took one"
 PR_SET_PDEATHSIG = 1
 MADV_POPULATE_WRITE = 23   # Linux 5.14: prefault writable (break copy-on-write) without writing
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -123,7 +124,8 @@ class Daemon:
         self.plugins: dict[bytes, object] = {}
         self.debug = False             # a line per request served on the daemon's stderr
         self.stamps: list[int] = []    # a worker's phase ends (time.monotonic_ns), from the accept
-        self.idle: set[int] = set()    # spare workers waiting in accept()
+        self.idle: set[int] = set()    # spare workers forked that took no request yet
+        self.ready: set[int] = set()   # of those, the ones waiting in accept() already
         self.fork_failed = 0.0         # until then (monotonic) no fork is tried
         self.wake_r = self.wake_w = self.taken_r = self.taken_w = self.stop_r = self.stop_w = -1
         self.out_fd = self.null_fd = -1
@@ -198,17 +200,19 @@ class Daemon:
         lst.listen(128)
         os.rename(tmp, path)     # atomic: a client never finds a socket that does not listen yet
         self.inode = os.stat(path).st_ino
-        lst.settimeout(0.5)
+        lst.setblocking(False)   # shared by the main and the spares: an accept another one won returns at once
         self.listener = lst
 
     # ---- the main loop ----------------------------------------------------------------
     # Spare workers are forked ahead of requests (SPARE_WORKERS, within --max-workers): each waits
     # in accept() on the listener itself, so a request meets a worker that is already running,
     # the fork and the request-independent set-up are off the exec's path. A spare that took a
-    # connection writes its pid on the `taken` pipe; the main process forks the next one when none
-    # is left waiting, else once no request runs (_fork_spares). With
-    # --max-workers reached and no spare waiting, the main process accepts and closes (before OK:
-    # the client runs in-process), or forks a worker for that connection if one has ended since.
+    # connection writes its pid on the `taken` pipe (and, tagged READY_TAG, once it waits in
+    # accept()); the main process forks the next one when none is left, else once no request runs
+    # (_fork_spares). While no spare waits in accept() (all taken, or just forked and still
+    # setting up), the main process accepts itself: it forks a worker for each connection waiting,
+    # as many at once as wait (a burst of pods is not served one spare's set-up after another),
+    # or at --max-workers closes it before OK (the client runs in-process).
     def serve(self) -> int:
         assert self.listener is not None
         signal.signal(signal.SIGTERM, self._stop)
@@ -224,12 +228,14 @@ class Daemon:
         while not self.stopping:
             self._housekeeping()
             self._fork_spares()
-            full = not self.idle and (len(self.workers) >= self.max_workers or time.monotonic() < self.fork_failed)
             lfd = self.listener.fileno()
-            ready, _, _ = select.select([self.wake_r, self.taken_r, *([lfd] if full else [])], [], [], 0.5)
+            watch = not self.ready         # no spare waits in accept(): connections are the main's to take
+            ready, _, _ = select.select([self.wake_r, self.taken_r, *([lfd] if watch else [])], [], [], 0.5)
             if self.wake_r in ready:
                 _drain(self.wake_r)
-            if lfd in ready and not self.stopping:
+            if self.taken_r in ready:
+                self._read_taken()
+            if lfd in ready and not self.ready and not self.stopping:
                 self._accept_full()
         return self._shutdown()
 
@@ -244,7 +250,14 @@ class Daemon:
             if not data:
                 return
             for i in range(0, len(data) - 3, 4):
-                self.idle.discard(int.from_bytes(data[i:i + 4], sys.byteorder))
+                word = int.from_bytes(data[i:i + 4], sys.byteorder)
+                pid = word & ~READY_TAG
+                if word & READY_TAG:
+                    if pid in self.idle:
+                        self.ready.add(pid)
+                else:
+                    self.idle.discard(pid)
+                    self.ready.discard(pid)
 
     def _fork_spares(self) -> None:
         """Up to SPARE_WORKERS while no request runs; while some do, only when none is left
@@ -304,11 +317,15 @@ class Daemon:
                 return
             if pid in self.workers:
                 self.workers.discard(pid)
+                if pid in self.idle:
+                    self._read_taken()             # it may have taken one and ended since the read above
                 if pid in self.idle:               # a spare that never took a request
                     self.idle.discard(pid)
+                    self.ready.discard(pid)
                     if not self.stopping:
                         log.warning("spare worker %d ended (status %d) before it took a request", pid,
                                     os.waitstatus_to_exitcode(status))
+                        self.fork_failed = time.monotonic() + 0.5     # no fork loop if every spare fails
                     continue
                 if os.WIFSIGNALED(status):
                     log.warning("worker %d killed by signal %d: its client answered code 11", pid,
@@ -415,6 +432,7 @@ class Daemon:
         died: a spare never outlives it). The listener stays non-blocking (the main process
         shares it): another spare may win the accept."""
         assert self.listener is not None
+        _write_pid(self.taken_w, os.getpid() | READY_TAG)     # from now on the main leaves accepting to us
         while True:
             ready, _, _ = select.select([self.listener.fileno(), self.stop_r], [], [])
             if self.stop_r in ready:
@@ -431,7 +449,7 @@ class Daemon:
                 raise
         self.stamps = [time.monotonic_ns()]
         self.faults = _minflt()
-        os.write(self.taken_w, os.getpid().to_bytes(4, sys.byteorder))   # the main forks the next spare
+        _write_pid(self.taken_w, os.getpid())           # the main forks the next spare
         for fd in (self.taken_w, self.stop_r):
             _close(fd)
         self.listener.close()
@@ -671,6 +689,15 @@ def _die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
 
 def _ignore(*_) -> None:
     pass
+
+
+def _write_pid(fd: int, word: int) -> None:
+    """A 4-byte word on the taken pipe (atomic); a daemon killed meanwhile (EPIPE) is no error:
+    the spare serves what it took, or leaves on the stop pipe's EOF."""
+    try:
+        os.write(fd, word.to_bytes(4, sys.byteorder))
+    except OSError:
+        pass
 
 
 def _drain(fd: int) -> None:
