@@ -79,9 +79,9 @@ write_launcher() {
         "    os.execv(sys.executable, [sys.executable, '-IS', '-X', 'importtime', *sys.argv])" \
         "$setup" \
         "from plugins.node.client import delegate" "delegate('$name')" \
-        "from plugins.entrypoints import dispatch" "dispatch('$name')" >"$file.new"
-    chmod 755 "$file.new"
-    mv -f "$file.new" "$file"
+        "from plugins.entrypoints import dispatch" "dispatch('$name')" >"$file.new" \
+        && chmod 755 "$file.new" && mv -f "$file.new" "$file" \
+        || { rm -f "$file.new"; return 1; }     # (set -e does not reach in here: always called in a test)
 }
 
 # .venv/bin/<served name>: replaces pip's console script (rewritten at every pip install of the
