@@ -253,8 +253,8 @@ def main() -> int:
              f"| VmRSS after {daemon_pods} pods (MiB) | {busy['rss'] / 1024:.1f} |",
              f"| main process CPU per pod (ms) | {cpu_main:.1f} |",
              f"| workers' CPU per pod (ms, with what they run) | {cpu_workers:.1f} |",
-             f"| spare workers waiting after the run; private memory of one (MiB, median) | {len(spares)}; "
-             f"{statistics.median(spares) if spares else 0.0:.1f} |"]
+             f"| spare workers waiting after the run | {len(spares)} |",
+             f"| private memory of a spare (MiB, median) | {statistics.median(spares) if spares else 0.0:.1f} |"]
     where = ["| ours, daemon: where the chain's time goes | ADD ms | DEL ms |", "|---|---:|---:|"]
     inner = {"ADD": 0.0, "DEL": 0.0}
     ours = ("vxlan", "dp-steering", "edgemesh")

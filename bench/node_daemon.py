@@ -1,10 +1,11 @@
 """ADD and DEL wall time of each of our plugins exec'd in-process and through pycni-node, against
 the Go bridge + host-local, same run, interleaved, medians. Root: scratch netns it removes.
 
-    sudo .venv/bin/python bench/node_daemon.py [--runs 20]
+    sudo .venv/bin/python bench/node_daemon.py [--runs 20] [--bundle DIST]
 
 Every exec is what a runtime does (env + config on stdin) from a scratch "host" netns (a veth
-eth0 with a default route, the vxlan underlay), the venv's console scripts; the daemon is a
+eth0 with a default route, the vxlan underlay), the venv's launchers (or with --bundle the
+PyInstaller build's bin/, as ./build.sh bin makes it: what an install runs); the daemon is a
 pycni-node on a socket in a temp dir, started once (its start is not timed). Per round, for
 each mode: Go bridge+host-local ADD (its result is dp-steering's prevResult), dp-steering
 (tap) ADD, edgemesh (first pod: chains and jumps, iptables) ADD, pycni-passthrough ADD, vxlan
@@ -30,6 +31,8 @@ from bench import benchout  # noqa: E402
 from plugins.pkg.ns import enter  # noqa: E402
 
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+BIN = VENV_BIN          # our executables: the venv's, or --bundle's DIST/bin
+FLOOR = [os.path.join(VENV_BIN, "python"), "-c", "pass"]     # an interpreter start, as the launchers' shebang
 GO = "/usr/lib/cni"
 OURS = ("vxlan", "dp-steering", "edgemesh", "pycni-passthrough")
 MODES = ("in-process", "daemon")
@@ -44,9 +47,9 @@ def run(plugin: str, command: str, conf: dict, netns: str, sock: str,
     """ms and stdout of one exec; `execs` gets {client pid: (start, end)} (time.monotonic, the
     clock of pycni-node's "accepted at")."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
-           "CNI_CONTAINERID": "c1", "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": f"{VENV_BIN}:{GO}",
+           "CNI_CONTAINERID": "c1", "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": f"{BIN}:{GO}",
            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default", "PYCNI_NODE_SOCKET": sock}
-    path = os.path.join(GO if plugin == "bridge" else VENV_BIN, plugin)
+    path = os.path.join(GO if plugin == "bridge" else BIN, plugin)
     data = json.dumps(conf).encode()
     t0 = time.monotonic()
     p = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -213,8 +216,16 @@ def stop(daemon: subprocess.Popen) -> None:
 
 
 def main() -> int:
+    global BIN, FLOOR
     ap = benchout.options(__doc__, runs=20)
+    ap.add_argument("--bundle", metavar="DIST", help="our plugins and pycni-node from this PyInstaller build "
+                    "(DIST/bin, as ./build.sh bin makes it) instead of the venv's launchers")
     args = ap.parse_args()
+    if args.bundle:
+        BIN = os.path.join(os.path.abspath(args.bundle), "bin")
+        python = os.path.join(os.path.abspath(args.bundle), "pycni", "bin", "python3")
+        if os.path.exists(python):                          # the bundle launchers' interpreter
+            FLOOR = [python, "-IS", "-c", "pass"]
     subprocess.run([sys.executable, "-m", "compileall", "-q", "libcni_py", "plugins"], cwd=ROOT, check=True)
     tag = f"ndb{os.getpid() % 100000}"
     names = {k: f"{tag}{k}" for k in ("h", "p", "e", "q")}
@@ -249,7 +260,7 @@ def main() -> int:
               "registry": {"type": "file", "path": os.path.join(tmp, "registry.json")},
               "stateDir": os.path.join(tmp, "vx"), "nodeName": "n1"}
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host):
-            daemon = subprocess.Popen([os.path.join(VENV_BIN, "pycni-node"), "--socket", sock, "--log-level", "debug"],
+            daemon = subprocess.Popen([os.path.join(BIN, "pycni-node"), "--socket", sock, "--log-level", "debug"],
                                       stdout=log, stderr=log, start_new_session=True)
         wait_listening(daemon, sock, f"{tmp}/node.log")
         time.sleep(1.0)
@@ -275,7 +286,7 @@ def main() -> int:
                     t["bridge DEL"], _ = run("bridge", "DEL", bridge, pod, s)
                     if mode == "daemon":                          # the floor: an interpreter start
                         t0 = time.perf_counter()
-                        subprocess.run([os.path.join(VENV_BIN, "python"), "-c", "pass"], check=True)
+                        subprocess.run(FLOOR, check=True)
                         start_ms.append((time.perf_counter() - t0) * 1000)
                     if i >= 2:                                    # two warm-up rounds are dropped
                         for key, ms in t.items():
@@ -310,6 +321,7 @@ def main() -> int:
     where = breakdown_table(bd, [f"{p} {v}" for p in OURS for v in ("ADD", "DEL")])
     lazy = imported(requests)
     floor = statistics.median(start_ms)
+    floor_cmd = " ".join([os.path.relpath(FLOOR[0], ROOT), *FLOOR[1:]])
     served = sum(len(v) for v in worker.values())
     idle_s = idle_after["t"] - idle["t"]
     usage = ["| pycni-node | value |", "|---|---:|",
@@ -327,8 +339,9 @@ def main() -> int:
             + BREAKDOWN_NOTE + " Modules imported in a worker: "
             + ("; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(lazy.items())) or "none") + ".\n\n"
             + "\n".join(usage)
-            + f"\n\nThe floor of an exec through the daemon: `.venv/bin/python -c pass`, {floor:.1f} ms median in "
-            "the same rounds (the venv script adds pip's `import re`). \"In the worker\" is the plugin's own run "
+            + f"\n\nThe floor of an exec through the daemon: `{floor_cmd}`, "
+            f"{floor:.1f} ms median in the same rounds (the interpreter the launchers start). "
+            "\"In the worker\" is the plugin's own run "
             "inside the daemon (after the request arrived: skel.run, the cmd_* work, its children); the rest of "
             "a daemon exec is the client's interpreter start, the daemon's dispatch and the socket round trips "
             "(the breakdown above). Workers' CPU "
@@ -337,8 +350,10 @@ def main() -> int:
             "their fork and set-up are in the workers' CPU, not on an exec's path."
             + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after 2 warm-up rounds "
             f"(both modes and the Go pair in every round); load average before/after {load_before:.2f} / "
-            f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; the venv's console "
-            f"scripts (python {sys.version.split()[0]}), Go plugins from containernetworking-plugins.\n")
+            f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; our plugins: "
+            + (f"the PyInstaller bundle {args.bundle}" if args.bundle else
+               f"the venv's launchers (python {sys.version.split()[0]})")
+            + ", Go plugins from containernetworking-plugins.\n")
     print(text)
     print(f"written to {benchout.write('node_daemon', text)}")
     return 0
