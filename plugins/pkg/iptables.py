@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 from libcni_py.errors import CNIError, INVALID_CONFIG
@@ -84,8 +83,7 @@ def restore(table: str, lines: list[str], binary: str = "iptables", wait: bool =
 
 
 # nf_tables over netfilter netlink (linux/netfilter/nfnetlink.h, nf_tables.h)
-NETLINK_NETFILTER = 12
-_NFT_MSG_NEWCHAIN, _NFT_MSG_GETCHAIN = (10 << 8) | 3, (10 << 8) | 4       # NFNL_SUBSYS_NFTABLES << 8
+_NFT_MSG_NEWCHAIN, _NFT_MSG_GETCHAIN = 3, 4      # of NFNL_SUBSYS_NFTABLES (plugins.pkg.rtnl.nft_msg)
 _NFTA_CHAIN_TABLE, _NFTA_CHAIN_NAME = 1, 3
 _NFPROTO = {"iptables": 2, "ip6tables": 10}                                # NFPROTO_IPV4, NFPROTO_IPV6
 
@@ -93,6 +91,7 @@ _NFPROTO = {"iptables": 2, "ip6tables": 10}                                # NFP
 def nft_backed(binary: str = "iptables") -> bool:
     """Is `binary`-save iptables-nft (xtables-nft-multi: its tables and chains are nf_tables ones of
     the same names, family ip or ip6)? Read from the path alone, no exec."""
+    import shutil                    # here: vxlan's exec imports this module, and only a DEL asks
     path = shutil.which(f"{binary}-save")
     return path is not None and "nft" in os.path.basename(os.path.realpath(path))
 
@@ -111,14 +110,14 @@ def chains(table: str, binary: str = "iptables") -> set[str] | None:
     want = table.encode() + b"\0"
     body = bytes((_NFPROTO[binary], 0, 0, 0)) + nl.nla(_NFTA_CHAIN_TABLE, want)
     try:
-        with nl.Rtnl(NETLINK_NETFILTER) as rt:
-            found = rt.dump(_NFT_MSG_GETCHAIN, body)
+        with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
+            found = rt.dump(nl.nft_msg(_NFT_MSG_GETCHAIN), body)
     except OSError:
         return None
     out = set()
     for kind, payload in found:
         attrs = nl.nla_parse(payload, 4)
-        if kind == _NFT_MSG_NEWCHAIN and attrs.get(_NFTA_CHAIN_TABLE, b"").rstrip(b"\0") == want[:-1]:
+        if kind == nl.nft_msg(_NFT_MSG_NEWCHAIN) and attrs.get(_NFTA_CHAIN_TABLE, b"").rstrip(b"\0") == want[:-1]:
             out.add(attrs.get(_NFTA_CHAIN_NAME, b"").rstrip(b"\0").decode(errors="replace"))
     return out
 

@@ -55,7 +55,7 @@ def list_tables() -> list[tuple[str, str]]:
     return [tuple(line.split()[1:3]) for line in p.stdout.splitlines() if line.startswith("table ")]
 
 
-_NFT_MSG_NEWTABLE, _NFT_MSG_GETTABLE = (10 << 8) | 0, (10 << 8) | 1     # NFNL_SUBSYS_NFTABLES << 8
+_NFT_MSG_NEWTABLE, _NFT_MSG_GETTABLE = 0, 1      # of NFNL_SUBSYS_NFTABLES (plugins.pkg.rtnl.nft_msg)
 _NFTA_TABLE_NAME = 1
 _NFPROTO_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
@@ -65,15 +65,15 @@ def tables() -> list[tuple[str, str]]:
     when the kernel will not answer so."""
     from plugins.pkg import rtnl as nl
     try:
-        with nl.Rtnl(12) as rt:                         # NETLINK_NETFILTER
-            found = rt.dump(_NFT_MSG_GETTABLE, bytes(4))   # nfgenmsg: NFPROTO_UNSPEC, every family
+        with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
+            found = rt.dump(nl.nft_msg(_NFT_MSG_GETTABLE), bytes(4))   # nfgenmsg: NFPROTO_UNSPEC, every family
     except OSError:
         return list_tables()
     out = []
     for kind, payload in found:
         family = _NFPROTO_NAMES.get(payload[0])
         name = nl.nla_parse(payload, 4).get(_NFTA_TABLE_NAME, b"").rstrip(b"\0").decode(errors="replace")
-        if kind == _NFT_MSG_NEWTABLE and family is not None and name:
+        if kind == nl.nft_msg(_NFT_MSG_NEWTABLE) and family is not None and name:
             out.append((family, name))
     return out
 

@@ -110,6 +110,15 @@ Neigh = namedtuple("Neigh", "index family dst lladdr state flags protocol")
 Route = namedtuple("Route", "dst gateway oif protocol priority flags table")
 
 
+NETLINK_NETFILTER = 12      # Rtnl(NETLINK_NETFILTER): nf_tables' tables and chains (plugins.pkg.nft, iptables)
+NFNL_SUBSYS_NFTABLES = 10
+
+
+def nft_msg(msg: int) -> int:
+    """The netlink message type of nf_tables message `msg` (NFT_MSG_*: linux/netfilter/nf_tables.h)."""
+    return (NFNL_SUBSYS_NFTABLES << 8) | msg
+
+
 class Rtnl:
     """One NETLINK_ROUTE socket in the netns current at construction (`protocol`: another netlink
     family's, e.g. NETLINK_NETFILTER for plugins.pkg.iptables; dump and batch work the same)."""
