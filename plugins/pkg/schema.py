@@ -26,7 +26,6 @@ _KNOWN = _CHECKED | _INERT
 _TYPES = {"string": str, "object": dict, "array": list, "boolean": bool, "null": type(None)}
 _schemas: dict[str, dict] = {}
 _validators: dict[str, object] = {}
-_patterns: dict[str, re.Pattern] = {}     # a schema's "pattern" strings, compiled
 
 
 def schema_dir() -> str:
@@ -75,15 +74,16 @@ def load(name: str) -> dict:
 
 
 def compile_patterns(schema) -> None:
-    """Compile every "pattern" of `schema` now. pycni-node's main compiles every schema's patterns
-    with this (plugins.node.daemon.preload_schemas) and forks a worker per request: they are every worker's,
-    where compiling them on first use cost each request its own re.compile calls (~0.1-0.3 ms
-    a pattern, 19 in vxlan's schema). A plugin's exec compiles only the patterns its config meets."""
+    """Compile every "pattern" of `schema` now, into re's own cache (which `accepts` reads through
+    re.search). pycni-node's main does this for every schema (plugins.node.daemon.preload_schemas)
+    and forks a worker per request: the compiled patterns are every worker's, where compiling them
+    on first use cost each request its own (~0.1-0.3 ms a pattern, 19 in vxlan's schema). A plugin's
+    exec compiles only the patterns its config meets."""
     if isinstance(schema, dict):
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             try:
-                _pattern(pattern)
+                re.compile(pattern)
             except re.error:          # the quick checker meets it per request and says so
                 pass
         for sub in schema.values():
@@ -91,13 +91,6 @@ def compile_patterns(schema) -> None:
     elif isinstance(schema, list):
         for sub in schema:
             compile_patterns(sub)
-
-
-def _pattern(pattern: str) -> re.Pattern:
-    p = _patterns.get(pattern)
-    if p is None:
-        p = _patterns[pattern] = re.compile(pattern)
-    return p
 
 
 def validate(conf: dict, name: str, command: str = "ADD", cleanup: tuple = ()) -> None:
@@ -189,7 +182,7 @@ def accepts(value, schema, root: dict) -> bool:
     if "const" in schema and _key(value) != _key(schema["const"]):
         return False
     if isinstance(value, str):
-        return (("pattern" not in schema or _pattern(schema["pattern"]).search(value) is not None)
+        return (("pattern" not in schema or re.search(schema["pattern"], value) is not None)
                 and len(value) >= schema.get("minLength", 0)
                 and len(value) <= schema.get("maxLength", len(value)))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
