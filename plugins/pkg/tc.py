@@ -46,16 +46,9 @@ def _tcm(index: int, handle: int, parent: int, info: int = 0) -> bytes:
     return _TCM.pack(socket.AF_UNSPEC, index, handle, parent, info)
 
 
-def _one(rt: nl.Rtnl, msg: tuple[int, int, bytes]) -> int:
-    return rt.batch([msg])[0]
-
-
 def ensure_ingress(rt: nl.Rtnl, index: int) -> None:
     """An ingress qdisc on link `index` (`tc qdisc add dev ... ingress`), kept if there."""
-    body = _tcm(index, INGRESS, TC_H_INGRESS) + nl.nla(TCA_KIND, b"ingress\0")
-    err = _one(rt, (RTM_NEWQDISC, nl.F_CREATE | nl.F_EXCL, body))
-    if err and err != errno.EEXIST:
-        raise nl.NetlinkError(err, f"ingress qdisc on link {index}: {os.strerror(err)}")
+    ensure_ingress_all(rt, [index])
 
 
 def ensure_ingress_all(rt: nl.Rtnl, indexes: list[int]) -> None:
@@ -78,12 +71,7 @@ def delete_filters(rt: nl.Rtnl, prefs: list[tuple[int, int]], parent: int = INGR
 
 def delete_filter(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> bool:
     """Remove the filters at priority `pref` (any protocol); False when there were none."""
-    err = _one(rt, (RTM_DELTFILTER, 0, _tcm(index, 0, parent, (pref & 0xFFFF) << 16)))
-    if err in _GONE:
-        return False
-    if err:
-        raise nl.NetlinkError(err, f"delete filter pref {pref} on link {index}: {os.strerror(err)}")
-    return True
+    return delete_filters(rt, [(index, pref)], parent)[0]
 
 
 def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS) -> list[Filter]:
