@@ -1,7 +1,7 @@
 """doctor's own failures (160-179): the doctor could not run (exit 2). Findings are not errors."""
 from __future__ import annotations
 
-from plugins.pkg.errors import DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TC, TOOL_MISSING, XTABLES_LOCK, Codes
+from plugins.pkg.errors import DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TOOL_MISSING, XTABLES_LOCK, Codes
 
 CODES = Codes("doctor", 160, 179)
 
@@ -27,5 +27,5 @@ BAD_CONF = CODES.add(
 # A failure of shared code (plugins/pkg) inside a diagnosis: that diagnosis could not finish there;
 # a namespace that cannot be entered is the --netns one. Same hook shape as the plugins' translate.
 translate = CODES.translator({KERNEL: CHECK_FAILED, XTABLES_LOCK: CHECK_FAILED, IPTABLES: CHECK_FAILED,
-                              NFT: CHECK_FAILED, TC: CHECK_FAILED, DP: CHECK_FAILED, DP_TIMEOUT: CHECK_FAILED,
+                              NFT: CHECK_FAILED, DP: CHECK_FAILED, DP_TIMEOUT: CHECK_FAILED,
                               NETNS: NETNS_UNUSABLE, TOOL_MISSING: CHECK_FAILED, IO: CHECK_FAILED})

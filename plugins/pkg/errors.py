@@ -22,15 +22,14 @@ KERNEL = "kernel"            # plugins.pkg.rtnl.NetlinkError: the kernel refused
 XTABLES_LOCK = "xtables"     # plugins.pkg.iptables.XtablesLockError: another program holds the lock
 IPTABLES = "iptables"        # plugins.pkg.iptables.IptablesError
 NFT = "nft"                  # plugins.pkg.nft.NftError
-TC = "tc"                    # plugins.pkg.tc.TCError
 DP = "dp"                    # plugins.meta.dp_steering.dpctl.DpError: the dp refused a message
 DP_TIMEOUT = "dp-timeout"    # TimeoutError: no answer (the dp, a lock, a subprocess)
 NETNS = "netns"              # plugins.pkg.ns.NetnsError: a namespace could not be entered
-TOOL_MISSING = "tool"        # FileNotFoundError from exec'ing a tool (iptables, nft, tc, ip)
+TOOL_MISSING = "tool"        # FileNotFoundError from exec'ing a tool (iptables, nft, ip)
 IO = "io"                    # any other OSError (disk, permissions)
 
 _KINDS = (("XtablesLockError", XTABLES_LOCK), ("IptablesError", IPTABLES), ("NftError", NFT),
-          ("TCError", TC), ("DpError", DP), ("NetnsError", NETNS), ("NetlinkError", KERNEL))
+          ("DpError", DP), ("NetnsError", NETNS), ("NetlinkError", KERNEL))
 
 
 def kind_of(exc: BaseException) -> str | None:

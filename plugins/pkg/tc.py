@@ -1,11 +1,10 @@
-"""Traffic-control helpers: ingress qdiscs, filters by priority, cls_bpf filters, `tc -batch`.
+"""Traffic-control helpers: ingress qdiscs, filters by priority, cls_bpf filters.
 
 Netlink over the raw rtnetlink socket of plugins.pkg.rtnl (no pyroute2) for the ingress
 qdisc, listing and deleting filters and attaching a loaded eBPF program (each also for many
-at once, in one round trip); `run_batch` feeds the `tc` binary with `-batch -` (dp-steering's
-u32 + pedit + mirred filters went that way; they are netlink requests now, datapath_pedit).
-Every netlink function takes an open `Rtnl` (plugins.pkg.link.open_rtnl). Nothing here
-knows CNI.
+at once, in one round trip); dp-steering's u32 + pedit + mirred filters are netlink requests
+too (datapath_pedit). No tc binary runs. Every function takes an open `Rtnl`
+(plugins.pkg.link.open_rtnl). Nothing here knows CNI.
 """
 from __future__ import annotations
 
@@ -28,13 +27,6 @@ ETH_P_IPV6 = 0x86DD
 PROTOCOLS = {"all": ETH_P_ALL, "ip": ETH_P_IP, "ipv6": ETH_P_IPV6}
 _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 _TCM = struct.Struct("=BxxxiIII")        # family, ifindex, handle, parent, info
-
-
-TIMEOUT = 30       # seconds tc -batch may take before TCError (never a hang)
-
-
-class TCError(RuntimeError):
-    pass
 
 
 # protocol in host order (0x0003 all, 0x0800 ip); options: {TCA_<KIND>_* type: payload} of
@@ -116,28 +108,3 @@ def add_bpf_filters(rt: nl.Rtnl, filters: list[tuple[int, int, int, int, str]], 
     for (index, pref, *_), err in zip(filters, rt.batch(msgs)):
         if err:
             raise nl.NetlinkError(err, f"bpf filter pref {pref} on link {index}: {os.strerror(err)}")
-
-
-def run_batch(lines: list[list[str]], netns: str | None = None, binary: str = "tc") -> None:
-    """Run `tc -batch -` (in netns `netns`) with one command per argv list (no leading 'tc').
-
-    Every word is checked for characters that could split a batch line; the batch
-    stops at the first failing command and raises TCError with tc's message.
-    """
-    text = []
-    for argv in lines:
-        for word in argv:
-            if not word or any(c.isspace() or c in "\"'\\#" for c in word):
-                raise TCError(f"refusing tc word {word!r}")
-        text.append(" ".join(argv))
-    import subprocess
-    from contextlib import nullcontext
-    from plugins.pkg import ns
-    with ns.enter(netns) if netns else nullcontext():
-        try:
-            p = subprocess.run([binary, "-batch", "-"], input="\n".join(text) + "\n",
-                               capture_output=True, text=True, timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise TCError(f"tc -batch: no answer in {TIMEOUT} s") from None
-    if p.returncode != 0:
-        raise TCError(f"tc -batch failed: {p.stderr.strip()}")

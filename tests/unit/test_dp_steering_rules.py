@@ -104,14 +104,6 @@ def test_u32_keys_are_merged_into_words_as_the_kernel_keeps_them():
     assert P._keys(by["vex", 10002]) == {0: (0, 0)}
 
 
-def test_batch_words_cannot_split_a_line():
-    from plugins.pkg import tc
-    with pytest.raises(tc.TCError):
-        tc.run_batch([["filter", "add", "dev", "vex\nqdisc"]], binary="/bin/false")
-    with pytest.raises(tc.TCError):
-        tc.run_batch([["filter", "add", "dev", "a b"]], binary="/bin/false")
-
-
 def test_pedit_keys_are_the_articles_munges():
     by = {(r.dev, r.pref): r for r in R.rules_for("inline", ARTICLE_PORT)}
     # (word offset, bits kept, value): `munge offset -14 u16 set 0x4e65 munge offset -12 u32 set 0x755600b4`

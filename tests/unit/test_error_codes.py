@@ -46,17 +46,16 @@ def test_no_code_is_shared_between_plugins() -> None:
 
 @pytest.mark.parametrize("plugin", sorted(PLUGINS))
 def test_every_failure_of_shared_code_has_an_owner(plugin):
-    """The kinds plugins/pkg raises (kernel refusal, xtables lock, iptables, nft, tc, netns, I/O,
+    """The kinds plugins/pkg raises (kernel refusal, xtables lock, iptables, nft, netns, I/O,
     a missing tool) become a plugin code or a spec code, never 999."""
     from plugins.pkg import errors as pe
     from plugins.pkg.iptables import IptablesError, XtablesLockError
     from plugins.pkg.nft import NftError
     from plugins.pkg.rtnl import NetlinkError
-    from plugins.pkg.tc import TCError
     from libcni_py.netns import NetnsError
     module = importlib.import_module(PLUGINS[plugin][0])
     samples = [NetlinkError(1, "EPERM"), XtablesLockError("lock"), IptablesError("x"), NftError("x"),
-               TCError("x"), NetnsError(2, "gone"), PermissionError(13, "denied", "/var/lib/x"),
+               NetnsError(2, "gone"), PermissionError(13, "denied", "/var/lib/x"),
                FileNotFoundError(2, "No such file", "iptables-restore")]
     for exc in samples:
         err = module.translate(exc)

@@ -7,7 +7,7 @@ section lists exactly these (tests/unit/test_error_codes.py).
 from __future__ import annotations
 
 from libcni_py.errors import INVALID_ENV, IO_FAILURE, TRY_AGAIN_LATER
-from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TC, TOOL_MISSING,
+from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TOOL_MISSING,
                                 XTABLES_LOCK, Codes)
 
 CODES = Codes("vxlan", 100, 119)
@@ -95,7 +95,6 @@ translate = CODES.translator({
     IPTABLES: MASQ_FAILED,
     NFT: MASQ_FAILED,
     TOOL_MISSING: MASQ_FAILED,         # the only tools vxlan runs are iptables-save/-restore
-    TC: KERNEL_REFUSED,
     DP: KERNEL_REFUSED,
     DP_TIMEOUT: TRY_AGAIN_LATER,       # a TimeoutError: a lock or a subprocess did not answer in time
     NETNS: INVALID_ENV,                # the pod's netns could not be entered

@@ -4,7 +4,7 @@ exactly these (tests/unit/test_error_codes.py)."""
 from __future__ import annotations
 
 from libcni_py.errors import IO_FAILURE, TRY_AGAIN_LATER
-from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TC, TOOL_MISSING,
+from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TOOL_MISSING,
                                 XTABLES_LOCK, Codes)
 
 CODES = Codes("dp-steering", 120, 139)
@@ -68,7 +68,6 @@ NFQUEUE_NO_READER = CODES.add(
 
 translate = CODES.translator({
     KERNEL: KERNEL_REFUSED,
-    TC: RULES_FAILED,              # a tc filter or qdisc the kernel would not take
     XTABLES_LOCK: TRY_AGAIN_LATER,  # dp-steering writes no iptables rules; kept mapped
     IPTABLES: TOOL_FAILED,
     NFT: TOOL_FAILED,

@@ -369,7 +369,7 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
     try:
         tc.ensure_ingress_all(rt, [index[name] for name in (p.vex, p.vin, p.vbr)])
         datapath(pod.datapath).install(rt, pod.enforcer, want, index)
-    except (OSError, tc.TCError) as e:
+    except OSError as e:
         _remove_rules(rt, pod)
         raise CNIError(errors.RULES_FAILED, f"cannot install the {pod.datapath} filters", str(e)) from None
     pod.installed = mode

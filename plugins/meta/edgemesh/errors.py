@@ -3,7 +3,7 @@ failures of shared code (plugins/pkg) into them. The README table lists exactly 
 from __future__ import annotations
 
 from libcni_py.errors import INVALID_ENV, IO_FAILURE
-from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TC, TOOL_MISSING,
+from plugins.pkg.errors import (DP, DP_TIMEOUT, IO, IPTABLES, KERNEL, NETNS, NFT, TOOL_MISSING,
                                 XTABLES_LOCK, Codes)
 
 CODES = Codes("edgemesh", 140, 159)
@@ -57,7 +57,6 @@ TWO_BACKENDS = CODES.add(
 # (plugins/pkg/errors.py), then the exception's text (e.g. iptables-restore's input).
 translate = CODES.translator({
     KERNEL: KERNEL_REFUSED,
-    TC: KERNEL_REFUSED,            # edgemesh runs no tc; a tc failure is the kernel refusing
     XTABLES_LOCK: XTABLES_LOCKED,
     IPTABLES: RULES_FAILED,
     NFT: RULES_FAILED,
