@@ -16,6 +16,7 @@ Writes bench/cri_pod.md and bench/cri_pod.png (or $PYCNI_BENCH_OUT/).
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -28,8 +29,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench import benchout  # noqa: E402
-from bench.node_daemon import (BREAKDOWN_NOTE, breakdown, breakdown_table, imported, proc_usage,  # noqa: E402
-                               served_requests, spare_memory, stop, wait_listening, worker_times)
+from bench.node_daemon import (BREAKDOWN_NOTE, breakdown, breakdown_table, imported, private_mib,  # noqa: E402
+                               proc_usage, served_requests, service_pids, spare_memory, stop, wait_listening,
+                               worker_times)
 from libcni_py.api import CNIConfig, RuntimeConf  # noqa: E402
 from libcni_py.conf import conflist_from_dict  # noqa: E402
 from plugins.node import protocol as P  # noqa: E402
@@ -80,10 +82,24 @@ def plot(med: dict, samples: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def wait_agent(state_dir: str, daemon: subprocess.Popen, log_path: str, within: float = 30) -> None:
+    """Until the vxlan agent pycni-node runs has written its live state (the node's lease and
+    device): from then on a vxlan ADD reads it instead of reconciling the node."""
+    from plugins.main.vxlan import lease
+    deadline = time.monotonic() + within
+    while lease.agent_state(state_dir)[0] is None:
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            with open(log_path) as f:
+                sys.exit(f"cri_pod: pycni-node's vxlan agent never became ready:\n{f.read()[-3000:]}")
+        time.sleep(0.05)
+
+
 def main() -> int:
     ap = benchout.options(__doc__, runs=10)
     ap.add_argument("--bundle", metavar="DIST", help="our plugins and pycni-node from this PyInstaller build "
                     "(DIST/bin, as ./build.sh bin makes it) instead of the venv's console scripts")
+    ap.add_argument("--no-agent", action="store_true",
+                    help="pycni-node without --conf: no vxlan agent, so every vxlan ADD reconciles the node itself")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("cri_pod: run as root (network namespaces, containerd)")
@@ -123,10 +139,22 @@ def main() -> int:
         sockdir = os.path.join(tmp, "node")
         os.makedirs(sockdir, mode=0o700)
         sock = os.path.join(sockdir, "node.sock")
+        # the chains for libcni_py, outside the sandboxes: the enforcer by its own path
+        ours = chain.conflist()
+        for plugin in ours["plugins"]:
+            if plugin["type"] == "dp-steering":
+                plugin["enforcerNetns"] = chain.enforcer.path
+        node_conf = []
+        if not args.no_agent:              # a node as deployed: pycni-node --conf runs the vxlan agent
+            node_conf = ["--conf", os.path.join(sockdir, "node.conflist")]
+            with open(node_conf[1], "w") as f:
+                json.dump(ours, f)
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host.path):
-            daemon = subprocess.Popen([node_exe, "--socket", sock, "--log-level", "debug"],
+            daemon = subprocess.Popen([node_exe, "--socket", sock, "--log-level", "debug", *node_conf],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         wait_listening(daemon, sock, f"{tmp}/node.log")
+        if node_conf:
+            wait_agent(chain.vxlan_state, daemon, f"{tmp}/node.log")
         images = runtimes.build_images(tmp)
         envs = {MODES[0]: "off", MODES[1]: "off", MODES[2]: sock}
         for mode in MODES:
@@ -142,11 +170,6 @@ def main() -> int:
             cds[mode] = cd
             cd.start()
             cd.load_images(images)
-        # the chains for libcni_py, outside the sandboxes: the enforcer by its own path
-        ours = chain.conflist()
-        for plugin in ours["plugins"]:
-            if plugin["type"] == "dp-steering":
-                plugin["enforcerNetns"] = chain.enforcer.path
         lists = {MODES[0]: conflist_from_dict(go_conflist(os.path.join(tmp, "direct"))),
                  MODES[1]: conflist_from_dict(ours), MODES[2]: conflist_from_dict(ours)}
         go_bare = go_conflist(os.path.join(tmp, "direct"))
@@ -155,9 +178,13 @@ def main() -> int:
         cni = CNIConfig([chain.bin_dir], cache_dir=os.path.join(tmp, "cache"), check_versions=False)
         pod_ns = netns("pod")
         time.sleep(1.0)
+        services = service_pids(f"{tmp}/node.log")
         idle = proc_usage(daemon.pid)
+        svc_idle = {name: proc_usage(pid) for name, pid in services.items()}
+        svc_private = {name: private_mib(pid) for name, pid in services.items()}
         time.sleep(IDLE_S)
         idle_after = proc_usage(daemon.pid)
+        svc_after = {name: proc_usage(pid) for name, pid in services.items()}
         daemon_pods = 0
         for rnd in range(WARMUP + args.runs):
             order = MODES[rnd % 3:] + MODES[:rnd % 3]
@@ -209,7 +236,8 @@ def main() -> int:
         busy = proc_usage(daemon.pid)
         worker = worker_times(os.path.join(tmp, "node.log"))   # each plugin's own run in its worker
         requests = served_requests(os.path.join(tmp, "node.log"))
-        spares = spare_memory(daemon.pid)
+        spares = spare_memory(daemon.pid, tuple(services.values()))
+        svc_busy = {name: proc_usage(pid) for name, pid in services.items()}
         for mode in MODES[1:]:
             left += chain.leftovers(cds[mode].cni_cache)
     finally:
@@ -255,6 +283,13 @@ def main() -> int:
              f"| workers' CPU per pod (ms, with what they run) | {cpu_workers:.1f} |",
              f"| spare workers waiting after the run | {len(spares)} |",
              f"| private memory of a spare (MiB, median) | {statistics.median(spares) if spares else 0.0:.1f} |"]
+    for name in sorted(services):             # its own processes: counted apart from the main above
+        label = name.split("[")[0]
+        usage += [f"| {label} (a service of pycni-node): private memory idle (MiB) | {svc_private[name]:.1f} |",
+                  f"| {label}: CPU while idle over {idle_s:.0f} s (ms) | "
+                  f"{1000 * (svc_after[name]['cpu'] - svc_idle[name]['cpu']):.0f} |",
+                  f"| {label}: CPU per pod (ms) | "
+                  f"{1000 * (svc_busy[name]['cpu'] - svc_after[name]['cpu']) / daemon_pods:.1f} |"]
     where = ["| ours, daemon: where the chain's time goes | ADD ms | DEL ms |", "|---|---:|---:|"]
     inner = {"ADD": 0.0, "DEL": 0.0}
     ours = ("vxlan", "dp-steering", "edgemesh")
@@ -279,9 +314,23 @@ def main() -> int:
                  f"{portmap['DEL']:.1f} |")
     where.append(f"| the rest: 3 client execs up to connect and after the reply, libcni_py's 4 execs | "
                  f"{rest['ADD']:.1f} | {rest['DEL']:.1f} |")
+    cri_del: dict[str, list[list[float]]] = {p: [[], []] for p in ours}     # CRI's DELs: at Stop, at Remove
+    seen: collections.Counter = collections.Counter()
+    for r in sorted(requests, key=lambda r: r["accepted"]):
+        plugin, verb = r["key"].split(" ", 1)
+        if verb == "DEL" and r["mntns"] == "entered" and plugin in cri_del:   # containerd's, not libcni_py's
+            cri_del[plugin][seen[plugin] % 2].append(r["plugin"])
+            seen[plugin] += 1
+    for i, step in enumerate(("StopPodSandbox", "RemovePodSandbox")):
+        runs = [statistics.median(cri_del[p][i]) if cri_del[p][i] else 0.0 for p in ours]
+        where.append(f"| containerd's DEL at {step}: the 3 plugins' runs in the worker (medians: "
+                     + ", ".join(f"{p} {c:.1f}" for p, c in zip(ours, runs)) + f") | - | {sum(runs):.1f} |")
     where.append(f"| chain through the daemon (median, as above) | {med[(MODES[2], 'chain ADD')]:.1f} | "
                  f"{med[(MODES[2], 'chain DEL')]:.1f} |")
     per_request = breakdown_table(bd, [f"{p} {v}" for p in ours for v in ("ADD", "DEL")])
+    rounds = WARMUP + args.runs                # each: one CRI pod and one libcni_py ADD + DEL of the chain
+    served = collections.Counter(r["key"] for r in requests)
+    per_cri = ", ".join(f"{key} {served[key] / rounds - 1:g}" for key in sorted(served))
     lazy = imported(requests)
     d_run = med[(MODES[2], "RunPodSandbox")] / med[(go, "RunPodSandbox")]
     d_stop = med[(MODES[2], "Stop+Remove")] / med[(go, "Stop+Remove")]
@@ -297,6 +346,8 @@ def main() -> int:
             + f"**Goal, through pycni-node within 1.5x of Go: {verdict}** (RunPodSandbox {d_run:.2f}x, "
               f"Stop+Remove {d_stop:.2f}x)\n\n"
             + "\n".join(spread) + "\n\n" + "\n".join(where) + "\n\n" + "\n".join(per_request) + "\n\n"
+            + f"Requests pycni-node served per CRI pod (RunPodSandbox, then StopPodSandbox and RemovePodSandbox; "
+              f"the libcni_py chain's one ADD and one DEL per plugin taken off): {per_cri}.\n\n"
             + BREAKDOWN_NOTE + " Here the execs come from containerd and libcni_py (no exec times to match): "
               "the request rows have no client columns. Modules imported in a worker: "
             + ("; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(lazy.items())) or "none") + ".\n\n"
@@ -309,7 +360,15 @@ def main() -> int:
               "without the runtime); RunPodSandbox includes the pause container (runc) and containerd's own "
               "loopback plugin exec. The daemon's CPU per pod counts both the CRI pod and the libcni_py one of "
               "each daemon round (workers are forked per request and reaped: their CPU, with the iptables, tc "
-              "and host-local they run, is in the daemon's cutime/cstime).\n\n"
+              "and host-local they run, is in the daemon's cutime/cstime). "
+            + ("pycni-node ran without --conf (--no-agent): no vxlan agent, so each vxlan ADD reconciled the node "
+               "(lease, device, peers) itself, in both of our modes." if args.no_agent else
+               "pycni-node ran as a node runs it, `--conf` with the chain's conflist: its vxlan agent keeps the "
+               "node's lease, device and peers, so a vxlan ADD reads the agent's state instead of reconciling "
+               "the node (in both of our modes: the in-process plugins see the same live agent), and its "
+               "fail-open watcher looks after dp-steering's pods; the rows named after them are their own "
+               "processes, apart from the main's.")
+            + "\n\n"
             + f"Run {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} rounds after {WARMUP} warm-up (the mode order "
               f"rotates each round); load average before/after {load_before:.2f} / {load_after:.2f} (other "
               f"tests ran on the machine); {os.cpu_count()} CPUs, kernel {os.uname().release}, "

@@ -159,22 +159,35 @@ def imported(requests: list[dict]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in out.items() if v}
 
 
-def spare_memory(pid: int) -> list[float]:
-    """Private memory (MiB: Private_Clean + Private_Dirty) of each child of `pid` (pycni-node's
-    spare workers waiting in accept(), when no request and no service runs)."""
+def service_pids(log_path: str) -> dict[str, int]:
+    """The services pycni-node runs (its vxlan agent, the fail-open watcher), name -> the pid of the
+    last start its log names."""
+    import re
+    with open(log_path, errors="replace") as f:
+        return {m.group(1): int(m.group(2)) for m in re.finditer(r"service (\S+) started \(pid (\d+)\)", f.read())}
+
+
+def private_mib(pid: int) -> float:
+    """Private memory of a process (MiB: Private_Clean + Private_Dirty): what it does not share with
+    pycni-node's main after the fork (its VmRSS counts the shared pages too)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+
+
+def spare_memory(pid: int, services: tuple[int, ...] = ()) -> list[float]:
+    """private_mib of each child of `pid` but `services` (pycni-node's spare workers waiting in
+    accept(), when no request runs)."""
     out = []
     for d in os.listdir("/proc"):
-        if not d.isdigit():
+        if not d.isdigit() or int(d) in services:
             continue
         try:
             with open(f"/proc/{d}/stat") as f:
                 if int(f.read().rpartition(")")[2].split()[1]) != pid:
                     continue
-            with open(f"/proc/{d}/smaps_rollup") as f:
-                kib = sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+            out.append(private_mib(int(d)))
         except (OSError, ValueError, IndexError):
             continue
-        out.append(kib / 1024)
     return out
 
 

@@ -273,6 +273,14 @@ def check_cri_pod(md: str, bundle) -> str:
     number(usage["VmRSS idle (MiB)"]["value"])
     for row in usage.values():
         assert re.fullmatch(r"\d+(\.\d+)?", row["value"]), row
+    # pycni-node as a node runs it (--conf): its vxlan agent and fail-open watcher, counted apart
+    for service in ("vxlan-agent", "dp-failopen"):
+        number(usage[f"{service} (a service of pycni-node): private memory idle (MiB)"]["value"])
+    served = re.search(r"^Requests pycni-node served per CRI pod .*?: (.*)\.$", md, re.M)
+    assert served, md
+    counts = dict(item.rsplit(" ", 1) for item in served.group(1).split(", "))
+    assert {k: float(v) for k, v in counts.items()} == {   # containerd 1.6 tears the network down at Stop and Remove
+        f"{p} {v}": (1.0 if v == "ADD" else 2.0) for p in ("vxlan", "dp-steering", "edgemesh") for v in ("ADD", "DEL")}
     assert "![containerd CRI pod times](cri_pod.png)" in md
     return "| mode |"
 
