@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 
 _LINE_RE = re.compile(r'[A-Za-z0-9 _.:/,=@+\-"{};\[\]]*')     # [ ]: an IPv6 address with a port
@@ -103,3 +104,66 @@ def parse_table(text: str) -> dict[str, list[tuple[str, int]]]:
             if m:                        # a rule; chain properties (type/policy) carry no handle
                 chains[chain].append((m.group(1), int(m.group(2))))
     return chains
+
+
+# NFT_MSG_GETRULE and the attributes rules() reads (linux/netfilter/nf_tables.h)
+_NFT_MSG_NEWRULE, _NFT_MSG_GETRULE = 6, 7
+_NFTA_RULE_TABLE, _NFTA_RULE_CHAIN, _NFTA_RULE_HANDLE, _NFTA_RULE_EXPRESSIONS, _NFTA_RULE_USERDATA = 1, 2, 3, 4, 7
+_NFTA_EXPR_NAME, _NFTA_EXPR_DATA = 1, 2
+_NFTA_MATCH_NAME, _NFTA_MATCH_INFO = 1, 3
+_NFTNL_UDATA_RULE_COMMENT = 0
+NFPROTO = {name: num for num, name in _NFPROTO_NAMES.items()}
+
+
+def _attr_list(buf, off: int = 0):
+    """(type, payload) of each attribute in buf[off:], in order, repeats kept (a nested list's
+    elements all have one type, which rtnl.nla_parse's dict would fold)."""
+    while off + 4 <= len(buf):
+        n, kind = struct.unpack_from("=HH", buf, off)
+        if n < 4:
+            break
+        yield kind & 0x3FFF, bytes(buf[off + 4:off + n])
+        off += (n + 3) & ~3
+
+
+def _rule_comment(attrs: dict[int, bytes]) -> str:
+    """A rule's comment: nft's (the rule's userdata) or iptables-nft's (an xt `comment` match,
+    whose info is the NUL-padded text); "" when it has none."""
+    udata = attrs.get(_NFTA_RULE_USERDATA, b"")
+    i = 0
+    while i + 2 <= len(udata):                                 # nftnl_udata: type, len, value
+        kind, n = udata[i], udata[i + 1]
+        if kind == _NFTNL_UDATA_RULE_COMMENT:
+            return udata[i + 2:i + 2 + n].split(b"\0", 1)[0].decode(errors="replace")
+        i += 2 + n
+    for _kind, elem in _attr_list(attrs.get(_NFTA_RULE_EXPRESSIONS, b"")):
+        expr = dict(_attr_list(elem))
+        if expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0") != b"match":
+            continue
+        match = dict(_attr_list(expr.get(_NFTA_EXPR_DATA, b"")))
+        if match.get(_NFTA_MATCH_NAME, b"").rstrip(b"\0") == b"comment":
+            return match.get(_NFTA_MATCH_INFO, b"").split(b"\0", 1)[0].decode(errors="replace")
+    return ""
+
+
+def rules(family: str, table: str, chain: str) -> list[tuple[int, str]]:
+    """[(handle, comment)] of the rules of one chain, in the chain's order, asked of the kernel in
+    one netfilter netlink dump (no `nft -a list table` exec); iptables-nft's chains are nf_tables
+    ones too (family ip/ip6, its table and chain names), their comments an xt match. A table or
+    chain that does not exist has no rules (an empty list). OSError (a netlink refusal, an
+    interrupted dump) goes to the caller, whose answer then is the exec."""
+    from plugins.pkg import rtnl as nl
+    want_table, want_chain = table.encode() + b"\0", chain.encode() + b"\0"
+    body = (bytes((NFPROTO[family], 0, 0, 0)) + nl.nla(_NFTA_RULE_TABLE, want_table)
+            + nl.nla(_NFTA_RULE_CHAIN, want_chain))
+    with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
+        found = rt.dump(nl.nft_msg(_NFT_MSG_GETRULE), body)
+    out = []
+    for kind, payload in found:
+        if kind != nl.nft_msg(_NFT_MSG_NEWRULE) or payload[0] != NFPROTO[family]:
+            continue
+        attrs = nl.nla_parse(payload, 4)
+        if attrs.get(_NFTA_RULE_TABLE) != want_table or attrs.get(_NFTA_RULE_CHAIN) != want_chain:
+            continue                     # a kernel that ignores the dump's filter: every rule comes
+        out.append((int.from_bytes(attrs.get(_NFTA_RULE_HANDLE, bytes(8)), "big"), _rule_comment(attrs)))
+    return out

@@ -106,43 +106,107 @@ def test_vxlan_dual_stack_masq_off_del_runs_neither_save(node, netns):
     assert "iptables-save" not in programs(execs) and "ip6tables-save" not in programs(execs)
 
 
-def test_edgemesh_del_reads_each_family_once_at_most(node, netns):
+def _two_pods(node, netns, em: dict, tag: str) -> tuple[dict, dict, dict]:
     vx = node.vxlan()
-    pods = {cid: netns("pwe") for cid in ("pwa", "pwb")}
+    pods = {f"{tag}a": netns("pwe"), f"{tag}b": netns("pwe")}
     results = {}
     for cid, pod in pods.items():
         results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
-        _, execs = node.run("edgemesh", "ADD", cid, pod, {**node.edgemesh(), "prevResult": results[cid]})
-        assert programs(execs) == ["iptables-save", "iptables-restore"]
-    # a pod of several: one iptables-save (no ip6tables-save: no chain of ours in ip6 nat), one restore
-    _, execs = node.run("edgemesh", "DEL", "pwb", pods["pwb"], {**node.edgemesh(), "prevResult": results["pwb"]})
-    assert programs(execs) == ["iptables-save", "iptables-restore"]
+        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": results[cid]})
+    return vx, pods, results
+
+
+def test_edgemesh_del_is_one_restore_of_exactly_its_deletions(node, netns):
+    em = node.edgemesh()
+    vx, pods, results = _two_pods(node, netns, em, "pw")
+    node.host.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", "10.9.9.9/32", "-j", "RETURN")   # not ours
+    # a pod of several: the mesh chain's comments from the kernel (netlink), then one restore
+    # deleting its rule by spec: no iptables-save, no ip6tables-save
+    _, execs = node.run("edgemesh", "DEL", "pwb", pods["pwb"], {**em, "prevResult": results["pwb"]})
+    assert programs(execs) == ["iptables-restore"]
     nat = node.nat()
-    assert "id=pwb" not in nat and "id=pwa" in nat
-    # the last pod: the same two execs tear everything down
-    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**node.edgemesh(), "prevResult": results["pwa"]})
-    assert programs(execs) == ["iptables-save", "iptables-restore"]
-    assert "EDGE-MESH" not in node.nat()
+    assert "id=pwb" not in nat and "id=pwa" in nat and "EDGE-MESH-TCP" in nat
+    # the last pod: the same one restore tears everything down
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**em, "prevResult": results["pwa"]})
+    assert programs(execs) == ["iptables-restore"]
+    nat = node.nat()
+    assert "EDGE-MESH" not in nat and "edgemesh" not in nat and "-s 10.9.9.9/32 -j RETURN" in nat
     # nothing left: a DEL reads nothing and writes nothing
-    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**node.edgemesh(), "prevResult": results["pwa"]})
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**em, "prevResult": results["pwa"]})
     assert programs(execs) == []
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
 
 
-def test_edgemesh_nftables_del_lists_its_table_and_writes_once(node, netns):
-    vx, em = node.vxlan(), node.edgemesh(backend="nftables")
-    pods = {cid: netns("pwn") for cid in ("pna", "pnb")}
-    results = {}
+def test_edgemesh_del_reads_when_it_cannot_delete_by_spec(node, netns):
+    """No prevResult: the pod's address is not known, DEL reads (one iptables-save) as before. A
+    rule changed by hand: the restore by spec is refused, DEL reads and removes it by position.
+    A rule in the mesh chain without a comment of ours: the chain's owner cannot be told from the
+    kernel's list, DEL reads and the last pod's teardown flushes the chain as before."""
+    em = node.edgemesh()
+    vx, pods, results = _two_pods(node, netns, em, "pr")
+    _, execs = node.run("edgemesh", "DEL", "prb", pods["prb"], em)                 # no prevResult
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    assert "id=prb" not in node.nat() and "id=pra" in node.nat()
+    node.run("edgemesh", "ADD", "prb", pods["prb"], {**em, "prevResult": results["prb"]})
+    mesh = [ln for ln in node.nat().splitlines() if ln.startswith("-A EDGE-MESH ")]
+    position = next(i for i, ln in enumerate(mesh, 1) if "id=prb" in ln)
+    addr = results["prb"]["ips"][0]["address"].split("/")[0]
+    # by hand: the pod's rule now returns instead of jumping to the services chain
+    node.host.run("iptables", "-t", "nat", "-R", "EDGE-MESH", str(position), "-s", f"{addr}/32", "-m", "comment",
+                  "--comment", "edgemesh net=pwexec id=prb", "-j", "RETURN")
+    _, execs = node.run("edgemesh", "DEL", "prb", pods["prb"], {**em, "prevResult": results["prb"]})
+    assert programs(execs) == ["iptables-restore", "iptables-save", "iptables-restore"]
+    assert "id=prb" not in node.nat() and "id=pra" in node.nat()
+    node.host.run("iptables", "-t", "nat", "-A", "EDGE-MESH", "-s", "10.9.9.8/32", "-j", "RETURN")
+    _, execs = node.run("edgemesh", "DEL", "pra", pods["pra"], {**em, "prevResult": results["pra"]})
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.nat()
     for cid, pod in pods.items():
-        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
-        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": results[cid]})
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_last_del_with_a_second_root_jump_leaves_none(node, netns):
+    """The last pod's one restore deletes one root jump per hook by spec; a second one (added by
+    hand) keeps -X EDGE-MESH from working, the restore is refused, DEL reads and removes both."""
+    em = node.edgemesh()
+    vx, pods, results = _two_pods(node, netns, em, "pj")
+    node.run("edgemesh", "DEL", "pjb", pods["pjb"], {**em, "prevResult": results["pjb"]})
+    node.host.run("iptables", "-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "edgemesh root chain",
+                  "-j", "EDGE-MESH")
+    _, execs = node.run("edgemesh", "DEL", "pja", pods["pja"], {**em, "prevResult": results["pja"]})
+    assert programs(execs) == ["iptables-restore", "iptables-save", "iptables-restore"]
+    assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.nat()
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_nftables_del_writes_once_without_listing(node, netns):
+    em = node.edgemesh(backend="nftables")
+    vx, pods, results = _two_pods(node, netns, em, "pn")
+    # the mesh chain's handles and comments from the kernel (netlink): one nft -f, no nft list
     _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], {**em, "prevResult": results["pnb"]})
-    assert execs == [["nft", "-a", "list", "table", "ip", "edgemesh"], ["nft", "-f", "-"]], execs
+    assert execs == [["nft", "-f", "-"]], execs
     table = node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
     assert "id=pnb" not in table and "id=pna" in table
+    _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], {**em, "prevResult": results["pnb"]})
+    assert execs == []                                                      # again: nothing to do
     _, execs = node.run("edgemesh", "DEL", "pna", pods["pna"], {**em, "prevResult": results["pna"]})
-    assert programs(execs) == ["nft", "nft"]
+    assert execs == [["nft", "-f", "-"]], execs
     assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_nftables_del_reads_a_chain_it_cannot_place(node, netns):
+    em = node.edgemesh(backend="nftables")
+    vx, pods, results = _two_pods(node, netns, em, "pm")
+    node.host.run("nft", "add", "rule", "ip", "edgemesh", "mesh", "ip", "saddr", "10.9.9.7", "return")
+    _, execs = node.run("edgemesh", "DEL", "pmb", pods["pmb"], {**em, "prevResult": results["pmb"]})
+    assert programs(execs) == ["nft", "nft"]                                # list table, -f
+    table = node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
+    assert "id=pmb" not in table and "id=pma" in table and "10.9.9.7" in table
+    for cid, pod in pods.items():
+        node.run("edgemesh", "DEL", cid, pod, {**em, "prevResult": results[cid]})
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+    assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout

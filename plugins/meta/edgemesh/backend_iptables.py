@@ -27,7 +27,7 @@ import shlex
 import shutil
 
 from libcni_py.errors import CNIError
-from plugins.pkg import iptables
+from plugins.pkg import iptables, nft
 
 from . import rules as R
 from .errors import RULES_FAILED
@@ -37,6 +37,7 @@ NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
          "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
 _LOGICAL = {v: k for k, v in NAMES.items()}
 BINARIES = {"4": "iptables", "6": "ip6tables"}
+NFT_FAMILIES = {"4": "ip", "6": "ip6"}          # iptables-nft's nat table is an nf_tables table of that family
 _DNAT6 = re.compile(r"\[[0-9a-f:]{2,39}\]:[0-9]{1,5}")      # the one token with brackets we write
 
 
@@ -88,9 +89,57 @@ class Backend:
     def none_of_ours(self) -> bool:
         """True when the kernel says no chain of ours exists in this family's nat table (one
         netfilter netlink dump, iptables-nft only): then read() would find nothing of ours either
-        (our root jumps go to EDGE-MESH, which a jump keeps from being deleted). False: read it."""
-        names = iptables.chains(TABLE, self.binary)
+        (our root jumps go to EDGE-MESH, which a jump keeps from being deleted). False: read it,
+        or (`chain_names` not None) know from the list that ours are there."""
+        names = self.chain_names = iptables.chains(TABLE, self.binary)
         return names is not None and not any(NAMES[c] in names for c in R.CHAINS)
+
+    chain_names: set[str] | None = None          # what none_of_ours() was told, when the kernel told it
+
+    def remove_quick(self, drop, mine: list[R.PodMatch]) -> tuple[bool, set[str]] | None:
+        """DEL and GC without iptables-save (iptables-nft, after none_of_ours()): whose rules the
+        mesh chain holds from one netfilter netlink dump (their comments), then one restore of
+        exactly the deletions: the rules `drop` selects by their spec (`mine`: the pod's rules as
+        ADD wrote them, from prevResult), or, with no pod left, the root jumps by spec and our
+        chains flushed and deleted (-X refuses a chain still referenced: a second root jump).
+        Returns (torn down, networks with pods left) or None when it cannot tell (legacy
+        iptables, a rule in the mesh chain it cannot place, `mine` not the rules the chain holds)
+        or the restore was refused (a rule gone, a chain changed by hand): the caller then reads
+        and plans as for every other case."""
+        names = self.chain_names
+        if names is None or NAMES["mesh"] not in names:
+            return None
+        try:
+            held = nft.rules(NFT_FAMILIES[self.family], TABLE, NAMES["mesh"])
+        except OSError:
+            return None
+        left: set[str] = set()
+        dropped: list[str] = []
+        for _, comment in held:
+            pod = R.parse_pod_comment(comment)
+            if pod and drop(comment):
+                dropped.append(comment)
+            elif pod:
+                left.add(pod[0])
+            elif comment != R.NODE_COMMENT:
+                return None                  # not a rule of ours by its comment: the read path
+        if left and not dropped:
+            return False, left
+        if left:
+            if sorted(dropped) != sorted(m.comment for m in mine):
+                return None
+            lines = [_line("-D", NAMES["mesh"], render(m)) for m in mine]
+        else:
+            ours = [NAMES[c] for c in R.CHAINS if NAMES[c] in names]
+            lines = [_line("-D", NAMES[h], render(R.RootJump())) for h in R.HOOKS]
+            lines += [f"-F {c}" for c in ours] + [f"-X {c}" for c in ours]
+        try:
+            iptables.restore(TABLE, lines, binary=self.binary)
+        except iptables.XtablesLockError:
+            raise
+        except iptables.IptablesError:
+            return None
+        return not left, left
 
     def read(self, text: str | None = None) -> dict[str, list[R.Entry]]:
         """Our chains that exist (with their rules) and our jumps in PREROUTING/OUTPUT."""

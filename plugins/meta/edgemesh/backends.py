@@ -88,8 +88,9 @@ def holding_rules(choice: str, families: tuple[str, ...] = FAMILIES) -> list:
 
 
 def holding_rules_read(choice: str, families: tuple[str, ...] = FAMILIES) -> list[tuple]:
-    """holding_rules, each with what its read() gave when finding out (iptables: the rules, read
-    once) or None (nftables: found from the table list; read it when needed)."""
+    """holding_rules, each with what its read() gave when finding out (iptables-legacy: the rules,
+    read once) or None (nftables: found from the table list; iptables-nft: from the chain list;
+    read it when needed)."""
     if choice == "auto":
         return _footprints(families=families)
     tables: list = []
@@ -145,6 +146,8 @@ def _held(backend, tables: list | None = None) -> tuple[bool, dict | None]:
         return (backend.table_family, backend_nft.TABLE) in (_nft_tables() if tables is None else tables), None
     if backend.none_of_ours():
         return False, None
+    if backend.chain_names is not None:
+        return True, None                    # the kernel's list names ours: read them when needed
     current = backend.read()
     return any(c in current for c in R.CHAINS), current
 
