@@ -30,8 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench import benchout  # noqa: E402
 from bench.node_daemon import (BREAKDOWN_NOTE, breakdown, breakdown_table, imported, private_mib,  # noqa: E402
-                               proc_usage, served_requests, service_pids, spare_memory, stop, wait_listening,
-                               worker_times)
+                               proc_usage, served_requests, service_pids, spare_memory, stop, wait_agent,
+                               wait_listening, worker_times)
 from libcni_py.api import CNIConfig, RuntimeConf  # noqa: E402
 from libcni_py.conf import conflist_from_dict  # noqa: E402
 from plugins.node import protocol as P  # noqa: E402
@@ -80,18 +80,6 @@ def plot(med: dict, samples: dict, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def wait_agent(state_dir: str, daemon: subprocess.Popen, log_path: str, within: float = 30) -> None:
-    """Until the vxlan agent pycni-node runs has written its live state (the node's lease and
-    device): from then on a vxlan ADD reads it instead of reconciling the node."""
-    from plugins.main.vxlan import lease
-    deadline = time.monotonic() + within
-    while lease.agent_state(state_dir)[0] is None:
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            with open(log_path) as f:
-                sys.exit(f"cri_pod: pycni-node's vxlan agent never became ready:\n{f.read()[-3000:]}")
-        time.sleep(0.05)
 
 
 def main() -> int:
@@ -154,7 +142,10 @@ def main() -> int:
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         wait_listening(daemon, sock, f"{tmp}/node.log")
         if node_conf:
-            wait_agent(chain.vxlan_state, daemon, f"{tmp}/node.log")
+            try:
+                wait_agent(chain.vxlan_state, daemon, f"{tmp}/node.log")
+            except RuntimeError as e:
+                sys.exit(f"cri_pod: {e}")
         images = runtimes.build_images(tmp)
         envs = {MODES[0]: "off", MODES[1]: "off", MODES[2]: sock}
         for mode in MODES:

@@ -78,6 +78,17 @@ def proc_usage(pid: int) -> dict:
             "children": (int(fields[13]) + int(fields[14])) / tick, "t": time.monotonic()}
 
 
+def wait_agent(state_dir: str, daemon: subprocess.Popen, log_path: str, within: float = 30) -> None:
+    """Until the vxlan agent pycni-node runs has written its live state (the node's lease and
+    device): from then on a vxlan ADD reads it instead of reconciling the node."""
+    from plugins.main.vxlan import lease
+    deadline = time.monotonic() + within
+    while lease.agent_state(state_dir)[0] is None:
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"pycni-node's vxlan agent never became ready: see {log_path}")
+        time.sleep(0.05)
+
+
 def wait_listening(daemon: subprocess.Popen, sock: str, log_path: str, within: float = 60) -> None:
     """Until pycni-node has made its socket; RuntimeError if it exits or takes longer."""
     deadline = time.monotonic() + within
@@ -231,6 +242,8 @@ def stop(daemon: subprocess.Popen) -> None:
 def main() -> int:
     global BIN, FLOOR
     ap = benchout.options(__doc__, runs=20)
+    ap.add_argument("--no-agent", action="store_true",
+                    help="pycni-node without --conf: no vxlan agent, so every vxlan ADD reconciles the node itself")
     ap.add_argument("--bundle", metavar="DIST", help="our plugins and pycni-node from this PyInstaller build "
                     "(DIST/bin, as ./build.sh bin makes it) instead of the venv's launchers")
     args = ap.parse_args()
@@ -272,10 +285,18 @@ def main() -> int:
         vx = {"cniVersion": "1.0.0", "name": "bench", "type": "vxlan", "network": "10.244.0.0/16",
               "registry": {"type": "file", "path": os.path.join(tmp, "registry.json")},
               "stateDir": os.path.join(tmp, "vx"), "nodeName": "n1"}
+        node_conf = []
+        if not args.no_agent:              # a node as deployed: pycni-node --conf runs the vxlan agent
+            node_conf = ["--conf", os.path.join(tmp, "vxlan.conf")]
+            with open(node_conf[1], "w") as f:
+                json.dump(vx, f)
         with open(os.path.join(tmp, "node.log"), "ab") as log, enter(host):
-            daemon = subprocess.Popen([os.path.join(BIN, "pycni-node"), "--socket", sock, "--log-level", "debug"],
-                                      stdout=log, stderr=log, start_new_session=True)
+            daemon = subprocess.Popen([os.path.join(BIN, "pycni-node"), "--socket", sock, "--log-level", "debug",
+                                       *node_conf], stdout=log, stderr=log, start_new_session=True)
         wait_listening(daemon, sock, f"{tmp}/node.log")
+        if node_conf:
+            wait_agent(str(vx["stateDir"]), daemon, f"{tmp}/node.log")
+        services = service_pids(f"{tmp}/node.log")
         time.sleep(1.0)
         idle = proc_usage(daemon.pid)                      # after start-up, before any request
         time.sleep(5.0)
@@ -309,7 +330,7 @@ def main() -> int:
         busy = proc_usage(daemon.pid)                       # workers reaped: their CPU is in cutime/cstime
         worker = worker_times(os.path.join(tmp, "node.log"))   # the worker's own time per request
         requests = served_requests(os.path.join(tmp, "node.log"))
-        spares = spare_memory(daemon.pid)
+        spares = spare_memory(daemon.pid, tuple(services.values()))
     finally:
         if daemon is not None:
             stop(daemon)
@@ -360,7 +381,13 @@ def main() -> int:
             "(the breakdown above). Workers' CPU "
             "includes what they run (iptables, tc, host-local); a pod is one request per plugin and verb. "
             "Spare workers are forked ahead of requests (a request meets one already waiting in accept()): "
-            "their fork and set-up are in the workers' CPU, not on an exec's path."
+            "their fork and set-up are in the workers' CPU, not on an exec's path. "
+            + ("pycni-node ran without --conf (--no-agent): no vxlan agent, so each vxlan ADD reconciled the node "
+               "itself, in both modes." if args.no_agent else
+               "pycni-node ran as a node runs it, `--conf` with the vxlan conf: its vxlan agent keeps the node's "
+               "lease, device and peers, so a vxlan ADD reads the agent's state instead of reconciling the node (in "
+               "both modes: an in-process vxlan sees the same live agent); the agent's own process is not counted in "
+               "the figures above (bench/cri_pod.md reports it).")
             + f"\n\nRun {time.strftime('%Y-%m-%d %H:%M')}: {args.runs} interleaved rounds after 2 warm-up rounds "
             f"(both modes and the Go pair in every round); load average before/after {load_before:.2f} / "
             f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, kernel {os.uname().release}; our plugins: "
