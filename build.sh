@@ -25,7 +25,7 @@ TEST_DEBS=(containernetworking-plugins iproute2 iptables nftables golang-go
 DEMOS=(plugins.meta.passthrough.demo plugins.main.vxlan.demo plugins.meta.dp_steering.demo
        plugins.meta.edgemesh.demo plugins.doctor.demo)      # doctor last: the demos end with it
 
-usage() { sed -n '2,11p' "$ROOT/build.sh" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$ROOT/build.sh"; }   # the header above
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 

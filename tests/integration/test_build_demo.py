@@ -57,3 +57,20 @@ def test_build_sh_demo_without_the_go_plugins_says_what_to_install_in_one_line()
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "install containernetworking-plugins" in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_build_sh_help_is_its_whole_header():
+    """`./build.sh help` prints the comment header, every command of it, whatever its length."""
+    with open(os.path.join(ROOT, "build.sh")) as f:
+        lines = f.read().splitlines()
+    header = []
+    for line in lines[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    p = subprocess.run(["./build.sh", "help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == header
+    assert any(line.lstrip().startswith("./build.sh bench") for line in header)
+    bad = subprocess.run(["./build.sh", "no-such-command"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.splitlines() == header
