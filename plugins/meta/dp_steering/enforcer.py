@@ -1,7 +1,8 @@
 """The enforcer netns side: the shared vbr/vth pair and whether a dp reads vth.
 
 The pair is created by the first pod that needs it and deleted with the last one;
-who uses it is recorded in the state (state.users) under the state lock. A dp is
+who uses it, and the UCMAC and vbr priorities each user took, is recorded in the state
+(state.pair) under the state lock. A dp is
 "there" when an AF_PACKET socket in the enforcer netns is bound to vth's ifindex
 (/proc/net/packet, read from inside that netns).
 """
@@ -46,13 +47,18 @@ def is_pair(rt, vbr: str, vth: str) -> bool:
     return have is not None and peer is not None and have.kind == "veth" and have.peer == peer.index
 
 
-def acquire(rt, pod: state.Pod, state_dir: str, mtu: int) -> bool:
-    """Count the pod as a user of its pair, then make the pair if needed (a kill in between
-    leaves a user the pair's last DEL or GC drops). True if this created it. On failure the
-    pod is no user and nothing it made is left."""
-    keys = state.users(state_dir, pod.enforcer, pod.vbr)
-    if pod.key not in keys:
-        state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key])
+def acquire(rt, pod: state.Pod, state_dir: str, mtu: int, allocate) -> bool:
+    """Count the pod as a user of its pair with the UCMAC and vbr priorities it takes, in one
+    fsync'd write of the pair's record, then make the pair if needed (a kill in between leaves
+    a user the pair's last DEL or GC drops). `allocate(rt, pod, state_dir, users, allocations)`
+    sets pod.ucmac/vex_pref/vin_pref and returns the users and allocations to write (the pod's
+    among them). The pair's record is written before the pod's journal names its UCMAC: a kill
+    between the two leaves the allocation in the record, blocking it until DEL or GC drops the
+    user. True if this created the pair. On failure the pod is no user and nothing it made is
+    left."""
+    keys, allocations = state.pair(state_dir, pod.enforcer, pod.vbr)
+    keys, allocations = allocate(rt, pod, state_dir, keys, allocations)
+    state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key], allocations)
     try:
         return ensure_pair(rt, pod.enforcer, pod.vbr, pod.vth, mtu)
     except BaseException:

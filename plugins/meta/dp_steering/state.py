@@ -4,7 +4,10 @@
     <stateDir>/pods/<containerID>/<ifname>.json   one pod port (Pod): its journal while ADD runs
                                             (phase "adding", the ADD's pid and start time, the
                                             steps begun), then its record (phase "done")
-    <stateDir>/shared/<hash>.json           users of one vbr/vth pair in one enforcer netns
+    <stateDir>/shared/<hash>.json           one vbr/vth pair in one enforcer netns: its users and,
+                                            per user, the UCMAC and vbr priorities it took
+                                            ("allocations"), so an ADD reads this one file, not
+                                            every pod's record, to find what is free
 
 The journal is written before each step of ADD that changes the kernel (`steps` names the
 step about to be done, and every one before it), so DEL and GC can undo any prefix of an ADD
@@ -199,6 +202,14 @@ def users(state_dir: str, enforcer: str, vbr: str) -> list[str]:
     return _users(_read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record"))
 
 
+def pair(state_dir: str, enforcer: str, vbr: str) -> tuple[list[str], dict]:
+    """(users, allocations) of the pair's record: allocations maps a user's key to what it took
+    ({"ucmac": low 16 bits, "vex_pref": P, "vin_pref": P}, as written; read them with allocation()).
+    A record from before allocations were kept has none (the caller reads those users' records)."""
+    data = _read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record")
+    return _users(data), _allocations(data)
+
+
 def _users(data) -> list[str]:
     if data is None:
         return []
@@ -207,12 +218,49 @@ def _users(data) -> list[str]:
     return [k for k in data.get("users", []) if isinstance(k, str)]
 
 
-def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str]) -> None:
+def _allocations(data) -> dict:
+    got = data.get("allocations") if isinstance(data, dict) else None
+    return got if isinstance(got, dict) else {}
+
+
+def allocation(entry) -> tuple[int, int, int] | None:
+    """(UCMAC low 16 bits, vex_pref, vin_pref) of an allocations entry; None for anything else
+    (a missing, corrupt or unknown entry: the caller falls back to the user's record)."""
+    if not isinstance(entry, dict):
+        return None
+    got = [entry.get(k) for k in ("ucmac", "vex_pref", "vin_pref")]
+    ints = [v for v in got if type(v) is int and 0 < v <= 0xFFFF]
+    return (ints[0], ints[1], ints[2]) if len(ints) == 3 else None
+
+
+def allocated(pod: Pod) -> dict | None:
+    """The allocations entry of what `pod` took (None: it took no UCMAC, or its record says
+    nothing we can read as one)."""
+    mac = pod.ucmac if isinstance(pod.ucmac, str) else ""
+    try:
+        low = int(mac[12:].replace(":", ""), 16) if mac.startswith("4e:65:75:56:") and len(mac) == 17 else 0
+    except ValueError:
+        low = 0
+    entry = {"ucmac": low, "vex_pref": pod.vex_pref, "vin_pref": pod.vin_pref}
+    return entry if allocation(entry) is not None else None
+
+
+def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str], allocations: dict | None = None) -> None:
+    """The pair's users are `keys` (none: the record goes), each with its allocations entry
+    (from `allocations`, or, without it, the ones the record has now); entries of users that
+    are not in `keys` go with them. fsync'd: every ADD takes its UCMAC and priorities off it."""
     path = _shared_path(state_dir, enforcer, vbr)
-    if keys:
-        _write(path, {"enforcer": enforcer, "vbr": vbr, "users": sorted(set(keys))})
-    else:
+    if not keys:
         records.remove(path)
+        return
+    if allocations is None:
+        try:
+            allocations = _allocations(records.read(path))
+        except (OSError, ValueError):       # none, or corrupt: the users' records say (the next ADD)
+            allocations = {}
+    keys = sorted(set(keys))
+    kept = {k: allocations[k] for k in keys if allocation(allocations.get(k)) is not None}
+    _write(path, {"enforcer": enforcer, "vbr": vbr, "users": keys, "allocations": kept})
 
 
 def attached(state_dir: str, key: str) -> bool:
@@ -242,8 +290,8 @@ def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> list
     return []
 
 
-def all_shared(state_dir: str) -> list[tuple[str, str, list[str]]]:
-    """(enforcer, vbr, users) of every readable shared-pair record."""
+def all_shared(state_dir: str) -> list[tuple[str, str, list[str], dict]]:
+    """(enforcer, vbr, users, allocations) of every readable shared-pair record."""
     out = []
     root = os.path.join(state_dir, "shared")
     for name in records.names(root, ".json"):
@@ -253,7 +301,7 @@ def all_shared(state_dir: str) -> list[tuple[str, str, list[str]]]:
         except (OSError, ValueError, CNIError):
             continue
         if isinstance(data.get("enforcer"), str) and isinstance(data.get("vbr"), str):
-            out.append((data["enforcer"], data["vbr"], keys))
+            out.append((data["enforcer"], data["vbr"], keys, _allocations(data)))
     return out
 
 

@@ -111,14 +111,13 @@ def prepare(pod: state.Pod, state_dir: str, note) -> None:
         pod.vin_index = triad.must_index(rt, pod.vin, pod.enforcer)
         begin(pod, "pair", note)
         try:
-            enforcer.acquire(rt, pod, state_dir, snap.mtu)
+            enforcer.acquire(rt, pod, state_dir, snap.mtu, _allocate)
         except CNIError:               # a device of the new pair vanished (IFACE_MISSING)
             pod.steps.remove("pair")   # acquire left nothing
             raise
         except OSError as e:
             pod.steps.remove("pair")   # acquire left nothing
             raise CNIError(errors.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
-        _allocate(rt, pod, state_dir)
     begin(pod, "dp", note)
 
 
@@ -139,16 +138,40 @@ def finish(pod: state.Pod, mode: str, installed: str, note) -> None:
     pod.snap = None
 
 
-def _allocate(rt, pod: state.Pod, state_dir: str) -> None:
-    """UCMAC and vbr priorities from the vex/vin ifindexes, unless another pod has them."""
-    others = [p for p in state.all_pods(state_dir)
-              if p.enforcer == pod.enforcer and p.vbr == pod.vbr and p.key != pod.key and "pull" in p.steps]
-    macs = {int(p.ucmac[12:].replace(":", ""), 16) for p in others if p.ucmac}
+def _allocate(rt, pod: state.Pod, state_dir: str, keys: list[str], allocations: dict) -> tuple[list[str], dict]:
+    """UCMAC and vbr priorities from the vex/vin ifindexes, unless another user of the pair (its
+    entry in the pair's record) or a filter on vbr has them: (users, allocations) to write, the
+    pod's entry among them. A user without a valid entry (a record from before they were kept, a
+    corrupt entry) is read off its own pod record, once: its entry is written with the pod's; one
+    whose record is gone or never joined the pair is no user any more (dropped, as GC would)."""
+    taken, users = {}, []
+    for key in keys:
+        if key == pod.key:
+            continue
+        entry = allocations.get(key)
+        if state.allocation(entry) is None:
+            try:
+                cid, _, ifname = key.partition("/")
+                other = state.load_pod(state_dir, cid, ifname)
+            except CNIError:            # corrupt, or no key of ours: kept, read again next time
+                users.append(key)
+                continue
+            if other is None or "pair" not in other.steps:
+                continue
+            entry = state.allocated(other) if "pull" in other.steps else None
+        users.append(key)
+        if entry is not None:
+            taken[key] = entry
+    used = [state.allocation(e) for e in taken.values()]
+    macs = {u[0] for u in used if u}
     pod.ucmac = ids.ucmac(ids.allocate16(pod.vex_index, macs, "UCMAC"))
-    prefs = {f.pref for f in tc.filters(rt, triad.must_index(rt, pod.vbr, pod.enforcer))}
-    prefs |= {p.vex_pref for p in others} | {p.vin_pref for p in others}
+    vbr = link.find(rt, pod.vbr)        # the pair exists unless this pod is its first user
+    prefs = {f.pref for f in tc.filters(rt, vbr.index)} if vbr is not None else set()
+    prefs |= {u[1] for u in used if u} | {u[2] for u in used if u}
     pod.vex_pref = ids.allocate16(pod.vex_index, prefs, f"{pod.vbr} priority")
     pod.vin_pref = ids.allocate16(pod.vin_index, prefs | {pod.vex_pref}, f"{pod.vbr} priority")
+    taken[pod.key] = state.allocated(pod)
+    return users, taken
 
 
 def switch(pod: state.Pod, mode: str) -> None:
@@ -215,16 +238,26 @@ def _stop_reading(pod: state.Pod) -> None:
 
 
 def drop_dead_users(state_dir: str) -> None:
-    """GC: every shared pair forgets users whose journal or record is gone; a pair left
-    without users is deleted."""
-    for enf, vbr, keys in state.all_shared(state_dir):
+    """GC: every shared pair forgets users whose journal or record is gone (a pair left without
+    users is deleted), and learns the allocations entry of a user that lacks one (a record from
+    before they were kept) from the user's record."""
+    pods = state.all_pods(state_dir)
+    for enf, vbr, keys, allocations in state.all_shared(state_dir):
+        mine = {p.key: p for p in pods if p.enforcer == enf and p.vbr == vbr}
         live = [k for k in keys if state.attached(state_dir, k)]
-        live += [p.key for p in state.all_pods(state_dir)       # a pod of the pair the record lost
-                 if p.enforcer == enf and p.vbr == vbr and "pair" in p.steps and p.key not in live]
-        if sorted(live) == sorted(keys):
+        live += [k for k, p in mine.items() if "pair" in p.steps and k not in live]   # a pod the record lost
+        entries = {k: allocations[k] for k in live if state.allocation(allocations.get(k)) is not None}
+        for k in live:
+            if k not in entries and k in mine and "pull" in mine[k].steps:
+                entry = state.allocated(mine[k])
+                if entry is not None:
+                    entries[k] = entry
+        if sorted(live) == sorted(keys) and entries == {k: v for k, v in allocations.items() if k in keys}:
             continue
-        log.warning("GC: %s in %s forgets users that no longer exist: %s", vbr, enf, sorted(set(keys) - set(live)))
-        state.set_users(state_dir, enf, vbr, live)
+        if sorted(live) != sorted(keys):
+            log.warning("GC: %s in %s forgets users that no longer exist: %s", vbr, enf,
+                        sorted(set(keys) - set(live)))
+        state.set_users(state_dir, enf, vbr, live, entries)
         if not live and os.path.exists(enf):
             with link.open_rtnl(enf) as rt:
                 have = link.find(rt, vbr)

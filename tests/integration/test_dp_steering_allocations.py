@@ -1,0 +1,291 @@
+"""dp-steering keeps each pair user's UCMAC and vbr priorities in the shared-pair record
+(`allocations`): an ADD reads that one file, never the other pods' records, so its cost does not
+grow with the pods on the node; an old record (no allocations, or a user without a valid entry) is
+migrated by reading just those users' records once; two pods of a pair never share a UCMAC or a
+priority, across ADD, DEL, GC and kills between the pair record's write and the journal's.
+
+The plugin runs exec'd as a runtime runs it (in-process, no daemon: strace counts its opens and the
+kills must land on the process doing the work). Pods whose interface is made here with a chosen
+host-side ifindex (70000 = 4464 + 65536, ...) all want the same vin priority (the low 16 bits of vin's
+ifindex, which is the host side's), so every allocation after the first must step aside. The UCMAC
+comes from vex's ifindex, which the pull takes fresh from 1000000 up (never two alike on a pair
+until 65536 pods): an entry in the pair record that claims the next one stands for the allocation
+a killed ADD left there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from plugins.meta.dp_steering import state
+from tests.kit import dp_steering
+from tests.kit.crash import FileWatch
+from tests.kit.dp_steering import Pod
+
+pytestmark = pytest.mark.root
+
+BASE = 4464                      # every made pod's host side is ifindex BASE + 65536 * k: one wanted priority
+
+
+def World(netns, tmp_path, **kw):
+    return dp_steering.World(netns, tmp_path, daemon=False, **{"mode": "tap", "failOpen": True,
+                                                               "dpWaitMs": 20, **kw})
+
+
+def made_pod(w, netns, cid: str, k: int) -> tuple[Pod, dict]:
+    """A pod whose eth0 carries 10.44.1.<k+2>/24, its veth peer in the host netns with ifindex
+    BASE + 65536 k (vin takes the peer's ifindex, so every vin wants priority BASE): (the kit's Pod,
+    its prevResult)."""
+    pod = Pod(cid, netns("pod"))
+    index = BASE + 65536 * k
+    w.host.run("ip", "link", "add", f"h{cid}"[:15], "index", str(index), "type", "veth", "peer", "name", "eth0",
+               "netns", pod.ns.name)
+    pod.ns.run("ip", "addr", "add", f"10.44.1.{k + 2}/24", "dev", "eth0")
+    pod.ns.run("ip", "link", "set", "eth0", "up")
+    mac = json.loads(pod.ns.run("ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+    prev = {"cniVersion": w.version, "interfaces": [{"name": "eth0", "mac": mac, "sandbox": pod.ns.path}],
+            "ips": [{"address": f"10.44.1.{k + 2}/24", "interface": 0}]}
+    return pod, prev
+
+
+def ok(w, verb: str, pod: Pod, prev: dict, **conf) -> str:
+    status, out, err = w.plugin(verb, pod, prev, **conf)
+    assert status == 0, (verb, pod.cid, out, err)
+    return err
+
+
+def opened(w, verb: str, pod: Pod, prev: dict, **conf) -> list[str]:
+    """Run the verb under strace: the files and directories under stateDir/pods it opened (paths
+    relative to stateDir/pods), its own container's directory left out."""
+    argv, env, stdin = w._exec(verb, pod, prev, None, None, None, conf)
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as trace:
+        p = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", trace.name, *argv],
+                           input=stdin, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (verb, pod.cid, p.stdout, p.stderr[-2000:])
+        lines = trace.read().splitlines()
+    root = os.path.join(w.state_dir, "pods") + "/"
+    paths = [m.group(1) for m in (re.search(r'open(?:at)?\([^"]*"([^"]+)"', ln) for ln in lines) if m]
+    return [p[len(root):] for p in paths if p.startswith(root) and not p[len(root):].startswith(pod.cid + "/")
+            and p[len(root):] != pod.cid]
+
+
+def pair_record(w, vbr: str = "vbr") -> dict:
+    path = state._shared_path(w.state_dir, w.enf.path, vbr)
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_pair_record(w, rec: dict, vbr: str = "vbr") -> None:
+    with open(state._shared_path(w.state_dir, w.enf.path, vbr), "w") as f:
+        json.dump(rec, f)
+
+
+def entry_of(rec: dict) -> dict:
+    """A pod record's allocations entry, as the pair record should keep it."""
+    return {"ucmac": int(rec["ucmac"][12:].replace(":", ""), 16), "vex_pref": rec["vex_pref"],
+            "vin_pref": rec["vin_pref"]}
+
+
+def assert_no_collision(entries: list[dict], why: str = "") -> None:
+    macs = [e["ucmac"] for e in entries]
+    prefs = [e["vex_pref"] for e in entries] + [e["vin_pref"] for e in entries]
+    assert len(set(macs)) == len(macs), (why, entries)
+    assert len(set(prefs)) == len(prefs), (why, entries)
+
+
+def vbr_prefs(w) -> list[int]:
+    text = w.enf.run("tc", "filter", "show", "dev", "vbr", "ingress").stdout
+    return sorted({int(m) for m in re.findall(r"pref (\d+)", text)})
+
+
+def kill_at_tmp(w, pod: Pod, prev: dict, directory: str, nth: int, **conf) -> None:
+    """Start ADD and SIGKILL it inside its nth record write (temp file open) in `directory`."""
+    watch = FileWatch(directory, ".tmp")
+    try:
+        p = w.spawn("ADD", pod, prev, **conf)
+        for i in range(nth):
+            assert watch.wait(p, 60), f"ADD ended before record write {i + 1} in {directory}: {p.communicate()}"
+            if i < nth - 1:
+                watch._allow(watch.pending.pop())
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        watch.close()
+    p.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("n", [1, 12])
+def test_an_add_reads_no_other_pods_record(netns, tmp_path, n):
+    """With n pods on the pair an ADD opens nothing under stateDir/pods but its own journal and
+    record (the old code read every record: n of them); a DEL opens at most one other (the first
+    staying user, state.staying_users)."""
+    w = World(netns, tmp_path)
+    pods = [made_pod(w, netns, f"p{i:02d}", i) for i in range(n + 1)]
+    for pod, prev in pods[:n]:
+        ok(w, "ADD", pod, prev)
+    probe, prev = pods[n]
+    assert opened(w, "ADD", probe, prev) == []
+    rec = pair_record(w)
+    assert sorted(rec["users"]) == sorted(f"{p.cid}/eth0" for p, _ in pods)
+    assert rec["allocations"] == {f"{p.cid}/eth0": entry_of(w.record(p)) for p, _ in pods}
+    assert_no_collision(list(rec["allocations"].values()))
+    assert len(opened(w, "DEL", probe, prev)) <= 1
+    assert f"{probe.cid}/eth0" not in pair_record(w)["allocations"]
+    for pod, prev in pods[:n]:
+        ok(w, "DEL", pod, prev)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_an_old_pair_record_is_migrated_reading_only_its_users(netns, tmp_path):
+    """A pair record from before allocations (users only): the next ADD reads those users' records
+    once (not another pair's pod, not its own twice) and writes their entries; the ADD after it
+    reads none. A corrupt or unknown entry is read off its pod's record the same way, and a user
+    whose record is gone is dropped."""
+    w = World(netns, tmp_path)
+    pods = [made_pod(w, netns, f"m{i}", i) for i in range(6)]
+    for pod, prev in pods[:3]:
+        ok(w, "ADD", pod, prev)
+    other, other_prev = pods[3]
+    ok(w, "ADD", other, other_prev, vbrName="vbr2", vthName="vth2")        # another pair's pod
+    rec = pair_record(w)
+    write_pair_record(w, {"enforcer": rec["enforcer"], "vbr": "vbr", "users": rec["users"]})   # the old format
+
+    got = opened(w, "ADD", *pods[4])
+    assert sorted(got) == ["m0/eth0.json", "m1/eth0.json", "m2/eth0.json"], got
+    rec = pair_record(w)
+    users = [p for p, _ in pods[:3]] + [pods[4][0]]
+    assert rec["allocations"] == {f"{p.cid}/eth0": entry_of(w.record(p)) for p in users}
+    assert_no_collision(list(rec["allocations"].values()))
+    assert w.record(pods[4][0])["vin_index"] & 0xFFFF == BASE == w.record(pods[0][0])["vin_pref"]   # wanted m0's
+
+    allocations = dict(rec["allocations"])
+    allocations["m1/eth0"] = {"ucmac": "4e:65:75:56:11:70", "vex_pref": 1, "vin_pref": 2}   # corrupt
+    allocations["m2/eth0"] = [4464, 1, 2]                                                   # unknown
+    write_pair_record(w, dict(rec, users=rec["users"] + ["ghost/eth0"], allocations=allocations))
+    got = opened(w, "ADD", *pods[5])
+    assert sorted(got) == ["ghost/eth0.json", "m1/eth0.json", "m2/eth0.json"], got
+    rec = pair_record(w)
+    assert "ghost/eth0" not in rec["users"]
+    users.append(pods[5][0])
+    assert rec["allocations"] == {f"{p.cid}/eth0": entry_of(w.record(p)) for p in users}
+    assert_no_collision(list(rec["allocations"].values()))
+    assert vbr_prefs(w) == sorted(e[k] for e in rec["allocations"].values() for k in ("vex_pref", "vin_pref"))
+
+    for pod, prev in pods[:3] + pods[4:]:
+        ok(w, "DEL", pod, prev)
+    ok(w, "DEL", other, other_prev, vbrName="vbr2", vthName="vth2")
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_gc_migrates_an_old_pair_record(netns, tmp_path):
+    w = World(netns, tmp_path)
+    pods = [made_pod(w, netns, f"g{i}", i) for i in range(2)]
+    for pod, prev in pods:
+        ok(w, "ADD", pod, prev)
+    rec = pair_record(w)
+    write_pair_record(w, {"enforcer": rec["enforcer"], "vbr": "vbr", "users": rec["users"]})
+    status, out, err = w.gc([p for p, _ in pods])
+    assert status == 0, (out, err)
+    assert pair_record(w)["allocations"] == rec["allocations"]
+    assert "forgets" not in err                       # nobody was dropped: only the entries learned
+    for pod, prev in pods:
+        ok(w, "DEL", pod, prev)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_no_ucmac_or_priority_collision_across_add_del_gc_and_kills(netns, tmp_path):
+    """Every pod wants the same UCMAC and priorities. Killed ADDs: one inside the pair record's write
+    (its journal names the pair, the record does not name it: it took nothing), one right after it
+    (its journal's next write, the "dp" step: the record holds its allocation, the journal not yet),
+    one waiting for a dp (inline, its journal names its UCMAC). The allocations of the last two block
+    later ADDs until GC undoes those ADDs; a DEL frees what its pod had. At every point the pair's
+    users never share a UCMAC or a priority, and vbr's filters are the live pods' priorities."""
+    w = World(netns, tmp_path)
+    pods = [made_pod(w, netns, f"c{i}", i) for i in range(9)]
+    shared = os.path.join(w.state_dir, "shared")
+
+    def check(why: str, live: list[Pod]) -> dict:
+        rec = pair_record(w)
+        assert_no_collision(list(rec["allocations"].values()), why)
+        for p in live:
+            assert rec["allocations"][f"{p.cid}/eth0"] == entry_of(w.record(p)), (why, p.cid)
+        assert vbr_prefs(w) == sorted(e[k] for p in live for e in [entry_of(w.record(p))]
+                                      for k in ("vex_pref", "vin_pref")), why
+        return rec
+
+    (a, pa), (b, pb) = pods[0], pods[1]
+    ok(w, "ADD", a, pa)
+    ok(w, "ADD", b, pb)
+    assert w.record(a)["vin_index"] == BASE == w.record(a)["vin_pref"]
+    assert w.record(b)["vin_index"] == BASE + 65536 and w.record(b)["vin_pref"] != BASE
+    check("two pods", [a, b])
+
+    c, pc = pods[2]                                 # killed inside the pair record's write
+    kill_at_tmp(w, c, pc, shared, 1)
+    j = w.record(c)
+    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"] and not j["ucmac"], j
+    assert f"{c.cid}/eth0" not in pair_record(w)["users"]
+
+    d, pd = pods[3]                                 # killed right after it: the journal's next write
+    kill_at_tmp(w, d, pd, os.path.join(w.state_dir, "pods", d.cid), 3)
+    j = w.record(d)
+    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"] and not j["ucmac"], j
+    taken_d = pair_record(w)["allocations"][f"{d.cid}/eth0"]
+    assert taken_d["ucmac"] == j["vex_index"] & 0xFFFF      # what d took is in the pair record alone
+    check("a kill after the pair record", [a, b])
+
+    e, pe = pods[4]                                 # killed while waiting for a dp, its UCMAC journaled
+    p = w.spawn("ADD", e, pe, mode="inline", failOpen=False, dpWaitMs=10000)
+    watch = os.path.join(w.state_dir, "pods", e.cid, "eth0.json")
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(watch) and w.record(e).get("steps") == ["pull", "pair", "dp"]):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    taken_e = pair_record(w)["allocations"][f"{e.cid}/eth0"]
+    assert taken_e == entry_of(w.record(e))
+
+    # f's vex will have the lowest free ifindex from 1000000 up: a user that holds its UCMAC and vex
+    # priority in the pair record alone (what the kill of d left, for a value f wants)
+    have = {int(x) for x in re.findall(r"^(\d+):", w.enf.run("ip", "-o", "link", "show").stdout, re.M)}
+    want = next(i for i in range(1000000, 1100000) if i not in have) & 0xFFFF
+    ghost = {"ucmac": want, "vex_pref": want, "vin_pref": want + 1}
+    rec = pair_record(w)
+    write_pair_record(w, dict(rec, users=rec["users"] + ["ghost/eth0"],
+                              allocations={**rec["allocations"], "ghost/eth0": ghost}))
+    f, pf = pods[5]
+    ok(w, "ADD", f, pf)
+    rec = check("after the kills", [a, b, f])
+    assert w.record(f)["vex_index"] & 0xFFFF == want and entry_of(w.record(f))["ucmac"] != want
+    assert entry_of(w.record(f))["vex_pref"] != want
+    assert set(rec["allocations"]) == {f"{p.cid}/eth0" for p in (a, b, d, e, f)} | {"ghost/eth0"}
+
+    ok(w, "DEL", b, pb)                             # b's allocation is free again
+    assert f"{b.cid}/eth0" not in pair_record(w)["allocations"]
+    g, pg = pods[6]
+    ok(w, "ADD", g, pg)
+    check("a DEL, an ADD", [a, f, g])
+
+    status, out, err = w.gc([a, f, g])              # the died ADDs undone, their allocations freed
+    assert status == 0, (out, err)
+    rec = check("after GC", [a, f, g])
+    assert set(rec["allocations"]) == {f"{p.cid}/eth0" for p in (a, f, g)}
+    for pod in (c, d, e):
+        assert not os.path.exists(os.path.join(w.state_dir, "pods", pod.cid, "eth0.json")), pod.cid
+    h, ph = pods[7]
+    ok(w, "ADD", h, ph)
+    i, pi = pods[8]
+    ok(w, "ADD", i, pi)
+    check("after GC, two ADDs", [a, f, g, h, i])
+
+    for pod, prev in ((a, pa), (f, pf), (g, pg), (h, ph), (i, pi)):
+        ok(w, "DEL", pod, prev)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
