@@ -92,8 +92,8 @@ def find(rt: nl.Rtnl, name: str) -> nl.Link | None:
 
 
 def index_of(rt: nl.Rtnl, name: str) -> int | None:
-    found = find(rt, name)
-    return found.index if found is not None else None
+    """The ifindex of link `name` here, or None (the answer's header only: no attribute parsed)."""
+    return rt.link_index(check_ifname(name))
 
 
 def free_index(rt: nl.Rtnl, base: int) -> int:
@@ -130,10 +130,12 @@ def create_veth(rt: nl.Rtnl, name: str, peer_name: str, peer_netns: str | None =
                               "exists")
     if err:
         raise nl.NetlinkError(err, f"create veth {name}/{peer_name}: {os.strerror(err)}")
-    created = rt.link(name)
+    if index:                 # the kernel gives the asked ifindex or refuses (EBUSY, above)
+        return index
+    created = index_of(rt, name)
     if created is None:
         raise nl.NetlinkError(errno.ENODEV, f"veth {name} vanished after creation")
-    return created.index
+    return created
 
 
 def ensure_bridge(rt: nl.Rtnl, name: str, *, mtu: int = 0, mac: str = "") -> nl.Link:

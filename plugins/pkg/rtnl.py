@@ -219,6 +219,12 @@ class Rtnl:
         p = self._get_link(name, index)
         return None if p is None else _parse_link(p)
 
+    def link_index(self, name: str) -> int | None:
+        """The ifindex of the link called `name`; None when there is none (nothing parsed but
+        the answer's header: a lookup that needs only the index)."""
+        p = self._get_link(name, 0)
+        return None if p is None else _IFI.unpack_from(p)[2]
+
     def link_attrs(self, name: str | None = None, index: int = 0) -> tuple[int, int, dict[int, bytes]] | None:
         """The link called `name` (or with ifindex `index`) as (ifindex, IFF_* flags, {IFLA_*:
         payload}) for attributes `link()` does not parse (IFLA_GROUP, IFLA_IFALIAS...); None

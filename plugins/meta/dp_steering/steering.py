@@ -206,11 +206,14 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
         before = triad.snapshot_from(pod.snap) if pod.phase == "adding" and pod.snap else None
         try:
             with link.open_rtnl(pod.enforcer) as rt:
-                if "rules" in steps:
-                    _remove_rules(rt, pod)
                 # the pair's other users, once: with none left the pair goes in vin's deletion
                 others = state.staying_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps else None
                 last = "pull" in steps and others == [] and enforcer.is_pair(rt, pod.vbr, pod.vth)
+                if "rules" in steps:
+                    # only the filters no deletion or move below takes with its device: vin is
+                    # deleted and vex moved back (the move drops its qdiscs) whenever "pull" is
+                    # undone, the pair with its last pod
+                    _remove_rules(rt, pod, port="pull" not in steps, vbr=not last)
                 if "pull" in steps:
                     try:
                         triad.restore(pod.netns or None, pod.enforcer, pod.ifname, pod.vex, pod.vin,
@@ -408,11 +411,14 @@ def _install(rt, pod: state.Pod, mode: str) -> None:
     pod.installed = mode
 
 
-def _remove_rules(rt, pod: state.Pod) -> None:
-    """The pod's filters, in one round trip (a device that is gone took its filters with it)."""
+def _remove_rules(rt, pod: state.Pod, port: bool = True, vbr: bool = True) -> None:
+    """The pod's filters, in one round trip (a device that is gone took its filters with it):
+    those on vbr, and (`port`) on vex and vin."""
     gone = []
-    for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref)),
-                        (pod.vex, rules.PORT_PREFS), (pod.vin, rules.PORT_PREFS)):
+    for name, prefs in ((pod.vbr, (pod.vex_pref, pod.vin_pref) if vbr else ()),
+                        (pod.vex, rules.PORT_PREFS if port else ()), (pod.vin, rules.PORT_PREFS if port else ())):
+        if not any(prefs):
+            continue
         index = link.index_of(rt, name)
         if index is not None:
             gone += [(index, pref) for pref in prefs if pref]

@@ -145,21 +145,22 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
                    (errno.EADDRNOTAVAIL, errno.ENOENT))
             link.move_to_netns(pod, index, enf_ns, new_index=link.free_index(enf, VEX_INDEX_BASE))
             vex_index = must_index(enf, vex, enf_ns)
+            peer_index = snap.peer if snap.peer and enf.link(index=snap.peer) is None else 0
             new = link.create_veth(
                 pod, ifname, vin, enf_ns, mtu=snap.mtu, mac=snap.mac, txqlen=snap.txqlen,
-                index=vex_index if pod.link(index=vex_index) is None else 0,
-                peer_index=snap.peer if snap.peer and enf.link(index=snap.peer) is None else 0)
+                index=vex_index if pod.link(index=vex_index) is None else 0, peer_index=peer_index)
             apply(pod, new, snap)
-            quiet_up(enf, enf_ns, vex, vin)
+            quiet_up(enf, enf_ns, vex, vin, known={vex: vex_index, **({vin: peer_index} if peer_index else {})})
         except BaseException:
             _restore(pod, enf, pod_ns, ifname, vex, vin, snap.mac, snap)
             raise
     return snap
 
 
-def quiet_up(rt: nl.Rtnl, netns: str, *names: str) -> None:
+def quiet_up(rt: nl.Rtnl, netns: str, *names: str, known: dict[str, int] | None = None) -> None:
     """Bring ports of ours up in `netns` with IPv6 off first (no autoconf chatter), in order:
-    each one's sysctl, then each one up (the netns entered once)."""
+    each one's sysctl, then each one up (the netns entered once). `known`: ifindexes of some of
+    them the caller has just made or moved there (not looked up again)."""
     from plugins.pkg import ns
     with ns.enter(netns):
         for name in names:
@@ -168,8 +169,15 @@ def quiet_up(rt: nl.Rtnl, netns: str, *names: str) -> None:
                     f.write("1")
             except FileNotFoundError:       # IPv6 off in this kernel or netns
                 pass
+    known = known or {}
     for name in names:
-        link.set_link(rt, must_index(rt, name, netns), up=True)
+        try:
+            link.set_link(rt, known.get(name) or must_index(rt, name, netns), up=True)
+        except nl.NetlinkError as e:
+            if e.errno != errno.ENODEV or name not in known:
+                raise
+            must_index(rt, name, netns)     # gone under us: IFACE_MISSING, as looking it up says
+            raise
 
 
 def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
@@ -186,10 +194,11 @@ def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, ma
         with link.open_rtnl(pod_ns) as pod:
             snap = before
             cur = link.find(pod, ifname)
-            pulled = link.index_of(enf, vex) is not None or link.index_of(pod, vex) is not None
+            in_enf = link.index_of(enf, vex)
+            pulled = in_enf is not None or link.index_of(pod, vex) is not None
             if snap is None and cur is not None and pulled:
                 snap = snapshot(pod, cur.index, cur)      # the pod's live config, on our veth
-            _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap, also)
+            _restore(pod, enf, pod_ns, ifname, vex, vin, mac, snap, also, vex_at=in_enf)
 
 
 def delete(rt: nl.Rtnl, names: tuple[str, ...]) -> None:
@@ -202,12 +211,13 @@ def delete(rt: nl.Rtnl, names: tuple[str, ...]) -> None:
 
 
 def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
-             snap: Snapshot | None, also: tuple[str, ...] = ()) -> None:
+             snap: Snapshot | None, also: tuple[str, ...] = (), vex_at: int | None | bool = False) -> None:
+    """`vex_at`: vex's ifindex in the enforcer netns as the caller has just read it (None: not
+    there); False: look it up. Deleting vin does not change it."""
     delete(enf, (vin, *also))                    # vin takes our CNI_IFNAME in the pod with it
-    idx = link.index_of(enf, vex)
+    idx = link.index_of(enf, vex) if vex_at is False else vex_at
     if idx is not None:                          # back to the pod, where its ifindex is free now
-        link.set_link(enf, idx, up=False)
-        link.move_to_netns(enf, idx, pod_ns)
+        link.move_to_netns(enf, idx, pod_ns)     # the move takes it down (dev_close) and its qdiscs
     vex_idx = link.index_of(pod, vex)
     if vex_idx is None:                          # never renamed: the original is there, maybe down
         cur = link.index_of(pod, ifname)
@@ -215,7 +225,8 @@ def _restore(pod: nl.Rtnl, enf: nl.Rtnl, pod_ns: str, ifname: str, vex: str, vin
             apply(pod, cur, snap)                # up again, with the routes going down took
         return
     link.delete_if_exists(pod, ifname)           # ours, if vin was already gone
-    link.set_link(pod, vex_idx, up=False)
+    if idx is None:                              # never moved (a pull that failed before the move)
+        link.set_link(pod, vex_idx, up=False)
     link.set_link(pod, vex_idx, name=ifname, mac=mac, mtu=snap.mtu if snap else None,
                   txqlen=snap.txqlen if snap else None)
     if snap is not None:
