@@ -16,6 +16,10 @@
    (netlink round trips, sockets, setns, execs, fsyncs, sysctl writes, sleeps: counts that do not
    depend on the load) and where cProfile sees the time go; with `--before DIR`, that checkout's
    code too, interleaved.
+4. `--pods`: dp-steering ADD and DEL of one pod with N pods already on its vbr/vth pair (N = 1, 30,
+   100; tap + failOpen, no dp), in-process as pycni-node's worker runs it: the files it opens under
+   stateDir (other pods' records among them), the filters in vbr's dump, the fsyncs (counts that do
+   not depend on the load) and the median wall ms; with `--before DIR`, that checkout's code too.
 Everything happens in scratch namespaces that are removed at the end.
 """
 from __future__ import annotations
@@ -121,6 +125,9 @@ def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "--work-child":
         work_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "--pods-child":
+        pods_child(int(sys.argv[2]), sys.argv[3])
+        return 0
     ap = benchout.options(__doc__, runs=10)
     ap.add_argument("--rounds", dest="runs", type=int, default=argparse.SUPPRESS, metavar="N",
                     help="the same as --runs")
@@ -129,7 +136,14 @@ def main() -> int:
     ap.add_argument("--before", metavar="DIR", help="also time the dp-steering of the checkout in DIR")
     ap.add_argument("--work", action="store_true",
                     help="only dp-steering's own run in a pycni-node worker: counts and cProfile by category")
+    ap.add_argument("--pods", action="store_true",
+                    help="only ADD/DEL with N pods already on the pair: files read, vbr's filters, ms")
     opts = ap.parse_args()
+    if opts.pods:
+        text = pods_bench(max(opts.runs, 3), opts.before)
+        print(text)
+        print(f"written to {benchout.write_section('dp_steering', 'pods', text)}")
+        return 0
     if opts.work:
         text = work(max(opts.runs, 2), opts.before)
         print(text)
@@ -452,6 +466,183 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
                  f"interleaved (child processes), forked from a process with pycni-node's preloads as its worker "
                  f"is; load average before/after {load:.2f} / {os.getloadavg()[0]:.2f} (other jobs ran: "
                  f"the ms are noisy, the counts are not); {os.cpu_count()} CPUs, kernel {platform.release()}.")
+    return "\n".join(lines)
+
+
+# ---- --pods: ADD and DEL with N pods already on the pair ---------------------------------------------
+# Each other pod is a veth (its peer in the host netns) steered by an in-process ADD; the timed pod is
+# ADDed and DELed `rounds` times in the worker's fork. Counted in the fork: every file opened under
+# stateDir (os.open: libcni_py.records reads and writes through it), those under stateDir/pods that are
+# not the timed pod's own (other pods' records), the filter entries tc.filters parsed, the fsyncs.
+
+PAIR_PODS = (1, 30, 100)
+PODS_ROWS = ("files opened under stateDir", "of them other pods' records", "fsync", "filters parsed (tc.filters)",
+             "ms in tc.filters (loaded machine)")
+
+
+def _veth_pod(host, netns, k: int) -> tuple:
+    """A pod netns whose eth0 (peer in `host`) has 10.45.<k // 250>.<k % 250 + 2>/16: (netns, prevResult)."""
+    pod = netns("pp")
+    ip = f"10.45.{k // 250}.{k % 250 + 2}"
+    host.run("ip", "link", "add", f"hp{k}", "type", "veth", "peer", "name", "eth0", "netns", pod.name)
+    pod.run("ip", "addr", "add", f"{ip}/16", "dev", "eth0")
+    pod.run("ip", "link", "set", "eth0", "up")
+    mac = json.loads(pod.run("ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+    return pod, {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mac": mac, "sandbox": pod.path}],
+                 "ips": [{"address": f"{ip}/16", "interface": 0}]}
+
+
+def _count_state(counts, state_dir: str, own: str) -> None:
+    """In the fork: count opens under state_dir, other pods' records among them, tc.filters entries."""
+    from plugins.pkg import tc
+    osopen, filters, fsync = os.open, tc.filters, os.fsync
+    pods = os.path.join(state_dir, "pods") + "/"
+
+    def c_open(path, flags, *a, **k):
+        p = os.fsdecode(path) if isinstance(path, (str, bytes)) else ""
+        if p.startswith(state_dir + "/") and not p.endswith("/lock"):
+            counts["files opened under stateDir"] += 1
+            if p.startswith(pods) and not p[len(pods):].startswith(own + "/"):
+                counts["of them other pods' records"] += 1
+        return osopen(path, flags, *a, **k)
+
+    def c_filters(rt, index, *a, **k):
+        t = time.perf_counter()
+        got = filters(rt, index, *a, **k)
+        counts["ms in tc.filters (loaded machine)"] += (time.perf_counter() - t) * 1000
+        counts["filters parsed (tc.filters)"] += len(got)
+        return got
+
+    def c_fsync(fd):
+        counts["fsync"] += 1
+        fsync(fd)
+    os.open, tc.filters, os.fsync = c_open, c_filters, c_fsync
+
+
+def _pods_run(env: dict, stdin: bytes, runtime_ns: str, state_dir: str, own: str) -> list:
+    """One verb in a fork, as pycni-node's worker runs it: [status, output, ms, counts]."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            import collections
+            import io
+            from plugins.pkg import ns
+            fd = os.open(runtime_ns, os.O_RDONLY)
+            ns._setns(fd)
+            os.close(fd)
+            counts: collections.Counter = collections.Counter()
+            _count_state(counts, state_dir, own)
+            os.environ.clear()
+            os.environ.update(env)
+            from libcni_py import skel
+            from plugins.meta.dp_steering.cmd import PLUGIN
+            out, err = io.StringIO(), io.StringIO()
+            t = time.perf_counter()
+            status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
+            ms = (time.perf_counter() - t) * 1000
+            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), ms, counts]).encode())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, json.dumps([99, repr(e), 0, {}]).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))
+
+
+def pods_child(rounds: int, out_path: str) -> None:
+    """One code version: for each N of PAIR_PODS, fill the pair to N pods, then ADD and DEL one more
+    pod `rounds` times (the first round's counts, every round's ms); JSON to out_path."""
+    from importlib import import_module
+    from plugins.node import daemon
+    for module in list(daemon.PLUGIN_MODULES.values()) + list(daemon.PRELOAD):
+        try:
+            import_module(module)
+        except ImportError:
+            pass
+    made: list[NetNS] = []
+
+    def netns(tag="ns"):
+        made.append(NetNS(tag))
+        return made[-1]
+    tmp = tempfile.mkdtemp(prefix="bench-dpst-pods-")
+    res: dict = {}
+    try:
+        w = World(netns, tmp, mode="tap", failOpen=True)
+        state_dir = w.state_dir
+
+        def run(verb: str, cid: str, prev: dict, pod_ns) -> tuple[float, dict]:
+            env = {"CNI_CONTAINERID": cid, "CNI_NETNS": pod_ns.path, "CNI_IFNAME": "eth0", "CNI_COMMAND": verb,
+                   "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"], "PYCNI_NODE_SOCKET": "off"}
+            stdin = json.dumps({"cniVersion": "1.0.0", "name": "dpnet", **w.steer, "prevResult": prev}).encode()
+            status, text, ms, counts = _pods_run(env, stdin, w.host.path, state_dir, cid)
+            if status != 0:
+                raise RuntimeError(f"{verb} {cid}: status {status}: {text}")
+            return ms, counts
+        probe_ns, probe_prev = _veth_pod(w.host, netns, 0)
+        on_pair = 0
+        for n in PAIR_PODS:
+            while on_pair < n:
+                on_pair += 1
+                pod_ns, prev = _veth_pod(w.host, netns, on_pair)
+                run("ADD", f"o{on_pair}", prev, pod_ns)
+            got: dict = {"ADD": {"ms": []}, "DEL": {"ms": []}}
+            for i in range(rounds):
+                for verb in ("ADD", "DEL"):
+                    ms, counts = run(verb, "probe", probe_prev, probe_ns)
+                    got[verb]["ms"].append(ms)
+                    if i == 0:
+                        got[verb]["counts"] = counts
+            res[str(n)] = got
+    finally:
+        for ns_ in reversed(made):
+            ns_.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(out_path, "w") as f:
+        json.dump(res, f)
+
+
+def pods_bench(rounds: int, before: str | None) -> str:
+    codes = {"now": None, **({"before": before} if before else {})}
+    got: dict = {}
+    tmp = tempfile.mkdtemp(prefix="bench-dpst-pods-out-")
+    load = os.getloadavg()[0]
+    try:
+        for label, code in codes.items():
+            out = os.path.join(tmp, f"{label}.json")
+            env = dict(os.environ, **({"PYCNI_BENCH_CODE": code} if code else {}))
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--pods-child", str(rounds), out],
+                           env=env, check=True, timeout=1800)
+            with open(out) as f:
+                got[label] = json.load(f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cols = [(n, label) for n in PAIR_PODS for label in codes]
+    lines = []
+    for verb in ("ADD", "DEL"):
+        keys = [k for k in PODS_ROWS if any(k in got[lb][str(n)][verb]["counts"] for n, lb in cols)]
+        lines += [f"\n{verb} of one pod with N pods already on its pair (counts: none depends on the load)\n",
+                  "| count | " + " | ".join(f"N={n}, {lb}" for n, lb in cols) + " |", "|---|" + "---:|" * len(cols)]
+        for k in keys:
+            vals = [got[lb][str(n)][verb]["counts"].get(k, 0) for n, lb in cols]
+            lines.append(f"| {k} | " + " | ".join(f"{v:.1f}" if k.startswith("ms") else str(v) for v in vals) + " |")
+        lines.append("| median ms in the worker (loaded machine) | " + " | ".join(
+            f"{statistics.median(got[lb][str(n)][verb]['ms']):.1f}" for n, lb in cols) + " |")
+    lines.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {rounds} ADD+DEL rounds per N and code, tap + failOpen "
+                 f"without a dp, eBPF/tc-pedit as `auto` picks; the code versions ran one after the other (not "
+                 f"interleaved); load average before/after {load:.2f} / {os.getloadavg()[0]:.2f} (other jobs "
+                 f"ran: the ms are noisy, the counts are not); {os.cpu_count()} CPUs, kernel {platform.release()}.")
     return "\n".join(lines)
 
 

@@ -1,10 +1,9 @@
 """The enforcer netns side: the shared vbr/vth pair and whether a dp reads vth.
 
-The pair is created by the first pod that needs it and deleted with the last one;
-who uses it, and the UCMAC and vbr priorities each user took, is recorded in the state
-(state.pair) under the state lock. A dp is
-"there" when an AF_PACKET socket in the enforcer netns is bound to vth's ifindex
-(/proc/net/packet, read from inside that netns).
+The pair is created by the first pod that needs it and deleted with the last one; who
+uses it, and the UCMAC and vbr priorities each user took, is recorded in the state
+(state.pair) under the state lock. A dp is "there" when an AF_PACKET socket in the
+enforcer netns is bound to vth's ifindex (/proc/net/packet, read from inside that netns).
 """
 from __future__ import annotations
 
