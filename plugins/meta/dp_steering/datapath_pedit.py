@@ -48,12 +48,37 @@ def available() -> bool:
             raw = f.read()
     except OSError:
         return False
+    return config_has_pedit(raw)
+
+
+_PEDIT_LINES = (b"CONFIG_NET_ACT_PEDIT=y", b"CONFIG_NET_ACT_PEDIT=m")
+_PEDIT_UNSET = b"# CONFIG_NET_ACT_PEDIT is not set"
+
+
+def config_has_pedit(raw: bytes, chunk: int = 8192) -> bool:
+    """Does the gzip'd kernel config `raw` set CONFIG_NET_ACT_PEDIT (y or m)? Inflated a chunk at
+    a time up to the symbol's line (Kconfig writes each symbol once: its value, or "is not set"),
+    not whole: the symbol sits about half-way into a distribution's 100 KB config (~0.4 ms here
+    instead of ~0.9 for all of it). A stream that does not inflate says no."""
     import zlib
+    d = zlib.decompressobj(31)                    # 31: the gzip wrapper
+    parts: list[bytes] = []
+    tail = b""                                    # the last, unfinished line so far
     try:
-        text = zlib.decompress(raw, 31)           # 31: the gzip wrapper
+        for at in range(0, len(raw), chunk):
+            part = tail + d.decompress(raw[at:at + chunk])
+            cut = part.rfind(b"\n") + 1
+            lines, tail = part[:cut], part[cut:]
+            parts.append(lines)
+            if b"CONFIG_NET_ACT_PEDIT" in lines:  # its line is complete: it decides
+                if any(_has_line(lines, want) for want in _PEDIT_LINES):
+                    return True
+                if _has_line(lines, _PEDIT_UNSET):
+                    return False
+        text = b"".join(parts) + tail + d.flush()
     except zlib.error:
         return False
-    return any(_has_line(text, want) for want in (b"CONFIG_NET_ACT_PEDIT=y", b"CONFIG_NET_ACT_PEDIT=m"))
+    return d.eof and any(_has_line(text, want) for want in _PEDIT_LINES)
 
 
 def _has_line(text: bytes, want: bytes) -> bool:
