@@ -3,7 +3,7 @@ do not depend on the machine's load (execs by program, child processes, netlink 
 dumps of the plugin process, fsyncs, flocks, sysctl writes) from `strace -f`, and an in-process
 cProfile of each verb (its total, and the top functions by cumulative time).
 
-    sudo .venv/bin/python bench/pod_work.py [--pods 4] [--cases chain,nft,dual] [--profile] [--before DIR]
+    sudo .venv/bin/python bench/pod_work.py [--pods 4] [--cases chain,nft,dual,agent] [--profile] [--before DIR]
 
 Each verb runs in a child process the way the daemon's worker does: the daemon's PRELOAD and
 plugin modules imported first, then setns into the test host, then skel.run with the request's
@@ -11,7 +11,10 @@ environment and stdin (markers written around it bound what is counted). The seq
 first pod (ADD), --pods pods ADD then DEL with the first one present (the steady state), then the
 first pod's DEL (the last pod of the node). Cases: "chain" is conf/runtime-chain.conflist made
 local by tests/kit/runtimes.py (vxlan with host-local IPAM, ipMasq off; edgemesh with iptables),
-"nft" the same with edgemesh's nftables backend, "dual" a dual-stack vxlan (no edgemesh).
+"nft" the same with edgemesh's nftables backend, "dual" a dual-stack vxlan (no edgemesh), "agent" the
+chain case with vxlan-agent running on the node for the case's vxlan conf while the verbs run (as
+`pycni-node --conf <conflist>` runs it on a real node: ADD reads the agent's state instead of
+reconciling the node).
 Root, namespaces only (all removed at the end). Prints a table; writes nothing.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -124,6 +128,39 @@ def run_case(name: str, vx: dict, em: dict | None, host, factory, pods: int, wor
              work, out, mode, tree)
 
 
+class Agent:
+    """vxlan-agent (plugins/main/vxlan/agent.py) in the host's netns for `conf`, ready on return
+    (its "node ... ready" line), killed by stop()."""
+
+    def __init__(self, host, conf: dict, work: str):
+        path, self.log_path = os.path.join(work, "agent.conf"), os.path.join(work, "agent.log")
+        with open(path, "w") as f:
+            json.dump(conf, f)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", host.name, os.path.join(runtimes.VENV_BIN, "vxlan-agent"),
+                                      "--conf", path], stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while "ready" not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"vxlan-agent not ready:\n{self.text()[-2000:]}")
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
 def counts(path: str) -> collections.Counter:
     """What one verb did between the markers of its strace log."""
     c: collections.Counter = collections.Counter()
@@ -203,9 +240,10 @@ def report_profile(out: str, top: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pods", type=int, default=4)
-    ap.add_argument("--cases", default="chain,nft,dual")
+    ap.add_argument("--cases", default="chain,nft,dual,agent")
     ap.add_argument("--profile", action="store_true", help="cProfile each verb instead of strace")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--keep", metavar="DIR", help="copy the strace logs / profiles there (to read them)")
     ap.add_argument("--before", metavar="DIR", help="an older tree (git archive REV | tar -x -C DIR): every "
                     "steady pod is also done by its code, interleaved, rows '(steady, before)'")
     args = ap.parse_args()
@@ -236,11 +274,19 @@ def main() -> int:
             run_case("chain", vx, em, host, factory, args.pods, tmp, out, mode, before)
         if "nft" in cases:
             run_case("nft", vx, {**em, "backend": "nftables"}, host, factory, args.pods, tmp, out, mode, before)
+        if "agent" in cases:
+            agent = Agent(host, vx, tmp)
+            try:
+                run_case("agent", vx, em, host, factory, args.pods, tmp, out, mode, before)
+            finally:
+                agent.stop()
         if "dual" in cases:
             dc = DualCluster(factory, os.path.join(tmp, "d"), underlays=["dual", "dual"], network_name="pwdual")
             run_case("dual", {**dc.hosts[0].conf, "cniVersion": "1.0.0"}, None, dc.hosts[0], factory,
                      args.pods, tmp, out, mode, before)
         print(report_profile(out, args.top) if args.profile else report_counts(out))
+        if args.keep:
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
     finally:
         for n in reversed(made):
             n.close()

@@ -8,8 +8,11 @@ keeps the iptables-save path, which the other edgemesh and vxlan tests cover.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +47,11 @@ print(json.dumps({"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "execs
 pytestmark = pytest.mark.skipif(not iptables.nft_backed("iptables"),
                                 reason="iptables is not iptables-nft here")
 
+# The same worker under strace: markers around skel.run bound the rtnetlink requests counted.
+MARKED = WORKER.replace("    rc = skel.run(", "    mark = os.open(os.devnull, os.O_WRONLY)\n"
+                        "    os.write(mark, b'PYCNI-BEGIN')\n    rc = skel.run(").replace(
+    "print(json.dumps(", "os.write(mark, b'PYCNI-END')\nprint(json.dumps(")
+
 
 class Node:
     def __init__(self, netns, tmp_path):
@@ -69,6 +77,31 @@ class Node:
         got = json.loads(p.stdout)
         assert got["rc"] == 0, (plugin, verb, got["out"], got["err"])
         return (json.loads(got["out"]) if got["out"].strip() else {}), got["execs"]
+
+    def requests(self, verb: str, cid: str, pod, conf: dict, trace: str) -> tuple[dict, list[tuple[int, bytes]]]:
+        """A vxlan verb as run(), under strace: (its result, (type, body) of each rtnetlink message
+        the plugin process sent during skel.run)."""
+        env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+                   CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off")
+        p = subprocess.run(["strace", "-f", "-qq", "-xx", "-s", "4096", "-e", "trace=sendto,sendmsg,write",
+                            "-e", "signal=none", "-o", trace, sys.executable, "-c", MARKED, MODULES["vxlan"],
+                            self.host.path], input=json.dumps(conf).encode(), env=env, capture_output=True,
+                           cwd=ROOT, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        got = json.loads(p.stdout)
+        assert got["rc"] == 0, (verb, got["out"], got["err"])
+        sent, on = [], False
+        with open(trace) as f:
+            for line in f:
+                if "write(" in line and "\\x50\\x59\\x43\\x4e\\x49\\x2d\\x42" in line:      # -xx: PYCNI-B
+                    on = True
+                elif "write(" in line and "\\x50\\x59\\x43\\x4e\\x49\\x2d\\x45" in line:    # PYCNI-E
+                    on = False
+                elif on and "nlmsg_type=" in line:
+                    for kind, body in re.findall(r"nlmsg_type=(0x[0-9a-f]+|RTM_\w+)[^\]]*\}, \"((?:\\x[0-9a-f]{2})*)\"",
+                                                 line):
+                        sent.append((kind, bytes.fromhex(body.replace("\\x", ""))))
+        return json.loads(got["out"]) if got["out"].strip() else {}, sent
 
     def nat(self, binary: str = "iptables") -> str:
         return self.host.run(f"{binary}-save", "-t", "nat").stdout
@@ -210,3 +243,29 @@ def test_edgemesh_nftables_del_reads_a_chain_it_cannot_place(node, netns):
         node.run("edgemesh", "DEL", cid, pod, {**em, "prevResult": results[cid]})
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
     assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_vxlan_add_with_a_live_agent_looks_the_bridge_up_once(node, netns, tmp_path):
+    """With vxlan-agent alive (pycni-node --conf runs it), ADD reads the agent's state and checks
+    the device and the bridge: the bridge's link is asked for once and its addresses dumped once
+    for the whole ADD (the reconcile's vet, its stale-gateway check and the pod's ensure_bridge
+    share them), and the gateway it already holds is not added again."""
+    agent = node.host.start_agent()
+    try:
+        agent.wait_ready()
+        vx = node.vxlan()
+        first, second = netns("pwg"), netns("pwg")
+        res1, _ = node.run("vxlan", "ADD", "pg1", first, vx)             # makes the bridge and its gateway
+        res2, sent = node.requests("ADD", "pg2", second, vx, str(tmp_path / "add.strace"))
+        bridge = b"cni0\0"
+        getlink = [b for k, b in sent if k in ("0x12", "RTM_GETLINK") and bridge in b]
+        assert len(getlink) == 1, sent
+        assert len([k for k, _ in sent if k in ("0x16", "RTM_GETADDR")]) == 1, sent
+        gateway = ipaddress.ip_address(res2["ips"][0]["gateway"]).packed
+        assert not [b for k, b in sent if k in ("0x14", "RTM_NEWADDR") and gateway in b], sent   # it is there
+        assert node.host.run("ip", "-4", "addr", "show", "cni0").stdout.count("inet ") == 1
+        for cid, pod, res in (("pg1", first, res1), ("pg2", second, res2)):
+            node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": res})
+    finally:
+        agent.stop()

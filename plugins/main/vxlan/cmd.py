@@ -89,7 +89,7 @@ def cmd_add(args: CmdArgs) -> Result:
         undo.callback(_quietly, ipam.delete, n.raw, ipam_conf)
         ips = pod.pod_ips(net, allocated.ips)
         routes = pod.pod_routes(net, allocated.routes)
-        br = pod.ensure_bridge(ipr, net)
+        br = pod.ensure_bridge(ipr, net, node.bridge)
         host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes),
                                      pod_mac=n.mac, undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         if n.ip_masq:

@@ -45,7 +45,8 @@ class NodeInfo:
     ones (subnet6, gateway6, device6, mtu6, public_ip6, network6) on an IPv4-only one; `mtu` is
     what pods get: the smaller of the devices' MTUs."""
     __slots__ = ("subnet", "gateway", "device", "mtu", "vtep_mac", "public_ip", "network", "node_name",
-                 "changes", "revision", "subnet6", "gateway6", "device6", "mtu6", "public_ip6", "network6")
+                 "changes", "revision", "subnet6", "gateway6", "device6", "mtu6", "public_ip6", "network6",
+                 "bridge")
 
     def __init__(self, subnet: ipaddress.IPv4Network | None, gateway: ipaddress.IPv4Address | None,
                  device: str | None, mtu: int, vtep_mac: str, public_ip: ipaddress.IPv4Address | None,
@@ -60,6 +61,8 @@ class NodeInfo:
         self.revision = revision                         # registry revision the peers were reconciled to
         self.subnet6, self.gateway6, self.device6, self.mtu6 = subnet6, gateway6, device6, mtu6
         self.public_ip6, self.network6 = public_ip6, network6
+        self.bridge: tuple | None = None                 # (bridge link, its addresses) as the reconcile
+        #                                                  read them under the node lock (pod.ensure_bridge)
 
     def with_changes(self, changes: int, revision: int) -> NodeInfo:
         return NodeInfo(self.subnet, self.gateway, self.device, self.mtu, self.vtep_mac, self.public_ip,
@@ -92,17 +95,21 @@ def ensure_node(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None = No
     With an etcd registry (agent_owned) the node is vxlan-agent's: this reads its state file, checks
     the device and the bridge only (nothing grows with the number of peers) and never opens etcd;
     CNIError(11) when no live agent wrote that file."""
-    if agent_owned(cfg) or _agent_alive(cfg):
+    if agent_owned(cfg):
         return _from_agent(cfg, hold)
+    alive = _agent_alive(cfg)
+    if alive is not None:
+        return _from_agent(cfg, hold, alive)
     return ensure_applied(cfg, hold).info
 
 
-def _agent_alive(cfg: NetConf) -> bool:
+def _agent_alive(cfg: NetConf) -> dict | None:
     """File registry: a live vxlan-agent of this node keeps the lease and the peers, so ADD reads its
-    state as with etcd (its cost does not grow with the cluster); without one ADD joins and reconciles."""
+    state as with etcd (its cost does not grow with the cluster); without one ADD joins and reconciles.
+    The agent's state when it is live (read once: _from_agent takes it), else None."""
     from . import lease
     doc, _ = lease.agent_state(cfg.state_dir)
-    return doc is not None and doc.get("node") == cfg.node_name and doc.get("registry") == "up"
+    return doc if doc is not None and doc.get("node") == cfg.node_name and doc.get("registry") == "up" else None
 
 
 def _live_agent(cfg: NetConf) -> dict:
@@ -120,12 +127,13 @@ def _live_agent(cfg: NetConf) -> dict:
     return doc
 
 
-def _from_agent(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None) -> NodeInfo:
-    """ADD with an agent-owned overlay: the agent's lease, the device as it left it, the bridge."""
+def _from_agent(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None, doc: dict | None = None) -> NodeInfo:
+    """ADD with an agent-owned overlay: the agent's lease, the device as it left it, the bridge.
+    `doc`: the agent's state as _agent_alive read it (else read here)."""
     from libcni_py.errors import TRY_AGAIN_LATER
     from plugins.pkg.rtnl import Rtnl
-    from . import lease
-    doc = _live_agent(cfg)
+    from . import lease, pod
+    doc = _live_agent(cfg) if doc is None else doc
     mine = lease.agent_lease(doc)
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         found = {}
@@ -139,10 +147,11 @@ def _from_agent(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None) -> 
                                "vxlan-agent repairs it on its next resync; if it keeps failing, see its log")
             found[name] = link
         _lease_families(cfg, mine)
-        _vet_bridge(rt, cfg)
-        repair_bridge(rt, cfg, mine.subnet, mine.subnet6)
+        bridge = pod.bridge_found(rt, _vet_bridge(rt, cfg))       # one lookup and one dump for the ADD
+        repaired = repair_bridge(rt, cfg, mine.subnet, mine.subnet6, found=bridge)
         info = _info(cfg, mine, found.get(cfg.device_name), 0, int(doc.get("revision", 0)),
                      found.get(cfg.device6_name))
+        info.bridge = None if repaired else bridge
         if hold is not None:
             hold(rt, info)
     return info
@@ -203,7 +212,7 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
     link that is not ours (107, 113), this node holding a lease under another name (117), a new
     subnet while pods use the old one (117, vetted inside the registry update)."""
     from plugins.pkg.rtnl import Rtnl
-    from . import device, lease, peers
+    from . import device, lease, peers, pod
     reg = _registry(cfg) if reg is None else reg
     with locked(os.path.join(cfg.state_dir, "node.lock")), Rtnl() as rt:
         v4, v6 = cfg.network is not None, cfg.network6 is not None
@@ -214,14 +223,14 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
                           lambda: lease.expected_mac(reg, cfg)) if v4 else None
         have6 = device.vet(rt, cfg.device6_name, mark, cfg.vni, cfg.port, underlay6,
                            lambda: lease.expected_mac(reg, cfg)) if v6 else None
-        _vet_bridge(rt, cfg)
+        bridge = pod.bridge_found(rt, _vet_bridge(rt, cfg))       # one lookup and one dump for the ADD
         mac_now = next((d.mac for d in (have, have6) if d is not None), "")
         mine, snap = lease.acquire(reg, cfg, underlay.public_ip if underlay is not None else None,
-                                   vet=lambda new: _bridge_problem(rt, cfg, new.subnet, new.subnet6),
+                                   vet=lambda new: _bridge_problem(rt, cfg, new.subnet, new.subnet6, bridge),
                                    device_mac=mac_now,
                                    public_ip6=underlay6.public_ip if underlay6 is not None else None)
         # before peers: an old gateway's route is in a peer's place
-        repair_bridge(rt, cfg, mine.subnet, mine.subnet6)
+        repaired = repair_bridge(rt, cfg, mine.subnet, mine.subnet6, found=bridge)
         link = link6 = None
         wanted: list = []
         wanted6: list = []
@@ -237,6 +246,7 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
             stats.append(peers.reconcile(rt, link6.index, cfg.cluster6, wanted6))
         total = _Stats(*stats)
         info = _info(cfg, mine, link, total.changes, snap.revision, link6)
+        info.bridge = None if repaired else bridge
         if hold is not None:
             hold(rt, info)
     _log_changes(cfg, total, snap.revision)
@@ -244,14 +254,16 @@ def ensure_applied(cfg: NetConf, hold: Callable[[Rtnl, NodeInfo], None] | None =
                    snap.network, underlay6, link6.index if link6 is not None else 0, tuple(wanted6))
 
 
-def _vet_bridge(rt: Rtnl, cfg: NetConf) -> None:
+def _vet_bridge(rt: Rtnl, cfg: NetConf):
     """CNIError(113) when `bridge` names a link that is not a bridge (the uplink, a veth, our own
-    vxlan device): refused before anything is changed, and that link is never touched."""
+    vxlan device): refused before anything is changed, and that link is never touched. Returns
+    the bridge's link (None: there is none yet)."""
     from .errors import BRIDGE_CONFLICT
     br = rt.link(cfg.bridge)
     if br is not None and br.kind != "bridge":
         raise CNIError(BRIDGE_CONFLICT, f"bridge {cfg.bridge!r} names a {br.kind or 'device'} link "
                        f"(index {br.index}), not a bridge: left as it is", errors.BRIDGE_CONFLICT.fix)
+    return br
 
 
 def follow_change(cfg: NetConf, applied: Applied, snap, reg: Registry | None = None) -> Applied:
@@ -410,17 +422,19 @@ def pod_gateways(rt: Rtnl, cfg: NetConf):
     return _stale(rt, cfg, None, None, keep_unset=True)
 
 
-def _stale(rt: Rtnl, cfg: NetConf, subnet, subnet6, keep_unset: bool = False):
+def _stale(rt: Rtnl, cfg: NetConf, subnet, subnet6, keep_unset: bool = False, found: tuple | None = None):
     """(bridge, its addresses inside the cluster networks other than the gateways of `subnet` and
-    `subnet6`); with keep_unset every address inside them."""
+    `subnet6`); with keep_unset every address inside them. `found`: pod.bridge_found's (bridge,
+    addresses), read by the caller; else read here (one lookup, one dump)."""
     from . import pod
-    br, out = rt.link(cfg.bridge), []
+    if found is None:
+        found = pod.bridge_found(rt, rt.link(cfg.bridge))
+    out: list = []
     for net, sub in ((cfg.network, subnet), (cfg.network6, subnet6)):
         if net is None or (sub is None and not keep_unset):
             continue
-        br, found = pod.stale_gateways(rt, cfg.bridge, net, _gateway(sub) if sub is not None else None)
-        out += found
-    return br, out
+        out += pod.stale_gateways(rt, cfg.bridge, net, _gateway(sub) if sub is not None else None, found)[1]
+    return found[0], out
 
 
 def _gateway(subnet):
@@ -443,10 +457,10 @@ def attached(rt: Rtnl, cfg: NetConf, bridge_index: int | None = None) -> list[st
 
 
 def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network | None,
-                    subnet6: ipaddress.IPv6Network | None = None) -> list:
+                    subnet6: ipaddress.IPv6Network | None = None, found: tuple | None = None) -> list:
     """The stale gateway addresses on the bridge (and the bridge) when no pod uses them;
     CNIError(117) when pods still do."""
-    br, stale = _stale(rt, cfg, subnet, subnet6)
+    br, stale = _stale(rt, cfg, subnet, subnet6, found=found)
     if br is None or not stale:
         return []
     users = attached(rt, cfg, br.index)
@@ -460,15 +474,15 @@ def _bridge_problem(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network | None
 
 
 def repair_bridge(rt: Rtnl, cfg: NetConf, subnet: ipaddress.IPv4Network | None,
-                  subnet6: ipaddress.IPv6Network | None = None) -> bool:
+                  subnet6: ipaddress.IPv6Network | None = None, found: tuple | None = None) -> bool:
     """A bridge holding the gateway of an earlier subnet of this node is re-addressed when no pod
     uses it (the next ensure_bridge adds the new gateway); CNIError(117) naming the pods when
-    some do. True when something was removed."""
+    some do. True when something was removed. `found`: pod.bridge_found's, read by the caller."""
     from . import pod
-    found = _bridge_problem(rt, cfg, subnet, subnet6)
-    if not found:
+    problem = _bridge_problem(rt, cfg, subnet, subnet6, found)
+    if not problem:
         return False
-    br, stale = found
+    br, stale = problem
     log.warning("node %s: subnet is now %s; removing %s from %s (no pod uses it)",
                 cfg.node_name, " and ".join(str(s) for s in (subnet, subnet6) if s), ", ".join(map(str, stale)),
                 cfg.bridge)

@@ -117,26 +117,32 @@ def pod_ips(net: PodNet, ips: list[IPConfig]) -> list[IPConfig]:
     return out
 
 
-def ensure_bridge(rt: Rtnl, net: PodNet) -> Link:
+def ensure_bridge(rt: Rtnl, net: PodNet, found: tuple | None = None) -> Link:
     """The bridge, up, holding the gateway of each family (IPv6: nodad); forwarding on in this
-    namespace for each family."""
+    namespace for each family. `found`: (the bridge's link, its addresses) as the node's
+    reconcile read them under the node lock (NodeInfo.bridge): an up bridge there is not looked
+    up and its addresses not dumped again, and a gateway it holds is not added again."""
     import socket
     from plugins.pkg import link, rtnl as nl
-    try:
-        br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
-    except ValueError as e:
-        raise CNIError(BRIDGE_CONFLICT, str(e)) from None
-    have_addrs = rt.addrs(br.index, socket.AF_UNSPEC)
+    if found is not None and found[0] is not None and found[0].kind == "bridge" and found[0].up:
+        br, have_addrs = found
+    else:
+        try:
+            br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
+        except ValueError as e:
+            raise CNIError(BRIDGE_CONFLICT, str(e)) from None
+        have_addrs = [a.address for a in rt.addrs(br.index, socket.AF_UNSPEC)]
     for gw in net.gateways():
         cluster = ipaddress.ip_network(net.network6 if gw.version == 6 else net.network)
         for have in have_addrs:
-            if have.address != gw and have.address.version == gw.version and have.address.ip in cluster:
+            if have != gw and have.version == gw.version and have.ip in cluster:
                 raise CNIError(BRIDGE_CONFLICT,
-                               f"{net.bridge} already has an IP address {have.address} different from {gw}",
+                               f"{net.bridge} already has an IP address {have} different from {gw}",
                                "the node's subnet changed; delete the bridge once its pods are gone")
-        err = rt.batch([nl.addr_msg(True, br.index, gw, flags=IFA_F_NODAD if gw.version == 6 else 0)])[0]
-        if err and err != errno.EEXIST:
-            raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
+        if gw not in have_addrs:
+            err = rt.batch([nl.addr_msg(True, br.index, gw, flags=IFA_F_NODAD if gw.version == 6 else 0)])[0]
+            if err and err != errno.EEXIST:
+                raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
         _enable_forwarding(gw.version)
     return br
 
@@ -235,15 +241,30 @@ def bridge_ports(rt: Rtnl, bridge_index: int) -> list[str]:
     return sorted(out)
 
 
-def stale_gateways(rt: Rtnl, bridge: str, network, keep) -> tuple[Link | None, list]:
+def stale_gateways(rt: Rtnl, bridge: str, network, keep, found: tuple | None = None) -> tuple[Link | None, list]:
     """The bridge and its addresses inside the cluster network (IPv4 or IPv6) other than `keep`
-    (the gateway of this node's subnet): what an earlier subnet of this node left."""
+    (the gateway of this node's subnet): what an earlier subnet of this node left. `found`:
+    (the bridge's link or None, its addresses of both families) when already read (bridge_found)."""
     import socket
-    br = rt.link(bridge)
+    if found is None:
+        br = rt.link(bridge)
+        if br is None or br.kind != "bridge":
+            return br, []
+        family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+        have = [a.address for a in rt.addrs(br.index, family)]
+    else:
+        br, have = found
+        if br is None or br.kind != "bridge":
+            return br, []
+    return br, [a for a in have if a.version == network.version and a != keep and a.ip in network]
+
+
+def bridge_found(rt: Rtnl, br: Link | None) -> tuple[Link | None, list]:
+    """(`br`, its addresses of both families: one dump) for stale_gateways and ensure_bridge."""
+    import socket
     if br is None or br.kind != "bridge":
         return br, []
-    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
-    return br, [a.address for a in rt.addrs(br.index, family) if a.address != keep and a.address.ip in network]
+    return br, [a.address for a in rt.addrs(br.index, socket.AF_UNSPEC)]
 
 
 def remove_addresses(rt: Rtnl, br: Link, addrs: list[ipaddress.IPv4Interface]) -> None:
