@@ -79,8 +79,8 @@ class Node:
         return (json.loads(got["out"]) if got["out"].strip() else {}), got["execs"]
 
     def requests(self, verb: str, cid: str, pod, conf: dict, trace: str) -> tuple[dict, list[tuple[int, bytes]]]:
-        """A vxlan verb as run(), under strace: (its result, (type, body) of each rtnetlink message
-        the plugin process sent during skel.run)."""
+        """A vxlan verb as run(), under strace: (its result, (type, body) of each netlink message
+        the plugin process sent during skel.run: rtnetlink, netfilter's)."""
         env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
                    CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off")
         p = subprocess.run(["strace", "-f", "-qq", "-xx", "-s", "4096", "-e", "trace=sendto,sendmsg,write",
@@ -269,3 +269,31 @@ def test_vxlan_add_with_a_live_agent_looks_the_bridge_up_once(node, netns, tmp_p
             node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": res})
     finally:
         agent.stop()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_vxlan_del_asks_netfilter_nothing_when_the_record_says_no_masq(node, netns, tmp_path):
+    """ADD records ipMasq in the attachment record: a DEL whose record says false looks for no masq
+    chain (no netfilter dump); a record without the key (an older release's) or none at all, and
+    ipMasq true, keep the look (test_vxlan_del_reads_iptables_only_when_the_pod_has_masq_rules)."""
+    getchain = "0xa04"                                  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETCHAIN
+    vx = node.vxlan()
+    pods = {cid: netns("pwm") for cid in ("pm1", "pm2")}
+    results = {cid: node.run("vxlan", "ADD", cid, pod, vx)[0] for cid, pod in pods.items()}
+    _, sent = node.requests("DEL", "pm1", pods["pm1"], {**vx, "prevResult": results["pm1"]},
+                            str(tmp_path / "del1.strace"))
+    assert not [k for k, _ in sent if k == getchain], sent
+    records = os.path.join(vx["stateDir"], "attachments")
+    (path,) = [os.path.join(records, f) for f in os.listdir(records) if f.endswith(".json")]
+    with open(path) as f:
+        rec = json.load(f)
+    assert rec["ipMasq"] is False and rec["containerID"] == "pm2"
+    del rec["ipMasq"]
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    _, sent = node.requests("DEL", "pm2", pods["pm2"], {**vx, "prevResult": results["pm2"]},
+                            str(tmp_path / "del2.strace"))
+    assert [k for k, _ in sent if k == getchain], sent
+    assert not os.listdir(records)
+    _, sent = node.requests("DEL", "pm2", pods["pm2"], vx, str(tmp_path / "del3.strace"))     # no record
+    assert [k for k, _ in sent if k == getchain], sent

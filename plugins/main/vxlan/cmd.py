@@ -3,7 +3,8 @@
 ADD    ensure the node (lease, device, peers: one reconcile) -> IPAM -> bridge + veth -> masq
 CHECK  pycni-doctor's policy-route-steals-replies, overlay-drift, rp-filter-forwarding (imported in
        CHECK only), the node's device and peer entries, IPAM, the pod's interface, addresses, routes, masq
-DEL    masq rules, veth, IPAM allocation; idempotent, fine when the netns is gone
+DEL    masq rules (none looked for when the attachment record says ADD wrote none), veth, IPAM
+       allocation; idempotent, fine when the netns is gone
 GC     the same for every attachment of this network the runtime no longer lists
 STATUS the registry can be read (code 50 otherwise)
 A failed ADD undoes what it did, in reverse.
@@ -79,8 +80,8 @@ def cmd_add(args: CmdArgs) -> Result:
             """Under the node lock: refuse an attachment that exists, record ours (leave sees it)."""
             _refuse_existing(rt, n, cid, ifname, veth)
             claimed["ipam"] = _ipam_conf(n, node)
-            ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname,
-                                                  "netns": args.netns, "ipam": claimed["ipam"]})
+            ipam.write_record(n.state_dir, veth, {"containerID": cid, "ifname": ifname, "netns": args.netns,
+                                                  "ipam": claimed["ipam"], "ipMasq": n.ip_masq})
             undo.callback(_quietly, ipam.remove_record, n.state_dir, veth)
         node = overlay.ensure_node(n, hold=claim)
         net = _pod_net(n, node)
@@ -188,10 +189,12 @@ def cmd_del(args: CmdArgs) -> None:
         log.info("DEL %s/%r: an ADD refuses this ifname, so nothing of it exists", cid, ifname)
         return
     veth = host_veth(cid, ifname)
-    _masq_teardown(n, cid, ifname)
+    rec = ipam.read_record(n.state_dir, veth)
+    if rec is None or rec.get("ipMasq") is not False:
+        _masq_teardown(n, cid, ifname)  # ADD may have written masq rules (no record, or one from before the key)
     with pod_links() as ipr:
         pod.detach(ipr, veth)
-    _release(n, veth)
+    _release(n, veth, rec=rec)
     ipam.clean_stale(n.state_dir)      # an ADD killed while writing a record left its temp file
 
 
@@ -279,11 +282,15 @@ def _masq_teardown(n: NetConf, cid: str, ifname: str) -> None:
                 raise
 
 
-def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "") -> None:
+_UNREAD: dict = {}
+
+
+def _release(n: NetConf, veth: str, cid: str = "", ifname: str = "", rec: dict | None = _UNREAD) -> None:
     """IPAM DEL with the config recorded at ADD (or one that releases by ID), then the record.
     Without a record (written before IPAM ADD) and without the IPAM plugin there is nothing of ours
-    to release."""
-    rec = ipam.read_record(n.state_dir, veth)
+    to release. `rec`: the record as the caller read it (DEL), else read here."""
+    if rec is _UNREAD:
+        rec = ipam.read_record(n.state_dir, veth)
     conf_ipam = rec["ipam"] if rec and isinstance(rec.get("ipam"), dict) else _fallback_ipam(n)
     if config.self_delegation(conf_ipam.get("type"), os.environ.get("CNI_PATH", "")):
         log.info("DEL: ipam.type %r would run us again; ADD refuses it, so it allocated nothing",
