@@ -18,8 +18,9 @@
    code too, interleaved.
 4. `--pods`: dp-steering ADD and DEL of one pod with N pods already on its vbr/vth pair (N = 1, 30,
    100; tap + failOpen, no dp), in-process as pycni-node's worker runs it: the files it opens under
-   stateDir (other pods' records among them), the filters in vbr's dump, the fsyncs (counts that do
-   not depend on the load) and the median wall ms; with `--before DIR`, that checkout's code too.
+   stateDir (other pods' records among them), what it asks the kernel of vbr's filters, the fsyncs
+   (counts that do not depend on the load) and the median wall ms; with `--before DIR`, that
+   checkout's code too.
 Everything happens in scratch namespaces that are removed at the end.
 """
 from __future__ import annotations
@@ -473,11 +474,13 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
 # Each other pod is a veth (its peer in the host netns) steered by an in-process ADD; the timed pod is
 # ADDed and DELed `rounds` times in the worker's fork. Counted in the fork: every file opened under
 # stateDir (os.open: libcni_py.records reads and writes through it), those under stateDir/pods that are
-# not the timed pod's own (other pods' records), the filter entries tc.filters parsed, the fsyncs.
+# not the timed pod's own (other pods' records), the filter entries tc.filters parsed and the priorities
+# tc.pref_taken asked about (vbr's filters: for priorities a filter not ours holds), the fsyncs.
 
 PAIR_PODS = (1, 30, 100)
-PODS_ROWS = ("files opened under stateDir", "of them other pods' records", "fsync", "filters parsed (tc.filters)",
-             "ms in tc.filters (loaded machine)")
+PODS_ROWS = ("files opened under stateDir", "of them other pods' records", "fsync",
+             "filters parsed (tc.filters dumps)", "priorities asked of the kernel (tc.pref_taken)",
+             "ms asking the kernel for vbr's filters (loaded machine)")
 
 
 def _veth_pod(host, netns, k: int) -> tuple:
@@ -509,14 +512,23 @@ def _count_state(counts, state_dir: str, own: str) -> None:
     def c_filters(rt, index, *a, **k):
         t = time.perf_counter()
         got = filters(rt, index, *a, **k)
-        counts["ms in tc.filters (loaded machine)"] += (time.perf_counter() - t) * 1000
-        counts["filters parsed (tc.filters)"] += len(got)
+        counts["ms asking the kernel for vbr's filters (loaded machine)"] += (time.perf_counter() - t) * 1000
+        counts["filters parsed (tc.filters dumps)"] += len(got)
         return got
 
     def c_fsync(fd):
         counts["fsync"] += 1
         fsync(fd)
     os.open, tc.filters, os.fsync = c_open, c_filters, c_fsync
+    taken = getattr(tc, "pref_taken", None)           # not in the code before it
+    if taken is not None:
+        def c_taken(rt, index, pref, *a, **k):
+            t = time.perf_counter()
+            got = taken(rt, index, pref, *a, **k)
+            counts["ms asking the kernel for vbr's filters (loaded machine)"] += (time.perf_counter() - t) * 1000
+            counts["priorities asked of the kernel (tc.pref_taken)"] += 1
+            return got
+        tc.pref_taken = c_taken
 
 
 def _pods_run(env: dict, stdin: bytes, runtime_ns: str, state_dir: str, own: str) -> list:

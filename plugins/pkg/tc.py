@@ -86,6 +86,19 @@ def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS) -> list[Filter]:
     return out
 
 
+def pref_taken(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> bool:
+    """Does a filter (any chain, kind, protocol) on link `index` have priority `pref`? The dump
+    asks for that priority only (the kernel skips the others): its size does not grow with the
+    filters the link has."""
+    try:
+        msgs = rt.dump(RTM_GETTFILTER, _tcm(index, 0, parent, pref << 16))
+    except nl.NetlinkError as e:
+        if e.errno in _GONE:
+            return False
+        raise
+    return any(_TCM.unpack_from(p)[1] == index and _TCM.unpack_from(p)[4] >> 16 == pref for _, p in msgs)
+
+
 def add_bpf_filter(rt: nl.Rtnl, index: int, pref: int, protocol: int, prog_fd: int, name: str,
                    parent: int = INGRESS, classid: int = 1) -> None:
     """Attach a loaded SCHED_CLS program as a direct-action cls_bpf filter

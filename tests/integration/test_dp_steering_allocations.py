@@ -289,3 +289,21 @@ def test_no_ucmac_or_priority_collision_across_add_del_gc_and_kills(netns, tmp_p
     for pod, prev in ((a, pa), (f, pf), (g, pg), (h, ph), (i, pi)):
         ok(w, "DEL", pod, prev)
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_a_filter_not_ours_on_vbr_keeps_its_priority(netns, tmp_path):
+    """A filter someone else put on vbr at the priority the next pod would take (the one after the
+    first pod's: every vin wants BASE) is stepped around: the kernel is asked for that priority."""
+    w = World(netns, tmp_path)
+    (a, pa), (b, pb) = made_pod(w, netns, "f0", 0), made_pod(w, netns, "f1", 1)
+    ok(w, "ADD", a, pa)
+    assert w.record(a)["vin_pref"] == BASE
+    w.enf.run("tc", "filter", "add", "dev", "vbr", "ingress", "pref", str(BASE + 1), "protocol", "all",
+              "u32", "match", "u32", "0", "0", "classid", "1:1")
+    ok(w, "ADD", b, pb)
+    assert w.record(b)["vin_pref"] == BASE + 2, w.record(b)
+    assert_no_collision([entry_of(w.record(a)), entry_of(w.record(b))])
+    assert BASE + 1 in vbr_prefs(w)
+    for pod, prev in ((a, pa), (b, pb)):
+        ok(w, "DEL", pod, prev)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
