@@ -65,13 +65,15 @@ def acquire(rt, pod: state.Pod, state_dir: str, mtu: int, allocate) -> bool:
         raise
 
 
-def release(rt, pod: state.Pod, state_dir: str, keys: list[str] | None = None, deleted: bool = False) -> bool:
-    """Forget the pod as a user; delete the pair when no user that still exists is left.
-    True if deleted. `keys`: those users, when the caller read them already; `deleted`: the
-    caller deleted the pair already (with the pod's port, triad.restore's `also`)."""
+def release(rt, pod: state.Pod, state_dir: str, keys: list[str] | None = None, deleted: bool = False,
+            allocations: dict | None = None) -> bool:
+    """Forget the pod as a user (and its allocations entry); delete the pair when no user that
+    still exists is left. True if deleted. `keys`: those users, when the caller read them
+    already (`allocations`: the record's, read with them); `deleted`: the caller deleted the
+    pair already (with the pod's port, triad.restore's `also`)."""
     if keys is None:
         keys = state.live_users(state_dir, pod.enforcer, pod.vbr, pod.key)
-    state.set_users(state_dir, pod.enforcer, pod.vbr, keys)
+    state.set_users(state_dir, pod.enforcer, pod.vbr, keys, allocations)
     if keys:
         return False
     return deleted or drop_pair(rt, pod.vbr, pod.vth)

@@ -279,15 +279,17 @@ def live_users(state_dir: str, enforcer: str, vbr: str, leaving: str = "") -> li
     return [k for k in users(state_dir, enforcer, vbr) if k != leaving and attached(state_dir, k)]
 
 
-def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> list[str]:
-    """The pair's users without `leaving`, for its DEL: [] when none of them exists any more (the
-    pair goes), else those from the first that exists on (one record read, not one per pod of
-    the node: the users it does not read stay listed until GC, drop_dead_users, looks)."""
-    keys = [k for k in users(state_dir, enforcer, vbr) if k != leaving]
+def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> tuple[list[str], dict]:
+    """The pair's users without `leaving`, for its DEL, and the record's allocations (for
+    set_users, not read again): [] when none of them exists any more (the pair goes), else those
+    from the first that exists on (one record read, not one per pod of the node: the users it
+    does not read stay listed until GC, drop_dead_users, looks)."""
+    keys, allocations = pair(state_dir, enforcer, vbr)
+    keys = [k for k in keys if k != leaving]
     for i, key in enumerate(keys):
         if attached(state_dir, key):
-            return keys[i:]
-    return []
+            return keys[i:], allocations
+    return [], allocations
 
 
 def all_shared(state_dir: str) -> list[tuple[str, str, list[str], dict]]:

@@ -217,7 +217,8 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
         try:
             with link.open_rtnl(pod.enforcer) as rt:
                 # the pair's other users, once: with none left the pair goes in vin's deletion
-                others = state.staying_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps else None
+                others, entries = (state.staying_users(state_dir, pod.enforcer, pod.vbr, pod.key) if "pair" in steps
+                                   else (None, None))
                 last = "pull" in steps and others == [] and enforcer.is_pair(rt, pod.vbr, pod.vth)
                 if "rules" in steps:
                     # only the filters no deletion or move below takes with its device: vin is
@@ -232,7 +233,8 @@ def disengage(pod: state.Pod, state_dir: str) -> None:
                         if last and link.find(rt, pod.vbr) is None:
                             _stop_reading(pod)     # the pair went before the pod's port failed to
                         raise
-                if others is not None and enforcer.release(rt, pod, state_dir, others, deleted=last):
+                if others is not None and enforcer.release(rt, pod, state_dir, others, deleted=last,
+                                                           allocations=entries):
                     _stop_reading(pod)
         except OSError as e:
             raise CNIError(errors.PULL_FAILED, f"cannot put {pod.ifname} of {pod.key} back", str(e)) from None
