@@ -231,13 +231,29 @@ def _instrument(counts, execs) -> None:
     def c_batch(self, msgs):
         counts["netlink round trips"] += (len(msgs) + R.CHUNK - 1) // R.CHUNK
         counts["netlink messages sent"] += len(msgs)
-        return batch(self, msgs)
+        t = time.perf_counter()
+        try:
+            return batch(self, msgs)
+        finally:       # a netns move or a link deletion waits for RCU (>= ~10 ms); the rest < 1 ms
+            counts["netlink requests waiting >= 5 ms (RCU: the floor)"] += time.perf_counter() - t >= 0.005
 
     def c_get(self, kind, body):
         counts["netlink round trips"] += 1
         counts["netlink gets (one link)"] += 1
         return get(self, kind, body)
     R.__init__, R.dump, R.batch, R.get = c_init, c_dump, c_batch, c_get
+    from libcni_py import records
+    from plugins.meta.dp_steering import bpfasm
+    load, write = bpfasm.load_sched_cls, records.write
+
+    def c_load(*a, **k):
+        counts["bpf(2) program loads"] += 1
+        return load(*a, **k)
+
+    def c_write(*a, **k):
+        counts["records written"] += 1
+        return write(*a, **k)
+    bpfasm.load_sched_cls, records.write = c_load, c_write
     setns = ns._setns
 
     def c_setns(fd, nstype=ns.CLONE_NEWNET):
