@@ -7,7 +7,9 @@
     <stateDir>/shared/<hash>.json           one vbr/vth pair in one enforcer netns: its users and,
                                             per user, the UCMAC and vbr priorities it took
                                             ("allocations"), so an ADD reads this one file, not
-                                            every pod's record, to find what is free
+                                            every pod's record, to find what is free (one line
+                                            of JSON: it grows with the pods, and is written by
+                                            every ADD and DEL)
 
 The journal is written before each step of ADD that changes the kernel (`steps` names the
 step about to be done, and every one before it), so DEL and GC can undo any prefix of an ADD
@@ -119,9 +121,16 @@ def _pod_path(state_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(state_dir, "pods", container_id, ifname + ".json")
 
 
-def _write(path: str, data: dict, sync: bool = True) -> None:
+def _write(path: str, data: dict, sync: bool = True, compact: bool = False) -> None:
+    """`compact`: one line of JSON (json's C encoder; records.dumps indents, which is json's Python
+    encoder: ~2 ms for a pair record of 100 users with their allocations, 0.4 ms compact)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    records.write(path, data, sync=sync)
+    if compact:
+        import json
+        text = json.dumps(data, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n"
+        records.write(path, None, text=text, sync=sync)
+    else:
+        records.write(path, data, sync=sync)
 
 
 def _read(path: str, what: str):
@@ -260,7 +269,7 @@ def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str], allocati
             allocations = {}
     keys = sorted(set(keys))
     kept = {k: allocations[k] for k in keys if allocation(allocations.get(k)) is not None}
-    _write(path, {"enforcer": enforcer, "vbr": vbr, "users": keys, "allocations": kept})
+    _write(path, {"enforcer": enforcer, "vbr": vbr, "users": keys, "allocations": kept}, compact=True)
 
 
 def attached(state_dir: str, key: str) -> bool:
