@@ -100,3 +100,62 @@ def test_del_gives_the_interface_back_as_it_was_and_leaves_the_pair_its_other_po
     assert w.enforcer_links() == ["lo"]
     status, out, _ = w.plugin("DEL", second, second.added.encode())     # idempotent
     assert status == 0, out
+
+
+def _journal_writes(w, pod, **overrides) -> list:
+    """ADD run in-process in a fork (as pycni-node's worker runs it): the (phase, steps) of every
+    write of the pod's journal/record, in order, and the exit status."""
+    import io
+    import json
+    import os
+
+    from libcni_py import records, skel
+    from plugins.meta.dp_steering.cmd import PLUGIN
+    from plugins.pkg import ns
+    conf = {"cniVersion": w.version, "name": "dpnet", **w.steer, **overrides, "prevResult": pod.added.encode()}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.ns.path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                          # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(r)
+            got = []
+            write = records.write
+
+            def counted(path, obj, *a, **k):
+                if os.sep + "pods" + os.sep in path:
+                    got.append([obj.get("phase"), list(obj.get("steps") or [])])     # as written
+                return write(path, obj, *a, **k)
+            records.write = counted
+            with ns.enter(w.host.path):
+                status = skel.run(PLUGIN, env, io.BytesIO(json.dumps(conf).encode()), io.StringIO(), io.StringIO())
+            os.write(wfd, json.dumps([status, got]).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    status, got = json.loads(data)
+    assert status == 0
+    return got
+
+
+def test_a_tap_add_without_dp_socket_journals_no_dp_step_of_its_own(netns, tmp_path):
+    w = World(netns, tmp_path, mode="tap", failOpen=True)
+    tap, inline = w.add("c1", steer=False), w.add("c2", steer=False)
+    assert _journal_writes(w, tap) == [["adding", ["pull"]], ["adding", ["pull", "pair"]],
+                                       ["adding", ["pull", "pair", "dp", "rules"]],
+                                       ["done", ["pull", "pair", "dp", "rules"]]]
+    assert w.record(tap)["installed"] == "tap"
+    # inline (no dp here: awaited dpWaitMs unlocked, then tap by failOpen): the wait is journaled
+    assert _journal_writes(w, inline, mode="inline", dpWaitMs=50) == [
+        ["adding", ["pull"]], ["adding", ["pull", "pair"]], ["adding", ["pull", "pair", "dp"]],
+        ["adding", ["pull", "pair", "dp", "rules"]], ["done", ["pull", "pair", "dp", "rules"]]]
+    for pod in (tap, inline):
+        status, out, _ = w.plugin("DEL", pod, pod.added.encode())
+        assert status == 0, out
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []

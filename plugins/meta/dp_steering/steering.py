@@ -87,7 +87,8 @@ def begin(pod: state.Pod, step: str, note) -> None:
 def prepare(pod: state.Pod, state_dir: str, note) -> None:
     """What ADD does under the state lock: pull the pod's port (its snapshot journaled first),
     count it as a user of the pair (made if needed), take a UCMAC and vbr priorities, and
-    journal the dp registration about to be done. Raises with `pod.steps` naming what is
+    journal the dp registration about to be done (a tap pod without dpSocket has none to
+    journal: one record write fewer). Raises with `pod.steps` naming what is
     left to undo (disengage)."""
     def before_pull(snap):
         pod.mac, pod.snap = snap.mac, triad.snapshot_record(snap)
@@ -118,7 +119,10 @@ def prepare(pod: state.Pod, state_dir: str, note) -> None:
         except OSError as e:
             pod.steps.remove("pair")   # acquire left nothing
             raise CNIError(errors.RULES_FAILED, f"cannot set up {pod.vbr}/{pod.vth}", str(e)) from None
-    begin(pod, "dp", note)
+    if pod.dp_socket or pod.mode != "tap":
+        begin(pod, "dp", note)     # the dp is told, or awaited (unlocked, up to dpWaitMs)
+    elif "dp" not in pod.steps:    # tap with no dpSocket: settle tells and awaits no one, so there
+        pod.steps.append("dp")     # is nothing to journal before it; finish's "rules" write has it
 
 
 def settle(pod: state.Pod, mode: str) -> str:
