@@ -496,7 +496,7 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
 PAIR_PODS = (1, 30, 100)
 PODS_ROWS = ("files opened under stateDir", "of them other pods' records", "fsync",
              "filters parsed (tc.filters dumps)", "priorities asked of the kernel (tc.pref_taken)",
-             "ms asking the kernel for vbr's filters (loaded machine)")
+             "ms asking the kernel for vbr's filters (first round, loaded)", "netlink dump answers (messages)")
 
 
 def _veth_pod(host, netns, k: int) -> tuple:
@@ -528,7 +528,7 @@ def _count_state(counts, state_dir: str, own: str) -> None:
     def c_filters(rt, index, *a, **k):
         t = time.perf_counter()
         got = filters(rt, index, *a, **k)
-        counts["ms asking the kernel for vbr's filters (loaded machine)"] += (time.perf_counter() - t) * 1000
+        counts["ms asking the kernel for vbr's filters (first round, loaded)"] += (time.perf_counter() - t) * 1000
         counts["filters parsed (tc.filters dumps)"] += len(got)
         return got
 
@@ -536,12 +536,20 @@ def _count_state(counts, state_dir: str, own: str) -> None:
         counts["fsync"] += 1
         fsync(fd)
     os.open, tc.filters, os.fsync = c_open, c_filters, c_fsync
+    from plugins.pkg import rtnl
+    dump = rtnl.Rtnl.dump
+
+    def c_dump(self, kind, body, *a, **k):
+        got = dump(self, kind, body, *a, **k)
+        counts["netlink dump answers (messages)"] += len(got)
+        return got
+    rtnl.Rtnl.dump = c_dump
     taken = getattr(tc, "pref_taken", None)           # not in the code before it
     if taken is not None:
         def c_taken(rt, index, pref, *a, **k):
             t = time.perf_counter()
             got = taken(rt, index, pref, *a, **k)
-            counts["ms asking the kernel for vbr's filters (loaded machine)"] += (time.perf_counter() - t) * 1000
+            counts["ms asking the kernel for vbr's filters (first round, loaded)"] += (time.perf_counter() - t) * 1000
             counts["priorities asked of the kernel (tc.pref_taken)"] += 1
             return got
         tc.pref_taken = c_taken
@@ -567,13 +575,15 @@ def _pods_run(env: dict, stdin: bytes, runtime_ns: str, state_dir: str, own: str
             os.environ.update(env)
             from libcni_py import skel
             from plugins.meta.dp_steering.cmd import PLUGIN
+            import resource
             out, err = io.StringIO(), io.StringIO()
-            t = time.perf_counter()
+            t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
-            ms = (time.perf_counter() - t) * 1000
-            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), ms, counts]).encode())
+            ms, r1 = (time.perf_counter() - t) * 1000, resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1000
+            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), [ms, cpu], counts]).encode())
         except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps([99, repr(e), 0, {}]).encode())
+            os.write(w, json.dumps([99, repr(e), [0, 0], {}]).encode())
             code = 1
         finally:
             os._exit(code)
@@ -610,7 +620,7 @@ def pods_child(rounds: int, out_path: str) -> None:
         w = World(netns, tmp, mode="tap", failOpen=True)
         state_dir = w.state_dir
 
-        def run(verb: str, cid: str, prev: dict, pod_ns) -> tuple[float, dict]:
+        def run(verb: str, cid: str, prev: dict, pod_ns) -> tuple[list, dict]:
             env = {"CNI_CONTAINERID": cid, "CNI_NETNS": pod_ns.path, "CNI_IFNAME": "eth0", "CNI_COMMAND": verb,
                    "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"], "PYCNI_NODE_SOCKET": "off"}
             stdin = json.dumps({"cniVersion": "1.0.0", "name": "dpnet", **w.steer, "prevResult": prev}).encode()
@@ -625,11 +635,12 @@ def pods_child(rounds: int, out_path: str) -> None:
                 on_pair += 1
                 pod_ns, prev = _veth_pod(w.host, netns, on_pair)
                 run("ADD", f"o{on_pair}", prev, pod_ns)
-            got: dict = {"ADD": {"ms": []}, "DEL": {"ms": []}}
+            got: dict = {"ADD": {"ms": [], "cpu": []}, "DEL": {"ms": [], "cpu": []}}
             for i in range(rounds):
                 for verb in ("ADD", "DEL"):
-                    ms, counts = run(verb, "probe", probe_prev, probe_ns)
+                    (ms, cpu), counts = run(verb, "probe", probe_prev, probe_ns)
                     got[verb]["ms"].append(ms)
+                    got[verb]["cpu"].append(cpu)
                     if i == 0:
                         got[verb]["counts"] = counts
             res[str(n)] = got
@@ -641,19 +652,28 @@ def pods_child(rounds: int, out_path: str) -> None:
         json.dump(res, f)
 
 
-def pods_bench(rounds: int, before: str | None) -> str:
+def pods_bench(rounds: int, before: str | None, batches: int = 2) -> str:
     codes = {"now": None, **({"before": before} if before else {})}
     got: dict = {}
     tmp = tempfile.mkdtemp(prefix="bench-dpst-pods-out-")
     load = os.getloadavg()[0]
+    order = list(codes.items())
     try:
-        for label, code in codes.items():
-            out = os.path.join(tmp, f"{label}.json")
-            env = dict(os.environ, **({"PYCNI_BENCH_CODE": code} if code else {}))
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--pods-child", str(rounds), out],
-                           env=env, check=True, timeout=1800)
-            with open(out) as f:
-                got[label] = json.load(f)
+        for batch in range(batches):        # now, before; then before, now: each code early and late
+            for label, code in order if batch % 2 == 0 else order[::-1]:
+                out = os.path.join(tmp, f"{label}.json")
+                env = dict(os.environ, **({"PYCNI_BENCH_CODE": code} if code else {}))
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--pods-child", str(rounds), out],
+                               env=env, check=True, timeout=1800)
+                with open(out) as f:
+                    r = json.load(f)
+                if label not in got:
+                    got[label] = r
+                    continue
+                for n in r:
+                    for verb in r[n]:
+                        for key in ("ms", "cpu"):
+                            got[label][n][verb][key] += r[n][verb][key]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cols = [(n, label) for n in PAIR_PODS for label in codes]
@@ -665,11 +685,14 @@ def pods_bench(rounds: int, before: str | None) -> str:
         for k in keys:
             vals = [got[lb][str(n)][verb]["counts"].get(k, 0) for n, lb in cols]
             lines.append(f"| {k} | " + " | ".join(f"{v:.1f}" if k.startswith("ms") else str(v) for v in vals) + " |")
-        lines.append("| median ms in the worker (loaded machine) | " + " | ".join(
-            f"{statistics.median(got[lb][str(n)][verb]['ms']):.1f}" for n, lb in cols) + " |")
-    lines.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {rounds} ADD+DEL rounds per N and code, tap + failOpen "
-                 f"without a dp, eBPF/tc-pedit as `auto` picks; the code versions ran one after the other (not "
-                 f"interleaved); load average before/after {load:.2f} / {os.getloadavg()[0]:.2f} (other jobs "
+        for key, what in (("cpu", "median CPU ms (user + sys) of the worker"),
+                          ("ms", "median wall ms in the worker (loaded machine)")):
+            lines.append(f"| {what} | " + " | ".join(
+                f"{statistics.median(got[lb][str(n)][verb][key]):.1f}" for n, lb in cols) + " |")
+    lines.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {batches} batches of {rounds} ADD+DEL rounds per N and "
+                 f"code, tap + failOpen without a dp, eBPF/tc-pedit as `auto` picks; the code versions in child "
+                 f"processes one after the other, in turns (now, before; before, now); load average "
+                 f"before/after {load:.2f} / {os.getloadavg()[0]:.2f} (other jobs "
                  f"ran: the ms are noisy, the counts are not); {os.cpu_count()} CPUs, kernel {platform.release()}.")
     return "\n".join(lines)
 
