@@ -21,7 +21,7 @@ WORK=${PYCNI_WORK:-$ROOT/build/pyinstaller}
 # Debian packages the test suite runs against (real plugins, real netfilter, real Go libcni).
 TEST_DEBS=(containernetworking-plugins iproute2 iptables nftables golang-go
            golang-github-appc-cni-dev iperf3 etcd-server
-           containerd runc podman busybox-static)
+           containerd runc podman busybox-static strace)
 DEMOS=(plugins.meta.passthrough.demo plugins.main.vxlan.demo plugins.meta.dp_steering.demo
        plugins.meta.edgemesh.demo plugins.doctor.demo)      # doctor last: the demos end with it
 
