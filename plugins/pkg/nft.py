@@ -6,6 +6,8 @@ newline inside a line), so text from a config can never become a command.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import struct
@@ -126,6 +128,21 @@ def _attr_list(buf, off: int = 0):
         off += (n + 3) & ~3
 
 
+_NFTA_IMMEDIATE_DATA, _NFTA_DATA_VERDICT, _NFTA_VERDICT_CHAIN = 2, 2, 2
+
+
+def _rule_jump(attrs: dict[int, bytes]) -> str:
+    """The chain a rule's verdict jumps or goes to ("" when it has none): its immediate expression."""
+    for _kind, elem in _attr_list(attrs.get(_NFTA_RULE_EXPRESSIONS, b"")):
+        expr = dict(_attr_list(elem))
+        if expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"immediate":
+            data = dict(_attr_list(expr.get(_NFTA_EXPR_DATA, b"")))
+            value = dict(_attr_list(data.get(_NFTA_IMMEDIATE_DATA, b"")))
+            verdict = dict(_attr_list(value.get(_NFTA_DATA_VERDICT, b"")))
+            return verdict.get(_NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode(errors="replace")
+    return ""
+
+
 def _rule_comment(attrs: dict[int, bytes]) -> str:
     """A rule's comment: nft's (the rule's userdata) or iptables-nft's (an xt `comment` match,
     whose info is the NUL-padded text); "" when it has none."""
@@ -146,8 +163,9 @@ def _rule_comment(attrs: dict[int, bytes]) -> str:
     return ""
 
 
-def rules(family: str, table: str, chain: str) -> list[tuple[int, str]]:
-    """[(handle, comment)] of the rules of one chain, in the chain's order, asked of the kernel in
+def rules(family: str, table: str, chain: str) -> list[tuple[int, str, str]]:
+    """[(handle, comment, the chain its verdict jumps to or "")] of the rules of one chain, in the
+    chain's order, asked of the kernel in
     one netfilter netlink dump (no `nft -a list table` exec); iptables-nft's chains are nf_tables
     ones too (family ip/ip6, its table and chain names), their comments an xt match. A table or
     chain that does not exist has no rules (an empty list). OSError (a netlink refusal, an
@@ -165,5 +183,67 @@ def rules(family: str, table: str, chain: str) -> list[tuple[int, str]]:
         attrs = nl.nla_parse(payload, 4)
         if attrs.get(_NFTA_RULE_TABLE) != want_table or attrs.get(_NFTA_RULE_CHAIN) != want_chain:
             continue                     # a kernel that ignores the dump's filter: every rule comes
-        out.append((int.from_bytes(attrs.get(_NFTA_RULE_HANDLE, bytes(8)), "big"), _rule_comment(attrs)))
+        out.append((int.from_bytes(attrs.get(_NFTA_RULE_HANDLE, bytes(8)), "big"), _rule_comment(attrs),
+                    _rule_jump(attrs)))
     return out
+
+
+# One nf_tables transaction over netlink (linux/netfilter/nfnetlink.h: a batch between
+# NFNL_MSG_BATCH_BEGIN and _END, all of it applied or none)
+_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NFT_MSG_DELTABLE, _NFT_MSG_DELCHAIN, _NFT_MSG_DELRULE = 2, 5, 8
+_NFTA_CHAIN_TABLE, _NFTA_CHAIN_NAME = 1, 3
+BATCH_TIMEOUT = 10          # seconds to wait for the kernel's answers (it answers at once)
+
+
+def delete(items: list[tuple]) -> None:
+    """Delete nf_tables objects in one transaction over netfilter netlink, no `nft` exec: each
+    item ("rule", family, table, chain, handle), ("rules", family, table, chain) (every rule of
+    the chain), ("chain", family, table, chain) (refused while a rule still jumps to it, and,
+    with rules in it, unless they go first) or ("table", family, table). Works on iptables-nft's
+    tables and chains too (they are nf_tables ones). OSError with the kernel's errno when it
+    refuses any item (a handle gone, a chain still referenced): then nothing was changed."""
+    import socket
+    from plugins.pkg import rtnl as nl
+
+    def s(text: str) -> bytes:
+        return text.encode() + b"\0"
+    msgs = []
+    for item in items:
+        kind, family, table = item[0], NFPROTO[item[1]], s(item[2])
+        head = bytes((family, 0, 0, 0))
+        if kind == "rule":
+            body = (head + nl.nla(_NFTA_RULE_TABLE, table) + nl.nla(_NFTA_RULE_CHAIN, s(item[3]))
+                    + nl.nla(_NFTA_RULE_HANDLE, int(item[4]).to_bytes(8, "big")))
+            msgs.append((nl.nft_msg(_NFT_MSG_DELRULE), body))
+        elif kind == "rules":
+            msgs.append((nl.nft_msg(_NFT_MSG_DELRULE), head + nl.nla(_NFTA_RULE_TABLE, table)
+                         + nl.nla(_NFTA_RULE_CHAIN, s(item[3]))))
+        elif kind == "chain":
+            msgs.append((nl.nft_msg(_NFT_MSG_DELCHAIN), head + nl.nla(_NFTA_CHAIN_TABLE, table)
+                         + nl.nla(_NFTA_CHAIN_NAME, s(item[3]))))
+        elif kind == "table":
+            msgs.append((nl.nft_msg(_NFT_MSG_DELTABLE), head + nl.nla(_NFTA_TABLE_NAME, table)))
+        else:
+            raise ValueError(kind)
+    if not msgs:
+        return
+    batch_head = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(nl.NFNL_SUBSYS_NFTABLES))
+    with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
+        rt.sock.settimeout(BATCH_TIMEOUT)
+        begin = rt._msg(_NFNL_MSG_BATCH_BEGIN, nl.F_REQUEST, batch_head)[1]
+        sent = [rt._msg(kind, nl.F_REQUEST | nl.F_ACK, body) for kind, body in msgs]
+        end = rt._msg(_NFNL_MSG_BATCH_END, nl.F_REQUEST, batch_head)[1]
+        rt.sock.sendall(begin + b"".join(m for _, m in sent) + end)
+        waiting = {seq for seq, _ in sent}
+        try:
+            while waiting:                 # an ACK (error 0) or an error for each item, in order
+                for rkind, _, rseq, payload in rt._recv():
+                    if rkind != nl.NLMSG_ERROR or rseq not in waiting:
+                        continue
+                    err = -struct.unpack_from("=i", payload)[0]
+                    if err:
+                        raise nl.NetlinkError(err, f"nf_tables delete: {os.strerror(err)}")
+                    waiting.discard(rseq)
+        except TimeoutError:
+            raise nl.NetlinkError(errno.ETIMEDOUT, "nf_tables delete: no answer from the kernel") from None

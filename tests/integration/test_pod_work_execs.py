@@ -149,83 +149,98 @@ def _two_pods(node, netns, em: dict, tag: str) -> tuple[dict, dict, dict]:
     return vx, pods, results
 
 
-def test_edgemesh_del_is_one_restore_of_exactly_its_deletions(node, netns):
+def test_edgemesh_del_runs_nothing_and_removes_exactly_its_rules(node, netns):
+    """iptables-nft: the mesh chain's rules from a netfilter netlink dump, its deletions (or the
+    last pod's teardown) as one nf_tables transaction over netlink: no exec at all."""
     em = node.edgemesh()
     vx, pods, results = _two_pods(node, netns, em, "pw")
     node.host.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", "10.9.9.9/32", "-j", "RETURN")   # not ours
-    # a pod of several: the mesh chain's comments from the kernel (netlink), then one restore
-    # deleting its rule by spec: no iptables-save, no ip6tables-save
+    before = node.nat()
     _, execs = node.run("edgemesh", "DEL", "pwb", pods["pwb"], {**em, "prevResult": results["pwb"]})
-    assert programs(execs) == ["iptables-restore"]
+    assert execs == []
     nat = node.nat()
     assert "id=pwb" not in nat and "id=pwa" in nat and "EDGE-MESH-TCP" in nat
-    # the last pod: the same one restore tears everything down
-    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**em, "prevResult": results["pwa"]})
-    assert programs(execs) == ["iptables-restore"]
+    assert [ln for ln in before.splitlines() if "id=pwb" not in ln and not ln.startswith("#")] == \
+        [ln for ln in nat.splitlines() if not ln.startswith("#")]              # only its rule went
+    _, execs = node.run("edgemesh", "DEL", "pwb", pods["pwb"], em)              # again, no prevResult
+    assert execs == [] and node.nat() == nat
+    # the last pod: chains and jumps go, a rule not ours stays
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], em)
+    assert execs == []
     nat = node.nat()
     assert "EDGE-MESH" not in nat and "edgemesh" not in nat and "-s 10.9.9.9/32 -j RETURN" in nat
-    # nothing left: a DEL reads nothing and writes nothing
-    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], {**em, "prevResult": results["pwa"]})
-    assert programs(execs) == []
+    _, execs = node.run("edgemesh", "DEL", "pwa", pods["pwa"], em)               # nothing left
+    assert execs == []
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
 
 
-def test_edgemesh_del_reads_when_it_cannot_delete_by_spec(node, netns):
-    """No prevResult: the pod's address is not known, DEL reads (one iptables-save) as before. A
-    rule changed by hand: the restore by spec is refused, DEL reads and removes it by position.
-    A rule in the mesh chain without a comment of ours: the chain's owner cannot be told from the
-    kernel's list, DEL reads and the last pod's teardown flushes the chain as before."""
-    em = node.edgemesh()
-    vx, pods, results = _two_pods(node, netns, em, "pr")
-    _, execs = node.run("edgemesh", "DEL", "prb", pods["prb"], em)                 # no prevResult
-    assert programs(execs) == ["iptables-save", "iptables-restore"]
-    assert "id=prb" not in node.nat() and "id=pra" in node.nat()
-    node.run("edgemesh", "ADD", "prb", pods["prb"], {**em, "prevResult": results["prb"]})
-    mesh = [ln for ln in node.nat().splitlines() if ln.startswith("-A EDGE-MESH ")]
-    position = next(i for i, ln in enumerate(mesh, 1) if "id=prb" in ln)
-    addr = results["prb"]["ips"][0]["address"].split("/")[0]
-    # by hand: the pod's rule now returns instead of jumping to the services chain
-    node.host.run("iptables", "-t", "nat", "-R", "EDGE-MESH", str(position), "-s", f"{addr}/32", "-m", "comment",
-                  "--comment", "edgemesh net=pwexec id=prb", "-j", "RETURN")
-    _, execs = node.run("edgemesh", "DEL", "prb", pods["prb"], {**em, "prevResult": results["prb"]})
-    assert programs(execs) == ["iptables-restore", "iptables-save", "iptables-restore"]
-    assert "id=prb" not in node.nat() and "id=pra" in node.nat()
-    node.host.run("iptables", "-t", "nat", "-A", "EDGE-MESH", "-s", "10.9.9.8/32", "-j", "RETURN")
-    _, execs = node.run("edgemesh", "DEL", "pra", pods["pra"], {**em, "prevResult": results["pra"]})
-    assert programs(execs) == ["iptables-save", "iptables-restore"]
-    assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.nat()
-    for cid, pod in pods.items():
-        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
-
-
-def test_edgemesh_last_del_with_a_second_root_jump_leaves_none(node, netns):
-    """The last pod's one restore deletes one root jump per hook by spec; a second one (added by
-    hand) keeps -X EDGE-MESH from working, the restore is refused, DEL reads and removes both."""
+def test_edgemesh_last_del_removes_a_second_root_jump_too(node, netns):
+    """The root jumps are found as read() finds them (comment and target), however many."""
     em = node.edgemesh()
     vx, pods, results = _two_pods(node, netns, em, "pj")
-    node.run("edgemesh", "DEL", "pjb", pods["pjb"], {**em, "prevResult": results["pjb"]})
+    node.run("edgemesh", "DEL", "pjb", pods["pjb"], em)
     node.host.run("iptables", "-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "edgemesh root chain",
                   "-j", "EDGE-MESH")
-    _, execs = node.run("edgemesh", "DEL", "pja", pods["pja"], {**em, "prevResult": results["pja"]})
-    assert programs(execs) == ["iptables-restore", "iptables-save", "iptables-restore"]
+    _, execs = node.run("edgemesh", "DEL", "pja", pods["pja"], em)
+    assert execs == []
     assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.nat()
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
 
 
-def test_edgemesh_nftables_del_writes_once_without_listing(node, netns):
+def test_edgemesh_del_reads_a_mesh_chain_it_cannot_place(node, netns):
+    """A rule in the mesh chain without a comment of ours: whose it is cannot be told from the
+    kernel's list, so DEL reads and plans as before (the last pod's teardown flushes the chain)."""
+    em = node.edgemesh()
+    vx, pods, results = _two_pods(node, netns, em, "pr")
+    node.host.run("iptables", "-t", "nat", "-A", "EDGE-MESH", "-s", "10.9.9.8/32", "-j", "RETURN")
+    _, execs = node.run("edgemesh", "DEL", "prb", pods["prb"], em)
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    assert "id=prb" not in node.nat() and "id=pra" in node.nat() and "10.9.9.8" in node.nat()
+    _, execs = node.run("edgemesh", "DEL", "pra", pods["pra"], em)
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.nat()
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_del_refused_by_the_kernel_changes_nothing(node, netns):
+    """The last pod's teardown while a rule not ours jumps to one of our chains: the kernel
+    refuses to delete that chain, the whole transaction with it; DEL then reads and plans, whose
+    restore is refused too (as it always was): DEL fails and every rule is where it was."""
+    em = node.edgemesh()
+    vx, pods, results = _two_pods(node, netns, em, "pf")
+    node.run("edgemesh", "DEL", "pfb", pods["pfb"], em)
+    node.host.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", "10.9.9.6/32", "-j", "EDGE-MESH-SVC")
+    before = node.nat()
+    env = dict(os.environ, CNI_COMMAND="DEL", CNI_CONTAINERID="pfa", CNI_NETNS=pods["pfa"].path,
+               CNI_IFNAME="eth0", CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off")
+    p = subprocess.run([sys.executable, "-c", WORKER, MODULES["edgemesh"], node.host.path],
+                       input=json.dumps(em).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
+    got = json.loads(p.stdout)
+    assert got["rc"] == 1 and json.loads(got["out"])["code"] == 141, got
+    assert programs(got["execs"]) == ["iptables-save", "iptables-restore"]
+    assert node.nat().splitlines()[1:-1] == before.splitlines()[1:-1]
+    node.host.run("iptables", "-t", "nat", "-D", "PREROUTING", "-s", "10.9.9.6/32", "-j", "EDGE-MESH-SVC")
+    node.run("edgemesh", "DEL", "pfa", pods["pfa"], em)
+    assert "EDGE-MESH" not in node.nat()
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_nftables_del_runs_nothing(node, netns):
     em = node.edgemesh(backend="nftables")
     vx, pods, results = _two_pods(node, netns, em, "pn")
-    # the mesh chain's handles and comments from the kernel (netlink): one nft -f, no nft list
+    # the mesh chain's handles and comments from the kernel, the deletion over netlink: no nft
     _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], {**em, "prevResult": results["pnb"]})
-    assert execs == [["nft", "-f", "-"]], execs
+    assert execs == []
     table = node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
     assert "id=pnb" not in table and "id=pna" in table
-    _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], {**em, "prevResult": results["pnb"]})
-    assert execs == []                                                      # again: nothing to do
-    _, execs = node.run("edgemesh", "DEL", "pna", pods["pna"], {**em, "prevResult": results["pna"]})
-    assert execs == [["nft", "-f", "-"]], execs
+    _, execs = node.run("edgemesh", "DEL", "pnb", pods["pnb"], em)             # again: nothing to do
+    assert execs == []
+    _, execs = node.run("edgemesh", "DEL", "pna", pods["pna"], em)
+    assert execs == []
     assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
@@ -235,12 +250,12 @@ def test_edgemesh_nftables_del_reads_a_chain_it_cannot_place(node, netns):
     em = node.edgemesh(backend="nftables")
     vx, pods, results = _two_pods(node, netns, em, "pm")
     node.host.run("nft", "add", "rule", "ip", "edgemesh", "mesh", "ip", "saddr", "10.9.9.7", "return")
-    _, execs = node.run("edgemesh", "DEL", "pmb", pods["pmb"], {**em, "prevResult": results["pmb"]})
+    _, execs = node.run("edgemesh", "DEL", "pmb", pods["pmb"], em)
     assert programs(execs) == ["nft", "nft"]                                # list table, -f
     table = node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
     assert "id=pmb" not in table and "id=pma" in table and "10.9.9.7" in table
     for cid, pod in pods.items():
-        node.run("edgemesh", "DEL", cid, pod, {**em, "prevResult": results[cid]})
+        node.run("edgemesh", "DEL", cid, pod, em)
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
     assert "edgemesh" not in node.host.run("nft", "list", "tables").stdout
 

@@ -37,7 +37,7 @@ NAMES = {"prerouting": "PREROUTING", "output": "OUTPUT", "mesh": "EDGE-MESH",
          "services": "EDGE-MESH-SVC", "proxy_tcp": "EDGE-MESH-TCP", "proxy_udp": "EDGE-MESH-UDP"}
 _LOGICAL = {v: k for k, v in NAMES.items()}
 BINARIES = {"4": "iptables", "6": "ip6tables"}
-NFT_FAMILIES = {"4": "ip", "6": "ip6"}          # iptables-nft's nat table is an nf_tables table of that family
+NFT_FAMILIES = {"4": "ip", "6": "ip6"}          # iptables-nft's nat table: an nf_tables table of that family
 _DNAT6 = re.compile(r"\[[0-9a-f:]{2,39}\]:[0-9]{1,5}")      # the one token with brackets we write
 
 
@@ -96,48 +96,37 @@ class Backend:
 
     chain_names: set[str] | None = None          # what none_of_ours() was told, when the kernel told it
 
-    def remove_quick(self, drop, mine: list[R.PodMatch]) -> tuple[bool, set[str]] | None:
-        """DEL and GC without iptables-save (iptables-nft, after none_of_ours()): whose rules the
-        mesh chain holds from one netfilter netlink dump (their comments), then one restore of
-        exactly the deletions: the rules `drop` selects by their spec (`mine`: the pod's rules as
-        ADD wrote them, from prevResult), or, with no pod left, the root jumps by spec and our
-        chains flushed and deleted (-X refuses a chain still referenced: a second root jump).
-        Returns (torn down, networks with pods left) or None when it cannot tell (legacy
-        iptables, a rule in the mesh chain it cannot place, `mine` not the rules the chain holds)
-        or the restore was refused (a rule gone, a chain changed by hand): the caller then reads
-        and plans as for every other case."""
+    def remove_quick(self, drop) -> tuple[bool, set[str]] | None:
+        """DEL and GC without iptables-save or -restore (iptables-nft, after none_of_ours(): its
+        chains are nf_tables ones): whose rules the mesh chain holds from one netfilter netlink
+        dump (their comments), then one nf_tables transaction over netlink deleting the rules
+        `drop` selects by handle, or, with no pod left, our root jumps (found by comment and
+        target in PREROUTING/OUTPUT, as read() finds them) and our chains with their rules (the
+        kernel refuses to delete a chain another rule still jumps to: then nothing changes).
+        Returns (torn down, networks with pods left), or None when it cannot tell (legacy
+        iptables, a rule in the mesh chain not ours by its comment) or the kernel refused: the
+        caller then reads and plans as for every other case."""
         names = self.chain_names
         if names is None or NAMES["mesh"] not in names:
             return None
+        family, mesh = NFT_FAMILIES[self.family], NAMES["mesh"]
         try:
-            held = nft.rules(NFT_FAMILIES[self.family], TABLE, NAMES["mesh"])
-        except OSError:
-            return None
-        left: set[str] = set()
-        dropped: list[str] = []
-        for _, comment in held:
-            pod = R.parse_pod_comment(comment)
-            if pod and drop(comment):
-                dropped.append(comment)
-            elif pod:
-                left.add(pod[0])
-            elif comment != R.NODE_COMMENT:
-                return None                  # not a rule of ours by its comment: the read path
-        if left and not dropped:
-            return False, left
-        if left:
-            if sorted(dropped) != sorted(m.comment for m in mine):
+            held = nft.rules(family, TABLE, mesh)
+            found = R.whose([c for _, c, _ in held], drop)
+            if found is None:
                 return None
-            lines = [_line("-D", NAMES["mesh"], render(m)) for m in mine]
-        else:
-            ours = [NAMES[c] for c in R.CHAINS if NAMES[c] in names]
-            lines = [_line("-D", NAMES[h], render(R.RootJump())) for h in R.HOOKS]
-            lines += [f"-F {c}" for c in ours] + [f"-X {c}" for c in ours]
-        try:
-            iptables.restore(TABLE, lines, binary=self.binary)
-        except iptables.XtablesLockError:
-            raise
-        except iptables.IptablesError:
+            left, dropped = found
+            items: list[tuple] = []
+            if left:
+                items = [("rule", family, TABLE, mesh, held[i][0]) for i in dropped]
+            else:
+                ours = [NAMES[c] for c in R.CHAINS if NAMES[c] in names]
+                items = [("rule", family, TABLE, NAMES[h], handle) for h in R.HOOKS
+                         for handle, comment, jump in nft.rules(family, TABLE, NAMES[h])
+                         if comment == R.ROOT_COMMENT and jump == mesh]
+                items += [("rules", family, TABLE, c) for c in ours] + [("chain", family, TABLE, c) for c in ours]
+            nft.delete(items)
+        except OSError:
             return None
         return not left, left
 

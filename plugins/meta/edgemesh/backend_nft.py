@@ -105,34 +105,23 @@ class Backend:
         except nft.NftInputRefused as e:             # a line nft.run refuses to send
             raise CNIError(RULES_FAILED, "refusing to write an unsafe nft line", str(e)[:2000]) from None
 
-    def remove_quick(self, drop, mine: list[R.PodMatch]) -> tuple[bool, set[str]] | None:
-        """DEL and GC without `nft list table` (the table is there: tables() said so): the mesh
-        chain's rules, handles and comments, from one netfilter netlink dump, then one `nft -f`
-        deleting the rules `drop` selects by handle, or the table when no pod is left. Returns
-        (torn down, networks with pods left), or None when it cannot tell (a rule in the mesh
-        chain it cannot place by its comment) or nft refused (a handle gone): the caller then
-        reads and plans. `mine` is not needed: handles name the rules."""
+    def remove_quick(self, drop) -> tuple[bool, set[str]] | None:
+        """DEL and GC without `nft list table` or `nft -f` (the table is there: tables() said so):
+        the mesh chain's rules, handles and comments, from one netfilter netlink dump, then one
+        nf_tables transaction over netlink deleting the rules `drop` selects by handle, or the
+        table when no pod is left. Returns (torn down, networks with pods left), or None when it
+        cannot tell (a rule in the mesh chain not ours by its comment) or the kernel refused (a
+        handle gone): the caller then reads and plans."""
+        family = self.table_family
         try:
-            held = nft.rules(self.table_family, TABLE, "mesh")
-        except OSError:
-            return None
-        left: set[str] = set()
-        dropped: list[int] = []
-        for handle, comment in held:
-            pod = R.parse_pod_comment(comment)
-            if pod and drop(comment):
-                dropped.append(handle)
-            elif pod:
-                left.add(pod[0])
-            elif comment != R.NODE_COMMENT:
+            held = nft.rules(family, TABLE, "mesh")
+            found = R.whose([c for _, c, _ in held], drop)
+            if found is None:
                 return None
-        if left and not dropped:
-            return False, left
-        t = f"{self.table_family} {TABLE}"
-        lines = [f"delete rule {t} mesh handle {h}" for h in dropped] if left else [f"delete table {t}"]
-        try:
-            nft.run(lines)
-        except nft.NftError:
+            left, dropped = found
+            nft.delete([("rule", family, TABLE, "mesh", held[i][0]) for i in dropped] if left
+                       else [("table", family, TABLE)])
+        except OSError:
             return None
         return not left, left
 

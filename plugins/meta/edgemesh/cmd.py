@@ -118,22 +118,7 @@ def cmd_del(args: CmdArgs):
         comment = config.pod_comment(args.network, args.container_id)
     except CNIError:
         return None                          # ADD refused it: nothing to remove
-    remove_pods(conf, lambda c: c == comment, rules_added(args, conf, comment))
-
-
-def rules_added(args: CmdArgs, conf: config.NetConf, comment: str) -> dict[str, list[R.PodMatch]]:
-    """The pod's rules as its ADD wrote them, by family, from DEL's prevResult (the runtime's
-    cached result, which edgemesh passed through unchanged); {} when DEL has none or it does not
-    parse. Only a guess that lets DEL delete by spec without reading: a rule that is not there
-    makes the restore refuse, and DEL reads then."""
-    if not isinstance(args.conf.get("prevResult"), dict) or not conf.families:
-        return {}
-    try:
-        ips = [ip for ip in pod_addresses(args.prev_result, args.ifname) if config.family_of(ip) in conf.families]
-    except (CNIError, ValueError, TypeError, AttributeError):
-        return {}
-    hijack = args.args_dict.get("K8S_POD_NAMESPACE", "") not in conf.exclude_namespaces
-    return R.by_family(R.pod_items(ips, comment, hijack))
+    remove_pods(conf, lambda c: c == comment)
 
 
 def cmd_gc(args: CmdArgs):
@@ -179,11 +164,10 @@ def desired(args: CmdArgs, command: str) -> tuple[config.NetConf, dict[str, dict
     return conf, {f: R.shared_items(conf, ignored, f) for f in pods}, pods
 
 
-def remove_pods(conf: config.NetConf, drop, mine: dict[str, list[R.PodMatch]] | None = None) -> None:
+def remove_pods(conf: config.NetConf, drop) -> None:
     """Drop the selected pods' rules; with none left, remove chains, jumps and our device; with
-    none of this network left, its record. `mine`: the dropped pod's rules by family when known
-    (DEL's prevResult), so a backend can delete them by spec without reading first
-    (remove_quick); whenever that cannot be done the backend is read and planned as always.
+    none of this network left, its record. A backend that can (remove_quick: nf_tables over
+    netlink) finds and deletes them without an exec; otherwise it is read and planned as always.
 
     Our (marked) edgemesh0 goes whenever no edgemesh rule is left on the node, also when this
     call tore nothing down: an ADD killed after creating the device and before its rules were
@@ -194,7 +178,7 @@ def remove_pods(conf: config.NetConf, drop, mine: dict[str, list[R.PodMatch]] | 
         held = [b for b, _ in found]
         for b, current in found:
             quick_path = getattr(b, "remove_quick", None) if current is None else None     # optional for a backend
-            quick = quick_path(drop, (mine or {}).get(b.family, [])) if quick_path else None
+            quick = quick_path(drop) if quick_path else None
             if quick is not None:
                 torn.append(quick[0])
                 left |= quick[1]

@@ -189,6 +189,23 @@ def _converge_node_scope(p: Plan, mesh: list[Entry], wanted: bool, render) -> No
         p.append.append(("mesh", NodeScope()))
 
 
+def whose(comments, drop: Callable[[str], bool]) -> tuple[set[str], list[int]] | None:
+    """Of a mesh chain's rules by their comments (in order): the networks with pods left and the
+    positions (0-based) of the rules `drop` selects; None when a rule is neither a pod's nor the
+    node-scope catch-all (not ours by its comment: the caller reads and plans instead)."""
+    left: set[str] = set()
+    dropped: list[int] = []
+    for i, comment in enumerate(comments):
+        pod = parse_pod_comment(comment)
+        if pod and drop(comment):
+            dropped.append(i)
+        elif pod:
+            left.add(pod[0])
+        elif comment != NODE_COMMENT:
+            return None
+    return left, dropped
+
+
 def describe(p: Plan, render) -> str:
     """A short human summary, for CHECK errors and sync output."""
     parts = [f"create chain {c}" for c in p.create]
