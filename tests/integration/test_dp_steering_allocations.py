@@ -307,3 +307,20 @@ def test_a_filter_not_ours_on_vbr_keeps_its_priority(netns, tmp_path):
     for pod, prev in ((a, pa), (b, pb)):
         ok(w, "DEL", pod, prev)
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_a_del_without_a_readable_record_drops_the_users_entry(netns, tmp_path):
+    """DEL of a pod whose record is corrupt (it sweeps vex/vin by name) drops the pod from the
+    pair's users and its allocations entry with it; the other user's entry stays."""
+    w = World(netns, tmp_path)
+    (a, pa), (b, pb) = made_pod(w, netns, "s0", 0), made_pod(w, netns, "s1", 1)
+    ok(w, "ADD", a, pa)
+    ok(w, "ADD", b, pb)
+    kept = entry_of(w.record(a))
+    with open(os.path.join(w.state_dir, "pods", b.cid, "eth0.json"), "w") as f:
+        f.write("{")
+    ok(w, "DEL", b, pb)
+    rec = pair_record(w)
+    assert rec["users"] == [f"{a.cid}/eth0"] and rec["allocations"] == {f"{a.cid}/eth0": kept}, rec
+    ok(w, "DEL", a, pa)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
