@@ -312,3 +312,20 @@ def test_vxlan_del_asks_netfilter_nothing_when_the_record_says_no_masq(node, net
     assert not os.listdir(records)
     _, sent = node.requests("DEL", "pm2", pods["pm2"], vx, str(tmp_path / "del3.strace"))     # no record
     assert [k for k, _ in sent if k == getchain], sent
+
+
+def test_edgemesh_auto_backend_reads_iptables_once_per_add_and_not_at_del(node, netns):
+    """backend auto: where our rules are comes from the kernel's lists (nf_tables tables, the nat
+    chains), so an ADD reads iptables once (to converge the shared chains), not once more to find
+    them, and a DEL runs nothing."""
+    em = node.edgemesh(backend="auto")
+    vx, pods, results = _two_pods(node, netns, em, "pa")
+    cid, pod = "pac", netns("pwe")
+    res, _ = node.run("vxlan", "ADD", cid, pod, vx)
+    _, execs = node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": res})
+    assert programs(execs) == ["iptables-save", "iptables-restore"]
+    for c, p, r in ((cid, pod, res), *((c, p, results[c]) for c, p in pods.items())):
+        _, execs = node.run("edgemesh", "DEL", c, p, em)
+        assert execs == []
+        node.run("vxlan", "DEL", c, p, {**vx, "prevResult": r})
+    assert "EDGE-MESH" not in node.nat()
