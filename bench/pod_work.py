@@ -6,15 +6,16 @@ cProfile of each verb (its total, and the top functions by cumulative time).
     sudo .venv/bin/python bench/pod_work.py [--pods 4] [--cases chain,nft,dual,agent] [--profile] [--before DIR]
 
 Each verb runs in a child process the way the daemon's worker does: the daemon's PRELOAD and
-plugin modules imported first, then setns into the test host, then skel.run with the request's
-environment and stdin (markers written around it bound what is counted). The sequence per case: a
-first pod (ADD), --pods pods ADD then DEL with the first one present (the steady state), then the
-first pod's DEL (the last pod of the node). Cases: "chain" is conf/runtime-chain.conflist made
-local by tests/kit/runtimes.py (vxlan with host-local IPAM, ipMasq off; edgemesh with iptables),
-"nft" the same with edgemesh's nftables backend, "dual" a dual-stack vxlan (no edgemesh), "agent" the
-chain case with vxlan-agent running on the node for the case's vxlan conf while the verbs run (as
-`pycni-node --conf <conflist>` runs it on a real node: ADD reads the agent's state instead of
-reconciling the node).
+plugin modules imported and its schemas preloaded first, then setns into the test host, then
+skel.run with the request's environment and stdin (markers written around it bound what is
+counted). The sequence per case: a first pod (ADD), --pods pods ADD then DEL with the first one
+present (the steady state), then the first pod's DEL (the last pod of the node). Cases: "chain"
+is conf/runtime-chain.conflist made local by tests/kit/runtimes.py (vxlan with host-local IPAM,
+ipMasq off; edgemesh with iptables), "nft" the same with edgemesh's nftables backend, "dual" a
+dual-stack vxlan (no edgemesh), "agent" the chain case with vxlan-agent running on the node for
+the case's vxlan conf while the verbs run (as `pycni-node --conf <conflist>` runs it on a real
+node: ADD reads the agent's state instead of reconciling the node); --keep DIR copies the strace
+logs or profiles out.
 Root, namespaces only (all removed at the end). Prints a table; writes nothing.
 """
 from __future__ import annotations
@@ -50,6 +51,8 @@ for m in (*daemon.PRELOAD, *daemon.PLUGIN_MODULES.values()):
         importlib.import_module(m)
     except ImportError:
         pass
+if hasattr(daemon, "preload_schemas"):      # as pycni-node's main does before it forks workers
+    daemon.preload_schemas()
 from libcni_py import skel
 from plugins.pkg import ns
 plugin, host, env_file, stdin_file, out_file, prof = sys.argv[1:7]
