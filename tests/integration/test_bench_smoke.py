@@ -313,7 +313,7 @@ QUICK = {
 # The probes: scripts that print where a plugin's own time goes (counts, profiles) and write no
 # figures file. script: (quick options, a line their table must print)
 PROBES = {
-    "pod_work.py": (["--pods", "1", "--cases", "chain"], "| chain edgemesh ADD"),
+    "pod_work.py": (["--pods", "1", "--cases", "chain,agent"], "| agent vxlan ADD (steady)"),
     "skel_cost.py": (["--runs", "3"], "| edgemesh ADD"),
 }
 
