@@ -67,9 +67,10 @@ class Node:
                 "listenAddress": "169.254.96.16", "listenPort": 40001, "protocols": ["tcp"],
                 "backend": "iptables", "stateDir": os.path.join(self.tmp, "edgemesh"), **keys}
 
-    def run(self, plugin: str, verb: str, cid: str, pod, conf: dict) -> tuple[dict, list[list[str]]]:
+    def run(self, plugin: str, verb: str, cid: str, pod, conf: dict,
+            path: str = CNI_PATH) -> tuple[dict, list[list[str]]]:
         env = dict(os.environ, CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
-                   CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+                   CNI_PATH=path, CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
                    PYCNI_NODE_SOCKET="off")
         p = subprocess.run([sys.executable, "-c", WORKER, MODULES[plugin], self.host.path],
                            input=json.dumps(conf).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
@@ -265,7 +266,7 @@ def test_vxlan_add_with_a_live_agent_looks_the_bridge_up_once(node, netns, tmp_p
     """With vxlan-agent alive (pycni-node --conf runs it), ADD reads the agent's state and checks
     the device and the bridge: the bridge's link is asked for once and its addresses dumped once
     for the whole ADD (the reconcile's vet, its stale-gateway check and the pod's ensure_bridge
-    share them), and the gateway it already holds is not added again."""
+    share them); the gateway is sent once (the kernel's EEXIST: it may have gone since the read)."""
     agent = node.host.start_agent()
     try:
         agent.wait_ready()
@@ -278,7 +279,8 @@ def test_vxlan_add_with_a_live_agent_looks_the_bridge_up_once(node, netns, tmp_p
         assert len(getlink) == 1, sent
         assert len([k for k, _ in sent if k in ("0x16", "RTM_GETADDR")]) == 1, sent
         gateway = ipaddress.ip_address(res2["ips"][0]["gateway"]).packed
-        assert not [b for k, b in sent if k in ("0x14", "RTM_NEWADDR") and gateway in b], sent   # it is there
+        # the gateway is sent all the same (EEXIST): the read is older than the IPAM exec
+        assert len([b for k, b in sent if k in ("0x14", "RTM_NEWADDR") and gateway in b]) == 1, sent
         assert node.host.run("ip", "-4", "addr", "show", "cni0").stdout.count("inet ") == 1
         for cid, pod, res in (("pg1", first, res1), ("pg2", second, res2)):
             node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": res})
@@ -329,3 +331,33 @@ def test_edgemesh_auto_backend_reads_iptables_once_per_add_and_not_at_del(node, 
         assert execs == []
         node.run("vxlan", "DEL", c, p, {**vx, "prevResult": r})
     assert "EDGE-MESH" not in node.nat()
+
+
+@pytest.mark.parametrize("how", ["flush", "delete"])
+def test_vxlan_add_puts_back_a_gateway_gone_during_ipam(node, netns, tmp_path, how):
+    """The bridge as the reconcile read it under the node lock is older than the pod's
+    ensure_bridge (the lock is gone, the IPAM plugin ran): an IPAM plugin that takes the
+    bridge's gateway away (flush; as a leave or another ADD's repair would) or the bridge itself
+    (delete) while it runs. ADD still leaves the pod on an up bridge holding its gateway."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    act = ["ip", "addr", "flush", "dev", "cni0"] if how == "flush" else ["ip", "link", "del", "cni0"]
+    (bindir / "racing-ipam").write_text(
+        f"#!{sys.executable}\nimport os, subprocess, sys\n"
+        f"if os.environ.get('CNI_COMMAND') == 'ADD':\n    subprocess.run({act!r}, check=True, timeout=30)\n"
+        "os.execv('/usr/lib/cni/host-local', ['host-local'])\n")
+    (bindir / "racing-ipam").chmod(0o755)
+    vx = node.vxlan()
+    first, second = netns("pwr"), netns("pwr")
+    res1, _ = node.run("vxlan", "ADD", "pr1", first, vx)
+    subnet = str(ipaddress.ip_interface(res1["ips"][0]["address"]).network)
+    racing = {**vx, "ipam": {"type": "racing-ipam", "ranges": [[{"subnet": subnet}]],
+                             "dataDir": os.path.join(vx["stateDir"], "ipam")}}
+    res2, _ = node.run("vxlan", "ADD", "pr2", second, racing, path=f"{bindir}:{CNI_PATH}")
+    gateway = res2["ips"][0]["gateway"]
+    shown = node.host.run("ip", "-4", "addr", "show", "cni0").stdout
+    assert f"inet {gateway}/" in shown and "UP" in shown.split("\n")[0], shown
+    veth = res2["interfaces"][1]["name"]
+    assert "master cni0" in node.host.run("ip", "link", "show", veth).stdout
+    node.run("vxlan", "DEL", "pr2", second, {**racing, "prevResult": res2}, path=f"{bindir}:{CNI_PATH}")
+    node.run("vxlan", "DEL", "pr1", first, {**vx, "prevResult": res1})

@@ -12,6 +12,7 @@ A failed ADD undoes what it did, in reverse.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from libcni_py.errors import CNIError, INVALID_CONFIG, INVALID_ENV, IO_FAILURE
@@ -91,8 +92,19 @@ def cmd_add(args: CmdArgs) -> Result:
         ips = pod.pod_ips(net, allocated.ips)
         routes = pod.pod_routes(net, allocated.routes)
         br = pod.ensure_bridge(ipr, net, node.bridge)
-        host_if, pod_if = pod.attach(ipr, net, br, pod.Attachment(args.netns, ifname, veth, ips, routes),
-                                     pod_mac=n.mac, undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
+        att = pod.Attachment(args.netns, ifname, veth, ips, routes)
+        try:
+            host_if, pod_if = pod.attach(ipr, net, br, att, pod_mac=n.mac,
+                                         undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
+        except OSError as e:
+            now = ipr.link(br.name) if e.errno == errno.ENODEV else br
+            if now is not None and now.index == br.index:
+                raise
+            # the bridge went between ensure_bridge and the veth's creation (which the kernel then
+            # refused whole): made and addressed again, once
+            br = pod.ensure_bridge(ipr, net)
+            host_if, pod_if = pod.attach(ipr, net, br, att, pod_mac=n.mac,
+                                         undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         if n.ip_masq:
             for family, cluster in _families(node):
                 undo.callback(_quietly, masq.teardown, n.name, cid, ifname, family)

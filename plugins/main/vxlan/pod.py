@@ -121,12 +121,16 @@ def ensure_bridge(rt: Rtnl, net: PodNet, found: tuple | None = None) -> Link:
     """The bridge, up, holding the gateway of each family (IPv6: nodad); forwarding on in this
     namespace for each family. `found`: (the bridge's link, its addresses) as the node's
     reconcile read them under the node lock (NodeInfo.bridge): an up bridge there is not looked
-    up and its addresses not dumped again, and a gateway it holds is not added again."""
+    up and its addresses not dumped again. That read is older than this call (the lock is gone,
+    the IPAM plugin ran), so each gateway is sent all the same (the kernel's EEXIST when it is
+    there: a leave, another ADD's repair or an agent's resync may have taken it since), and a
+    bridge gone since (ENODEV) is looked up, made and addressed again as without `found`."""
     import socket
     from plugins.pkg import link, rtnl as nl
     if found is not None and found[0] is not None and found[0].kind == "bridge" and found[0].up:
         br, have_addrs = found
     else:
+        found = None
         try:
             br = link.ensure_bridge(rt, net.bridge, mtu=net.mtu)
         except ValueError as e:
@@ -139,10 +143,11 @@ def ensure_bridge(rt: Rtnl, net: PodNet, found: tuple | None = None) -> Link:
                 raise CNIError(BRIDGE_CONFLICT,
                                f"{net.bridge} already has an IP address {have} different from {gw}",
                                "the node's subnet changed; delete the bridge once its pods are gone")
-        if gw not in have_addrs:
-            err = rt.batch([nl.addr_msg(True, br.index, gw, flags=IFA_F_NODAD if gw.version == 6 else 0)])[0]
-            if err and err != errno.EEXIST:
-                raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
+        err = rt.batch([nl.addr_msg(True, br.index, gw, flags=IFA_F_NODAD if gw.version == 6 else 0)])[0]
+        if err == errno.ENODEV and found is not None:
+            return ensure_bridge(rt, net)          # the bridge read under the lock is gone
+        if err and err != errno.EEXIST:
+            raise nl.NetlinkError(err, f"add {gw} to {net.bridge}: {os.strerror(err)}")
         _enable_forwarding(gw.version)
     return br
 
