@@ -132,13 +132,17 @@ _NFTA_IMMEDIATE_DATA, _NFTA_DATA_VERDICT, _NFTA_VERDICT_CHAIN = 2, 2, 2
 
 
 def _rule_jump(attrs: dict[int, bytes]) -> str:
-    """The chain a rule's verdict jumps or goes to ("" when it has none): its immediate expression."""
+    """The chain a rule's verdict jumps or goes to ("" when it has none): its immediate expression
+    that carries a verdict (an immediate loading a value into a register, as `meta mark set 0x1`
+    does before a `jump`, carries none and is passed over)."""
     for _kind, elem in _attr_list(attrs.get(_NFTA_RULE_EXPRESSIONS, b"")):
         expr = dict(_attr_list(elem))
         if expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"immediate":
             data = dict(_attr_list(expr.get(_NFTA_EXPR_DATA, b"")))
             value = dict(_attr_list(data.get(_NFTA_IMMEDIATE_DATA, b"")))
-            verdict = dict(_attr_list(value.get(_NFTA_DATA_VERDICT, b"")))
+            if _NFTA_DATA_VERDICT not in value:
+                continue
+            verdict = dict(_attr_list(value[_NFTA_DATA_VERDICT]))
             return verdict.get(_NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode(errors="replace")
     return ""
 
@@ -161,6 +165,25 @@ def _rule_comment(attrs: dict[int, bytes]) -> str:
         if match.get(_NFTA_MATCH_NAME, b"").rstrip(b"\0") == b"comment":
             return match.get(_NFTA_MATCH_INFO, b"").split(b"\0", 1)[0].decode(errors="replace")
     return ""
+
+
+_NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
+_NFTA_GEN_ID = 1
+
+
+def generation() -> int:
+    """The netns' nf_tables generation (NFT_MSG_GETGEN: the kernel's count of committed
+    transactions, every table's, iptables-nft's too). Read before a dump, then given to delete()
+    (`generation=`): the kernel refuses that transaction (ERESTART) when anything was committed
+    since, so nothing added after the dump is removed with what the dump showed. OSError as
+    rules()'s."""
+    from plugins.pkg import rtnl as nl
+    with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
+        payload = rt.get(nl.nft_msg(_NFT_MSG_GETGEN), bytes(4))
+    gen = nl.nla_parse(payload, 4).get(_NFTA_GEN_ID)
+    if gen is None or len(gen) < 4:
+        raise nl.NetlinkError(errno.EPROTO, "nf_tables generation: no NFTA_GEN_ID in the answer")
+    return int.from_bytes(gen[:4], "big")
 
 
 def rules(family: str, table: str, chain: str) -> list[tuple[int, str, str]]:
@@ -191,18 +214,21 @@ def rules(family: str, table: str, chain: str) -> list[tuple[int, str, str]]:
 # One nf_tables transaction over netlink (linux/netfilter/nfnetlink.h: a batch between
 # NFNL_MSG_BATCH_BEGIN and _END, all of it applied or none)
 _NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NFNL_BATCH_GENID = 1
 _NFT_MSG_DELTABLE, _NFT_MSG_DELCHAIN, _NFT_MSG_DELRULE = 2, 5, 8
 _NFTA_CHAIN_TABLE, _NFTA_CHAIN_NAME = 1, 3
 BATCH_TIMEOUT = 10          # seconds to wait for the kernel's answers (it answers at once)
 
 
-def delete(items: list[tuple]) -> None:
+def delete(items: list[tuple], generation: int | None = None) -> None:
     """Delete nf_tables objects in one transaction over netfilter netlink, no `nft` exec: each
     item ("rule", family, table, chain, handle), ("rules", family, table, chain) (every rule of
     the chain), ("chain", family, table, chain) (refused while a rule still jumps to it, and,
     with rules in it, unless they go first) or ("table", family, table). Works on iptables-nft's
     tables and chains too (they are nf_tables ones). OSError with the kernel's errno when it
-    refuses any item (a handle gone, a chain still referenced): then nothing was changed."""
+    refuses any item (a handle gone, a chain still referenced) or the whole batch (EPERM without
+    CAP_NET_ADMIN; ERESTART when `generation`, as generation() read it, is no longer the
+    kernel's: something was committed since): then nothing was changed."""
     import socket
     from plugins.pkg import rtnl as nl
 
@@ -229,21 +255,26 @@ def delete(items: list[tuple]) -> None:
     if not msgs:
         return
     batch_head = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(nl.NFNL_SUBSYS_NFTABLES))
+    begin_body = batch_head
+    if generation is not None:     # NFNL_BATCH_GENID: the kernel checks it before any item
+        begin_body += nl.nla(_NFNL_BATCH_GENID, struct.pack(">I", generation & 0xFFFFFFFF))
     with nl.Rtnl(nl.NETLINK_NETFILTER) as rt:
         rt.sock.settimeout(BATCH_TIMEOUT)
-        begin = rt._msg(_NFNL_MSG_BATCH_BEGIN, nl.F_REQUEST, batch_head)[1]
+        begin_seq, begin = rt._msg(_NFNL_MSG_BATCH_BEGIN, nl.F_REQUEST, begin_body)
         sent = [rt._msg(kind, nl.F_REQUEST | nl.F_ACK, body) for kind, body in msgs]
-        end = rt._msg(_NFNL_MSG_BATCH_END, nl.F_REQUEST, batch_head)[1]
+        end_seq, end = rt._msg(_NFNL_MSG_BATCH_END, nl.F_REQUEST, batch_head)
         rt.sock.sendall(begin + b"".join(m for _, m in sent) + end)
         waiting = {seq for seq, _ in sent}
+        whole = {begin_seq, end_seq}       # a refusal of the whole batch comes with the begin's seq
         try:
             while waiting:                 # an ACK (error 0) or an error for each item, in order
                 for rkind, _, rseq, payload in rt._recv():
-                    if rkind != nl.NLMSG_ERROR or rseq not in waiting:
+                    if rkind != nl.NLMSG_ERROR or (rseq not in waiting and rseq not in whole):
                         continue
                     err = -struct.unpack_from("=i", payload)[0]
                     if err:
-                        raise nl.NetlinkError(err, f"nf_tables delete: {os.strerror(err)}")
+                        what = "the transaction" if rseq in whole else "an item"
+                        raise nl.NetlinkError(err, f"nf_tables delete: {what} refused: {os.strerror(err)}")
                     waiting.discard(rseq)
         except TimeoutError:
             raise nl.NetlinkError(errno.ETIMEDOUT, "nf_tables delete: no answer from the kernel") from None
