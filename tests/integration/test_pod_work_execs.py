@@ -361,3 +361,51 @@ def test_vxlan_add_puts_back_a_gateway_gone_during_ipam(node, netns, tmp_path, h
     assert "master cni0" in node.host.run("ip", "link", "show", veth).stdout
     node.run("vxlan", "DEL", "pr2", second, {**racing, "prevResult": res2}, path=f"{bindir}:{CNI_PATH}")
     node.run("vxlan", "DEL", "pr1", first, {**vx, "prevResult": res1})
+
+
+# The worker with a real process run right after the DEL's dump of the mesh chain, before its
+# transaction: what another stateDir's ADD or an admin does outside our lock (argv in HOOK_ARGV).
+HOOKED = WORKER.replace("with ns.enter(host):", """from plugins.pkg import nft as _nft
+import subprocess
+_dump = _nft.rules
+def _rules_then_hook(family, table, chain):
+    got = _dump(family, table, chain)
+    if chain in ("mesh", "EDGE-MESH") and os.environ.pop("HOOK_ARGV", None) is not None:
+        subprocess.run(json.loads(_argv), check=True, timeout=30)
+    return got
+_argv = os.environ.get("HOOK_ARGV")
+_nft.rules = _rules_then_hook
+with ns.enter(host):""")
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_edgemesh_last_del_holds_to_what_it_dumped(node, netns, backend):
+    """The last pod's DEL dumps the mesh chain (no pod left), then a rule of another pod is added
+    (a process of its own, as another stateDir's ADD would) before the teardown's transaction:
+    the kernel refuses it (the generation read before the dump is no longer its own), DEL reads
+    and plans instead and leaves the new pod's rule where it is."""
+    em = node.edgemesh(backend=backend)
+    vx, pods, results = _two_pods(node, netns, em, "pg")
+    node.run("edgemesh", "DEL", "pgb", pods["pgb"], em)
+    other = "edgemesh net=pwexec id=pgother"
+    if backend == "iptables":
+        argv = ["iptables", "-t", "nat", "-A", "EDGE-MESH", "-d", "10.96.0.0/12", "-m", "comment", "--comment",
+                other, "-j", "RETURN"]
+    else:
+        argv = ["nft", "add", "rule", "ip", "edgemesh", "mesh", "ip", "daddr", "10.96.0.0/12", "return",
+                "comment", f'"{other}"']
+    env = dict(os.environ, CNI_COMMAND="DEL", CNI_CONTAINERID="pga", CNI_NETNS=pods["pga"].path,
+               CNI_IFNAME="eth0", CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off",
+               HOOK_ARGV=json.dumps(["ip", "netns", "exec", node.host.name, *argv]))
+    p = subprocess.run([sys.executable, "-c", HOOKED, MODULES["edgemesh"], node.host.path],
+                       input=json.dumps(em).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    got = json.loads(p.stdout)
+    assert got["rc"] == 0, got
+    assert programs(got["execs"]) == ["ip"] + (["iptables-save", "iptables-restore"] if backend == "iptables"
+                                               else ["nft", "nft"]), got["execs"]      # the hook, then the read
+    shown = node.nat() if backend == "iptables" else node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
+    assert "id=pgother" in shown and "id=pga" not in shown, shown
+    for cid, pod in pods.items():
+        node.run("edgemesh", "DEL", cid, pod, em)
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})

@@ -111,13 +111,14 @@ class Backend:
             return None
         family, mesh = NFT_FAMILIES[self.family], NAMES["mesh"]
         try:
+            gen = nft.generation()           # before the dumps: the teardown's chain flushes hold to them
             held = nft.rules(family, TABLE, mesh)
             found = R.whose([c for _, c, _ in held], drop)
             if found is None:
                 return None
             left, dropped = found
             items: list[tuple] = []
-            if left:
+            if left:                         # by handle: a rule added since is not among them
                 items = [("rule", family, TABLE, mesh, held[i][0]) for i in dropped]
             else:
                 ours = [NAMES[c] for c in R.CHAINS if NAMES[c] in names]
@@ -125,7 +126,9 @@ class Backend:
                          for handle, comment, jump in nft.rules(family, TABLE, NAMES[h])
                          if comment == R.ROOT_COMMENT and jump == mesh]
                 items += [("rules", family, TABLE, c) for c in ours] + [("chain", family, TABLE, c) for c in ours]
-            nft.delete(items)
+            # the teardown flushes whole chains: refused (ERESTART) when anything was committed
+            # since the dumps, whoever did it (another stateDir, an admin); then read and plan
+            nft.delete(items, None if left else gen)
         except OSError:
             return None
         return not left, left

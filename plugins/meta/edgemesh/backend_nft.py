@@ -114,13 +114,16 @@ class Backend:
         handle gone): the caller then reads and plans."""
         family = self.table_family
         try:
+            gen = nft.generation()           # before the dump: the table's delete holds to it
             held = nft.rules(family, TABLE, "mesh")
             found = R.whose([c for _, c, _ in held], drop)
             if found is None:
                 return None
             left, dropped = found
+            # by handle while pods are left; the table's delete refused (ERESTART) when anything
+            # was committed since the dump (a rule added outside our lock): then read and plan
             nft.delete([("rule", family, TABLE, "mesh", held[i][0]) for i in dropped] if left
-                       else [("table", family, TABLE)])
+                       else [("table", family, TABLE)], None if left else gen)
         except OSError:
             return None
         return not left, left
