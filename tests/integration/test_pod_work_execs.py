@@ -409,3 +409,83 @@ def test_edgemesh_last_del_holds_to_what_it_dumped(node, netns, backend):
     for cid, pod in pods.items():
         node.run("edgemesh", "DEL", cid, pod, em)
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+@pytest.mark.skipif(not iptables.nft_backed("ip6tables"), reason="ip6tables is not ip6tables-nft here")
+def test_edgemesh_dual_stack_del_runs_nothing_in_either_family(node, netns):
+    """Dual-stack pods: the IPv4 rules in iptables-nft's ip nat, the IPv6 ones in ip6 nat; DEL
+    deletes each family's over netlink (one transaction each), no exec; the last pod's DEL takes
+    both families' chains and jumps. (The kit's node has no IPv6 underlay: the pod's IPv6
+    address is the test's, in the prevResult edgemesh reads, as in test_edgemesh_ipv6.)"""
+    vx = node.vxlan()
+    em = node.edgemesh(serviceCIDR=["10.96.0.0/12", "fd00:10:96::/112"])
+    pods = {cid: netns("pw6") for cid in ("p6a", "p6b")}
+    results = {}
+    for n, (cid, pod) in enumerate(pods.items()):
+        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
+        pod.run("ip", "-6", "addr", "add", f"fd00:2{n}::5/64", "dev", "eth0", "nodad")
+        prev = {**results[cid], "ips": [*results[cid]["ips"], {"address": f"fd00:2{n}::5/64", "interface": 2}]}
+        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": prev})
+    assert "id=p6b" in node.nat("ip6tables") and "id=p6b" in node.nat()
+    _, execs = node.run("edgemesh", "DEL", "p6b", pods["p6b"], em)
+    assert execs == []
+    for binary in ("iptables", "ip6tables"):
+        nat = node.nat(binary)
+        assert "id=p6b" not in nat and "id=p6a" in nat, (binary, nat)
+    _, execs = node.run("edgemesh", "DEL", "p6a", pods["p6a"], em)
+    assert execs == []
+    for binary in ("iptables", "ip6tables"):
+        assert "EDGE-MESH" not in node.nat(binary) and "edgemesh" not in node.nat(binary), binary
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_edgemesh_gc_drops_several_pods_in_one_transaction(node, netns, backend):
+    """GC with one valid attachment of three: the other two pods' rules go in one nf_tables
+    transaction over netlink (no exec); the valid pod's rule, chains and jumps stay."""
+    em = node.edgemesh(backend=backend)
+    vx = node.vxlan()
+    pods = {cid: netns("pwc") for cid in ("gca", "gcb", "gcc")}
+    results = {}
+    for cid, pod in pods.items():
+        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
+        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": results[cid]})
+    gc = {**em, "cniVersion": "1.1.0", "cni.dev/valid-attachments": [{"containerID": "gcb", "ifname": "eth0"}]}
+    _, execs = node.run("edgemesh", "GC", "", pods["gca"], gc)
+    assert execs == []
+
+    def shown() -> str:
+        return node.nat() if backend == "iptables" else \
+            node.host.run("nft", "list", "table", "ip", "edgemesh").stdout
+    now = shown()
+    assert "id=gca" not in now and "id=gcc" not in now and "id=gcb" in now, now
+    _, execs = node.run("edgemesh", "DEL", "gcb", pods["gcb"], em)
+    assert execs == []
+    assert "EDGE-MESH" not in node.nat() and "edgemesh" not in node.host.run("nft", "list", "tables").stdout
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_edgemesh_two_networks_share_the_chains_del_keeps_the_other_networks(node, netns, tmp_path):
+    """Two edgemesh networks with the same service CIDR share EDGE-MESH*: the last pod of one
+    deletes only its own rule by handle (no exec) and leaves the chains and jumps to the other
+    network's pod; that one's DEL then tears them down, also without an exec."""
+    vx = node.vxlan()
+    nets = {"pwexec": node.edgemesh(), "pwother": node.edgemesh(name="pwother", stateDir=str(tmp_path / "em2"))}
+    pods = {"tna": netns("pwn"), "tnb": netns("pwn")}
+    results = {}
+    for (cid, pod), em in zip(pods.items(), nets.values()):
+        results[cid], _ = node.run("vxlan", "ADD", cid, pod, vx)
+        node.run("edgemesh", "ADD", cid, pod, {**em, "prevResult": results[cid]})
+    nat = node.nat()
+    assert "net=pwexec id=tna" in nat and "net=pwother id=tnb" in nat, nat
+    _, execs = node.run("edgemesh", "DEL", "tna", pods["tna"], nets["pwexec"])
+    assert execs == []
+    nat = node.nat()
+    assert "id=tna" not in nat and "net=pwother id=tnb" in nat and "edgemesh root chain" in nat, nat
+    _, execs = node.run("edgemesh", "DEL", "tnb", pods["tnb"], nets["pwother"])
+    assert execs == []
+    assert "EDGE-MESH" not in node.nat()
+    for cid, pod in pods.items():
+        node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
