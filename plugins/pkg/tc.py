@@ -66,18 +66,24 @@ def delete_filter(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> 
     return delete_filters(rt, [(index, pref)], parent)[0]
 
 
-def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS) -> list[Filter]:
-    """The filter entries on a device (one per installed filter, chain heads skipped)."""
+def _dump(rt: nl.Rtnl, index: int, parent: int, pref: int, gone: tuple[int, ...]) -> list:
+    """RTM_GETTFILTER's answers for link `index` (`pref`: that priority alone, the kernel skips
+    the others); [] when the kernel answers with an errno in `gone`."""
     try:
-        msgs = rt.dump(RTM_GETTFILTER, _tcm(index, 0, parent))
+        return rt.dump(RTM_GETTFILTER, _tcm(index, 0, parent, pref << 16))
     except nl.NetlinkError as e:
-        if e.errno in _GONE:
+        if e.errno in gone:
             return []
         raise
+
+
+def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS, pref: int = 0) -> list[Filter]:
+    """The filter entries on a device (one per installed filter, chain heads skipped); `pref`:
+    those of that priority alone (the dump does not grow with the device's other filters)."""
     out = []
-    for _, p in msgs:
+    for _, p in _dump(rt, index, parent, pref, _GONE):
         _, ifindex, handle, _, info = _TCM.unpack_from(p)
-        if not handle or ifindex != index:
+        if not handle or ifindex != index or (pref and info >> 16 != pref):
             continue
         a = nl.nla_parse(p, _TCM.size)
         out.append(Filter(pref=info >> 16, protocol=socket.ntohs(info & 0xFFFF),
@@ -87,15 +93,11 @@ def filters(rt: nl.Rtnl, index: int, parent: int = INGRESS) -> list[Filter]:
 
 
 def pref_taken(rt: nl.Rtnl, index: int, pref: int, parent: int = INGRESS) -> bool:
-    """Does a filter (any chain, kind, protocol) on link `index` have priority `pref`? The dump
-    asks for that priority only (the kernel skips the others): its size does not grow with the
-    filters the link has."""
-    try:
-        msgs = rt.dump(RTM_GETTFILTER, _tcm(index, 0, parent, pref << 16))
-    except nl.NetlinkError as e:
-        if e.errno in _GONE:
-            return False
-        raise
+    """Does anything on link `index` hold priority `pref` (a filter of any chain, kind or protocol,
+    or a chain head with none: the kernel refuses another kind there too)? Asked for that priority
+    alone. A missing link holds nothing; any other refusal (EINVAL: a request the kernel could not
+    read) raises, never reads as free."""
+    msgs = _dump(rt, index, parent, pref, (errno.ENOENT, errno.ENODEV))
     return any(_TCM.unpack_from(p)[1] == index and _TCM.unpack_from(p)[4] >> 16 == pref for _, p in msgs)
 
 

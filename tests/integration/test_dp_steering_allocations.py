@@ -25,6 +25,8 @@ import time
 import pytest
 
 from plugins.meta.dp_steering import state
+from plugins.pkg import link, tc
+from plugins.pkg import rtnl as nl
 from tests.kit import dp_steering
 from tests.kit.crash import FileWatch
 from tests.kit.dp_steering import Pod
@@ -103,6 +105,12 @@ def assert_no_collision(entries: list[dict], why: str = "") -> None:
 def vbr_prefs(w) -> list[int]:
     text = w.enf.run("tc", "filter", "show", "dev", "vbr", "ingress").stdout
     return sorted({int(m) for m in re.findall(r"pref (\d+)", text)})
+
+
+def next_vex_index(w) -> int:
+    """The ifindex the next pull gives vex: the lowest free one from 1000000 up."""
+    have = {int(x) for x in re.findall(r"^(\d+):", w.enf.run("ip", "-o", "link", "show").stdout, re.M)}
+    return next(i for i in range(1000000, 1100000) if i not in have)
 
 
 def kill_at_tmp(w, pod: Pod, prev: dict, directory: str, nth: int, **conf) -> None:
@@ -230,15 +238,16 @@ def test_no_ucmac_or_priority_collision_across_add_del_gc_and_kills(netns, tmp_p
     c, pc = pods[2]                                 # killed inside the pair record's write
     kill_at_tmp(w, c, pc, shared, 1)
     j = w.record(c)
-    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"] and not j["ucmac"], j
+    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"] and j["ucmac"], j   # named, made nothing
     assert f"{c.cid}/eth0" not in pair_record(w)["users"]
 
-    d, pd = pods[3]                                 # killed right after it: the journal's next write
-    kill_at_tmp(w, d, pd, os.path.join(w.state_dir, "pods", d.cid), 3)
+    d, pd = pods[3]                                 # killed right after it: the journal's next write (in
+    kill_at_tmp(w, d, pd, os.path.join(w.state_dir, "pods", d.cid), 3)   # tap without dpSocket, "rules")
     j = w.record(d)
-    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"] and not j["ucmac"], j
+    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"], j
     taken_d = pair_record(w)["allocations"][f"{d.cid}/eth0"]
-    assert taken_d["ucmac"] == j["vex_index"] & 0xFFFF      # what d took is in the pair record alone
+    assert taken_d["ucmac"] == j["vex_index"] & 0xFFFF      # what d took: in the pair record and its journal
+    assert entry_of(j) == taken_d
     check("a kill after the pair record", [a, b])
 
     e, pe = pods[4]                                 # killed while waiting for a dp, its UCMAC journaled
@@ -254,9 +263,8 @@ def test_no_ucmac_or_priority_collision_across_add_del_gc_and_kills(netns, tmp_p
     assert taken_e == entry_of(w.record(e))
 
     # f's vex will have the lowest free ifindex from 1000000 up: a user that holds its UCMAC and vex
-    # priority in the pair record alone (what the kill of d left, for a value f wants)
-    have = {int(x) for x in re.findall(r"^(\d+):", w.enf.run("ip", "-o", "link", "show").stdout, re.M)}
-    want = next(i for i in range(1000000, 1100000) if i not in have) & 0xFFFF
+    # priority in the pair record alone (a ghost: no pod record says so)
+    want = next_vex_index(w) & 0xFFFF
     ghost = {"ucmac": want, "vex_pref": want, "vin_pref": want + 1}
     rec = pair_record(w)
     write_pair_record(w, dict(rec, users=rec["users"] + ["ghost/eth0"],
@@ -304,6 +312,12 @@ def test_a_filter_not_ours_on_vbr_keeps_its_priority(netns, tmp_path):
     assert w.record(b)["vin_pref"] == BASE + 2, w.record(b)
     assert_no_collision([entry_of(w.record(a)), entry_of(w.record(b))])
     assert BASE + 1 in vbr_prefs(w)
+    with link.open_rtnl(w.enf.path) as rt:          # tc.filters(pref=): that priority's filters alone
+        index = link.index_of(rt, "vbr")
+        assert {f.pref for f in tc.filters(rt, index, pref=BASE + 1)} == {BASE + 1}
+        assert {f.pref for f in tc.filters(rt, index, pref=BASE + 2)} == {BASE + 2}
+        assert tc.filters(rt, index, pref=BASE + 3) == [] and not tc.pref_taken(rt, index, BASE + 3)
+        assert tc.pref_taken(rt, index, BASE + 1) and not tc.pref_taken(rt, 99999, BASE + 1)
     for pod, prev in ((a, pa), (b, pb)):
         ok(w, "DEL", pod, prev)
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
@@ -324,3 +338,124 @@ def test_a_del_without_a_readable_record_drops_the_users_entry(netns, tmp_path):
     assert rec["users"] == [f"{a.cid}/eth0"] and rec["allocations"] == {f"{a.cid}/eth0": kept}, rec
     ok(w, "DEL", a, pa)
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_a_lost_pair_record_is_rebuilt_from_the_pods_records(netns, tmp_path):
+    """The pair's record gone (removed by hand, or as 126's fix says for a corrupt one) while the
+    pair is there: GC rebuilds a corrupt or missing one from the pods' records; an ADD rebuilds it
+    (reading the pods' records once) and does not hand out a live pod's UCMAC; a DEL keeps the pair
+    another pod's record names (and rebuilds the record), the last one takes it."""
+    w = World(netns, tmp_path)
+    (a, pa), (b, pb), (c, pc) = [made_pod(w, netns, f"r{i}", i) for i in range(3)]
+    path = state._shared_path(w.state_dir, w.enf.path, "vbr")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    want = next_vex_index(w) & 0xFFFF               # a's vex; a ghost holds its UCMAC: a steps to want + 1
+    write_pair_record(w, {"enforcer": w.enf.path, "vbr": "vbr", "users": ["ghost/eth0"],
+                          "allocations": {"ghost/eth0": {"ucmac": want, "vex_pref": 9, "vin_pref": 10}}})
+    ok(w, "ADD", a, pa)
+    ea = entry_of(w.record(a))
+    assert ea["ucmac"] == want + 1, ea
+    key_a = f"{a.cid}/eth0"
+
+    with open(path, "w") as f:                      # corrupt: GC rebuilds it
+        f.write("{")
+    status, out, err = w.gc([a])
+    assert status == 0, (out, err)
+    assert pair_record(w)["users"] == [key_a] and pair_record(w)["allocations"] == {key_a: ea}
+
+    os.remove(path)                                 # gone: the next ADD rebuilds it
+    assert next_vex_index(w) & 0xFFFF == ea["ucmac"]    # b wants a's UCMAC
+    ok(w, "ADD", b, pb)
+    eb = entry_of(w.record(b))
+    assert_no_collision([ea, eb])
+    rec = pair_record(w)
+    assert rec["users"] == sorted([key_a, f"{b.cid}/eth0"])
+    assert rec["allocations"] == {key_a: ea, f"{b.cid}/eth0": eb}
+    assert vbr_prefs(w) == sorted([ea["vex_pref"], ea["vin_pref"], eb["vex_pref"], eb["vin_pref"]])
+
+    os.remove(path)                                 # gone again: a DEL keeps the pair a's record names
+    ok(w, "DEL", b, pb)
+    assert "vbr" in w.enforcer_links() and "vth" in w.enforcer_links()
+    assert pair_record(w) == {"enforcer": w.enf.path, "vbr": "vbr", "users": [key_a], "allocations": {key_a: ea}}
+    assert vbr_prefs(w) == sorted([ea["vex_pref"], ea["vin_pref"]])
+
+    os.remove(path)                                 # and GC puts a missing one back
+    status, out, err = w.gc([a])
+    assert status == 0, (out, err)
+    assert pair_record(w)["allocations"] == {key_a: ea}
+    ok(w, "DEL", a, pa)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+    assert opened(w, "ADD", c, pc) == []            # a new pair, no record: no pod record read
+    ok(w, "DEL", c, pc)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_a_tap_add_names_its_allocation_in_its_journal_before_the_lock_goes(netns, tmp_path):
+    """A tap ADD without dpSocket writes no "dp" step: its journal's "pair" write names its UCMAC
+    and priorities, under the lock that took them, so a pair record whose entries are dropped (an
+    older release writing users only, during a rolling upgrade) loses nothing: the ADD after it
+    reads that journal and steps aside. Here the ADD dies at its next write (the "rules" one,
+    after the unlocked settle)."""
+    w = World(netns, tmp_path)
+    (a, pa), (d, pd), (f, pf) = [made_pod(w, netns, f"j{i}", i) for i in range(3)]
+    ok(w, "ADD", a, pa)
+    want = next_vex_index(w) & 0xFFFF               # d's vex; a ghost holds its UCMAC: d steps to want + 1
+    rec = pair_record(w)
+    write_pair_record(w, dict(rec, users=rec["users"] + ["ghost/eth0"],
+                              allocations={**rec["allocations"],
+                                           "ghost/eth0": {"ucmac": want, "vex_pref": 9, "vin_pref": 10}}))
+    kill_at_tmp(w, d, pd, os.path.join(w.state_dir, "pods", d.cid), 3)
+    j = w.record(d)
+    assert j["phase"] == "adding" and j["steps"] == ["pull", "pair"], j
+    taken_d = pair_record(w)["allocations"][f"{d.cid}/eth0"]
+    assert taken_d["ucmac"] == want + 1
+    assert entry_of(j) == taken_d                   # the journal names it too
+
+    rec = pair_record(w)                            # an older release's write: users, no allocations
+    write_pair_record(w, {"enforcer": rec["enforcer"], "vbr": "vbr", "users": rec["users"]})
+    assert next_vex_index(w) & 0xFFFF == taken_d["ucmac"]   # f wants d's UCMAC
+    ok(w, "ADD", f, pf)
+    ef = entry_of(w.record(f))
+    assert_no_collision([entry_of(w.record(a)), taken_d, ef])
+    assert pair_record(w)["allocations"][f"{d.cid}/eth0"] == taken_d
+
+    status, out, err = w.gc([a, f])                 # d's ADD undone
+    assert status == 0, (out, err)
+    for pod, prev in ((a, pa), (f, pf)):
+        ok(w, "DEL", pod, prev)
+    assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+class _Refusing:
+    """An Rtnl whose dump the kernel refuses with `err` (no request of ours gets EINVAL from a real
+    kernel: it answers a dump of a missing link or qdisc with nothing)."""
+
+    def __init__(self, err: int):
+        self.err = err
+
+    def dump(self, *a):
+        raise nl.NetlinkError(self.err, os.strerror(self.err))
+
+
+def test_pref_taken_raises_on_a_refusal_but_a_missing_link():
+    import errno
+    with pytest.raises(nl.NetlinkError):
+        tc.pref_taken(_Refusing(errno.EINVAL), 7, 100)     # a malformed request is no free priority
+    with pytest.raises(nl.NetlinkError):
+        tc.pref_taken(_Refusing(errno.EPERM), 7, 100)
+    assert not tc.pref_taken(_Refusing(errno.ENODEV), 7, 100)
+
+
+def test_set_users_keeps_the_entries_of_staying_users_on_a_read_error(tmp_path):
+    """set_users without allocations, its record unreadable: the staying users' entries come from
+    their own records, not dropped."""
+    d = str(tmp_path)
+    pod = state.Pod("k0", "eth0", "net", "/x", "/e", "vexk0", "vink0", "vbr", "vth", "tc-pedit", "tap",
+                    ucmac="4e:65:75:56:12:34", vex_pref=300, vin_pref=301, steps=["pull", "pair", "dp", "rules"])
+    state.save_pod(d, pod)
+    os.makedirs(os.path.join(d, "shared"))
+    with open(state._shared_path(d, "/e", "vbr"), "w") as f:
+        f.write("{")
+    state.set_users(d, "/e", "vbr", ["k0/eth0", "gone/eth0"])
+    assert state.pair(d, "/e", "vbr") == (["gone/eth0", "k0/eth0"],
+                                          {"k0/eth0": {"ucmac": 0x1234, "vex_pref": 300, "vin_pref": 301}})

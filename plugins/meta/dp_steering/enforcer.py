@@ -46,17 +46,16 @@ def is_pair(rt, vbr: str, vth: str) -> bool:
     return have is not None and peer is not None and have.kind == "veth" and have.peer == peer.index
 
 
-def acquire(rt, pod: state.Pod, state_dir: str, mtu: int, allocate) -> bool:
-    """Count the pod as a user of its pair with the UCMAC and vbr priorities it takes, in one
+def acquire(rt, pod: state.Pod, state_dir: str, mtu: int, taken: tuple[list[str], dict]) -> bool:
+    """Count the pod as a user of its pair with the UCMAC and vbr priorities it took, in one
     fsync'd write of the pair's record, then make the pair if needed (a kill in between leaves
-    a user the pair's last DEL or GC drops). `allocate(rt, pod, state_dir, users, allocations)`
-    sets pod.ucmac/vex_pref/vin_pref and returns the users and allocations to write (the pod's
-    among them). The pair's record is written before the pod's journal names its UCMAC: a kill
-    between the two leaves the allocation in the record, blocking it until DEL or GC drops the
-    user. True if this created the pair. On failure the pod is no user and nothing it made is
+    a user the pair's last DEL or GC drops). `taken`: the other users and the allocations to
+    write (the pod's among them), as the allocation found them (steering._allocate, under the
+    same lock hold). The pod's journal names its UCMAC and priorities before this write (its
+    "pair" step): a kill on either side of it leaves them named, in the journal, the record or
+    both. True if this created the pair. On failure the pod is no user and nothing it made is
     left."""
-    keys, allocations = state.pair(state_dir, pod.enforcer, pod.vbr)
-    keys, allocations = allocate(rt, pod, state_dir, keys, allocations)
+    keys, allocations = taken
     state.set_users(state_dir, pod.enforcer, pod.vbr, keys + [pod.key], allocations)
     try:
         return ensure_pair(rt, pod.enforcer, pod.vbr, pod.vth, mtu)

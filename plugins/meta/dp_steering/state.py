@@ -254,6 +254,28 @@ def allocated(pod: Pod) -> dict | None:
     return entry if allocation(entry) is not None else None
 
 
+def entry_of(pod: Pod | None) -> dict | None:
+    """What a pod's journal or record says it took of its pair, as an allocations entry: None
+    unless it joined the pair (the "pair" step) and names a UCMAC and priorities (the journal's
+    "pair" write names them, before the pair's record does)."""
+    return allocated(pod) if pod is not None and "pair" in pod.steps and "pull" in pod.steps else None
+
+
+def pair_from_pods(state_dir: str, enforcer: str, vbr: str, leaving: str = "") -> tuple[list[str], dict]:
+    """(users, allocations) of the pair as the pods' journals and records say (every one of the
+    stateDir read; a corrupt one is left out): for a pair whose record is gone, or does not name a
+    pod that joined it. Those that joined it (the "pair" step), without `leaving`."""
+    keys, entries = [], {}
+    for pod in all_pods(state_dir):
+        if pod.enforcer != enforcer or pod.vbr != vbr or "pair" not in pod.steps or pod.key == leaving:
+            continue
+        keys.append(pod.key)
+        entry = entry_of(pod)
+        if entry is not None:
+            entries[pod.key] = entry
+    return keys, entries
+
+
 def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str], allocations: dict | None = None) -> None:
     """The pair's users are `keys` (none: the record goes), each with its allocations entry
     (from `allocations`, or, without it, the ones the record has now); entries of users that
@@ -262,14 +284,23 @@ def set_users(state_dir: str, enforcer: str, vbr: str, keys: list[str], allocati
     if not keys:
         records.remove(path)
         return
+    keys = sorted(set(keys))
     if allocations is None:
         try:
             allocations = _allocations(records.read(path))
-        except (OSError, ValueError):       # none, or corrupt: the users' records say (the next ADD)
-            allocations = {}
-    keys = sorted(set(keys))
+        except (OSError, ValueError):       # none, or corrupt: the users' own records say what they took
+            allocations = {k: e for k in keys if (e := entry_of(_pod_of(state_dir, k))) is not None}
     kept = {k: allocations[k] for k in keys if allocation(allocations.get(k)) is not None}
     _write(path, {"enforcer": enforcer, "vbr": vbr, "users": keys, "allocations": kept}, compact=True)
+
+
+def _pod_of(state_dir: str, key: str) -> Pod | None:
+    """The journal or record of `key` (containerID/ifname); None if gone or corrupt."""
+    cid, _, ifname = key.partition("/")
+    try:
+        return load_pod(state_dir, cid, ifname)
+    except CNIError:
+        return None
 
 
 def attached(state_dir: str, key: str) -> bool:
@@ -292,8 +323,15 @@ def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> tupl
     """The pair's users without `leaving`, for its DEL, and the record's allocations (for
     set_users, not read again): [] when none of them exists any more (the pair goes), else those
     from the first that exists on (one record read, not one per pod of the node: the users it
-    does not read stay listed until GC, drop_dead_users, looks)."""
+    does not read stay listed until GC, drop_dead_users, looks). A record that does not name
+    `leaving` (gone, removed by hand, rebuilt without it) may miss others too: the pods' records
+    are read (pair_from_pods) and the pair goes only if none of them names it; release's write
+    then rebuilds the record."""
     keys, allocations = pair(state_dir, enforcer, vbr)
+    if leaving not in keys:
+        more, entries = pair_from_pods(state_dir, enforcer, vbr, leaving)
+        keys += [k for k in more if k not in keys]
+        allocations = {**entries, **{k: v for k, v in allocations.items() if allocation(v) is not None}}
     keys = [k for k in keys if k != leaving]
     for i, key in enumerate(keys):
         if attached(state_dir, key):

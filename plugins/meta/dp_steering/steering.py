@@ -86,8 +86,8 @@ def begin(pod: state.Pod, step: str, note) -> None:
 
 def prepare(pod: state.Pod, state_dir: str, note) -> None:
     """What ADD does under the state lock: pull the pod's port (its snapshot journaled first),
-    count it as a user of the pair (made if needed), take a UCMAC and vbr priorities, and
-    journal the dp registration about to be done (a tap pod without dpSocket has none to
+    take a UCMAC and vbr priorities (journaled with the "pair" step), count it as a user of the
+    pair with them (made if needed), and journal the dp registration about to be done (a tap pod without dpSocket has none to
     journal: one record write fewer). Raises with `pod.steps` naming what is
     left to undo (disengage)."""
     def before_pull(snap):
@@ -110,9 +110,16 @@ def prepare(pod: state.Pod, state_dir: str, note) -> None:
     with link.open_rtnl(pod.enforcer) as rt:
         pod.vex_index = triad.must_index(rt, pod.vex, pod.enforcer)
         pod.vin_index = triad.must_index(rt, pod.vin, pod.enforcer)
+        try:
+            taken = _allocate(rt, pod, state_dir)      # reads the pair's record; changes nothing
+        except OSError as e:
+            raise CNIError(errors.RULES_FAILED, f"cannot look at {pod.vbr}'s filters", str(e)) from None
+        # the journal names the UCMAC and priorities while this lock hold is still on (so a record
+        # of the pair that loses its entries loses nothing the pods' records do not say), then the
+        # pair's record does
         begin(pod, "pair", note)
         try:
-            enforcer.acquire(rt, pod, state_dir, snap.mtu, _allocate)
+            enforcer.acquire(rt, pod, state_dir, snap.mtu, taken)
         except CNIError:               # a device of the new pair vanished (IFACE_MISSING)
             pod.steps.remove("pair")   # acquire left nothing
             raise
@@ -144,34 +151,42 @@ def finish(pod: state.Pod, mode: str, installed: str, note) -> None:
     pod.snap = None
 
 
-def _allocate(rt, pod: state.Pod, state_dir: str, keys: list[str], allocations: dict) -> tuple[list[str], dict]:
+def _allocate(rt, pod: state.Pod, state_dir: str) -> tuple[list[str], dict]:
     """UCMAC and vbr priorities from the vex/vin ifindexes, unless another user of the pair (its
     entry in the pair's record) or a filter on vbr has them: (users, allocations) to write, the
     pod's entry among them. A user without a valid entry (a record from before they were kept, a
     corrupt entry) is read off its own pod record, once: its entry is written with the pod's; one
-    whose record is gone or never joined the pair is no user any more (dropped, as GC would)."""
+    whose record is gone or never joined the pair is no user any more (dropped, as GC would). A
+    pair that is there (vbr) while its record names no other user (the record was lost: removed
+    by hand, or as 126's fix says for a corrupt one) is rebuilt from the pods' records, once."""
+    keys, allocations = state.pair(state_dir, pod.enforcer, pod.vbr)
+    vbr = link.find(rt, pod.vbr)        # the pair exists unless this pod is its first user
+    if vbr is not None and not [k for k in keys if k != pod.key]:
+        keys, allocations = state.pair_from_pods(state_dir, pod.enforcer, pod.vbr, pod.key)
+        if keys:
+            log.warning("ADD %s: the record of %s in %s names no user but the pods' records name %s: rebuilt",
+                        pod.key, pod.vbr, pod.enforcer, keys)
     taken, users = {}, []
     for key in keys:
         if key == pod.key:
             continue
         entry = allocations.get(key)
         if state.allocation(entry) is None:
+            cid, _, ifname = key.partition("/")
             try:
-                cid, _, ifname = key.partition("/")
                 other = state.load_pod(state_dir, cid, ifname)
             except CNIError:            # corrupt, or no key of ours: kept, read again next time
                 users.append(key)
                 continue
             if other is None or "pair" not in other.steps:
                 continue
-            entry = state.allocated(other) if "pull" in other.steps else None
+            entry = state.entry_of(other)
         users.append(key)
         if entry is not None:
             taken[key] = entry
     used = [state.allocation(e) for e in taken.values()]
     macs = {u[0] for u in used if u}
     pod.ucmac = ids.ucmac(ids.allocate16(pod.vex_index, macs, "UCMAC"))
-    vbr = link.find(rt, pod.vbr)        # the pair exists unless this pod is its first user
     prefs = {u[1] for u in used if u} | {u[2] for u in used if u}
     pod.vex_pref = _free_pref(rt, vbr, pod.vex_index, prefs, pod.vbr)
     pod.vin_pref = _free_pref(rt, vbr, pod.vin_index, prefs | {pod.vex_pref}, pod.vbr)
@@ -261,28 +276,36 @@ def _stop_reading(pod: state.Pod) -> None:
 def drop_dead_users(state_dir: str) -> None:
     """GC: every shared pair forgets users whose journal or record is gone (a pair left without
     users is deleted), and learns the allocations entry of a user that lacks one (a record from
-    before they were kept) from the user's record."""
+    before they were kept) from the user's record. A pair the pods' records name whose record is
+    gone or unreadable gets it back, rebuilt from those records."""
     pods = state.all_pods(state_dir)
-    for enf, vbr, keys, allocations in state.all_shared(state_dir):
+    shared = state.all_shared(state_dir)
+    have = {(enf, vbr) for enf, vbr, _, _ in shared}
+    lost = sorted({(p.enforcer, p.vbr) for p in pods if "pair" in p.steps} - have)
+    for enf, vbr in lost:
+        what = "unreadable" if os.path.exists(state._shared_path(state_dir, enf, vbr)) else "gone"
+        log.warning("GC: the record of %s in %s is %s: rebuilt from its pods' records", vbr, enf, what)
+    for enf, vbr, keys, allocations in shared + [(enf, vbr, [], {}) for enf, vbr in lost]:
         mine = {p.key: p for p in pods if p.enforcer == enf and p.vbr == vbr}
         live = [k for k in keys if state.attached(state_dir, k)]
         live += [k for k, p in mine.items() if "pair" in p.steps and k not in live]   # a pod the record lost
         entries = {k: allocations[k] for k in live if state.allocation(allocations.get(k)) is not None}
         for k in live:
-            if k not in entries and k in mine and "pull" in mine[k].steps:
-                entry = state.allocated(mine[k])
-                if entry is not None:
-                    entries[k] = entry
-        if sorted(live) == sorted(keys) and entries == {k: v for k, v in allocations.items() if k in keys}:
+            entry = state.entry_of(mine.get(k)) if k not in entries else None
+            if entry is not None:
+                entries[k] = entry
+        if (enf, vbr) not in lost and sorted(live) == sorted(keys) and \
+                entries == {k: v for k, v in allocations.items() if k in keys}:
             continue
-        if sorted(live) != sorted(keys):
+        if sorted(live) != sorted(keys) and (enf, vbr) not in lost:
             log.warning("GC: %s in %s forgets users that no longer exist: %s", vbr, enf,
                         sorted(set(keys) - set(live)))
         state.set_users(state_dir, enf, vbr, live, entries)
         if not live and os.path.exists(enf):
             with link.open_rtnl(enf) as rt:
-                have = link.find(rt, vbr)
-                peer = rt.link(index=have.peer) if have is not None and have.kind == "veth" and have.peer else None
+                have_vbr = link.find(rt, vbr)
+                peer = (rt.link(index=have_vbr.peer)
+                        if have_vbr is not None and have_vbr.kind == "veth" and have_vbr.peer else None)
                 if peer is not None:
                     enforcer.drop_pair(rt, vbr, peer.name)     # only a veth pair vbr <-> its peer
 
