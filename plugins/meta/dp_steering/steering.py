@@ -87,9 +87,9 @@ def begin(pod: state.Pod, step: str, note) -> None:
 def prepare(pod: state.Pod, state_dir: str, note) -> None:
     """What ADD does under the state lock: pull the pod's port (its snapshot journaled first),
     take a UCMAC and vbr priorities (journaled with the "pair" step), count it as a user of the
-    pair with them (made if needed), and journal the dp registration about to be done (a tap pod without dpSocket has none to
-    journal: one record write fewer). Raises with `pod.steps` naming what is
-    left to undo (disengage)."""
+    pair with them (made if needed), and journal the dp registration about to be done (a tap
+    pod without dpSocket has none to journal: one record write fewer). Raises with `pod.steps`
+    naming what is left to undo (disengage)."""
     def before_pull(snap):
         pod.mac, pod.snap = snap.mac, triad.snapshot_record(snap)
         begin(pod, "pull", note)
