@@ -210,9 +210,10 @@ def test_gc_migrates_an_old_pair_record(netns, tmp_path):
 
 def test_no_ucmac_or_priority_collision_across_add_del_gc_and_kills(netns, tmp_path):
     """Every pod wants the same UCMAC and priorities. Killed ADDs: one inside the pair record's write
-    (its journal names the pair, the record does not name it: it took nothing), one right after it
-    (its journal's next write, the "dp" step: the record holds its allocation, the journal not yet),
-    one waiting for a dp (inline, its journal names its UCMAC). The allocations of the last two block
+    (its journal names the pair and what it chose, the record does not name it: it made nothing), one
+    right after it (inside its journal's next write, in tap without dpSocket the "rules" one after the
+    settle: the record and the journal hold its allocation), one waiting for a dp (inline, its journal
+    names its UCMAC). The allocations of the last two block
     later ADDs until GC undoes those ADDs; a DEL frees what its pod had. At every point the pair's
     users never share a UCMAC or a priority, and vbr's filters are the live pods' priorities."""
     w = World(netns, tmp_path)
