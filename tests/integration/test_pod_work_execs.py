@@ -363,18 +363,22 @@ def test_vxlan_add_puts_back_a_gateway_gone_during_ipam(node, netns, tmp_path, h
     node.run("vxlan", "DEL", "pr1", first, {**vx, "prevResult": res1})
 
 
-# The worker with a real process run right after the DEL's dump of the mesh chain, before its
-# transaction: what another stateDir's ADD or an admin does outside our lock (argv in HOOK_ARGV).
-HOOKED = WORKER.replace("with ns.enter(host):", """from plugins.pkg import nft as _nft
-import subprocess
-_dump = _nft.rules
-def _rules_then_hook(family, table, chain):
-    got = _dump(family, table, chain)
-    if chain in ("mesh", "EDGE-MESH") and os.environ.pop("HOOK_ARGV", None) is not None:
-        subprocess.run(json.loads(_argv), check=True, timeout=30)
+# The worker with a real process (argv in HOOK_ARGV) run once right after a step of the verb
+# returns (HOOK_AFTER: module:function, the step itself runs as always; HOOK_ARG: only a call
+# with that argument counts): what another stateDir's ADD, an agent or an admin does outside our
+# lock, between that step and the next.
+HOOKED = WORKER.replace("with ns.enter(host):", """import subprocess
+_where, _name = os.environ["HOOK_AFTER"].split(":")
+_module = importlib.import_module(_where)
+_step, _argv, _only = getattr(_module, _name), json.loads(os.environ["HOOK_ARGV"]), os.environ.get("HOOK_ARG")
+def _step_then_hook(*args, **kwargs):
+    global _argv
+    got = _step(*args, **kwargs)
+    if _argv is not None and (_only is None or _only in args):
+        subprocess.run(_argv, check=True, timeout=30)
+        _argv = None
     return got
-_argv = os.environ.get("HOOK_ARGV")
-_nft.rules = _rules_then_hook
+setattr(_module, _name, _step_then_hook)
 with ns.enter(host):""")
 
 
@@ -396,7 +400,8 @@ def test_edgemesh_last_del_holds_to_what_it_dumped(node, netns, backend):
                 "comment", f'"{other}"']
     env = dict(os.environ, CNI_COMMAND="DEL", CNI_CONTAINERID="pga", CNI_NETNS=pods["pga"].path,
                CNI_IFNAME="eth0", CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off",
-               HOOK_ARGV=json.dumps(["ip", "netns", "exec", node.host.name, *argv]))
+               HOOK_ARGV=json.dumps(["ip", "netns", "exec", node.host.name, *argv]),
+               HOOK_AFTER="plugins.pkg.nft:rules", HOOK_ARG="EDGE-MESH" if backend == "iptables" else "mesh")
     p = subprocess.run([sys.executable, "-c", HOOKED, MODULES["edgemesh"], node.host.path],
                        input=json.dumps(em).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr.decode()
@@ -489,3 +494,27 @@ def test_edgemesh_two_networks_share_the_chains_del_keeps_the_other_networks(nod
     assert "EDGE-MESH" not in node.nat()
     for cid, pod in pods.items():
         node.run("vxlan", "DEL", cid, pod, {**vx, "prevResult": results[cid]})
+
+
+def test_vxlan_add_makes_the_bridge_again_when_it_goes_before_the_veth(node, netns):
+    """The bridge deleted right after ensure_bridge (a real `ip link del`, before the veth's
+    creation names it as master): the kernel refuses the veth (EINVAL, nothing made), ADD makes
+    and addresses the bridge again and attaches the pod to it."""
+    vx = node.vxlan()
+    first, second = netns("pwb"), netns("pwb")
+    res1, _ = node.run("vxlan", "ADD", "pb1", first, vx)
+    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="pb2", CNI_NETNS=second.path, CNI_IFNAME="eth0",
+               CNI_PATH=CNI_PATH, CNI_ARGS="IgnoreUnknown=1", PYCNI_NODE_SOCKET="off",
+               HOOK_ARGV=json.dumps(["ip", "netns", "exec", node.host.name, "ip", "link", "del", "cni0"]),
+               HOOK_AFTER="plugins.main.vxlan.pod:ensure_bridge")
+    p = subprocess.run([sys.executable, "-c", HOOKED, MODULES["vxlan"], node.host.path],
+                       input=json.dumps(vx).encode(), env=env, capture_output=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    got = json.loads(p.stdout)
+    assert got["rc"] == 0, got
+    res2 = json.loads(got["out"])
+    shown = node.host.run("ip", "-4", "addr", "show", "cni0").stdout
+    assert f"inet {res2['ips'][0]['gateway']}/" in shown, shown
+    assert "master cni0" in node.host.run("ip", "link", "show", res2["interfaces"][1]["name"]).stdout
+    node.run("vxlan", "DEL", "pb2", second, {**vx, "prevResult": res2})
+    node.run("vxlan", "DEL", "pb1", first, {**vx, "prevResult": res1})

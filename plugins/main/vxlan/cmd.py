@@ -97,11 +97,11 @@ def cmd_add(args: CmdArgs) -> Result:
             host_if, pod_if = pod.attach(ipr, net, br, att, pod_mac=n.mac,
                                          undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         except OSError as e:
-            now = ipr.link(br.name) if e.errno == errno.ENODEV else br
+            now = ipr.link(br.name) if e.errno in (errno.EINVAL, errno.ENODEV) else br
             if now is not None and now.index == br.index:
                 raise
-            # the bridge went between ensure_bridge and the veth's creation (which the kernel then
-            # refused whole): made and addressed again, once
+            # the bridge went between ensure_bridge and the veth's creation, which the kernel then
+            # refused whole (EINVAL: a master ifindex that is gone): made and addressed again, once
             br = pod.ensure_bridge(ipr, net)
             host_if, pod_if = pod.attach(ipr, net, br, att, pod_mac=n.mac,
                                          undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
