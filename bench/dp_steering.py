@@ -14,8 +14,10 @@
    with the daemon's preloads, skel.run in-process), per case (tap + failOpen without a dp as in
    the CRI chain, inline with the reference dp, tap dual-stack): what it asks of the kernel
    (netlink round trips, sockets, setns, execs, fsyncs, sysctl writes, sleeps: counts that do not
-   depend on the load) and where cProfile sees the time go; with `--before DIR`, that checkout's
-   code too, interleaved.
+   depend on the load; with bpf(2) loads, records written and the netlink requests that wait for
+   RCU), where cProfile sees the time go, and the wall ms by part without cProfile (the RCU-waiting
+   requests, records, eBPF, the pull's pieces, ...); with `--before DIR`, that checkout's code too,
+   interleaved.
 4. `--pods`: dp-steering ADD and DEL of one pod with N pods already on its vbr/vth pair (N = 1, 30,
    100; tap + failOpen, no dp), in-process as pycni-node's worker runs it: the files it opens under
    stateDir (other pods' records among them), what it asks the kernel of vbr's filters, the fsyncs
@@ -289,6 +291,58 @@ def _instrument(counts, execs) -> None:
     time.sleep, os.fsync, fcntl.flock, builtins.open = c_sleep, c_fsync, c_flock, c_open
 
 
+# The timed rounds' wall ms by part (inclusive, nested parts overlap), wrapped at module level
+# (every caller looks them up there): the one netlink request that waits for RCU is its own row.
+PARTS = (("the RCU-waiting requests (the floor)", None, None),
+         ("records written (pod journal/record, pair record)", "libcni_py.records", "write"),
+         ("config read (config.load)", "plugins.meta.dp_steering.config", "load"),
+         ("datapath auto -> a name", "plugins.meta.dp_steering.steering", "resolve_datapath"),
+         ("pull: snapshot (3 dumps)", "plugins.meta.dp_steering.triad", "snapshot"),
+         ("pull: the pod's veth made", "plugins.pkg.link", "create_veth"),
+         ("ports up with IPv6 off (quiet_up)", "plugins.meta.dp_steering.triad", "quiet_up"),
+         ("pull, whole", "plugins.meta.dp_steering.triad", "pull"),
+         ("pair joined (made, its record written)", "plugins.meta.dp_steering.enforcer", "acquire"),
+         ("settle (dp told/awaited)", "plugins.meta.dp_steering.steering", "settle"),
+         ("eBPF: programs assembled", "plugins.meta.dp_steering.datapath_ebpf", "program"),
+         ("eBPF: bpf(2) loads", "plugins.meta.dp_steering.bpfasm", "load_sched_cls"),
+         ("filters installed, whole", "plugins.meta.dp_steering.steering", "_install"),
+         ("link lookups (index_of/find)", "plugins.pkg.link", "index_of"),
+         ("DEL: filters deleted", "plugins.meta.dp_steering.steering", "_remove_rules"),
+         ("DEL: restore, whole", "plugins.meta.dp_steering.triad", "restore"),
+         ("DEL: pair released", "plugins.meta.dp_steering.enforcer", "release"))
+
+
+def _time_parts(parts: dict) -> None:
+    from importlib import import_module
+    from plugins.pkg import rtnl
+
+    def timing(row, f):
+        def timed_part(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                parts[row] = parts.get(row, 0.0) + (time.perf_counter() - t) * 1000
+        return timed_part
+    for row, module, name in PARTS:
+        if module is None:
+            continue
+        m = import_module(module)
+        if hasattr(m, name):
+            setattr(m, name, timing(row, getattr(m, name)))
+    batch = rtnl.Rtnl.batch
+
+    def c_batch(self, msgs):
+        t = time.perf_counter()
+        try:
+            return batch(self, msgs)
+        finally:
+            ms = (time.perf_counter() - t) * 1000
+            if ms >= 5:
+                parts[PARTS[0][0]] = parts.get(PARTS[0][0], 0.0) + ms
+    rtnl.Rtnl.batch = c_batch
+
+
 def _categories(path: str) -> dict[str, float]:
     """ms of a cProfile run by where it went; the first rows add up to the total."""
     import pstats
@@ -336,8 +390,11 @@ def _worker(env: dict, stdin: bytes, runtime_ns: str, instrument: bool, prof: st
             os.close(fd)
             counts: collections.Counter = collections.Counter()
             execs: list[str] = []
+            parts: dict = {}
             if instrument:
                 _instrument(counts, execs)
+            elif not prof:
+                _time_parts(parts)
             os.environ.clear()
             os.environ.update(env)
             from libcni_py import skel
@@ -352,9 +409,9 @@ def _worker(env: dict, stdin: bytes, runtime_ns: str, instrument: bool, prof: st
                 profile.disable()
                 profile.dump_stats(prof)
             ms = (time.perf_counter() - t) * 1000
-            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), ms, counts, execs]).encode())
+            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), ms, counts, execs, parts]).encode())
         except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps([99, repr(e), 0, {}, []]).encode())
+            os.write(w, json.dumps([99, repr(e), 0, {}, [], {}]).encode())
             code = 1
         finally:
             os._exit(code)
@@ -408,8 +465,8 @@ def work_child(case: str, rounds: int, out_path: str) -> None:
                 stdin = json.dumps({"cniVersion": w.version, "name": "dpnet", **w.steer, "prevResult": result}).encode()
                 for verb in ("ADD", "DEL"):
                     prof = os.path.join(tmp, f"{verb}.prof") if i % 2 else None
-                    status, text, ms, counts, execs = _worker({**env, "CNI_COMMAND": verb}, stdin, w.host.path,
-                                                              i == 0, prof)
+                    status, text, ms, counts, execs, parts = _worker({**env, "CNI_COMMAND": verb}, stdin,
+                                                                     w.host.path, i == 0, prof)
                     if status != 0:
                         raise RuntimeError(f"{case} {verb}: status {status}: {text}")
                     if i == 0:
@@ -418,6 +475,7 @@ def work_child(case: str, rounds: int, out_path: str) -> None:
                         res[verb]["cat"].append(_categories(prof))
                     else:
                         res[verb]["ms"].append(ms)
+                        res[verb].setdefault("parts", []).append(parts)
                 with ns.enter(w.host.path):
                     timed(["/usr/lib/cni/bridge"], {**bridge, "prevResult": result}, {**env, "CNI_COMMAND": "DEL"})
                 pod_ns.close()
@@ -456,6 +514,7 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
                                                                  "execs": r[verb]["execs"]})
                         g["ms"] += r[verb]["ms"]
                         g["cat"] += r[verb]["cat"]
+                        g.setdefault("parts", []).extend(r[verb].get("parts", []))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     keys = sorted({k for g in got.values() for k in g["counts"]})
@@ -479,6 +538,20 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
                 f"{statistics.median(x[cat] for x in got[(c, lb, verb)]['cat']):.1f}" for c, lb in cols) + " |")
         lines.append("| in the worker without cProfile | " + " | ".join(
             f"{statistics.median(got[(c, lb, verb)]['ms']):.1f}" for c, lb in cols) + " |")
+        lines += [f"\n{verb}: where the wall time goes without cProfile, median ms by part (inclusive: a "
+                  "\"whole\" row holds the rows above it; measured under load)\n",
+                  "| part | " + " | ".join(f"{c}, {lb}" for c, lb in cols) + " |", "|---|" + "---:|" * len(cols)]
+        for row, _, _ in PARTS:
+            vals = [[p.get(row, 0.0) for p in got[(c, lb, verb)].get("parts", [])] for c, lb in cols]
+            if any(v and statistics.median(v) >= 0.05 for v in vals):
+                lines.append(f"| {row} | " + " | ".join(f"{statistics.median(v):.1f}" if v else "-" for v in vals)
+                             + " |")
+        lines.append("| in the worker, whole | " + " | ".join(
+            f"{statistics.median(got[(c, lb, verb)]['ms']):.1f}" for c, lb in cols) + " |")
+        def rest(g) -> float:        # each run's ms less its own RCU-waiting requests
+            return statistics.median(ms - p.get(PARTS[0][0], 0.0) for ms, p in zip(g["ms"], g["parts"]))
+        lines.append("| in the worker, less its RCU-waiting requests (per run) | " + " | ".join(
+            f"{rest(got[(c, lb, verb)]):.1f}" for c, lb in cols) + " |")
     lines.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {batches} batches of {rounds} pods per case and code, "
                  f"interleaved (child processes), forked from a process with pycni-node's preloads as its worker "
                  f"is; load average before/after {load:.2f} / {os.getloadavg()[0]:.2f} (other jobs ran: "
