@@ -384,6 +384,12 @@ def test_a_lost_pair_record_is_rebuilt_from_the_pods_records(netns, tmp_path):
     status, out, err = w.gc([a])
     assert status == 0, (out, err)
     assert pair_record(w)["allocations"] == {key_a: ea}
+
+    ok(w, "ADD", b, pb)                             # a record that lost a (an older release's ADD wrote it
+    write_pair_record(w, {"enforcer": w.enf.path, "vbr": "vbr", "users": [f"{b.cid}/eth0"]})
+    ok(w, "DEL", b, pb)                             # anew): b's DEL, its last user by it, keeps the pair
+    assert "vbr" in w.enforcer_links()
+    assert pair_record(w) == {"enforcer": w.enf.path, "vbr": "vbr", "users": [key_a], "allocations": {key_a: ea}}
     ok(w, "DEL", a, pa)
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
     assert opened(w, "ADD", c, pc) == []            # a new pair, no record: no pod record read

@@ -320,22 +320,30 @@ def live_users(state_dir: str, enforcer: str, vbr: str, leaving: str = "") -> li
 
 
 def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> tuple[list[str], dict]:
-    """The pair's users without `leaving`, for its DEL, and the record's allocations (for
-    set_users, not read again): [] when none of them exists any more (the pair goes), else those
-    from the first that exists on (one record read, not one per pod of the node: the users it
-    does not read stay listed until GC, drop_dead_users, looks). A record that does not name
-    `leaving` (gone, removed by hand, rebuilt without it) may miss others too: the pods' records
-    are read (pair_from_pods) and the pair goes only if none of them names it; release's write
-    then rebuilds the record."""
+    """The pair's users without `leaving`, for its DEL, and the allocations (for set_users, not
+    read again): [] when none of them exists any more (the pair goes), else those from the first
+    that exists on (one record read, not one per pod of the node: the users it does not read stay
+    listed until GC, drop_dead_users, looks). Before the pair goes, and whenever the record does
+    not name `leaving` (gone, removed by hand, written by a release that lost it), the pods'
+    records are read (pair_from_pods): the pair goes only if none of them names it, and
+    release's write rebuilds the record with those that do. So a DEL with users staying reads
+    one record besides the pair's, the pair's last DEL the stateDir's records (its other
+    pairs' pods: the pair's own are gone)."""
     keys, allocations = pair(state_dir, enforcer, vbr)
-    if leaving not in keys:
+    allocations = {k: v for k, v in allocations.items() if allocation(v) is not None}
+    scanned = leaving not in keys
+    if scanned:
         more, entries = pair_from_pods(state_dir, enforcer, vbr, leaving)
         keys += [k for k in more if k not in keys]
-        allocations = {**entries, **{k: v for k, v in allocations.items() if allocation(v) is not None}}
+        allocations = {**entries, **allocations}
     keys = [k for k in keys if k != leaving]
     for i, key in enumerate(keys):
         if attached(state_dir, key):
             return keys[i:], allocations
+    if not scanned:
+        more, entries = pair_from_pods(state_dir, enforcer, vbr, leaving)
+        if more:
+            return more, {**entries, **allocations}
     return [], allocations
 
 
