@@ -50,7 +50,9 @@ def loads(data: bytes | str):
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    """One line of JSON and a newline: json's C encoder (an indent makes json use its Python
+    encoder, ~0.25 ms a pod record and ~2 ms a pair record of 100 users; `jq .` shows one indented)."""
+    return json.dumps(obj, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n"
 
 
 def read(path: str, max_bytes: int = MAX_BYTES):
