@@ -96,10 +96,10 @@ def index_of(rt: nl.Rtnl, name: str) -> int | None:
     return rt.link_index(check_ifname(name))
 
 
-def free_index(rt: nl.Rtnl, base: int) -> int:
-    """The lowest ifindex from `base` up that no link here has (the dump's ifindexes only: a
-    netns with many links is not parsed whole)."""
-    taken = {_IFI.unpack_from(p)[2] for _, p in rt.dump(nl.RTM_GETLINK, _ifi())}
+def free_index(rt: nl.Rtnl, base: int, *others: nl.Rtnl) -> int:
+    """The lowest ifindex from `base` up that no link here (nor in the `others` namespaces) has
+    (the dumps' ifindexes only: a netns with many links is not parsed whole)."""
+    taken = {_IFI.unpack_from(p)[2] for r in (rt, *others) for _, p in r.dump(nl.RTM_GETLINK, _ifi())}
     return next(i for i in range(base, base + len(taken) + 1) if i not in taken)
 
 
@@ -110,7 +110,8 @@ def create_veth(rt: nl.Rtnl, name: str, peer_name: str, peer_netns: str | None =
 
     `mtu` applies to both ends; `master` (an ifindex), `up` and `txqlen` to `name`; the
     peer starts down (the kernel cannot open a veth end before the pair is linked:
-    ENOTCONN). `index`/`peer_index` (not 0) ask for those ifindexes.
+    ENOTCONN). `index`/`peer_index` (not 0) ask for those ifindexes; the kernel honours
+    `peer_index` only with `index` asked too (without, the peer gets any free one).
     Returns the index of `name`. FileExistsError when a name or an asked ifindex is taken.
     """
     fd = os.open(peer_netns, os.O_RDONLY | os.O_CLOEXEC) if peer_netns is not None else -1

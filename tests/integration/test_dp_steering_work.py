@@ -159,3 +159,26 @@ def test_a_tap_add_without_dp_socket_journals_no_dp_step_of_its_own(netns, tmp_p
         status, out, _ = w.plugin("DEL", pod, pod.added.encode())
         assert status == 0, out
     assert w.enforcer_links() == ["lo"] and w.state_files() == []
+
+
+def test_add_when_the_pod_already_has_a_link_at_vex_s_ifindex(netns, tmp_path):
+    """The pod has a link at the enforcer's first free vex ifindex: vex takes one free in both, so
+    the new CNI_IFNAME still gets vex's ifindex and vin the host peer's (the Go bridge's CHECK
+    compares the peering), and vin is brought up where it is."""
+    from plugins.meta.dp_steering.triad import VEX_INDEX_BASE
+
+    def factory(tag: str = "ns"):
+        ns = netns(tag)
+        if tag == "pod":
+            ns.run("ip", "link", "add", "d0", "index", str(VEX_INDEX_BASE), "type", "veth", "peer", "name", "d1")
+        return ns
+    w = World(factory, tmp_path, mode="tap", failOpen=True)
+    pod = w.add("c1")
+    rec = w.record(pod)
+    assert rec["vex_index"] == VEX_INDEX_BASE + 1        # the first free in the enforcer and the pod
+    eth0 = pod.ns.run("ip", "-o", "link", "show", "eth0").stdout
+    assert eth0.startswith(f"{VEX_INDEX_BASE + 1}: eth0@"), eth0
+    assert "UP" in w.enf.run("ip", "-o", "link", "show", rec["vin"]).stdout
+    w.check(pod)
+    w.delete(pod)
+    assert w.enforcer_links() == ["lo"]

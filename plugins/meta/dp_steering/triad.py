@@ -143,12 +143,14 @@ def pull(pod_ns: str, enf_ns: str, ifname: str, vex: str, vin: str, parking_mac:
             link.set_link(pod, index, name=vex, mac=parking_mac)
             _batch(pod, [nl.addr_msg(False, index, a.address) for a in snap.addrs], "delete address",
                    (errno.EADDRNOTAVAIL, errno.ENOENT))
-            link.move_to_netns(pod, index, enf_ns, new_index=link.free_index(enf, VEX_INDEX_BASE))
+            # an ifindex free in the pod too, so the new CNI_IFNAME can take it (see above)
+            link.move_to_netns(pod, index, enf_ns, new_index=link.free_index(enf, VEX_INDEX_BASE, pod))
             vex_index = must_index(enf, vex, enf_ns)
-            peer_index = snap.peer if snap.peer and enf.link(index=snap.peer) is None else 0
-            new = link.create_veth(
-                pod, ifname, vin, enf_ns, mtu=snap.mtu, mac=snap.mac, txqlen=snap.txqlen,
-                index=vex_index if pod.link(index=vex_index) is None else 0, peer_index=peer_index)
+            asked = vex_index if pod.link(index=vex_index) is None else 0
+            # the kernel gives a veth's peer the ifindex asked for only when the first end's is asked too
+            peer_index = snap.peer if asked and snap.peer and enf.link(index=snap.peer) is None else 0
+            new = link.create_veth(pod, ifname, vin, enf_ns, mtu=snap.mtu, mac=snap.mac, txqlen=snap.txqlen,
+                                   index=asked, peer_index=peer_index)
             apply(pod, new, snap)
             quiet_up(enf, enf_ns, vex, vin, known={vex: vex_index, **({vin: peer_index} if peer_index else {})})
         except BaseException:
@@ -176,8 +178,8 @@ def quiet_up(rt: nl.Rtnl, netns: str, *names: str, known: dict[str, int] | None 
         except nl.NetlinkError as e:
             if e.errno != errno.ENODEV or name not in known:
                 raise
-            must_index(rt, name, netns)     # gone under us: IFACE_MISSING, as looking it up says
-            raise
+            # not at the ifindex the caller had: by its name (IFACE_MISSING when it is gone)
+            link.set_link(rt, must_index(rt, name, netns), up=True)
 
 
 def restore(pod_ns: str | None, enf_ns: str, ifname: str, vex: str, vin: str, mac: str | None,
