@@ -204,12 +204,15 @@ def users(state_dir: str, enforcer: str, vbr: str) -> list[str]:
     return _users(_read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record"))
 
 
-def pair(state_dir: str, enforcer: str, vbr: str) -> tuple[list[str], dict]:
+def pair(state_dir: str, enforcer: str, vbr: str) -> tuple[list[str], dict | None]:
     """(users, allocations) of the pair's record: allocations maps a user's key to what it took
     ({"ucmac": low 16 bits, "vex_pref": P, "vin_pref": P}, as written; read them with allocation()).
-    A record from before allocations were kept has none (the caller reads those users' records)."""
+    None for a record without them (an older release's, which keeps users only and may have
+    written the record again after it was lost: its users may not be all the pair's) and for no
+    record at all; {} for a record of this release's with no user."""
     data = _read(_shared_path(state_dir, enforcer, vbr), "dp-steering shared-pair record")
-    return _users(data), _allocations(data)
+    current = isinstance(data, dict) and isinstance(data.get("allocations"), dict)
+    return _users(data), (_allocations(data) if current else None)
 
 
 def _users(data) -> list[str]:
@@ -322,8 +325,8 @@ def staying_users(state_dir: str, enforcer: str, vbr: str, leaving: str) -> tupl
     release's write rebuilds the record with those that do. So a DEL with users staying reads
     one record besides the pair's, the pair's last DEL the stateDir's records (its other
     pairs' pods: the pair's own are gone)."""
-    keys, allocations = pair(state_dir, enforcer, vbr)
-    allocations = {k: v for k, v in allocations.items() if allocation(v) is not None}
+    keys, kept = pair(state_dir, enforcer, vbr)
+    allocations = {k: v for k, v in (kept or {}).items() if allocation(v) is not None}
     scanned = leaving not in keys
     if scanned:
         more, entries = pair_from_pods(state_dir, enforcer, vbr, leaving)

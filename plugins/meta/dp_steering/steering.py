@@ -158,14 +158,18 @@ def _allocate(rt, pod: state.Pod, state_dir: str) -> tuple[list[str], dict]:
     corrupt entry) is read off its own pod record, once: its entry is written with the pod's; one
     whose record is gone or never joined the pair is no user any more (dropped, as GC would). A
     pair that is there (vbr) while its record names no other user (the record was lost: removed
-    by hand, or as 126's fix says for a corrupt one) is rebuilt from the pods' records, once."""
-    keys, allocations = state.pair(state_dir, pod.enforcer, pod.vbr)
+    by hand, or as 126's fix says for a corrupt one), or whose record an older release wrote (it
+    may have written it anew after a loss: its users need not be all), is rebuilt from the pods'
+    records, once (the write makes it this release's)."""
+    keys, kept = state.pair(state_dir, pod.enforcer, pod.vbr)
+    allocations = kept or {}
     vbr = link.find(rt, pod.vbr)        # the pair exists unless this pod is its first user
-    if vbr is not None and not [k for k in keys if k != pod.key]:
-        keys, allocations = state.pair_from_pods(state_dir, pod.enforcer, pod.vbr, pod.key)
-        if keys:
-            log.warning("ADD %s: the record of %s in %s names no user but the pods' records name %s: rebuilt",
-                        pod.key, pod.vbr, pod.enforcer, keys)
+    if vbr is not None and (kept is None or not [k for k in keys if k != pod.key]):
+        more, allocations = state.pair_from_pods(state_dir, pod.enforcer, pod.vbr, pod.key)
+        if [k for k in more if k not in keys]:
+            log.warning("ADD %s: the record of %s in %s names %s but the pods' records name %s: rebuilt",
+                        pod.key, pod.vbr, pod.enforcer, keys, more)
+        keys = keys + [k for k in more if k not in keys]
     taken, users = {}, []
     for key in keys:
         if key == pod.key:
