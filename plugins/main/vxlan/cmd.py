@@ -98,8 +98,8 @@ def cmd_add(args: CmdArgs) -> Result:
                                          undo=lambda: undo.callback(_quietly, pod.detach, ipr, veth))
         except OSError as e:
             now = ipr.link(br.name) if e.errno in (errno.EINVAL, errno.ENODEV) else br
-            if now is not None and now.index == br.index:
-                raise
+            if (now is not None and now.index == br.index) or ipr.link(veth) is not None:
+                raise                    # not the veth's creation that failed: nothing to make again
             # the bridge went between ensure_bridge and the veth's creation, which the kernel then
             # refused whole (EINVAL: a master ifindex that is gone): made and addressed again, once
             br = pod.ensure_bridge(ipr, net)
