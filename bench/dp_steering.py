@@ -530,7 +530,7 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
             lines.append(f"| {k} | " + " | ".join(vals) + " |")
         cats = list(got[cols[0] + (verb,)]["cat"][0])
         lines += [f"\n{verb}: where the time goes, median ms under cProfile "
-                  "(measured under load)\n",
+                  "(the run line gives the load)\n",
                   "| where | " + " | ".join(f"{c}, {lb}" for c, lb in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for cat in cats:
@@ -539,7 +539,7 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
         lines.append("| in the worker without cProfile | " + " | ".join(
             f"{statistics.median(got[(c, lb, verb)]['ms']):.1f}" for c, lb in cols) + " |")
         lines += [f"\n{verb}: where the wall time goes without cProfile, median ms by part (inclusive: a "
-                  "\"whole\" row holds the rows above it; measured under load)\n",
+                  "\"whole\" row holds the rows above it)\n",
                   "| part | " + " | ".join(f"{c}, {lb}" for c, lb in cols) + " |", "|---|" + "---:|" * len(cols)]
         for row, _, _ in PARTS:
             vals = [[p.get(row, 0.0) for p in got[(c, lb, verb)].get("parts", [])] for c, lb in cols]
@@ -569,7 +569,7 @@ def work(rounds: int, before: str | None, batches: int = 3) -> str:
 PAIR_PODS = (1, 30, 100)
 PODS_ROWS = ("files opened under stateDir", "of them other pods' records", "fsync",
              "filters parsed (tc.filters dumps)", "priorities asked of the kernel (tc.pref_taken)",
-             "ms asking the kernel for vbr's filters (first round, loaded)", "netlink dump answers (messages)")
+             "ms asking the kernel for vbr's filters (first round)", "netlink dump answers (messages)")
 
 
 def _veth_pod(host, netns, k: int) -> tuple:
@@ -601,7 +601,7 @@ def _count_state(counts, state_dir: str, own: str) -> None:
     def c_filters(rt, index, *a, **k):
         t = time.perf_counter()
         got = filters(rt, index, *a, **k)
-        counts["ms asking the kernel for vbr's filters (first round, loaded)"] += (time.perf_counter() - t) * 1000
+        counts["ms asking the kernel for vbr's filters (first round)"] += (time.perf_counter() - t) * 1000
         counts["filters parsed (tc.filters dumps)"] += len(got)
         return got
 
@@ -622,7 +622,7 @@ def _count_state(counts, state_dir: str, own: str) -> None:
         def c_taken(rt, index, pref, *a, **k):
             t = time.perf_counter()
             got = taken(rt, index, pref, *a, **k)
-            counts["ms asking the kernel for vbr's filters (first round, loaded)"] += (time.perf_counter() - t) * 1000
+            counts["ms asking the kernel for vbr's filters (first round)"] += (time.perf_counter() - t) * 1000
             counts["priorities asked of the kernel (tc.pref_taken)"] += 1
             return got
         tc.pref_taken = c_taken
@@ -759,7 +759,7 @@ def pods_bench(rounds: int, before: str | None, batches: int = 2) -> str:
             vals = [got[lb][str(n)][verb]["counts"].get(k, 0) for n, lb in cols]
             lines.append(f"| {k} | " + " | ".join(f"{v:.1f}" if k.startswith("ms") else str(v) for v in vals) + " |")
         for key, what in (("cpu", "median CPU ms (user + sys) of the worker"),
-                          ("ms", "median wall ms in the worker (loaded machine)")):
+                          ("ms", "median wall ms in the worker")):
             lines.append(f"| {what} | " + " | ".join(
                 f"{statistics.median(got[lb][str(n)][verb][key]):.1f}" for n, lb in cols) + " |")
     lines.append(f"\nRun {time.strftime('%Y-%m-%d %H:%M')}: {batches} batches of {rounds} ADD+DEL rounds per N and "
