@@ -373,45 +373,24 @@ def _categories(path: str) -> dict[str, float]:
     return out
 
 
-def _worker(env: dict, stdin: bytes, runtime_ns: str, instrument: bool, prof: str | None) -> list:
-    """Fork as pycni-node does and run the plugin there: [status, stdout, ms, counts, execs]."""
+def _in_fork(runtime_ns: str, body, failed: list) -> list:
+    """Fork as pycni-node does, enter the runtime's netns there, and run `body()`: its JSON-able
+    list back to the parent (`failed` with the exception's repr at [1] when it raised)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         code = 0
         try:
-            import collections
-            import cProfile
-            import io
             from plugins.pkg import ns
             fd = os.open(runtime_ns, os.O_RDONLY)
             ns._setns(fd)
             os.close(fd)
-            counts: collections.Counter = collections.Counter()
-            execs: list[str] = []
-            parts: dict = {}
-            if instrument:
-                _instrument(counts, execs)
-            elif not prof:
-                _time_parts(parts)
-            os.environ.clear()
-            os.environ.update(env)
-            from libcni_py import skel
-            from plugins.meta.dp_steering.cmd import PLUGIN
-            out, err = io.StringIO(), io.StringIO()
-            profile = cProfile.Profile() if prof else None
-            t = time.perf_counter()
-            if profile:
-                profile.enable()
-            status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
-            if profile:
-                profile.disable()
-                profile.dump_stats(prof)
-            ms = (time.perf_counter() - t) * 1000
-            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), ms, counts, execs, parts]).encode())
+            os.write(w, json.dumps(body()).encode())
         except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps([99, repr(e), 0, {}, [], {}]).encode())
+            failed = list(failed)
+            failed[1] = repr(e)
+            os.write(w, json.dumps(failed).encode())
             code = 1
         finally:
             os._exit(code)
@@ -427,9 +406,8 @@ def _worker(env: dict, stdin: bytes, runtime_ns: str, instrument: bool, prof: st
     return json.loads(b"".join(chunks))
 
 
-def work_child(case: str, rounds: int, out_path: str) -> None:
-    """One code version, one case: `rounds` pods ADDed and DELed in the worker (the first counted,
-    the rest profiled); results as JSON to out_path."""
+def _preload() -> None:
+    """The modules pycni-node's main imports before it forks its workers."""
     from importlib import import_module
     from plugins.node import daemon
     for module in list(daemon.PLUGIN_MODULES.values()) + list(daemon.PRELOAD):
@@ -437,6 +415,43 @@ def work_child(case: str, rounds: int, out_path: str) -> None:
             import_module(module)
         except ImportError:
             pass
+
+
+def _worker(env: dict, stdin: bytes, runtime_ns: str, instrument: bool, prof: str | None) -> list:
+    """Run the plugin in a fork as pycni-node's worker does: [status, stdout, ms, counts, execs, parts]."""
+    def body() -> list:
+        import collections
+        import cProfile
+        import io
+        counts: collections.Counter = collections.Counter()
+        execs: list[str] = []
+        parts: dict = {}
+        if instrument:
+            _instrument(counts, execs)
+        elif not prof:
+            _time_parts(parts)
+        os.environ.clear()
+        os.environ.update(env)
+        from libcni_py import skel
+        from plugins.meta.dp_steering.cmd import PLUGIN
+        out, err = io.StringIO(), io.StringIO()
+        profile = cProfile.Profile() if prof else None
+        t = time.perf_counter()
+        if profile:
+            profile.enable()
+        status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
+        if profile:
+            profile.disable()
+            profile.dump_stats(prof)
+        ms = (time.perf_counter() - t) * 1000
+        return [status, out.getvalue() + err.getvalue(), ms, counts, execs, parts]
+    return _in_fork(runtime_ns, body, [99, "", 0, {}, [], {}])
+
+
+def work_child(case: str, rounds: int, out_path: str) -> None:
+    """One code version, one case: `rounds` pods ADDed and DELed in the worker (the first counted,
+    the rest profiled); results as JSON to out_path."""
+    _preload()
     steer, dual = CASES[case]
     made: list[NetNS] = []
 
@@ -629,59 +644,30 @@ def _count_state(counts, state_dir: str, own: str) -> None:
 
 
 def _pods_run(env: dict, stdin: bytes, runtime_ns: str, state_dir: str, own: str) -> list:
-    """One verb in a fork, as pycni-node's worker runs it: [status, output, ms, counts]."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 0
-        try:
-            import collections
-            import io
-            from plugins.pkg import ns
-            fd = os.open(runtime_ns, os.O_RDONLY)
-            ns._setns(fd)
-            os.close(fd)
-            counts: collections.Counter = collections.Counter()
-            _count_state(counts, state_dir, own)
-            os.environ.clear()
-            os.environ.update(env)
-            from libcni_py import skel
-            from plugins.meta.dp_steering.cmd import PLUGIN
-            import resource
-            out, err = io.StringIO(), io.StringIO()
-            t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-            status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
-            ms, r1 = (time.perf_counter() - t) * 1000, resource.getrusage(resource.RUSAGE_SELF)
-            cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1000
-            os.write(w, json.dumps([status, out.getvalue() + err.getvalue(), [ms, cpu], counts]).encode())
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps([99, repr(e), [0, 0], {}]).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = os.read(r, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
+    """One verb in a fork, as pycni-node's worker runs it: [status, output, [ms, cpu ms], counts]."""
+    def body() -> list:
+        import collections
+        import io
+        import resource
+        counts: collections.Counter = collections.Counter()
+        _count_state(counts, state_dir, own)
+        os.environ.clear()
+        os.environ.update(env)
+        from libcni_py import skel
+        from plugins.meta.dp_steering.cmd import PLUGIN
+        out, err = io.StringIO(), io.StringIO()
+        t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        status = skel.run(PLUGIN, os.environ, io.BytesIO(stdin), out, err)
+        ms, r1 = (time.perf_counter() - t) * 1000, resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1000
+        return [status, out.getvalue() + err.getvalue(), [ms, cpu], counts]
+    return _in_fork(runtime_ns, body, [99, "", [0, 0], {}])
 
 
 def pods_child(rounds: int, out_path: str) -> None:
     """One code version: for each N of PAIR_PODS, fill the pair to N pods, then ADD and DEL one more
     pod `rounds` times (the first round's counts, every round's ms); JSON to out_path."""
-    from importlib import import_module
-    from plugins.node import daemon
-    for module in list(daemon.PLUGIN_MODULES.values()) + list(daemon.PRELOAD):
-        try:
-            import_module(module)
-        except ImportError:
-            pass
+    _preload()
     made: list[NetNS] = []
 
     def netns(tag="ns"):
