@@ -177,8 +177,7 @@ def remove_pods(conf: config.NetConf, drop) -> None:
         found = backends.holding_rules_read(conf.backend)
         held = [b for b, _ in found]
         for b, current in found:
-            quick_path = getattr(b, "remove_quick", None) if current is None else None     # optional for a backend
-            quick = quick_path(drop) if quick_path else None
+            quick = b.remove_quick(drop) if current is None else None   # current: read already (legacy)
             if quick is not None:
                 torn.append(quick[0])
                 left |= quick[1]
