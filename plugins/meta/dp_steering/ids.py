@@ -21,9 +21,22 @@ def parking_mac(container_id: str, ifname: str) -> str:
     return "02:00:" + ":".join(h[i:i + 2] for i in range(0, 8, 2))
 
 
+UCMAC_PREFIX = "4e:65:75:56:"
+
+
 def ucmac(low16: int) -> str:
     """NeuVector's per-pod unicast MAC 4e:65:75:56:xx:xx (xx:xx: the vex ifindex's low bytes)."""
-    return f"4e:65:75:56:{(low16 >> 8) & 0xFF:02x}:{low16 & 0xFF:02x}"
+    return f"{UCMAC_PREFIX}{(low16 >> 8) & 0xFF:02x}:{low16 & 0xFF:02x}"
+
+
+def ucmac_low16(mac) -> int:
+    """The xx:xx of a UCMAC as ucmac() writes it; 0 for anything else."""
+    if not isinstance(mac, str) or len(mac) != 17 or not mac.startswith(UCMAC_PREFIX):
+        return 0
+    try:
+        return int(mac[12:].replace(":", ""), 16)
+    except ValueError:
+        return 0
 
 
 def allocate16(start: int, used: set[int], what: str) -> int:

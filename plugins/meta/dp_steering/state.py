@@ -29,6 +29,7 @@ from libcni_py.errors import CNIError
 from plugins.pkg.lock import locked
 from plugins.pkg.names import check_ifname, check_path_component, short_hash
 
+from . import ids
 from .errors import NO_STATE
 
 
@@ -241,12 +242,7 @@ def allocation(entry) -> tuple[int, int, int] | None:
 def allocated(pod: Pod) -> dict | None:
     """The allocations entry of what `pod` took (None: it took no UCMAC, or its record says
     nothing we can read as one)."""
-    mac = pod.ucmac if isinstance(pod.ucmac, str) else ""
-    try:
-        low = int(mac[12:].replace(":", ""), 16) if mac.startswith("4e:65:75:56:") and len(mac) == 17 else 0
-    except ValueError:
-        low = 0
-    entry = {"ucmac": low, "vex_pref": pod.vex_pref, "vin_pref": pod.vin_pref}
+    entry = {"ucmac": ids.ucmac_low16(pod.ucmac), "vex_pref": pod.vex_pref, "vin_pref": pod.vin_pref}
     return entry if allocation(entry) is not None else None
 
 
